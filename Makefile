@@ -1,0 +1,45 @@
+# The two commands of the README: `make demo` and `make test`. Both set up .venv on first use.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+WAREHOUSE ?= warehouse/data
+PORT ?= 8501
+
+.PHONY: install demo compute-demo test bench docs clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# Compute the embedded default run (LeNet-5 on the bundled MNIST digits) unless the warehouse has runs.
+compute-demo: install
+	@if ls $(WAREHOUSE)/runs/*/manifest.json >/dev/null 2>&1; then \
+		echo "warehouse $(WAREHOUSE) already has runs; skipping the demo compute"; \
+	else \
+		$(PY) -m compute run --model lenet5 --dataset mnist-5k --warehouse $(WAREHOUSE) --run-id demo-lenet5-mnist5k; \
+	fi
+
+demo: compute-demo
+	@if [ -f dashboard/app.py ]; then \
+		NEURON_ATLAS_WAREHOUSE=$(WAREHOUSE) $(PY) -m streamlit run dashboard/app.py \
+			--server.address 127.0.0.1 --server.port $(PORT) --server.headless true; \
+	else \
+		$(PY) -m compute list --warehouse $(WAREHOUSE); \
+	fi
+
+test: install
+	NEURON_ATLAS_QUIET=1 $(PY) -m pytest -q tests
+
+bench: install
+	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+docs: install
+	$(PY) -m warehouse schema-doc > docs/schema.md
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""The offline compute step: train or load a network, probe every unit, publish a warehouse run."""

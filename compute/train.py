@@ -1,0 +1,110 @@
+"""Training with the gradient signal of every unit recorded per epoch and class.
+
+The record is what the neuron-specialization analysis needs: for each epoch, unit and class, the
+mean pre-ReLU activation, the mean post-ReLU activation, and the mean gradient signal
+(-dLoss/d(post-ReLU activity), summed over positions, per example) over that epoch's examples.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from compute.data import ImageSet
+from compute.errors import TrainingError
+from compute.probe import Probe
+from compute.progress import bar
+from compute.stats import ClassSums, unit_scalars
+
+TRACE_FIELDS = ("act", "rect", "grad")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int
+    seed: int
+    batch_size: int = 64
+    lr: float = 1e-3
+
+
+@dataclass
+class TrainResult:
+    # layer -> field -> (epochs, classes, units) class means over each epoch's examples
+    trace: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    counts: np.ndarray | None = None  # (epochs, classes) examples seen per class per epoch
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 1000, device: str = "cpu") -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of ``model`` on ``data``."""
+    model.eval()
+    loss, correct = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        x = data.floats(start, start + batch_size, device)
+        y = data.labels[start:start + batch_size].to(device)
+        logits = model(x)
+        loss += float(F.cross_entropy(logits, y, reduction="sum"))
+        correct += int((logits.argmax(1) == y).sum())
+    return loss / len(data), correct / len(data)
+
+
+def train(model: nn.Module, probes: dict[str, nn.Module], train_set: ImageSet, test_set: ImageSet,
+          cfg: TrainConfig, device: str = "cpu") -> TrainResult:
+    """Train with Adam on mean cross-entropy, recording every probed unit's trace."""
+    if cfg.epochs < 1:
+        raise TrainingError(f"--epochs must be at least 1, got {cfg.epochs}.")
+    gen = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    result = TrainResult()
+    traces: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in probes}
+    counts = []
+    n_batches = math.ceil(len(train_set) / cfg.batch_size)
+    progress = bar(None, "training", unit="batch", total=cfg.epochs * n_batches)
+    for epoch in range(cfg.epochs):
+        model.train()
+        order = torch.randperm(len(train_set), generator=gen)
+        sums: dict[str, ClassSums] = {}
+        loss_sum, correct = 0.0, 0
+        with Probe(probes, keep_grad=True) as probe:
+            for b in range(n_batches):
+                progress.update()
+                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                x = train_set.images[idx].to(device=device, dtype=torch.float32).div_(255.0)
+                y = train_set.labels[idx].to(device)
+                logits = model(x)
+                loss = F.cross_entropy(logits, y)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"training diverged: loss is {float(loss)} at epoch {epoch + 1}, batch {b + 1}. "
+                        f"Lower the learning rate (--lr, now {cfg.lr}) or check the data for NaN/inf."
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                for name in probes:
+                    # The mean loss scales each example's gradient by 1/B; undo it to get dLoss_n/da.
+                    s = unit_scalars(probe.pre[name], probe.post[name], probe.grad(name) * len(idx))
+                    if name not in sums:
+                        sums[name] = ClassSums(train_set.n_classes, s["act"].shape[1], TRACE_FIELDS)
+                    sums[name].add(y, s)
+                opt.step()
+                loss_sum += loss.item() * len(idx)
+                correct += int((logits.argmax(1) == y).sum())
+        for name, cs in sums.items():
+            traces[name].append(cs.class_means())
+        counts.append(next(iter(sums.values())).counts.numpy())
+        test_loss, test_acc = evaluate(model, test_set, device=device)
+        result.history.append({
+            "epoch": epoch + 1, "train_loss": loss_sum / len(train_set), "train_acc": correct / len(train_set),
+            "test_loss": test_loss, "test_acc": test_acc,
+        })
+        progress.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / len(train_set):.3f}", test_acc=f"{test_acc:.3f}")
+    progress.close()
+    result.trace = {name: {f: np.stack([t[f] for t in ts]) for f in TRACE_FIELDS} for name, ts in traces.items()}
+    result.counts = np.stack(counts)
+    return result

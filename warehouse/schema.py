@@ -1,0 +1,162 @@
+"""The warehouse schema: every table, column, type and meaning, in one place.
+
+``docs/schema.md`` is generated from this module (``python -m warehouse schema-doc``) and a test
+checks it is current, so the documentation cannot drift from what is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: pa.DataType
+    doc: str
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    doc: str
+    columns: tuple[Column, ...]
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return pa.schema([pa.field(c.name, c.type) for c in self.columns])
+
+
+def _c(name: str, type_: pa.DataType, doc: str) -> Column:
+    return Column(name, type_, doc)
+
+
+RUN_ID = _c("run_id", pa.string(), "Run identifier; unique within a warehouse.")
+LAYER = _c("layer", pa.string(), "Probed layer name, stable across runs of a model (e.g. `conv1`, `fc2`).")
+UNIT = _c("unit", pa.int32(), "Unit index within its layer: neuron of a linear layer, channel of a conv layer.")
+CLASS = _c("class", pa.int32(), "Class index (label value).")
+CLASS_NAME = _c("class_name", pa.string(), "Human-readable class name (e.g. `7`, `Trouser`).")
+F64 = pa.float64()
+
+TABLES: dict[str, Table] = {t.name: t for t in (
+    Table("runs", "One row per published run: provenance, settings and headline results.", (
+        RUN_ID,
+        _c("created_at", pa.timestamp("s", tz="UTC"), "When the run was published (UTC)."),
+        _c("schema_version", pa.int32(), "Warehouse schema version the run was written with."),
+        _c("model", pa.string(), "Model name (`lenet5`, `mlp`, `cifar-convnet`)."),
+        _c("dataset", pa.string(), "Training dataset spec as given to `--dataset`."),
+        _c("eval_dataset", pa.string(), "Dataset the statistics and ablations were computed on "
+           "(the training dataset's test split unless `--eval-dataset` was given)."),
+        _c("n_train", pa.int64(), "Training examples used."),
+        _c("n_test", pa.int64(), "Examples of the training dataset's test split (test accuracy, per-epoch history)."),
+        _c("n_eval", pa.int64(), "Examples of the evaluation set behind every statistic and ablation."),
+        _c("n_classes", pa.int32(), "Number of classes."),
+        _c("class_names", pa.list_(pa.string()), "Class names in label order."),
+        _c("seed", pa.int64(), "Seed for weight initialisation and batch order."),
+        _c("epochs", pa.int32(), "Training epochs."),
+        _c("batch_size", pa.int32(), "Training mini-batch size."),
+        _c("lr", F64, "Adam learning rate."),
+        _c("label_noise", F64, "Fraction of training labels replaced by random labels (0 = clean)."),
+        _c("train_loss", F64, "Mean cross-entropy on the training set after training (eval mode)."),
+        _c("train_acc", F64, "Accuracy on the training set after training, fraction in [0, 1]."),
+        _c("test_loss", F64, "Mean cross-entropy on the test split after training."),
+        _c("test_acc", F64, "Accuracy on the test split after training, fraction in [0, 1]."),
+        _c("eval_loss", F64, "Mean cross-entropy on the evaluation set (baseline of every ablation delta)."),
+        _c("eval_acc", F64, "Accuracy on the evaluation set (baseline of every ablation delta)."),
+        _c("duration_s", F64, "Wall time of the whole compute run, seconds."),
+        _c("device", pa.string(), "Torch device the run was computed on."),
+        _c("torch_version", pa.string(), "torch version."),
+        _c("package_versions", pa.string(), "JSON object: versions of python, torch, torchvision, numpy, pyarrow, duckdb."),
+        _c("config", pa.string(), "JSON object: the full run configuration, including the model spec."),
+        _c("checkpoint", pa.string(), "Path of the trained checkpoint, relative to the run's folder."),
+    )),
+    Table("layers", "One row per probed layer of a run.", (
+        RUN_ID, LAYER,
+        _c("layer_index", pa.int32(), "Position of the layer in the forward pass, from 0."),
+        _c("kind", pa.string(), "`conv` (unit = channel) or `linear` (unit = neuron)."),
+        _c("n_units", pa.int32(), "Units in the layer."),
+        _c("shape", pa.list_(pa.int32()), "Activation shape of one example: [C, H, W] or [U]."),
+        _c("probe", pa.string(), "Where the activity is read: the module path of the ReLU whose "
+           "input is the pre-activation and whose output is the probed activity."),
+    )),
+    Table("units", "One row per unit: statistics on the evaluation set and single-unit ablation.", (
+        RUN_ID, LAYER,
+        _c("layer_index", pa.int32(), "Position of the layer in the forward pass, from 0."),
+        UNIT,
+        _c("mean_act", F64, "Mean pre-ReLU activation (spatial mean per example, then mean over examples)."),
+        _c("mean_rect", F64, "Mean post-ReLU activation (spatial mean per example, then mean over examples)."),
+        _c("max_act", F64, "Largest post-ReLU value at any position of any example."),
+        _c("frac_active", F64, "Fraction of examples with any positive post-ReLU value (1 - sparsity)."),
+        _c("dead", pa.bool_(), "True if the unit is never active on the evaluation set."),
+        _c("selectivity", F64, "Class selectivity index (mu_max - mu_rest)/(mu_max + mu_rest + 1e-7) of "
+           "post-ReLU class means (Morcos et al. 2018). 0 = unselective or dead, 1 = one class only."),
+        _c("pref_class", pa.int32(), "Class with the largest post-ReLU class mean (mu_max)."),
+        _c("pref_class_name", pa.string(), "Name of `pref_class`."),
+        _c("mu_max", F64, "Largest post-ReLU class mean."),
+        _c("mu_rest", F64, "Mean of the other classes' post-ReLU class means."),
+        _c("grad_mean", F64, "Mean gradient signal: -dLoss/d(post-ReLU activity) summed over positions, "
+           "per example, averaged. Positive = the loss wants the unit higher."),
+        _c("grad_abs_mean", F64, "Mean over examples of the absolute gradient signal."),
+        _c("taylor", F64, "Taylor importance (Molchanov et al. 2017): per example |mean over positions of "
+           "dLoss/da * a| (post-ReLU), averaged over examples."),
+        _c("taylor_norm", F64, "`taylor` divided by the L2 norm of `taylor` over the layer's units."),
+        _c("abl_acc_delta", F64, "Accuracy change when the unit is clamped to zero (ablated - intact), fraction."),
+        _c("abl_loss_delta", F64, "Mean cross-entropy change when the unit is clamped to zero (ablated - intact)."),
+        _c("anomaly_max", F64, "Largest gradient-vs-activation anomaly over classes (see `unit_classes.anomaly`)."),
+        _c("anomaly_class", pa.int32(), "Class of `anomaly_max`."),
+    )),
+    Table("unit_classes", "One row per unit and class: evaluation-set statistics restricted to the class.", (
+        RUN_ID, LAYER, UNIT, CLASS, CLASS_NAME,
+        _c("n", pa.int64(), "Evaluation examples of the class."),
+        _c("mean_act", F64, "Mean pre-ReLU activation on the class (spatial mean per example)."),
+        _c("mean_rect", F64, "Mean post-ReLU activation on the class (spatial mean per example)."),
+        _c("grad_mean", F64, "Mean gradient signal on the class (see `units.grad_mean`)."),
+        _c("grad_abs_mean", F64, "Mean absolute gradient signal on the class."),
+        _c("taylor", F64, "Mean Taylor score on the class."),
+        _c("frac_active", F64, "Fraction of the class's examples on which the unit is active."),
+        _c("anomaly", F64, "Gradient-vs-activation anomaly: min(grad_mean / std, -(mean_act - mean) / std), "
+           "statistics over the layer's (unit, class) entries. High only when the loss pushes the unit up "
+           "for this class *and* its activation for the class is low. See docs/metrics.md."),
+        _c("abl_acc_delta", F64, "Accuracy change on the class when the unit is clamped to zero."),
+        _c("abl_loss_delta", F64, "Mean cross-entropy change on the class when the unit is clamped to zero."),
+    )),
+    Table("train_trace", "One row per epoch, unit and class: what training did to the unit.", (
+        RUN_ID,
+        _c("epoch", pa.int32(), "Epoch, from 1."),
+        LAYER, UNIT, CLASS, CLASS_NAME,
+        _c("n", pa.int64(), "Training examples of the class (by training label) seen in the epoch."),
+        _c("mean_act", F64, "Mean pre-ReLU activation over the epoch's examples of the class, as the "
+           "network was at each step."),
+        _c("mean_rect", F64, "Mean post-ReLU activation, likewise."),
+        _c("grad_mean", F64, "Mean gradient signal -dLoss_n/d(post-ReLU activity), summed over positions."),
+    )),
+    Table("epochs", "One row per training epoch: loss and accuracy history.", (
+        RUN_ID,
+        _c("epoch", pa.int32(), "Epoch, from 1."),
+        _c("train_loss", F64, "Mean training loss over the epoch's steps (train mode, running)."),
+        _c("train_acc", F64, "Training accuracy over the epoch's steps (running)."),
+        _c("test_loss", F64, "Test-split loss after the epoch."),
+        _c("test_acc", F64, "Test-split accuracy after the epoch."),
+    )),
+)}
+
+
+def markdown() -> str:
+    """The schema as Markdown, for docs/schema.md."""
+    lines = [
+        "# Warehouse schema",
+        "",
+        f"Schema version {SCHEMA_VERSION}. Generated from `warehouse/schema.py` by "
+        "`python -m warehouse schema-doc > docs/schema.md`; do not edit by hand.",
+        "",
+        "Each view below is the union of one Parquet file per published run "
+        "(`<warehouse>/runs/<run_id>/<table>.parquet`). Every row carries its `run_id`.",
+    ]
+    for t in TABLES.values():
+        lines += ["", f"## `{t.name}`", "", t.doc, "", "| column | type | meaning |", "|---|---|---|"]
+        lines += [f"| `{c.name}` | {c.type} | {c.doc} |" for c in t.columns]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,204 @@
+"""The warehouse on disk: runs are staged, then published atomically; readers see only whole runs.
+
+Layout::
+
+    <root>/runs/<run_id>/manifest.json      written last; a run without it does not exist
+    <root>/runs/<run_id>/<table>.parquet    one file per table of warehouse.schema
+    <root>/runs/<run_id>/<other files>      e.g. checkpoint.pt, listed in the manifest
+    <root>/.staging/<run_id>-<random>/      a run being written; never read
+
+Publishing renames the finished staging folder into ``runs/``. A rename within one file system is
+atomic, so a crash leaves either no run or a whole one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from warehouse.schema import SCHEMA_VERSION, TABLES
+
+RUNS_DIR = "runs"
+STAGING_DIR = ".staging"
+MANIFEST = "manifest.json"
+ENV_VAR = "NEURON_ATLAS_WAREHOUSE"
+RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+class WarehouseError(Exception):
+    """A warehouse problem a person can fix; the message says what and how."""
+
+
+def default_path() -> Path:
+    """$NEURON_ATLAS_WAREHOUSE, else ``warehouse/data`` in the repository (git-ignored)."""
+    env = os.environ.get(ENV_VAR)
+    return Path(env) if env else Path(__file__).resolve().parent / "data"
+
+
+def check_run_id(run_id: str) -> str:
+    if not RUN_ID_PATTERN.match(run_id):
+        raise WarehouseError(
+            f"invalid run id {run_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a "
+            f"letter or digit."
+        )
+    return run_id
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A published run folder; ``error`` says why it cannot be read, if it cannot."""
+
+    run_id: str
+    path: Path
+    manifest: dict[str, Any] | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def _inspect(path: Path) -> RunInfo:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        return RunInfo(path.name, path, None, f"unreadable manifest: {e}")
+    version = manifest.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION:
+        return RunInfo(path.name, path, manifest,
+                       f"written with schema version {version}; this version reads up to {SCHEMA_VERSION}. "
+                       f"Upgrade Neuron Atlas to read it.")
+    for name in TABLES:
+        f = path / f"{name}.parquet"
+        try:
+            pq.read_metadata(f)
+        except FileNotFoundError:
+            return RunInfo(path.name, path, manifest, f"table {name} is missing ({f.name}).")
+        except (OSError, pa.ArrowException) as e:
+            return RunInfo(path.name, path, manifest, f"table {name} is corrupt ({f.name}: {e}).")
+    return RunInfo(path.name, path, manifest)
+
+
+def list_runs(root: Path) -> list[RunInfo]:
+    """Every published run under ``root``, sorted by id; broken ones carry their reason."""
+    runs_dir = Path(root) / RUNS_DIR
+    if not runs_dir.is_dir():
+        return []
+    return [_inspect(p) for p in sorted(runs_dir.iterdir()) if (p / MANIFEST).exists()]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class RunWriter:
+    """Writes one run into a staging folder and publishes it whole, or not at all.
+
+    Use as a context manager: leaving the block by an exception removes the staging folder.
+    """
+
+    def __init__(self, root: Path, run_id: str) -> None:
+        self.root = Path(root)
+        self.run_id = check_run_id(run_id)
+        self.final = self.root / RUNS_DIR / run_id
+        if self.final.exists():
+            raise WarehouseError(f"run {run_id!r} already exists in {self.root}; choose another --run-id.")
+        try:
+            (self.root / RUNS_DIR).mkdir(parents=True, exist_ok=True)
+            self.staging = self.root / STAGING_DIR / f"{run_id}-{uuid.uuid4().hex[:8]}"
+            self.staging.mkdir(parents=True)
+        except OSError as e:
+            raise WarehouseError(f"cannot write to warehouse {self.root}: {e.strerror or e}. "
+                                 f"Choose a writable --warehouse or set ${ENV_VAR}.") from e
+        self.tables: list[str] = []
+
+    def __enter__(self) -> RunWriter:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None:
+            self.abort()
+
+    def file(self, name: str) -> Path:
+        """Path for an extra file of the run (e.g. the checkpoint), inside the staging folder."""
+        return self.staging / name
+
+    def write_table(self, name: str, columns: dict[str, Any]) -> None:
+        """Write ``columns`` (name -> sequence) as table ``name``, typed by the schema."""
+        schema = TABLES[name].arrow_schema
+        missing = set(schema.names) - set(columns)
+        extra = set(columns) - set(schema.names)
+        if missing or extra:
+            raise ValueError(f"table {name}: missing columns {sorted(missing)}, unknown columns {sorted(extra)}")
+        n = {len(v) for v in columns.values()}
+        if len(n) > 1:
+            raise ValueError(f"table {name}: columns have different lengths {sorted(n)}")
+        table = pa.table({c: pa.array(columns[c], type=schema.field(c).type) for c in schema.names}, schema=schema)
+        try:
+            pq.write_table(table, self.staging / f"{name}.parquet", compression="zstd")
+        except OSError as e:
+            raise WarehouseError(f"cannot write table {name} to {self.staging}: {e}") from e
+        self.tables.append(name)
+
+    def publish(self, extra: dict[str, Any] | None = None) -> Path:
+        """Write the manifest last and move the run into place atomically."""
+        missing = set(TABLES) - set(self.tables)
+        if missing:
+            raise ValueError(f"run {self.run_id}: tables not written: {sorted(missing)}")
+        try:
+            files = {p.name: {"bytes": p.stat().st_size, "sha256": _sha256(p)}
+                     for p in sorted(self.staging.iterdir())}
+            manifest = {
+                "run_id": self.run_id,
+                "schema_version": SCHEMA_VERSION,
+                "published_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "tables": sorted(self.tables),
+                "files": files,
+                **(extra or {}),
+            }
+            for p in self.staging.iterdir():
+                _fsync(p)
+            tmp = self.staging / (MANIFEST + ".tmp")
+            tmp.write_text(json.dumps(manifest, indent=2))
+            _fsync(tmp)
+            tmp.rename(self.staging / MANIFEST)
+            _fsync(self.staging)
+            if self.final.exists():
+                raise WarehouseError(f"run {self.run_id!r} was published by another process meanwhile.")
+            os.rename(self.staging, self.final)
+            _fsync(self.final.parent)
+        except OSError as e:
+            self.abort()
+            raise WarehouseError(f"cannot publish run {self.run_id} to {self.root}: {e}") from e
+        except WarehouseError:
+            self.abort()
+            raise
+        return self.final
+
+    def abort(self) -> None:
+        shutil.rmtree(self.staging, ignore_errors=True)

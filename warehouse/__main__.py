@@ -1,10 +1,112 @@
-"""``python -m warehouse schema-doc``: print the schema documentation (docs/schema.md)."""
+"""``python -m warehouse``: ``schema-doc`` prints docs/schema.md; ``export`` writes filtered units to a file."""
 
+from __future__ import annotations
+
+import argparse
+import os
 import sys
+from dataclasses import replace
+from pathlib import Path
 
+from warehouse.connect import connect
+from warehouse.export import FORMATS, table_bytes
+from warehouse.queries import (CLASS_METRICS, PRESETS, UNIT_METRICS, QueryError, UnitFilter, filter_units_arrow,
+                               parse_range)
 from warehouse.schema import markdown
+from warehouse.store import ENV_VAR, WarehouseError, default_path, list_runs
 
-if sys.argv[1:] != ["schema-doc"]:
-    print("usage: python -m warehouse schema-doc", file=sys.stderr)
-    sys.exit(2)
-sys.stdout.write(markdown())
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m warehouse", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+    sub.add_parser("schema-doc", help="print the schema documentation (docs/schema.md)")
+    ex = sub.add_parser("export", help="write the units matching a filter as CSV or Parquet",
+                        description="Filters are those of the dashboard's unit explorer; a preset is applied "
+                                    "first and the other options are added to it.")
+    ex.add_argument("--warehouse", type=Path, default=None,
+                    help=f"warehouse folder (default: ${ENV_VAR} or {default_path()})")
+    ex.add_argument("--run", required=True, help="run id (see python -m compute list)")
+    ex.add_argument("--layer", action="append", default=[], help="layer to include (repeatable; default all)")
+    ex.add_argument("--preset", choices=list(PRESETS), default=None)
+    ex.add_argument("--range", action="append", default=[], metavar="COL:LO:HI",
+                    help=f"metric range, a bound may be empty (repeatable); COL one of {', '.join(UNIT_METRICS)}")
+    ex.add_argument("--pref-class", action="append", type=int, default=[], help="preferred class (repeatable)")
+    ex.add_argument("--class-condition", action="append", default=[], metavar="COL:LO:HI",
+                    help=f"condition that one class must meet, all on the same class (repeatable); "
+                         f"COL one of {', '.join(CLASS_METRICS)}")
+    ex.add_argument("--class", dest="condition_class", type=int, default=None,
+                    help="the class the class conditions apply to (default: any class)")
+    ex.add_argument("--dead", choices=("yes", "no"), default=None, help="only dead / only live units")
+    ex.add_argument("--sort", default=None, help="sort column (default: the preset's, else layer order)")
+    ex.add_argument("--desc", action="store_true", help="sort descending")
+    ex.add_argument("--limit", type=int, default=None, help="at most this many units")
+    ex.add_argument("--format", choices=FORMATS, default=None, help="default: from the output file's suffix")
+    ex.add_argument("-o", "--output", type=Path, required=True, help="output file")
+    return ap
+
+
+def build_filter(args: argparse.Namespace) -> UnitFilter:
+    f = UnitFilter(args.run, layers=tuple(args.layer))
+    if args.preset:
+        f = PRESETS[args.preset].apply(f)
+    f = replace(f, ranges=f.ranges + tuple(parse_range(r) for r in args.range),
+                class_conditions=f.class_conditions + tuple(parse_range(r, CLASS_METRICS) for r in args.class_condition),
+                pref_classes=tuple(args.pref_class) or f.pref_classes)
+    if args.condition_class is not None:
+        f = replace(f, condition_class=args.condition_class)
+    if args.dead is not None:
+        f = replace(f, dead=args.dead == "yes")
+    if args.sort is not None:
+        f = replace(f, order_by=args.sort, descending=args.desc)
+    elif args.desc:
+        f = replace(f, descending=True)
+    if args.limit is not None:
+        f = replace(f, limit=args.limit)
+    return f
+
+
+def export(args: argparse.Namespace) -> int:
+    root = args.warehouse or default_path()
+    runs = {r.run_id: r for r in list_runs(root)}
+    if args.run not in runs:
+        known = ", ".join(runs) or "none"
+        raise WarehouseError(f"no run {args.run!r} in warehouse {root} (runs: {known}).")
+    if not runs[args.run].ok:
+        raise WarehouseError(f"run {args.run!r} is broken: {runs[args.run].error}")
+    fmt = args.format or args.output.suffix.lstrip(".").lower()
+    if fmt not in FORMATS:
+        raise QueryError(f"cannot tell the format from {args.output.name!r}; pass --format csv or --format parquet.")
+    f = build_filter(args)
+    con = connect(root)
+    layers = {r[0] for r in con.execute("SELECT layer FROM layers WHERE run_id = ?", [args.run]).fetchall()}
+    unknown = sorted(set(f.layers) - layers)
+    if unknown:
+        raise QueryError(f"run {args.run!r} has no layer {', '.join(unknown)} (layers: {', '.join(sorted(layers))}).")
+    table = filter_units_arrow(con, f)
+    data = table_bytes(table, fmt)
+    out = args.output
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(out)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WarehouseError(f"cannot write {out}: {e.strerror or e}.") from e
+    print(f"wrote {table.num_rows} units of run {args.run} to {out} ({fmt}, {len(data):,} bytes)")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.command == "schema-doc":
+        sys.stdout.write(markdown())
+        return 0
+    try:
+        return export(args)
+    except (WarehouseError, QueryError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Neuron Atlas dashboard: Streamlit pages over the neuron warehouse (``streamlit run dashboard/app.py``)."""

@@ -1,0 +1,47 @@
+"""Run the compute step as a subprocess and follow its progress, so the dashboard never imports torch."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from compute.progress import parse_line
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RUN_ID = "demo-lenet5-mnist5k"
+STAGES = ("training", "statistics", "ablation")
+
+
+def default_command(warehouse: str, extra: list[str] | None = None) -> list[str]:
+    """The embedded default run: LeNet-5 on the bundled MNIST digits."""
+    return [sys.executable, "-m", "compute", "run", "--model", "lenet5", "--dataset", "mnist-5k",
+            "--run-id", DEFAULT_RUN_ID, "--warehouse", warehouse, *(extra or [])]
+
+
+def run_with_progress(cmd: list[str], on_progress: Callable[[float, str], None]) -> tuple[int, str]:
+    """Run ``cmd``, calling ``on_progress(fraction of all stages, text)`` per progress line.
+
+    Returns the exit code and the last lines of output that are not progress lines (the error
+    message on failure, the summary on success).
+    """
+    env = {**os.environ, "NEURON_ATLAS_PROGRESS": "lines", "PYTHONUNBUFFERED": "1"}
+    tail: deque[str] = deque(maxlen=20)
+    with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            record = parse_line(line)
+            if record is None:
+                if line.strip():
+                    tail.append(line.rstrip())
+                continue
+            stage, n, total = record["stage"], record["n"], record["total"] or 1
+            i = STAGES.index(stage) if stage in STAGES else 0
+            frac = min(1.0, (i + min(n / total, 1.0)) / len(STAGES))
+            on_progress(frac, f"{stage}: {n}/{total}")
+        code = proc.wait()
+    return code, "\n".join(tail)

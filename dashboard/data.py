@@ -1,0 +1,132 @@
+"""Cached access to the warehouse for the pages: one DuckDB connection per session, cached results.
+
+Every cached function is keyed on the warehouse path and a fingerprint of its published runs, so
+a newly computed run shows up at once and a stale result is never served. All SQL lives in the
+``warehouse`` package; this module only adds Streamlit's caching around it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+import streamlit as st
+
+from dashboard.correlation import per_layer
+from warehouse import RunInfo, connect, default_path, list_runs, queries
+from warehouse.export import export_units, table_bytes
+from warehouse.sandbox import SandboxResult, run_query
+from warehouse.store import MANIFEST, RUNS_DIR
+
+Fingerprint = tuple[tuple[str, int], ...]
+
+
+def warehouse_root() -> str:
+    """``$NEURON_ATLAS_WAREHOUSE`` or the repository's default warehouse folder."""
+    return str(default_path())
+
+
+def fingerprint(root: str) -> Fingerprint:
+    """(run folder, manifest mtime) of every published run: changes whenever a run is added or replaced."""
+    runs = Path(root) / RUNS_DIR
+    if not runs.is_dir():
+        return ()
+    out = []
+    for p in sorted(runs.iterdir()):
+        try:
+            out.append((p.name, os.stat(p / MANIFEST).st_mtime_ns))
+        except OSError:
+            continue
+    return tuple(out)
+
+
+@st.cache_resource(scope="session", max_entries=2, on_release=lambda con: con.close(), show_spinner=False)
+def _connection(root: str, fp: Fingerprint) -> duckdb.DuckDBPyConnection:
+    # Views are registered per connection, and a session's reruns share its thread: one per session.
+    return connect(root)
+
+
+def connection(root: str) -> tuple[duckdb.DuckDBPyConnection, Fingerprint]:
+    fp = fingerprint(root)
+    return _connection(root, fp), fp
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def runs(root: str, fp: Fingerprint) -> list[RunInfo]:
+    return list_runs(Path(root))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def runs_overview(root: str, fp: Fingerprint) -> pd.DataFrame:
+    return queries.runs_overview(_connection(root, fp))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def layer_summary(root: str, fp: Fingerprint, run_id: str) -> pd.DataFrame:
+    return queries.layer_summary(_connection(root, fp), run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def layer_names(root: str, fp: Fingerprint, run_id: str) -> list[str]:
+    return queries.layer_names(_connection(root, fp), run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def class_names(root: str, fp: Fingerprint, run_id: str) -> list[str]:
+    return queries.class_names(_connection(root, fp), run_id)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def epochs(root: str, fp: Fingerprint, run_id: str) -> pd.DataFrame:
+    return _connection(root, fp).execute(
+        "SELECT epoch, train_loss, train_acc, test_loss, test_acc FROM epochs WHERE run_id = ? ORDER BY epoch",
+        [run_id]).df()
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def histogram(root: str, fp: Fingerprint, run_id: str, metric: str) -> pd.DataFrame:
+    return queries.layer_histogram(_connection(root, fp), run_id, metric)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def filtered(root: str, fp: Fingerprint, f: queries.UnitFilter, max_rows: int) -> tuple[pd.DataFrame, int]:
+    """The first ``max_rows`` matching units (for display) and how many match in all."""
+    con = _connection(root, fp)
+    total = queries.count_units(con, f)
+    shown = f if f.limit is not None and f.limit <= max_rows else replace(f, limit=max_rows)
+    return queries.filter_units(con, shown), total
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def scatter(root: str, fp: Fingerprint, f: queries.UnitFilter, x: str, y: str) -> tuple[pd.DataFrame, int]:
+    return queries.scatter_data(_connection(root, fp), f, x, y)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
+def correlations(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
+    return per_layer(points, x, y)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def export(root: str, fp: Fingerprint, f: queries.UnitFilter, fmt: str) -> bytes:
+    return export_units(_connection(root, fp), f, fmt)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def frame_bytes(df: pd.DataFrame, fmt: str) -> bytes:
+    return table_bytes(pa.Table.from_pandas(df, preserve_index=False), fmt)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def unit_page(root: str, fp: Fingerprint, run_id: str, layer: str, unit: int) -> queries.UnitPage | None:
+    return queries.unit_page(_connection(root, fp), run_id, layer, unit)
+
+
+def sql(root: str, query: str) -> SandboxResult:
+    """Not cached: the SQL page runs what the user asks each time (time-limited, row-capped)."""
+    con, _ = connection(root)
+    return run_query(con, query)

@@ -1,0 +1,87 @@
+"""Pieces shared by the pages: the sidebar, run choice, download buttons, error display."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+from dashboard import data
+from warehouse import RunInfo
+from warehouse.export import FORMATS, MIME
+
+VIEWS = Path(__file__).parent / "views"
+
+
+def sidebar() -> None:
+    root = data.warehouse_root()
+    runs = data.runs(root, data.fingerprint(root))
+    ok = [r for r in runs if r.ok]
+    st.sidebar.caption(f"Warehouse: `{root}`")
+    st.sidebar.caption(f"{len(ok)} run(s)" + (f", {len(runs) - len(ok)} broken" if len(ok) < len(runs) else ""))
+
+
+def ok_runs() -> tuple[str, data.Fingerprint, list[RunInfo], list[RunInfo]]:
+    """Warehouse path, fingerprint, readable runs and broken runs."""
+    root = data.warehouse_root()
+    fp = data.fingerprint(root)
+    runs = data.runs(root, fp)
+    return root, fp, [r for r in runs if r.ok], [r for r in runs if not r.ok]
+
+
+def show_broken(broken: list[RunInfo]) -> None:
+    for r in broken:
+        st.warning(f"Run `{r.run_id}` is broken and left out: {r.error}")
+
+
+def no_runs_stop(root: str) -> None:
+    """Stop the page with a pointer to the overview, where the first run can be computed."""
+    st.info(f"The warehouse `{root}` has no readable runs yet. Compute one on the Runs overview page.")
+    st.page_link(str(VIEWS / "overview.py"), label="Go to Runs overview")
+    st.stop()
+
+
+def url_params() -> dict[str, list[str]]:
+    return {k: st.query_params.get_all(k) for k in st.query_params}
+
+
+def url_is_new(page: str) -> bool:
+    """True when the URL is not the one this page wrote last: a shared link, a bookmark, a jump from
+    another page. Only then does the URL override the page's widgets."""
+    return st.session_state.get(f"_url_{page}") != url_params()
+
+
+def write_url(page: str, params: dict[str, str | list[str]]) -> None:
+    st.query_params.from_dict(params)
+    st.session_state[f"_url_{page}"] = url_params()
+
+
+def pick_run(run_ids: list[str], from_url: str | None, key: str) -> str:
+    """A run selectbox: ``from_url`` when given and present, else the session's last run, else the first."""
+    if from_url and from_url not in run_ids:
+        st.warning(f"Run `{from_url}` from the link is not in this warehouse; showing another run instead.")
+        from_url = None
+    if from_url:
+        st.session_state[key] = from_url
+    elif st.session_state.get(key) not in run_ids:
+        remembered = st.session_state.get("run")
+        st.session_state[key] = remembered if remembered in run_ids else run_ids[0]
+    run = st.selectbox("Run", run_ids, key=key)
+    st.session_state["run"] = run
+    return run
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "table"
+
+
+def downloads(name: str, key: str, *, frame: pd.DataFrame | None = None,
+              payload: dict[str, bytes] | None = None) -> None:
+    """CSV and Parquet download buttons for exactly the rows of a table view."""
+    cols = st.columns(len(FORMATS))
+    for col, fmt in zip(cols, FORMATS):
+        blob = payload[fmt] if payload is not None else data.frame_bytes(frame, fmt)
+        col.download_button(f"Download {fmt.upper()}", blob, file_name=f"{slug(name)}.{fmt}", mime=MIME[fmt],
+                            key=f"{key}-{fmt}", on_click="ignore")

@@ -1,0 +1,66 @@
+"""Runs overview: every run with provenance and accuracies; per layer, unit counts and distributions."""
+
+from __future__ import annotations
+
+import shlex
+
+import plotly.express as px
+import streamlit as st
+
+from dashboard import data, ui
+from dashboard.compute_job import DEFAULT_RUN_ID, default_command, run_with_progress
+from warehouse.queries import DISTRIBUTIONS
+
+st.title("Runs overview")
+root, fp, runs, broken = ui.ok_runs()
+ui.show_broken(broken)
+
+if not runs:
+    st.subheader("This warehouse is empty")
+    cmd = default_command(root)
+    st.markdown(f"No runs in `{root}` yet. Compute the default run (LeNet-5 on the bundled 5,000 MNIST "
+                "digits, about a minute on 2 CPU cores) from a terminal in the repository:")
+    st.code(" ".join(shlex.quote(c) for c in [".venv/bin/python", *cmd[1:]]), language="bash")
+    st.markdown("or here:")
+    if st.button(f"Compute the default run ({DEFAULT_RUN_ID})", type="primary", key="compute-default"):
+        progress = st.progress(0.0, text="starting the compute step")
+        code, output = run_with_progress(cmd, lambda frac, text: progress.progress(frac, text=text))
+        if code == 0:
+            progress.progress(1.0, text="published")
+            st.success(output)
+            st.rerun()
+        else:
+            st.error(f"The compute step failed (exit code {code}):\n\n```\n{output}\n```")
+    st.stop()
+
+overview = data.runs_overview(root, fp)
+st.subheader("Runs")
+st.dataframe(overview, hide_index=True, column_config={
+    c: st.column_config.NumberColumn(format="percent") for c in ("train_acc", "test_acc", "eval_acc")})
+ui.downloads("runs", "dl-runs", frame=overview)
+
+run_ids = [r.run_id for r in runs]
+run = ui.pick_run(run_ids, st.query_params.get("run") if ui.url_is_new("overview") else None, "overview-run")
+ui.write_url("overview", {"run": run})
+
+st.subheader(f"Layers of `{run}`")
+layers = data.layer_summary(root, fp, run)
+st.dataframe(layers, hide_index=True)
+ui.downloads(f"layers-{run}", "dl-layers", frame=layers)
+
+hist = data.epochs(root, fp, run)
+if len(hist):
+    long = hist.melt("epoch", ["train_acc", "test_acc"], var_name="split", value_name="accuracy")
+    st.plotly_chart(px.line(long, x="epoch", y="accuracy", color="split", markers=True, title="Accuracy per epoch"))
+
+st.subheader("Distributions per layer")
+labels = {"selectivity": "class selectivity", "abl_loss_delta": "ablation importance (loss delta)",
+          "abl_acc_delta": "ablation accuracy delta", "taylor_norm": "Taylor importance (normalised)",
+          "sparsity": "sparsity (1 - fraction active)"}
+cols = st.columns(2)
+for i, metric in enumerate(DISTRIBUTIONS):
+    h = data.histogram(root, fp, run, metric)
+    h["bin"] = (h["lo"] + h["hi"]) / 2
+    fig = px.bar(h, x="bin", y="count", color="layer", barmode="group", title=labels[metric],
+                 labels={"bin": metric, "count": "units"})
+    cols[i % 2].plotly_chart(fig, key=f"hist-{metric}")

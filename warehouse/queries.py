@@ -125,9 +125,10 @@ def parse_range(text: str, allowed: tuple[str, ...] = UNIT_METRICS) -> Range:
     bounds: list[float | None] = []
     for b in (lo, hi):
         try:
-            bounds.append(_finite(float(b), f"a bound of {column}") if b.strip() else None)
+            value = float(b) if b.strip() else None
         except ValueError:
             raise QueryError(f"range {text!r}: bound {b!r} is not a number.") from None
+        bounds.append(_finite(value, f"a bound of {column}"))
     if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
         raise QueryError(f"range {text!r}: lower bound {bounds[0]} is above upper bound {bounds[1]}.")
     return Range(column, bounds[0], bounds[1])

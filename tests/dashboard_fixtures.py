@@ -1,0 +1,52 @@
+"""Shared fixtures of the dashboard tests: one small real run computed once per session."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+RUN_ID = "small"
+
+
+@pytest.fixture(scope="session")
+def warehouse_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A warehouse holding one real run: LeNet-5, 2 epochs on 1,000 bundled MNIST digits, 300 evaluated."""
+    from compute.pipeline import RunConfig, compute_run
+
+    os.environ.setdefault("NEURON_ATLAS_QUIET", "1")
+    root = tmp_path_factory.mktemp("warehouse")
+    compute_run(RunConfig(epochs=2, train_size=1000, eval_size=300, run_id=RUN_ID), root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def broken_root(warehouse_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The small run plus a copy of it whose units table is corrupt."""
+    root = tmp_path_factory.mktemp("broken")
+    shutil.copytree(warehouse_root / "runs", root / "runs")
+    bad = root / "runs" / "broken-run"
+    shutil.copytree(root / "runs" / RUN_ID, bad)
+    (bad / "units.parquet").write_bytes(b"not parquet")
+    return root
+
+
+@pytest.fixture()
+def con(warehouse_root: Path):
+    import warehouse
+
+    c = warehouse.connect(warehouse_root)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="session")
+def tables(warehouse_root: Path) -> dict:
+    """The run's tables read straight from Parquet with pyarrow: the independent side of comparisons."""
+    import pyarrow.parquet as pq
+
+    run = warehouse_root / "runs" / RUN_ID
+    return {name: pq.read_table(run / f"{name}.parquet").to_pandas()
+            for name in ("units", "unit_classes", "train_trace", "layers", "runs")}

@@ -1,0 +1,159 @@
+"""warehouse.queries against pandas/numpy/scipy computations on the same Parquet files."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+
+from tests.dashboard_fixtures import RUN_ID
+from warehouse import queries as q
+from warehouse.queries import PRESETS, QueryError, Range, UnitFilter
+
+
+def keys(df: pd.DataFrame) -> list[tuple[str, int]]:
+    return sorted(zip(df["layer"], df["unit"].astype(int)))
+
+
+def test_range_layer_and_class_filters_match_pandas(con, tables):
+    u = tables["units"]
+    f = UnitFilter(RUN_ID, layers=("fc1", "fc2"), ranges=(Range("selectivity", 0.2, None), Range("frac_active", None, 0.9)),
+                   pref_classes=(1, 3, 7))
+    got = q.filter_units(con, f)
+    want = u[u.layer.isin(["fc1", "fc2"]) & (u.selectivity >= 0.2) & (u.frac_active <= 0.9) & u.pref_class.isin([1, 3, 7])]
+    assert len(want) > 0
+    assert keys(got) == keys(want)
+    assert q.count_units(con, f) == len(want)
+
+
+def test_class_conditions_hold_on_the_same_class(con, tables):
+    uc = tables["unit_classes"]
+    f = UnitFilter(RUN_ID, class_conditions=(Range("grad_mean", 0.0, None), Range("mean_act", None, -0.5)))
+    got = q.filter_units(con, f)
+    hit = uc[(uc.grad_mean >= 0) & (uc.mean_act <= -0.5)]
+    assert len(hit) > 0
+    assert keys(got) == sorted(set(zip(hit.layer, hit.unit.astype(int))))
+    # matched_classes lists exactly the classes meeting both conditions, in class order.
+    want = hit.sort_values("class").groupby(["layer", "unit"])["class_name"].apply(list)
+    for row in got.itertuples():
+        assert list(row.matched_classes) == want[(row.layer, row.unit)]
+    # Restricted to one class.
+    one = q.filter_units(con, UnitFilter(RUN_ID, class_conditions=f.class_conditions, condition_class=3))
+    assert keys(one) == sorted(set(zip(hit[hit["class"] == 3].layer, hit[hit["class"] == 3].unit.astype(int))))
+
+
+def test_presets_match_their_definitions(con, tables):
+    u, uc = tables["units"], tables["unit_classes"]
+    base = UnitFilter(RUN_ID)
+    hgla = q.filter_units(con, PRESETS["high gradient, low activation"].apply(base))
+    hit = uc[uc.anomaly >= 1.0]
+    assert len(hgla) > 0 and keys(hgla) == sorted(set(zip(hit.layer, hit.unit.astype(int))))
+    assert list(hgla.anomaly_max) == sorted(hgla.anomaly_max, reverse=True)
+    sel = q.filter_units(con, PRESETS["highly selective"].apply(base))
+    assert keys(sel) == keys(u[u.selectivity >= 0.5])
+    top = q.filter_units(con, PRESETS["most important"].apply(base))
+    assert list(top.abl_loss_delta) == sorted(u.abl_loss_delta, reverse=True)[:50]
+    sbu = q.filter_units(con, PRESETS["selective but unimportant"].apply(base))
+    assert keys(sbu) == keys(u[(u.selectivity >= 0.5) & (u.abl_loss_delta <= 0.005)])
+    dead = q.filter_units(con, PRESETS["dead units"].apply(base))
+    assert len(dead) > 0 and keys(dead) == keys(u[u.frac_active == 0])
+
+
+def test_preset_keeps_run_layers_and_class():
+    f = PRESETS["dead units"].apply(UnitFilter(RUN_ID, layers=("fc1",), condition_class=2,
+                                               ranges=(Range("selectivity", 0.1, None),)))
+    assert (f.run_id, f.layers, f.condition_class, f.ranges, f.dead) == (RUN_ID, ("fc1",), 2, (), True)
+
+
+def test_user_values_are_bound_and_columns_whitelisted(con):
+    sql, params = q.filter_sql(UnitFilter("x' OR '1'='1", layers=("fc1'; DROP VIEW units; --",)))
+    assert "x' OR" not in sql and "DROP" not in sql and "x' OR '1'='1" in params
+    assert q.filter_units(con, UnitFilter("x' OR '1'='1")).empty
+    for bad in (UnitFilter(RUN_ID, ranges=(Range('selectivity" OR 1=1 --', 0, 1),)),
+                UnitFilter(RUN_ID, order_by="random()"),
+                UnitFilter(RUN_ID, class_conditions=(Range("run_id", 0, 1),)),
+                UnitFilter(RUN_ID, ranges=(Range("selectivity", math.nan, None),)),
+                UnitFilter(RUN_ID, limit=0)):
+        with pytest.raises(QueryError):
+            q.filter_sql(bad)
+    with pytest.raises(QueryError, match="unknown x axis"):
+        q.scatter_data(con, UnitFilter(RUN_ID), "1; SELECT 1", "selectivity")
+
+
+def test_parse_range_errors_name_the_problem():
+    assert q.parse_range("anomaly:1:", q.CLASS_METRICS) == Range("anomaly", 1.0, None)
+    for text, msg in (("selectivity", "COLUMN:LO:HI"), ("nope:1:2", "unknown column"),
+                      ("selectivity:a:1", "not a number"), ("selectivity:2:1", "above upper bound"),
+                      ("selectivity:inf:", "finite")):
+        with pytest.raises(QueryError, match=msg):
+            q.parse_range(text)
+
+
+@given(st.sampled_from(q.UNIT_METRICS),
+       st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False, width=64)),
+       st.one_of(st.none(), st.floats(allow_nan=False, allow_infinity=False, width=64)))
+def test_range_text_round_trips(column, lo, hi):
+    if lo is not None and hi is not None and lo > hi:
+        lo, hi = hi, lo
+    r = Range(column, lo, hi)
+    assert q.parse_range(q.format_range(r)) == r
+
+
+def test_scatter_data_counts_and_samples_deterministically(con, tables):
+    f = UnitFilter(RUN_ID, layers=("fc1", "fc2"))
+    pts, total = q.scatter_data(con, f, "selectivity", "abl_loss_delta")
+    assert total == len(pts) == int(tables["units"].layer.isin(["fc1", "fc2"]).sum())
+    sample, total2 = q.scatter_data(con, f, "selectivity", "abl_loss_delta", max_points=50)
+    again, _ = q.scatter_data(con, f, "selectivity", "abl_loss_delta", max_points=50)
+    assert total2 == total and len(sample) == 50 and keys(sample) == keys(again)
+    merged = sample.merge(tables["units"], on=["layer", "unit"], suffixes=("", "_src"))
+    assert np.allclose(merged.selectivity, merged.selectivity_src)
+
+
+def test_layer_percentiles_match_scipy(con, tables):
+    u = tables["units"]
+    layer = u[u.layer == "fc1"]
+    row = layer.iloc[7]
+    got = q.layer_percentiles(con, RUN_ID, "fc1", {c: row[c] for c in q.PERCENTILE_METRICS})
+    for c in q.PERCENTILE_METRICS:
+        assert got[c] == pytest.approx(stats.percentileofscore(layer[c], row[c], kind="weak")), c
+
+
+def test_histogram_matches_numpy(con, tables):
+    u = tables["units"]
+    h = q.layer_histogram(con, RUN_ID, "selectivity", bins=10)
+    lo, hi = u.selectivity.min(), u.selectivity.max()
+    for layer, g in u.groupby("layer"):
+        counts, _ = np.histogram(g.selectivity, bins=10, range=(lo, hi))
+        mine = np.zeros(10, dtype=int)
+        for r in h[h.layer == layer].itertuples():
+            mine[int(round((r.lo - lo) / ((hi - lo) / 10)))] = r.count
+        assert mine.tolist() == counts.tolist(), layer
+    with pytest.raises(QueryError):
+        q.layer_histogram(con, RUN_ID, "frac_active; DROP")
+
+
+def test_unit_page_data(con, tables):
+    page = q.unit_page(con, RUN_ID, "conv2", 5)
+    u, uc, tr = tables["units"], tables["unit_classes"], tables["train_trace"]
+    want = u[(u.layer == "conv2") & (u.unit == 5)].iloc[0]
+    assert page.unit["selectivity"] == want.selectivity and page.layer["n_units"] == 16
+    mine = uc[(uc.layer == "conv2") & (uc.unit == 5)].sort_values("class")
+    assert page.classes["grad_mean"].tolist() == mine.grad_mean.tolist()
+    assert len(page.trace) == len(tr[(tr.layer == "conv2") & (tr.unit == 5)]) == 2 * 10
+    assert q.unit_page(con, RUN_ID, "conv2", 99) is None
+
+
+def test_overview_queries(con, tables):
+    runs = q.runs_overview(con)
+    assert runs.run_id.tolist() == [RUN_ID] and runs.test_acc.iloc[0] == tables["runs"].test_acc.iloc[0]
+    s = q.layer_summary(con, RUN_ID)
+    u = tables["units"]
+    assert s.layer.tolist() == ["conv1", "conv2", "fc1", "fc2"]
+    assert s.dead.tolist() == [int(u[u.layer == lay].dead.sum()) for lay in s.layer]
+    assert s.median_selectivity.tolist() == pytest.approx([u[u.layer == lay].selectivity.median() for lay in s.layer])

@@ -89,6 +89,7 @@ if ui.url_is_new("explorer"):
         url_state = decode(st.query_params)
     except QueryError as e:
         st.error(f"This link's filter is not valid ({e}); showing the unfiltered run instead.")
+        url_state = ExplorerState(UnitFilter(st.query_params.get("run") or run_ids[0]))
 run = ui.pick_run(run_ids, url_state.filter.run_id if url_state else None, "ex-run")
 classes = data.class_names(root, fp, run)
 layers = data.layer_names(root, fp, run)

@@ -1,0 +1,224 @@
+"""Every dashboard page driven by Streamlit's AppTest against a real warehouse written by the compute step."""
+
+from __future__ import annotations
+
+import gc
+import io
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import streamlit as st
+import streamlit.testing.v1.app_test as app_test_module
+from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
+from streamlit.testing.v1 import AppTest
+
+from tests.dashboard_fixtures import RUN_ID
+from warehouse import queries as q
+from warehouse.export import export_units
+
+APP = Path(__file__).resolve().parent.parent / "dashboard" / "app.py"
+HGLA = "high gradient, low activation"
+
+
+class RecordingStorage(MemoryMediaFileStorage):
+    """Streamlit's real in-memory media storage, remembered so a test can read what a download serves."""
+
+    instances: list[MemoryMediaFileStorage] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        RecordingStorage.instances.append(self)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_caches():
+    """Close the cached DuckDB connections when the module is done, not at interpreter exit."""
+    yield
+    st.cache_data.clear()
+    st.cache_resource.clear()
+    gc.collect()
+
+
+@pytest.fixture()
+def app(monkeypatch, warehouse_root):
+    monkeypatch.setattr(app_test_module, "MemoryMediaFileStorage", RecordingStorage)
+    monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(warehouse_root))
+    return AppTest.from_file(str(APP), default_timeout=60)
+
+
+def downloaded(at: AppTest, key: str) -> bytes:
+    """The bytes the download button ``key`` serves in the latest run."""
+    url = at.download_button(key=key).proto.url
+    return RecordingStorage.instances[-1].get_file(url.rsplit("/", 1)[1]).content
+
+
+def ok(at: AppTest) -> AppTest:
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def open_page(at: AppTest, page: str, params: dict | None = None) -> AppTest:
+    ok(at.run())
+    at.switch_page(f"views/{page}.py")
+    if params is not None:
+        at.query_params = dict(params)
+    return ok(at.run())
+
+
+def frame(at: AppTest, column: str) -> pd.DataFrame:
+    """The first table shown with ``column`` (plain st.dataframe elements carry no key in AppTest)."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def count_line(at: AppTest) -> int:
+    line = next(m.value for m in at.markdown if "unit(s) match" in m.value)
+    return int(line.split("**")[1].split()[0].replace(",", ""))
+
+
+def test_overview_lists_runs_layers_and_distributions(app, tables):
+    at = ok(app.run())
+    assert at.title[0].value == "Runs overview"
+    runs = at.dataframe[0].value
+    assert runs.run_id.tolist() == [RUN_ID] and runs.test_acc.iloc[0] == pytest.approx(tables["runs"].test_acc.iloc[0])
+    layers = at.dataframe[1].value
+    assert layers.set_index("layer").n_units.to_dict() == {"conv1": 6, "conv2": 16, "fc1": 120, "fc2": 84}
+    assert layers.dead.sum() == tables["units"].dead.sum()
+    assert at.query_params == {"run": RUN_ID}
+    assert len(pd.read_csv(io.BytesIO(downloaded(at, "dl-runs-csv")))) == 1
+    assert pq.read_table(io.BytesIO(downloaded(at, "dl-layers-parquet"))).num_rows == 4
+    assert {m.value for m in at.subheader} >= {"Runs", f"Layers of `{RUN_ID}`", "Distributions per layer"}
+
+
+def test_empty_warehouse_says_what_to_do(monkeypatch, tmp_path):
+    monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(tmp_path))
+    at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
+    assert at.subheader[0].value == "This warehouse is empty"
+    assert "-m compute run" in at.code[0].value and "--run-id demo-lenet5-mnist5k" in at.code[0].value
+    assert str(tmp_path) in at.code[0].value
+    assert at.button(key="compute-default").label.startswith("Compute the default run")
+    for page in ("explorer", "unit", "export"):
+        at.switch_page(f"views/{page}.py")
+        ok(at.run())
+        assert "no readable runs" in at.info[0].value
+
+
+def test_broken_run_is_shown_as_broken(monkeypatch, broken_root):
+    monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(broken_root))
+    at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
+    assert any("broken-run" in w.value and "corrupt" in w.value for w in at.warning)
+    assert at.dataframe[0].value.run_id.tolist() == [RUN_ID]
+    assert "1 broken" in " ".join(c.value for c in at.sidebar.caption)
+
+
+def test_explorer_preset_scatter_correlation_export_and_open(app, con):
+    at = open_page(app, "explorer")
+    assert count_line(at) == 226
+    at.selectbox(key="ex-preset").select(HGLA).run()
+    ok(at)
+    f = q.PRESETS[HGLA].apply(q.UnitFilter(RUN_ID))
+    n = q.count_units(con, f)
+    assert n > 0 and count_line(at) == n
+    assert at.query_params["preset"] == HGLA and at.query_params["cc"] == "anomaly:1.0:"
+    table = at.dataframe(key="ex-table").value
+    assert list(zip(table.layer, table.unit)) == list(zip(*[q.filter_units(con, f)[c] for c in ("layer", "unit")]))
+    # The downloads hold exactly the filtered rows.
+    assert downloaded(at, "dl-units-csv") == export_units(con, f, "csv")
+    assert downloaded(at, "dl-units-parquet") == export_units(con, f, "parquet")
+    # Spearman per layer on the plotted points, checked against pandas.
+    corr = frame(at, "spearman_rho").set_index("layer")
+    for layer, g in table.groupby("layer"):
+        if len(g) >= 3 and g.selectivity.nunique() > 1 and g.abl_loss_delta.nunique() > 1:
+            assert corr.loc[layer, "spearman_rho"] == pytest.approx(
+                g.selectivity.corr(g.abl_loss_delta, method="spearman"))
+    # Opening a unit goes to its page, with the unit in the URL.
+    first = f"{table.layer.iloc[0]}:{table.unit.iloc[0]}"
+    assert at.selectbox(key="ex-open-choice").value == first
+    at.button(key="ex-open").click().run()
+    ok(at)
+    assert at.header[0].value == f"Unit {first}"
+    assert at.query_params == {"run": RUN_ID, "unit": first}
+
+
+def test_explorer_reads_its_state_from_the_url(app, tables):
+    at = open_page(app, "explorer", {"run": RUN_ID, "layers": "fc1,fc2", "range": ["selectivity:0.3:"],
+                                     "dead": "no", "sort": "selectivity", "desc": "1", "x": "taylor_norm"})
+    u = tables["units"]
+    want = u[u.layer.isin(["fc1", "fc2"]) & (u.selectivity >= 0.3) & ~u.dead].sort_values("selectivity", ascending=False)
+    assert count_line(at) == len(want) > 0
+    assert at.multiselect(key="ex-layers").value == ["fc1", "fc2"]
+    assert at.number_input(key="ex-lo-selectivity").value == 0.3 and at.radio(key="ex-dead").value == "live only"
+    assert at.selectbox(key="ex-x").value == "taylor_norm"
+    assert at.dataframe(key="ex-table").value.selectivity.tolist() == want.selectivity.tolist()
+    # Changing a widget rewrites the URL.
+    at.multiselect(key="ex-layers").set_value(["fc2"]).run()
+    ok(at)
+    assert at.query_params["layers"] == "fc2" and count_line(at) == int((want.layer == "fc2").sum())
+
+
+def test_explorer_empty_result_and_bad_link(app):
+    at = open_page(app, "explorer", {"run": RUN_ID, "range": "selectivity:2:"})
+    assert count_line(at) == 0 and "No unit matches" in at.info[0].value
+    at = open_page(app, "explorer", {"run": RUN_ID, "range": "bogus:1:"})
+    assert "not valid" in at.error[0].value and count_line(at) == 226
+    at = open_page(app, "explorer", {"run": "no-such-run"})
+    assert "not in this warehouse" in at.warning[0].value and count_line(at) == 226
+
+
+def test_unit_page_shows_the_unit(app, con, tables):
+    at = open_page(app, "unit", {"run": RUN_ID, "unit": "conv2:5"})
+    assert at.header[0].value == "Unit conv2:5"
+    metrics = frame(at, "layer percentile").set_index("metric")
+    row = q.unit_row(con, RUN_ID, "conv2", 5)
+    assert metrics.loc["selectivity", "value"] == row["selectivity"]
+    assert metrics["layer percentile"].to_dict() == pytest.approx(
+        q.layer_percentiles(con, RUN_ID, "conv2", {c: row[c] for c in q.PERCENTILE_METRICS}), nan_ok=True)
+    classes = frame(at, "abl_acc_delta")
+    uc = tables["unit_classes"]
+    assert classes.abl_acc_delta.tolist() == uc[(uc.layer == "conv2") & (uc.unit == 5)].sort_values("class").abl_acc_delta.tolist()
+    assert "Image evidence" in [s.value for s in at.subheader]
+    assert "Image evidence is not computed for this run." in [i.value for i in at.info]
+    assert at.select_slider(key="unit-epoch").value == 2
+    assert len(pd.read_csv(io.BytesIO(downloaded(at, "dl-unit-classes-csv")))) == 10
+    # Choosing another unit updates the URL.
+    at.number_input(key="unit-index").set_value(7).run()
+    assert ok(at).query_params["unit"] == "conv2:7" and at.header[0].value == "Unit conv2:7"
+
+
+@pytest.mark.parametrize("unit, message", [("fc9:1", "has no layer"), ("conv2:99", "does not exist"),
+                                           ("conv2", "LAYER:INDEX")])
+def test_unit_page_bad_links(app, unit, message):
+    at = open_page(app, "unit", {"run": RUN_ID, "unit": unit})
+    assert any(message in e.value for e in at.error)
+
+
+def test_sql_page_runs_selects_and_refuses_the_rest(app):
+    at = open_page(app, "sql")
+    at.text_area(key="sql-query").input("SELECT layer, count(*) AS n FROM units GROUP BY layer ORDER BY layer")
+    at.button(key="sql-run").click().run()
+    ok(at)
+    assert frame(at, "n").to_dict("list") == {
+        "layer": ["conv1", "conv2", "fc1", "fc2"], "n": [6, 16, 120, 84]}
+    assert downloaded(at, "dl-sql-csv").decode().splitlines()[1] == '"conv1",6'
+    at.text_area(key="sql-query").input("COPY units TO '/tmp/neuron-atlas-leak.csv'")
+    at.button(key="sql-run").click().run()
+    ok(at)
+    assert "not COPY" in at.error[0].value and not Path("/tmp/neuron-atlas-leak.csv").exists()
+    assert any(e.label.startswith("`unit_classes`") for e in at.expander)
+
+
+def test_export_page_matches_the_command_line(app, con, warehouse_root, tmp_path):
+    at = open_page(app, "export", {"run": RUN_ID, "preset": HGLA, "cc": "anomaly:1.0:", "layers": "fc1,fc2",
+                                   "sort": "anomaly_max", "desc": "1"})
+    f = q.PRESETS[HGLA].apply(q.UnitFilter(RUN_ID, layers=("fc1", "fc2")))
+    assert downloaded(at, "dl-export-csv") == export_units(con, f, "csv")
+    assert downloaded(at, "dl-export-parquet") == export_units(con, f, "parquet")
+    args = shlex.split(at.code[0].value)
+    args[0] = sys.executable
+    args[-1] = str(tmp_path / "cli.csv")
+    subprocess.run(args, cwd=Path(APP).parent.parent, check=True, capture_output=True)
+    assert (tmp_path / "cli.csv").read_bytes() == export_units(con, f, "csv")

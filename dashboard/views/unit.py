@@ -59,7 +59,7 @@ st.caption(f"Run `{run}` · {page.layer.get('kind', '?')} layer `{layer}` of {n_
            f"{'never active (dead)' if u['dead'] else 'active on ' + format(u['frac_active'], '.1%') + ' of examples'}")
 m = st.columns(4)
 m[0].metric("Class selectivity", f"{u['selectivity']:.3f}", help="Preferred class: " + str(u["pref_class_name"]))
-m[1].metric("Preferred class", str(u["pref_class_name"]))
+m[1].metric("Preferred class", "none (dead)" if u["dead"] else str(u["pref_class_name"]))
 m[2].metric("Ablation loss delta", f"{u['abl_loss_delta']:+.4f}")
 m[3].metric("Ablation accuracy delta", f"{u['abl_acc_delta']:+.2%}")
 

@@ -1,0 +1,160 @@
+"""Latency of the dashboard's query functions on a synthetic warehouse of 1,000,000 units.
+
+Prints p50/p95 per query (filter, scatter data, unit page) against the target p95 < 100 ms.
+The synthetic run has the real schema: 8 layers of 125,000 units, 10 classes (10 M
+``unit_classes`` rows) and 2 epochs of training trace (20 M rows), rows in (layer, unit) order as
+the compute step writes them. It is generated once into --warehouse (default: a folder under the
+system temp dir) and reused.
+
+    .venv/bin/python benchmarks/dashboard_queries.py [--units 1000000] [--repeat 30] [--warehouse DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from compute.progress import bar  # noqa: E402
+from warehouse import connect, list_runs  # noqa: E402
+from warehouse import queries as q  # noqa: E402
+from warehouse.schema import SCHEMA_VERSION  # noqa: E402
+from warehouse.store import RunWriter  # noqa: E402
+
+RUN_ID = "synthetic"
+LAYERS = 8
+CLASSES = 10
+EPOCHS = 2
+TARGET_MS = 100.0
+DISPLAY_ROWS = 5_000  # what the explorer shows; see dashboard/views/explorer.py
+
+
+def generate(root: Path, n_units: int) -> None:
+    """Write one synthetic run of ``n_units`` units through the real RunWriter."""
+    rng = np.random.default_rng(0)
+    per = n_units // LAYERS
+    names = [f"layer{i}" for i in range(LAYERS)]
+    layer = np.repeat(np.array(names, dtype=object), per)
+    layer_index = np.repeat(np.arange(LAYERS, dtype=np.int32), per)
+    unit = np.tile(np.arange(per, dtype=np.int32), LAYERS)
+    n = len(unit)
+    cls_names = [str(c) for c in range(CLASSES)]
+    with RunWriter(root, RUN_ID) as w:
+        steps = bar(None, "synthetic", unit="table", total=6)
+        frac = rng.uniform(0, 1, n)
+        pref = rng.integers(0, CLASSES, n).astype(np.int32)
+        w.write_table("units", {
+            "run_id": np.full(n, RUN_ID, dtype=object), "layer": layer, "layer_index": layer_index, "unit": unit,
+            "mean_act": rng.normal(size=n), "mean_rect": rng.exponential(size=n), "max_act": rng.exponential(3, n),
+            "frac_active": frac, "dead": frac < 0.02, "selectivity": rng.beta(2, 5, n), "pref_class": pref,
+            "pref_class_name": np.array(cls_names, dtype=object)[pref], "mu_max": rng.exponential(size=n),
+            "mu_rest": rng.exponential(size=n), "grad_mean": rng.normal(0, 0.01, n), "grad_abs_mean": rng.exponential(0.01, n),
+            "taylor": rng.exponential(1e-4, n), "taylor_norm": rng.exponential(0.01, n),
+            "abl_acc_delta": -rng.exponential(0.001, n), "abl_loss_delta": rng.normal(0.003, 0.01, n),
+            "anomaly_max": rng.normal(0, 1, n), "anomaly_class": rng.integers(0, CLASSES, n).astype(np.int32)})
+        steps.update()
+        k = n * CLASSES
+        w.write_table("unit_classes", {
+            "run_id": np.full(k, RUN_ID, dtype=object), "layer": np.repeat(layer, CLASSES),
+            "unit": np.repeat(unit, CLASSES), "class": np.tile(np.arange(CLASSES, dtype=np.int32), n),
+            "class_name": np.tile(np.array(cls_names, dtype=object), n), "n": np.full(k, 100, dtype=np.int64),
+            "mean_act": rng.normal(size=k), "mean_rect": rng.exponential(size=k), "grad_mean": rng.normal(0, 0.01, k),
+            "grad_abs_mean": rng.exponential(0.01, k), "taylor": rng.exponential(1e-4, k), "frac_active": rng.uniform(0, 1, k),
+            "anomaly": rng.normal(-0.5, 0.6, k), "abl_acc_delta": -rng.exponential(0.001, k),
+            "abl_loss_delta": rng.normal(0.003, 0.01, k)})
+        steps.update()
+        t = k * EPOCHS
+        w.write_table("train_trace", {
+            "run_id": np.full(t, RUN_ID, dtype=object), "epoch": np.repeat(np.arange(1, EPOCHS + 1, dtype=np.int32), k),
+            "layer": np.tile(np.repeat(layer, CLASSES), EPOCHS), "unit": np.tile(np.repeat(unit, CLASSES), EPOCHS),
+            "class": np.tile(np.arange(CLASSES, dtype=np.int32), n * EPOCHS),
+            "class_name": np.tile(np.array(cls_names, dtype=object), n * EPOCHS), "n": np.full(t, 400, dtype=np.int64),
+            "mean_act": rng.normal(size=t), "mean_rect": rng.exponential(size=t), "grad_mean": rng.normal(0, 0.01, t)})
+        steps.update()
+        w.write_table("layers", {"run_id": [RUN_ID] * LAYERS, "layer": names, "layer_index": list(range(LAYERS)),
+                                 "kind": ["linear"] * LAYERS, "n_units": [per] * LAYERS, "shape": [[per]] * LAYERS,
+                                 "probe": ["synthetic"] * LAYERS})
+        w.write_table("epochs", {"run_id": [RUN_ID] * EPOCHS, "epoch": list(range(1, EPOCHS + 1)),
+                                 "train_loss": [1.0] * EPOCHS, "train_acc": [0.5] * EPOCHS,
+                                 "test_loss": [1.0] * EPOCHS, "test_acc": [0.5] * EPOCHS})
+        w.write_table("runs", {
+            "run_id": [RUN_ID], "created_at": [datetime.now(timezone.utc)], "schema_version": [SCHEMA_VERSION],
+            "model": ["synthetic"], "dataset": ["synthetic"], "eval_dataset": ["synthetic"], "n_train": [0], "n_test": [0],
+            "n_eval": [0], "n_classes": [CLASSES], "class_names": [cls_names], "seed": [0], "epochs": [EPOCHS],
+            "batch_size": [0], "lr": [0.0], "label_noise": [0.0], "train_loss": [0.0], "train_acc": [0.0],
+            "test_loss": [0.0], "test_acc": [0.0], "eval_loss": [0.0], "eval_acc": [0.0], "duration_s": [0.0],
+            "device": ["none"], "torch_version": ["none"], "package_versions": ["{}"], "config": ["{}"],
+            "checkpoint": [""]})
+        steps.update(4)
+        steps.close()
+        w.publish({"model": "synthetic", "dataset": "synthetic"})
+
+
+def timed(fn, repeat: int) -> tuple[float, float]:
+    fn()  # warm-up: first scan, OS page cache
+    ms = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ms.append((time.perf_counter() - t0) * 1000)
+    return float(np.percentile(ms, 50)), float(np.percentile(ms, 95))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--units", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=30)
+    ap.add_argument("--warehouse", type=Path, default=None)
+    args = ap.parse_args()
+    root = args.warehouse or Path(tempfile.gettempdir()) / f"neuron-atlas-bench-{args.units}"
+    runs = [r for r in list_runs(root) if r.ok and r.run_id == RUN_ID]
+    if not runs:
+        t0 = time.perf_counter()
+        generate(root, args.units)
+        print(f"generated a synthetic run of {args.units:,} units in {root} in {time.perf_counter() - t0:.1f} s")
+    con = connect(root)
+    n = con.execute("SELECT count(*) FROM units").fetchall()[0][0]
+    per = n // LAYERS
+    rng = np.random.default_rng(1)
+    base = q.UnitFilter(RUN_ID)
+    hgla = q.PRESETS["high gradient, low activation"].apply(base)
+    ranged = replace(base, layers=("layer2", "layer5"), ranges=(q.Range("selectivity", 0.5, None),
+                                                                q.Range("abl_loss_delta", None, 0.01)),
+                     order_by="selectivity", descending=True)
+
+    def explorer_table(f: q.UnitFilter):
+        return lambda: (q.count_units(con, f), q.filter_units(con, replace(f, limit=DISPLAY_ROWS)))
+
+    def unit_page():
+        q.unit_page(con, RUN_ID, f"layer{rng.integers(LAYERS)}", int(rng.integers(per)))
+
+    cases = {
+        "filter: all units (count + first 5,000 rows)": explorer_table(base),
+        "filter: 2 layers, 2 ranges, sorted": explorer_table(ranged),
+        "filter: preset high gradient, low activation": explorer_table(hgla),
+        "scatter data: all units (50,000-point sample)": lambda: q.scatter_data(con, base, "selectivity", "abl_loss_delta"),
+        "scatter data: preset high gradient, low activation": lambda: q.scatter_data(con, hgla, "selectivity", "abl_loss_delta"),
+        "unit page: metrics, classes, trace, percentiles": unit_page,
+    }
+    print(f"{n:,} units, {con.execute('SELECT count(*) FROM unit_classes').fetchall()[0][0]:,} unit_classes rows, "
+          f"{con.execute('SELECT count(*) FROM train_trace').fetchall()[0][0]:,} train_trace rows; {args.repeat} runs each")
+    print(f"{'query':<54} {'p50 ms':>8} {'p95 ms':>8}  p95/target")
+    worst = 0.0
+    for name, fn in cases.items():
+        p50, p95 = timed(fn, args.repeat)
+        worst = max(worst, p95)
+        print(f"{name:<54} {p50:8.1f} {p95:8.1f}  {p95 / TARGET_MS:5.2f}{'  OVER' if p95 > TARGET_MS else ''}")
+    print(f"target p95 < {TARGET_MS:.0f} ms: {'met' if worst <= TARGET_MS else 'NOT met'} (worst p95 {worst:.1f} ms)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

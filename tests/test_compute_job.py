@@ -1,0 +1,31 @@
+"""The dashboard's compute button runs the compute step as a subprocess and follows its progress lines."""
+
+from __future__ import annotations
+
+
+from compute.progress import parse_line
+from dashboard.compute_job import DEFAULT_RUN_ID, default_command, run_with_progress
+from warehouse import list_runs
+
+
+def test_default_run_subprocess_reports_progress_and_publishes(tmp_path):
+    seen: list[tuple[float, str]] = []
+    cmd = default_command(str(tmp_path), ["--epochs", "1", "--train-size", "300", "--eval-size", "100"])
+    code, output = run_with_progress(cmd, lambda frac, text: seen.append((frac, text)))
+    assert code == 0, output
+    assert f"published run {DEFAULT_RUN_ID}" in output
+    assert [r.run_id for r in list_runs(tmp_path) if r.ok] == [DEFAULT_RUN_ID]
+    fracs = [f for f, _ in seen]
+    assert fracs == sorted(fracs) and fracs[-1] == 1.0 and 0 <= fracs[0] < 0.34
+    assert {t.split(":")[0] for _, t in seen} == {"training", "statistics", "ablation"}
+
+
+def test_failure_returns_the_error_message(tmp_path):
+    cmd = default_command(str(tmp_path), ["--dataset", "no-such-dataset"])
+    code, output = run_with_progress(cmd, lambda frac, text: None)
+    assert code == 2 and "no-such-dataset" in output and list_runs(tmp_path) == []
+
+
+def test_parse_line():
+    assert parse_line('PROGRESS {"stage": "training", "n": 3, "total": 8}\n') == {"stage": "training", "n": 3, "total": 8}
+    assert parse_line("published run x") is None and parse_line("PROGRESS {broken") is None

@@ -93,7 +93,7 @@ def generate(root: Path, n_units: int) -> None:
             "test_loss": [0.0], "test_acc": [0.0], "eval_loss": [0.0], "eval_acc": [0.0], "duration_s": [0.0],
             "device": ["none"], "torch_version": ["none"], "package_versions": ["{}"], "config": ["{}"],
             "checkpoint": [""]})
-        steps.update(4)
+        steps.update(3)
         steps.close()
         w.publish({"model": "synthetic", "dataset": "synthetic"})
 

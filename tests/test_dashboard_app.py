@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import io
+import os
 import shlex
 import subprocess
 import sys
@@ -222,3 +223,18 @@ def test_export_page_matches_the_command_line(app, con, warehouse_root, tmp_path
     args[-1] = str(tmp_path / "cli.csv")
     subprocess.run(args, cwd=Path(APP).parent.parent, check=True, capture_output=True)
     assert (tmp_path / "cli.csv").read_bytes() == export_units(con, f, "csv")
+
+
+def test_dashboard_pages_do_not_import_torch(warehouse_root):
+    script = (
+        "import sys\n"
+        "from streamlit.testing.v1 import AppTest\n"
+        f"at = AppTest.from_file({str(APP)!r}, default_timeout=60).run()\n"
+        "for page in ('explorer', 'unit', 'sql', 'export'):\n"
+        "    at.switch_page(f'views/{page}.py').run()\n"
+        "    assert not at.exception, at.exception\n"
+        "print('torch loaded' if 'torch' in sys.modules else 'no torch')\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                       env={**os.environ, "NEURON_ATLAS_WAREHOUSE": str(warehouse_root)})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.strip().endswith("no torch")

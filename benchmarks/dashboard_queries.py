@@ -1,6 +1,9 @@
 """Latency of the dashboard's query functions on a synthetic warehouse of 1,000,000 units.
 
-Prints p50/p95 per query (filter, scatter data, unit page) against the target p95 < 100 ms.
+Prints p50/p95 per query (filter, scatter data, unit page) against the target p95 < 100 ms, for
+the dashboard's connection (``warehouse.connect``: Parquet opened by pyarrow, registered as Arrow
+datasets) and, side by side, for the same views over DuckDB's own Parquet reader (a candidate
+design: ``read_parquet`` views, file access limited to the runs folder by ``allowed_directories``).
 The synthetic run has the real schema: 8 layers of 125,000 units, 10 classes (10 M
 ``unit_classes`` rows) and 2 epochs of training trace (20 M rows), rows in (layer, unit) order as
 the compute step writes them. It is generated once into --warehouse (default: a folder under the
@@ -12,6 +15,7 @@ system temp dir) and reused.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -19,6 +23,7 @@ from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 
+import duckdb
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -26,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from compute.progress import bar  # noqa: E402
 from warehouse import connect, list_runs  # noqa: E402
 from warehouse import queries as q  # noqa: E402
-from warehouse.schema import SCHEMA_VERSION  # noqa: E402
+from warehouse.schema import SCHEMA_VERSION, TABLES  # noqa: E402
 from warehouse.store import RunWriter  # noqa: E402
 
 RUN_ID = "synthetic"
@@ -98,6 +103,19 @@ def generate(root: Path, n_units: int) -> None:
         w.publish({"model": "synthetic", "dataset": "synthetic"})
 
 
+def native_connect(root: Path) -> duckdb.DuckDBPyConnection:
+    """The candidate design: views over DuckDB's Parquet reader, file access limited to the runs."""
+    runs = [r for r in list_runs(root) if r.ok]
+    con = duckdb.connect(":memory:")
+    for name in TABLES:
+        files = ", ".join("'" + str(r.path / f"{name}.parquet").replace("'", "''") + "'" for r in runs)
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet([{files}])")
+    con.execute("SET allowed_directories = ?", [[str(root / "runs") + "/"]])
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
 def timed(fn, repeat: int) -> tuple[float, float]:
     fn()  # warm-up: first scan, OS page cache
     ms = []
@@ -120,39 +138,45 @@ def main() -> int:
         t0 = time.perf_counter()
         generate(root, args.units)
         print(f"generated a synthetic run of {args.units:,} units in {root} in {time.perf_counter() - t0:.1f} s")
-    con = connect(root)
-    n = con.execute("SELECT count(*) FROM units").fetchall()[0][0]
+    arrow, native = connect(root), native_connect(root)
+    n = arrow.execute("SELECT count(*) FROM units").fetchall()[0][0]
     per = n // LAYERS
-    rng = np.random.default_rng(1)
     base = q.UnitFilter(RUN_ID)
     hgla = q.PRESETS["high gradient, low activation"].apply(base)
     ranged = replace(base, layers=("layer2", "layer5"), ranges=(q.Range("selectivity", 0.5, None),
                                                                 q.Range("abl_loss_delta", None, 0.01)),
                      order_by="selectivity", descending=True)
 
-    def explorer_table(f: q.UnitFilter):
-        return lambda: (q.count_units(con, f), q.filter_units(con, replace(f, limit=DISPLAY_ROWS)))
+    def cases(con: duckdb.DuckDBPyConnection) -> dict:
+        rng = np.random.default_rng(1)
 
-    def unit_page():
-        q.unit_page(con, RUN_ID, f"layer{rng.integers(LAYERS)}", int(rng.integers(per)))
+        def explorer_table(f: q.UnitFilter):
+            return lambda: (q.count_units(con, f), q.filter_units(con, replace(f, limit=DISPLAY_ROWS)))
 
-    cases = {
-        "filter: all units (count + first 5,000 rows)": explorer_table(base),
-        "filter: 2 layers, 2 ranges, sorted": explorer_table(ranged),
-        "filter: preset high gradient, low activation": explorer_table(hgla),
-        "scatter data: all units (50,000-point sample)": lambda: q.scatter_data(con, base, "selectivity", "abl_loss_delta"),
-        "scatter data: preset high gradient, low activation": lambda: q.scatter_data(con, hgla, "selectivity", "abl_loss_delta"),
-        "unit page: metrics, classes, trace, percentiles": unit_page,
-    }
-    print(f"{n:,} units, {con.execute('SELECT count(*) FROM unit_classes').fetchall()[0][0]:,} unit_classes rows, "
-          f"{con.execute('SELECT count(*) FROM train_trace').fetchall()[0][0]:,} train_trace rows; {args.repeat} runs each")
-    print(f"{'query':<54} {'p50 ms':>8} {'p95 ms':>8}  p95/target")
+        return {
+            "filter: all units (count + first 5,000 rows)": explorer_table(base),
+            "filter: 2 layers, 2 ranges, sorted": explorer_table(ranged),
+            "filter: preset high gradient, low activation": explorer_table(hgla),
+            "scatter data: all units (50,000-point sample)":
+                lambda: q.scatter_data(con, base, "selectivity", "abl_loss_delta"),
+            "scatter data: preset high gradient, low activation":
+                lambda: q.scatter_data(con, hgla, "selectivity", "abl_loss_delta"),
+            "unit page: metrics, classes, trace, percentiles":
+                lambda: q.unit_page(con, RUN_ID, f"layer{rng.integers(LAYERS)}", int(rng.integers(per))),
+        }
+
+    print(f"{n:,} units, {arrow.execute('SELECT count(*) FROM unit_classes').fetchall()[0][0]:,} unit_classes rows, "
+          f"{arrow.execute('SELECT count(*) FROM train_trace').fetchall()[0][0]:,} train_trace rows; "
+          f"{args.repeat} runs each; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'query':<52} {'arrow p50':>9} {'p95':>7} {'native p50':>10} {'p95':>7}  arrow/native p95")
     worst = 0.0
-    for name, fn in cases.items():
-        p50, p95 = timed(fn, args.repeat)
-        worst = max(worst, p95)
-        print(f"{name:<54} {p50:8.1f} {p95:8.1f}  {p95 / TARGET_MS:5.2f}{'  OVER' if p95 > TARGET_MS else ''}")
-    print(f"target p95 < {TARGET_MS:.0f} ms: {'met' if worst <= TARGET_MS else 'NOT met'} (worst p95 {worst:.1f} ms)")
+    for (name, fa), fb in zip(cases(arrow).items(), cases(native).values()):
+        a50, a95 = timed(fa, args.repeat)
+        b50, b95 = timed(fb, args.repeat)
+        worst = max(worst, a95)
+        print(f"{name:<52} {a50:9.1f} {a95:7.1f} {b50:10.1f} {b95:7.1f}  {a95 / b95:5.2f}")
+    print(f"target p95 < {TARGET_MS:.0f} ms with warehouse.connect: {'met' if worst <= TARGET_MS else 'NOT met'} "
+          f"(worst p95 {worst:.1f} ms)")
     return 0
 
 

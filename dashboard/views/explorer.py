@@ -36,7 +36,8 @@ def to_widgets(state: ExplorerState, classes: list[str]) -> None:
         S[f"ex-lo-{r.column}"], S[f"ex-hi-{r.column}"] = r.lo, r.hi
     S["ex-pref"] = [classes[c] for c in f.pref_classes if 0 <= c < len(classes)]
     S["ex-dead"] = next(k for k, v in DEAD.items() if v == f.dead)
-    S["ex-cls"] = classes[f.condition_class] if f.condition_class is not None and 0 <= f.condition_class < len(classes) else ANY_CLASS
+    c = f.condition_class
+    S["ex-cls"] = classes[c] if c is not None and 0 <= c < len(classes) else ANY_CLASS
     S["ex-cmetrics"] = [r.column for r in f.class_conditions]
     for r in f.class_conditions:
         S[f"ex-clo-{r.column}"], S[f"ex-chi-{r.column}"] = r.lo, r.hi

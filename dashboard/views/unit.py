@@ -73,8 +73,9 @@ fig.add_trace(go.Bar(x=cls["class_name"], y=cls["grad_mean"], name="gradient sig
               row=1, col=2)
 fig.update_layout(barmode="group", legend={"orientation": "h"})
 st.plotly_chart(fig, key="unit-classes")
-st.caption("High gradient with low activation for a class (anomaly score, docs/metrics.md): "
-           + ", ".join(f"{r.class_name} ({r.anomaly:.2f})" for r in cls.sort_values("anomaly", ascending=False).head(3).itertuples()))
+top = cls.sort_values("anomaly", ascending=False).head(3)
+st.caption("Classes with the highest gradient-vs-activation anomaly (high gradient, low activation; "
+           "docs/metrics.md): " + ", ".join(f"{r.class_name} ({r.anomaly:.2f})" for r in top.itertuples()))
 
 # --- training trace ------------------------------------------------------------------------------
 st.subheader("Training trace")

@@ -157,3 +157,10 @@ def test_overview_queries(con, tables):
     assert s.layer.tolist() == ["conv1", "conv2", "fc1", "fc2"]
     assert s.dead.tolist() == [int(u[u.layer == lay].dead.sum()) for lay in s.layer]
     assert s.median_selectivity.tolist() == pytest.approx([u[u.layer == lay].selectivity.median() for lay in s.layer])
+
+
+def test_scatter_respects_the_filters_limit(con, tables):
+    top = PRESETS["most important"].apply(UnitFilter(RUN_ID))
+    pts, total = q.scatter_data(con, top, "selectivity", "abl_loss_delta")
+    assert total == len(pts) == 50
+    assert sorted(pts.abl_loss_delta) == sorted(tables["units"].abl_loss_delta.nlargest(50))

@@ -152,8 +152,11 @@ def _range_sql(alias: str, r: Range, allowed: tuple[str, ...], what: str) -> tup
     return sql, params
 
 
-def filter_sql(f: UnitFilter, columns: tuple[str, ...] = UNIT_COLUMNS) -> tuple[str, list[Any]]:
-    """One SELECT over ``units`` (plus ``matched_classes`` when class conditions are set)."""
+def filter_sql(f: UnitFilter, columns: tuple[str, ...] = UNIT_COLUMNS, ordered: bool = True) -> tuple[str, list[Any]]:
+    """One SELECT over ``units`` (plus ``matched_classes`` when class conditions are set).
+
+    ``ordered=False`` leaves out the ORDER BY when no limit depends on it (counts, samples).
+    """
     for c in columns:
         _check_column(c, UNIT_COLUMNS, "column")
     where, params = ["u.run_id = ?"], [f.run_id]
@@ -191,8 +194,10 @@ def filter_sql(f: UnitFilter, columns: tuple[str, ...] = UNIT_COLUMNS) -> tuple[
         select += ", m.matched_classes"
     order = _check_column(f.order_by, UNIT_METRICS, "sort column")
     direction = "DESC" if f.descending else "ASC"
-    sql = (f"SELECT {select} FROM units u {join} WHERE {' AND '.join(where)} "
-           f'ORDER BY u."{order}" {direction} NULLS LAST, u.layer_index, u.unit')
+    sql = f"SELECT {select} FROM units u {join} WHERE {' AND '.join(where)}"
+    if ordered or f.limit is not None:
+        sql += f' ORDER BY u."{order}" {direction} NULLS LAST, u.layer_index, u.unit'
+
     if f.limit is not None:
         if f.limit < 1:
             raise QueryError(f"limit must be positive, got {f.limit}.")
@@ -214,21 +219,26 @@ def filter_units_arrow(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> pa.Tabl
 
 def scatter_data(con: duckdb.DuckDBPyConnection, f: UnitFilter, x: str, y: str,
                  max_points: int = 50_000) -> tuple[pd.DataFrame, int]:
-    """Points (layer, unit, pref_class_name, x, y) of the filtered units and their total count.
+    """Points (layer, layer_index, unit, pref_class_name, x, y) of the filtered units and their total count.
 
-    Above ``max_points`` a deterministic sample (by a hash of layer and unit) is returned, so the
-    plot stays responsive and does not change between reruns.
+    Above ``max_points`` a deterministic sample is returned: the ``max_points`` units with the
+    smallest hash of (layer, unit), so the plot stays responsive and does not change between
+    reruns. A pre-filter on the hash range keeps the sort to about 1.25 x ``max_points`` rows.
     """
     x = _check_column(x, UNIT_METRICS, "x axis")
     y = _check_column(y, UNIT_METRICS, "y axis")
-    inner, params = filter_sql(replace(f, limit=None, order_by="layer_index"),
-                               tuple(dict.fromkeys(("layer", "layer_index", "unit", "pref_class_name", x, y))))
-    sql = (f"WITH f AS ({inner}) SELECT *, count(*) OVER () AS n_total FROM f "
-           f"ORDER BY hash(layer, unit) LIMIT ?")
-    df = con.execute(sql, params + [int(max_points)]).df()
-    total = int(df["n_total"].iloc[0]) if len(df) else 0
-    df = df.drop(columns="n_total").sort_values(["layer_index", "unit"], ignore_index=True)
-    return df, total
+    inner, params = filter_sql(f, tuple(dict.fromkeys(("layer", "layer_index", "unit", "pref_class_name", x, y))),
+                               ordered=False)
+    total = int(con.execute(f"SELECT count(*) FROM ({inner})", params).fetchall()[0][0])
+    if total <= max_points:
+        df = con.execute(inner, params).df()
+    else:
+        sample = f"SELECT * FROM ({inner}) {{}} ORDER BY hash(layer, unit) LIMIT ?"
+        cut = min(2**64 - 1, int(1.25 * max_points / total * 2**64))  # hash() is a UBIGINT
+        df = con.execute(sample.format("WHERE hash(layer, unit) < ?::UBIGINT"), params + [str(cut), max_points]).df()
+        if len(df) < max_points:  # the pre-filter kept too few (small, unlucky sets): sort them all
+            df = con.execute(sample.format(""), params + [max_points]).df()
+    return df.sort_values(["layer_index", "unit"], ignore_index=True), total
 
 
 def runs_overview(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
@@ -344,5 +354,5 @@ def unit_page(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: int
 
 def count_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> int:
     """How many units match ``f`` (its limit included)."""
-    sql, params = filter_sql(f, ("unit",))
+    sql, params = filter_sql(f, ("unit",), ordered=False)
     return int(con.execute(f"SELECT count(*) FROM ({sql})", params).fetchall()[0][0])

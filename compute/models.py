@@ -7,6 +7,7 @@ and ablations refer to. ReLUs are never in-place so that both tensors survive th
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -163,6 +164,6 @@ def load_checkpoint(path: Path) -> tuple[ProbedModel, ModelSpec]:
         spec = ModelSpec.from_dict(blob["spec"])
         model = build_model(spec)
         model.load_state_dict(blob["state_dict"])
-    except (OSError, RuntimeError, KeyError, EOFError) as e:
+    except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as e:
         raise ConfigError(f"cannot load checkpoint {path}: {e}") from e
     return model.eval(), spec

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from compute.data import DATASETS
-from compute.errors import AtlasError
+from compute.errors import AtlasError, ConfigError
 from compute.models import MODELS
 from warehouse.store import ENV_VAR, WarehouseError, default_path, list_runs
 
@@ -58,6 +58,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--width", type=float, default=0.25, help="cifar-convnet width multiplier")
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     run.add_argument("--run-id", default=None, help="default: <model>-<dataset>-s<seed>-<UTC time>")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the interrupted run --run-id from its last finished stage, "
+                          "with its saved settings (other flags are ignored)")
     _add_warehouse(run)
 
     ls = sub.add_parser("list", help="list the runs of a warehouse")
@@ -73,7 +76,10 @@ def _run(args: argparse.Namespace, root: Path) -> int:
         lr=args.lr, data_dir=args.data_dir, eval_dataset=args.eval_dataset, train_size=args.train_size,
         eval_size=args.eval_size, widths=args.widths, width=args.width, device=args.device, run_id=args.run_id,
     )
-    summary = compute_run(cfg, root)
+    if args.resume and not args.run_id:
+        raise ConfigError("--resume needs the --run-id of the interrupted run (see the folders in "
+                          f"{root / '.staging'}).")
+    summary = compute_run(cfg, root, resume=args.resume)
     f = summary.figures
     print(f"published run {summary.run_id} -> {summary.path}")
     print(f"  train acc {f['train_acc']:.4f}   test acc {f['test_acc']:.4f}   "
@@ -106,5 +112,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing was published.", file=sys.stderr)
+        print("interrupted: nothing was published. Finished stages are kept; continue with "
+              "--resume --run-id RUN_ID.", file=sys.stderr)
         return 130

@@ -10,7 +10,7 @@ import json
 import platform
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -21,12 +21,14 @@ import torch
 
 from compute.ablation import LayerAblation, single_unit_ablation
 from compute.data import ImageSet, Splits, load_dataset, load_eval_set, stratified_subset
-from compute.errors import ConfigError
+from compute.errors import ConfigError, DataError
 from compute.models import ModelSpec, ProbedModel, build_model, save_checkpoint
 from compute.probe import Probe
+from compute.stages import StageStore
 from compute.stats import EvalStats, anomaly, evaluation_stats, selectivity
 from compute.train import TrainConfig, TrainResult, evaluate, train
 from warehouse.schema import SCHEMA_VERSION
+from warehouse.faults import crash_point
 from warehouse.store import RunWriter, check_run_id
 
 CHECKPOINT = "checkpoint.pt"
@@ -103,6 +105,9 @@ def _load(cfg: RunConfig) -> tuple[Splits, ImageSet]:
     eval_set = load_eval_set(cfg.eval_dataset, data_dir, splits.train.class_names) if cfg.eval_dataset else splits.test
     if cfg.eval_size:
         eval_set = stratified_subset(eval_set, cfg.eval_size)
+    if eval_set.shape != train_set.shape:
+        raise DataError(f"--eval-dataset {cfg.eval_dataset} has images of shape {eval_set.shape}; the model is "
+                        f"trained on {cfg.dataset} images of shape {train_set.shape}.")
     return Splits(train_set, splits.test), eval_set
 
 
@@ -174,30 +179,66 @@ def _trace_table(run_id: str, result: TrainResult, class_names: tuple[str, ...])
     return cols
 
 
-def compute_run(cfg: RunConfig, warehouse_root: Path) -> RunSummary:
-    """Train, probe and ablate one model, then publish the run into ``warehouse_root``."""
+def _settle_config(cfg: RunConfig, run_id: str, stages_dir: Path, resume: bool) -> RunConfig:
+    """The run's configuration: saved at the start, and read back (not re-taken) on resume."""
+    path = stages_dir / "config.json"
+    if resume and path.exists():
+        saved = json.loads(path.read_text())
+        saved["widths"] = tuple(saved["widths"])
+        return RunConfig(**saved)
+    cfg = replace(cfg, run_id=run_id)
+    stages_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(cfg)))
+    return cfg
+
+
+def _train_stage(model: ProbedModel, probes: dict, splits: Splits, cfg: RunConfig, stages: StageStore,
+                 device: str) -> dict[str, Any]:
+    """Train with an epoch-level checkpoint in the stage store, so a killed run loses one epoch at most."""
+    def checkpoint(state: dict[str, Any]) -> None:
+        stages.save("train-epoch", state)
+        crash_point(f"epoch-{state['epoch']}")
+
+    tcfg = TrainConfig(epochs=cfg.epochs, seed=cfg.seed, batch_size=cfg.batch_size, lr=cfg.lr)
+    resume_from = stages.load("train-epoch")
+    trained = train(model, probes, splits.train, splits.test, tcfg, device, resume_from, checkpoint)  # type: ignore[arg-type]
+    return {"model": {k: v.cpu() for k, v in model.state_dict().items()}, "result": trained}
+
+
+def compute_run(cfg: RunConfig, warehouse_root: Path, resume: bool = False) -> RunSummary:
+    """Train, probe and ablate one model, then publish the run into ``warehouse_root``.
+
+    Finished stages are kept in the run's staging folder; with ``resume`` an interrupted run
+    (same ``run_id``) continues from its last finished stage under its saved configuration.
+    """
     started = time.perf_counter()
-    device = _device(cfg.device)
     run_id = check_run_id(cfg.run_id or default_run_id(cfg))
     # Open the writer first: a bad warehouse or a taken run id fails before minutes of training.
-    with RunWriter(warehouse_root, run_id) as writer:
+    with RunWriter(warehouse_root, run_id, resume=resume) as writer:
+        cfg = _settle_config(cfg, run_id, writer.stages_dir, resume)
+        device = _device(cfg.device)
+        stages = StageStore(writer.stages_dir)
         splits, eval_set = _load(cfg)
+        crash_point("after-load")
         torch.manual_seed(cfg.seed)
         spec = ModelSpec(cfg.model, splits.train.shape, splits.train.n_classes, cfg.model_options())
         model = build_model(spec).to(device)
         probes = model.probe_modules()
         shapes = _layer_shapes(model, spec.in_shape)
-        tcfg = TrainConfig(epochs=cfg.epochs, seed=cfg.seed, batch_size=cfg.batch_size, lr=cfg.lr)
-        trained = train(model, probes, splits.train, splits.test, tcfg, device)
-        train_loss, train_acc = evaluate(model, splits.train, device=device)
-        test_loss, test_acc = evaluate(model, splits.test, device=device)
-        stats = evaluation_stats(model, probes, eval_set, device=device)
-        base, ablations = single_unit_ablation(model, probes, {n: s[0] for n, s in shapes.items()}, eval_set, device)
+        trained_stage = stages.run("train", lambda: _train_stage(model, probes, splits, cfg, stages, device))
+        model.load_state_dict(trained_stage["model"])
+        trained: TrainResult = trained_stage["result"]
+        train_loss, train_acc, test_loss, test_acc = stages.run("evaluate", lambda: (
+            *evaluate(model, splits.train, device=device), *evaluate(model, splits.test, device=device)))
+        stats = stages.run("statistics", lambda: evaluation_stats(model, probes, eval_set, device=device))
+        base, ablations = stages.run("ablation", lambda: single_unit_ablation(
+            model, probes, {n: s[0] for n, s in shapes.items()}, eval_set, device))
 
         names = splits.train.class_names
         layer_order = list(probes)
         units, classes = _unit_tables(run_id, layer_order, stats, ablations, names)
         writer.write_table("units", units)
+        crash_point("after-table-units")
         writer.write_table("unit_classes", classes)
         writer.write_table("train_trace", _trace_table(run_id, trained, names))
         writer.write_table("layers", {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from compute.data import DATASETS
 from compute.errors import AtlasError, ConfigError
-from compute.models import MODELS
+from compute.models import MODELS, TORCHVISION_PREFIX
 from warehouse.store import ENV_VAR, WarehouseError, default_path, list_runs
 
 
@@ -32,6 +32,32 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    """A non-negative integer."""
+    return 0 if text.strip() == "0" else _positive(text)
+
+
+def _model_name(text: str) -> str:
+    if text in MODELS[:-1] or (text.startswith(TORCHVISION_PREFIX) and len(text) > len(TORCHVISION_PREFIX)):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose one of: {', '.join(MODELS)}")
+
+
+def _patterns(text: str) -> tuple[str, ...]:
+    patterns = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not patterns:
+        raise argparse.ArgumentTypeError("--layers needs at least one name or pattern")
+    return patterns
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        c, h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W such as 1,28,28, got {text!r}") from None
+    return c, h, w
+
+
 def _add_warehouse(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warehouse", type=Path, default=None,
                    help=f"warehouse folder (default: ${ENV_VAR} or {default_path()})")
@@ -42,13 +68,16 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="train a model, probe every unit and publish a run")
-    run.add_argument("--model", default="lenet5", choices=MODELS)
+    run.add_argument("--model", default="lenet5", type=_model_name, help=f"one of {', '.join(MODELS)}")
     run.add_argument("--dataset", default="mnist-5k", metavar="NAME", help=f"one of {', '.join(DATASETS)}")
     run.add_argument("--data-dir", default=None, help="folder holding the dataset's files (else download)")
     run.add_argument("--eval-dataset", default=None, metavar="NAME",
                      help="compute statistics and ablations on this dataset's test split instead, "
                           "e.g. idx:../shared/data/mnist")
-    run.add_argument("--epochs", type=_positive, default=12)
+    run.add_argument("--epochs", type=_count, default=12, help="0 with --checkpoint: analyze without training")
+    run.add_argument("--checkpoint", default=None, help="load these trained weights (a state dict) first")
+    run.add_argument("--layers", type=_patterns, default=None,
+                     help="probe only these layers: comma-separated names or glob patterns (e.g. 'layer4.*,fc')")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--batch-size", type=_positive, default=64)
     run.add_argument("--lr", type=float, default=1e-3)
@@ -65,6 +94,13 @@ def parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("list", help="list the runs of a warehouse")
     _add_warehouse(ls)
+
+    lay = sub.add_parser("layers", help="list a model's probe-able layers with unit counts")
+    lay.add_argument("--model", default="lenet5", type=_model_name)
+    lay.add_argument("--input-shape", type=_shape, default=(1, 28, 28), help="C,H,W of one image (default 1,28,28)")
+    lay.add_argument("--classes", type=_positive, default=10)
+    lay.add_argument("--widths", type=_widths, default=(128, 128))
+    lay.add_argument("--width", type=float, default=0.25)
     return ap
 
 
@@ -75,6 +111,7 @@ def _run(args: argparse.Namespace, root: Path) -> int:
         model=args.model, dataset=args.dataset, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
         lr=args.lr, data_dir=args.data_dir, eval_dataset=args.eval_dataset, train_size=args.train_size,
         eval_size=args.eval_size, widths=args.widths, width=args.width, device=args.device, run_id=args.run_id,
+        layers=args.layers, checkpoint=args.checkpoint,
     )
     if args.resume and not args.run_id:
         raise ConfigError("--resume needs the --run-id of the interrupted run (see the folders in "
@@ -101,12 +138,32 @@ def _list(root: Path) -> int:
     return 0
 
 
+def _layers(args: argparse.Namespace) -> int:
+    import torch
+
+    from compute.models import ModelSpec, build_model
+    from compute.pipeline import RunConfig, _layer_shapes
+
+    options = RunConfig(model=args.model, widths=args.widths, width=args.width).model_options()
+    model = build_model(ModelSpec(args.model, args.input_shape, args.classes, options))
+    shapes = _layer_shapes(model, args.input_shape)
+    print(f"{'layer':<24} {'kind':<7} {'units':>6}  activation shape")
+    for name, shape in shapes.items():
+        kind = "conv" if len(shape) == 3 else "linear"
+        print(f"{name:<24} {kind:<7} {shape[0]:>6}  {'x'.join(map(str, shape))}")
+    print(f"{len(shapes)} layers, {sum(s[0] for s in shapes.values())} units "
+          f"(input {'x'.join(map(str, args.input_shape))}, torch {torch.__version__})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    root = args.warehouse or default_path()
+    root = getattr(args, "warehouse", None) or default_path()
     try:
         if args.command == "run":
             return _run(args, root)
+        if args.command == "layers":
+            return _layers(args)
         return _list(root)
     except (AtlasError, WarehouseError) as e:
         print(f"error: {e}", file=sys.stderr)

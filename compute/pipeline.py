@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from compute.ablation import LayerAblation, single_unit_ablation
-from compute.data import ImageSet, Splits, load_dataset, load_eval_set, stratified_subset
+from compute.data import ImageSet, Splits, load_dataset, load_eval_set, stratified_subset, with_label_noise
 from compute.errors import ConfigError, DataError
 from compute.discover import ProbedGraph, select_layers
 from compute.models import ModelSpec, ProbedModel, build_model, load_weights, save_checkpoint
@@ -53,6 +53,9 @@ class RunConfig:
     width: float = 0.25
     device: str = "cpu"
     run_id: str | None = None
+    label_noise: float = 0.0  # fraction of training labels replaced by random ones
+    until_train_acc: float | None = None  # train until this training accuracy, with `epochs` as the cap
+    experiment: str | None = None  # groups the runs of a sweep
     layers: tuple[str, ...] | None = None  # names or glob patterns; None = every probe point
     checkpoint: str | None = None  # trained weights to load instead of (or before) training
 
@@ -105,6 +108,7 @@ def _load(cfg: RunConfig) -> tuple[Splits, ImageSet]:
     data_dir = Path(cfg.data_dir) if cfg.data_dir else None
     splits = load_dataset(cfg.dataset, data_dir)
     train_set = stratified_subset(splits.train, cfg.train_size) if cfg.train_size else splits.train
+    train_set = with_label_noise(train_set, cfg.label_noise, cfg.seed)
     eval_set = load_eval_set(cfg.eval_dataset, data_dir, splits.train.class_names) if cfg.eval_dataset else splits.test
     if cfg.eval_size:
         eval_set = stratified_subset(eval_set, cfg.eval_size)
@@ -208,7 +212,8 @@ def _train_stage(model: ProbedModel, probes: dict, splits: Splits, cfg: RunConfi
 
     trained = TrainResult()
     if cfg.epochs > 0:
-        tcfg = TrainConfig(epochs=cfg.epochs, seed=cfg.seed, batch_size=cfg.batch_size, lr=cfg.lr)
+        tcfg = TrainConfig(epochs=cfg.epochs, seed=cfg.seed, batch_size=cfg.batch_size, lr=cfg.lr,
+                           until_train_acc=cfg.until_train_acc)
         resume_from = stages.load("train-epoch")
         trained = train(model, probes, splits.train, splits.test, tcfg, device, resume_from, checkpoint)  # type: ignore[arg-type]
     return {"model": {k: v.cpu() for k, v in model.state_dict().items()}, "result": trained}
@@ -294,8 +299,8 @@ def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, 
         "run_id": [run_id], "created_at": [datetime.now(timezone.utc)], "schema_version": [SCHEMA_VERSION],
         "model": [cfg.model], "dataset": [cfg.dataset], "eval_dataset": [cfg.eval_dataset or f"{cfg.dataset} (test split)"],
         "n_train": [len(splits.train)], "n_test": [len(splits.test)], "n_eval": [len(eval_set)],
-        "n_classes": [len(names)], "class_names": [list(names)], "seed": [cfg.seed], "epochs": [cfg.epochs],
-        "batch_size": [cfg.batch_size], "lr": [cfg.lr], "label_noise": [0.0],
+        "n_classes": [len(names)], "class_names": [list(names)], "seed": [cfg.seed], "epochs": [len(trained.history)],
+        "batch_size": [cfg.batch_size], "lr": [cfg.lr], "label_noise": [cfg.label_noise], "experiment": [cfg.experiment],
         "train_loss": [train_loss], "train_acc": [train_acc], "test_loss": [test_loss], "test_acc": [test_acc],
         "eval_loss": [base.loss], "eval_acc": [base.accuracy], "duration_s": [duration], "device": [device],
         "torch_version": [versions["torch"]], "package_versions": [json.dumps(versions)],

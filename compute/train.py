@@ -32,6 +32,7 @@ class TrainConfig:
     seed: int
     batch_size: int = 64
     lr: float = 1e-3
+    until_train_acc: float | None = None  # stop once an epoch's training accuracy reaches this
 
 
 @dataclass
@@ -81,7 +82,7 @@ def train(model: nn.Module, probes: dict[str, nn.Module], train_set: ImageSet, t
         opt.load_state_dict(resume_from["optimizer"])
         gen.set_state(resume_from["generator"])
         traces, counts, result.history = resume_from["traces"], resume_from["counts"], resume_from["history"]
-        first = resume_from["epoch"]
+        first = cfg.epochs if resume_from.get("done") else resume_from["epoch"]
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
     progress = bar(None, "training", unit="batch", total=cfg.epochs * n_batches, initial=first * n_batches)
     for epoch in range(first, cfg.epochs):
@@ -122,9 +123,14 @@ def train(model: nn.Module, probes: dict[str, nn.Module], train_set: ImageSet, t
             "test_loss": test_loss, "test_acc": test_acc,
         })
         progress.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / len(train_set):.3f}", test_acc=f"{test_acc:.3f}")
+        # Running accuracy over the epoch's steps: it trails the end-of-epoch accuracy, so this stops late, never early.
+        done = cfg.until_train_acc is not None and correct / len(train_set) >= cfg.until_train_acc
         if on_epoch is not None:
             on_epoch({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                      "generator": gen.get_state(), "traces": traces, "counts": counts, "history": result.history})
+                      "generator": gen.get_state(), "traces": traces, "counts": counts, "history": result.history,
+                      "done": done})
+        if done:
+            break
     progress.close()
     result.trace = {name: {f: np.stack([t[f] for t in ts]) for f in TRACE_FIELDS} for name, ts in traces.items()}
     result.counts = np.stack(counts)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -12,14 +11,11 @@ RUN_ID = "small"
 
 
 @pytest.fixture(scope="session")
-def warehouse_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A warehouse holding one real run: LeNet-5, 2 epochs on 1,000 bundled MNIST digits, 300 evaluated."""
-    from compute.pipeline import RunConfig, compute_run
-
-    os.environ.setdefault("NEURON_ATLAS_QUIET", "1")
-    root = tmp_path_factory.mktemp("warehouse")
-    compute_run(RunConfig(epochs=2, train_size=1000, eval_size=300, run_id=RUN_ID), root)
-    return root
+def warehouse_root(small_run) -> Path:
+    """The warehouse of conftest's ``small_run``: LeNet-5, 2 epochs on 1,000 bundled MNIST digits, 300 evaluated."""
+    root, summary = small_run
+    assert summary.run_id == RUN_ID
+    return Path(root)
 
 
 @pytest.fixture(scope="session")

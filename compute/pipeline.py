@@ -1,4 +1,4 @@
-"""One compute run, end to end: data, training, statistics, ablation, then a published run.
+"""One compute run, end to end: data, training, statistics, ablation, images, then a published run.
 
 Stages write nothing until the end; the warehouse run is staged and published whole, so an
 interrupted run leaves no trace in the warehouse.
@@ -26,6 +26,9 @@ from compute.models import ModelSpec, ProbedModel, build_model, save_checkpoint
 from compute.probe import Probe
 from compute.stats import EvalStats, anomaly, evaluation_stats, selectivity
 from compute.train import TrainConfig, TrainResult, evaluate, train
+from compute.unit_images import COLUMNS as IMAGE_COLUMNS
+from compute.image_config import ImageConfig
+from compute.unit_images import ROW_GROUP_ROWS, unit_images
 from warehouse.schema import SCHEMA_VERSION
 from warehouse.store import RunWriter, check_run_id
 
@@ -50,6 +53,7 @@ class RunConfig:
     width: float = 0.25
     device: str = "cpu"
     run_id: str | None = None
+    images: ImageConfig | None = field(default_factory=ImageConfig)  # None: no unit_images rows
 
     def model_options(self) -> dict[str, Any]:
         if self.model == "mlp":
@@ -178,6 +182,8 @@ def compute_run(cfg: RunConfig, warehouse_root: Path) -> RunSummary:
     """Train, probe and ablate one model, then publish the run into ``warehouse_root``."""
     started = time.perf_counter()
     device = _device(cfg.device)
+    if cfg.images is not None:
+        cfg.images.check()
     run_id = check_run_id(cfg.run_id or default_run_id(cfg))
     # Open the writer first: a bad warehouse or a taken run id fails before minutes of training.
     with RunWriter(warehouse_root, run_id) as writer:
@@ -193,6 +199,12 @@ def compute_run(cfg: RunConfig, warehouse_root: Path) -> RunSummary:
         test_loss, test_acc = evaluate(model, splits.test, device=device)
         stats = evaluation_stats(model, probes, eval_set, device=device)
         base, ablations = single_unit_ablation(model, probes, {n: s[0] for n, s in shapes.items()}, eval_set, device)
+
+        if cfg.images is not None:
+            images, image_seconds = unit_images(run_id, model, probes, eval_set, splits.train, cfg.images, device)
+        else:
+            images, image_seconds = {c: [] for c in IMAGE_COLUMNS}, {}
+        writer.write_table("unit_images", images, row_group_size=ROW_GROUP_ROWS)
 
         names = splits.train.class_names
         layer_order = list(probes)
@@ -230,5 +242,6 @@ def compute_run(cfg: RunConfig, warehouse_root: Path) -> RunSummary:
         })
         path = writer.publish({"model": cfg.model, "dataset": cfg.dataset})
     figures = {"train_acc": train_acc, "test_acc": test_acc, "eval_acc": base.accuracy, "eval_loss": base.loss,
-               "units": float(len(units["unit"])), "duration_s": duration}
+               "units": float(len(units["unit"])), "duration_s": duration, "images": float(len(images["png"])),
+               **{f"images_s/{stage}": t for stage, t in image_seconds.items()}}
     return RunSummary(run_id, path, figures)

@@ -19,6 +19,7 @@ from torch import nn
 
 from compute.errors import ConfigError
 from compute.models import ProbedModel
+from compute.partial import run_to
 
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
                 nn.Dropout, nn.Dropout2d, nn.BatchNorm1d, nn.BatchNorm2d)
@@ -36,7 +37,7 @@ def _replacement(module: nn.Module) -> nn.Module | None:
 
 def connectivity_model(model: ProbedModel) -> ProbedModel:
     """A float64 copy of ``model`` whose input gradient is positive exactly where a path exists."""
-    twin = copy.deepcopy(model).double().eval()
+    twin = copy.deepcopy(model).cpu().double().eval()
     for name, module in list(twin.named_modules()):
         new = _replacement(module)
         if new is not None and name:
@@ -49,30 +50,6 @@ def connectivity_model(model: ProbedModel) -> ProbedModel:
                 if module.bias is not None:
                     module.bias.zero_()
     return twin
-
-
-class _Reached(Exception):
-    """Raised by the probe hook to stop the forward pass once the layer's output exists."""
-
-    def __init__(self, output: torch.Tensor) -> None:
-        super().__init__()
-        self.output = output
-
-
-def _layer_output(twin: nn.Module, probe: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Output of ``probe`` for input ``x``, without running the layers after it."""
-
-    def stop(_m: nn.Module, _i: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
-        raise _Reached(out)
-
-    handle = probe.register_forward_hook(stop)
-    try:
-        twin(x)
-    except _Reached as reached:
-        return reached.output
-    finally:
-        handle.remove()
-    raise ConfigError("the probe module was not called by the model's forward pass.")
 
 
 def _span(mask: torch.Tensor) -> torch.Tensor:
@@ -90,7 +67,7 @@ def receptive_boxes(model: ProbedModel, layer: str, in_shape: tuple[int, int, in
     twin = connectivity_model(model)
     probe = twin.get_submodule(model.probes[layer])
     with torch.no_grad():
-        shape = _layer_output(twin, probe, torch.zeros(1, *in_shape, dtype=torch.float64)).shape
+        shape = run_to(twin, probe, torch.zeros(1, *in_shape, dtype=torch.float64))[1].shape
     if len(shape) != 4:
         raise ConfigError(f"layer {layer} is not a conv layer: activity shape {tuple(shape[1:])}.")
     h, w = shape[2], shape[3]
@@ -100,7 +77,7 @@ def receptive_boxes(model: ProbedModel, layer: str, in_shape: tuple[int, int, in
     for start in range(0, h * w, chunk):
         y, x = ys[start:start + chunk], xs[start:start + chunk]
         inp = torch.ones(len(y), *in_shape, dtype=torch.float64, requires_grad=True)
-        out = _layer_output(twin, probe, inp)
+        _, out = run_to(twin, probe, inp)
         (grad,) = torch.autograd.grad(out[torch.arange(len(y)), :, y, x].sum(), inp)
         support = grad.abs().sum(1) > 0  # (P, H, W)
         boxes[start:start + len(y)] = torch.cat([_span(support.any(2)), _span(support.any(1))], 1)[:, [0, 2, 1, 3]]

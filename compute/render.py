@@ -26,7 +26,7 @@ def to_png(pixels: np.ndarray, scale: int = 1) -> bytes:
     if scale > 1:
         pixels = pixels.repeat(scale, axis=0).repeat(scale, axis=1)
     buf = io.BytesIO()
-    Image.fromarray(pixels).save(buf, format="PNG", optimize=True)
+    Image.fromarray(pixels).save(buf, format="PNG")
     return buf.getvalue()
 
 

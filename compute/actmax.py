@@ -23,6 +23,7 @@ unrelated pictures, so a single map would mislead).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,19 +77,25 @@ def _objective(model: nn.Module, module: nn.Module, x: torch.Tensor, units: torc
     return by_position(pre)[torch.arange(len(x)), units].mean(1)
 
 
-def activation_maps(model: nn.Module, module: nn.Module, n_units: int, in_shape: tuple[int, int, int],
+def _noise(cfg: ActMaxConfig, restart: int, unit: int, in_shape: tuple[int, int, int]) -> torch.Tensor:
+    """The starting noise of one unit and restart: its own seed, whatever else is in the batch."""
+    seed = (cfg.seed * 1_000_003 + restart * 100_003 + unit) % (2**63)
+    return torch.randn(in_shape, generator=torch.Generator().manual_seed(seed))
+
+
+def activation_maps(model: nn.Module, module: nn.Module, unit_ids: Sequence[int], in_shape: tuple[int, int, int],
                     mean_pixel: torch.Tensor, cfg: ActMaxConfig = ActMaxConfig(),
                     device: str = "cpu", desc: str = "actmax") -> tuple[Maps, Maps]:
-    """(HappyMaps, SadMaps) of every unit of the layer whose probe is ``module``."""
+    """(HappyMaps, SadMaps) of units ``unit_ids`` of the layer whose probe is ``module``, in that order."""
     cfg.check()
     model.eval()
-    r = cfg.restarts
+    r, n_units = cfg.restarts, len(unit_ids)
     # Batch order: direction (happy, sad), restart, unit.
-    units = torch.arange(n_units).repeat(2 * r).to(device)
+    units = torch.as_tensor(list(unit_ids)).repeat(2 * r).to(device)
     sign = torch.cat([torch.ones(n_units * r), -torch.ones(n_units * r)]).to(device)
     mean = mean_pixel.reshape(1, -1, 1, 1).to(device)
-    noise = [torch.randn(n_units, *in_shape, generator=torch.Generator().manual_seed(cfg.seed + i)) for i in range(r)]
-    x = (mean + cfg.init_std * torch.cat(noise + noise).to(device)).clamp(0, 1).requires_grad_()
+    noise = torch.stack([_noise(cfg, i, int(u), in_shape) for i in range(r) for u in unit_ids])
+    x = (mean + cfg.init_std * torch.cat([noise, noise]).to(device)).clamp(0, 1).requires_grad_()
     opt = torch.optim.Adam([x], lr=cfg.lr)
     shifts = torch.Generator().manual_seed(cfg.seed)
     kernel = 2 * int(np.ceil(3 * cfg.blur_sigma)) + 1

@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,9 +82,11 @@ def unit_attributions(model: nn.Module, module: nn.Module, inputs: torch.Tensor,
             t = layer_in[0] if isinstance(layer_in, tuple) else layer_in
             return by_position(t)[rows, u, p]
 
-        x = inputs[start:start + batch_size]
+        x = inputs[start:start + batch_size].detach().requires_grad_()
         for method, acc in ((gbp, maps[0]), (grad, maps[1])):
-            acc.append(method.attribute(x, selector, attribute_to_neuron_input=True).detach().cpu().numpy())
+            with warnings.catch_warnings():  # captum announces its temporary ReLU hooks on every call
+                warnings.filterwarnings("ignore", "Setting backward hooks on ReLU", UserWarning)
+                acc.append(method.attribute(x, selector, attribute_to_neuron_input=True).detach().cpu().numpy())
     return np.concatenate(maps[0]), np.concatenate(maps[1])
 
 

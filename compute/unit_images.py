@@ -9,7 +9,6 @@ for the definitions, docs/schema.md for the columns.
 from __future__ import annotations
 
 import time
-import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -124,10 +123,8 @@ def _attributions(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module],
         with timer.stage("guided backprop + gradient"):
             x = data.images[torch.as_tensor(ex.top_idx.reshape(-1))].to(device, torch.float32).div_(255.0)
             units = torch.arange(n_units, device=device).repeat_interleave(k)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", category=UserWarning, module=r"captum\.")
-                gbp, grad = unit_attributions(model, probes[layer], x.requires_grad_(), units,
-                                              torch.as_tensor(ex.top_pos.reshape(-1), device=device))
+            gbp, grad = unit_attributions(model, probes[layer], x, units,
+                                          torch.as_tensor(ex.top_pos.reshape(-1), device=device))
         with timer.stage("attribution images"):
             for kind, maps in (("gbp", gbp), ("grad", grad)):
                 for i, m in enumerate(maps):
@@ -155,7 +152,8 @@ def _actmax(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], data:
     for layer, module in probes.items():
         with timer.stage("activation maximization"):
             n_units = int(run_shape(model, module, data.shape)[0])
-            happy, sad = activation_maps(model, module, n_units, data.shape, mean_pixel, cfg, device, f"actmax {layer}")
+            happy, sad = activation_maps(model, module, range(n_units), data.shape, mean_pixel, cfg, device,
+                                         f"actmax {layer}")
         with timer.stage("actmax images"):
             for kind, maps in (("happy", happy), ("sad", sad)):
                 for (u, r), v in np.ndenumerate(maps.values):

@@ -19,19 +19,17 @@ import torch
 from torch import nn
 
 from compute.actmax import activation_maps
-from compute.image_config import ActMaxConfig, ImageConfig
 from compute.data import ImageSet
 from compute.evidence import extreme_examples, unit_attributions, weighted_averages
+from compute.image_config import ActMaxConfig, ImageConfig
 from compute.models import ProbedModel
 from compute.partial import run_to
 from compute.progress import bar
 from compute.receptive_field import receptive_boxes
-from compute.render import (display_scale, draw_box, heatmap_pixels, image_pixels, to_png,
-                            weight_pixels)
+from compute.render import display_scale, draw_box, heatmap_pixels, image_pixels, to_png, weight_pixels
+from warehouse.schema import IMAGE_KINDS, TABLES
 
-KINDS = ("top", "top_crop", "bottom", "gbp", "grad", "act_avg", "grad_avg", "happy", "sad", "weights")
-COLUMNS = ("run_id", "layer", "unit", "kind", "rank", "class", "example", "value", "label", "pred", "position",
-           "box", "consistency", "width", "height", "png")
+COLUMNS = tuple(TABLES["unit_images"].arrow_schema.names)
 ROW_GROUP_ROWS = 512
 
 
@@ -52,7 +50,7 @@ class _Rows:
 
     def sorted(self) -> dict[str, list[Any]]:
         """Rows ordered by (layer, unit, kind, rank, class) so row groups hold few units each."""
-        kind = {k: i for i, k in enumerate(KINDS)}
+        kind = {k: i for i, k in enumerate(IMAGE_KINDS)}
         c = self.cols
         order = sorted(range(len(c["unit"])), key=lambda i: (c["layer"][i], c["unit"][i], kind[c["kind"][i]],
                                                              c["rank"][i], c["class"][i] or 0))

@@ -36,7 +36,8 @@ def _caption(row: pd.Series, names: list[str]) -> str:
 
 
 def _grid(rows: pd.DataFrame, names: list[str], width: int = THUMB) -> None:
-    st.image([bytes(p) for p in rows["png"]], caption=[_caption(r, names) for _, r in rows.iterrows()], width=width)
+    st.image([bytes(p) for p in rows["png"]], caption=[_caption(r, names) for _, r in rows.iterrows()], width=width,
+             output_format="PNG")  # "auto" would re-encode as JPEG and smear the pixels
 
 
 def _class_names(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:

@@ -12,10 +12,12 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
 import torch.nn.functional as F
+from streamlit.testing.v1 import AppTest
 
 import warehouse
 from compute.actmax import activation_maps, consistency
@@ -26,7 +28,8 @@ from compute.models import LeNet5, load_checkpoint
 from compute.pipeline import RunConfig, compute_run
 from compute.render import decode_png, diverging_pixels, image_pixels
 from warehouse.bundle import export_bundle, image_name, safe_part
-from warehouse.images import thumbnails, unit_images
+from dashboard.evidence import with_thumbnails
+from warehouse.images import data_uri, thumbnails, unit_images
 from warehouse.store import WarehouseError
 
 K = 5
@@ -333,3 +336,43 @@ def test_cli_no_images_and_bad_image_flags(tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     assert pq.read_metadata(wh / "runs" / "plain" / "unit_images.parquet").num_rows == 0
     assert json.loads(warehouse.connect(wh).execute("SELECT config FROM runs").fetchall()[0][0])["images"] is None
+
+
+def evidence_app(root: Path, layer: str, unit: int) -> AppTest:
+    script = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport warehouse\n"
+              f"from dashboard.evidence import render_unit_evidence\n"
+              f"render_unit_evidence(warehouse.connect({str(root)!r}), {RUN!r}, {layer!r}, {unit})\n")
+    return AppTest.from_string(script, default_timeout=60).run()
+
+
+def test_unit_page_shows_every_image_grid(run: dict) -> None:
+    at = evidence_app(run["root"], "conv2", 3)
+    assert not at.exception
+    grids = [len(im.value) for im in at.image]
+    assert grids == [K, K, K, K, K, 10, 10, 3, 3]  # top, crops, gbp, grad, bottom, averages, happy, sad
+    assert all(u.endswith(".png") for im in at.image for u in im.value)  # served as PNG, not re-encoded JPEG
+    t = run["table"]
+    top = rows(t, "conv2", 3, "top").iloc[0]
+    assert at.image[0].captions[0] == f"#1 act {top.value:.2f} · {int(top.label)}→{int(top.pred)}"
+    happy = rows(t, "conv2", 3, "happy").iloc[0]
+    assert any(f"consistency across restarts {happy.consistency:.2f}" in m.value for m in at.markdown)
+    assert len(at.get("download_button")) == 1
+    # A first-layer conv unit also shows its filter; a linear unit has no crops.
+    assert [len(im.value) for im in evidence_app(run["root"], "conv1", 0).image][-1] == 1
+    assert len(evidence_app(run["root"], "fc1", 0).image) == 8
+
+
+def test_unit_page_explains_missing_images(run: dict) -> None:
+    at = evidence_app(run["root"], "conv2", 99)
+    assert not at.exception and len(at.image) == 0
+    assert "No images" in at.info[0].value
+
+
+def test_explorer_thumbnails_are_data_uris(run: dict) -> None:
+    con = warehouse.connect(run["root"])
+    units = pd.DataFrame({"layer": ["fc1", "conv2"], "unit": [3, 1], "selectivity": [0.1, 0.2]})
+    df, config = with_thumbnails(con, RUN, units, kind="happy")
+    assert list(df.columns) == ["layer", "unit", "selectivity", "thumbnail"]
+    expected = rows(run["table"], "fc1", 3, "happy").iloc[0].png
+    assert df.thumbnail[0] == data_uri(bytes(expected))
+    assert "thumbnail" in config

@@ -25,7 +25,8 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from warehouse.images import KIND_ORDER, META_COLUMNS
+from warehouse.images import META_COLUMNS
+from warehouse.schema import IMAGE_KINDS
 from warehouse.store import WarehouseError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -43,7 +44,7 @@ def image_name(layer: str, unit: int, kind: str, rank: int, cls: int | None) -> 
 
 
 def export_bundle(con: duckdb.DuckDBPyConnection, run_id: str, units: list[tuple[str, int]], out: Path | str,
-                  kinds: tuple[str, ...] = KIND_ORDER) -> Path:
+                  kinds: tuple[str, ...] = IMAGE_KINDS) -> Path:
     """Write the zip bundle of ``units`` ((layer, unit) pairs) of ``run_id`` to ``out``."""
     out = Path(out)
     if not units:

@@ -11,10 +11,9 @@ import base64
 import duckdb
 import pandas as pd
 
-from warehouse.schema import TABLES
+from warehouse.schema import IMAGE_KINDS, TABLES
 
 META_COLUMNS = tuple(c.name for c in TABLES["unit_images"].columns if c.name != "png")
-KIND_ORDER = ("top", "top_crop", "bottom", "gbp", "grad", "act_avg", "grad_avg", "happy", "sad", "weights")
 
 
 def unit_images(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: int,
@@ -26,7 +25,7 @@ def unit_images(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: i
         sql += " AND list_contains(?, kind)"
         params.append(list(kinds))
     df = con.execute(sql, params).df()
-    order = {k: i for i, k in enumerate(KIND_ORDER)}
+    order = {k: i for i, k in enumerate(IMAGE_KINDS)}
     df["_k"] = df["kind"].map(order)
     return df.sort_values(["_k", "rank", "class"], na_position="first").drop(columns="_k").reset_index(drop=True)
 

@@ -41,6 +41,8 @@ UNIT = _c("unit", pa.int32(), "Unit index within its layer: neuron of a linear l
 CLASS = _c("class", pa.int32(), "Class index (label value).")
 CLASS_NAME = _c("class_name", pa.string(), "Human-readable class name (e.g. `7`, `Trouser`).")
 F64 = pa.float64()
+# Kinds of `unit_images` rows, in the order a unit's page shows them.
+IMAGE_KINDS = ("top", "top_crop", "bottom", "gbp", "grad", "act_avg", "grad_avg", "happy", "sad", "weights")
 
 TABLES: dict[str, Table] = {t.name: t for t in (
     Table("runs", "One row per published run: provenance, settings and headline results.", (

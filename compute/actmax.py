@@ -112,8 +112,9 @@ def activation_maps(model: nn.Module, module: nn.Module, unit_ids: Sequence[int]
                 x.copy_(gaussian_blur(x, [kernel, kernel], [cfg.blur_sigma, cfg.blur_sigma]))
             x.clamp_(0, 1)
     with torch.no_grad():
+        x = x.detach().mul(255).round().div(255)  # 8-bit, as stored: the value is what the PNG does
         final = _objective(model, module, x, units).cpu()
-    images = x.detach().cpu().reshape(2, r, n_units, *in_shape).transpose(1, 2)  # (2, U, R, C, H, W)
+    images = x.cpu().reshape(2, r, n_units, *in_shape).transpose(1, 2)  # (2, U, R, C, H, W)
     values = final.reshape(2, r, n_units).permute(0, 2, 1)  # (2, U, R)
     out = []
     for d, direction in enumerate((1.0, -1.0)):

@@ -73,6 +73,7 @@ class Timer:
 
 
 def first_conv(model: nn.Module) -> nn.Conv2d | None:
+    """The first Conv2d in module order: the one that sees the input in the built-in models."""
     return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
 
 
@@ -145,7 +146,8 @@ def _averages(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], dat
 
 def _actmax(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], data: ImageSet, cfg: ActMaxConfig,
             device: str, timer: Timer) -> None:
-    mean_pixel = torch.stack([data.floats(s, s + 1000).mean((0, 2, 3)) for s in range(0, len(data), 1000)]).mean(0)
+    pixel_sums = sum(data.floats(s, s + 1000).sum((0, 2, 3)) for s in range(0, len(data), 1000))
+    mean_pixel = pixel_sums / (len(data) * data.shape[1] * data.shape[2])
     scale = display_scale(*data.shape[1:])
     for layer, module in probes.items():
         with timer.stage("activation maximization"):
@@ -161,6 +163,8 @@ def _actmax(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], data:
 
 def _weights(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], in_shape: tuple[int, int, int],
              timer: Timer) -> None:
+    """The model's first conv filters, as images of the first probed layer's units when that layer
+    is a conv layer with one unit per filter (conv1 of LeNet-5 and of the CIFAR net)."""
     conv, first = first_conv(model), next(iter(probes))
     shape = run_shape(model, probes[first], in_shape)
     if conv is None or len(shape) != 3 or shape[0] != conv.out_channels:

@@ -21,15 +21,17 @@ from streamlit.testing.v1 import AppTest
 
 import warehouse
 from compute.actmax import activation_maps, consistency
-from compute.data import load_dataset, stratified_subset
+from compute.data import ImageSet, load_dataset, stratified_subset
 from compute.evidence import unit_attributions, weighted_averages
 from compute.image_config import ActMaxConfig, ImageConfig
-from compute.models import LeNet5, load_checkpoint
+from compute.models import CifarConvNet, LeNet5, load_checkpoint
 from compute.pipeline import RunConfig, compute_run
 from compute.render import decode_png, diverging_pixels, image_pixels
+from compute.unit_images import unit_images as compute_unit_images
 from warehouse.bundle import export_bundle, image_name, safe_part
 from dashboard.evidence import with_thumbnails
 from warehouse.images import data_uri, thumbnails, unit_images
+from warehouse.schema import IMAGE_KINDS
 from warehouse.store import WarehouseError
 
 K = 5
@@ -376,3 +378,26 @@ def test_explorer_thumbnails_are_data_uris(run: dict) -> None:
     expected = rows(run["table"], "fc1", 3, "happy").iloc[0].png
     assert df.thumbnail[0] == data_uri(bytes(expected))
     assert "thumbnail" in config
+
+
+def test_rgb_conv_net_gets_every_kind_with_colour_images() -> None:
+    """The CIFAR-style net (3 channels, batch norm, 8 conv layers) on real digits made RGB."""
+    digits = stratified_subset(load_dataset("mnist-5k").test, 60)
+    rgb = F.pad(digits.images, (2, 2, 2, 2)).repeat(1, 3, 1, 1)
+    data = ImageSet(rgb, digits.labels, digits.class_names, "digits-rgb")
+    torch.manual_seed(0)
+    model = CifarConvNet((3, 32, 32), 10, width=0.0625).eval()
+    probes = {name: m for name, m in model.probe_modules().items() if name in ("conv1", "conv8", "fc1")}
+    table, seconds = compute_unit_images("rgb", model, probes, data, data,
+                                 ImageConfig(top_k=2, actmax=ActMaxConfig(steps=4, restarts=2)))
+    t = pd.DataFrame(table)
+    assert set(t.layer) == set(probes) and "activation maximization" in seconds
+    kinds = t.groupby("layer").kind.unique().map(set)
+    assert kinds["conv1"] == set(IMAGE_KINDS)
+    assert kinds["conv8"] == set(IMAGE_KINDS) - {"weights"} and "top_crop" not in kinds["fc1"]
+    for _, r in t.groupby("kind").head(3).iterrows():
+        px = decode_png(r.png)
+        assert px.shape == (r.height, r.width, 3), r.kind
+    deep = t[(t.layer == "conv8") & (t.kind == "top_crop")].iloc[0]
+    assert list(deep.box) == [0, 0, 32, 32]  # conv8 sees the whole (padded) image
+    assert decode_png(t[t.kind == "weights"].iloc[0].png).shape == (111, 111, 3)  # 3x3 filter x 37

@@ -74,7 +74,7 @@ def consistency(images: torch.Tensor) -> torch.Tensor:
 
 def _objective(model: nn.Module, module: nn.Module, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     pre, _ = run_to(model, module, x)
-    return by_position(pre)[torch.arange(len(x)), units].mean(1)
+    return by_position(pre)[torch.arange(len(x), device=x.device), units].mean(1)
 
 
 def _noise(cfg: ActMaxConfig, restart: int, unit: int, in_shape: tuple[int, int, int]) -> torch.Tensor:

@@ -76,7 +76,7 @@ def unit_attributions(model: nn.Module, module: nn.Module, inputs: torch.Tensor,
     maps: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
     for start in range(0, len(inputs), batch_size):
         u, p = units[start:start + batch_size], positions[start:start + batch_size]
-        rows = torch.arange(len(u))
+        rows = torch.arange(len(u), device=u.device)
 
         def selector(layer_in: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
             t = layer_in[0] if isinstance(layer_in, tuple) else layer_in

@@ -20,7 +20,7 @@ from torch import nn
 
 from compute.actmax import activation_maps
 from compute.data import ImageSet
-from compute.evidence import extreme_examples, unit_attributions, weighted_averages
+from compute.evidence import Extremes, extreme_examples, unit_attributions, weighted_averages
 from compute.image_config import ActMaxConfig, ImageConfig
 from compute.models import ProbedModel
 from compute.partial import run_to
@@ -85,7 +85,7 @@ def run_shape(model: nn.Module, module: nn.Module, in_shape: tuple[int, int, int
 
 
 def _examples(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], data: ImageSet, k: int,
-              device: str, timer: Timer) -> dict[str, Any]:
+              device: str, timer: Timer) -> dict[str, Extremes]:
     with timer.stage("top/bottom examples"):
         extremes, preds = extreme_examples(model, probes, data, k, device=device)
     labels = data.labels.numpy()
@@ -115,7 +115,7 @@ def _examples(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], dat
 
 
 def _attributions(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], data: ImageSet,
-                  extremes: dict[str, Any], device: str, timer: Timer) -> None:
+                  extremes: dict[str, Extremes], device: str, timer: Timer) -> None:
     scale = display_scale(*data.shape[1:])
     for layer, ex in bar(extremes.items(), "attributions", unit="layer"):
         n_units, k = ex.top_idx.shape

@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 from compute.data import DATASETS
-from compute.errors import AtlasError
+from compute.errors import AtlasError, ConfigError
 from compute.image_config import ActMaxConfig, ImageConfig
-from compute.models import MODELS
+from compute.models import MODELS, TORCHVISION_PREFIX
 from warehouse.store import ENV_VAR, WarehouseError, default_path, list_runs
 
 
@@ -33,33 +33,81 @@ def _positive(text: str) -> int:
     return value
 
 
-def _add_warehouse(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--warehouse", type=Path, default=None,
-                   help=f"warehouse folder (default: ${ENV_VAR} or {default_path()})")
+def _count(text: str) -> int:
+    """A non-negative integer."""
+    return 0 if text.strip() == "0" else _positive(text)
 
 
-def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="python -m compute", description=__doc__)
-    sub = ap.add_subparsers(dest="command", required=True)
+def _model_name(text: str) -> str:
+    if text in MODELS[:-1] or (text.startswith(TORCHVISION_PREFIX) and len(text) > len(TORCHVISION_PREFIX)):
+        return text
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose one of: {', '.join(MODELS)}")
 
-    run = sub.add_parser("run", help="train a model, probe every unit and publish a run")
-    run.add_argument("--model", default="lenet5", choices=MODELS)
-    run.add_argument("--dataset", default="mnist-5k", metavar="NAME", help=f"one of {', '.join(DATASETS)}")
-    run.add_argument("--data-dir", default=None, help="folder holding the dataset's files (else download)")
-    run.add_argument("--eval-dataset", default=None, metavar="NAME",
-                     help="compute statistics and ablations on this dataset's test split instead, "
-                          "e.g. idx:../shared/data/mnist")
-    run.add_argument("--epochs", type=_positive, default=12)
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--batch-size", type=_positive, default=64)
-    run.add_argument("--lr", type=float, default=1e-3)
-    run.add_argument("--train-size", type=_positive, default=None, help="train on a stratified subset of N examples")
-    run.add_argument("--eval-size", type=_positive, default=None, help="evaluate on a stratified subset of N examples")
-    run.add_argument("--widths", type=_widths, default=(128, 128), help="mlp hidden widths, e.g. 128,128")
-    run.add_argument("--width", type=float, default=0.25, help="cifar-convnet width multiplier")
-    run.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    run.add_argument("--run-id", default=None, help="default: <model>-<dataset>-s<seed>-<UTC time>")
-    img = run.add_argument_group("images", "visual evidence per unit (table unit_images)")
+
+def _patterns(text: str) -> tuple[str, ...]:
+    patterns = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not patterns:
+        raise argparse.ArgumentTypeError("--layers needs at least one name or pattern")
+    return patterns
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        c, h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W such as 1,28,28, got {text!r}") from None
+    return c, h, w
+
+
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
+    return value
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    return tuple(_fraction(v) for v in text.split(","))
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """The options shared by `run` and `sweep`."""
+    p.add_argument("--model", default="lenet5", type=_model_name, help=f"one of {', '.join(MODELS)}")
+    p.add_argument("--dataset", default="mnist-5k", metavar="NAME", help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--data-dir", default=None, help="folder holding the dataset's files (else download)")
+    p.add_argument("--eval-dataset", default=None, metavar="NAME",
+                   help="compute statistics and ablations on this dataset's test split instead, "
+                        "e.g. idx:../shared/data/mnist")
+    p.add_argument("--epochs", type=_count, default=12,
+                   help="epochs (the cap, with --until-train-acc); 0 with --checkpoint: analyze without training")
+    p.add_argument("--until-train-acc", type=_fraction, default=None,
+                   help="stop training once an epoch's training accuracy reaches this (e.g. 0.99)")
+    p.add_argument("--checkpoint", default=None, help="load these trained weights (a state dict) first")
+    p.add_argument("--layers", type=_patterns, default=None,
+                   help="probe only these layers: comma-separated names or glob patterns (e.g. 'layer4.*,fc')")
+    p.add_argument("--batch-size", type=_positive, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--train-size", type=_positive, default=None, help="train on a stratified subset of N examples")
+    p.add_argument("--eval-size", type=_positive, default=None, help="evaluate on a stratified subset of N examples")
+    p.add_argument("--widths", type=_widths, default=(128, 128), help="mlp hidden widths, e.g. 128,128")
+    p.add_argument("--width", type=float, default=0.25, help="cifar-convnet width multiplier")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    _add_image_options(p)
+    _add_warehouse(p)
+
+
+def _add_image_options(p: argparse.ArgumentParser) -> None:
+    img = p.add_argument_group("images", "visual evidence per unit (table unit_images, docs/metrics.md)")
     img.add_argument("--no-images", action="store_true", help="skip the images stage (unit_images stays empty)")
     img.add_argument("--top-k", type=_positive, default=9, help="top and bottom examples per unit (default 9)")
     am = ActMaxConfig()
@@ -74,32 +122,102 @@ def parser() -> argparse.ArgumentParser:
                      help=f"blur every N steps (default {am.blur_every})")
     img.add_argument("--actmax-blur-sigma", type=float, default=am.blur_sigma,
                      help=f"blur sigma in pixels (default {am.blur_sigma})")
-    _add_warehouse(run)
+
+
+def _image_config(args: argparse.Namespace, seed: int) -> ImageConfig | None:
+    if args.no_images:
+        return None
+    return ImageConfig(args.top_k, ActMaxConfig(
+        steps=args.actmax_steps, restarts=args.actmax_restarts, lr=args.actmax_lr, l2=args.actmax_l2,
+        tv=args.actmax_tv, jitter=args.actmax_jitter, blur_every=args.actmax_blur_every,
+        blur_sigma=args.actmax_blur_sigma, seed=seed))
+
+
+def _add_warehouse(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--warehouse", type=Path, default=None,
+                   help=f"warehouse folder (default: ${ENV_VAR} or {default_path()})")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m compute", description=__doc__)
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="train a model, probe every unit and publish a run")
+    _add_run_options(run)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--label-noise", type=_fraction, default=0.0,
+                     help="fraction of training labels replaced by random labels (memorization experiments)")
+    run.add_argument("--run-id", default=None, help="default: <model>-<dataset>-s<seed>-<UTC time>")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the interrupted run --run-id from its last finished stage, "
+                          "with its saved settings (other flags are ignored)")
+
+    sweep = sub.add_parser("sweep", help="one run per label-noise level and seed, grouped as an experiment")
+    _add_run_options(sweep)
+    sweep.add_argument("--label-noise", type=_fractions, default=(0.0, 0.5, 1.0), help="e.g. 0,0.5,1.0")
+    sweep.add_argument("--seeds", type=_ints, default=(0,), help="e.g. 0,1")
+    sweep.add_argument("--experiment", default=None,
+                       help="experiment name, also the run-id prefix (default: <model>-<dataset>-sweep)")
 
     ls = sub.add_parser("list", help="list the runs of a warehouse")
     _add_warehouse(ls)
+
+    lay = sub.add_parser("layers", help="list a model's probe-able layers with unit counts")
+    lay.add_argument("--model", default="lenet5", type=_model_name)
+    lay.add_argument("--input-shape", type=_shape, default=(1, 28, 28), help="C,H,W of one image (default 1,28,28)")
+    lay.add_argument("--classes", type=_positive, default=10)
+    lay.add_argument("--widths", type=_widths, default=(128, 128))
+    lay.add_argument("--width", type=float, default=0.25)
     return ap
 
 
-def _run(args: argparse.Namespace, root: Path) -> int:
-    from compute.pipeline import RunConfig, compute_run  # torch loads only for this command
+def _config(args: argparse.Namespace, **overrides: object):
+    from compute.pipeline import RunConfig  # torch loads only for the commands that compute
 
-    images = None if args.no_images else ImageConfig(args.top_k, ActMaxConfig(
-        steps=args.actmax_steps, restarts=args.actmax_restarts, lr=args.actmax_lr, l2=args.actmax_l2,
-        tv=args.actmax_tv, jitter=args.actmax_jitter, blur_every=args.actmax_blur_every,
-        blur_sigma=args.actmax_blur_sigma, seed=args.seed))
-    cfg = RunConfig(
-        model=args.model, dataset=args.dataset, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
-        lr=args.lr, data_dir=args.data_dir, eval_dataset=args.eval_dataset, train_size=args.train_size,
-        eval_size=args.eval_size, widths=args.widths, width=args.width, device=args.device, run_id=args.run_id,
-        images=images,
+    return RunConfig(
+        model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        data_dir=args.data_dir, eval_dataset=args.eval_dataset, train_size=args.train_size,
+        eval_size=args.eval_size, widths=args.widths, width=args.width, device=args.device, layers=args.layers,
+        checkpoint=args.checkpoint, until_train_acc=args.until_train_acc,
+        images=_image_config(args, int(overrides.get("seed", 0))), **overrides,  # type: ignore[arg-type]
     )
-    summary = compute_run(cfg, root)
+
+
+def _print_summary(summary) -> None:
     f = summary.figures
     print(f"published run {summary.run_id} -> {summary.path}")
     print(f"  train acc {f['train_acc']:.4f}   test acc {f['test_acc']:.4f}   "
           f"eval acc {f['eval_acc']:.4f} (loss {f['eval_loss']:.4f})")
     print(f"  {int(f['units'])} units probed, {int(f['images'])} images, in {f['duration_s']:.1f} s")
+
+
+def _run(args: argparse.Namespace, root: Path) -> int:
+    from compute.pipeline import compute_run
+
+    if args.resume and not args.run_id:
+        raise ConfigError("--resume needs the --run-id of the interrupted run (see the folders in "
+                          f"{root / '.staging'}).")
+    cfg = _config(args, seed=args.seed, label_noise=args.label_noise, run_id=args.run_id)
+    _print_summary(compute_run(cfg, root, resume=args.resume))
+    return 0
+
+
+def _sweep(args: argparse.Namespace, root: Path) -> int:
+    """Every (label noise, seed) pair; runs already published are kept, so a sweep can be completed."""
+    from compute.pipeline import compute_run
+
+    experiment = args.experiment or f"{args.model}-{args.dataset.split(':')[0]}-sweep"
+    published = {r.run_id for r in list_runs(root) if r.ok}
+    for noise in args.label_noise:
+        for seed in args.seeds:
+            run_id = f"{experiment}-noise{noise:g}-s{seed}"
+            if run_id in published:
+                print(f"run {run_id} already published; skipping")
+                continue
+            print(f"== {run_id}", flush=True)
+            cfg = _config(args, seed=seed, label_noise=noise, run_id=run_id, experiment=experiment)
+            _print_summary(compute_run(cfg, root))
+    print(f"experiment {experiment}: {len(args.label_noise) * len(args.seeds)} runs in {root}")
     return 0
 
 
@@ -116,16 +234,39 @@ def _list(root: Path) -> int:
     return 0
 
 
+def _layers(args: argparse.Namespace) -> int:
+    import torch
+
+    from compute.models import ModelSpec, build_model
+    from compute.pipeline import RunConfig, _layer_shapes
+
+    options = RunConfig(model=args.model, widths=args.widths, width=args.width).model_options()
+    model = build_model(ModelSpec(args.model, args.input_shape, args.classes, options))
+    shapes = _layer_shapes(model, args.input_shape)
+    print(f"{'layer':<24} {'kind':<7} {'units':>6}  activation shape")
+    for name, shape in shapes.items():
+        kind = "conv" if len(shape) == 3 else "linear"
+        print(f"{name:<24} {kind:<7} {shape[0]:>6}  {'x'.join(map(str, shape))}")
+    print(f"{len(shapes)} layers, {sum(s[0] for s in shapes.values())} units "
+          f"(input {'x'.join(map(str, args.input_shape))}, torch {torch.__version__})")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    root = args.warehouse or default_path()
+    root = getattr(args, "warehouse", None) or default_path()
     try:
         if args.command == "run":
             return _run(args, root)
+        if args.command == "sweep":
+            return _sweep(args, root)
+        if args.command == "layers":
+            return _layers(args)
         return _list(root)
     except (AtlasError, WarehouseError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing was published.", file=sys.stderr)
+        print("interrupted: nothing was published. Finished stages are kept; continue with "
+              "--resume --run-id RUN_ID.", file=sys.stderr)
         return 130

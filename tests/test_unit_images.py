@@ -25,7 +25,6 @@ from compute.data import ImageSet, load_dataset, stratified_subset
 from compute.evidence import unit_attributions, weighted_averages
 from compute.image_config import ActMaxConfig, ImageConfig
 from compute.models import CifarConvNet, LeNet5, load_checkpoint
-from compute.pipeline import RunConfig, compute_run
 from compute.render import decode_png, diverging_pixels, image_pixels
 from compute.unit_images import unit_images as compute_unit_images
 from warehouse.bundle import export_bundle, image_name, safe_part
@@ -34,18 +33,16 @@ from warehouse.images import data_uri, thumbnails, unit_images
 from warehouse.schema import IMAGE_KINDS
 from warehouse.store import WarehouseError
 
-K = 5
-RUN = "vis"
+K = 5  # conftest.small_run's top_k
+RUN = "small"
 ROOT = Path(__file__).resolve().parent.parent
 LAYERS = {"conv1": 6, "conv2": 16, "fc1": 120, "fc2": 84}
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    root = tmp_path_factory.mktemp("wh")
-    cfg = RunConfig(epochs=2, train_size=1000, eval_size=300, run_id=RUN,
-                    images=ImageConfig(top_k=K, actmax=ActMaxConfig(steps=32)))
-    summary = compute_run(cfg, root)
+def run(small_run) -> dict:
+    """conftest's small LeNet-5 run (its images stage: top 5 examples, 32 actmax steps)."""
+    root, summary = small_run
     model, _ = load_checkpoint(summary.path / "checkpoint.pt")
     splits = load_dataset("mnist-5k")
     table = pq.read_table(summary.path / "unit_images.parquet").to_pandas()

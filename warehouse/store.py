@@ -5,7 +5,9 @@ Layout::
     <root>/runs/<run_id>/manifest.json      written last; a run without it does not exist
     <root>/runs/<run_id>/<table>.parquet    one file per table of warehouse.schema
     <root>/runs/<run_id>/<other files>      e.g. checkpoint.pt, listed in the manifest
-    <root>/.staging/<run_id>-<random>/      a run being written; never read
+    <root>/.staging/<run_id>/               a run being written; never read
+    <root>/.staging/<run_id>.stages/        its finished stages, for --resume; removed on publish
+    <root>/.staging/<run_id>.lock           flock held by the process computing the run
 
 Publishing renames the finished staging folder into ``runs/``. A rename within one file system is
 atomic, so a crash leaves either no run or a whole one.
@@ -13,12 +15,13 @@ atomic, so a crash leaves either no run or a whole one.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import re
 import shutil
-import uuid
+import socket
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,6 +31,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from warehouse.faults import crash_point
 from warehouse.schema import SCHEMA_VERSION, TABLES
 
 RUNS_DIR = "runs"
@@ -116,33 +120,80 @@ def _fsync(path: Path) -> None:
 
 
 class RunWriter:
-    """Writes one run into a staging folder and publishes it whole, or not at all.
+    """Writes one run into its staging folder and publishes it whole, or not at all.
 
-    Use as a context manager: leaving the block by an exception removes the staging folder.
+    The staging folder is ``.staging/<run_id>/``, guarded by an exclusive ``flock`` on
+    ``.staging/<run_id>.lock``: two processes cannot compute the same run id, and a lock left by a
+    killed process is free again at once (the kernel drops it). Finished stages saved in
+    ``.staging/<run_id>.stages/`` survive a crash, so ``resume=True`` can continue an interrupted
+    run. Used as a context manager: on an exception the staging folders are kept only if they
+    hold finished stages worth resuming.
     """
 
-    def __init__(self, root: Path, run_id: str) -> None:
+    def __init__(self, root: Path, run_id: str, resume: bool = False) -> None:
         self.root = Path(root)
         self.run_id = check_run_id(run_id)
         self.final = self.root / RUNS_DIR / run_id
         if self.final.exists():
             raise WarehouseError(f"run {run_id!r} already exists in {self.root}; choose another --run-id.")
+        staging_root = self.root / STAGING_DIR
         try:
             (self.root / RUNS_DIR).mkdir(parents=True, exist_ok=True)
-            self.staging = self.root / STAGING_DIR / f"{run_id}-{uuid.uuid4().hex[:8]}"
-            self.staging.mkdir(parents=True)
+            staging_root.mkdir(parents=True, exist_ok=True)
+            self._lock = open(staging_root / f"{run_id}.lock", "a+")
         except OSError as e:
             raise WarehouseError(f"cannot write to warehouse {self.root}: {e.strerror or e}. "
                                  f"Choose a writable --warehouse or set ${ENV_VAR}.") from e
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.seek(0)
+            holder = self._lock.read().strip() or "another process"
+            self._lock.close()
+            raise WarehouseError(
+                f"run {run_id!r} is being computed right now ({holder}); wait for it to finish or "
+                f"choose another --run-id.") from None
+        self._lock.seek(0)
+        self._lock.truncate()
+        self._lock.write(f"pid {os.getpid()} on {socket.gethostname()} since "
+                         f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}")
+        self._lock.flush()
+        self.staging = staging_root / run_id
+        if (self.staging.exists() or self.stages_dir.exists()) and not resume:
+            self.release()
+            raise WarehouseError(
+                f"an interrupted computation of run {run_id!r} is in {staging_root}. Continue it with "
+                f"--resume --run-id {run_id}, or delete {self.staging.name} and {self.stages_dir.name} "
+                f"there to start again.")
+        if resume and not self.stages_dir.exists():
+            self.release()
+            raise WarehouseError(f"nothing to resume: no interrupted run {run_id!r} in {staging_root}.")
+        try:
+            self.staging.mkdir(exist_ok=True)
+        except OSError as e:
+            self.release()
+            raise WarehouseError(f"cannot write to warehouse {self.root}: {e.strerror or e}.") from e
         self.tables: list[str] = []
+
+    @property
+    def stages_dir(self) -> Path:
+        """Where finished stages are kept until the run is published (beside, not inside, the run)."""
+        return self.root / STAGING_DIR / f"{self.run_id}.stages"
 
     def __enter__(self) -> RunWriter:
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if exc_type is not None:
+        if exc_type is not None and not any(self.stages_dir.glob("*.pt")):
             self.abort()
+        self.release()
+
+    def release(self) -> None:
+        """Drop the run-id lock (idempotent)."""
+        if not self._lock.closed:
+            fcntl.flock(self._lock, fcntl.LOCK_UN)
+            self._lock.close()
 
     def file(self, name: str) -> Path:
         """Path for an extra file of the run (e.g. the checkpoint), inside the staging folder."""
@@ -191,10 +242,13 @@ class RunWriter:
             _fsync(tmp)
             tmp.rename(self.staging / MANIFEST)
             _fsync(self.staging)
+            crash_point("before-rename")
             if self.final.exists():
                 raise WarehouseError(f"run {self.run_id!r} was published by another process meanwhile.")
             os.rename(self.staging, self.final)
             _fsync(self.final.parent)
+            shutil.rmtree(self.stages_dir, ignore_errors=True)
+            (self.root / STAGING_DIR / f"{self.run_id}.lock").unlink(missing_ok=True)
         except OSError as e:
             self.abort()
             raise WarehouseError(f"cannot publish run {self.run_id} to {self.root}: {e}") from e
@@ -204,4 +258,6 @@ class RunWriter:
         return self.final
 
     def abort(self) -> None:
+        """Remove the staging folder and saved stages: nothing of this run remains."""
         shutil.rmtree(self.staging, ignore_errors=True)
+        shutil.rmtree(self.stages_dir, ignore_errors=True)

@@ -1,0 +1,77 @@
+"""Analyze your own PyTorch classifier from Python.
+
+    import torch, compute.api as atlas
+    run = atlas.analyze(my_model, eval_data=my_test_set, train_data=my_train_set, epochs=0,
+                        class_names=["cat", "dog"], layers=["layer4.*"], warehouse="warehouse/data")
+    print(run.run_id, run.figures)
+
+Datasets may be ``compute.data.ImageSet`` or any map-style torch ``Dataset`` of
+``(image, label)`` pairs with images as float tensors in [0, 1] (C, H, W) or uint8; the model must
+take such images (put any normalisation inside the model). Probe points are found by tracing
+the model's ReLU calls (see ``compute.discover``) unless it names them itself (``probes``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from compute.data import ImageSet, Splits
+from compute.discover import trace_probes
+from compute.errors import DataError
+from compute.image_config import ImageConfig
+from compute.pipeline import RunConfig, RunSummary, settle_config, analyze_into, default_run_id
+from warehouse.store import RunWriter, check_run_id, default_path
+
+
+def as_imageset(data: ImageSet | Dataset, class_names: Sequence[str] | None, name: str) -> ImageSet:
+    """An in-memory ImageSet from an ImageSet or a map-style dataset of (image, label) pairs."""
+    if isinstance(data, ImageSet):
+        return data
+    try:
+        items = [data[i] for i in range(len(data))]  # type: ignore[arg-type]
+    except TypeError as e:
+        raise DataError(f"{name}: expected an ImageSet or a map-style Dataset with len(), got {type(data).__name__}.") from e
+    if not items:
+        raise DataError(f"{name} is empty: it holds no images.")
+    images = torch.stack([torch.as_tensor(x) for x, _ in items])
+    if images.dtype.is_floating_point:
+        if float(images.min()) < 0 or float(images.max()) > 1:
+            raise DataError(f"{name}: float images must lie in [0, 1] (found {float(images.min()):.3g}.."
+                            f"{float(images.max()):.3g}); move normalisation into the model.")
+        images = (images * 255).round().to(torch.uint8)
+    if images.dim() == 3:
+        images = images[:, None]
+    labels = torch.tensor([int(y) for _, y in items], dtype=torch.long)
+    names = tuple(class_names) if class_names else tuple(str(i) for i in range(int(labels.max()) + 1))
+    return ImageSet(images.contiguous(), labels, names, name)
+
+
+def analyze(model: nn.Module, eval_data: ImageSet | Dataset, *, train_data: ImageSet | Dataset | None = None,
+            class_names: Sequence[str] | None = None, layers: Sequence[str] | None = None, epochs: int = 0,
+            seed: int = 0, lr: float = 1e-3, batch_size: int = 64, warehouse: str | Path | None = None,
+            run_id: str | None = None, dataset_name: str = "custom", device: str = "cpu",
+            images: ImageConfig | None = ImageConfig()) -> RunSummary:
+    """Probe every unit of ``model`` on ``eval_data`` and publish a run; train first if ``epochs > 0``.
+
+    Without ``train_data`` the evaluation set stands in for it (its accuracy is reported as both).
+    """
+    started = time.perf_counter()
+    eval_set = as_imageset(eval_data, class_names, f"{dataset_name}/eval")
+    train_set = as_imageset(train_data, eval_set.class_names, f"{dataset_name}/train") if train_data is not None else eval_set
+    if epochs > 0 and train_data is None:
+        raise DataError("training (epochs > 0) needs train_data.")
+    probed = model if hasattr(model, "probes") and hasattr(model, "probe_modules") else trace_probes(model)
+    cfg = RunConfig(model=type(model).__name__, dataset=dataset_name, epochs=epochs, seed=seed, lr=lr,
+                    batch_size=batch_size, device=device, layers=tuple(layers) if layers else None,
+                    widths=(), eval_dataset=f"{dataset_name}/eval", images=images)
+    rid = check_run_id(run_id or default_run_id(cfg))
+    torch.manual_seed(seed)
+    with RunWriter(Path(warehouse) if warehouse else default_path(), rid) as writer:
+        cfg = settle_config(cfg, rid, writer.stages_dir, resume=False)
+        return analyze_into(writer, probed, None, Splits(train_set, eval_set), eval_set, cfg, started)  # type: ignore[arg-type]

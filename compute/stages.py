@@ -1,0 +1,52 @@
+"""Finished stages of a run, kept in its staging folder so an interrupted run can resume.
+
+Each stage's result is pickled with ``torch.save`` to ``stages/<name>.pt`` through a temporary
+file and an atomic rename, so a stage file is either complete or absent. Resuming loads every
+finished stage and computes only the rest; with the same seed the result equals an uninterrupted
+run's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+
+from warehouse.faults import crash_point
+
+T = TypeVar("T")
+
+
+class StageStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.pt"
+
+    def save(self, name: str, value: object) -> None:
+        tmp = self.directory / f".{name}.pt.tmp"
+        with open(tmp, "wb") as f:
+            torch.save(value, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path(name))
+
+    def load(self, name: str) -> object | None:
+        """A finished stage's value, or None if it has not finished."""
+        p = self.path(name)
+        # Our own files, written by this code into the run's staging folder: full unpickling is safe.
+        return torch.load(p, map_location="cpu", weights_only=False) if p.exists() else None
+
+    def run(self, name: str, compute: Callable[[], T]) -> T:
+        """The stage's saved result, or compute, save and return it."""
+        value = self.load(name)
+        if value is None:
+            value = compute()
+            self.save(name, value)
+        crash_point(f"after-{name}")
+        return value  # type: ignore[return-value]

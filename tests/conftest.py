@@ -1,0 +1,54 @@
+"""Shared fixtures: one small real run on real MNIST digits, computed once per test session."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("NEURON_ATLAS_QUIET", "1")
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def shared_mnist() -> Path:
+    """The real MNIST test set beside the checkout (10,000 images)."""
+    if not (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"the real MNIST test set is not at {SHARED_MNIST}")
+    return SHARED_MNIST
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory):
+    """A LeNet-5 trained for 2 epochs on 1,000 mnist-5k digits, evaluated on 300 held-out digits,
+    with a light images stage (top 5 examples, 32 activation-maximization steps)."""
+    from compute.image_config import ActMaxConfig, ImageConfig
+    from compute.pipeline import RunConfig, compute_run
+
+    root = tmp_path_factory.mktemp("warehouse")
+    cfg = RunConfig(model="lenet5", dataset="mnist-5k", epochs=2, seed=0, train_size=1000, eval_size=300,
+                    run_id="small", images=ImageConfig(top_k=5, actmax=ActMaxConfig(steps=32)))
+    summary = compute_run(cfg, root)
+    return root, summary
+
+
+@pytest.fixture(scope="session")
+def small_run_artifacts(small_run):
+    """The small run's reloaded model, its evaluation set and its config, for recomputation."""
+    from compute.data import load_dataset, stratified_subset
+    from compute.models import load_checkpoint
+
+    root, summary = small_run
+    model, spec = load_checkpoint(summary.path / "checkpoint.pt")
+    import warehouse
+
+    con = warehouse.connect(root)
+    cfg = json.loads(con.execute("SELECT config FROM runs WHERE run_id = 'small'").fetchall()[0][0])
+    eval_set = stratified_subset(load_dataset(cfg["dataset"]).test, cfg["eval_size"])
+    return model, eval_set, con

@@ -1,0 +1,152 @@
+"""Bring your own model and data: traced probe points, torchvision models, image folders, the API."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+
+import warehouse
+from compute.api import analyze
+from compute.data import load_dataset, stratified_subset
+from compute.discover import select_layers, trace_probes
+from compute.errors import ConfigError, DataError
+from compute.models import ModelSpec, build_model, load_checkpoint, save_checkpoint
+from compute.pipeline import RunConfig, compute_run
+from compute.probe import Probe
+
+
+class ResidualNet(nn.Module):
+    """One in-place ReLU module used twice, a residual addition, BatchNorm and global pooling."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(4, 4, 3, padding=1)
+        self.fc = nn.Linear(4, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu(self.bn(self.conv1(x)))
+        y = self.relu(self.conv2(h) + h)
+        z = F.relu(self.fc(F.adaptive_avg_pool2d(y, 1).flatten(1)))
+        return z
+
+
+def test_traced_probes_see_each_relu_call_like_a_manual_forward():
+    torch.manual_seed(0)
+    net = ResidualNet().eval()
+    with torch.no_grad():  # give BatchNorm non-trivial statistics
+        net.bn.running_mean.uniform_(-0.5, 0.5)
+        net.bn.running_var.uniform_(0.5, 2.0)
+    probed = trace_probes(net).eval()
+    assert list(probed.probes) == ["relu", "relu_1", "relu_2"]
+    x = load_dataset("mnist-5k").test.floats(0, 8)
+    with torch.no_grad(), Probe(probed.probe_modules()) as probe:
+        out = probed(x)
+        pre1 = net.bn(net.conv1(x))
+        h = pre1.clamp(min=0)
+        pre2 = net.conv2(h) + h
+        y = pre2.clamp(min=0)
+        pre3 = net.fc(F.adaptive_avg_pool2d(y, 1).flatten(1))
+    for layer, pre in (("relu", pre1), ("relu_1", pre2), ("relu_2", pre3)):
+        torch.testing.assert_close(probe.pre[layer], pre)
+        torch.testing.assert_close(probe.post[layer], pre.clamp(min=0))
+    torch.testing.assert_close(out, pre3.clamp(min=0))
+    # Tracing changes nothing the original computes, and keeps its parameters and state-dict keys.
+    with torch.no_grad():
+        torch.testing.assert_close(net(x.clone()), out)
+    assert probed.state_dict().keys() == net.state_dict().keys()
+
+
+def test_layer_selection_by_name_and_glob():
+    probes = build_model(ModelSpec("torchvision:resnet18", (1, 28, 28), 10)).probes
+    assert len(probes) == 17 and list(probes)[:3] == ["relu", "layer1.0.relu", "layer1.0.relu_1"]
+    assert list(select_layers(probes, ["layer4.*"])) == ["layer4.0.relu", "layer4.0.relu_1", "layer4.1.relu",
+                                                         "layer4.1.relu_1"]
+    with pytest.raises(ConfigError, match="no layer matches 'fc9'.*layer1.0.relu"):
+        select_layers(probes, ["fc9"])
+
+
+def test_torchvision_resnet18_through_all_stages_with_checkpoint_reload(tmp_path: Path):
+    """ResNet-18 adapted to 1-channel 28x28 digits, trained briefly on real MNIST digits."""
+    summary = compute_run(RunConfig(images=None, model="torchvision:resnet18", epochs=1, train_size=200, eval_size=60,
+                                    batch_size=50, run_id="rn18"), tmp_path)
+    con = warehouse.connect(tmp_path)
+    assert con.execute("SELECT count(*), sum(n_units) FROM layers").fetchall() == [(17, 3904)]
+    assert con.execute("SELECT count(*) FROM units WHERE abl_loss_delta IS NULL").fetchall() == [(0,)]
+    probe = con.execute("SELECT probe FROM layers WHERE layer = 'layer1.0.relu_1'").fetchall()[0][0]
+    assert "call site `layer1.0.relu_1`" in probe
+    model, spec = load_checkpoint(summary.path / "checkpoint.pt")
+    assert spec is not None and spec.name == "torchvision:resnet18" and len(model.probes) == 17
+    # Analyze the saved weights again without training: the same units get the same statistics.
+    ckpt = tmp_path / "weights.pt"
+    torch.save(model.state_dict(), ckpt)
+    compute_run(RunConfig(images=None, model="torchvision:resnet18", epochs=0, checkpoint=str(ckpt), train_size=200, eval_size=60,
+                          layers=("layer4.1.*",), run_id="rn18-reload"), tmp_path)
+    rows = warehouse.connect(tmp_path).execute(
+        "SELECT a.mean_rect, b.mean_rect, a.abl_acc_delta, b.abl_acc_delta FROM units a JOIN units b USING (layer, unit) "
+        "WHERE a.run_id = 'rn18' AND b.run_id = 'rn18-reload'").fetchall()
+    assert len(rows) == 1024
+    np.testing.assert_allclose([r[0] for r in rows], [r[1] for r in rows], rtol=1e-5, atol=1e-6)
+    assert [r[2] for r in rows] == [r[3] for r in rows]
+
+
+def test_epochs_zero_needs_a_checkpoint_and_bad_checkpoints_are_named(tmp_path: Path):
+    with pytest.raises(ConfigError, match="needs --checkpoint"):
+        compute_run(RunConfig(images=None, epochs=0, run_id="x"), tmp_path)
+    wrong = tmp_path / "mlp.pt"
+    torch.save(build_model(ModelSpec("mlp", (1, 28, 28), 10)).state_dict(), wrong)
+    with pytest.raises(ConfigError, match="does not fit the model"):
+        compute_run(RunConfig(images=None, epochs=0, checkpoint=str(wrong), train_size=100, eval_size=50, run_id="y"), tmp_path)
+    assert not any((tmp_path / "runs").iterdir())
+
+
+def test_image_folder_dataset_brings_its_class_names(tmp_path: Path):
+    digits = stratified_subset(load_dataset("mnist-5k").test, 200)
+    names = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    for i, (img, label) in enumerate(zip(digits.images, digits.labels)):
+        folder = tmp_path / "digits" / f"{int(label)}-{names[int(label)]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img[0].numpy()).save(folder / f"{i}.png")
+    compute_run(RunConfig(images=None, model="mlp", widths=(16,), dataset=f"folder:{tmp_path / 'digits'}", epochs=1, run_id="f"),
+                tmp_path / "wh")
+    con = warehouse.connect(tmp_path / "wh")
+    assert con.execute("SELECT class_names, n_train, n_eval FROM runs").fetchall() == [
+        ([f"{i}-{n}" for i, n in enumerate(names)], 160, 40)]
+    assert con.execute("SELECT DISTINCT class_name FROM unit_classes WHERE class = 7").fetchall() == [("7-seven",)]
+    Image.fromarray(np.zeros((10, 12), dtype=np.uint8)).save(tmp_path / "digits" / "3-three" / "odd.png")
+    with pytest.raises(DataError, match="odd.png is \\(10, 12\\) pixels"):
+        load_dataset(f"folder:{tmp_path / 'digits'}")
+
+
+@pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
+def test_fashion_class_names_reach_the_warehouse(tmp_path: Path):
+    compute_run(RunConfig(images=None, model="mlp", widths=(16,), dataset="fashion-mnist", epochs=1, train_size=300,
+                          eval_size=100, run_id="fm"), tmp_path)
+    con = warehouse.connect(tmp_path)
+    assert con.execute("SELECT class_name FROM unit_classes WHERE class = 1 LIMIT 1").fetchall() == [("Trouser",)]
+    assert "Trouser" in con.execute("SELECT class_names FROM runs").fetchall()[0][0]
+
+
+def test_python_api_trains_and_analyzes_a_custom_module(tmp_path: Path):
+    data = load_dataset("mnist-5k")
+    train = torch.utils.data.TensorDataset(data.train.floats(0, 300), data.train.labels[:300])
+    torch.manual_seed(0)
+    net = ResidualNet()
+    run = analyze(net, data.test, train_data=train, epochs=1, images=None, layers=["relu_1", "relu_2"], warehouse=tmp_path,
+                  run_id="custom")
+    con = warehouse.connect(tmp_path)
+    assert con.execute("SELECT layer, n_units FROM layers ORDER BY layer_index").fetchall() == [("relu_1", 4),
+                                                                                             ("relu_2", 10)]
+    assert con.execute("SELECT model, n_train, n_eval, epochs FROM runs").fetchall() == [("ResidualNet", 300, 1000, 1)]
+    model, spec = load_checkpoint(run.path / "checkpoint.pt")
+    assert spec is None and isinstance(model, nn.Module)
+    with pytest.raises(DataError, match="must lie in \\[0, 1\\]"):
+        analyze(net, torch.utils.data.TensorDataset(torch.randn(4, 1, 28, 28) * 5, torch.zeros(4)), warehouse=tmp_path)

@@ -1,0 +1,115 @@
+"""Dataset loading on real data: bundled digits, the real MNIST test set, error paths."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import pickle
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compute.data import (FASHION_CLASSES, FASHION_SYSTEM_DIR, CIFAR10_CLASSES, ImageSet, load_dataset,
+                          load_eval_set, stratified_subset)
+from compute.errors import DataError
+from compute.idx import read_idx
+
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def test_mnist5k_split_is_stratified_disjoint_and_fixed():
+    a, b = load_dataset("mnist-5k"), load_dataset("mnist-5k")
+    assert (len(a.train), len(a.test)) == (4000, 1000)
+    assert np.bincount(a.train.labels.numpy()).tolist() == [400] * 10
+    assert np.bincount(a.test.labels.numpy()).tolist() == [100] * 10
+    assert torch.equal(a.test.images, b.test.images)
+    assert a.train.shape == (1, 28, 28) and a.train.class_names == tuple("0123456789")
+    train_rows = {bytes(x) for x in a.train.images.numpy().reshape(4000, -1)}
+    assert not any(bytes(x) in train_rows for x in a.test.images.numpy().reshape(1000, -1))
+
+
+def test_real_mnist_test_set_reads_exactly(shared_mnist: Path):
+    raw = gzip.decompress((shared_mnist / "t10k-images-idx3-ubyte.gz").read_bytes())
+    assert hashlib.md5(raw).hexdigest() == "2646ac647ad5339dbf082846283269ea"
+    data = load_eval_set(f"idx:{shared_mnist}", None, tuple("0123456789"))
+    assert len(data) == 10_000 and data.shape == (1, 28, 28)
+    assert np.bincount(data.labels.numpy()).tolist() == MNIST_TEST_COUNTS
+    # Pixel payload equals the file's bytes after the 16-byte header.
+    assert data.images.numpy().tobytes() == raw[16:]
+
+
+def test_idx_folder_with_one_split_is_split_and_uncompressed_files_work(tmp_path: Path, shared_mnist: Path):
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(gzip.decompress((shared_mnist / f"{name}.gz").read_bytes()))
+    splits = load_dataset(f"idx:{tmp_path}")
+    assert len(splits.train) + len(splits.test) == 10_000
+    assert np.bincount(splits.test.labels.numpy()).tolist() == [200] * 10
+
+
+def test_truncated_idx_file_is_named(tmp_path: Path, shared_mnist: Path):
+    raw = gzip.decompress((shared_mnist / "t10k-images-idx3-ubyte.gz").read_bytes())
+    bad = tmp_path / "t10k-images-idx3-ubyte"
+    bad.write_bytes(raw[:-100])
+    with pytest.raises(DataError, match="truncated or corrupt"):
+        read_idx(bad)
+    shutil.copy(shared_mnist / "t10k-labels-idx1-ubyte.gz", tmp_path)
+    with pytest.raises(DataError, match="t10k-images-idx3-ubyte"):
+        load_dataset(f"idx:{tmp_path}")
+
+
+def test_unknown_and_missing_datasets_explain_the_options(tmp_path: Path):
+    with pytest.raises(DataError, match="unknown dataset 'imagenet'.*mnist-5k"):
+        load_dataset("imagenet")
+    with pytest.raises(DataError, match="not a directory"):
+        load_dataset(f"idx:{tmp_path / 'nope'}")
+    with pytest.raises(DataError, match="no IDX image/label pairs"):
+        load_dataset(f"idx:{tmp_path}")
+
+
+def test_offline_download_gives_options_not_a_traceback(tmp_path: Path):
+    """This machine reaches no dataset host, so torchvision's download really fails here."""
+    with pytest.raises(DataError) as err:
+        load_dataset("mnist", data_dir=tmp_path / "empty")
+    text = str(err.value)
+    assert "could not be downloaded" in text and "--data-dir" in text and "mnist-5k" in text
+
+
+def test_cifar_python_batches_are_read(tmp_path: Path):
+    """CIFAR-10's pickle layout, filled with real MNIST digits padded to 3x32x32."""
+    digits = load_dataset("mnist-5k").test
+    imgs = torch.nn.functional.pad(digits.images, (2, 2, 2, 2)).repeat(1, 3, 1, 1).numpy()
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    for i, name in enumerate(["data_batch_1", "data_batch_2", "test_batch"]):
+        part = slice(i * 300, (i + 1) * 300)
+        with open(d / name, "wb") as f:
+            pickle.dump({b"data": imgs[part].reshape(300, -1), b"labels": digits.labels[part].tolist()}, f)
+    splits = load_dataset("cifar10", data_dir=tmp_path)
+    assert len(splits.train) == 600 and len(splits.test) == 300
+    assert splits.train.shape == (3, 32, 32) and splits.train.class_names == CIFAR10_CLASSES
+    assert torch.equal(splits.test.images, torch.from_numpy(imgs[600:900]))
+
+
+@pytest.mark.skipif(not FASHION_SYSTEM_DIR.is_dir(), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_from_the_system_folder_has_class_names():
+    splits = load_dataset("fashion-mnist")
+    assert (len(splits.train), len(splits.test)) == (60_000, 10_000)
+    assert splits.train.class_names[1] == "Trouser" and splits.train.class_names == FASHION_CLASSES
+
+
+def test_imageset_rejects_bad_shapes_and_labels():
+    with pytest.raises(DataError, match="empty"):
+        ImageSet(torch.zeros(0, 1, 28, 28, dtype=torch.uint8), torch.zeros(0, dtype=torch.long), ("a",), "x")
+    with pytest.raises(DataError, match="uint8"):
+        ImageSet(torch.zeros(2, 28, 28), torch.zeros(2, dtype=torch.long), ("a",), "x")
+    with pytest.raises(DataError, match="label 5 is outside"):
+        ImageSet(torch.zeros(1, 1, 2, 2, dtype=torch.uint8), torch.tensor([5]), ("a", "b"), "x")
+
+
+def test_stratified_subset_is_balanced():
+    test = load_dataset("mnist-5k").test
+    sub = stratified_subset(test, 300)
+    assert np.bincount(sub.labels.numpy()).tolist() == [30] * 10

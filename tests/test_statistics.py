@@ -1,0 +1,196 @@
+"""Every stored statistic of a real run, recomputed independently of the code that wrote it.
+
+The recomputation uses a hand-written LeNet-5 forward pass (no hooks), one backward pass per
+example, numpy group-bys and weight surgery for ablation, and compares with the warehouse.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from compute.data import stratified_subset, load_dataset
+from compute.models import LeNet5
+from compute.stats import anomaly, selectivity
+from compute.train import TrainConfig, train
+
+LAYERS = ("conv1", "conv2", "fc1", "fc2")
+
+
+def manual_forward(model: LeNet5, x: torch.Tensor) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """LeNet-5 written out by hand: {layer: (pre-activation, post-ReLU)} and the logits."""
+    c1 = model.conv1(x)
+    a1 = c1.relu()
+    c2 = model.conv2(F.max_pool2d(a1, 2))
+    a2 = c2.relu()
+    f1 = model.fc1(F.max_pool2d(a2, 2).flatten(1))
+    a3 = f1.relu()
+    f2 = model.fc2(a3)
+    a4 = f2.relu()
+    return {"conv1": (c1, a1), "conv2": (c2, a2), "fc1": (f1, a3), "fc2": (f2, a4)}, model.fc3(a4)
+
+
+@pytest.fixture(scope="module")
+def per_example(small_run_artifacts):
+    """Per-example unit scalars from one backward pass per example, as {layer: {field: (N, U)}}."""
+    model, eval_set, _ = small_run_artifacts
+    model = model.eval()
+    out = {name: {f: [] for f in ("act", "rect", "grad", "taylor", "peak")} for name in LAYERS}
+    for i in range(len(eval_set)):
+        x = eval_set.floats(i, i + 1)
+        acts, logits = manual_forward(model, x)
+        loss = F.cross_entropy(logits, eval_set.labels[i:i + 1])
+        grads = torch.autograd.grad(loss, [acts[n][1] for n in LAYERS])
+        for name, g in zip(LAYERS, grads):
+            pre, post = acts[name]
+            dims = tuple(range(2, pre.dim()))
+            mean = (lambda t: t.mean(dims)) if dims else (lambda t: t)
+            out[name]["act"].append(mean(pre).detach()[0].numpy())
+            out[name]["rect"].append(mean(post).detach()[0].numpy())
+            out[name]["grad"].append(-(g.sum(dims) if dims else g)[0].numpy())
+            out[name]["taylor"].append(np.abs(mean(g * post).detach()[0].numpy()))
+            out[name]["peak"].append((post.amax(dims) if dims else post).detach()[0].numpy())
+    return {n: {f: np.stack(v) for f, v in d.items()} for n, d in out.items()}, eval_set.labels.numpy()
+
+
+def stored(con, table: str, layer: str, columns: str, order: str) -> np.ndarray:
+    return np.array(con.execute(
+        f"SELECT {columns} FROM {table} WHERE run_id = 'small' AND layer = ? ORDER BY {order}", [layer]
+    ).fetchall(), dtype=float)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_class_means_gradients_and_taylor_match_manual_recomputation(small_run_artifacts, per_example, layer):
+    _, _, con = small_run_artifacts
+    values, labels = per_example
+    v = values[layer]
+    rows = stored(con, "unit_classes", layer, "mean_act, mean_rect, grad_mean, grad_abs_mean, taylor, frac_active",
+                  "unit, class")
+    n_units = v["act"].shape[1]
+    rows = rows.reshape(n_units, 10, 6)
+    for c in range(10):
+        m = labels == c
+        np.testing.assert_allclose(rows[:, c, 0], v["act"][m].mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rows[:, c, 1], v["rect"][m].mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(rows[:, c, 2], v["grad"][m].mean(0), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(rows[:, c, 3], np.abs(v["grad"][m]).mean(0), rtol=1e-4, atol=1e-7)
+        np.testing.assert_allclose(rows[:, c, 4], v["taylor"][m].mean(0), rtol=1e-4, atol=1e-8)
+        np.testing.assert_allclose(rows[:, c, 5], (v["rect"][m] > 0).mean(0))
+    units = stored(con, "units", layer, "mean_act, mean_rect, max_act, frac_active, grad_mean, taylor, taylor_norm",
+                   "unit")
+    np.testing.assert_allclose(units[:, 0], v["act"].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(units[:, 1], v["rect"].mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(units[:, 2], v["peak"].max(0), rtol=1e-6)
+    np.testing.assert_allclose(units[:, 3], (v["rect"] > 0).mean(0))
+    np.testing.assert_allclose(units[:, 4], v["grad"].mean(0), rtol=1e-4, atol=1e-7)
+    taylor = v["taylor"].mean(0)
+    np.testing.assert_allclose(units[:, 5], taylor, rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(units[:, 6], taylor / np.linalg.norm(taylor), rtol=1e-4, atol=1e-8)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_selectivity_and_anomaly_follow_from_stored_class_means(small_run_artifacts, layer):
+    _, _, con = small_run_artifacts
+    cls = stored(con, "unit_classes", layer, "mean_rect, mean_act, grad_mean, anomaly", "unit, class")
+    n_units = len(cls) // 10
+    rect, act, grad, anom = (cls[:, i].reshape(n_units, 10) for i in range(4))
+    mu_max = rect.max(1)
+    mu_rest = (rect.sum(1) - mu_max) / 9
+    expected_si = (mu_max - mu_rest) / (mu_max + mu_rest + 1e-7)
+    units = stored(con, "units", layer, "selectivity, pref_class, mu_max, mu_rest, anomaly_max, anomaly_class, dead",
+                   "unit")
+    np.testing.assert_allclose(units[:, 0], expected_si, rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(units[:, 1], rect.argmax(1))
+    np.testing.assert_allclose(units[:, 3], mu_rest, rtol=1e-9, atol=1e-12)
+    # Anomaly: the smaller of the scaled gradient and the standardised lowness of activation.
+    expected = np.minimum(grad / grad.std(), -(act - act.mean()) / act.std())
+    np.testing.assert_allclose(anom, expected, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(units[:, 4], expected.max(1), rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(units[:, 5], expected.argmax(1))
+    np.testing.assert_array_equal(units[:, 6].astype(bool), mu_max == 0)
+
+
+def test_selectivity_index_on_known_cases():
+    means = np.array([[1.0, 0.0, 0.5, 0.0], [0.0, 0.0, 0.5, 0.0], [0.0, 0.0, 0.5, 0.0]])  # (K=3, U=4)
+    si = selectivity(means)
+    np.testing.assert_allclose(si["selectivity"], [1.0, 0.0, 0.0, 0.0], atol=1e-6)
+    assert si["pref_class"][0] == 0
+    two = selectivity(np.array([[3.0], [1.0], [1.0]]))
+    np.testing.assert_allclose(two["selectivity"], [(3 - 1) / (3 + 1 + 1e-7)])
+
+
+def test_anomaly_ranks_high_gradient_low_activation_first():
+    rng = np.random.default_rng(0)
+    act, grad = rng.normal(size=(10, 50)), rng.normal(scale=0.1, size=(10, 50))
+    act[3, 7], grad[3, 7] = -4.0, 0.5  # strongly pushed up, strongly off
+    act[2, 9], grad[2, 9] = -6.0, -0.1  # off, but pushed down: not anomalous
+    act[5, 1], grad[5, 1] = 2.0, 0.6  # pushed up, but already on: not anomalous
+    score = anomaly(grad, act)
+    assert np.unravel_index(np.argmax(score), score.shape) == (3, 7)
+    assert score[2, 9] < 0 and score[5, 1] < 0
+
+
+def _weight_surgery_ablation(model: LeNet5, layer: str, unit: int) -> LeNet5:
+    """Remove a unit by zeroing every weight that reads it (independent of the zeroing hook).
+
+    Max pooling of an all-zero channel is zero, so for conv1 zeroing conv2's input channel is the
+    same as clamping conv1's post-ReLU channel to zero.
+    """
+    m = copy.deepcopy(model)
+    reader = {"conv1": m.conv2, "conv2": None, "fc1": m.fc2, "fc2": m.fc3}[layer]
+    with torch.no_grad():
+        if layer == "conv2":  # fc1 reads conv2's pooled 5x5 channel as 25 consecutive inputs
+            m.fc1.weight[:, unit * 25:(unit + 1) * 25] = 0
+        else:
+            reader.weight[:, unit] = 0
+    return m
+
+
+@pytest.mark.parametrize("layer,unit", [("conv1", 2), ("conv2", 5), ("conv2", 11), ("fc1", 7), ("fc2", 40)])
+def test_ablation_deltas_match_weight_surgery(small_run_artifacts, layer, unit):
+    model, eval_set, con = small_run_artifacts
+    x, y = eval_set.floats(0, len(eval_set)), eval_set.labels
+    with torch.no_grad():
+        base = model(x)
+        cut = _weight_surgery_ablation(model, layer, unit)(x)
+    acc = lambda logits: (logits.argmax(1) == y).double()
+    loss = lambda logits: F.cross_entropy(logits, y, reduction="none").double()
+    acc_delta, loss_delta = stored(con, "units", layer, "abl_acc_delta, abl_loss_delta", "unit")[unit]
+    assert acc_delta == pytest.approx(float(acc(cut).mean() - acc(base).mean()), abs=1e-12)
+    assert loss_delta == pytest.approx(float(loss(cut).mean() - loss(base).mean()), abs=1e-5)
+    per_class = stored(con, "unit_classes", layer, "class, abl_acc_delta, abl_loss_delta", "unit, class")
+    per_class = per_class[unit * 10:(unit + 1) * 10]
+    for c in range(10):
+        m = y == c
+        assert per_class[c, 1] == pytest.approx(float(acc(cut)[m].mean() - acc(base)[m].mean()), abs=1e-12)
+        assert per_class[c, 2] == pytest.approx(float(loss(cut)[m].mean() - loss(base)[m].mean()), abs=1e-5)
+
+
+def test_training_trace_gradient_equals_autograd_per_example():
+    """With lr=0 the weights stay put, so the epoch's trace is the initial network's per-example gradients."""
+    data = stratified_subset(load_dataset("mnist-5k").train, 60)
+    torch.manual_seed(3)
+    model = LeNet5((1, 28, 28), 10)
+    result = train(model, model.probe_modules(), data, data, TrainConfig(epochs=1, seed=0, batch_size=25, lr=0.0))
+    model.train()
+    grads = {n: [] for n in LAYERS}
+    acts = {n: [] for n in LAYERS}
+    for i in range(len(data)):
+        a, logits = manual_forward(model, data.floats(i, i + 1))
+        g = torch.autograd.grad(F.cross_entropy(logits, data.labels[i:i + 1]), [a[n][1] for n in LAYERS])
+        for n, gi in zip(LAYERS, g):
+            dims = tuple(range(2, gi.dim()))
+            grads[n].append(-(gi.sum(dims) if dims else gi)[0].numpy())
+            pre = a[n][0].detach()
+            acts[n].append((pre.mean(dims) if dims else pre)[0].numpy())
+    labels = data.labels.numpy()
+    np.testing.assert_array_equal(result.counts[0], np.bincount(labels, minlength=10))
+    for n in LAYERS:
+        g, a = np.stack(grads[n]), np.stack(acts[n])
+        for c in range(10):
+            np.testing.assert_allclose(result.trace[n]["grad"][0, c], g[labels == c].mean(0), rtol=1e-4, atol=1e-7)
+            np.testing.assert_allclose(result.trace[n]["act"][0, c], a[labels == c].mean(0), rtol=1e-5, atol=1e-6)

@@ -1,0 +1,127 @@
+"""The warehouse: views over published runs, provenance, atomic publishing, lock-down, docs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import duckdb
+import pytest
+
+import warehouse
+from warehouse.schema import TABLES, markdown
+from warehouse.store import RunWriter, WarehouseError, list_runs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_view_exists_with_run_ids_and_schema_columns(small_run):
+    root, _ = small_run
+    con = warehouse.connect(root)
+    for name, table in TABLES.items():
+        cols = [r[0] for r in con.execute(f"DESCRIBE {name}").fetchall()]
+        assert cols == [c.name for c in table.columns]
+        (n, with_id), = con.execute(f"SELECT count(*), count(*) FILTER (run_id = 'small') FROM {name}").fetchall()
+        assert n > 0 and with_id == n, name
+
+
+def test_row_counts_match_the_model(small_run):
+    con = warehouse.connect(small_run[0])
+    layers = con.execute("SELECT layer, kind, n_units, shape FROM layers ORDER BY layer_index").fetchall()
+    assert layers == [("conv1", "conv", 6, [6, 28, 28]), ("conv2", "conv", 16, [16, 10, 10]),
+                      ("fc1", "linear", 120, [120]), ("fc2", "linear", 84, [84])]
+    assert con.execute("SELECT count(*) FROM units").fetchall() == [(226,)]
+    assert con.execute("SELECT count(*) FROM unit_classes").fetchall() == [(2260,)]
+    assert con.execute("SELECT count(*) FROM train_trace").fetchall() == [(2 * 2260,)]
+    assert con.execute("SELECT sum(n) FROM unit_classes WHERE layer='fc1' AND unit=0").fetchall() == [(300,)]
+    assert con.execute("SELECT epoch, sum(n) FROM train_trace WHERE layer='conv1' AND unit=0 GROUP BY 1 ORDER BY 1"
+                       ).fetchall() == [(1, 1000), (2, 1000)]
+
+
+def test_runs_row_holds_provenance(small_run):
+    con = warehouse.connect(small_run[0])
+    row = con.execute("SELECT * FROM runs").fetchdf().iloc[0]
+    assert (row.model, row.dataset, row.n_train, row.n_eval, row.seed, row.epochs) == ("lenet5", "mnist-5k", 1000, 300, 0, 2)
+    assert row.schema_version == warehouse.SCHEMA_VERSION and row.label_noise == 0.0
+    assert list(row.class_names) == list("0123456789")
+    assert json.loads(row.package_versions)["torch"].startswith("2.")
+    assert json.loads(row.config)["model_spec"]["name"] == "lenet5"
+    assert 0.5 < row.test_acc <= 1 and 0.5 < row.eval_acc <= 1
+    assert (small_run[1].path / row.checkpoint).is_file()
+    epochs = con.execute("SELECT epoch, test_acc FROM epochs ORDER BY epoch").fetchall()
+    assert [e for e, _ in epochs] == [1, 2]
+
+
+def test_connection_has_no_file_system_access(small_run):
+    con = warehouse.connect(small_run[0])
+    for sql in ("SELECT * FROM read_csv('/etc/passwd')",
+                f"COPY units TO '{small_run[0]}/stolen.csv'",
+                "ATTACH '/tmp/x.duckdb'",
+                "INSTALL httpfs"):
+        with pytest.raises(duckdb.PermissionException):
+            con.execute(sql)
+    with pytest.raises(duckdb.Error, match="locked"):
+        con.execute("SET enable_external_access = true")
+    assert not (small_run[0] / "stolen.csv").exists()
+
+
+def test_empty_warehouse_has_empty_views(tmp_path: Path):
+    con = warehouse.connect(tmp_path / "nothing-here")
+    assert con.execute("SELECT count(*) FROM units").fetchall() == [(0,)]
+    assert list_runs(tmp_path) == []
+
+
+def _copy_run(src: Path, root: Path, run_id: str) -> Path:
+    dst = root / "runs" / run_id
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_runs_side_by_side_and_broken_or_unfinished_runs_are_left_out(small_run, tmp_path: Path):
+    src = small_run[1].path
+    _copy_run(src, tmp_path, "a")
+    _copy_run(src, tmp_path, "b")
+    corrupt = _copy_run(src, tmp_path, "corrupt")
+    (corrupt / "units.parquet").write_bytes(b"PAR1 this is not parquet")
+    newer = _copy_run(src, tmp_path, "newer")
+    manifest = json.loads((newer / "manifest.json").read_text())
+    (newer / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))
+    unfinished = _copy_run(src, tmp_path, "unfinished")
+    (unfinished / "manifest.json").unlink()
+    (tmp_path / ".staging" / "half-written").mkdir(parents=True)
+
+    runs = {r.run_id: r for r in list_runs(tmp_path)}
+    assert set(runs) == {"a", "b", "corrupt", "newer"}
+    assert runs["a"].ok and runs["b"].ok
+    assert "units" in runs["corrupt"].error and "corrupt" in runs["corrupt"].error
+    assert "schema version 99" in runs["newer"].error
+    con = warehouse.connect(tmp_path)
+    # The copies keep their original run_id inside the files; two good runs -> twice the rows.
+    assert con.execute("SELECT count(*) FROM units").fetchall() == [(2 * 226,)]
+
+
+def test_writer_publishes_atomically_and_refuses_duplicates(tmp_path: Path):
+    with pytest.raises(WarehouseError, match="invalid run id"):
+        RunWriter(tmp_path, "../escape")
+    with pytest.raises(RuntimeError):
+        with RunWriter(tmp_path, "x") as w:
+            w.write_table("epochs", {"run_id": ["x"], "epoch": [1], "train_loss": [1.0], "train_acc": [0.5],
+                                     "test_loss": [1.0], "test_acc": [0.5]})
+            raise RuntimeError("crash in the middle of a run")
+    assert list((tmp_path / ".staging").iterdir()) == [] and not (tmp_path / "runs" / "x").exists()
+    w = RunWriter(tmp_path, "y")
+    with pytest.raises(ValueError, match="tables not written"):
+        w.publish()
+    w.abort()
+
+
+def test_unwritable_warehouse_is_explained(tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(WarehouseError, match="cannot write to warehouse"):
+        RunWriter(blocker, "x")
+
+
+def test_schema_doc_is_current():
+    assert (REPO / "docs" / "schema.md").read_text() == markdown(), "run `make docs`"

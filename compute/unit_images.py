@@ -99,7 +99,8 @@ def _examples(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], dat
                                         ("bottom", ex.bottom_idx, ex.bottom_val, ex.bottom_pos)):
                 for (u, r), n in np.ndenumerate(idx):
                     img = image_pixels(data.images[n].numpy() / 255.0)
-                    meta = {"example": int(n), "value": float(val[u, r]), "label": int(labels[n]), "pred": int(preds[n])}
+                    meta = {"example": int(n), "value": float(val[u, r]), "label": int(labels[n]),
+                            "pred": int(preds[n])}
                     if boxes is None:
                         rows.add(layer, u, kind, r, img, scale, **meta)
                         continue

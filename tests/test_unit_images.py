@@ -272,7 +272,8 @@ def test_weights_are_the_first_conv_filters(run: dict) -> None:
     model, t = run["model"], run["table"]
     for u in range(6):
         r = rows(t, "conv1", u, "weights").iloc[0]
-        np.testing.assert_array_equal(decode_png(r.png)[::22, ::22], diverging_pixels(model.conv1.weight[u, 0].detach().numpy()))
+        expected = diverging_pixels(model.conv1.weight[u, 0].detach().numpy())
+        np.testing.assert_array_equal(decode_png(r.png)[::22, ::22], expected)
 
 
 def test_unit_images_parquet_is_sorted_in_small_row_groups(run: dict) -> None:
@@ -398,3 +399,13 @@ def test_rgb_conv_net_gets_every_kind_with_colour_images() -> None:
     deep = t[(t.layer == "conv8") & (t.kind == "top_crop")].iloc[0]
     assert list(deep.box) == [0, 0, 32, 32]  # conv8 sees the whole (padded) image
     assert decode_png(t[t.kind == "weights"].iloc[0].png).shape == (111, 111, 3)  # 3x3 filter x 37
+
+
+@pytest.mark.parametrize("images", [ImageConfig(top_k=3, actmax=ActMaxConfig(steps=7, tv=0.0, seed=4)), None])
+def test_image_settings_survive_resume(tmp_path: Path, images: ImageConfig | None) -> None:
+    """An interrupted run resumes with the image settings it started with (saved as JSON)."""
+    from compute.pipeline import RunConfig, settle_config
+
+    cfg = RunConfig(run_id="r", images=images)
+    settle_config(cfg, "r", tmp_path, resume=False)
+    assert settle_config(RunConfig(run_id="r"), "r", tmp_path, resume=True) == cfg

@@ -65,7 +65,8 @@ def export_bundle(con: duckdb.DuckDBPyConnection, run_id: str, units: list[tuple
     missing = [f"{layer}/{unit}" for layer, unit in zip(keys["layer"], keys["unit"]) if (layer, unit) not in found]
     if missing:
         raise WarehouseError(f"run {run_id!r} has no units {', '.join(missing[:10])}.")
-    images["file"] = [image_name(*r) for r in images[["layer", "unit", "kind", "rank", "class"]].itertuples(index=False)]
+    keys_of_images = images[["layer", "unit", "kind", "rank", "class"]].itertuples(index=False)
+    images["file"] = [image_name(*r) for r in keys_of_images]
     images = images.sort_values("file").reset_index(drop=True)
     files: dict[str, str] = {}
     out.parent.mkdir(parents=True, exist_ok=True)

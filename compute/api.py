@@ -24,6 +24,7 @@ from torch.utils.data import Dataset
 from compute.data import ImageSet, Splits
 from compute.discover import trace_probes
 from compute.errors import DataError
+from compute.image_config import ImageConfig
 from compute.pipeline import RunConfig, RunSummary, settle_config, analyze_into, default_run_id
 from warehouse.store import RunWriter, check_run_id, default_path
 
@@ -54,7 +55,8 @@ def as_imageset(data: ImageSet | Dataset, class_names: Sequence[str] | None, nam
 def analyze(model: nn.Module, eval_data: ImageSet | Dataset, *, train_data: ImageSet | Dataset | None = None,
             class_names: Sequence[str] | None = None, layers: Sequence[str] | None = None, epochs: int = 0,
             seed: int = 0, lr: float = 1e-3, batch_size: int = 64, warehouse: str | Path | None = None,
-            run_id: str | None = None, dataset_name: str = "custom", device: str = "cpu") -> RunSummary:
+            run_id: str | None = None, dataset_name: str = "custom", device: str = "cpu",
+            images: ImageConfig | None = ImageConfig()) -> RunSummary:
     """Probe every unit of ``model`` on ``eval_data`` and publish a run; train first if ``epochs > 0``.
 
     Without ``train_data`` the evaluation set stands in for it (its accuracy is reported as both).
@@ -67,7 +69,7 @@ def analyze(model: nn.Module, eval_data: ImageSet | Dataset, *, train_data: Imag
     probed = model if hasattr(model, "probes") and hasattr(model, "probe_modules") else trace_probes(model)
     cfg = RunConfig(model=type(model).__name__, dataset=dataset_name, epochs=epochs, seed=seed, lr=lr,
                     batch_size=batch_size, device=device, layers=tuple(layers) if layers else None,
-                    widths=(), eval_dataset=f"{dataset_name}/eval")
+                    widths=(), eval_dataset=f"{dataset_name}/eval", images=images)
     rid = check_run_id(run_id or default_run_id(cfg))
     torch.manual_seed(seed)
     with RunWriter(Path(warehouse) if warehouse else default_path(), rid) as writer:

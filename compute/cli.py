@@ -8,6 +8,7 @@ from pathlib import Path
 
 from compute.data import DATASETS
 from compute.errors import AtlasError, ConfigError
+from compute.image_config import ActMaxConfig, ImageConfig
 from compute.models import MODELS, TORCHVISION_PREFIX
 from warehouse.store import ENV_VAR, WarehouseError, default_path, list_runs
 
@@ -101,7 +102,35 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--widths", type=_widths, default=(128, 128), help="mlp hidden widths, e.g. 128,128")
     p.add_argument("--width", type=float, default=0.25, help="cifar-convnet width multiplier")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    _add_image_options(p)
     _add_warehouse(p)
+
+
+def _add_image_options(p: argparse.ArgumentParser) -> None:
+    img = p.add_argument_group("images", "visual evidence per unit (table unit_images, docs/metrics.md)")
+    img.add_argument("--no-images", action="store_true", help="skip the images stage (unit_images stays empty)")
+    img.add_argument("--top-k", type=_positive, default=9, help="top and bottom examples per unit (default 9)")
+    am = ActMaxConfig()
+    img.add_argument("--actmax-steps", type=_positive, default=am.steps, help=f"gradient steps (default {am.steps})")
+    img.add_argument("--actmax-restarts", type=_positive, default=am.restarts,
+                     help=f"restarts from different noise (default {am.restarts})")
+    img.add_argument("--actmax-lr", type=float, default=am.lr, help=f"Adam step size (default {am.lr})")
+    img.add_argument("--actmax-l2", type=float, default=am.l2, help=f"L2 decay weight (default {am.l2})")
+    img.add_argument("--actmax-tv", type=float, default=am.tv, help=f"total-variation weight (default {am.tv})")
+    img.add_argument("--actmax-jitter", type=int, default=am.jitter, help=f"jitter in pixels (default {am.jitter})")
+    img.add_argument("--actmax-blur-every", type=_positive, default=am.blur_every,
+                     help=f"blur every N steps (default {am.blur_every})")
+    img.add_argument("--actmax-blur-sigma", type=float, default=am.blur_sigma,
+                     help=f"blur sigma in pixels (default {am.blur_sigma})")
+
+
+def _image_config(args: argparse.Namespace, seed: int) -> ImageConfig | None:
+    if args.no_images:
+        return None
+    return ImageConfig(args.top_k, ActMaxConfig(
+        steps=args.actmax_steps, restarts=args.actmax_restarts, lr=args.actmax_lr, l2=args.actmax_l2,
+        tv=args.actmax_tv, jitter=args.actmax_jitter, blur_every=args.actmax_blur_every,
+        blur_sigma=args.actmax_blur_sigma, seed=seed))
 
 
 def _add_warehouse(p: argparse.ArgumentParser) -> None:
@@ -149,7 +178,8 @@ def _config(args: argparse.Namespace, **overrides: object):
         model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         data_dir=args.data_dir, eval_dataset=args.eval_dataset, train_size=args.train_size,
         eval_size=args.eval_size, widths=args.widths, width=args.width, device=args.device, layers=args.layers,
-        checkpoint=args.checkpoint, until_train_acc=args.until_train_acc, **overrides,  # type: ignore[arg-type]
+        checkpoint=args.checkpoint, until_train_acc=args.until_train_acc,
+        images=_image_config(args, int(overrides.get("seed", 0))), **overrides,  # type: ignore[arg-type]
     )
 
 
@@ -158,7 +188,7 @@ def _print_summary(summary) -> None:
     print(f"published run {summary.run_id} -> {summary.path}")
     print(f"  train acc {f['train_acc']:.4f}   test acc {f['test_acc']:.4f}   "
           f"eval acc {f['eval_acc']:.4f} (loss {f['eval_loss']:.4f})")
-    print(f"  {int(f['units'])} units probed in {f['duration_s']:.1f} s")
+    print(f"  {int(f['units'])} units probed, {int(f['images'])} images, in {f['duration_s']:.1f} s")
 
 
 def _run(args: argparse.Namespace, root: Path) -> int:

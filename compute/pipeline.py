@@ -1,4 +1,4 @@
-"""One compute run, end to end: data, training, statistics, ablation, then a published run.
+"""One compute run, end to end: data, training, statistics, ablation, images, then a published run.
 
 Stages write nothing until the end; the warehouse run is staged and published whole, so an
 interrupted run leaves no trace in the warehouse.
@@ -23,11 +23,14 @@ from compute.ablation import LayerAblation, single_unit_ablation
 from compute.data import ImageSet, Splits, load_dataset, load_eval_set, stratified_subset, with_label_noise
 from compute.errors import ConfigError, DataError
 from compute.discover import ProbedGraph, select_layers
+from compute.image_config import ActMaxConfig, ImageConfig
 from compute.models import ModelSpec, ProbedModel, build_model, load_weights, save_checkpoint
 from compute.probe import Probe
 from compute.stages import StageStore
 from compute.stats import EvalStats, anomaly, evaluation_stats, selectivity
 from compute.train import TrainConfig, TrainResult, evaluate, train
+from compute.unit_images import COLUMNS as IMAGE_COLUMNS
+from compute.unit_images import ROW_GROUP_ROWS, unit_images
 from warehouse.schema import SCHEMA_VERSION
 from warehouse.faults import crash_point
 from warehouse.store import RunWriter, check_run_id
@@ -58,6 +61,7 @@ class RunConfig:
     experiment: str | None = None  # groups the runs of a sweep
     layers: tuple[str, ...] | None = None  # names or glob patterns; None = every probe point
     checkpoint: str | None = None  # trained weights to load instead of (or before) training
+    images: ImageConfig | None = field(default_factory=ImageConfig)  # None: no unit_images rows
 
     def model_options(self) -> dict[str, Any]:
         if self.model == "mlp":
@@ -193,6 +197,8 @@ def settle_config(cfg: RunConfig, run_id: str, stages_dir: Path, resume: bool) -
         saved = json.loads(path.read_text())
         saved["widths"] = tuple(saved["widths"])
         saved["layers"] = tuple(saved["layers"]) if saved["layers"] else None
+        img = saved.get("images")
+        saved["images"] = ImageConfig(img["top_k"], ActMaxConfig(**img["actmax"])) if img else None
         return RunConfig(**saved)
     cfg = replace(cfg, run_id=run_id)
     stages_dir.mkdir(parents=True, exist_ok=True)
@@ -232,6 +238,8 @@ def compute_run(cfg: RunConfig, warehouse_root: Path, resume: bool = False) -> R
     (same ``run_id``) continues from its last finished stage under its saved configuration.
     """
     started = time.perf_counter()
+    if cfg.images is not None:
+        cfg.images.check()
     run_id = check_run_id(cfg.run_id or default_run_id(cfg))
     # Open the writer first: a bad warehouse or a taken run id fails before minutes of training.
     with RunWriter(warehouse_root, run_id, resume=resume) as writer:
@@ -270,6 +278,10 @@ def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, 
     stats = stages.run("statistics", lambda: evaluation_stats(model, probes, eval_set, device=device))
     base, ablations = stages.run("ablation", lambda: single_unit_ablation(
         model, probes, {n: s[0] for n, s in shapes.items()}, eval_set, device))
+    images, image_seconds = stages.run("images", lambda: (
+        unit_images(run_id, model, probes, eval_set, splits.train, cfg.images, device) if cfg.images is not None
+        else ({c: [] for c in IMAGE_COLUMNS}, {})))
+    writer.write_table("unit_images", images, row_group_size=ROW_GROUP_ROWS)
 
     names = splits.train.class_names
     layer_order = list(probes)
@@ -308,5 +320,6 @@ def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, 
     })
     path = writer.publish({"model": cfg.model, "dataset": cfg.dataset})
     figures = {"train_acc": train_acc, "test_acc": test_acc, "eval_acc": base.accuracy, "eval_loss": base.loss,
-               "units": float(len(units["unit"])), "duration_s": duration}
+               "units": float(len(units["unit"])), "duration_s": duration, "images": float(len(images["png"])),
+               **{f"images_s/{stage}": t for stage, t in image_seconds.items()}}
     return RunSummary(run_id, path, figures)

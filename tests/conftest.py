@@ -26,12 +26,14 @@ def shared_mnist() -> Path:
 
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory: pytest.TempPathFactory):
-    """A LeNet-5 trained for 2 epochs on 1,000 mnist-5k digits, evaluated on 300 held-out digits."""
+    """A LeNet-5 trained for 2 epochs on 1,000 mnist-5k digits, evaluated on 300 held-out digits,
+    with a light images stage (top 5 examples, 32 activation-maximization steps)."""
+    from compute.image_config import ActMaxConfig, ImageConfig
     from compute.pipeline import RunConfig, compute_run
 
     root = tmp_path_factory.mktemp("warehouse")
     cfg = RunConfig(model="lenet5", dataset="mnist-5k", epochs=2, seed=0, train_size=1000, eval_size=300,
-                    run_id="small")
+                    run_id="small", images=ImageConfig(top_k=5, actmax=ActMaxConfig(steps=32)))
     summary = compute_run(cfg, root)
     return root, summary
 

@@ -76,7 +76,7 @@ def test_layer_selection_by_name_and_glob():
 
 def test_torchvision_resnet18_through_all_stages_with_checkpoint_reload(tmp_path: Path):
     """ResNet-18 adapted to 1-channel 28x28 digits, trained briefly on real MNIST digits."""
-    summary = compute_run(RunConfig(model="torchvision:resnet18", epochs=1, train_size=200, eval_size=60,
+    summary = compute_run(RunConfig(images=None, model="torchvision:resnet18", epochs=1, train_size=200, eval_size=60,
                                     batch_size=50, run_id="rn18"), tmp_path)
     con = warehouse.connect(tmp_path)
     assert con.execute("SELECT count(*), sum(n_units) FROM layers").fetchall() == [(17, 3904)]
@@ -88,7 +88,7 @@ def test_torchvision_resnet18_through_all_stages_with_checkpoint_reload(tmp_path
     # Analyze the saved weights again without training: the same units get the same statistics.
     ckpt = tmp_path / "weights.pt"
     torch.save(model.state_dict(), ckpt)
-    compute_run(RunConfig(model="torchvision:resnet18", epochs=0, checkpoint=str(ckpt), train_size=200, eval_size=60,
+    compute_run(RunConfig(images=None, model="torchvision:resnet18", epochs=0, checkpoint=str(ckpt), train_size=200, eval_size=60,
                           layers=("layer4.1.*",), run_id="rn18-reload"), tmp_path)
     rows = warehouse.connect(tmp_path).execute(
         "SELECT a.mean_rect, b.mean_rect, a.abl_acc_delta, b.abl_acc_delta FROM units a JOIN units b USING (layer, unit) "
@@ -100,11 +100,11 @@ def test_torchvision_resnet18_through_all_stages_with_checkpoint_reload(tmp_path
 
 def test_epochs_zero_needs_a_checkpoint_and_bad_checkpoints_are_named(tmp_path: Path):
     with pytest.raises(ConfigError, match="needs --checkpoint"):
-        compute_run(RunConfig(epochs=0, run_id="x"), tmp_path)
+        compute_run(RunConfig(images=None, epochs=0, run_id="x"), tmp_path)
     wrong = tmp_path / "mlp.pt"
     torch.save(build_model(ModelSpec("mlp", (1, 28, 28), 10)).state_dict(), wrong)
     with pytest.raises(ConfigError, match="does not fit the model"):
-        compute_run(RunConfig(epochs=0, checkpoint=str(wrong), train_size=100, eval_size=50, run_id="y"), tmp_path)
+        compute_run(RunConfig(images=None, epochs=0, checkpoint=str(wrong), train_size=100, eval_size=50, run_id="y"), tmp_path)
     assert not any((tmp_path / "runs").iterdir())
 
 
@@ -115,7 +115,7 @@ def test_image_folder_dataset_brings_its_class_names(tmp_path: Path):
         folder = tmp_path / "digits" / f"{int(label)}-{names[int(label)]}"
         folder.mkdir(parents=True, exist_ok=True)
         Image.fromarray(img[0].numpy()).save(folder / f"{i}.png")
-    compute_run(RunConfig(model="mlp", widths=(16,), dataset=f"folder:{tmp_path / 'digits'}", epochs=1, run_id="f"),
+    compute_run(RunConfig(images=None, model="mlp", widths=(16,), dataset=f"folder:{tmp_path / 'digits'}", epochs=1, run_id="f"),
                 tmp_path / "wh")
     con = warehouse.connect(tmp_path / "wh")
     assert con.execute("SELECT class_names, n_train, n_eval FROM runs").fetchall() == [
@@ -128,7 +128,7 @@ def test_image_folder_dataset_brings_its_class_names(tmp_path: Path):
 
 @pytest.mark.skipif(not Path("/usr/share/datasets/fashion-mnist").is_dir(), reason="dataset-fashion-mnist not installed")
 def test_fashion_class_names_reach_the_warehouse(tmp_path: Path):
-    compute_run(RunConfig(model="mlp", widths=(16,), dataset="fashion-mnist", epochs=1, train_size=300,
+    compute_run(RunConfig(images=None, model="mlp", widths=(16,), dataset="fashion-mnist", epochs=1, train_size=300,
                           eval_size=100, run_id="fm"), tmp_path)
     con = warehouse.connect(tmp_path)
     assert con.execute("SELECT class_name FROM unit_classes WHERE class = 1 LIMIT 1").fetchall() == [("Trouser",)]
@@ -140,7 +140,7 @@ def test_python_api_trains_and_analyzes_a_custom_module(tmp_path: Path):
     train = torch.utils.data.TensorDataset(data.train.floats(0, 300), data.train.labels[:300])
     torch.manual_seed(0)
     net = ResidualNet()
-    run = analyze(net, data.test, train_data=train, epochs=1, layers=["relu_1", "relu_2"], warehouse=tmp_path,
+    run = analyze(net, data.test, train_data=train, epochs=1, images=None, layers=["relu_1", "relu_2"], warehouse=tmp_path,
                   run_id="custom")
     con = warehouse.connect(tmp_path)
     assert con.execute("SELECT layer, n_units FROM layers ORDER BY layer_index").fetchall() == [("relu_1", 4),

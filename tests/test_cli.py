@@ -19,7 +19,7 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 
 def test_run_then_list(tmp_path: Path, shared_mnist: Path):
     wh = tmp_path / "wh"
-    r = cli("run", "--model", "mlp", "--widths", "32,16", "--epochs", "1", "--train-size", "500",
+    r = cli("run", "--model", "mlp", "--widths", "32,16", "--epochs", "1", "--train-size", "500", "--no-images",
             "--eval-dataset", f"idx:{shared_mnist}", "--eval-size", "400", "--warehouse", str(wh), "--run-id", "m1")
     assert r.returncode == 0, r.stderr
     assert "published run m1" in r.stdout and "48 units probed" in r.stdout
@@ -70,5 +70,5 @@ def test_default_demo_run_reaches_95_percent(tmp_path: Path):
     """The demo settings (LeNet-5, mnist-5k, default epochs) must clear 95% test accuracy."""
     from compute.pipeline import RunConfig, compute_run
 
-    summary = compute_run(RunConfig(run_id="demo"), tmp_path)
+    summary = compute_run(RunConfig(run_id="demo", images=None), tmp_path)
     assert summary.figures["test_acc"] >= 0.95

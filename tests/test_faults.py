@@ -21,7 +21,8 @@ from warehouse.faults import ENV_VAR
 from warehouse.store import RunWriter, list_runs
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_ARGS = ["--model", "lenet5", "--epochs", "2", "--train-size", "500", "--eval-size", "200", "--seed", "3"]
+RUN_ARGS = ["--model", "lenet5", "--epochs", "2", "--train-size", "500", "--eval-size", "200", "--seed", "3",
+            "--top-k", "1", "--actmax-steps", "2", "--actmax-restarts", "2"]  # a light images stage
 CRASH_POINTS = ["after-load", "epoch-1", "after-train", "after-statistics", "after-table-units", "before-rename"]
 # Columns that legitimately differ between two computations of the same run.
 VOLATILE = {"run_id", "created_at", "duration_s", "config"}
@@ -77,7 +78,7 @@ def test_same_run_id_is_refused_while_running_and_other_ids_land(tmp_path: Path)
         r = compute("--epochs", "1", "--train-size", "100", "--warehouse", str(tmp_path), "--run-id", "busy")
         assert r.returncode == 2 and "is being computed right now" in r.stderr and f"pid {os.getpid()}" in r.stderr
         procs = [subprocess.Popen([sys.executable, "-m", "compute", "run", "--model", "mlp", "--widths", "8",
-                                   "--epochs", "1", "--train-size", "100", "--eval-size", "50",
+                                   "--epochs", "1", "--train-size", "100", "--eval-size", "50", "--no-images",
                                    "--warehouse", str(tmp_path), "--run-id", rid], cwd=REPO,
                                   env={**os.environ, "NEURON_ATLAS_QUIET": "1"}, stderr=subprocess.PIPE)
                  for rid in ("left", "right")]

@@ -37,7 +37,7 @@ def test_label_noise_replaces_the_asked_fraction_with_uniform_labels():
 def test_sweep_groups_runs_trains_until_fitted_and_completes_missing_runs(tmp_path: Path):
     args = [sys.executable, "-m", "compute", "sweep", "--model", "mlp", "--widths", "128", "--train-size", "200",
             "--eval-size", "100", "--label-noise", "0,1", "--seeds", "0", "--epochs", "200",
-            "--until-train-acc", "0.95", "--lr", "0.003", "--layers", "fc1", "--experiment", "mem",
+            "--until-train-acc", "0.95", "--lr", "0.003", "--layers", "fc1", "--experiment", "mem", "--no-images",
             "--warehouse", str(tmp_path)]
     env = {**os.environ, "NEURON_ATLAS_QUIET": "1"}
     r = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)

@@ -41,6 +41,8 @@ UNIT = _c("unit", pa.int32(), "Unit index within its layer: neuron of a linear l
 CLASS = _c("class", pa.int32(), "Class index (label value).")
 CLASS_NAME = _c("class_name", pa.string(), "Human-readable class name (e.g. `7`, `Trouser`).")
 F64 = pa.float64()
+# Kinds of `unit_images` rows, in the order a unit's page shows them.
+IMAGE_KINDS = ("top", "top_crop", "bottom", "gbp", "grad", "act_avg", "grad_avg", "happy", "sad", "weights")
 
 TABLES: dict[str, Table] = {t.name: t for t in (
     Table("runs", "One row per published run: provenance, settings and headline results.", (
@@ -143,6 +145,37 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("train_acc", F64, "Training accuracy over the epoch's steps (running)."),
         _c("test_loss", F64, "Test-split loss after the epoch."),
         _c("test_acc", F64, "Test-split accuracy after the epoch."),
+    )),
+    Table("unit_images", "Visual evidence per unit: PNG images with what each shows. Written sorted by "
+          "(layer, unit) in small row groups, so one unit's images are read without scanning the rest. "
+          "See docs/metrics.md (Visual evidence) for the definitions.", (
+        RUN_ID, LAYER, UNIT,
+        _c("kind", pa.string(), "What the image is: `top` / `bottom` (evaluation examples that activate the unit "
+           "most / least; conv units with the receptive-field box drawn), `top_crop` (the input patch the "
+           "peak position sees), `gbp` / `grad` (guided backprop / gradient of the unit at its peak for "
+           "the `top` example of the same rank), `act_avg` / `grad_avg` (activation- / gradient-weighted "
+           "mean training input of a class), `happy` / `sad` (activation maximization / minimization), "
+           "`weights` (first conv layer's filter)."),
+        _c("rank", pa.int32(), "Order within the kind: 0 = most extreme example, or best restart of `happy`/`sad`; "
+           "0 for the other kinds."),
+        _c("class", pa.int32(), "Class of `act_avg`/`grad_avg` images; null otherwise."),
+        _c("example", pa.int64(), "Index of the example in the run's evaluation set (`top`, `top_crop`, "
+           "`bottom`, `gbp`, `grad`); null otherwise."),
+        _c("value", F64, "`top`/`bottom`/`top_crop`/`gbp`/`grad`: the unit's largest pre-activation over positions "
+           "on the example (= its post-ReLU peak when positive). `act_avg`/`grad_avg`: the class mean of the "
+           "weight (rectified activation / positive gradient signal). `happy`/`sad`: the pre-activation, mean over "
+           "positions, that the optimised input reaches (compare `units.mean_act`). Null for `weights`."),
+        _c("label", pa.int32(), "True label of the example; null where there is no example."),
+        _c("pred", pa.int32(), "Model prediction for the example; null where there is no example."),
+        _c("position", pa.list_(pa.int32()), "Conv units: [y, x] of the peak in the unit's activation map; null "
+           "for linear units and other kinds."),
+        _c("box", pa.list_(pa.int32()), "Conv units: receptive field of `position` as a half-open input-pixel "
+           "box [y0, x0, y1, x1], clipped to the image; exact (gradient support of a connectivity copy)."),
+        _c("consistency", F64, "`happy`/`sad`: mean pairwise Pearson correlation of the restarts' images "
+           "(1 = the same picture every restart); null otherwise."),
+        _c("width", pa.int32(), "PNG width in pixels (inputs are upscaled by whole pixels)."),
+        _c("height", pa.int32(), "PNG height in pixels."),
+        _c("png", pa.binary(), "The image, PNG-encoded."),
     )),
 )}
 

@@ -202,8 +202,11 @@ class RunWriter:
         """Path for an extra file of the run (e.g. the checkpoint), inside the staging folder."""
         return self.staging / name
 
-    def write_table(self, name: str, columns: dict[str, Any]) -> None:
-        """Write ``columns`` (name -> sequence) as table ``name``, typed by the schema."""
+    def write_table(self, name: str, columns: dict[str, Any], row_group_size: int | None = None) -> None:
+        """Write ``columns`` (name -> sequence) as table ``name``, typed by the schema.
+
+        A small ``row_group_size`` lets readers skip row groups by their statistics (see unit_images).
+        """
         schema = TABLES[name].arrow_schema
         missing = set(schema.names) - set(columns)
         extra = set(columns) - set(schema.names)
@@ -214,7 +217,8 @@ class RunWriter:
             raise ValueError(f"table {name}: columns have different lengths {sorted(n)}")
         table = pa.table({c: pa.array(columns[c], type=schema.field(c).type) for c in schema.names}, schema=schema)
         try:
-            pq.write_table(table, self.staging / f"{name}.parquet", compression="zstd", row_group_size=ROW_GROUP_ROWS)
+            pq.write_table(table, self.staging / f"{name}.parquet", compression="zstd",
+                           row_group_size=row_group_size or ROW_GROUP_ROWS)
         except OSError as e:
             raise WarehouseError(f"cannot write table {name} to {self.staging}: {e}") from e
         self.tables.append(name)

@@ -1,0 +1,144 @@
+"""Example-based evidence for every unit: extreme examples, their attributions, weighted averages.
+
+- **Top/bottom examples**: every example is scored by the unit's *largest pre-activation over
+  positions* (one position for a linear unit). The top k have the highest score (for them it is
+  the post-ReLU peak, the spatial max the issue asks for); the bottom k the lowest. Scoring the
+  bottom by the post-ReLU value would tie most examples at 0, so the pre-activation tells which
+  examples are *furthest* from switching the unit on.
+- **Guided backprop and plain gradient** (captum) of the unit's pre-activation at the peak position,
+  for each top example. For an active unit this equals the attribution of its post-ReLU output;
+  for a silent one it still shows what would push it up.
+- **Weighted average inputs** per class on the training set: the mean input weighted by the unit's
+  rectified activation (spatial mean of the post-ReLU output), and by the positive part of its
+  gradient signal ``-sum_p dL_n/da_p`` (docs/metrics.md), i.e. the examples whose loss asks the unit
+  to be higher.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from captum.attr import NeuronGradient, NeuronGuidedBackprop
+from torch import nn
+
+from compute.data import ImageSet
+from compute.probe import Probe, by_position
+from compute.progress import bar
+
+
+@dataclass
+class Extremes:
+    """The k highest- and lowest-scoring examples of each unit of one layer (arrays (U, k))."""
+
+    top_idx: np.ndarray
+    top_val: np.ndarray
+    top_pos: np.ndarray  # flat position index of the peak within the unit's map
+    bottom_idx: np.ndarray
+    bottom_val: np.ndarray
+    bottom_pos: np.ndarray
+
+
+def extreme_examples(model: nn.Module, probes: dict[str, nn.Module], data: ImageSet, k: int,
+                     batch_size: int = 500, device: str = "cpu") -> tuple[dict[str, Extremes], np.ndarray]:
+    """Top and bottom ``k`` examples of every unit, and the model's prediction for every example."""
+    model.eval()
+    scores: dict[str, list[torch.Tensor]] = {name: [] for name in probes}
+    where: dict[str, list[torch.Tensor]] = {name: [] for name in probes}
+    preds = []
+    with torch.no_grad(), Probe(probes) as probe:
+        for start in bar(range(0, len(data), batch_size), "top examples", unit="batch"):
+            preds.append(model(data.floats(start, start + batch_size, device)).argmax(1).cpu())
+            for name in probes:
+                peak, pos = by_position(probe.pre[name]).max(2)
+                scores[name].append(peak.cpu())
+                where[name].append(pos.cpu())
+    k = min(k, len(data))
+    out = {}
+    for name in probes:
+        s, p = torch.cat(scores[name]).T, torch.cat(where[name]).T  # (U, N)
+        top_val, top_idx = s.topk(k, dim=1)
+        bottom_val, bottom_idx = s.topk(k, dim=1, largest=False)
+        out[name] = Extremes(top_idx.numpy(), top_val.numpy(), p.gather(1, top_idx).numpy(),
+                             bottom_idx.numpy(), bottom_val.numpy(), p.gather(1, bottom_idx).numpy())
+    return out, torch.cat(preds).numpy()
+
+
+def unit_attributions(model: nn.Module, module: nn.Module, inputs: torch.Tensor, units: torch.Tensor,
+                      positions: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Guided backprop and gradient of unit ``units[b]`` at flat position ``positions[b]`` of
+    ``module``'s input (the pre-activation), for each input ``inputs[b]``: two (B, C, H, W) arrays."""
+    model.eval()
+    gbp, grad = NeuronGuidedBackprop(model, module), NeuronGradient(model, module)
+    maps: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
+    for start in range(0, len(inputs), batch_size):
+        u, p = units[start:start + batch_size], positions[start:start + batch_size]
+        rows = torch.arange(len(u), device=u.device)
+
+        def selector(layer_in: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+            t = layer_in[0] if isinstance(layer_in, tuple) else layer_in
+            return by_position(t)[rows, u, p]
+
+        x = inputs[start:start + batch_size].detach().requires_grad_()
+        for method, acc in ((gbp, maps[0]), (grad, maps[1])):
+            with warnings.catch_warnings():  # captum announces its temporary ReLU hooks on every call
+                warnings.filterwarnings("ignore", "Setting backward hooks on ReLU", UserWarning)
+                acc.append(method.attribute(x, selector, attribute_to_neuron_input=True).detach().cpu().numpy())
+    return np.concatenate(maps[0]), np.concatenate(maps[1])
+
+
+@dataclass
+class WeightedAverages:
+    """Per unit and class (U, K, C, H, W) weighted mean inputs and (U, K) mean weights."""
+
+    act: np.ndarray
+    act_weight: np.ndarray
+    grad: np.ndarray
+    grad_weight: np.ndarray
+
+
+def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: ImageSet,
+                      batch_size: int = 500, device: str = "cpu") -> dict[str, WeightedAverages]:
+    """Activation- and gradient-weighted class means of the inputs of ``data``, for every unit.
+
+    Per example n of class c and unit u: weight a = spatial mean of the post-ReLU output, weight
+    g = max(0, -sum_p dL_n/da_p). Image = sum_n w_n x_n / sum_n w_n over class c (all zeros where
+    the weights sum to 0); the stored weight is the class mean of w.
+    """
+    model.eval()
+    k, d = data.n_classes, int(np.prod(data.shape))
+    sums: dict[str, dict[str, torch.Tensor]] = {}
+    counts = torch.bincount(data.labels, minlength=k).double()
+    with Probe(probes) as probe:
+        for start in bar(range(0, len(data), batch_size), "averages", unit="batch"):
+            x = data.floats(start, start + batch_size, device)
+            y = data.labels[start:start + batch_size].to(device)
+            losses = F.cross_entropy(model(x), y, reduction="none")
+            posts = [probe.post[name] for name in probes]
+            grads = torch.autograd.grad(losses.sum(), posts)
+            flat = x.reshape(len(x), d).double()
+            for name, post, g in zip(probes, posts, grads):
+                weights = {"act": by_position(post.detach()).mean(2).double(),
+                           "grad": (-by_position(g).sum(2)).clamp(min=0).double()}
+                acc = sums.setdefault(name, {})
+                for kind, w in weights.items():
+                    if kind not in acc:
+                        acc[kind] = torch.zeros(w.shape[1], k, d, dtype=torch.float64, device=device)
+                        acc[kind + "_w"] = torch.zeros(w.shape[1], k, dtype=torch.float64, device=device)
+                    for c in torch.unique(y).tolist():
+                        m = y == c
+                        acc[kind][:, c] += w[m].T @ flat[m]
+                        acc[kind + "_w"][:, c] += w[m].sum(0)
+    out = {}
+    for name, acc in sums.items():
+        means = {}
+        for kind in ("act", "grad"):
+            total = acc[kind + "_w"].cpu()
+            img = acc[kind].cpu() / torch.where(total > 0, total, 1.0)[..., None]
+            means[kind] = img.reshape(*total.shape, *data.shape).float().numpy()
+            means[kind + "_w"] = (total / counts.clamp(min=1)).numpy()
+        out[name] = WeightedAverages(means["act"], means["act_w"], means["grad"], means["grad_w"])
+    return out

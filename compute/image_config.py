@@ -1,0 +1,47 @@
+"""Settings of the images stage, importable without torch (the CLI builds them before loading it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from compute.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class ActMaxConfig:
+    """Settings of activation maximization (what each regularizer does: compute/actmax.py)."""
+
+    steps: int = 128
+    restarts: int = 3
+    lr: float = 0.1
+    l2: float = 5e-4
+    tv: float = 5e-4
+    jitter: int = 2
+    blur_every: int = 4
+    blur_sigma: float = 0.5
+    init_std: float = 0.1
+    seed: int = 0
+
+    def check(self) -> None:
+        for name in ("steps", "restarts", "blur_every"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"actmax {name} must be at least 1, got {getattr(self, name)}.")
+        for name in ("lr", "blur_sigma", "init_std"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"actmax {name} must be positive, got {getattr(self, name)}.")
+        for name in ("l2", "tv", "jitter"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"actmax {name} must not be negative, got {getattr(self, name)}.")
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """Settings of the images stage."""
+
+    top_k: int = 9
+    actmax: ActMaxConfig = field(default_factory=ActMaxConfig)
+
+    def check(self) -> None:
+        if self.top_k < 1:
+            raise ConfigError(f"--top-k must be at least 1, got {self.top_k}.")
+        self.actmax.check()

@@ -1,0 +1,84 @@
+"""Exact receptive fields of conv units, from the support of the input gradient.
+
+The input pixels a unit's value at one position can depend on are the pixels with a non-zero
+path to it. With the trained weights, gradients can miss some of them (a silent ReLU, a max-pool
+that routes to one element, a zero weight), so the support is read on a *connectivity copy* of the
+model: activations and batch norms become the identity, max-pools become average pools with the
+same window, and every weight is 1 with bias 0. That copy is linear with positive weights, so the
+gradient of one output position is positive exactly on the connected input pixels, for any
+arrangement of convs, pools, strides and paddings. Padding falls outside the image, so boxes are
+clipped to it.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from compute.errors import ConfigError
+from compute.models import ProbedModel
+from compute.partial import run_to
+
+_ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
+                nn.Dropout, nn.Dropout2d, nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+def _replacement(module: nn.Module) -> nn.Module | None:
+    if isinstance(module, _ELEMENTWISE):
+        return nn.Identity()
+    if isinstance(module, nn.MaxPool2d):
+        if module.dilation not in (1, (1, 1)):
+            raise ConfigError("receptive fields of dilated max-pools are not supported.")
+        return nn.AvgPool2d(module.kernel_size, module.stride, module.padding, module.ceil_mode)
+    return None
+
+
+def connectivity_model(model: ProbedModel) -> ProbedModel:
+    """A float64 copy of ``model`` whose input gradient is positive exactly where a path exists."""
+    twin = copy.deepcopy(model).cpu().double().eval()
+    for name, module in list(twin.named_modules()):
+        new = _replacement(module)
+        if new is not None and name:
+            parent, _, child = name.rpartition(".")
+            setattr(twin.get_submodule(parent) if parent else twin, child, new)
+    with torch.no_grad():
+        for module in twin.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                module.weight.fill_(1.0)
+                if module.bias is not None:
+                    module.bias.zero_()
+    return twin
+
+
+def _span(mask: torch.Tensor) -> torch.Tensor:
+    """(P, 2) first index and one past the last index of the True entries of each row of (P, L)."""
+    length = mask.shape[1]
+    first = mask.int().argmax(1)
+    last = length - mask.flip(1).int().argmax(1)
+    return torch.stack([first, last], 1)
+
+
+def receptive_boxes(model: ProbedModel, layer: str, in_shape: tuple[int, int, int],
+                    chunk: int = 256) -> torch.Tensor:
+    """(H', W', 4) int tensor: for each position of conv layer ``layer``, the half-open input box
+    (y0, x0, y1, x1) of pixels it is connected to, clipped to the image."""
+    twin = connectivity_model(model)
+    probe = twin.get_submodule(model.probes[layer])
+    with torch.no_grad():
+        shape = run_to(twin, probe, torch.zeros(1, *in_shape, dtype=torch.float64))[1].shape
+    if len(shape) != 4:
+        raise ConfigError(f"layer {layer} is not a conv layer: activity shape {tuple(shape[1:])}.")
+    h, w = shape[2], shape[3]
+    ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    ys, xs = ys.reshape(-1), xs.reshape(-1)
+    boxes = torch.empty(h * w, 4, dtype=torch.long)
+    for start in range(0, h * w, chunk):
+        y, x = ys[start:start + chunk], xs[start:start + chunk]
+        inp = torch.ones(len(y), *in_shape, dtype=torch.float64, requires_grad=True)
+        _, out = run_to(twin, probe, inp)
+        (grad,) = torch.autograd.grad(out[torch.arange(len(y)), :, y, x].sum(), inp)
+        support = grad.abs().sum(1) > 0  # (P, H, W)
+        boxes[start:start + len(y)] = torch.cat([_span(support.any(2)), _span(support.any(1))], 1)[:, [0, 2, 1, 3]]
+    return boxes.reshape(h, w, 4)

@@ -1,0 +1,196 @@
+"""The images stage of a run: visual evidence for every probed unit, as rows of ``unit_images``.
+
+Stages (timed, each with a progress bar): top/bottom examples with receptive-field crops, guided
+backprop and gradient maps of the top examples, activation- and gradient-weighted class averages,
+Happy/SadMaps, and the first conv layer's filters. See compute/evidence.py and compute/actmax.py
+for the definitions, docs/schema.md for the columns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from compute.actmax import activation_maps
+from compute.data import ImageSet
+from compute.evidence import Extremes, extreme_examples, unit_attributions, weighted_averages
+from compute.image_config import ActMaxConfig, ImageConfig
+from compute.models import ProbedModel
+from compute.partial import run_to
+from compute.progress import bar
+from compute.receptive_field import receptive_boxes
+from compute.render import display_scale, draw_box, heatmap_pixels, image_pixels, to_png, weight_pixels
+from warehouse.schema import IMAGE_KINDS, TABLES
+
+COLUMNS = tuple(TABLES["unit_images"].arrow_schema.names)
+ROW_GROUP_ROWS = 512
+
+
+class _Rows:
+    """Column lists of ``unit_images``; every row has a PNG and may leave optional fields empty."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.cols: dict[str, list[Any]] = {c: [] for c in COLUMNS}
+
+    def add(self, layer: str, unit: int, kind: str, rank: int, pixels: np.ndarray, scale: int,
+            **fields: Any) -> None:
+        png = to_png(pixels, scale)
+        row = {"run_id": self.run_id, "layer": layer, "unit": unit, "kind": kind, "rank": rank, "png": png,
+               "height": pixels.shape[0] * scale, "width": pixels.shape[1] * scale, **fields}
+        for c in COLUMNS:
+            self.cols[c].append(row.get(c))
+
+    def sorted(self) -> dict[str, list[Any]]:
+        """Rows ordered by (layer, unit, kind, rank, class) so row groups hold few units each."""
+        kind = {k: i for i, k in enumerate(IMAGE_KINDS)}
+        c = self.cols
+        order = sorted(range(len(c["unit"])), key=lambda i: (c["layer"][i], c["unit"][i], kind[c["kind"][i]],
+                                                             c["rank"][i], c["class"][i] or 0))
+        return {name: [values[i] for i in order] for name, values in c.items()}
+
+
+@dataclass
+class Timer:
+    """Wall time per stage, seconds."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def first_conv(model: nn.Module) -> nn.Conv2d | None:
+    """The first Conv2d in module order: the one that sees the input in the built-in models."""
+    return next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+
+
+def run_shape(model: nn.Module, module: nn.Module, in_shape: tuple[int, int, int]) -> tuple[int, ...]:
+    """Activity shape of one example at ``module``."""
+    with torch.no_grad():
+        device = next(model.parameters()).device
+        return tuple(run_to(model, module, torch.zeros(1, *in_shape, device=device))[1].shape[1:])
+
+
+def _examples(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], data: ImageSet, k: int,
+              device: str, timer: Timer) -> dict[str, Extremes]:
+    with timer.stage("top/bottom examples"):
+        extremes, preds = extreme_examples(model, probes, data, k, device=device)
+    labels = data.labels.numpy()
+    scale = display_scale(*data.shape[1:])
+    for layer, ex in bar(extremes.items(), "examples png", unit="layer"):
+        with timer.stage("receptive fields"):
+            conv = len(run_shape(model, probes[layer], data.shape)) == 3
+            boxes = receptive_boxes(model, layer, data.shape) if conv else None
+        with timer.stage("example images"):
+            for kind, idx, val, pos in (("top", ex.top_idx, ex.top_val, ex.top_pos),
+                                        ("bottom", ex.bottom_idx, ex.bottom_val, ex.bottom_pos)):
+                for (u, r), n in np.ndenumerate(idx):
+                    img = image_pixels(data.images[n].numpy() / 255.0)
+                    meta = {"example": int(n), "value": float(val[u, r]), "label": int(labels[n]),
+                            "pred": int(preds[n])}
+                    if boxes is None:
+                        rows.add(layer, u, kind, r, img, scale, **meta)
+                        continue
+                    w = boxes.shape[1]
+                    y, x = divmod(int(pos[u, r]), w)
+                    box = [int(b) for b in boxes[y, x]]
+                    meta |= {"position": [y, x], "box": box}
+                    rows.add(layer, u, kind, r, draw_box(img, tuple(box), scale), 1, **meta)
+                    if kind == "top":
+                        crop = img[box[0]:box[2], box[1]:box[3]]
+                        rows.add(layer, u, "top_crop", r, crop, display_scale(*crop.shape[:2]), **meta)
+    return extremes
+
+
+def _attributions(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], data: ImageSet,
+                  extremes: dict[str, Extremes], device: str, timer: Timer) -> None:
+    scale = display_scale(*data.shape[1:])
+    for layer, ex in bar(extremes.items(), "attributions", unit="layer"):
+        n_units, k = ex.top_idx.shape
+        with timer.stage("guided backprop + gradient"):
+            x = data.images[torch.as_tensor(ex.top_idx.reshape(-1))].to(device, torch.float32).div_(255.0)
+            units = torch.arange(n_units, device=device).repeat_interleave(k)
+            gbp, grad = unit_attributions(model, probes[layer], x, units,
+                                          torch.as_tensor(ex.top_pos.reshape(-1), device=device))
+        with timer.stage("attribution images"):
+            for kind, maps in (("gbp", gbp), ("grad", grad)):
+                for i, m in enumerate(maps):
+                    u, r = divmod(i, k)
+                    rows.add(layer, u, kind, r, heatmap_pixels(m), scale, example=int(ex.top_idx[u, r]),
+                             value=float(ex.top_val[u, r]))
+
+
+def _averages(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], data: ImageSet, device: str,
+              timer: Timer) -> None:
+    with timer.stage("weighted averages"):
+        avgs = weighted_averages(model, probes, data, device=device)
+    scale = display_scale(*data.shape[1:])
+    with timer.stage("average images"):
+        for layer, a in avgs.items():
+            for kind, img, weight in (("act_avg", a.act, a.act_weight), ("grad_avg", a.grad, a.grad_weight)):
+                for (u, c), w in np.ndenumerate(weight):
+                    rows.add(layer, u, kind, 0, image_pixels(img[u, c]), scale, **{"class": c, "value": float(w)})
+
+
+def _actmax(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], data: ImageSet, cfg: ActMaxConfig,
+            device: str, timer: Timer) -> None:
+    pixel_sums = sum(data.floats(s, s + 1000).sum((0, 2, 3)) for s in range(0, len(data), 1000))
+    mean_pixel = pixel_sums / (len(data) * data.shape[1] * data.shape[2])
+    scale = display_scale(*data.shape[1:])
+    for layer, module in probes.items():
+        with timer.stage("activation maximization"):
+            n_units = int(run_shape(model, module, data.shape)[0])
+            happy, sad = activation_maps(model, module, range(n_units), data.shape, mean_pixel, cfg, device,
+                                         f"actmax {layer}")
+        with timer.stage("actmax images"):
+            for kind, maps in (("happy", happy), ("sad", sad)):
+                for (u, r), v in np.ndenumerate(maps.values):
+                    rows.add(layer, u, kind, r, image_pixels(maps.images[u, r]), scale, value=float(v),
+                             consistency=float(maps.consistency[u]))
+
+
+def _weights(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], in_shape: tuple[int, int, int],
+             timer: Timer) -> None:
+    """The model's first conv filters, as images of the first probed layer's units when that layer
+    is a conv layer with one unit per filter (conv1 of LeNet-5 and of the CIFAR net)."""
+    conv, first = first_conv(model), next(iter(probes))
+    shape = run_shape(model, probes[first], in_shape)
+    if conv is None or len(shape) != 3 or shape[0] != conv.out_channels:
+        return
+    with timer.stage("weights"):
+        w = conv.weight.detach().cpu().numpy()
+        for u in range(w.shape[0]):
+            rows.add(first, u, "weights", 0, weight_pixels(w[u]), display_scale(*w.shape[2:]))
+
+
+def unit_images(run_id: str, model: ProbedModel, probes: dict[str, nn.Module], eval_set: ImageSet,
+                train_set: ImageSet, cfg: ImageConfig = ImageConfig(),
+                device: str = "cpu") -> tuple[dict[str, list[Any]], dict[str, float]]:
+    """Rows of ``unit_images`` for every unit of ``probes``, and the seconds each stage took.
+
+    Extreme examples and attributions use ``eval_set``; the weighted averages ``train_set``.
+    """
+    cfg.check()
+    model.eval()
+    rows, timer = _Rows(run_id), Timer()
+    extremes = _examples(rows, model, probes, eval_set, cfg.top_k, device, timer)
+    _attributions(rows, model, probes, eval_set, extremes, device, timer)
+    _averages(rows, model, probes, train_set, device, timer)
+    _actmax(rows, model, probes, eval_set, cfg.actmax, device, timer)
+    _weights(rows, model, probes, eval_set.shape, timer)
+    with timer.stage("sort"):
+        table = rows.sorted()
+    return table, timer.seconds

@@ -58,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--width", type=float, default=0.25, help="cifar-convnet width multiplier")
     run.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     run.add_argument("--run-id", default=None, help="default: <model>-<dataset>-s<seed>-<UTC time>")
+    run.add_argument("--train-curves", action="store_true",
+                     help="also draw the cumulative ablation curves on the training set (split 'train')")
     _add_warehouse(run)
 
     ls = sub.add_parser("list", help="list the runs of a warehouse")
@@ -72,6 +74,7 @@ def _run(args: argparse.Namespace, root: Path) -> int:
         model=args.model, dataset=args.dataset, epochs=args.epochs, seed=args.seed, batch_size=args.batch_size,
         lr=args.lr, data_dir=args.data_dir, eval_dataset=args.eval_dataset, train_size=args.train_size,
         eval_size=args.eval_size, widths=args.widths, width=args.width, device=args.device, run_id=args.run_id,
+        train_curves=args.train_curves,
     )
     summary = compute_run(cfg, root)
     f = summary.figures

@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from compute.ablation import LayerAblation, single_unit_ablation
+from compute.ablation import LayerAblation
+from compute.curves import UnitScores, ablation_curves
 from compute.data import ImageSet, Splits, load_dataset, load_eval_set, stratified_subset
+from compute.engine import AblationEngine
 from compute.errors import ConfigError
 from compute.models import ModelSpec, ProbedModel, build_model, save_checkpoint
 from compute.probe import Probe
@@ -50,6 +52,7 @@ class RunConfig:
     width: float = 0.25
     device: str = "cpu"
     run_id: str | None = None
+    train_curves: bool = False  # also draw the ablation curves on the training set
 
     def model_options(self) -> dict[str, Any]:
         if self.model == "mlp":
@@ -96,7 +99,8 @@ def _layer_shapes(model: ProbedModel, in_shape: tuple[int, int, int]) -> dict[st
     return {name: tuple(t.shape[1:]) for name, t in probe.post.items()}
 
 
-def _load(cfg: RunConfig) -> tuple[Splits, ImageSet]:
+def load_data(cfg: RunConfig) -> tuple[Splits, ImageSet]:
+    """The run's training/test splits (training subset applied) and its evaluation set."""
     data_dir = Path(cfg.data_dir) if cfg.data_dir else None
     splits = load_dataset(cfg.dataset, data_dir)
     train_set = stratified_subset(splits.train, cfg.train_size) if cfg.train_size else splits.train
@@ -181,7 +185,7 @@ def compute_run(cfg: RunConfig, warehouse_root: Path) -> RunSummary:
     run_id = check_run_id(cfg.run_id or default_run_id(cfg))
     # Open the writer first: a bad warehouse or a taken run id fails before minutes of training.
     with RunWriter(warehouse_root, run_id) as writer:
-        splits, eval_set = _load(cfg)
+        splits, eval_set = load_data(cfg)
         torch.manual_seed(cfg.seed)
         spec = ModelSpec(cfg.model, splits.train.shape, splits.train.n_classes, cfg.model_options())
         model = build_model(spec).to(device)
@@ -192,7 +196,8 @@ def compute_run(cfg: RunConfig, warehouse_root: Path) -> RunSummary:
         train_loss, train_acc = evaluate(model, splits.train, device=device)
         test_loss, test_acc = evaluate(model, splits.test, device=device)
         stats = evaluation_stats(model, probes, eval_set, device=device)
-        base, ablations = single_unit_ablation(model, probes, {n: s[0] for n, s in shapes.items()}, eval_set, device)
+        engine = AblationEngine(model, device=device)
+        base, ablations = engine.single_unit(eval_set)
 
         names = splits.train.class_names
         layer_order = list(probes)
@@ -200,6 +205,13 @@ def compute_run(cfg: RunConfig, warehouse_root: Path) -> RunSummary:
         writer.write_table("units", units)
         writer.write_table("unit_classes", classes)
         writer.write_table("train_trace", _trace_table(run_id, trained, names))
+        scores = {n: UnitScores(selectivity(stats.layers[n].class_means["rect"])["selectivity"], ablations[n].loss_delta)
+                  for n in layer_order}
+        curve_sets = [ablation_curves(engine, eval_set, scores, run_id, "eval")]
+        if cfg.train_curves:
+            curve_sets.append(ablation_curves(engine, splits.train, scores, run_id, "train"))
+        writer.write_table("ablation_curves", {c: sum((cs[0][c] for cs in curve_sets), []) for c in curve_sets[0][0]})
+        writer.write_table("ablation_auc", {c: sum((cs[1][c] for cs in curve_sets), []) for c in curve_sets[0][1]})
         writer.write_table("layers", {
             "run_id": [run_id] * len(layer_order),
             "layer": layer_order,

@@ -78,7 +78,8 @@ def ablation_curves(engine: AblationEngine, data: ImageSet, scores: dict[str, Un
     curves: dict[str, list] = {c: [] for c in (
         "run_id", "split", "layer", "order", "seed", "fraction", "n_units", "n_ablated", "accuracy", "loss")}
     aucs: dict[str, list] = {c: [] for c in ("run_id", "split", "layer", "order", "seed", "n_units", "auc")}
-    for group, members in bar(groups(list(scores), pooled_last).items(), f"curves {split}", unit="layer"):
+    plans = []
+    for group, members in groups(list(scores), pooled_last).items():
         pooled = UnitScores(np.concatenate([scores[m].selectivity for m in members]),
                             np.concatenate([scores[m].importance for m in members]))
         n = len(pooled.selectivity)
@@ -91,10 +92,15 @@ def ablation_curves(engine: AblationEngine, data: ImageSet, scores: dict[str, Un
         # Identical masks (fraction 0 and 1 of every order, say) are evaluated once.
         flat, inverse = np.unique(masks.reshape(-1, n), axis=0, return_inverse=True)
         bounds = np.cumsum([0] + [len(scores[m].selectivity) for m in members])
-        sums = engine.evaluate(data, {m: torch.from_numpy(flat[:, a:b]) for m, a, b in
-                                      zip(members, bounds[:-1], bounds[1:])})
-        acc = sums.accuracy()[inverse.ravel()].reshape(len(orders), len(fractions))
-        loss = sums.mean_loss()[inverse.ravel()].reshape(len(orders), len(fractions))
+        job = {m: torch.from_numpy(flat[:, a:b]) for m, a, b in zip(members, bounds[:-1], bounds[1:])}
+        plans.append((group, n, orders, n_ablated, inverse.ravel(), job))
+    total = sum(len(next(iter(p[5].values()))) for p in plans)  # distinct masks over all groups
+    progress = bar(None, f"curves {split}", unit="ablation", total=total)
+    _, sums = engine.evaluate_jobs(data, [p[5] for p in plans], progress)
+    progress.close()
+    for (group, n, orders, n_ablated, inverse, _), s in zip(plans, sums):
+        acc = s.accuracy()[inverse].reshape(len(orders), len(fractions))
+        loss = s.mean_loss()[inverse].reshape(len(orders), len(fractions))
         for i, (order, seed, _) in enumerate(orders):
             rows = len(fractions)
             curves["run_id"] += [run_id] * rows

@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compute.ablation import LayerAblation, Outcome, outcome
+from compute.ablation import LayerAblation, Outcome
 from compute.data import ImageSet
 from compute.errors import ConfigError
 from compute.models import ProbedModel
 from compute.progress import bar
-from compute.suffix import GraphSplit, WholeModel, split_model, trace
+from compute.suffix import Capture, GraphSplit, WholeModel, split_model, trace
 
 
 @contextmanager
@@ -58,6 +58,19 @@ class MaskSums:
         return (self.loss.sum(1) / self.counts.sum()).numpy()
 
 
+def _accumulate(sums: tuple[torch.Tensor, torch.Tensor], logits: torch.Tensor, y: torch.Tensor, first: int,
+                k: int) -> None:
+    """Add per-class loss and hits of stacked ablations ``first``.. (rows ablation-major) to flat (M*K) sums."""
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ConfigError("the model must return a (batch, classes) tensor of logits to be ablated.")
+    logits = logits.cpu()
+    m = len(logits) // len(y)
+    y_rep = y.repeat(m)
+    idx = torch.arange(first, first + m).repeat_interleave(len(y)) * k + y_rep
+    sums[0].index_add_(0, idx, F.cross_entropy(logits, y_rep, reduction="none").double())
+    sums[1].index_add_(0, idx, (logits.argmax(1) == y_rep).double())
+
+
 class AblationEngine:
     """Evaluates a model with sets of its probed units clamped to zero, many sets per pass.
 
@@ -65,7 +78,7 @@ class AblationEngine:
     """
 
     def __init__(self, model: ProbedModel, probes: dict[str, str] | None = None, device: str = "cpu",
-                 budget_mb: float = 192.0, chunk: int = 2000) -> None:
+                 budget_mb: float = 128.0, chunk: int = 1000) -> None:
         self.model = model.eval()
         self.probes = dict(probes if probes is not None else model.probes)
         self.device = device
@@ -81,57 +94,64 @@ class AblationEngine:
             self._splits[layer] = split_model(self.model, self.traced, self.probes, layer, sample)
         return self._splits[layer]
 
-    def plan(self, split: GraphSplit | WholeModel, sample: torch.Tensor, n_masks: int, n: int) -> tuple[int, int]:
-        """(examples per chunk, ablations per pass) so one pass's tensors fit the memory budget."""
-        rows = max(1, int(self.budget // split.example_bytes(sample)))
-        b = max(1, min(self.chunk, n, rows))
-        return b, max(1, min(n_masks, rows // b))
+    def plan(self, splits: list[GraphSplit | WholeModel], sample: torch.Tensor, n_masks: list[int],
+             n: int) -> tuple[int, list[int]]:
+        """(examples per chunk, ablations per pass for each job) so one pass's tensors fit the budget."""
+        rows = [max(1, int(self.budget // s.example_bytes(sample))) for s in splits]
+        b = max(1, min(self.chunk, n, *rows))
+        return b, [max(1, min(m, r // b)) for m, r in zip(n_masks, rows)]
 
-    @torch.inference_mode()
-    def evaluate(self, data: ImageSet, masks: dict[str, torch.Tensor], progress: object | None = None) -> MaskSums:
-        """Per-class sums for M ablations: ``masks[layer]`` is (M, units) of 1 (keep) / 0 (ablate).
-
-        All layers' masks must have the same M; the split is at the earliest masked layer.
-        """
+    def _check(self, masks: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+        """(split layer = earliest masked layer, masks in forward order as float32 on the device)."""
         if not masks:
             raise ConfigError("no layer to ablate: give at least one layer's masks.")
-        order = [name for name in self.probes if name in masks]
-        unknown = set(masks) - set(order)
+        unknown = set(masks) - set(self.probes)
         if unknown:
             raise ConfigError(f"unknown layers {sorted(unknown)}; probed layers: {', '.join(self.probes)}.")
-        m_total = {int(t.shape[0]) for t in masks.values()}
-        if len(m_total) != 1:
-            raise ConfigError(f"masks of different layers disagree on the number of ablations: {sorted(m_total)}.")
-        m_total_n = m_total.pop()
-        masks = {k: masks[k].to(self.device, torch.float32) for k in order}
+        m = {int(t.shape[0]) for t in masks.values()}
+        if len(m) != 1:
+            raise ConfigError(f"masks of different layers disagree on the number of ablations: {sorted(m)}.")
+        order = [name for name in self.probes if name in masks]
+        return order[0], {k: masks[k].to(self.device, torch.float32) for k in order}
+
+    @torch.inference_mode()
+    def evaluate_jobs(self, data: ImageSet, jobs: list[dict[str, torch.Tensor]],
+                      progress: object | None = None) -> tuple[MaskSums, list[MaskSums]]:
+        """Intact sums and, per job, sums of its M ablations; a job maps layer -> masks (M, units) of
+        1 (keep) / 0 (ablate), the same M for every layer of the job.
+
+        One forward pass per chunk of examples feeds every job's suffix; each job is split at its
+        earliest masked layer.
+        """
+        checked = [self._check(job) for job in jobs]
         sample = data.floats(0, 2, self.device)
-        split = self.split(order[0], sample)
-        b, group = self.plan(split, sample, m_total_n, len(data))
+        splits = {layer: self.split(layer, sample) for layer, _ in checked}
+        capture = Capture(self.model, self.traced, splits)
+        n_masks = [next(iter(m.values())).shape[0] for _, m in checked]
+        b, groups = self.plan([splits[layer] for layer, _ in checked], sample, n_masks, len(data))
         k = data.n_classes
-        loss = torch.zeros(m_total_n * k, dtype=torch.float64)
-        hits = torch.zeros(m_total_n * k, dtype=torch.float64)
+        sums = [(torch.zeros(m * k, dtype=torch.float64), torch.zeros(m * k, dtype=torch.float64))
+                for m in [1, *n_masks]]
         with cpu_threads():
             for start in range(0, len(data), b):
                 x = data.floats(start, start + b, self.device)
                 y = data.labels[start:start + b]
-                inputs = split.prefix(x)
-                for g0 in range(0, m_total_n, group):
-                    g1 = min(g0 + group, m_total_n)
-                    logits = split.suffix(inputs, {name: t[g0:g1] for name, t in masks.items()}).cpu()
-                    y_rep = y.repeat(g1 - g0)
-                    idx = torch.arange(g0, g1).repeat_interleave(len(y)) * k + y_rep
-                    loss.index_add_(0, idx, F.cross_entropy(logits, y_rep, reduction="none").double())
-                    hits.index_add_(0, idx, (logits.argmax(1) == y_rep).double())
-                    if progress is not None:
-                        progress.update((g1 - g0) * len(y) / len(data))
+                logits, inputs = capture(x)
+                _accumulate(sums[0], logits, y, 0, k)
+                for (layer, masks), m, group, acc in zip(checked, n_masks, groups, sums[1:]):
+                    for g0 in range(0, m, group):
+                        g1 = min(g0 + group, m)
+                        out = splits[layer].suffix(inputs[layer], {name: t[g0:g1] for name, t in masks.items()})
+                        _accumulate(acc, out, y, g0, k)
+                        if progress is not None:
+                            progress.update((g1 - g0) * len(y) / len(data))
         counts = torch.bincount(data.labels, minlength=k).double()
-        return MaskSums(loss.view(m_total_n, k), hits.view(m_total_n, k), counts)
+        out_sums = [MaskSums(loss.view(-1, k), hits.view(-1, k), counts) for loss, hits in sums]
+        return out_sums[0], out_sums[1:]
 
-    def intact(self, data: ImageSet) -> Outcome:
-        """The unablated outcome (one all-ones mask on the first probed layer)."""
-        first = next(iter(self.probes))
-        n_units = self.unit_counts(data)[first]
-        return self.evaluate(data, {first: torch.ones(1, n_units)}).outcome(0)
+    def evaluate(self, data: ImageSet, masks: dict[str, torch.Tensor]) -> MaskSums:
+        """Sums of the M ablations given by ``masks`` (layer -> (M, units)); see ``evaluate_jobs``."""
+        return self.evaluate_jobs(data, [masks])[1][0]
 
     @torch.inference_mode()
     def unit_counts(self, data: ImageSet) -> dict[str, int]:
@@ -148,17 +168,16 @@ class AblationEngine:
                 h.remove()
         return counts
 
-    def single_unit(self, data: ImageSet, base: Outcome | None = None) -> tuple[Outcome, dict[str, LayerAblation]]:
-        """Every unit of every probed layer ablated alone: the same result as ``compute.ablation.single_unit_ablation``."""
-        base = base or outcome(self.model, data, device=self.device)
+    def single_unit(self, data: ImageSet) -> tuple[Outcome, dict[str, LayerAblation]]:
+        """Intact outcome and every unit of every probed layer ablated alone, as
+        ``compute.ablation.single_unit_ablation`` computes them (same predictions, same types)."""
         counts = self.unit_counts(data)
         progress = bar(None, "ablation", unit="unit", total=sum(counts.values()))
-        results: dict[str, LayerAblation] = {}
-        for name, n in counts.items():
-            sums = self.evaluate(data, {name: 1 - torch.eye(n)}, progress)
-            results[name] = LayerAblation.from_outcomes(base, [sums.outcome(u) for u in range(n)])
+        intact, sums = self.evaluate_jobs(data, [{name: 1 - torch.eye(n)} for name, n in counts.items()], progress)
         progress.close()
-        return base, results
+        base = intact.outcome(0)
+        return base, {name: LayerAblation.from_outcomes(base, [s.outcome(u) for u in range(n)])
+                      for (name, n), s in zip(counts.items(), sums)}
 
     def suffix_macs(self, data: ImageSet) -> dict[str, int]:
         """Multiply-accumulates per example of each layer's suffix (what one ablation must recompute)."""

@@ -45,6 +45,27 @@ def _pruned(root: fx.GraphModule, graph: fx.Graph) -> fx.GraphModule:
     return gm
 
 
+def capture_module(traced: fx.GraphModule, names: tuple[str, ...], with_output: bool = True) -> fx.GraphModule:
+    """One forward pass of ``traced`` returning (model output if ``with_output``, *the named nodes' values)."""
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    out = None
+    for n in traced.graph.nodes:
+        if n.op == "output":
+            out = env[n.args[0]] if with_output else None
+        else:
+            env[n] = g.node_copy(n, lambda a: env[a])
+    by_name = {n.name: env[n] for n in env}
+    g.output(tuple(([out] if with_output else []) + [by_name[name] for name in names]))
+    return _pruned(traced, g)
+
+
+def check_inputs(inputs: list[torch.Tensor], batch: int, layer: str) -> None:
+    """Suffix inputs must be per-example tensors, else stacking ablations along the batch is wrong."""
+    if not all(isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == batch for t in inputs):
+        raise SplitError(f"the suffix after {layer} reads values that are not per-example tensors")
+
+
 class SplitError(Exception):
     """The model cannot be split at this probe; the caller falls back to the whole model."""
 
@@ -93,20 +114,13 @@ class GraphSplit:
         self.suffix_module = _pruned(traced, g)
         self.mask_args = {name: f"mask{i}" for i, name in enumerate(masked.values())}
 
-        p = fx.Graph()
-        penv: dict[fx.Node, fx.Node] = {}
-        for n in nodes:
-            if n.op != "output" and (n not in after or n is probe):
-                penv[n] = p.node_copy(n, lambda a: penv[a])
-        p.output(tuple(penv[n] for n in (probe, *extras)))
-        self.prefix_module = _pruned(traced, p)
+        self.inputs = (probe.name, *(e.name for e in extras))  # nodes of ``traced`` the suffix reads
+        self.prefix_module = capture_module(traced, self.inputs, with_output=False)
         self.layer = layer
 
     def prefix(self, x: torch.Tensor) -> list[torch.Tensor]:
         inputs = list(self.prefix_module(x))
-        b = x.shape[0]
-        if not all(isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == b for t in inputs):
-            raise SplitError(f"the suffix after {self.layer} reads values that are not per-example tensors")
+        check_inputs(inputs, x.shape[0], self.layer)
         return inputs
 
     def suffix(self, inputs: list[torch.Tensor], masks: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -193,3 +207,29 @@ def trace(model: nn.Module) -> fx.GraphModule | None:
         return fx.symbolic_trace(model)
     except Exception:  # fx raises many kinds (TraceError, TypeError, NotImplementedError...) on dynamic code
         return None
+
+
+class Capture:
+    """One forward pass giving the model's output and the suffix inputs of every split, so all
+    prefixes share a single pass (and the intact outcome comes with it)."""
+
+    def __init__(self, model: nn.Module, traced: fx.GraphModule | None,
+                 splits: dict[str, GraphSplit | WholeModel]) -> None:
+        self.model = model
+        self.whole = [name for name, s in splits.items() if isinstance(s, WholeModel)]
+        self.layout: list[tuple[str, int, int]] = []
+        names: list[str] = []
+        for name, s in splits.items():
+            if isinstance(s, GraphSplit):
+                self.layout.append((name, len(names), len(names) + len(s.inputs)))
+                names += s.inputs
+        self.module = capture_module(traced, tuple(names)) if traced is not None and self.layout else None
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        inputs: dict[str, list[torch.Tensor]] = {name: [x] for name in self.whole}
+        if self.module is None:
+            return self.model(x), inputs
+        out, *values = self.module(x)
+        for name, a, b in self.layout:
+            inputs[name] = list(values[a:b])
+        return out, inputs

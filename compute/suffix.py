@@ -15,6 +15,7 @@ batch of M*B rows, example-major within each ablation, and a mask (M, U) zeroes 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
@@ -60,6 +61,29 @@ def capture_module(traced: fx.GraphModule, names: tuple[str, ...], with_output: 
     return _pruned(traced, g)
 
 
+# Per-channel ops that map 0 to 0, so they commute with zeroing whole channels: a mask applied after
+# them is bit-identical to one applied before, and they run once per chunk instead of once per ablation.
+_PASSIVE_MODULES = (nn.ReLU, nn.ReLU6, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
+                    nn.AvgPool3d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity)
+_PASSIVE_FUNCTIONS = (torch.relu, F.relu, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d)
+
+
+def _past_passive(node: fx.Node) -> fx.Node:
+    """The last node of the chain of passive per-channel ops that alone consume ``node``'s output."""
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        if user.args[:1] != (node,) or any(a is not node for a in user.all_input_nodes):
+            break
+        if user.op == "call_module":
+            passive = isinstance(user.graph.owning_module.get_submodule(user.target), _PASSIVE_MODULES)
+        else:
+            passive = user.op == "call_function" and user.target in _PASSIVE_FUNCTIONS
+        if not passive:
+            break
+        node = user
+    return node
+
+
 def check_inputs(inputs: list[torch.Tensor], batch: int, layer: str) -> None:
     """Suffix inputs must be per-example tensors, else stacking ablations along the batch is wrong."""
     if not all(isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == batch for t in inputs):
@@ -82,7 +106,7 @@ class GraphSplit:
         calls = [n for n in nodes if n.op == "call_module" and n.target == probe_paths[layer]]
         if len(calls) != 1:
             raise SplitError(f"probe module {probe_paths[layer]} is called {len(calls)} times in the graph")
-        probe = calls[0]
+        probe = _past_passive(calls[0])
         live: set[fx.Node] = set()  # nodes that depend on the model's input
         after: set[fx.Node] = set()  # nodes that depend on the probe's output
         for n in nodes:

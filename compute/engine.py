@@ -86,6 +86,8 @@ class AblationEngine:
         self.chunk = chunk
         self.traced = trace(model)
         self._splits: dict[str, GraphSplit | WholeModel] = {}
+        self._bytes: dict[str, int] = {}
+        self._captures: dict[tuple[str, ...], Capture] = {}
 
     def split(self, layer: str, sample: torch.Tensor) -> GraphSplit | WholeModel:
         if layer not in self.probes:
@@ -97,7 +99,10 @@ class AblationEngine:
     def plan(self, splits: list[GraphSplit | WholeModel], sample: torch.Tensor, n_masks: list[int],
              n: int) -> tuple[int, list[int]]:
         """(examples per chunk, ablations per pass for each job) so one pass's tensors fit the budget."""
-        rows = [max(1, int(self.budget // s.example_bytes(sample))) for s in splits]
+        for s in splits:
+            if s.layer not in self._bytes:
+                self._bytes[s.layer] = s.example_bytes(sample)
+        rows = [max(1, int(self.budget // self._bytes[s.layer])) for s in splits]
         b = max(1, min(self.chunk, n, *rows))
         return b, [max(1, min(m, r // b)) for m, r in zip(n_masks, rows)]
 
@@ -126,7 +131,10 @@ class AblationEngine:
         checked = [self._check(job) for job in jobs]
         sample = data.floats(0, 2, self.device)
         splits = {layer: self.split(layer, sample) for layer, _ in checked}
-        capture = Capture(self.model, self.traced, splits)
+        key = tuple(sorted(splits))
+        if key not in self._captures:
+            self._captures[key] = Capture(self.model, self.traced, splits)
+        capture = self._captures[key]
         n_masks = [next(iter(m.values())).shape[0] for _, m in checked]
         b, groups = self.plan([splits[layer] for layer, _ in checked], sample, n_masks, len(data))
         k = data.n_classes

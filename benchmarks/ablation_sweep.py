@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from compute.ablation import outcome  # noqa: E402
 from compute.data import DIGITS, ImageSet, load_dataset, load_eval_set  # noqa: E402
-from compute.engine import AblationEngine, cpu_threads  # noqa: E402
+from compute.engine import AblationEngine  # noqa: E402
 from compute.models import ModelSpec, ProbedModel, build_model  # noqa: E402
 from compute.probe import ZeroUnit  # noqa: E402
 from compute.train import TrainConfig, train  # noqa: E402
@@ -143,7 +143,7 @@ def _layer_shape(model: ProbedModel, module: torch.nn.Module, x: torch.Tensor) -
 def forward_rate(model: ProbedModel, data: ImageSet, macs: int) -> float:
     """MACs per second of plain batched inference over the whole set (batch 1000, best of 3)."""
     best = math.inf
-    with torch.inference_mode(), cpu_threads():
+    with torch.inference_mode():
         for _ in range(3):
             t = time.perf_counter()
             for start in range(0, len(data), 1000):
@@ -228,9 +228,11 @@ def main() -> int:
     ap.add_argument("--cifar-n", type=int, default=128, help="random 32x32x3 inputs for the CIFAR conv net")
     ap.add_argument("--epochs", type=int, default=2, help="training epochs of LeNet-5 and the MLP on mnist-5k")
     ap.add_argument("--models", nargs="+", default=["lenet5", "mlp", "cifar-convnet"])
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads for every method (default 1: stable figures on a shared machine)")
     args = ap.parse_args()
     os.environ.setdefault("NEURON_ATLAS_QUIET", "1")
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average "
           f"{os.getloadavg()[0]:.1f} at start")
     mnist = load_eval_set(f"idx:{MNIST_TEST}", None, DIGITS)

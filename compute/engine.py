@@ -30,10 +30,13 @@ from compute.suffix import Capture, GraphSplit, WholeModel, split_model, trace
 
 
 @contextmanager
-def cpu_threads() -> Iterator[None]:
-    """Intra-op threads = the CPUs this process may run on (torch may count more in containers)."""
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` intra-op threads, capped at the CPUs this process may use; None keeps torch's
+    setting. On a machine shared with other busy processes one thread can be several times faster
+    than two, because parallel regions wait for descheduled threads."""
     before = torch.get_num_threads()
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0))))
+    if n is not None:
+        torch.set_num_threads(max(1, min(n, len(os.sched_getaffinity(0)))))
     try:
         yield
     finally:
@@ -75,15 +78,18 @@ class AblationEngine:
     """Evaluates a model with sets of its probed units clamped to zero, many sets per pass.
 
     ``probes`` maps layer name to module path in forward order (default: the model's own).
+    ``budget_mb`` bounds the tensors of one suffix pass; ``chunk`` caps examples per pass; ``threads``
+    sets torch's intra-op threads while evaluating (None: torch's default).
     """
 
     def __init__(self, model: ProbedModel, probes: dict[str, str] | None = None, device: str = "cpu",
-                 budget_mb: float = 128.0, chunk: int = 1000) -> None:
+                 budget_mb: float = 128.0, chunk: int = 1000, threads: int | None = None) -> None:
         self.model = model.eval()
         self.probes = dict(probes if probes is not None else model.probes)
         self.device = device
         self.budget = budget_mb * 2**20
         self.chunk = chunk
+        self.threads = threads
         self.traced = trace(model)
         self._splits: dict[str, GraphSplit | WholeModel] = {}
         self._bytes: dict[str, int] = {}
@@ -140,7 +146,7 @@ class AblationEngine:
         k = data.n_classes
         sums = [(torch.zeros(m * k, dtype=torch.float64), torch.zeros(m * k, dtype=torch.float64))
                 for m in [1, *n_masks]]
-        with cpu_threads():
+        with torch_threads(self.threads):
             for start in range(0, len(data), b):
                 x = data.floats(start, start + b, self.device)
                 y = data.labels[start:start + b]

@@ -61,17 +61,19 @@ class MaskSums:
         return (self.loss.sum(1) / self.counts.sum()).numpy()
 
 
-def _accumulate(sums: tuple[torch.Tensor, torch.Tensor], logits: torch.Tensor, y: torch.Tensor, first: int,
-                k: int) -> None:
-    """Add per-class loss and hits of stacked ablations ``first``.. (rows ablation-major) to flat (M*K) sums."""
+def _accumulate(sums: tuple[torch.Tensor, torch.Tensor], logits: torch.Tensor, y: torch.Tensor, first: int) -> None:
+    """Add per-class loss and hits of stacked ablations ``first``.. (rows ablation-major) to (M, K) sums.
+
+    The loss is ``F.cross_entropy``'s: minus the log-softmax at the label.
+    """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ConfigError("the model must return a (batch, classes) tensor of logits to be ablated.")
-    logits = logits.cpu()
-    m = len(logits) // len(y)
-    y_rep = y.repeat(m)
-    idx = torch.arange(first, first + m).repeat_interleave(len(y)) * k + y_rep
-    sums[0].index_add_(0, idx, F.cross_entropy(logits, y_rep, reduction="none").double())
-    sums[1].index_add_(0, idx, (logits.argmax(1) == y_rep).double())
+    b = len(y)
+    logits = logits.cpu().view(-1, b, logits.shape[1])
+    m = logits.shape[0]
+    loss = -logits.log_softmax(2).gather(2, y.view(1, b, 1).expand(m, b, 1)).squeeze(2)
+    sums[0][first:first + m].index_add_(1, y, loss.double())
+    sums[1][first:first + m].index_add_(1, y, (logits.argmax(2) == y).double())
 
 
 class AblationEngine:
@@ -144,23 +146,23 @@ class AblationEngine:
         n_masks = [next(iter(m.values())).shape[0] for _, m in checked]
         b, groups = self.plan([splits[layer] for layer, _ in checked], sample, n_masks, len(data))
         k = data.n_classes
-        sums = [(torch.zeros(m * k, dtype=torch.float64), torch.zeros(m * k, dtype=torch.float64))
+        sums = [(torch.zeros(m, k, dtype=torch.float64), torch.zeros(m, k, dtype=torch.float64))
                 for m in [1, *n_masks]]
         with torch_threads(self.threads):
             for start in range(0, len(data), b):
                 x = data.floats(start, start + b, self.device)
                 y = data.labels[start:start + b]
                 logits, inputs = capture(x)
-                _accumulate(sums[0], logits, y, 0, k)
+                _accumulate(sums[0], logits, y, 0)
                 for (layer, masks), m, group, acc in zip(checked, n_masks, groups, sums[1:]):
                     for g0 in range(0, m, group):
                         g1 = min(g0 + group, m)
                         out = splits[layer].suffix(inputs[layer], {name: t[g0:g1] for name, t in masks.items()})
-                        _accumulate(acc, out, y, g0, k)
+                        _accumulate(acc, out, y, g0)
                         if progress is not None:
                             progress.update((g1 - g0) * len(y) / len(data))
         counts = torch.bincount(data.labels, minlength=k).double()
-        out_sums = [MaskSums(loss.view(-1, k), hits.view(-1, k), counts) for loss, hits in sums]
+        out_sums = [MaskSums(loss, hits, counts) for loss, hits in sums]
         return out_sums[0], out_sums[1:]
 
     def evaluate(self, data: ImageSet, masks: dict[str, torch.Tensor]) -> MaskSums:

@@ -26,7 +26,9 @@ def stack(t: torch.Tensor, m: int, mask: torch.Tensor | None = None) -> torch.Te
     if mask is None:
         return t.unsqueeze(0).expand(m, *t.shape).reshape(m * t.shape[0], *t.shape[1:])
     shape = (m, 1, mask.shape[1]) + (1,) * (t.dim() - 2)
-    return (t.unsqueeze(0) * mask.view(shape)).reshape(m * t.shape[0], *t.shape[1:])
+    # An explicit contiguous output: broadcasting may otherwise pick a layout that reshape must copy.
+    out = torch.empty((m, *t.shape), dtype=t.dtype, device=t.device)
+    return torch.mul(t.unsqueeze(0), mask.view(shape), out=out).view(m * t.shape[0], *t.shape[1:])
 
 
 def apply_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -97,8 +99,9 @@ class SplitError(Exception):
 class GraphSplit:
     """A traced model cut at one probe module: ``prefix(x)`` -> inputs, ``suffix(inputs, masks)`` -> logits.
 
-    ``inputs[0]`` is the probe's output (masked when it is stacked); the other inputs are earlier
-    tensors the suffix reads. Probe modules inside the suffix get a mask argument each.
+    ``inputs[0]`` is the probe's output, or the output of the passive per-channel ops right after it
+    (masked when it is stacked); the other inputs are earlier tensors the suffix reads. Probe modules
+    inside the suffix get a mask argument each.
     """
 
     def __init__(self, traced: fx.GraphModule, probe_paths: dict[str, str], layer: str) -> None:

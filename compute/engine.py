@@ -85,7 +85,7 @@ class AblationEngine:
     """
 
     def __init__(self, model: ProbedModel, probes: dict[str, str] | None = None, device: str = "cpu",
-                 budget_mb: float = 128.0, chunk: int = 1000, threads: int | None = None) -> None:
+                 budget_mb: float = 16.0, chunk: int = 500, threads: int | None = None) -> None:
         self.model = model.eval()
         self.probes = dict(probes if probes is not None else model.probes)
         self.device = device

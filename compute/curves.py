@@ -31,7 +31,6 @@ from compute.progress import bar
 FRACTIONS = np.round(np.linspace(0.0, 1.0, 21), 10)
 SEEDS = (0, 1, 2, 3, 4)
 POOLED_LAST = 2
-ORDERS = ("random", "selectivity_high_first", "selectivity_low_first", "importance")
 
 
 @dataclass(frozen=True)

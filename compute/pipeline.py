@@ -207,11 +207,14 @@ def compute_run(cfg: RunConfig, warehouse_root: Path) -> RunSummary:
         writer.write_table("train_trace", _trace_table(run_id, trained, names))
         scores = {n: UnitScores(selectivity(stats.layers[n].class_means["rect"])["selectivity"], ablations[n].loss_delta)
                   for n in layer_order}
-        curve_sets = [ablation_curves(engine, eval_set, scores, run_id, "eval")]
+        # Orders come from the evaluation set's scores on both splits, so the curves are comparable.
+        curves, aucs = ablation_curves(engine, eval_set, scores, run_id, "eval")
         if cfg.train_curves:
-            curve_sets.append(ablation_curves(engine, splits.train, scores, run_id, "train"))
-        writer.write_table("ablation_curves", {c: sum((cs[0][c] for cs in curve_sets), []) for c in curve_sets[0][0]})
-        writer.write_table("ablation_auc", {c: sum((cs[1][c] for cs in curve_sets), []) for c in curve_sets[0][1]})
+            train_curves, train_aucs = ablation_curves(engine, splits.train, scores, run_id, "train")
+            curves = {c: curves[c] + train_curves[c] for c in curves}
+            aucs = {c: aucs[c] + train_aucs[c] for c in aucs}
+        writer.write_table("ablation_curves", curves)
+        writer.write_table("ablation_auc", aucs)
         writer.write_table("layers", {
             "run_id": [run_id] * len(layer_order),
             "layer": layer_order,

@@ -86,6 +86,16 @@ def _past_passive(node: fx.Node) -> fx.Node:
     return node
 
 
+def _fresh_relu(node: fx.Node) -> bool:
+    """A ReLU module whose input is the fresh output of a linear or conv layer used by nothing else:
+    it can run in place, saving a pass over the largest stacked tensors."""
+    if node.op != "call_module" or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
+        return False
+    src, owner = node.args[0], node.graph.owning_module
+    return (isinstance(owner.get_submodule(node.target), nn.ReLU) and len(src.users) == 1
+            and src.op == "call_module" and isinstance(owner.get_submodule(src.target), (nn.Linear, nn.Conv2d)))
+
+
 def check_inputs(inputs: list[torch.Tensor], batch: int, layer: str) -> None:
     """Suffix inputs must be per-example tensors, else stacking ablations along the batch is wrong."""
     if not all(isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == batch for t in inputs):
@@ -134,7 +144,10 @@ class GraphSplit:
             env[e] = g.placeholder(f"extra{i}")
         mask_ph = {n: g.placeholder(f"mask{i}", default_value=None) for i, n in enumerate(masked)}
         for n in body:
-            env[n] = g.node_copy(n, lambda a: env[a])
+            if _fresh_relu(n):
+                env[n] = g.call_function(torch.relu_, (env[n.args[0]],))
+            else:
+                env[n] = g.node_copy(n, lambda a: env[a])
             if n in mask_ph:
                 env[n] = g.call_function(apply_mask, (env[n], mask_ph[n]))
         g.node_copy(out, lambda a: env[a])

@@ -1,7 +1,8 @@
 """Single-unit zero ablation: the change in loss and accuracy when one unit is clamped to zero.
 
 This is the straightforward method (one full evaluation pass per unit, the unit's post-ReLU output
-zeroed by a hook). It is the reference that faster engines must reproduce exactly.
+zeroed by a hook). It is the reference that the fast engine (``compute.engine``) must reproduce
+exactly; the pipeline uses the engine, tests and ``benchmarks/ablation_sweep.py`` use this.
 """
 
 from __future__ import annotations
@@ -27,6 +28,17 @@ class Outcome:
     class_loss: np.ndarray  # (K,)
     class_accuracy: np.ndarray  # (K,)
 
+    @staticmethod
+    def from_sums(loss_c: torch.Tensor, hit_c: torch.Tensor, n_c: torch.Tensor) -> Outcome:
+        """From float64 per-class sums of loss and hits and per-class counts; shared by every engine
+        so that equal sums give bit-equal outcomes."""
+        return Outcome(
+            loss=float(loss_c.sum() / n_c.sum()),
+            accuracy=float(hit_c.sum() / n_c.sum()),
+            class_loss=(loss_c / n_c.clamp(min=1)).numpy(),
+            class_accuracy=(hit_c / n_c.clamp(min=1)).numpy(),
+        )
+
 
 @torch.inference_mode()
 def outcome(model: nn.Module, data: ImageSet, batch_size: int = 1000, device: str = "cpu") -> Outcome:
@@ -40,13 +52,7 @@ def outcome(model: nn.Module, data: ImageSet, batch_size: int = 1000, device: st
         logits = model(x).cpu()
         loss_c.index_add_(0, y, F.cross_entropy(logits, y, reduction="none").double())
         hit_c.index_add_(0, y, (logits.argmax(1) == y).double())
-    n_c = torch.bincount(data.labels, minlength=k).double()
-    return Outcome(
-        loss=float(loss_c.sum() / n_c.sum()),
-        accuracy=float(hit_c.sum() / n_c.sum()),
-        class_loss=(loss_c / n_c.clamp(min=1)).numpy(),
-        class_accuracy=(hit_c / n_c.clamp(min=1)).numpy(),
-    )
+    return Outcome.from_sums(loss_c, hit_c, torch.bincount(data.labels, minlength=k).double())
 
 
 @dataclass
@@ -57,6 +63,16 @@ class LayerAblation:
     loss_delta: np.ndarray  # (U,)
     class_acc_delta: np.ndarray  # (U, K)
     class_loss_delta: np.ndarray  # (U, K)
+
+    @staticmethod
+    def from_outcomes(base: Outcome, rows: list[Outcome]) -> LayerAblation:
+        """Deltas of one outcome per unit (unit order) against the intact ``base``."""
+        return LayerAblation(
+            acc_delta=np.array([r.accuracy - base.accuracy for r in rows]),
+            loss_delta=np.array([r.loss - base.loss for r in rows]),
+            class_acc_delta=np.stack([r.class_accuracy - base.class_accuracy for r in rows]),
+            class_loss_delta=np.stack([r.class_loss - base.class_loss for r in rows]),
+        )
 
 
 def single_unit_ablation(model: nn.Module, probes: dict[str, nn.Module], n_units: dict[str, int],
@@ -72,11 +88,6 @@ def single_unit_ablation(model: nn.Module, probes: dict[str, nn.Module], n_units
             progress.update()
             with ZeroUnit(module, [u]):
                 rows.append(outcome(model, data, device=device))
-        results[name] = LayerAblation(
-            acc_delta=np.array([r.accuracy - base.accuracy for r in rows]),
-            loss_delta=np.array([r.loss - base.loss for r in rows]),
-            class_acc_delta=np.stack([r.class_accuracy - base.class_accuracy for r in rows]),
-            class_loss_delta=np.stack([r.class_loss - base.class_loss for r in rows]),
-        )
+        results[name] = LayerAblation.from_outcomes(base, rows)
     progress.close()
     return base, results

@@ -102,6 +102,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--widths", type=_widths, default=(128, 128), help="mlp hidden widths, e.g. 128,128")
     p.add_argument("--width", type=float, default=0.25, help="cifar-convnet width multiplier")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--train-curves", action="store_true",
+                   help="also draw the cumulative ablation curves on the training set, with its training labels "
+                        "(always on for sweeps)")
     _add_image_options(p)
     _add_warehouse(p)
 
@@ -178,7 +181,7 @@ def _config(args: argparse.Namespace, **overrides: object):
         model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         data_dir=args.data_dir, eval_dataset=args.eval_dataset, train_size=args.train_size,
         eval_size=args.eval_size, widths=args.widths, width=args.width, device=args.device, layers=args.layers,
-        checkpoint=args.checkpoint, until_train_acc=args.until_train_acc,
+        checkpoint=args.checkpoint, until_train_acc=args.until_train_acc, train_curves=args.train_curves,
         images=_image_config(args, int(overrides.get("seed", 0))), **overrides,  # type: ignore[arg-type]
     )
 
@@ -215,6 +218,7 @@ def _sweep(args: argparse.Namespace, root: Path) -> int:
                 print(f"run {run_id} already published; skipping")
                 continue
             print(f"== {run_id}", flush=True)
+            args.train_curves = True  # memorization shows on the training labels (Morcos et al.)
             cfg = _config(args, seed=seed, label_noise=noise, run_id=run_id, experiment=experiment)
             _print_summary(compute_run(cfg, root))
     print(f"experiment {experiment}: {len(args.label_noise) * len(args.seeds)} runs in {root}")

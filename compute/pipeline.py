@@ -10,7 +10,7 @@ import json
 import platform
 import re
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -19,8 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from compute.ablation import LayerAblation, single_unit_ablation
+from compute.ablation import LayerAblation
+from compute.curves import UnitScores, ablation_curves
 from compute.data import ImageSet, Splits, load_dataset, load_eval_set, stratified_subset, with_label_noise
+from compute.engine import AblationEngine
 from compute.errors import ConfigError, DataError
 from compute.discover import ProbedGraph, select_layers
 from compute.image_config import ActMaxConfig, ImageConfig
@@ -62,6 +64,17 @@ class RunConfig:
     layers: tuple[str, ...] | None = None  # names or glob patterns; None = every probe point
     checkpoint: str | None = None  # trained weights to load instead of (or before) training
     images: ImageConfig | None = field(default_factory=ImageConfig)  # None: no unit_images rows
+    train_curves: bool = False  # also draw the ablation curves on the training set (training labels)
+
+    @staticmethod
+    def from_dict(stored: dict[str, Any]) -> RunConfig:
+        """The config saved as JSON (``runs.config``, a run's stage folder); unknown keys are ignored."""
+        values = {k: v for k, v in stored.items() if k in {f.name for f in fields(RunConfig)}}
+        values["widths"] = tuple(values.get("widths", ()))
+        values["layers"] = tuple(values["layers"]) if values.get("layers") else None
+        img = values.get("images")
+        values["images"] = ImageConfig(img["top_k"], ActMaxConfig(**img["actmax"])) if img else None
+        return RunConfig(**values)
 
     def model_options(self) -> dict[str, Any]:
         if self.model == "mlp":
@@ -108,7 +121,8 @@ def _layer_shapes(model: ProbedModel, in_shape: tuple[int, int, int], device: st
     return {name: tuple(t.shape[1:]) for name, t in probe.post.items()}
 
 
-def _load(cfg: RunConfig) -> tuple[Splits, ImageSet]:
+def load_data(cfg: RunConfig) -> tuple[Splits, ImageSet]:
+    """The run's training/test splits (training subset applied) and its evaluation set."""
     data_dir = Path(cfg.data_dir) if cfg.data_dir else None
     splits = load_dataset(cfg.dataset, data_dir)
     train_set = stratified_subset(splits.train, cfg.train_size) if cfg.train_size else splits.train
@@ -194,12 +208,7 @@ def settle_config(cfg: RunConfig, run_id: str, stages_dir: Path, resume: bool) -
     """The run's configuration: saved at the start, and read back (not re-taken) on resume."""
     path = stages_dir / "config.json"
     if resume and path.exists():
-        saved = json.loads(path.read_text())
-        saved["widths"] = tuple(saved["widths"])
-        saved["layers"] = tuple(saved["layers"]) if saved["layers"] else None
-        img = saved.get("images")
-        saved["images"] = ImageConfig(img["top_k"], ActMaxConfig(**img["actmax"])) if img else None
-        return RunConfig(**saved)
+        return RunConfig.from_dict(json.loads(path.read_text()))
     cfg = replace(cfg, run_id=run_id)
     stages_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(asdict(cfg)))
@@ -225,6 +234,20 @@ def _train_stage(model: ProbedModel, probes: dict, splits: Splits, cfg: RunConfi
     return {"model": {k: v.cpu() for k, v in model.state_dict().items()}, "result": trained}
 
 
+def _curves(engine: AblationEngine, stats: EvalStats, ablations: dict[str, LayerAblation], eval_set: ImageSet,
+            train_set: ImageSet, run_id: str, on_train: bool) -> tuple[dict[str, list], dict[str, list]]:
+    """Cumulative ablation curves and their areas on the evaluation set (and the training set)."""
+    scores = {n: UnitScores(selectivity(stats.layers[n].class_means["rect"])["selectivity"], ablations[n].loss_delta)
+              for n in ablations}
+    # Orders come from the evaluation set's scores on both splits, so the curves are comparable.
+    curves, aucs = ablation_curves(engine, eval_set, scores, run_id, "eval")
+    if on_train:
+        train_curves, train_aucs = ablation_curves(engine, train_set, scores, run_id, "train")
+        curves = {c: curves[c] + train_curves[c] for c in curves}
+        aucs = {c: aucs[c] + train_aucs[c] for c in aucs}
+    return curves, aucs
+
+
 def _probe_description(model: ProbedModel, layer: str) -> str:
     if isinstance(model, ProbedGraph):
         return f"output of ReLU call site `{layer}` (traced; its input is the pre-activation)"
@@ -246,7 +269,7 @@ def compute_run(cfg: RunConfig, warehouse_root: Path, resume: bool = False) -> R
         cfg = settle_config(cfg, run_id, writer.stages_dir, resume)
         if cfg.epochs == 0 and not cfg.checkpoint:
             raise ConfigError("--epochs 0 (no training) needs --checkpoint with trained weights.")
-        splits, eval_set = _load(cfg)
+        splits, eval_set = load_data(cfg)
         crash_point("after-load")
         torch.manual_seed(cfg.seed)
         spec = ModelSpec(cfg.model, splits.train.shape, splits.train.n_classes, cfg.model_options())
@@ -276,8 +299,10 @@ def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, 
     train_loss, train_acc, test_loss, test_acc = stages.run("evaluate", lambda: (
         *evaluate(model, splits.train, device=device), *evaluate(model, splits.test, device=device)))
     stats = stages.run("statistics", lambda: evaluation_stats(model, probes, eval_set, device=device))
-    base, ablations = stages.run("ablation", lambda: single_unit_ablation(
-        model, probes, {n: s[0] for n, s in shapes.items()}, eval_set, device))
+    engine = AblationEngine(model, device=device)
+    base, ablations = stages.run("ablation", lambda: engine.single_unit(eval_set))
+    curves, aucs = stages.run("curves", lambda: _curves(engine, stats, ablations, eval_set, splits.train, run_id,
+                                                        cfg.train_curves))
     images, image_seconds = stages.run("images", lambda: (
         unit_images(run_id, model, probes, eval_set, splits.train, cfg.images, device) if cfg.images is not None
         else ({c: [] for c in IMAGE_COLUMNS}, {})))
@@ -290,6 +315,8 @@ def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, 
     crash_point("after-table-units")
     writer.write_table("unit_classes", classes)
     writer.write_table("train_trace", _trace_table(run_id, trained, names))
+    writer.write_table("ablation_curves", curves)
+    writer.write_table("ablation_auc", aucs)
     writer.write_table("layers", {
         "run_id": [run_id] * len(layer_order),
         "layer": layer_order,

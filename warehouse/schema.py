@@ -177,6 +177,34 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("height", pa.int32(), "PNG height in pixels."),
         _c("png", pa.binary(), "The image, PNG-encoded."),
     )),
+    Table("ablation_curves", "Cumulative ablation curves: accuracy and loss with a growing fraction of a "
+          "layer's units clamped to zero, in several orders (Morcos et al. 2018). See docs/metrics.md.", (
+        RUN_ID,
+        _c("split", pa.string(), "Examples the curve is measured on: `eval` (the evaluation set) or `train` "
+           "(the training set with its training labels)."),
+        _c("layer", pa.string(), "Probed layer whose units are removed, or `last2`: the units of the last "
+           "two probed layers pooled and ordered together."),
+        _c("order", pa.string(), "Removal order: `random` (one permutation per `seed`), "
+           "`selectivity_high_first`, `selectivity_low_first` (by `units.selectivity`), `importance` "
+           "(largest `units.abl_loss_delta` first). Ties keep unit order."),
+        _c("seed", pa.int32(), "Seed of the random permutation (0, 1, ...); null for the other orders."),
+        _c("fraction", F64, "Nominal fraction of the units removed, on the grid 0, 0.05, ..., 1."),
+        _c("n_units", pa.int32(), "Units that can be removed (the layer's, or the pooled layers' together)."),
+        _c("n_ablated", pa.int32(), "Units clamped to zero: round(fraction * n_units), the first of the order."),
+        _c("accuracy", F64, "Accuracy with those units clamped to zero, fraction in [0, 1]."),
+        _c("loss", F64, "Mean cross-entropy with those units clamped to zero."),
+    )),
+    Table("ablation_auc", "One row per ablation curve: its normalized area under the curve.", (
+        RUN_ID,
+        _c("split", pa.string(), "`eval` or `train`, as in `ablation_curves`."),
+        _c("layer", pa.string(), "Layer or pooled group (`last2`), as in `ablation_curves`."),
+        _c("order", pa.string(), "Removal order, as in `ablation_curves`."),
+        _c("seed", pa.int32(), "Seed of a `random` order; null for the other orders."),
+        _c("n_units", pa.int32(), "Units in the layer or group."),
+        _c("auc", F64, "Trapezoid area under accuracy vs fraction removed (fractions 0..1) divided by the "
+           "accuracy at fraction 0 (intact). 1 = removing units never costs accuracy; a curve that falls "
+           "straight to chance gives about chance / intact accuracy. NaN if the intact accuracy is 0."),
+    )),
 )}
 
 

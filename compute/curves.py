@@ -1,0 +1,118 @@
+"""Cumulative ablation curves (Morcos et al. 2018): accuracy and loss as ever more units are zeroed.
+
+For each *group* of units (every probed layer alone, and ``last<N>``: the units of the last N probed
+layers pooled) and each *order* the units are removed in, the curve gives accuracy and loss with
+the first ``round(fraction * units)`` units of the order ablated, on a grid of fractions:
+
+- ``random``: a random permutation per seed (seeds 0..4 by default);
+- ``selectivity_high_first`` / ``selectivity_low_first``: by class selectivity index;
+- ``importance``: most important first, by single-unit ablation loss delta.
+
+Ties keep unit order (stable sort; pooled units are in layer order). The normalized area under the
+curve is ``auc = trapezoid(accuracy, fraction) / accuracy at fraction 0`` over the grid, so 1 means
+no loss of accuracy at any fraction and a curve dropping straight to chance gives about
+chance / intact accuracy.
+
+The split (``eval`` or ``train``) is a parameter so the same curves can be drawn on the training set
+with the training labels (label-noise memorization).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from compute.data import ImageSet
+from compute.engine import AblationEngine
+from compute.progress import bar
+
+FRACTIONS = np.round(np.linspace(0.0, 1.0, 21), 10)
+SEEDS = (0, 1, 2, 3, 4)
+POOLED_LAST = 2
+
+
+@dataclass(frozen=True)
+class UnitScores:
+    """Per-unit scores of one layer that orders are built from."""
+
+    selectivity: np.ndarray  # (U,)
+    importance: np.ndarray  # (U,) single-unit ablation loss delta; larger = more important
+
+
+def unit_orders(scores: UnitScores, seeds: tuple[int, ...] = SEEDS) -> list[tuple[str, int | None, np.ndarray]]:
+    """(order name, seed or None, permutation of unit indices) for every order."""
+    n = len(scores.selectivity)
+    out: list[tuple[str, int | None, np.ndarray]] = [
+        ("random", s, np.random.default_rng(s).permutation(n)) for s in seeds]
+    out.append(("selectivity_high_first", None, np.argsort(-scores.selectivity, kind="stable")))
+    out.append(("selectivity_low_first", None, np.argsort(scores.selectivity, kind="stable")))
+    out.append(("importance", None, np.argsort(-scores.importance, kind="stable")))
+    return out
+
+
+def normalized_auc(fractions: np.ndarray, accuracy: np.ndarray) -> float:
+    """Trapezoid area under accuracy vs fraction ablated, divided by the intact accuracy (fraction 0)."""
+    if accuracy[0] <= 0:
+        return float("nan")
+    return float(np.trapezoid(accuracy, fractions) / accuracy[0])
+
+
+def groups(layers: list[str], pooled_last: int = POOLED_LAST) -> dict[str, list[str]]:
+    """Group name -> layers: each layer alone, plus ``last<N>`` when there are at least N >= 2 layers."""
+    out = {name: [name] for name in layers}
+    if pooled_last >= 2 and len(layers) >= pooled_last:
+        out[f"last{pooled_last}"] = layers[-pooled_last:]
+    return out
+
+
+def ablation_curves(engine: AblationEngine, data: ImageSet, scores: dict[str, UnitScores], run_id: str,
+                    split: str = "eval", seeds: tuple[int, ...] = SEEDS, fractions: np.ndarray = FRACTIONS,
+                    pooled_last: int = POOLED_LAST) -> tuple[dict[str, list], dict[str, list]]:
+    """Columns of the ``ablation_curves`` and ``ablation_auc`` tables for one run and split.
+
+    ``scores`` has one entry per probed layer, in forward order.
+    """
+    curves: dict[str, list] = {c: [] for c in (
+        "run_id", "split", "layer", "order", "seed", "fraction", "n_units", "n_ablated", "accuracy", "loss")}
+    aucs: dict[str, list] = {c: [] for c in ("run_id", "split", "layer", "order", "seed", "n_units", "auc")}
+    plans = []
+    for group, members in groups(list(scores), pooled_last).items():
+        pooled = UnitScores(np.concatenate([scores[m].selectivity for m in members]),
+                            np.concatenate([scores[m].importance for m in members]))
+        n = len(pooled.selectivity)
+        orders = unit_orders(pooled, seeds)
+        n_ablated = np.rint(fractions * n).astype(int)
+        masks = np.ones((len(orders), len(fractions), n), dtype=np.float32)
+        for i, (_, _, perm) in enumerate(orders):
+            for j, k in enumerate(n_ablated):
+                masks[i, j, perm[:k]] = 0.0
+        # Identical masks (fraction 0 and 1 of every order, say) are evaluated once.
+        flat, inverse = np.unique(masks.reshape(-1, n), axis=0, return_inverse=True)
+        bounds = np.cumsum([0] + [len(scores[m].selectivity) for m in members])
+        job = {m: torch.from_numpy(flat[:, a:b]) for m, a, b in zip(members, bounds[:-1], bounds[1:])}
+        plans.append((group, n, orders, n_ablated, inverse.ravel(), job))
+    total = sum(len(next(iter(p[5].values()))) for p in plans)  # distinct masks over all groups
+    progress = bar(None, f"curves {split}", unit="ablation", total=total)
+    _, sums = engine.evaluate_jobs(data, [p[5] for p in plans], progress)
+    progress.close()
+    for (group, n, orders, n_ablated, inverse, _), s in zip(plans, sums):
+        acc = s.accuracy()[inverse].reshape(len(orders), len(fractions))
+        loss = s.mean_loss()[inverse].reshape(len(orders), len(fractions))
+        for i, (order, seed, _) in enumerate(orders):
+            rows = len(fractions)
+            curves["run_id"] += [run_id] * rows
+            curves["split"] += [split] * rows
+            curves["layer"] += [group] * rows
+            curves["order"] += [order] * rows
+            curves["seed"] += [seed] * rows
+            curves["fraction"] += fractions.tolist()
+            curves["n_units"] += [n] * rows
+            curves["n_ablated"] += n_ablated.tolist()
+            curves["accuracy"] += acc[i].tolist()
+            curves["loss"] += loss[i].tolist()
+            for col, value in (("run_id", run_id), ("split", split), ("layer", group), ("order", order),
+                               ("seed", seed), ("n_units", n), ("auc", normalized_auc(fractions, acc[i]))):
+                aucs[col].append(value)
+    return curves, aucs

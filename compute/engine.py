@@ -1,0 +1,201 @@
+"""The fast ablation engine: many masked ablations per forward pass, suffix only, streamed in chunks.
+
+For each probed layer the model is split at the probe (``compute.suffix``): the prefix runs once per
+chunk of examples, its outputs are cached, and the suffix alone runs on M ablations stacked along
+the batch dimension, each ablation a 0/1 mask over the layer's units (and optionally over units of
+later probed layers). Results are reduced to per-class float64 sums exactly as the reference
+(``compute.ablation``) does, so predictions are the same and losses agree to float rounding.
+
+Memory is bounded by ``budget_mb``: chunk size and ablations per pass are chosen so that every tensor
+the suffix computes for one pass fits in the budget; the evaluation set is never expanded whole.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from compute.ablation import LayerAblation, Outcome
+from compute.data import ImageSet
+from compute.errors import ConfigError
+from compute.models import ProbedModel
+from compute.progress import bar
+from compute.suffix import Capture, GraphSplit, WholeModel, split_model, trace
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` intra-op threads, capped at the CPUs this process may use; None keeps torch's
+    setting. On a machine shared with other busy processes one thread can be several times faster
+    than two, because parallel regions wait for descheduled threads."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(max(1, min(n, len(os.sched_getaffinity(0)))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@dataclass
+class MaskSums:
+    """Float64 per-class sums of M masked evaluations: loss (M, K), hits (M, K), examples per class (K,)."""
+
+    loss: torch.Tensor
+    hits: torch.Tensor
+    counts: torch.Tensor
+
+    def outcome(self, i: int) -> Outcome:
+        return Outcome.from_sums(self.loss[i], self.hits[i], self.counts)
+
+    def accuracy(self) -> np.ndarray:
+        return (self.hits.sum(1) / self.counts.sum()).numpy()
+
+    def mean_loss(self) -> np.ndarray:
+        return (self.loss.sum(1) / self.counts.sum()).numpy()
+
+
+def _accumulate(sums: tuple[torch.Tensor, torch.Tensor], logits: torch.Tensor, y: torch.Tensor, first: int) -> None:
+    """Add per-class loss and hits of stacked ablations ``first``.. (rows ablation-major) to (M, K) sums.
+
+    The loss is ``F.cross_entropy``'s: minus the log-softmax at the label.
+    """
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ConfigError("the model must return a (batch, classes) tensor of logits to be ablated.")
+    b = len(y)
+    logits = logits.cpu().view(-1, b, logits.shape[1])
+    m = logits.shape[0]
+    loss = -logits.log_softmax(2).gather(2, y.view(1, b, 1).expand(m, b, 1)).squeeze(2)
+    sums[0][first:first + m].index_add_(1, y, loss.double())
+    sums[1][first:first + m].index_add_(1, y, (logits.argmax(2) == y).double())
+
+
+class AblationEngine:
+    """Evaluates a model with sets of its probed units clamped to zero, many sets per pass.
+
+    ``probes`` maps layer name to module path in forward order (default: the model's own).
+    ``budget_mb`` bounds the tensors of one suffix pass; ``chunk`` caps examples per pass; ``threads``
+    sets torch's intra-op threads while evaluating (None: torch's default).
+    """
+
+    def __init__(self, model: ProbedModel, probes: dict[str, str] | None = None, device: str = "cpu",
+                 budget_mb: float = 16.0, chunk: int = 500, threads: int | None = None) -> None:
+        self.model = model.eval()
+        self.probes = dict(probes if probes is not None else model.probes)
+        self.device = device
+        self.budget = budget_mb * 2**20
+        self.chunk = chunk
+        self.threads = threads
+        self.traced = trace(model)
+        self._splits: dict[str, GraphSplit | WholeModel] = {}
+        self._bytes: dict[str, int] = {}
+        self._captures: dict[tuple[str, ...], Capture] = {}
+
+    def split(self, layer: str, sample: torch.Tensor) -> GraphSplit | WholeModel:
+        if layer not in self.probes:
+            raise ConfigError(f"unknown layer {layer!r}; probed layers: {', '.join(self.probes)}.")
+        if layer not in self._splits:
+            self._splits[layer] = split_model(self.model, self.traced, self.probes, layer, sample)
+        return self._splits[layer]
+
+    def plan(self, splits: list[GraphSplit | WholeModel], sample: torch.Tensor, n_masks: list[int],
+             n: int) -> tuple[int, list[int]]:
+        """(examples per chunk, ablations per pass for each job) so one pass's tensors fit the budget."""
+        for s in splits:
+            if s.layer not in self._bytes:
+                self._bytes[s.layer] = s.example_bytes(sample)
+        rows = [max(1, int(self.budget // self._bytes[s.layer])) for s in splits]
+        b = max(1, min(self.chunk, n, *rows))
+        return b, [max(1, min(m, r // b)) for m, r in zip(n_masks, rows)]
+
+    def _check(self, masks: dict[str, torch.Tensor]) -> tuple[str, dict[str, torch.Tensor]]:
+        """(split layer = earliest masked layer, masks in forward order as float32 on the device)."""
+        if not masks:
+            raise ConfigError("no layer to ablate: give at least one layer's masks.")
+        unknown = set(masks) - set(self.probes)
+        if unknown:
+            raise ConfigError(f"unknown layers {sorted(unknown)}; probed layers: {', '.join(self.probes)}.")
+        m = {int(t.shape[0]) for t in masks.values()}
+        if len(m) != 1:
+            raise ConfigError(f"masks of different layers disagree on the number of ablations: {sorted(m)}.")
+        order = [name for name in self.probes if name in masks]
+        return order[0], {k: masks[k].to(self.device, torch.float32) for k in order}
+
+    @torch.inference_mode()
+    def evaluate_jobs(self, data: ImageSet, jobs: list[dict[str, torch.Tensor]],
+                      progress: object | None = None) -> tuple[MaskSums, list[MaskSums]]:
+        """Intact sums and, per job, sums of its M ablations; a job maps layer -> masks (M, units) of
+        1 (keep) / 0 (ablate), the same M for every layer of the job.
+
+        One forward pass per chunk of examples feeds every job's suffix; each job is split at its
+        earliest masked layer.
+        """
+        checked = [self._check(job) for job in jobs]
+        sample = data.floats(0, 2, self.device)
+        splits = {layer: self.split(layer, sample) for layer, _ in checked}
+        key = tuple(sorted(splits))
+        if key not in self._captures:
+            self._captures[key] = Capture(self.model, self.traced, splits)
+        capture = self._captures[key]
+        n_masks = [next(iter(m.values())).shape[0] for _, m in checked]
+        b, groups = self.plan([splits[layer] for layer, _ in checked], sample, n_masks, len(data))
+        k = data.n_classes
+        sums = [(torch.zeros(m, k, dtype=torch.float64), torch.zeros(m, k, dtype=torch.float64))
+                for m in [1, *n_masks]]
+        with torch_threads(self.threads):
+            for start in range(0, len(data), b):
+                x = data.floats(start, start + b, self.device)
+                y = data.labels[start:start + b]
+                logits, inputs = capture(x)
+                _accumulate(sums[0], logits, y, 0)
+                for (layer, masks), m, group, acc in zip(checked, n_masks, groups, sums[1:]):
+                    for g0 in range(0, m, group):
+                        g1 = min(g0 + group, m)
+                        out = splits[layer].suffix(inputs[layer], {name: t[g0:g1] for name, t in masks.items()})
+                        _accumulate(acc, out, y, g0)
+                        if progress is not None:
+                            progress.update((g1 - g0) * len(y) / len(data))
+        counts = torch.bincount(data.labels, minlength=k).double()
+        out_sums = [MaskSums(loss, hits, counts) for loss, hits in sums]
+        return out_sums[0], out_sums[1:]
+
+    def evaluate(self, data: ImageSet, masks: dict[str, torch.Tensor]) -> MaskSums:
+        """Sums of the M ablations given by ``masks`` (layer -> (M, units)); see ``evaluate_jobs``."""
+        return self.evaluate_jobs(data, [masks])[1][0]
+
+    @torch.inference_mode()
+    def unit_counts(self, data: ImageSet) -> dict[str, int]:
+        """Units (channels or neurons) of every probed layer."""
+        sample = data.floats(0, 1, self.device)
+        counts: dict[str, int] = {}
+        handles = [self.model.get_submodule(path).register_forward_hook(
+            lambda _m, _i, out, name=name: counts.__setitem__(name, int(out.shape[1])))
+            for name, path in self.probes.items()]
+        try:
+            self.model(sample)
+        finally:
+            for h in handles:
+                h.remove()
+        return counts
+
+    def single_unit(self, data: ImageSet) -> tuple[Outcome, dict[str, LayerAblation]]:
+        """Intact outcome and every unit of every probed layer ablated alone, as
+        ``compute.ablation.single_unit_ablation`` computes them (same predictions, same types)."""
+        counts = self.unit_counts(data)
+        progress = bar(None, "ablation", unit="unit", total=sum(counts.values()))
+        intact, sums = self.evaluate_jobs(data, [{name: 1 - torch.eye(n)} for name, n in counts.items()], progress)
+        progress.close()
+        base = intact.outcome(0)
+        return base, {name: LayerAblation.from_outcomes(base, [s.outcome(u) for u in range(n)])
+                      for (name, n), s in zip(counts.items(), sums)}
+
+    def suffix_macs(self, data: ImageSet) -> dict[str, int]:
+        """Multiply-accumulates per example of each layer's suffix (what one ablation must recompute)."""
+        sample = data.floats(0, 2, self.device)
+        return {name: self.split(name, sample).macs(sample) for name in self.probes}

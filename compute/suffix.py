@@ -1,0 +1,275 @@
+"""Splitting a network at a probe point into a prefix (run once per batch) and a suffix (run per ablation).
+
+Ablating a unit of a layer changes nothing before the layer, so only the part of the forward pass
+that depends on the probe's output (the *suffix*) has to be recomputed. The split works on the
+torch.fx graph of any symbolically traceable model: the suffix is every node downstream of the probe
+module's call; its inputs are the probe's output plus every earlier tensor it reads (e.g. the
+identity branch of a residual add). Models that cannot be traced, or whose suffix would read
+something other than per-example tensors, fall back to ``WholeModel``: the full forward pass with
+masking hooks (still many ablations per pass).
+
+Ablations are stacked along the batch dimension: M ablations of a batch of B examples are one
+batch of M*B rows, example-major within each ablation, and a mask (M, U) zeroes the ablated units.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils.flop_counter import FlopCounterMode
+
+
+def stack(t: torch.Tensor, m: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """``t`` (B, ...) repeated for M ablations as (M*B, ...), units multiplied by ``mask`` (M, U) if given."""
+    if mask is None:
+        return t.unsqueeze(0).expand(m, *t.shape).reshape(m * t.shape[0], *t.shape[1:])
+    shape = (m, 1, mask.shape[1]) + (1,) * (t.dim() - 2)
+    # An explicit contiguous output: broadcasting may otherwise pick a layout that reshape must copy.
+    out = torch.empty((m, *t.shape), dtype=t.dtype, device=t.device)
+    return torch.mul(t.unsqueeze(0), mask.view(shape), out=out).view(m * t.shape[0], *t.shape[1:])
+
+
+def apply_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """Multiply stacked activity (M*B, U, ...) by per-ablation masks (M, U); no mask = unchanged."""
+    if mask is None:
+        return x
+    m = mask.shape[0]
+    shape = (m, 1, mask.shape[1]) + (1,) * (x.dim() - 2)
+    return (x.reshape(m, -1, *x.shape[1:]) * mask.view(shape)).reshape(x.shape)
+
+
+def _pruned(root: fx.GraphModule, graph: fx.Graph) -> fx.GraphModule:
+    """A module running ``graph`` with ``root``'s parameters, unused nodes removed."""
+    gm = fx.GraphModule(root, graph)
+    gm.graph.eliminate_dead_code()
+    gm.recompile()
+    return gm
+
+
+def capture_module(traced: fx.GraphModule, names: tuple[str, ...], with_output: bool = True) -> fx.GraphModule:
+    """One forward pass of ``traced`` returning (model output if ``with_output``, *the named nodes' values)."""
+    g = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    out = None
+    for n in traced.graph.nodes:
+        if n.op == "output":
+            out = env[n.args[0]] if with_output else None
+        else:
+            env[n] = g.node_copy(n, lambda a: env[a])
+    by_name = {n.name: env[n] for n in env}
+    g.output(tuple(([out] if with_output else []) + [by_name[name] for name in names]))
+    return _pruned(traced, g)
+
+
+# Per-channel ops that map 0 to 0, so they commute with zeroing whole channels: a mask applied after
+# them is bit-identical to one applied before, and they run once per chunk instead of once per ablation.
+_PASSIVE_MODULES = (nn.ReLU, nn.ReLU6, nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d,
+                    nn.AvgPool3d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d, nn.Dropout, nn.Identity)
+_PASSIVE_FUNCTIONS = (torch.relu, F.relu, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d)
+
+
+def _past_passive(node: fx.Node) -> fx.Node:
+    """The last node of the chain of passive per-channel ops that alone consume ``node``'s output."""
+    while len(node.users) == 1:
+        user = next(iter(node.users))
+        if user.args[:1] != (node,) or any(a is not node for a in user.all_input_nodes):
+            break
+        if user.op == "call_module":
+            passive = isinstance(user.graph.owning_module.get_submodule(user.target), _PASSIVE_MODULES)
+        else:
+            passive = user.op == "call_function" and user.target in _PASSIVE_FUNCTIONS
+        if not passive:
+            break
+        node = user
+    return node
+
+
+def _fresh_relu(node: fx.Node) -> bool:
+    """A ReLU module whose input is the fresh output of a linear or conv layer used by nothing else:
+    it can run in place, saving a pass over the largest stacked tensors."""
+    if node.op != "call_module" or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
+        return False
+    src, owner = node.args[0], node.graph.owning_module
+    return (isinstance(owner.get_submodule(node.target), nn.ReLU) and len(src.users) == 1
+            and src.op == "call_module" and isinstance(owner.get_submodule(src.target), (nn.Linear, nn.Conv2d)))
+
+
+def check_inputs(inputs: list[torch.Tensor], batch: int, layer: str) -> None:
+    """Suffix inputs must be per-example tensors, else stacking ablations along the batch is wrong."""
+    if not all(isinstance(t, torch.Tensor) and t.dim() >= 1 and t.shape[0] == batch for t in inputs):
+        raise SplitError(f"the suffix after {layer} reads values that are not per-example tensors")
+
+
+class SplitError(Exception):
+    """The model cannot be split at this probe; the caller falls back to the whole model."""
+
+
+class GraphSplit:
+    """A traced model cut at one probe module: ``prefix(x)`` -> inputs, ``suffix(inputs, masks)`` -> logits.
+
+    ``inputs[0]`` is the probe's output, or the output of the passive per-channel ops right after it
+    (masked when it is stacked); the other inputs are earlier tensors the suffix reads. Probe modules
+    inside the suffix get a mask argument each.
+    """
+
+    def __init__(self, traced: fx.GraphModule, probe_paths: dict[str, str], layer: str) -> None:
+        nodes = list(traced.graph.nodes)
+        calls = [n for n in nodes if n.op == "call_module" and n.target == probe_paths[layer]]
+        if len(calls) != 1:
+            raise SplitError(f"probe module {probe_paths[layer]} is called {len(calls)} times in the graph")
+        probe = _past_passive(calls[0])
+        live: set[fx.Node] = set()  # nodes that depend on the model's input
+        after: set[fx.Node] = set()  # nodes that depend on the probe's output
+        for n in nodes:
+            if n.op == "placeholder" or any(a in live for a in n.all_input_nodes):
+                live.add(n)
+            if n is probe or any(a in after for a in n.all_input_nodes):
+                after.add(n)
+        out = nodes[-1]
+        if out.op != "output" or out not in after:
+            raise SplitError(f"the model's output does not depend on probe {layer}")
+        # The suffix recomputes what the probe changes, plus input-independent nodes (parameters).
+        body = [n for n in nodes if n.op not in ("placeholder", "output")
+                and ((n in after and n is not probe) or n not in live)]
+        in_body = set(body) | {out}
+        extras = [n for n in nodes if n in live and n not in after and any(u in in_body for u in n.users)]
+        masked = {n: name for name, path in probe_paths.items() for n in body
+                  if n.op == "call_module" and n.target == path}
+
+        g = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {probe: g.placeholder("h")}
+        for i, e in enumerate(extras):
+            env[e] = g.placeholder(f"extra{i}")
+        mask_ph = {n: g.placeholder(f"mask{i}", default_value=None) for i, n in enumerate(masked)}
+        for n in body:
+            if _fresh_relu(n):
+                env[n] = g.call_function(torch.relu_, (env[n.args[0]],))
+            else:
+                env[n] = g.node_copy(n, lambda a: env[a])
+            if n in mask_ph:
+                env[n] = g.call_function(apply_mask, (env[n], mask_ph[n]))
+        g.node_copy(out, lambda a: env[a])
+        self.suffix_module = _pruned(traced, g)
+        self.mask_args = {name: f"mask{i}" for i, name in enumerate(masked.values())}
+
+        self.inputs = (probe.name, *(e.name for e in extras))  # nodes of ``traced`` the suffix reads
+        self.prefix_module = capture_module(traced, self.inputs, with_output=False)
+        self.layer = layer
+
+    def prefix(self, x: torch.Tensor) -> list[torch.Tensor]:
+        inputs = list(self.prefix_module(x))
+        check_inputs(inputs, x.shape[0], self.layer)
+        return inputs
+
+    def suffix(self, inputs: list[torch.Tensor], masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of ``len(masks[layer])`` ablations of the batch behind ``inputs`` (from ``prefix``)."""
+        m = next(iter(masks.values())).shape[0]
+        stacked = [stack(inputs[0], m, masks.get(self.layer))] + [stack(t, m) for t in inputs[1:]]
+        kwargs = {self.mask_args[k]: v for k, v in masks.items() if k != self.layer}
+        return self.suffix_module(*stacked, **kwargs)
+
+    def example_bytes(self, x: torch.Tensor) -> int:
+        """Bytes of every tensor the suffix computes for one example (an upper bound of its working set)."""
+        inputs = self.prefix(x[:1])
+        ShapeProp(self.suffix_module).propagate(*inputs)
+        total = sum(t.numel() * t.element_size() for t in inputs)
+        for n in self.suffix_module.graph.nodes:
+            meta = n.meta.get("tensor_meta")
+            if n.op in ("call_module", "call_function", "call_method") and hasattr(meta, "shape"):
+                total += meta.shape.numel() * meta.dtype.itemsize
+        return total
+
+    def macs(self, x: torch.Tensor) -> int:
+        """Multiply-accumulates of the suffix for one example (torch's flop counter / 2)."""
+        inputs = self.prefix(x[:1])
+        with FlopCounterMode(display=False) as counter:
+            self.suffix_module(*inputs)
+        return counter.get_total_flops() // 2
+
+
+class WholeModel:
+    """Fallback split: no prefix; the full model runs on stacked inputs with masking hooks."""
+
+    def __init__(self, model: nn.Module, probe_paths: dict[str, str], layer: str) -> None:
+        self.model = model
+        self.modules = {name: model.get_submodule(path) for name, path in probe_paths.items()}
+        self.layer = layer
+
+    def prefix(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return [x]
+
+    def suffix(self, inputs: list[torch.Tensor], masks: dict[str, torch.Tensor]) -> torch.Tensor:
+        m = next(iter(masks.values())).shape[0]
+        handles = [self.modules[name].register_forward_hook(
+            lambda _mod, _inp, out, mask=mask: apply_mask(out, mask)) for name, mask in masks.items()]
+        try:
+            return self.model(stack(inputs[0], m))
+        finally:
+            for h in handles:
+                h.remove()
+
+    def example_bytes(self, x: torch.Tensor) -> int:
+        sizes: list[int] = []
+        handles = [mod.register_forward_hook(
+            lambda _m, _i, out: sizes.append(out.numel() * out.element_size()) if isinstance(out, torch.Tensor) else None)
+            for mod in self.model.modules() if not list(mod.children())]
+        try:
+            self.model(x[:1])
+        finally:
+            for h in handles:
+                h.remove()
+        return x[:1].numel() * x.element_size() + sum(sizes)
+
+    def macs(self, x: torch.Tensor) -> int:
+        with FlopCounterMode(display=False) as counter:
+            self.model(x[:1])
+        return counter.get_total_flops() // 2
+
+
+def split_model(model: nn.Module, traced: fx.GraphModule | None, probe_paths: dict[str, str], layer: str,
+                x: torch.Tensor) -> GraphSplit | WholeModel:
+    """The graph split at ``layer`` when ``traced`` allows it (checked on the sample ``x``), else ``WholeModel``."""
+    if traced is not None:
+        try:
+            split = GraphSplit(traced, probe_paths, layer)
+            split.prefix(x[:2])
+            return split
+        except SplitError:
+            pass
+    return WholeModel(model, probe_paths, layer)
+
+
+def trace(model: nn.Module) -> fx.GraphModule | None:
+    """The model's torch.fx graph, or None when it is not symbolically traceable."""
+    try:
+        return fx.symbolic_trace(model)
+    except Exception:  # fx raises many kinds (TraceError, TypeError, NotImplementedError...) on dynamic code
+        return None
+
+
+class Capture:
+    """One forward pass giving the model's output and the suffix inputs of every split, so all
+    prefixes share a single pass (and the intact outcome comes with it)."""
+
+    def __init__(self, model: nn.Module, traced: fx.GraphModule | None,
+                 splits: dict[str, GraphSplit | WholeModel]) -> None:
+        self.model = model
+        self.whole = [name for name, s in splits.items() if isinstance(s, WholeModel)]
+        self.layout: list[tuple[str, int, int]] = []
+        names: list[str] = []
+        for name, s in splits.items():
+            if isinstance(s, GraphSplit):
+                self.layout.append((name, len(names), len(names) + len(s.inputs)))
+                names += s.inputs
+        self.module = capture_module(traced, tuple(names)) if traced is not None and self.layout else None
+
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, list[torch.Tensor]]]:
+        inputs: dict[str, list[torch.Tensor]] = {name: [x] for name in self.whole}
+        if self.module is None:
+            return self.model(x), inputs
+        out, *values = self.module(x)
+        for name, a, b in self.layout:
+            inputs[name] = list(values[a:b])
+        return out, inputs

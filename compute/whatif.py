@@ -1,0 +1,117 @@
+"""Live what-if ablation for the dashboard: zero a chosen set of units of a published run, get the deltas.
+
+The run's checkpoint, its data and a ready engine are loaded once per run folder and kept (a few
+runs at most); each call is then one engine pass over the evaluation set, which yields the intact
+and the ablated outcome together. This is the one place the dashboard needs torch.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from compute.ablation import Outcome
+from compute.data import ImageSet
+from compute.engine import AblationEngine
+from compute.errors import ConfigError
+from compute.models import load_checkpoint
+from compute.pipeline import CHECKPOINT, RunConfig, load_data
+
+SPLITS = ("eval", "train")
+
+
+@dataclass(frozen=True)
+class WhatIfResult:
+    """Outcome of one what-if ablation; deltas are ablated minus intact."""
+
+    units: dict[str, list[int]]
+    split: str
+    n_examples: int
+    class_names: tuple[str, ...]
+    base: Outcome
+    ablated: Outcome
+    seconds: float
+
+    @property
+    def acc_delta(self) -> float:
+        return self.ablated.accuracy - self.base.accuracy
+
+    @property
+    def loss_delta(self) -> float:
+        return self.ablated.loss - self.base.loss
+
+    @property
+    def class_acc_delta(self) -> np.ndarray:
+        return self.ablated.class_accuracy - self.base.class_accuracy
+
+    @property
+    def class_loss_delta(self) -> np.ndarray:
+        return self.ablated.class_loss - self.base.class_loss
+
+
+@dataclass
+class LoadedRun:
+    """A run's model wrapped in an engine, its unit counts and its evaluation and training data."""
+
+    engine: AblationEngine
+    n_units: dict[str, int]
+    data: dict[str, ImageSet]
+
+
+def run_config(run_dir: Path) -> RunConfig:
+    """The run's settings as stored in ``runs.config``."""
+    try:
+        stored = json.loads(pq.read_table(run_dir / "runs.parquet", columns=["config"]).column(0)[0].as_py())
+    except (OSError, ValueError, IndexError, KeyError) as e:
+        raise ConfigError(f"{run_dir} is not a readable published run (runs.parquet: {e}).") from e
+    return RunConfig.from_dict(stored)
+
+
+@lru_cache(maxsize=4)
+def _load(run_dir: str, _stamp: float) -> LoadedRun:
+    path = Path(run_dir)
+    cfg = run_config(path)
+    model, _ = load_checkpoint(path / CHECKPOINT)
+    splits, eval_set = load_data(cfg)
+    engine = AblationEngine(model)
+    return LoadedRun(engine, engine.unit_counts(eval_set), {"eval": eval_set, "train": splits.train})
+
+
+def load_run(run_dir: Path) -> LoadedRun:
+    """The run at ``run_dir``, loaded once (reloaded if its manifest changes)."""
+    manifest = Path(run_dir) / "manifest.json"
+    if not manifest.is_file():
+        raise ConfigError(f"{run_dir} is not a published run: it has no manifest.json.")
+    return _load(str(Path(run_dir).resolve()), manifest.stat().st_mtime)
+
+
+def ablate_units(run_dir: Path, units: dict[str, list[int]], split: str = "eval") -> WhatIfResult:
+    """Accuracy, loss and per-class deltas with ``units`` (layer -> unit indices) clamped to zero together."""
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r}; choose one of: {', '.join(SPLITS)}.")
+    run = load_run(run_dir)
+    chosen = {layer: sorted({int(u) for u in us}) for layer, us in units.items() if len(us)}
+    if not chosen:
+        raise ConfigError("no units selected: choose at least one unit to ablate.")
+    masks = {}
+    for layer, us in chosen.items():
+        if layer not in run.n_units:
+            raise ConfigError(f"unknown layer {layer!r}; this run's layers: {', '.join(run.n_units)}.")
+        n = run.n_units[layer]
+        if us[0] < 0 or us[-1] >= n:
+            raise ConfigError(f"layer {layer} has units 0..{n - 1}; got {us[0] if us[0] < 0 else us[-1]}.")
+        mask = torch.ones(1, n)
+        mask[0, us] = 0
+        masks[layer] = mask
+    data = run.data[split]
+    started = time.perf_counter()
+    intact, (sums,) = run.engine.evaluate_jobs(data, [masks])
+    return WhatIfResult(chosen, split, len(data), data.class_names, intact.outcome(0), sums.outcome(0),
+                        time.perf_counter() - started)

@@ -1,0 +1,139 @@
+"""The fast ablation engine against the naive hook method, on every unit of small real models."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ablation_models import Residual, Untraceable, digits, naive_outcome, trained_model
+from compute.ablation import single_unit_ablation
+from compute.engine import AblationEngine
+from compute.errors import ConfigError
+from compute.probe import ZeroUnit
+from compute.suffix import GraphSplit, WholeModel
+
+
+def untraceable_lenet() -> Untraceable:
+    """The trained LeNet-5's weights in a model torch.fx cannot trace."""
+    model = Untraceable((1, 28, 28), 10)
+    model.load_state_dict(trained_model("lenet5").state_dict())
+    return model.eval()
+
+
+def assert_same_sweep(model, data, engine: AblationEngine) -> None:
+    counts = engine.unit_counts(data)
+    base_ref, ref = single_unit_ablation(model, model.probe_modules(), counts, data)
+    base, got = engine.single_unit(data)
+    assert base.accuracy == base_ref.accuracy
+    assert base.loss == pytest.approx(base_ref.loss, abs=1e-5)
+    assert list(got) == list(ref)
+    for layer in ref:
+        r, g = ref[layer], got[layer]
+        assert g.acc_delta.shape == (counts[layer],)
+        np.testing.assert_array_equal(g.acc_delta, r.acc_delta)
+        np.testing.assert_array_equal(g.class_acc_delta, r.class_acc_delta)
+        np.testing.assert_allclose(g.loss_delta, r.loss_delta, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(g.class_loss_delta, r.class_loss_delta, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "mlp"])
+def test_single_unit_sweep_equals_naive_on_every_unit(name):
+    model = trained_model(name)
+    _, data = digits()
+    assert_same_sweep(model, data, AblationEngine(model))
+
+
+@pytest.mark.parametrize("name", ["lenet5", "mlp"])
+def test_suffix_predictions_equal_hooked_full_model(name):
+    """Per example, not just per class: every unit's stacked suffix logits match the hooked model."""
+    model = trained_model(name)
+    _, data = digits()
+    x = data.floats(0, 50)
+    engine = AblationEngine(model)
+    mods = model.probe_modules()
+    for layer, n in engine.unit_counts(data).items():
+        split = engine.split(layer, x)
+        assert isinstance(split, GraphSplit)
+        with torch.inference_mode():
+            got = split.suffix(split.prefix(x), {layer: 1 - torch.eye(n)}).view(n, len(x), -1)
+            for u in range(0, n, max(1, n // 12)):  # every unit is covered per class by the sweep test
+                with ZeroUnit(mods[layer], [u]):
+                    want = model(x)
+                torch.testing.assert_close(got[u], want, rtol=0, atol=1e-5)
+                assert torch.equal(got[u].argmax(1), want.argmax(1))
+
+
+def test_tiny_memory_budget_gives_the_same_sums():
+    """Chunks of 7 examples and one ablation per pass change nothing but the amount of work per pass."""
+    model = trained_model("lenet5")
+    data = digits()[1].subset(range(60))
+    masks = {"conv2": 1 - torch.eye(16)}
+    big = AblationEngine(model).evaluate(data, masks)
+    small_engine = AblationEngine(model, budget_mb=0.01, chunk=7)
+    b, groups = small_engine.plan([small_engine.split("conv2", data.floats(0, 2))], data.floats(0, 2), [16], len(data))
+    assert b <= 7 and groups == [1]
+    small = small_engine.evaluate(data, masks)
+    torch.testing.assert_close(small.hits, big.hits, rtol=0, atol=0)
+    torch.testing.assert_close(small.loss, big.loss, rtol=0, atol=1e-4)
+
+
+def test_residual_suffix_reads_the_skip_tensor_and_matches_naive():
+    torch.manual_seed(0)
+    model = Residual().eval()  # initial weights: agreement is what is tested
+    _, data = digits()
+    engine = AblationEngine(model)
+    split = engine.split("b", data.floats(0, 2))
+    assert isinstance(split, GraphSplit) and len(split.inputs) == 2  # relu2's output and the skip from relu1
+    assert_same_sweep(model, data, engine)
+
+
+def test_untraceable_model_falls_back_to_hooks_and_matches_naive():
+    model = untraceable_lenet()
+    data = digits()[1].subset(range(100))
+    engine = AblationEngine(model)
+    assert engine.traced is None
+    assert isinstance(engine.split("conv2", data.floats(0, 2)), WholeModel)
+    sums = engine.evaluate(data, {"conv2": 1 - torch.eye(16)})
+    for u in range(16):
+        want = naive_outcome(model, data, {"conv2": [u]})
+        got = sums.outcome(u)
+        assert got.accuracy == want.accuracy
+        np.testing.assert_array_equal(got.class_accuracy, want.class_accuracy)
+        assert got.loss == pytest.approx(want.loss, abs=1e-5)
+
+
+@pytest.mark.parametrize("factory", [lambda: trained_model("lenet5"), lambda: untraceable_lenet()])
+def test_units_of_two_layers_together_match_naive(factory):
+    model = factory()
+    _, data = digits()
+    units = {"conv2": [1, 5], "fc2": [0, 3, 83]}
+    masks = {}
+    for layer, n in (("conv2", 16), ("fc2", 84)):
+        masks[layer] = torch.ones(1, n)
+        masks[layer][0, units[layer]] = 0
+    got = AblationEngine(model).evaluate(data, masks).outcome(0)
+    want = naive_outcome(model, data, units)
+    assert got.accuracy == want.accuracy
+    np.testing.assert_array_equal(got.class_accuracy, want.class_accuracy)
+    assert got.loss == pytest.approx(want.loss, abs=1e-5)
+
+
+def test_bad_masks_are_named():
+    model = trained_model("mlp")
+    _, data = digits()
+    engine = AblationEngine(model)
+    with pytest.raises(ConfigError, match="unknown layers.*conv9"):
+        engine.evaluate(data, {"conv9": torch.ones(1, 3)})
+    with pytest.raises(ConfigError, match="disagree on the number of ablations"):
+        engine.evaluate(data, {"fc1": torch.ones(2, 128), "fc2": torch.ones(3, 128)})
+    with pytest.raises(ConfigError, match="no layer to ablate"):
+        engine.evaluate(data, {})
+
+
+def test_suffix_macs_count_what_follows_each_layer():
+    model = trained_model("mlp")
+    _, data = digits()
+    macs = AblationEngine(model).suffix_macs(data)
+    # After fc1's ReLU: the 128x128 hidden layer and the 128x10 output; after fc2's: the output only.
+    assert macs == {"fc1": 128 * 128 + 128 * 10, "fc2": 128 * 10}

@@ -13,7 +13,6 @@ from compute.progress import parse_line
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RUN_ID = "demo-lenet5-mnist5k"
-STAGES = ("training", "statistics", "ablation")
 
 
 def default_command(warehouse: str, extra: list[str] | None = None) -> list[str]:
@@ -23,13 +22,15 @@ def default_command(warehouse: str, extra: list[str] | None = None) -> list[str]
 
 
 def run_with_progress(cmd: list[str], on_progress: Callable[[float, str], None]) -> tuple[int, str]:
-    """Run ``cmd``, calling ``on_progress(fraction of all stages, text)`` per progress line.
+    """Run ``cmd``, calling ``on_progress(fraction of the current stage, text)`` per progress line.
 
-    Returns the exit code and the last lines of output that are not progress lines (the error
-    message on failure, the summary on success).
+    The compute step's stages depend on the model and options, so progress is shown per stage,
+    numbered as they start. Returns the exit code and the last lines of output that are not
+    progress lines (the error message on failure, the summary on success).
     """
     env = {**os.environ, "NEURON_ATLAS_PROGRESS": "lines", "PYTHONUNBUFFERED": "1"}
     tail: deque[str] = deque(maxlen=20)
+    stages: list[str] = []
     with subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           text=True, bufsize=1) as proc:
         assert proc.stdout is not None
@@ -40,8 +41,8 @@ def run_with_progress(cmd: list[str], on_progress: Callable[[float, str], None])
                     tail.append(line.rstrip())
                 continue
             stage, n, total = record["stage"], record["n"], record["total"] or 1
-            i = STAGES.index(stage) if stage in STAGES else 0
-            frac = min(1.0, (i + min(n / total, 1.0)) / len(STAGES))
-            on_progress(frac, f"{stage}: {n}/{total}")
+            if not stages or stages[-1] != stage:
+                stages.append(stage)
+            on_progress(min(1.0, n / total), f"stage {len(stages)}: {stage} {n}/{total}")
         code = proc.wait()
     return code, "\n".join(tail)

@@ -10,7 +10,7 @@ from warehouse import list_runs
 
 def test_default_run_subprocess_reports_progress_and_publishes(tmp_path):
     seen: list[tuple[float, str]] = []
-    cmd = default_command(str(tmp_path), ["--epochs", "1", "--train-size", "300", "--eval-size", "100"])
+    cmd = default_command(str(tmp_path), ["--epochs", "1", "--train-size", "300", "--eval-size", "100", "--no-images"])
     code, output = run_with_progress(cmd, lambda frac, text: seen.append((frac, text)))
     assert code == 0, output
     assert f"published run {DEFAULT_RUN_ID}" in output

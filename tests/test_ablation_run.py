@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ablation_models import naive_outcome
+from tests.ablation_models import naive_outcome
 from compute.errors import ConfigError
 from compute.models import load_checkpoint
 from compute.pipeline import CHECKPOINT, RunConfig, compute_run, load_data

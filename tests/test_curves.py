@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ablation_models import digits, naive_outcome, trained_model
+from tests.ablation_models import digits, naive_outcome, trained_model
 from compute.ablation import outcome
 from compute.curves import FRACTIONS, UnitScores, ablation_curves, groups, normalized_auc, unit_orders
 from compute.engine import AblationEngine

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from ablation_models import Residual, Untraceable, digits, naive_outcome, trained_model
+from tests.ablation_models import Residual, Untraceable, digits, naive_outcome, trained_model
 from compute.ablation import single_unit_ablation
 from compute.engine import AblationEngine
 from compute.errors import ConfigError

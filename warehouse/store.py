@@ -143,7 +143,8 @@ class RunWriter:
         try:
             (self.root / RUNS_DIR).mkdir(parents=True, exist_ok=True)
             staging_root.mkdir(parents=True, exist_ok=True)
-            self._lock = open(staging_root / f"{run_id}.lock", "a+")
+            self._lock_path = staging_root / f"{run_id}.lock"
+            self._lock = open(self._lock_path, "a+")
         except OSError as e:
             raise WarehouseError(f"cannot write to warehouse {self.root}: {e.strerror or e}. "
                                  f"Choose a writable --warehouse or set ${ENV_VAR}.") from e
@@ -163,18 +164,18 @@ class RunWriter:
         self._lock.flush()
         self.staging = staging_root / run_id
         if (self.staging.exists() or self.stages_dir.exists()) and not resume:
-            self.release()
+            self._give_up()
             raise WarehouseError(
                 f"an interrupted computation of run {run_id!r} is in {staging_root}. Continue it with "
                 f"--resume --run-id {run_id}, or delete {self.staging.name} and {self.stages_dir.name} "
                 f"there to start again.")
         if resume and not self.stages_dir.exists():
-            self.release()
+            self._give_up()
             raise WarehouseError(f"nothing to resume: no interrupted run {run_id!r} in {staging_root}.")
         try:
             self.staging.mkdir(exist_ok=True)
         except OSError as e:
-            self.release()
+            self._give_up()
             raise WarehouseError(f"cannot write to warehouse {self.root}: {e.strerror or e}.") from e
         self.tables: list[str] = []
 
@@ -190,6 +191,11 @@ class RunWriter:
                  tb: TracebackType | None) -> None:
         if exc_type is not None and not any(self.stages_dir.glob("*.pt")):
             self.abort()
+        self.release()
+
+    def _give_up(self) -> None:
+        """Leave without having written anything: drop the lock and its file."""
+        self._lock_path.unlink(missing_ok=True)
         self.release()
 
     def release(self) -> None:
@@ -252,7 +258,7 @@ class RunWriter:
             os.rename(self.staging, self.final)
             _fsync(self.final.parent)
             shutil.rmtree(self.stages_dir, ignore_errors=True)
-            (self.root / STAGING_DIR / f"{self.run_id}.lock").unlink(missing_ok=True)
+            self._lock_path.unlink(missing_ok=True)
         except OSError as e:
             self.abort()
             raise WarehouseError(f"cannot publish run {self.run_id} to {self.root}: {e}") from e
@@ -262,6 +268,7 @@ class RunWriter:
         return self.final
 
     def abort(self) -> None:
-        """Remove the staging folder and saved stages: nothing of this run remains."""
+        """Remove the staging folder, saved stages and lock file: nothing of this run remains."""
         shutil.rmtree(self.staging, ignore_errors=True)
         shutil.rmtree(self.stages_dir, ignore_errors=True)
+        self._lock_path.unlink(missing_ok=True)

@@ -148,6 +148,7 @@ class AblationEngine:
         k = data.n_classes
         sums = [(torch.zeros(m, k, dtype=torch.float64), torch.zeros(m, k, dtype=torch.float64))
                 for m in [1, *n_masks]]
+        base, done = (progress.n if progress is not None else 0), 0.0  # the bar counts whole ablations
         with torch_threads(self.threads):
             for start in range(0, len(data), b):
                 x = data.floats(start, start + b, self.device)
@@ -160,7 +161,8 @@ class AblationEngine:
                         out = splits[layer].suffix(inputs[layer], {name: t[g0:g1] for name, t in masks.items()})
                         _accumulate(acc, out, y, g0)
                         if progress is not None:
-                            progress.update((g1 - g0) * len(y) / len(data))
+                            done += (g1 - g0) * len(y) / len(data)
+                            progress.update(base + round(done) - progress.n)
         counts = torch.bincount(data.labels, minlength=k).double()
         out_sums = [MaskSums(loss, hits, counts) for loss, hits in sums]
         return out_sums[0], out_sums[1:]

@@ -238,3 +238,40 @@ def test_dashboard_pages_do_not_import_torch(warehouse_root):
                        env={**os.environ, "NEURON_ATLAS_WAREHOUSE": str(warehouse_root)})
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip().endswith("no torch")
+
+
+def test_unit_page_shows_image_evidence(app, con):
+    at = open_page(app, "unit", {"run": RUN_ID, "unit": "conv2:5"})
+    assert "Image evidence" in [s.value for s in at.subheader]
+    n_images = con.execute("SELECT count(*) FROM unit_images WHERE run_id = ? AND layer = 'conv2' AND unit = 5",
+                           [RUN_ID]).fetchall()[0][0]
+    assert n_images > 0 and sum(len(im.value) for im in at.image) == n_images
+    assert any(b.label.startswith("Download this unit's images") for b in at.get("download_button"))
+
+
+def test_explorer_thumbnails_and_live_what_if_match_the_naive_ablation(app, warehouse_root, con):
+    import torch
+
+    from compute.ablation import outcome
+    from compute.models import load_checkpoint
+    from compute.probe import ZeroUnit
+    from compute.whatif import load_run
+
+    at = open_page(app, "explorer")
+    at.toggle(key="ex-thumbs").set_value(True).run()
+    table = ok(at).dataframe(key="ex-table").value
+    assert table.columns[0] == "thumbnail" and table.thumbnail.str.startswith("data:image/png").all()
+    at.multiselect(key="ex-whatif-units").set_value(["fc1:3", "conv2:5"]).run()
+    ok(at.button(key="ex-whatif").click().run())
+    shown = {m.label: m.value for m in at.metric}
+    # Independent check: the checkpoint with both units zeroed by hooks, on the same evaluation set.
+    run_dir = warehouse_root / "runs" / RUN_ID
+    model, _ = load_checkpoint(run_dir / "checkpoint.pt")
+    eval_set = load_run(run_dir).data["eval"]
+    probes = model.probe_modules()
+    with ZeroUnit(probes["fc1"], [3]), ZeroUnit(probes["conv2"], [5]):
+        ablated = outcome(model, eval_set)
+    assert float(shown["accuracy"]) == pytest.approx(ablated.accuracy, abs=1e-4)
+    assert float(shown["loss"]) == pytest.approx(ablated.loss, abs=1e-4)
+    assert shown["units ablated"] == "2"
+    assert torch.is_tensor(torch.zeros(1))  # torch is loaded here on purpose, only by the what-if action

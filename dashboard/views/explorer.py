@@ -7,7 +7,8 @@ from typing import Any
 import plotly.express as px
 import streamlit as st
 
-from dashboard import data, ui
+from dashboard import data, ui, whatif
+from dashboard.evidence import with_thumbnails
 from dashboard.state import COLORS, ExplorerState, decode, encode
 from warehouse.queries import CLASS_METRICS, PRESETS, UNIT_METRICS, QueryError, Range, UnitFilter
 
@@ -154,7 +155,12 @@ if total == 0:
 first = ["layer", "unit", *(["matched_classes"] if "matched_classes" in table else []), "selectivity",
          "pref_class_name", "abl_loss_delta", "abl_acc_delta", "anomaly_max", "anomaly_class"]
 table = table[first + [c for c in table.columns if c not in first and c != "run_id"]]
-event = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="single-row", key="ex-table")
+column_config: dict[str, Any] = {}
+if st.toggle("Show thumbnails (each unit's top evaluation example)", key="ex-thumbs"):
+    table, column_config = with_thumbnails(data.connection(root)[0], run, table)
+    table = table[["thumbnail", *[c for c in table.columns if c != "thumbnail"]]]
+event = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="single-row", key="ex-table",
+                     column_config=column_config)
 if event.selection.rows:
     row = table.iloc[event.selection.rows[0]]
     open_unit(run, str(row["layer"]), int(row["unit"]))
@@ -166,6 +172,27 @@ chosen = c1.selectbox("Open a unit (or select a table row or a scatter point)", 
 if c2.button("Open unit page", key="ex-open", type="primary") and chosen:
     layer, _, unit = chosen.rpartition(":")
     open_unit(run, layer, int(unit))
+
+# --- live what-if ablation ----------------------------------------------------------------------
+with st.expander("What if these units were removed? (live ablation on the run's checkpoint)"):
+    st.caption("Clamps the chosen units to zero together and re-evaluates the trained network on the run's "
+               "evaluation set (or its training set). The first call loads the checkpoint and data.")
+    picked_units = st.multiselect("Units to ablate together", labels, default=labels[:min(len(labels), 10)],
+                                  key="ex-whatif-units")
+    split = st.radio("Measured on", ["eval", "train"], horizontal=True, key="ex-whatif-split")
+    if st.button("Ablate the selected units", key="ex-whatif", disabled=not picked_units):
+        result = whatif.run(root, run, picked_units, split)
+        if isinstance(result, str):
+            st.error(result)
+        else:
+            summary, per_class = result
+            m1, m2, m3 = st.columns(3)
+            m1.metric("accuracy", f"{summary['accuracy']:.4f}", f"{summary['acc_delta']:+.4f}")
+            m2.metric("loss", f"{summary['loss']:.4f}", f"{summary['loss_delta']:+.4f}", delta_color="inverse")
+            m3.metric("units ablated", summary["n_units"])
+            st.plotly_chart(px.bar(per_class, x="class_name", y="acc_delta", title="Accuracy change per class"),
+                            key="ex-whatif-bars")
+            ui.downloads(f"whatif-{run}", "dl-whatif", frame=per_class)
 
 # --- scatter and correlation ---------------------------------------------------------------------
 st.subheader("Scatter")

@@ -9,6 +9,7 @@ import streamlit as st
 from plotly.subplots import make_subplots
 
 from dashboard import data, ui
+from dashboard.evidence import render_unit_evidence
 from dashboard.state import parse_unit
 from warehouse.queries import PERCENTILE_METRICS, QueryError
 from warehouse.schema import TABLES
@@ -119,6 +120,6 @@ st.markdown("**Per-class statistics**")
 st.dataframe(cls, hide_index=True, key="unit-class-table")
 ui.downloads(f"unit-{run}-{layer}-{unit}-classes", "dl-unit-classes", frame=cls)
 
-# --- image evidence (separate issue) -------------------------------------------------------------
+# --- image evidence ------------------------------------------------------------------------------
 st.subheader("Image evidence")
-st.info("Image evidence is not computed for this run.")
+render_unit_evidence(data.connection(root)[0], run, layer, unit)

@@ -68,6 +68,10 @@ def test_traced_probes_see_each_relu_call_like_a_manual_forward():
 def test_layer_selection_by_name_and_glob():
     probes = build_model(ModelSpec("torchvision:resnet18", (1, 28, 28), 10)).probes
     assert len(probes) == 17 and list(probes)[:3] == ["relu", "layer1.0.relu", "layer1.0.relu_1"]
+    from compute.pipeline import _layer_shapes
+
+    model = build_model(ModelSpec("torchvision:resnet18", (1, 28, 28), 10))
+    assert sum(s[0] for s in _layer_shapes(model, (1, 28, 28)).values()) == 3904
     assert list(select_layers(probes, ["layer4.*"])) == ["layer4.0.relu", "layer4.0.relu_1", "layer4.1.relu",
                                                          "layer4.1.relu_1"]
     with pytest.raises(ConfigError, match="no layer matches 'fc9'.*layer1.0.relu"):
@@ -76,19 +80,23 @@ def test_layer_selection_by_name_and_glob():
 
 def test_torchvision_resnet18_through_all_stages_with_checkpoint_reload(tmp_path: Path):
     """ResNet-18 adapted to 1-channel 28x28 digits, trained briefly on real MNIST digits."""
-    summary = compute_run(RunConfig(images=None, model="torchvision:resnet18", epochs=1, train_size=200, eval_size=60,
-                                    batch_size=50, run_id="rn18"), tmp_path)
+    # The stem, a whole residual block (both ReLU calls) and the last stage: every stage of the pipeline
+    # on the interesting probe points, in CI time (all 17 layers take minutes: see the closing note).
+    layers = ("relu", "layer1.0.*", "layer4.*")
+    summary = compute_run(RunConfig(images=None, model="torchvision:resnet18", epochs=1, train_size=100, eval_size=20,
+                                    batch_size=50, layers=layers, run_id="rn18"), tmp_path)
     con = warehouse.connect(tmp_path)
-    assert con.execute("SELECT count(*), sum(n_units) FROM layers").fetchall() == [(17, 3904)]
+    assert con.execute("SELECT count(*), sum(n_units) FROM layers").fetchall() == [(7, 64 * 3 + 512 * 4)]
+    assert con.execute("SELECT count(DISTINCT layer) FROM ablation_curves").fetchall()[0][0] == 8  # 7 + last2
     assert con.execute("SELECT count(*) FROM units WHERE abl_loss_delta IS NULL").fetchall() == [(0,)]
     probe = con.execute("SELECT probe FROM layers WHERE layer = 'layer1.0.relu_1'").fetchall()[0][0]
     assert "call site `layer1.0.relu_1`" in probe
     model, spec = load_checkpoint(summary.path / "checkpoint.pt")
-    assert spec is not None and spec.name == "torchvision:resnet18" and len(model.probes) == 17
+    assert spec is not None and spec.name == "torchvision:resnet18" and len(model.probes) == 17  # all, reloaded
     # Analyze the saved weights again without training: the same units get the same statistics.
     ckpt = tmp_path / "weights.pt"
     torch.save(model.state_dict(), ckpt)
-    compute_run(RunConfig(images=None, model="torchvision:resnet18", epochs=0, checkpoint=str(ckpt), train_size=200, eval_size=60,
+    compute_run(RunConfig(images=None, model="torchvision:resnet18", epochs=0, checkpoint=str(ckpt), train_size=100, eval_size=20,
                           layers=("layer4.1.*",), run_id="rn18-reload"), tmp_path)
     rows = warehouse.connect(tmp_path).execute(
         "SELECT a.mean_rect, b.mean_rect, a.abl_acc_delta, b.abl_acc_delta FROM units a JOIN units b USING (layer, unit) "

@@ -362,10 +362,6 @@ def count_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> int:
 
 # --- Comparing runs: cumulative ablation curves, their areas, unit distributions side by side ---
 
-#: The curve choices of the compare page.
-SPLITS: tuple[str, ...] = ("train", "eval")
-
-
 def experiments(con: duckdb.DuckDBPyConnection) -> list[str]:
     """Experiments (sweeps) with at least one run, by name."""
     rows = con.execute("SELECT DISTINCT experiment FROM runs WHERE experiment IS NOT NULL ORDER BY 1").fetchall()

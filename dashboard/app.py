@@ -22,6 +22,7 @@ page = st.navigation([
     st.Page(VIEWS / "overview.py", title="Runs overview", url_path="overview", default=True),
     st.Page(VIEWS / "explorer.py", title="Unit explorer", url_path="explorer"),
     st.Page(VIEWS / "unit.py", title="Unit page", url_path="unit"),
+    st.Page(VIEWS / "compare.py", title="Compare runs", url_path="compare"),
     st.Page(VIEWS / "sql.py", title="SQL", url_path="sql"),
     st.Page(VIEWS / "export.py", title="Export", url_path="export"),
 ])

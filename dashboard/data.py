@@ -130,3 +130,37 @@ def sql(root: str, query: str) -> SandboxResult:
     """Not cached: the SQL page runs what the user asks each time (time-limited, row-capped)."""
     con, _ = connection(root)
     return run_query(con, query)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def experiments(root: str, fp: Fingerprint) -> list[str]:
+    return queries.experiments(_connection(root, fp))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def runs_of(root: str, fp: Fingerprint, experiment: str | None) -> list[str]:
+    return queries.runs_of(_connection(root, fp), experiment)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def curve_choices(root: str, fp: Fingerprint, run_ids: tuple[str, ...]) -> pd.DataFrame:
+    return queries.curve_choices(_connection(root, fp), list(run_ids))
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def curve_bands(root: str, fp: Fingerprint, run_ids: tuple[str, ...], split: str, layer: str,
+                order: str) -> pd.DataFrame:
+    return queries.curve_bands(_connection(root, fp), list(run_ids), split, layer, order)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def auc_table(root: str, fp: Fingerprint, run_ids: tuple[str, ...], split: str, layer: str,
+              order: str) -> pd.DataFrame:
+    return queries.auc_table(_connection(root, fp), list(run_ids), split, layer, order)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def unit_distributions(root: str, fp: Fingerprint, run_ids: tuple[str, ...], layer: str) -> pd.DataFrame:
+    con = _connection(root, fp)
+    layers = sorted({name for r in run_ids for name in queries.curve_layers(con, r, layer)})
+    return queries.unit_distributions(con, list(run_ids), layers)

@@ -358,3 +358,71 @@ def count_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> int:
     """How many units match ``f`` (its limit included)."""
     sql, params = filter_sql(f, ("unit",), ordered=False)
     return int(con.execute(f"SELECT count(*) FROM ({sql})", params).fetchall()[0][0])
+
+
+# --- Comparing runs: cumulative ablation curves, their areas, unit distributions side by side ---
+
+def experiments(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Experiments (sweeps) with at least one run, by name."""
+    rows = con.execute("SELECT DISTINCT experiment FROM runs WHERE experiment IS NOT NULL ORDER BY 1").fetchall()
+    return [r[0] for r in rows]
+
+
+def runs_of(con: duckdb.DuckDBPyConnection, experiment: str | None) -> list[str]:
+    """Run ids of ``experiment`` (every run when None), by label noise then seed."""
+    return [r[0] for r in con.execute(
+        "SELECT run_id FROM runs WHERE ? IS NULL OR experiment = ? ORDER BY label_noise, seed, run_id",
+        [experiment, experiment]).fetchall()]
+
+
+def curve_choices(con: duckdb.DuckDBPyConnection, run_ids: list[str]) -> pd.DataFrame:
+    """The (split, layer, order) combinations with curves in any of ``run_ids``."""
+    return con.execute(
+        "SELECT DISTINCT split, layer, \"order\" FROM ablation_curves WHERE list_contains(?::VARCHAR[], run_id) "
+        "ORDER BY split, layer, \"order\"", [list(run_ids)]).df()
+
+
+def curve_bands(con: duckdb.DuckDBPyConnection, run_ids: list[str], split: str, layer: str,
+                order: str) -> pd.DataFrame:
+    """Per run and fraction removed: mean, std, min and max accuracy over the order's curves.
+
+    A ``random`` order has one curve per permutation seed, so the band is the spread over seeds;
+    the other orders have one curve each (std NaN, min = max = mean).
+    """
+    return con.execute(
+        "SELECT run_id, fraction, count(*) AS n_curves, avg(accuracy) AS acc_mean, stddev_samp(accuracy) AS acc_std, "
+        "min(accuracy) AS acc_min, max(accuracy) AS acc_max, avg(loss) AS loss_mean "
+        "FROM ablation_curves WHERE list_contains(?::VARCHAR[], run_id) AND split = ? AND layer = ? AND \"order\" = ? "
+        "GROUP BY run_id, fraction ORDER BY run_id, fraction",
+        [list(run_ids), split, layer, order]).df()
+
+
+def auc_table(con: duckdb.DuckDBPyConnection, run_ids: list[str], split: str | None = None,
+              layer: str | None = None, order: str | None = None) -> pd.DataFrame:
+    """Per run, split, layer and order: mean and std of the curves' AUC over permutation seeds, with the
+    run's label noise, experiment, training seed, accuracies and generalization gap (train - test)."""
+    return con.execute(
+        "SELECT a.run_id, r.experiment, r.label_noise, r.seed AS train_seed, a.split, a.layer, a.\"order\", "
+        "count(*) AS n_curves, avg(a.auc) AS auc_mean, stddev_samp(a.auc) AS auc_std, "
+        "r.train_acc, r.test_acc, r.train_acc - r.test_acc AS gen_gap "
+        "FROM ablation_auc a JOIN runs r USING (run_id) "
+        "WHERE list_contains(?::VARCHAR[], a.run_id) AND (?::VARCHAR IS NULL OR a.split = ?) "
+        "AND (?::VARCHAR IS NULL OR a.layer = ?) AND (?::VARCHAR IS NULL OR a.\"order\" = ?) "
+        "GROUP BY ALL ORDER BY r.label_noise, r.seed, a.run_id, a.split, a.layer, a.\"order\"",
+        [list(run_ids), split, split, layer, layer, order, order]).df()
+
+
+def unit_distributions(con: duckdb.DuckDBPyConnection, run_ids: list[str], layers: list[str]) -> pd.DataFrame:
+    """Selectivity and ablation importance (``abl_loss_delta``) of every unit of ``layers`` in ``run_ids``."""
+    return con.execute(
+        "SELECT run_id, layer, unit, selectivity, abl_loss_delta FROM units "
+        "WHERE list_contains(?::VARCHAR[], run_id) AND list_contains(?::VARCHAR[], layer) "
+        "ORDER BY run_id, layer_index, unit", [list(run_ids), list(layers)]).df()
+
+
+def curve_layers(con: duckdb.DuckDBPyConnection, run_id: str, layer: str) -> list[str]:
+    """The probed layers behind a curve's ``layer``: itself, or for ``last2`` the last two probed layers."""
+    if layer != "last2":
+        return [layer]
+    return [r[0] for r in con.execute(
+        "SELECT layer FROM layers WHERE run_id = ? ORDER BY layer_index DESC LIMIT 2", [run_id]).fetchall()][::-1]

@@ -187,8 +187,8 @@ def _unit_tables(run_id: str, layer_order: list[str], stats: EvalStats, ablation
 def _trace_table(run_id: str, result: TrainResult, class_names: tuple[str, ...]) -> dict[str, list]:
     cols: dict[str, list] = {c: [] for c in (
         "run_id", "epoch", "layer", "unit", "class", "class_name", "n", "mean_act", "mean_rect", "grad_mean")}
-    assert result.counts is not None
-    for name, fields in result.trace.items():
+    for name, fields in result.trace.items():  # empty when nothing was trained (--epochs 0)
+        assert result.counts is not None
         e, k, u = fields["act"].shape
         rows = e * k * u
         cols["run_id"] += [run_id] * rows

@@ -67,7 +67,7 @@ def test_explorer_preset_then_unit_page_in_chromium(server, tmp_path):
             assert chosen.split(":")[0] in ("conv1", "conv2", "fc1", "fc2")
             page.get_by_role("button", name="Open unit page").click()
             page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
-            page.get_by_text("Image evidence is not computed for this run.").wait_for()
+            page.get_by_text("Download this unit's images").wait_for(timeout=60_000)
             shot = tmp_path / "unit-page.png"
             page.screenshot(path=str(shot), full_page=True)
             assert shot.stat().st_size > 10_000

@@ -182,7 +182,6 @@ def test_unit_page_shows_the_unit(app, con, tables):
     uc = tables["unit_classes"]
     assert classes.abl_acc_delta.tolist() == uc[(uc.layer == "conv2") & (uc.unit == 5)].sort_values("class").abl_acc_delta.tolist()
     assert "Image evidence" in [s.value for s in at.subheader]
-    assert "Image evidence is not computed for this run." in [i.value for i in at.info]
     assert at.select_slider(key="unit-epoch").value == 2
     assert len(pd.read_csv(io.BytesIO(downloaded(at, "dl-unit-classes-csv")))) == 10
     # Choosing another unit updates the URL.

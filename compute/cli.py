@@ -242,11 +242,11 @@ def _layers(args: argparse.Namespace) -> int:
     import torch
 
     from compute.models import ModelSpec, build_model
-    from compute.pipeline import RunConfig, _layer_shapes
+    from compute.pipeline import RunConfig, layer_shapes
 
     options = RunConfig(model=args.model, widths=args.widths, width=args.width).model_options()
     model = build_model(ModelSpec(args.model, args.input_shape, args.classes, options))
-    shapes = _layer_shapes(model, args.input_shape)
+    shapes = layer_shapes(model, args.input_shape)
     print(f"{'layer':<24} {'kind':<7} {'units':>6}  activation shape")
     for name, shape in shapes.items():
         kind = "conv" if len(shape) == 3 else "linear"

@@ -115,7 +115,8 @@ def _device(name: str) -> str:
     return name
 
 
-def _layer_shapes(model: ProbedModel, in_shape: tuple[int, int, int], device: str = "cpu") -> dict[str, tuple[int, ...]]:
+def layer_shapes(model: ProbedModel, in_shape: tuple[int, int, int], device: str = "cpu") -> dict[str, tuple[int, ...]]:
+    """Activation shape of one example at each probe point: (C, H, W) for conv, (U,) for linear layers."""
     with torch.no_grad(), Probe(model.probe_modules()) as probe:
         model.eval()(torch.zeros(1, *in_shape, device=device))
     return {name: tuple(t.shape[1:]) for name, t in probe.post.items()}
@@ -292,7 +293,7 @@ def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, 
     model = model.to(device)
     stages = StageStore(writer.stages_dir)
     probes = model.probe_modules()
-    shapes = _layer_shapes(model, splits.train.shape, device)
+    shapes = layer_shapes(model, splits.train.shape, device)
     trained_stage = stages.run("train", lambda: _train_stage(model, probes, splits, cfg, stages, device))
     model.load_state_dict(trained_stage["model"])
     trained: TrainResult = trained_stage["result"]

@@ -68,10 +68,10 @@ def test_traced_probes_see_each_relu_call_like_a_manual_forward():
 def test_layer_selection_by_name_and_glob():
     probes = build_model(ModelSpec("torchvision:resnet18", (1, 28, 28), 10)).probes
     assert len(probes) == 17 and list(probes)[:3] == ["relu", "layer1.0.relu", "layer1.0.relu_1"]
-    from compute.pipeline import _layer_shapes
+    from compute.pipeline import layer_shapes
 
     model = build_model(ModelSpec("torchvision:resnet18", (1, 28, 28), 10))
-    assert sum(s[0] for s in _layer_shapes(model, (1, 28, 28)).values()) == 3904
+    assert sum(s[0] for s in layer_shapes(model, (1, 28, 28)).values()) == 3904
     assert list(select_layers(probes, ["layer4.*"])) == ["layer4.0.relu", "layer4.0.relu_1", "layer4.1.relu",
                                                          "layer4.1.relu_1"]
     with pytest.raises(ConfigError, match="no layer matches 'fc9'.*layer1.0.relu"):

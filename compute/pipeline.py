@@ -29,7 +29,7 @@ from compute.image_config import ActMaxConfig, ImageConfig
 from compute.models import ModelSpec, ProbedModel, build_model, load_weights, save_checkpoint
 from compute.probe import Probe
 from compute.stages import StageStore
-from compute.stats import EvalStats, anomaly, evaluation_stats, selectivity
+from compute.stats import EvalStats, anomaly, evaluation_stats, selectivity, strongest_anomaly
 from compute.train import TrainConfig, TrainResult, evaluate, train
 from compute.unit_images import COLUMNS as IMAGE_COLUMNS
 from compute.unit_images import ROW_GROUP_ROWS, unit_images
@@ -154,7 +154,7 @@ def _unit_tables(run_id: str, layer_order: list[str], stats: EvalStats, ablation
         sel = selectivity(cm["rect"])
         anom = anomaly(cm["grad"], cm["act"])  # (K, U)
         taylor_norm = ov["taylor"] / (np.linalg.norm(ov["taylor"]) or 1.0)
-        best = np.argmax(anom, axis=0)
+        anom_max, best = strongest_anomaly(anom)
         units["run_id"] += [run_id] * n_units
         units["layer"] += [name] * n_units
         units["layer_index"] += [li] * n_units
@@ -164,7 +164,7 @@ def _unit_tables(run_id: str, layer_order: list[str], stats: EvalStats, ablation
                             ("pref_class", sel["pref_class"]), ("mu_max", sel["mu_max"]), ("mu_rest", sel["mu_rest"]),
                             ("grad_mean", ov["grad"]), ("grad_abs_mean", ov["grad_abs"]), ("taylor", ov["taylor"]),
                             ("taylor_norm", taylor_norm), ("abl_acc_delta", ab.acc_delta),
-                            ("abl_loss_delta", ab.loss_delta), ("anomaly_max", anom.max(axis=0)),
+                            ("abl_loss_delta", ab.loss_delta), ("anomaly_max", anom_max),
                             ("anomaly_class", best)):
             units[col] += values.tolist()
         units["dead"] += (ov["active"] == 0).tolist()

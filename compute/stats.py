@@ -100,6 +100,17 @@ def anomaly(class_grad: np.ndarray, class_act: np.ndarray) -> np.ndarray:
     return np.minimum(z_grad, z_low_act)
 
 
+def strongest_anomaly(anom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per unit, the largest anomaly over classes and its class, skipping NaN (a class with no
+    examples); NaN and class 0 when every class is NaN. ``units.anomaly_max >= lo`` must mean "some
+    class has anomaly >= lo": the warehouse answers that preset from this column alone.
+    """
+    filled = np.where(np.isnan(anom), -np.inf, anom)
+    best = filled.argmax(axis=0)
+    top = filled.max(axis=0)
+    return np.where(np.isneginf(top), np.nan, top), best
+
+
 @dataclass
 class LayerStats:
     """Evaluation-set statistics of one layer."""

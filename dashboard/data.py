@@ -44,10 +44,17 @@ def fingerprint(root: str) -> Fingerprint:
     return tuple(out)
 
 
+@st.cache_resource(max_entries=2, show_spinner=False)
+def _database(root: str, fp: Fingerprint) -> duckdb.DuckDBPyConnection:
+    # Built once per published state of the warehouse and shared by every session: it holds the
+    # in-memory copy of ``units``. Not closed on release: sessions' cursors may still be using it.
+    return connect(root)
+
+
 @st.cache_resource(scope="session", max_entries=2, on_release=lambda con: con.close(), show_spinner=False)
 def _connection(root: str, fp: Fingerprint) -> duckdb.DuckDBPyConnection:
-    # Views are registered per connection, and a session's reruns share its thread: one per session.
-    return connect(root)
+    # A DuckDB connection must not serve two threads at once; a session's reruns run one at a time.
+    return _database(root, fp).cursor()
 
 
 def connection(root: str) -> tuple[duckdb.DuckDBPyConnection, Fingerprint]:

@@ -29,11 +29,14 @@ def broken_root(warehouse_root: Path, tmp_path_factory: pytest.TempPathFactory) 
     return root
 
 
-@pytest.fixture()
-def con(warehouse_root: Path):
+@pytest.fixture(params=[None, 0], ids=["units-in-memory", "units-on-disk"])
+def con(warehouse_root: Path, request: pytest.FixtureRequest):
+    """Both forms ``warehouse.connect`` takes: ``units`` copied into memory, or read from Parquet
+    (what a warehouse above ``MEMORY_UNITS`` gets)."""
     import warehouse
+    from warehouse.connect import MEMORY_UNITS
 
-    c = warehouse.connect(warehouse_root)
+    c = warehouse.connect(warehouse_root, memory_units=MEMORY_UNITS if request.param is None else request.param)
     yield c
     c.close()
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -62,6 +63,29 @@ def test_presets_match_their_definitions(con, tables):
     assert keys(sbu) == keys(u[(u.selectivity >= 0.5) & (u.abl_loss_delta <= 0.005)])
     dead = q.filter_units(con, PRESETS["dead units"].apply(base))
     assert len(dead) > 0 and keys(dead) == keys(u[u.frac_active == 0])
+
+
+@pytest.mark.parametrize("lo", [-0.5, 0.5, 1.0, 50.0])
+@pytest.mark.parametrize("layers", [(), ("conv2", "fc2")])
+def test_anomaly_floor_shortcut_equals_the_class_scan(con, tables, lo, layers):
+    """"Some class has anomaly >= lo" is answered from units.anomaly_max; a redundant upper bound forces
+    the general path through unit_classes. Rows, order, counts and matched classes must agree."""
+    fast = UnitFilter(RUN_ID, layers=layers, class_conditions=(Range("anomaly", lo, None),),
+                      order_by="anomaly_max", descending=True)
+    slow = replace(fast, class_conditions=(Range("anomaly", lo, None), Range("anomaly", None, 1e300)))
+    assert "unit_classes" not in q.filter_sql(fast, matches=False)[0]
+    assert "unit_classes" in q.filter_sql(slow, matches=False)[0]
+    a, b = q.filter_units(con, fast), q.filter_units(con, slow)
+    assert (len(a) > 0) == (lo < 50)
+    pd.testing.assert_frame_equal(a, b)
+    assert q.count_units(con, fast) == q.count_units(con, slow) == len(a)
+    uc = tables["unit_classes"]
+    hit = uc[(uc.anomaly >= lo) & (uc.layer.isin(layers) if layers else True)]
+    assert keys(a) == sorted(set(zip(hit.layer, hit.unit.astype(int))))
+    pa_, pb = q.scatter_data(con, fast, "selectivity", "anomaly_max"), q.scatter_data(con, slow, "selectivity", "anomaly_max")
+    pd.testing.assert_frame_equal(pa_[0], pb[0])
+    # Limited pages: the same first rows, and matched classes computed for them alone.
+    pd.testing.assert_frame_equal(q.filter_units(con, replace(fast, limit=7)), a.head(7))
 
 
 def test_preset_keeps_run_layers_and_class():

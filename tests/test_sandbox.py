@@ -45,6 +45,21 @@ def test_hostile_queries_are_refused(con, sql):
     assert con.execute("SELECT current_setting('enable_external_access')").fetchall()[0][0] is False
 
 
+def test_file_reads_stay_inside_the_runs_folder(con, warehouse_root):
+    """DuckDB reads the runs' Parquet itself, so file access is limited to the runs folder, not off."""
+    inside = warehouse_root / "runs" / RUN_ID / "units.parquet"
+    assert run_query(con, f"SELECT count(*) AS n FROM read_parquet('{inside}')").rows.n[0] == 226
+    outside = warehouse_root / "neuron-atlas-secret.txt"
+    outside.write_text("secret")
+    try:
+        for sql in (f"SELECT * FROM read_text('{outside}')", f"SELECT * FROM read_text('{inside.parent}/../../*')",
+                    f"SELECT * FROM read_csv('{warehouse_root}/runs/../neuron-atlas-secret.txt')"):
+            with pytest.raises(SandboxError, match="Permission|disabled|not allowed"):
+                run_query(con, sql)
+    finally:
+        outside.unlink()
+
+
 def test_select_and_with_run_and_are_capped(con):
     r = run_query(con, "WITH c AS (SELECT layer, count(*) AS n FROM units WHERE run_id = 'small' GROUP BY layer) "
                        "SELECT * FROM c ORDER BY layer")

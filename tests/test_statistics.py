@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from compute.data import stratified_subset, load_dataset
 from compute.models import LeNet5
-from compute.stats import anomaly, selectivity
+from compute.stats import anomaly, selectivity, strongest_anomaly
 from compute.train import TrainConfig, train
 
 LAYERS = ("conv1", "conv2", "fc1", "fc2")
@@ -112,6 +112,14 @@ def test_selectivity_and_anomaly_follow_from_stored_class_means(small_run_artifa
     np.testing.assert_allclose(units[:, 4], expected.max(1), rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(units[:, 5], expected.argmax(1))
     np.testing.assert_array_equal(units[:, 6].astype(bool), mu_max == 0)
+
+
+def test_strongest_anomaly_skips_classes_without_examples():
+    anom = np.array([[0.5, np.nan, np.nan], [np.nan, -1.0, np.nan], [2.0, -3.0, np.nan]])  # (K=3, U=3)
+    top, best = strongest_anomaly(anom)
+    np.testing.assert_array_equal(top[:2], [2.0, -1.0])
+    np.testing.assert_array_equal(best[:2], [2, 1])
+    assert np.isnan(top[2])
 
 
 def test_selectivity_index_on_known_cases():

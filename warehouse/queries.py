@@ -152,14 +152,70 @@ def _range_sql(alias: str, r: Range, allowed: tuple[str, ...], what: str) -> tup
     return sql, params
 
 
-def filter_sql(f: UnitFilter, columns: tuple[str, ...] = UNIT_COLUMNS, ordered: bool = True) -> tuple[str, list[Any]]:
-    """One SELECT over ``units`` (plus ``matched_classes`` when class conditions are set).
+def _anomaly_floor(f: UnitFilter) -> float | None:
+    """``lo`` when the only class-level condition is "some class has anomaly >= lo".
+
+    ``units.anomaly_max`` is the largest anomaly over a unit's classes (NaN classes skipped), so
+    that condition is exactly ``anomaly_max >= lo`` and membership needs no scan of the ten times
+    larger ``unit_classes`` (the "high gradient, low activation" preset).
+    """
+    if f.condition_class is None and len(f.class_conditions) == 1:
+        r = f.class_conditions[0]
+        if r.column == "anomaly" and r.lo is not None and r.hi is None:
+            return r.lo
+    return None
+
+
+def _class_rows_sql(f: UnitFilter) -> tuple[str, list[Any]]:
+    """(layer, unit, class) of the ``unit_classes`` rows meeting all class-level conditions."""
+    where, params = ["run_id = ?"], [f.run_id]
+    if f.layers:
+        where.append(f"layer IN ({', '.join('?' * len(f.layers))})")
+        params += list(f.layers)
+    if f.condition_class is not None:
+        where.append('"class" = ?')
+        params.append(int(f.condition_class))
+    for r in f.class_conditions:
+        s, p = _range_sql("unit_classes", r, CLASS_METRICS, "class metric")
+        where += s
+        params += p
+    return f'SELECT layer, unit, "class" FROM unit_classes WHERE {" AND ".join(where)}', params
+
+
+def filter_sql(f: UnitFilter, columns: tuple[str, ...] = UNIT_COLUMNS, ordered: bool = True,
+               matches: bool = True) -> tuple[str, list[Any]]:
+    """One SELECT over ``units``, plus ``matched_classes`` when class conditions are set and ``matches``.
 
     ``ordered=False`` leaves out the ORDER BY when no limit depends on it (counts, samples).
+    ``unit_classes`` is scanned once at most: for membership and matched classes together, or,
+    when ``units.anomaly_max`` answers membership, for the matched classes of the rows kept.
     """
     for c in columns:
         _check_column(c, UNIT_COLUMNS, "column")
-    where, params = ["u.run_id = ?"], [f.run_id]
+    order = _check_column(f.order_by, UNIT_METRICS, "sort column")
+    if f.limit is not None and f.limit < 1:
+        raise QueryError(f"limit must be positive, got {f.limit}.")
+    by_class = bool(f.class_conditions) or f.condition_class is not None
+    floor = _anomaly_floor(f) if by_class else None
+    scan = by_class and floor is None  # membership needs unit_classes
+    gather = by_class and matches
+    rows, row_params = _class_rows_sql(f) if by_class else ("", [])
+    # Classes are gathered as integers and named from runs.class_names at the end: reading the
+    # class_name strings of unit_classes rows costs about a third of the query.
+    grouped = (f'SELECT c.layer, c.unit, list(c."class" ORDER BY c."class") AS matched FROM ({rows}) c {{}} '
+               f"GROUP BY c.layer, c.unit")
+    source, params, extra = "units u", [], ""
+    if scan and gather:
+        source += f" JOIN ({grouped.format('')}) m ON m.layer = u.layer AND m.unit = u.unit"
+        params, extra = list(row_params), ", m.matched"
+    elif scan:
+        source += f" SEMI JOIN ({rows}) c ON c.layer = u.layer AND c.unit = u.unit"
+        params = list(row_params)
+    where = ["u.run_id = ?"]
+    params.append(f.run_id)
+    if floor is not None:
+        where.append('u."anomaly_max" >= ?')
+        params.append(_finite(floor, "lower bound of anomaly"))
     if f.layers:
         where.append(f"u.layer IN ({', '.join('?' * len(f.layers))})")
         params += list(f.layers)
@@ -173,39 +229,31 @@ def filter_sql(f: UnitFilter, columns: tuple[str, ...] = UNIT_COLUMNS, ordered: 
     if f.dead is not None:
         where.append("u.dead = ?")
         params.append(bool(f.dead))
-    select = ", ".join(f'u."{c}"' for c in columns)
-    join = ""
-    join_params: list[Any] = []
-    if f.class_conditions or f.condition_class is not None:
-        cw, join_params = ["run_id = ?"], [f.run_id]
-        if f.layers:
-            cw.append(f"layer IN ({', '.join('?' * len(f.layers))})")
-            join_params += list(f.layers)
-        if f.condition_class is not None:
-            cw.append('"class" = ?')
-            join_params.append(int(f.condition_class))
-        for r in f.class_conditions:
-            s, p = _range_sql("unit_classes", r, CLASS_METRICS, "class metric")
-            cw += s
-            join_params += p
-        # Classes are gathered as integers and named from runs.class_names afterwards: reading the
-        # class_name strings of every unit_classes row costs about a third of the query.
-        join = (f"JOIN (SELECT layer, unit, list(\"class\" ORDER BY \"class\") AS matched "
-                f"FROM unit_classes WHERE {' AND '.join(cw)} GROUP BY layer, unit) m "
-                f"ON m.layer = u.layer AND m.unit = u.unit JOIN runs r ON r.run_id = u.run_id")
-        select += ", list_transform(m.matched, lambda c: r.class_names[c + 1]) AS matched_classes"
-    order = _check_column(f.order_by, UNIT_METRICS, "sort column")
     direction = "DESC" if f.descending else "ASC"
-    sql = f"SELECT {select} FROM units u {join} WHERE {' AND '.join(where)}"
+    order_sql = f'ORDER BY {{t}}."{order}" {direction} NULLS LAST, {{t}}.layer_index, {{t}}.unit'
+    cols = tuple(dict.fromkeys((*columns, "layer", "unit", order, "layer_index"))) if gather else columns
+    select = ", ".join(f'u."{c}"' for c in cols) + extra
+    sql = f"SELECT {select} FROM {source} WHERE {' AND '.join(where)}"
     if ordered or f.limit is not None:
-        sql += f' ORDER BY u."{order}" {direction} NULLS LAST, u.layer_index, u.unit'
-
+        sql += " " + order_sql.format(t="u")
     if f.limit is not None:
-        if f.limit < 1:
-            raise QueryError(f"limit must be positive, got {f.limit}.")
         sql += " LIMIT ?"
         params.append(int(f.limit))
-    return sql, join_params + params
+    if not gather:
+        return sql, params
+    shown = ", ".join(f'page."{c}"' for c in columns)
+    names = "list_transform({}.matched, lambda k: r.class_names[k + 1]) AS matched_classes"
+    if scan:
+        sql = f"WITH page AS ({sql}) SELECT {shown}, {names.format('page')} FROM page JOIN runs r ON r.run_id = ?"
+        params.append(f.run_id)
+    else:
+        kept = grouped.format("SEMI JOIN page ON page.layer = c.layer AND page.unit = c.unit")
+        sql = (f"WITH page AS ({sql}), m AS ({kept}) SELECT {shown}, {names.format('m')} FROM page "
+               f"JOIN runs r ON r.run_id = ? LEFT JOIN m ON m.layer = page.layer AND m.unit = page.unit")
+        params += row_params + [f.run_id]
+    if ordered or f.limit is not None:
+        sql += " " + order_sql.format(t="page")
+    return sql, params
 
 
 def filter_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> pd.DataFrame:
@@ -230,7 +278,7 @@ def scatter_data(con: duckdb.DuckDBPyConnection, f: UnitFilter, x: str, y: str,
     x = _check_column(x, UNIT_METRICS, "x axis")
     y = _check_column(y, UNIT_METRICS, "y axis")
     inner, params = filter_sql(f, tuple(dict.fromkeys(("layer", "layer_index", "unit", "pref_class_name", x, y))),
-                               ordered=False)
+                               ordered=False, matches=False)
     total = int(con.execute(f"SELECT count(*) FROM ({inner})", params).fetchall()[0][0])
     if total <= max_points:
         df = con.execute(inner, params).df()
@@ -356,7 +404,7 @@ def unit_page(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: int
 
 def count_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> int:
     """How many units match ``f`` (its limit included)."""
-    sql, params = filter_sql(f, ("unit",), ordered=False)
+    sql, params = filter_sql(f, ("unit",), ordered=False, matches=False)
     return int(con.execute(f"SELECT count(*) FROM ({sql})", params).fetchall()[0][0])
 
 

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from compute.pipeline import RunConfig, compute_run  # noqa: E402
 from compute.unit_images import ROW_GROUP_ROWS  # noqa: E402
+from warehouse.store import COMPRESSION  # noqa: E402
 
 
 def _read_unit(path: Path, layer: str, unit: int, repeat: int = 20) -> float:
@@ -54,7 +55,7 @@ def main() -> None:
         table_path = summary.path / "unit_images.parquet"
         table = pq.read_table(table_path)
         one_group = Path(tmp) / "one_group.parquet"
-        pq.write_table(table, one_group, compression="zstd", row_group_size=len(table) + 1)
+        pq.write_table(table, one_group, compression=COMPRESSION, row_group_size=len(table) + 1)
         size = table_path.stat().st_size
         print(f"unit_images: {len(table)} rows, {size / 2**20:.1f} MiB on disk, "
               f"{pq.ParquetFile(table_path).metadata.num_row_groups} row groups of <= {ROW_GROUP_ROWS} rows")

@@ -1,0 +1,31 @@
+"""The benchmarks still run against the current code: each at a tiny size, checking what it prints.
+
+Timings themselves are not asserted (shared, noisy machines); a benchmark that no longer runs
+would otherwise only be noticed by the next person who needs its figures.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(args: list[str]) -> str:
+    env = {**os.environ, "NEURON_ATLAS_QUIET": "1"}
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_dashboard_query_benchmark_runs(tmp_path):
+    out = run(["benchmarks/dashboard_queries.py", "--units", "8000", "--repeat", "2", "--warehouse", str(tmp_path)])
+    assert "8,000 units, 80,000 unit_classes rows, 160,000 train_trace rows" in out
+    for query in ("filter: all units", "filter: preset high gradient, low activation", "scatter data: all units",
+                  "unit page: metrics, classes, trace, percentiles"):
+        line = next(x for x in out.splitlines() if x.startswith(query))
+        assert len([float(v) for v in line.split()[-7:-1]]) == 6  # p50/p95 of three connections
+    assert "target p95 < 100 ms" in out

@@ -165,7 +165,7 @@ def parser() -> argparse.ArgumentParser:
     ls = sub.add_parser("list", help="list the runs of a warehouse")
     _add_warehouse(ls)
 
-    lay = sub.add_parser("layers", help="list a model's probe-able layers with unit counts")
+    lay = sub.add_parser("layers", help="list a model's probe-able layers with unit counts and receptive fields")
     lay.add_argument("--model", default="lenet5", type=_model_name)
     lay.add_argument("--input-shape", type=_shape, default=(1, 28, 28), help="C,H,W of one image (default 1,28,28)")
     lay.add_argument("--classes", type=_positive, default=10)
@@ -243,14 +243,21 @@ def _layers(args: argparse.Namespace) -> int:
 
     from compute.models import ModelSpec, build_model
     from compute.pipeline import RunConfig, layer_shapes
+    from compute.receptive_field import centre_field
 
     options = RunConfig(model=args.model, widths=args.widths, width=args.width).model_options()
     model = build_model(ModelSpec(args.model, args.input_shape, args.classes, options))
     shapes = layer_shapes(model, args.input_shape)
-    print(f"{'layer':<24} {'kind':<7} {'units':>6}  activation shape")
+    image = tuple(args.input_shape[1:])
+    print(f"{'layer':<24} {'kind':<7} {'units':>6}  {'activation shape':<18} receptive field (centre unit)")
     for name, shape in shapes.items():
         kind = "conv" if len(shape) == 3 else "linear"
-        print(f"{name:<24} {kind:<7} {shape[0]:>6}  {'x'.join(map(str, shape))}")
+        if kind == "conv":
+            field = centre_field(model, name, args.input_shape)
+            rf = "x".join(map(str, field)) + (" (whole image)" if field == image else "")
+        else:
+            rf = "whole input"
+        print(f"{name:<24} {kind:<7} {shape[0]:>6}  {'x'.join(map(str, shape)):<18} {rf}")
     print(f"{len(shapes)} layers, {sum(s[0] for s in shapes.values())} units "
           f"(input {'x'.join(map(str, args.input_shape))}, torch {torch.__version__})")
     return 0

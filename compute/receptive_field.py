@@ -60,25 +60,45 @@ def _span(mask: torch.Tensor) -> torch.Tensor:
     return torch.stack([first, last], 1)
 
 
+def _out_shape(twin: ProbedModel, probe: torch.nn.Module, layer: str, in_shape: tuple[int, int, int]) -> tuple[int, int]:
+    with torch.no_grad():
+        shape = run_to(twin, probe, torch.zeros(1, *in_shape, dtype=torch.float64))[1].shape
+    if len(shape) != 4:
+        raise ConfigError(f"layer {layer} is not a conv layer: activity shape {tuple(shape[1:])}.")
+    return shape[2], shape[3]
+
+
+def _boxes_at(twin: ProbedModel, probe: torch.nn.Module, in_shape: tuple[int, int, int],
+              y: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(P, 4) boxes of the positions (y, x), one backward pass for all of them."""
+    inp = torch.ones(len(y), *in_shape, dtype=torch.float64, requires_grad=True)
+    _, out = run_to(twin, probe, inp)
+    (grad,) = torch.autograd.grad(out[torch.arange(len(y)), :, y, x].sum(), inp)
+    support = grad.abs().sum(1) > 0  # (P, H, W)
+    return torch.cat([_span(support.any(2)), _span(support.any(1))], 1)[:, [0, 2, 1, 3]]
+
+
 def receptive_boxes(model: ProbedModel, layer: str, in_shape: tuple[int, int, int],
                     chunk: int = 256) -> torch.Tensor:
     """(H', W', 4) int tensor: for each position of conv layer ``layer``, the half-open input box
     (y0, x0, y1, x1) of pixels it is connected to, clipped to the image."""
     twin = connectivity_model(model)
     probe = twin.get_submodule(model.probes[layer])
-    with torch.no_grad():
-        shape = run_to(twin, probe, torch.zeros(1, *in_shape, dtype=torch.float64))[1].shape
-    if len(shape) != 4:
-        raise ConfigError(f"layer {layer} is not a conv layer: activity shape {tuple(shape[1:])}.")
-    h, w = shape[2], shape[3]
+    h, w = _out_shape(twin, probe, layer, in_shape)
     ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     ys, xs = ys.reshape(-1), xs.reshape(-1)
     boxes = torch.empty(h * w, 4, dtype=torch.long)
     for start in range(0, h * w, chunk):
-        y, x = ys[start:start + chunk], xs[start:start + chunk]
-        inp = torch.ones(len(y), *in_shape, dtype=torch.float64, requires_grad=True)
-        _, out = run_to(twin, probe, inp)
-        (grad,) = torch.autograd.grad(out[torch.arange(len(y)), :, y, x].sum(), inp)
-        support = grad.abs().sum(1) > 0  # (P, H, W)
-        boxes[start:start + len(y)] = torch.cat([_span(support.any(2)), _span(support.any(1))], 1)[:, [0, 2, 1, 3]]
+        boxes[start:start + chunk] = _boxes_at(twin, probe, in_shape, ys[start:start + chunk], xs[start:start + chunk])
     return boxes.reshape(h, w, 4)
+
+
+def centre_field(model: ProbedModel, layer: str, in_shape: tuple[int, int, int]) -> tuple[int, int]:
+    """(height, width) of the receptive field of conv layer ``layer``'s centre position: the layer's
+    full receptive field unless it is larger than the image (then clipped to it). One backward
+    pass, so cheap enough to list for every layer of a model."""
+    twin = connectivity_model(model)
+    probe = twin.get_submodule(model.probes[layer])
+    h, w = _out_shape(twin, probe, layer, in_shape)
+    y0, x0, y1, x1 = _boxes_at(twin, probe, in_shape, torch.tensor([h // 2]), torch.tensor([w // 2]))[0].tolist()
+    return y1 - y0, x1 - x0

@@ -23,24 +23,24 @@ def sidebar() -> None:
     st.sidebar.caption(f"{len(ok)} run(s)" + (f", {len(runs) - len(ok)} broken" if len(ok) < len(runs) else ""))
 
 
-def ok_runs() -> tuple[str, data.Fingerprint, list[RunInfo], list[RunInfo]]:
-    """Warehouse path, fingerprint, readable runs and broken runs."""
+def page_runs(need_run: bool = True) -> tuple[str, data.Fingerprint, list[RunInfo]]:
+    """Every page's start: the warehouse path, its fingerprint and its readable runs.
+
+    Broken runs are listed as warnings. A page that ``need_run`` stops when there is no readable
+    run, pointing to the overview, where the first one can be computed.
+    """
     root = data.warehouse_root()
     fp = data.fingerprint(root)
     runs = data.runs(root, fp)
-    return root, fp, [r for r in runs if r.ok], [r for r in runs if not r.ok]
-
-
-def show_broken(broken: list[RunInfo]) -> None:
-    for r in broken:
-        st.warning(f"Run `{r.run_id}` is broken and left out: {r.error}")
-
-
-def no_runs_stop(root: str) -> None:
-    """Stop the page with a pointer to the overview, where the first run can be computed."""
-    st.info(f"The warehouse `{root}` has no readable runs yet. Compute one on the Runs overview page.")
-    st.page_link(str(VIEWS / "overview.py"), label="Go to Runs overview")
-    st.stop()
+    for r in runs:
+        if not r.ok:
+            st.warning(f"Run `{r.run_id}` is broken and left out: {r.error}")
+    ok = [r for r in runs if r.ok]
+    if need_run and not ok:
+        st.info(f"The warehouse `{root}` has no readable runs yet. Compute one on the Runs overview page.")
+        st.page_link(str(VIEWS / "overview.py"), label="Go to Runs overview")
+        st.stop()
+    return root, fp, ok
 
 
 def url_params() -> dict[str, list[str]]:

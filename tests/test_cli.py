@@ -73,3 +73,16 @@ def test_default_demo_run_reaches_95_percent(tmp_path: Path):
 
     summary = compute_run(RunConfig(run_id="demo", images=None), tmp_path)
     assert summary.figures["test_acc"] >= 0.95
+
+
+def test_layers_lists_units_shapes_and_receptive_fields():
+    """By hand for LeNet-5: conv1 5x5 (padding 2); max-pool 2 then conv2 5x5 -> 5 + 1 + 4 * 2 = 14."""
+    r = cli("layers", "--model", "lenet5")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines()[1:-1]}
+    assert rows["conv1"] == ["conv", "6", "6x28x28", "5x5"]
+    assert rows["conv2"] == ["conv", "16", "16x10x10", "14x14"]
+    assert rows["fc1"] == ["linear", "120", "120", "whole", "input"]
+    assert "4 layers, 226 units" in r.stdout
+    wide = cli("layers", "--model", "cifar-convnet", "--input-shape", "3,32,32")
+    assert "32x32 (whole image)" in wide.stdout and "conv3" in wide.stdout

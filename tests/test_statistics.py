@@ -84,7 +84,7 @@ def test_class_means_gradients_and_taylor_match_manual_recomputation(small_run_a
                    "unit")
     np.testing.assert_allclose(units[:, 0], v["act"].mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(units[:, 1], v["rect"].mean(0), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(units[:, 2], v["peak"].max(0), rtol=1e-6)
+    np.testing.assert_allclose(units[:, 2], v["peak"].max(0), rtol=1e-5, atol=1e-6)  # float32, batched vs one by one
     np.testing.assert_allclose(units[:, 3], (v["rect"] > 0).mean(0))
     np.testing.assert_allclose(units[:, 4], v["grad"].mean(0), rtol=1e-4, atol=1e-7)
     taylor = v["taylor"].mean(0)

@@ -14,10 +14,7 @@ PAGE = "compare"
 ALL = "(all runs)"
 
 st.title("Compare runs")
-root, fp, runs, broken = ui.ok_runs()
-ui.show_broken(broken)
-if not runs:
-    ui.no_runs_stop(root)
+root, fp, runs = ui.page_runs()
 
 url = ui.url_params() if ui.url_is_new(PAGE) else {}
 

@@ -19,10 +19,7 @@ ANY_CLASS = "any class"
 DEAD = {"any": None, "dead only": True, "live only": False}
 
 st.title("Unit explorer")
-root, fp, runs, broken = ui.ok_runs()
-ui.show_broken(broken)
-if not runs:
-    ui.no_runs_stop(root)
+root, fp, runs = ui.page_runs()
 run_ids = [r.run_id for r in runs]
 S = st.session_state
 

@@ -12,10 +12,7 @@ from warehouse.export import FORMATS
 from warehouse.queries import QueryError, UnitFilter, format_range
 
 st.title("Export")
-root, fp, runs, broken = ui.ok_runs()
-ui.show_broken(broken)
-if not runs:
-    ui.no_runs_stop(root)
+root, fp, runs = ui.page_runs()
 run_ids = [r.run_id for r in runs]
 
 state: ExplorerState | None = None

@@ -12,8 +12,7 @@ from dashboard.compute_job import DEFAULT_RUN_ID, default_command, run_with_prog
 from warehouse.queries import DISTRIBUTIONS
 
 st.title("Runs overview")
-root, fp, runs, broken = ui.ok_runs()
-ui.show_broken(broken)
+root, fp, runs = ui.page_runs(need_run=False)
 
 if not runs:
     st.subheader("This warehouse is empty")

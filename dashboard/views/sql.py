@@ -14,8 +14,7 @@ ORDER BY anomaly DESC
 LIMIT 20"""
 
 st.title("SQL")
-root, fp, runs, broken = ui.ok_runs()
-ui.show_broken(broken)
+root, fp, runs = ui.page_runs(need_run=False)
 left, right = st.columns([3, 2])
 with right:
     st.markdown("**Views**")

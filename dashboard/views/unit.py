@@ -16,10 +16,7 @@ from warehouse.schema import TABLES
 
 S = st.session_state
 st.title("Unit page")
-root, fp, runs, broken = ui.ok_runs()
-ui.show_broken(broken)
-if not runs:
-    ui.no_runs_stop(root)
+root, fp, runs = ui.page_runs()
 run_ids = [r.run_id for r in runs]
 
 # --- which unit: from a new URL, else the widgets ------------------------------------------------

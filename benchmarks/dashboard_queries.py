@@ -59,6 +59,8 @@ def generate(root: Path, n_units: int) -> None:
     cls_names = [str(c) for c in range(CLASSES)]
     with RunWriter(root, RUN_ID) as w:
         steps = bar(None, "synthetic", unit="table", total=6)
+        # Per-class anomalies first: units.anomaly_max must be their maximum, as the compute step writes it.
+        class_anomaly = rng.normal(-0.5, 0.6, (n, CLASSES))
         frac = rng.uniform(0, 1, n)
         pref = rng.integers(0, CLASSES, n).astype(np.int32)
         w.write_table("units", {
@@ -69,7 +71,7 @@ def generate(root: Path, n_units: int) -> None:
             "mu_rest": rng.exponential(size=n), "grad_mean": rng.normal(0, 0.01, n), "grad_abs_mean": rng.exponential(0.01, n),
             "taylor": rng.exponential(1e-4, n), "taylor_norm": rng.exponential(0.01, n),
             "abl_acc_delta": -rng.exponential(0.001, n), "abl_loss_delta": rng.normal(0.003, 0.01, n),
-            "anomaly_max": rng.normal(0, 1, n), "anomaly_class": rng.integers(0, CLASSES, n).astype(np.int32)})
+            "anomaly_max": class_anomaly.max(1), "anomaly_class": class_anomaly.argmax(1).astype(np.int32)})
         steps.update()
         k = n * CLASSES
         w.write_table("unit_classes", {
@@ -78,7 +80,7 @@ def generate(root: Path, n_units: int) -> None:
             "class_name": np.tile(np.array(cls_names, dtype=object), n), "n": np.full(k, 100, dtype=np.int64),
             "mean_act": rng.normal(size=k), "mean_rect": rng.exponential(size=k), "grad_mean": rng.normal(0, 0.01, k),
             "grad_abs_mean": rng.exponential(0.01, k), "taylor": rng.exponential(1e-4, k), "frac_active": rng.uniform(0, 1, k),
-            "anomaly": rng.normal(-0.5, 0.6, k), "abl_acc_delta": -rng.exponential(0.001, k),
+            "anomaly": class_anomaly.ravel(), "abl_acc_delta": -rng.exponential(0.001, k),
             "abl_loss_delta": rng.normal(0.003, 0.01, k)})
         steps.update()
         t = k * EPOCHS

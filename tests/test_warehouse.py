@@ -26,6 +26,22 @@ def test_every_view_exists_with_run_ids_and_schema_columns(small_run):
         assert n > 0 and with_id == n, name
 
 
+def test_units_in_memory_equal_the_parquet_units(small_run):
+    """The in-memory copy (with each unit's class-ordered anomalies) and the plain Parquet view agree."""
+    from warehouse.connect import has_units_in_memory
+
+    memory, disk = warehouse.connect(small_run[0]), warehouse.connect(small_run[0], memory_units=0)
+    assert has_units_in_memory(memory) and not has_units_in_memory(disk)
+    order = "SELECT * FROM units ORDER BY layer_index, unit"
+    assert memory.execute(order).fetchall() == disk.execute(order).fetchall()
+    assert [r[0] for r in memory.execute("DESCRIBE units").fetchall()] == [c.name for c in TABLES["units"].columns]
+    listed = memory.execute("SELECT layer, unit, class_anomaly FROM units_in_memory").fetchall()
+    rows = {(layer, unit, c): a for layer, unit, c, a in disk.execute(
+        'SELECT layer, unit, "class", anomaly FROM unit_classes').fetchall()}
+    assert len(listed) == 226
+    assert all(a == rows[(layer, unit, c)] for layer, unit, anomalies in listed for c, a in enumerate(anomalies))
+
+
 def test_row_counts_match_the_model(small_run):
     con = warehouse.connect(small_run[0])
     layers = con.execute("SELECT layer, kind, n_units, shape FROM layers ORDER BY layer_index").fetchall()

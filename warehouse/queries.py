@@ -17,6 +17,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
+from warehouse.connect import UNITS_IN_MEMORY, has_units_in_memory
 from warehouse.schema import TABLES
 
 _KEYS = ("run_id", "layer", "unit")
@@ -183,12 +184,13 @@ def _class_rows_sql(f: UnitFilter) -> tuple[str, list[Any]]:
 
 
 def filter_sql(f: UnitFilter, columns: tuple[str, ...] = UNIT_COLUMNS, ordered: bool = True,
-               matches: bool = True) -> tuple[str, list[Any]]:
+               matches: bool = True, memory: bool = False) -> tuple[str, list[Any]]:
     """One SELECT over ``units``, plus ``matched_classes`` when class conditions are set and ``matches``.
 
     ``ordered=False`` leaves out the ORDER BY when no limit depends on it (counts, samples).
     ``unit_classes`` is scanned once at most: for membership and matched classes together, or,
-    when ``units.anomaly_max`` answers membership, for the matched classes of the rows kept.
+    when ``units.anomaly_max`` answers membership, for the matched classes of the rows kept, unless
+    ``memory`` says the connection holds ``units_in_memory``, whose ``class_anomaly`` names them.
     """
     for c in columns:
         _check_column(c, UNIT_COLUMNS, "column")
@@ -199,13 +201,16 @@ def filter_sql(f: UnitFilter, columns: tuple[str, ...] = UNIT_COLUMNS, ordered: 
     floor = _anomaly_floor(f) if by_class else None
     scan = by_class and floor is None  # membership needs unit_classes
     gather = by_class and matches
+    from_memory = gather and floor is not None and memory
     rows, row_params = _class_rows_sql(f) if by_class else ("", [])
     # Classes are gathered as integers and named from runs.class_names at the end: reading the
     # class_name strings of unit_classes rows costs about a third of the query.
     grouped = (f'SELECT c.layer, c.unit, list(c."class" ORDER BY c."class") AS matched FROM ({rows}) c {{}} '
                f"GROUP BY c.layer, c.unit")
     source, params, extra = "units u", [], ""
-    if scan and gather:
+    if from_memory:
+        source, extra = f"{UNITS_IN_MEMORY} u", ", u.class_anomaly"
+    elif scan and gather:
         source += f" JOIN ({grouped.format('')}) m ON m.layer = u.layer AND m.unit = u.unit"
         params, extra = list(row_params), ", m.matched"
     elif scan:
@@ -246,6 +251,11 @@ def filter_sql(f: UnitFilter, columns: tuple[str, ...] = UNIT_COLUMNS, ordered: 
     if scan:
         sql = f"WITH page AS ({sql}) SELECT {shown}, {names.format('page')} FROM page JOIN runs r ON r.run_id = ?"
         params.append(f.run_id)
+    elif from_memory:
+        listed = ("list_transform(list_filter(range(len(page.class_anomaly)), lambda k: page.class_anomaly[k + 1] >= ?), "
+                  "lambda k: r.class_names[k + 1]) AS matched_classes")
+        sql = f"WITH page AS ({sql}) SELECT {shown}, {listed} FROM page JOIN runs r ON r.run_id = ?"
+        params += [floor, f.run_id]
     else:
         kept = grouped.format("SEMI JOIN page ON page.layer = c.layer AND page.unit = c.unit")
         sql = (f"WITH page AS ({sql}), m AS ({kept}) SELECT {shown}, {names.format('m')} FROM page "
@@ -258,12 +268,12 @@ def filter_sql(f: UnitFilter, columns: tuple[str, ...] = UNIT_COLUMNS, ordered: 
 
 def filter_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> pd.DataFrame:
     """The units matching ``f``, every column of ``units`` (and ``matched_classes``)."""
-    sql, params = filter_sql(f)
+    sql, params = filter_sql(f, memory=has_units_in_memory(con))
     return con.execute(sql, params).df()
 
 
 def filter_units_arrow(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> pa.Table:
-    sql, params = filter_sql(f)
+    sql, params = filter_sql(f, memory=has_units_in_memory(con))
     return con.sql(sql, params=params).to_arrow_table()
 
 

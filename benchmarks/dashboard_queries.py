@@ -180,7 +180,7 @@ def main() -> int:
     print(f"{n:,} units, {memory.execute('SELECT count(*) FROM unit_classes').fetchall()[0][0]:,} unit_classes rows, "
           f"{memory.execute('SELECT count(*) FROM train_trace').fetchall()[0][0]:,} train_trace rows; "
           f"{args.repeat} runs each; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-    print(f"warehouse.connect: {load_s:.2f} s (copies units into memory)")
+    print(f"warehouse.connect: {load_s:.2f} s (copies units and their per-class anomalies into memory)")
     print(f"{'query (ms)':<52}" + "".join(f" {k + ' p50':>12} {'p95':>6}" for k in cons) + "   arrow/memory p95")
     worst = 0.0
     for name in cases(memory):

@@ -44,7 +44,7 @@ def fingerprint(root: str) -> Fingerprint:
     return tuple(out)
 
 
-@st.cache_resource(max_entries=2, show_spinner=False)
+@st.cache_resource(max_entries=2, show_spinner="Loading the warehouse's units into memory…")
 def _database(root: str, fp: Fingerprint) -> duckdb.DuckDBPyConnection:
     # Built once per published state of the warehouse and shared by every session: it holds the
     # in-memory copy of ``units``. Not closed on release: sessions' cursors may still be using it.

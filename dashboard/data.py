@@ -8,6 +8,7 @@ a newly computed run shows up at once and a stale result is never served. All SQ
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -118,9 +119,20 @@ def correlations(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return per_layer(points, x, y)
 
 
-@st.cache_data(show_spinner=False, max_entries=64)
-def export(root: str, fp: Fingerprint, f: queries.UnitFilter, fmt: str) -> bytes:
-    return export_units(_connection(root, fp), f, fmt)
+def export_on_click(root: str, fp: Fingerprint, f: queries.UnitFilter, fmt: str) -> Callable[[], bytes]:
+    """The export of every unit matching ``f``, made only when its download button is clicked: a
+    million-unit CSV is not built on every rerun. Streamlit runs it on another thread, so it reads
+    through a cursor of its own."""
+    database = _database(root, fp)
+
+    def make() -> bytes:
+        cursor = database.cursor()
+        try:
+            return export_units(cursor, f, fmt)
+        finally:
+            cursor.close()
+
+    return make
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

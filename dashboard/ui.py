@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pandas as pd
@@ -78,8 +79,9 @@ def slug(text: str) -> str:
 
 
 def downloads(name: str, key: str, *, frame: pd.DataFrame | None = None,
-              payload: dict[str, bytes] | None = None) -> None:
-    """CSV and Parquet download buttons for exactly the rows of a table view."""
+              payload: dict[str, bytes | Callable[[], bytes]] | None = None) -> None:
+    """CSV and Parquet download buttons for exactly the rows of a table view (``payload``: the
+    bytes per format, or callables that make them when clicked)."""
     cols = st.columns(len(FORMATS))
     for col, fmt in zip(cols, FORMATS):
         blob = payload[fmt] if payload is not None else data.frame_bytes(frame, fmt)

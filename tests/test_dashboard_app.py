@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 import streamlit as st
 import streamlit.testing.v1.app_test as app_test_module
+from streamlit.runtime.media_file_manager import MediaFileManager
 from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
@@ -36,6 +37,16 @@ class RecordingStorage(MemoryMediaFileStorage):
         RecordingStorage.instances.append(self)
 
 
+class RecordingManager(MediaFileManager):
+    """Streamlit's real media file manager, remembered so a test can make a download made on click."""
+
+    instances: list[MediaFileManager] = []
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        RecordingManager.instances.append(self)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _release_caches():
     """Close the cached DuckDB connections when the module is done, not at interpreter exit."""
@@ -48,13 +59,15 @@ def _release_caches():
 @pytest.fixture()
 def app(monkeypatch, warehouse_root):
     monkeypatch.setattr(app_test_module, "MemoryMediaFileStorage", RecordingStorage)
+    monkeypatch.setattr(app_test_module, "MediaFileManager", RecordingManager)
     monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(warehouse_root))
     return AppTest.from_file(str(APP), default_timeout=60)
 
 
 def downloaded(at: AppTest, key: str) -> bytes:
-    """The bytes the download button ``key`` serves in the latest run."""
-    url = at.download_button(key=key).proto.url
+    """The bytes the download button ``key`` serves in the latest run (made now if it is made on click)."""
+    proto = at.download_button(key=key).proto
+    url = proto.url or RecordingManager.instances[-1].execute_deferred(proto.deferred_file_id)
     return RecordingStorage.instances[-1].get_file(url.rsplit("/", 1)[1]).content
 
 

@@ -10,6 +10,7 @@ import streamlit as st
 from dashboard import data, ui, whatif
 from dashboard.evidence import with_thumbnails
 from dashboard.state import COLORS, ExplorerState, decode, encode
+from warehouse.export import FORMATS
 from warehouse.queries import CLASS_METRICS, PRESETS, UNIT_METRICS, QueryError, Range, UnitFilter
 
 MAX_ROWS = 5_000  # table rows shown; downloads hold every matching row
@@ -161,7 +162,7 @@ event = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="
 if event.selection.rows:
     row = table.iloc[event.selection.rows[0]]
     open_unit(run, str(row["layer"]), int(row["unit"]))
-ui.downloads(f"units-{run}", "dl-units", payload={fmt: data.export(root, fp, f, fmt) for fmt in ("csv", "parquet")})
+ui.downloads(f"units-{run}", "dl-units", payload={fmt: data.export_on_click(root, fp, f, fmt) for fmt in FORMATS})
 
 c1, c2 = st.columns([3, 1])
 labels = [f"{layer}:{unit}" for layer, unit in zip(table["layer"], table["unit"])]

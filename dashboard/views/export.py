@@ -30,13 +30,12 @@ f = state.filter
 st.markdown("The units of the **Unit explorer**'s current filter (set it there; this page follows it):")
 st.json(encode(state))
 try:
-    blobs = {fmt: data.export(root, fp, f, fmt) for fmt in FORMATS}
     _, total = data.filtered(root, fp, f, 1)
 except QueryError as e:
     st.error(str(e))
     st.stop()
 st.markdown(f"**{total:,} unit(s)** of run `{f.run_id}`.")
-ui.downloads(f"units-{f.run_id}", "dl-export", payload=blobs)
+ui.downloads(f"units-{f.run_id}", "dl-export", payload={fmt: data.export_on_click(root, fp, f, fmt) for fmt in FORMATS})
 
 args = [".venv/bin/python", "-m", "warehouse", "export", "--warehouse", root, "--run", f.run_id]
 for layer in f.layers:

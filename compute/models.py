@@ -7,6 +7,7 @@ and ablations refer to. ReLUs are never in-place so that both tensors survive th
 
 from __future__ import annotations
 
+import io
 import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -17,6 +18,7 @@ from torch import nn
 
 from compute.discover import trace_probes
 from compute.errors import ConfigError
+from warehouse.store import write_file
 
 MODELS = ("lenet5", "mlp", "cifar-convnet", "torchvision:<name>")
 TORCHVISION_PREFIX = "torchvision:"
@@ -184,10 +186,12 @@ def build_model(spec: ModelSpec) -> ProbedModel:
 
 def save_checkpoint(model: ProbedModel, spec: ModelSpec | None, path: Path) -> None:
     """Weights and the spec to rebuild the model; a model without spec (given from Python) whole."""
+    buffer = io.BytesIO()
     if spec is None:
-        torch.save({"module": model}, path)
+        torch.save({"module": model}, buffer)
     else:
-        torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, path)
+        torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, buffer)
+    write_file(path, buffer.getbuffer(), "the checkpoint")
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

@@ -35,7 +35,7 @@ from compute.unit_images import COLUMNS as IMAGE_COLUMNS
 from compute.unit_images import ROW_GROUP_ROWS, unit_images
 from warehouse.schema import SCHEMA_VERSION
 from warehouse.faults import crash_point
-from warehouse.store import RunWriter, check_run_id
+from warehouse.store import RunWriter, check_run_id, write_file
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -212,7 +212,7 @@ def settle_config(cfg: RunConfig, run_id: str, stages_dir: Path, resume: bool) -
         return RunConfig.from_dict(json.loads(path.read_text()))
     cfg = replace(cfg, run_id=run_id)
     stages_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(asdict(cfg)))
+    write_file(path, json.dumps(asdict(cfg)).encode(), "the run's configuration")
     return cfg
 
 

@@ -1,14 +1,14 @@
 """Finished stages of a run, kept in its staging folder so an interrupted run can resume.
 
 Each stage's result is pickled with ``torch.save`` to ``stages/<name>.pt`` through a temporary
-file and an atomic rename, so a stage file is either complete or absent. Resuming loads every
+file and an atomic rename (``warehouse.store.write_file``), so a stage file is either complete or absent. Resuming loads every
 finished stage and computes only the rest; with the same seed the result equals an uninterrupted
 run's.
 """
 
 from __future__ import annotations
 
-import os
+import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -16,6 +16,7 @@ from typing import TypeVar
 import torch
 
 from warehouse.faults import crash_point
+from warehouse.store import write_file
 
 T = TypeVar("T")
 
@@ -29,12 +30,11 @@ class StageStore:
         return self.directory / f"{name}.pt"
 
     def save(self, name: str, value: object) -> None:
-        tmp = self.directory / f".{name}.pt.tmp"
-        with open(tmp, "wb") as f:
-            torch.save(value, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path(name))
+        # Serialized in memory first: torch.save onto a file that fails mid-way (a full disk) raises
+        # its own RuntimeError; a plain write raises the OSError that write_file explains.
+        buffer = io.BytesIO()
+        torch.save(value, buffer)
+        write_file(self.path(name), buffer.getbuffer(), f"finished stage {name!r}")
 
     def load(self, name: str) -> object | None:
         """A finished stage's value, or None if it has not finished."""

@@ -1,12 +1,14 @@
-"""Fault injection: SIGKILL the compute process at many points of a real run, then resume.
+"""Fault injection: SIGKILL the compute process at many points of a real run, or make its writes
+fail as on a full disk, then resume.
 
-Each time the warehouse must still open with every earlier run intact and the killed run absent;
+Each time the warehouse must still open with every earlier run intact and the failed run absent;
 ``--resume`` must then publish a run equal to an uninterrupted one with the same seed.
 """
 
 from __future__ import annotations
 
 import os
+import resource
 import shutil
 import signal
 import subprocess
@@ -28,13 +30,19 @@ CRASH_POINTS = ["after-load", "epoch-1", "after-train", "after-statistics", "aft
 VOLATILE = {"run_id", "created_at", "duration_s", "config"}
 
 
-def compute(*args: str, crash_at: str | None = None) -> subprocess.CompletedProcess[str]:
+def compute(*args: str, crash_at: str | None = None, max_file_bytes: int | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m compute run``; ``max_file_bytes`` makes every larger write fail as on a full disk."""
     env = {**os.environ, "NEURON_ATLAS_QUIET": "1"}
     env.pop(ENV_VAR, None)
     if crash_at:
         env[ENV_VAR] = crash_at
-    return subprocess.run([sys.executable, "-m", "compute", "run", *args], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
+
+    def limit_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (max_file_bytes, max_file_bytes))
+
+    return subprocess.run([sys.executable, "-m", "compute", "run", *args], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=600, preexec_fn=limit_files if max_file_bytes else None)
 
 
 def tables(run_dir: Path) -> dict[str, dict[str, list]]:
@@ -71,6 +79,28 @@ def test_sigkill_at_every_stage_then_resume_equals_uninterrupted(reference: Path
         assert tables(root / "runs" / run_id) == expected, point
         shutil.rmtree(root / "runs" / run_id)
     assert sorted(p.name for p in (root / ".staging").iterdir()) == []
+
+
+@pytest.mark.parametrize("crash_at,failed_write", [
+    ("after-train", "cannot write finished stage 'images'"),  # images.pt (about 9 MB) is the first file over 1 MB
+    ("after-images", "cannot write table unit_images"),  # unit_images.parquet (about 5 MB)
+])
+def test_a_full_disk_is_explained_and_the_run_resumes(reference: Path, tmp_path: Path, crash_at: str, failed_write: str):
+    """A write that fails mid-run (here: a 1 MB file-size limit, as a full disk would) ends the run with a
+    message and exit code 2, publishes nothing, keeps the finished stages and leaves earlier runs whole."""
+    root = tmp_path / "wh"
+    shutil.copytree(reference, root / "runs" / "earlier")
+    args = [*RUN_ARGS, "--warehouse", str(root), "--run-id", "full"]
+    assert compute(*args, crash_at=crash_at).returncode == -signal.SIGKILL
+    full = compute("--warehouse", str(root), "--run-id", "full", "--resume", max_file_bytes=1 << 20)
+    assert full.returncode == 2, full.stderr
+    assert failed_write in full.stderr and "File too large" in full.stderr and "Traceback" not in full.stderr
+    assert [(r.run_id, r.ok) for r in list_runs(root)] == [("earlier", True)]
+    assert (root / ".staging" / "full.stages" / "statistics.pt").is_file()
+    assert not list((root / ".staging").rglob(".*.tmp"))  # no half-written stage file
+    resumed = compute("--warehouse", str(root), "--run-id", "full", "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert tables(root / "runs" / "full") == tables(reference)
 
 
 def test_same_run_id_is_refused_while_running_and_other_ids_land(tmp_path: Path):

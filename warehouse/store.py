@@ -109,6 +109,25 @@ def list_runs(root: Path) -> list[RunInfo]:
     return [_inspect(p) for p in sorted(runs_dir.iterdir()) if (p / MANIFEST).exists()]
 
 
+def write_file(path: Path, data: bytes | memoryview, what: str) -> None:
+    """Write ``data`` to ``path`` through a temporary file, synced and renamed into place.
+
+    A failed write (a full disk, a file-size limit) leaves no partial file and raises a
+    ``WarehouseError`` naming ``what``; the run's finished stages are kept for ``--resume``.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise WarehouseError(f"cannot write {what} to {path.parent}: {e.strerror or e}. Free space (or raise "
+                             f"the file-size limit) and run again; finished stages are kept for --resume.") from e
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -229,7 +248,9 @@ class RunWriter:
             pq.write_table(table, self.staging / f"{name}.parquet", compression=COMPRESSION,
                            row_group_size=row_group_size or ROW_GROUP_ROWS)
         except OSError as e:
-            raise WarehouseError(f"cannot write table {name} to {self.staging}: {e}") from e
+            raise WarehouseError(f"cannot write table {name} to {self.staging}: {e.strerror or e}. Free space (or "
+                                 f"raise the file-size limit) and run again; finished stages are kept for --resume."
+                                 ) from e
         self.tables.append(name)
 
     def publish(self, extra: dict[str, Any] | None = None) -> Path:

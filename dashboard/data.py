@@ -110,6 +110,11 @@ def filtered(root: str, fp: Fingerprint, f: queries.UnitFilter, max_rows: int) -
 
 
 @st.cache_data(show_spinner=False, max_entries=128)
+def count(root: str, fp: Fingerprint, f: queries.UnitFilter) -> int:
+    return queries.count_units(_connection(root, fp), f)
+
+
+@st.cache_data(show_spinner=False, max_entries=128)
 def scatter(root: str, fp: Fingerprint, f: queries.UnitFilter, x: str, y: str) -> tuple[pd.DataFrame, int]:
     return queries.scatter_data(_connection(root, fp), f, x, y)
 

@@ -138,6 +138,9 @@ def test_explorer_preset_scatter_correlation_export_and_open(app, con):
     n = q.count_units(con, f)
     assert n > 0 and count_line(at) == n
     assert at.query_params["preset"] == HGLA and at.query_params["cc"] == "anomaly:1.0:"
+    n_dead = int(q.filter_units(con, f).dead.sum())
+    hint = [c.value for c in at.caption if "of them are dead" in c.value]
+    assert (hint[0].startswith(f"{n_dead:,} of them are dead") if n_dead else not hint), hint
     table = at.dataframe(key="ex-table").value
     assert list(zip(table.layer, table.unit)) == list(zip(*[q.filter_units(con, f)[c] for c in ("layer", "unit")]))
     # The downloads hold exactly the filtered rows.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import plotly.express as px
@@ -148,6 +149,9 @@ st.markdown(f"**{total:,} unit(s) match.**" + (f" The table shows the first {len
 if total == 0:
     st.info("No unit matches this filter. Widen a range, pick more layers or choose another preset.")
     st.stop()
+if f.dead is None and f.limit is None and (n_dead := data.count(root, fp, replace(f, dead=True))):
+    st.caption(f"{n_dead:,} of them are dead: never active on the evaluation set (the loss can still push a "
+               "silent unit up). Choose *Dead units: live only* to hide them.")
 
 # --- table ---------------------------------------------------------------------------------------
 first = ["layer", "unit", *(["matched_classes"] if "matched_classes" in table else []), "selectivity",

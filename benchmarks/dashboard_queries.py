@@ -8,6 +8,8 @@ three connections measured side by side in one run:
 - ``parquet``: ``warehouse.connect(memory_units=0)``, what a warehouse above ``MEMORY_UNITS`` gets;
 - ``arrow``: the first design, Parquet opened by pyarrow and registered as Arrow datasets.
 
+Then whole pages (explorer, unit page) run end to end by Streamlit's AppTest, cold and rerun.
+
 The synthetic run has the real schema: 8 layers of 125,000 units, 10 classes (10 M
 ``unit_classes`` rows) and 2 epochs of training trace (20 M rows), rows in (layer, unit) order as
 the compute step writes them. It is generated once into --warehouse (default: a folder under the
@@ -19,6 +21,7 @@ system temp dir) and reused.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 import tempfile
@@ -191,7 +194,41 @@ def main() -> int:
               + f"   {row['arrow'][1] / row['memory'][1]:6.1f}x")
     print(f"target p95 < {TARGET_MS:.0f} ms with warehouse.connect (custom class conditions excluded): "
           f"{'met' if worst <= TARGET_MS else 'NOT met'} (worst p95 {worst:.1f} ms)")
+    pages(root, per, max(3, args.repeat // 6))
     return 0
+
+
+def pages(root: Path, per: int, repeat: int) -> None:
+    """Whole pages as a user meets them: Streamlit's AppTest runs the page script end to end (queries,
+    table, scatter, correlation), first cold (the first page also imports the app's libraries and
+    loads the warehouse into memory), then rerun with Streamlit's caches warm."""
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["NEURON_ATLAS_WAREHOUSE"] = str(root)
+    app = str(Path(__file__).resolve().parent.parent / "dashboard" / "app.py")
+    hgla = {"run": RUN_ID, "preset": "high gradient, low activation", "cc": "anomaly:1.0:", "sort": "anomaly_max",
+            "desc": "1"}
+    print(f"\n{'page (AppTest, seconds)':<52} {'first':>8} {'rerun p50':>10}")
+    for name, page, params in (("explorer, all units", "explorer", {"run": RUN_ID}),
+                               ("explorer, preset high gradient, low activation", "explorer", hgla),
+                               ("unit page", "unit", {"run": RUN_ID, "unit": f"layer3:{per // 2}"})):
+        # AppTest outside a server warns of a missing script context each time it is built.
+        logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").setLevel(logging.ERROR)
+        at = AppTest.from_file(app, default_timeout=600)
+        at.switch_page(f"views/{page}.py")
+        for k, v in params.items():
+            at.query_params[k] = v
+        t0 = time.perf_counter()
+        at.run()
+        first = time.perf_counter() - t0
+        if at.exception:
+            raise RuntimeError(f"page {page} failed: {at.exception[0].value}")
+        again = []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            at.run()
+            again.append(time.perf_counter() - t0)
+        print(f"{name:<52} {first:8.2f} {float(np.median(again)):10.2f}")
 
 
 if __name__ == "__main__":

@@ -29,3 +29,5 @@ def test_dashboard_query_benchmark_runs(tmp_path):
         line = next(x for x in out.splitlines() if x.startswith(query))
         assert len([float(v) for v in line.split()[-7:-1]]) == 6  # p50/p95 of three connections
     assert "target p95 < 100 ms" in out
+    for page in ("explorer, all units", "explorer, preset high gradient, low activation", "unit page"):
+        assert next(x for x in out.splitlines() if x.startswith(page)).split()[-2:]  # cold and rerun seconds

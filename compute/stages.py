@@ -1,9 +1,9 @@
 """Finished stages of a run, kept in its staging folder so an interrupted run can resume.
 
 Each stage's result is pickled with ``torch.save`` to ``stages/<name>.pt`` through a temporary
-file and an atomic rename (``warehouse.store.write_file``), so a stage file is either complete or absent. Resuming loads every
-finished stage and computes only the rest; with the same seed the result equals an uninterrupted
-run's.
+file and an atomic rename (``warehouse.store.write_file``), so a stage file is either complete or
+absent. Resuming loads every finished stage and computes only the rest; with the same seed the
+result equals an uninterrupted run's.
 """
 
 from __future__ import annotations

@@ -20,8 +20,6 @@ import pyarrow as pa
 from warehouse.connect import UNITS_IN_MEMORY, has_units_in_memory
 from warehouse.schema import TABLES
 
-_KEYS = ("run_id", "layer", "unit")
-
 
 def _numeric_columns(table: str) -> tuple[str, ...]:
     return tuple(c.name for c in TABLES[table].columns

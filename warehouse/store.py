@@ -124,8 +124,13 @@ def write_file(path: Path, data: bytes | memoryview, what: str) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise WarehouseError(f"cannot write {what} to {path.parent}: {e.strerror or e}. Free space (or raise "
-                             f"the file-size limit) and run again; finished stages are kept for --resume.") from e
+        raise write_failed(what, path.parent, e) from e
+
+
+def write_failed(what: str, where: Path, e: OSError) -> WarehouseError:
+    """The error for a write that failed (a full disk, a file-size limit), with what to do about it."""
+    return WarehouseError(f"cannot write {what} to {where}: {e.strerror or e}. Free space (or raise the "
+                          f"file-size limit) and run again; finished stages are kept for --resume.")
 
 
 def _sha256(path: Path) -> str:
@@ -248,9 +253,7 @@ class RunWriter:
             pq.write_table(table, self.staging / f"{name}.parquet", compression=COMPRESSION,
                            row_group_size=row_group_size or ROW_GROUP_ROWS)
         except OSError as e:
-            raise WarehouseError(f"cannot write table {name} to {self.staging}: {e.strerror or e}. Free space (or "
-                                 f"raise the file-size limit) and run again; finished stages are kept for --resume."
-                                 ) from e
+            raise write_failed(f"table {name}", self.staging, e) from e
         self.tables.append(name)
 
     def publish(self, extra: dict[str, Any] | None = None) -> Path:

@@ -30,7 +30,7 @@ f = state.filter
 st.markdown("The units of the **Unit explorer**'s current filter (set it there; this page follows it):")
 st.json(encode(state))
 try:
-    _, total = data.filtered(root, fp, f, 1)
+    total = data.count(root, fp, f)
 except QueryError as e:
     st.error(str(e))
     st.stop()

@@ -3,10 +3,10 @@
 For each model, every probed unit is zeroed alone and the loss delta on the evaluation set is
 measured by:
 
-1. the naive hook loop (``compute.ablation``: one full evaluation pass per unit);
+1. the naive hook loop (``compute.ablation.naive``: one full evaluation pass per unit);
 2. captum's ``LayerFeatureAblation`` (per-example loss as the forward function, one feature group
    per unit), at its best ``perturbations_per_eval`` of those tried;
-3. ``compute.engine.AblationEngine`` (suffix only, many ablations per pass).
+3. ``compute.ablation.engine.AblationEngine`` (suffix only, many ablations per pass).
 
 Models and data:
 - LeNet-5 and the MLP trained for 2 epochs on the bundled mnist-5k digits, evaluated on the real
@@ -49,12 +49,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from compute.ablation import outcome  # noqa: E402
-from compute.data import DIGITS, ImageSet, load_dataset, load_eval_set  # noqa: E402
-from compute.engine import AblationEngine  # noqa: E402
-from compute.models import ModelSpec, ProbedModel, build_model  # noqa: E402
-from compute.probe import ZeroUnit  # noqa: E402
-from compute.train import TrainConfig, train  # noqa: E402
+from compute.ablation.outcome import outcome  # noqa: E402
+from compute.datasets.sources import DIGITS, ImageSet, load_dataset, load_eval_set  # noqa: E402
+from compute.ablation.engine import AblationEngine  # noqa: E402
+from compute.nets.models import ModelSpec, ProbedModel, build_model  # noqa: E402
+from compute.nets.probe import ZeroUnit  # noqa: E402
+from compute.measure.train import TrainConfig, train  # noqa: E402
 
 MNIST_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
 CAPTUM_BATCH = 500

@@ -17,8 +17,9 @@ import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from compute.pipeline import RunConfig, compute_run  # noqa: E402
-from compute.unit_images import ROW_GROUP_ROWS  # noqa: E402
+from compute.run.config import RunConfig  # noqa: E402
+from compute.run.pipeline import compute_run  # noqa: E402
+from compute.images.table import ROW_GROUP_ROWS  # noqa: E402
 from warehouse.store import COMPRESSION  # noqa: E402
 
 

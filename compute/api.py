@@ -5,10 +5,10 @@
                         class_names=["cat", "dog"], layers=["layer4.*"], warehouse="warehouse/data")
     print(run.run_id, run.figures)
 
-Datasets may be ``compute.data.ImageSet`` or any map-style torch ``Dataset`` of
+Datasets may be ``compute.datasets.sources.ImageSet`` or any map-style torch ``Dataset`` of
 ``(image, label)`` pairs with images as float tensors in [0, 1] (C, H, W) or uint8; the model must
 take such images (put any normalisation inside the model). Probe points are found by tracing
-the model's ReLU calls (see ``compute.discover``) unless it names them itself (``probes``).
+the model's ReLU calls (see ``compute.nets.discover``) unless it names them itself (``probes``).
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from compute.data import ImageSet, Splits
-from compute.discover import trace_probes
+from compute.datasets.sources import ImageSet, Splits
+from compute.nets.discover import trace_probes
 from compute.errors import DataError
-from compute.image_config import ImageConfig
-from compute.pipeline import RunConfig, RunSummary, settle_config, analyze_into, default_run_id
+from compute.images.config import ImageConfig
+from compute.run.config import RunConfig, RunSummary, default_run_id, settle_config
+from compute.run.pipeline import analyze_into
 from warehouse.store import RunWriter, check_run_id, default_path
 
 

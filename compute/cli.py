@@ -6,10 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from compute.data import DATASETS
+from compute.datasets.sources import DATASETS
 from compute.errors import AtlasError, ConfigError
-from compute.image_config import ActMaxConfig, ImageConfig
-from compute.models import MODELS, TORCHVISION_PREFIX
+from compute.images.config import ActMaxConfig, ImageConfig
+from compute.nets.models import MODELS, TORCHVISION_PREFIX
 from warehouse.store import ENV_VAR, WarehouseError, default_path, list_runs
 
 
@@ -175,7 +175,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, **overrides: object):
-    from compute.pipeline import RunConfig  # torch loads only for the commands that compute
+    from compute.run.config import RunConfig  # torch loads only for the commands that compute
 
     return RunConfig(
         model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -195,7 +195,7 @@ def _print_summary(summary) -> None:
 
 
 def _run(args: argparse.Namespace, root: Path) -> int:
-    from compute.pipeline import compute_run
+    from compute.run.pipeline import compute_run
 
     if args.resume and not args.run_id:
         raise ConfigError("--resume needs the --run-id of the interrupted run (see the folders in "
@@ -207,7 +207,7 @@ def _run(args: argparse.Namespace, root: Path) -> int:
 
 def _sweep(args: argparse.Namespace, root: Path) -> int:
     """Every (label noise, seed) pair; runs already published are kept, so a sweep can be completed."""
-    from compute.pipeline import compute_run
+    from compute.run.pipeline import compute_run
 
     experiment = args.experiment or f"{args.model}-{args.dataset.split(':')[0]}-sweep"
     published = {r.run_id for r in list_runs(root) if r.ok}
@@ -241,9 +241,10 @@ def _list(root: Path) -> int:
 def _layers(args: argparse.Namespace) -> int:
     import torch
 
-    from compute.models import ModelSpec, build_model
-    from compute.pipeline import RunConfig, layer_shapes
-    from compute.receptive_field import centre_field
+    from compute.nets.models import ModelSpec, build_model
+    from compute.nets.models import layer_shapes
+    from compute.run.config import RunConfig
+    from compute.nets.receptive_field import centre_field
 
     options = RunConfig(model=args.model, widths=args.widths, width=args.width).model_options()
     model = build_model(ModelSpec(args.model, args.input_shape, args.classes, options))

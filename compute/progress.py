@@ -52,3 +52,13 @@ def bar(iterable: Iterable[T] | None, desc: str, unit: str = "it", total: int | 
     quiet = os.environ.get("NEURON_ATLAS_QUIET") == "1"
     return tqdm(iterable, desc=f"{desc:<12}", unit=unit, total=total, initial=initial, disable=quiet, file=sys.stderr,
                 mininterval=0.2 if sys.stderr.isatty() else 5.0, dynamic_ncols=True)
+
+
+def stage_started(name: str) -> None:
+    """Announce stage ``name`` of the declared list (``compute.run.stages.STAGE_NAMES``).
+
+    In ``lines`` mode this is a ``PROGRESS`` line with ``n = total = 0`` and ``"start": true``, which
+    the dashboard turns into "stage i of N"; a terminal needs nothing (each stage's bar names it).
+    """
+    if os.environ.get("NEURON_ATLAS_PROGRESS") == "lines":
+        print(PREFIX + json.dumps({"stage": name, "n": 0, "total": 0, "start": True}), file=sys.stderr, flush=True)

@@ -1,6 +1,6 @@
 """The explorer's live what-if ablation: the one place the dashboard loads torch, and only on demand.
 
-``compute.whatif`` keeps the loaded checkpoint and data cached per run, so after the first call an
+``compute.run.whatif`` keeps the loaded checkpoint and data cached per run, so after the first call an
 ablation of LeNet-5 on the default run takes well under a second.
 """
 
@@ -16,7 +16,7 @@ from warehouse.store import RUNS_DIR
 def run(root: str, run_id: str, labels: list[str], split: str) -> tuple[dict[str, float], pd.DataFrame] | str:
     """Ablate the units named ``layer:unit`` together; a summary and per-class table, or an error message."""
     from compute.errors import AtlasError  # torch loads here, when a person asks for an ablation
-    from compute.whatif import ablate_units
+    from compute.run.whatif import ablate_units
 
     units: dict[str, list[int]] = {}
     for label in labels:

@@ -9,12 +9,12 @@ from functools import lru_cache
 import torch
 from torch import nn
 
-from compute.ablation import Outcome, outcome
-from compute.data import ImageSet, load_dataset, stratified_subset
-from compute.engine import torch_threads
-from compute.models import LeNet5, ModelSpec, ProbedModel, build_model
-from compute.probe import ZeroUnit
-from compute.train import TrainConfig, train
+from compute.ablation.outcome import Outcome, outcome
+from compute.datasets.sources import ImageSet, load_dataset, stratified_subset
+from compute.ablation.engine import torch_threads
+from compute.nets.models import LeNet5, ModelSpec, ProbedModel, build_model
+from compute.nets.probe import ZeroUnit
+from compute.measure.train import TrainConfig, train
 
 
 @lru_cache(maxsize=1)

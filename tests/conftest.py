@@ -28,8 +28,9 @@ def shared_mnist() -> Path:
 def small_run(tmp_path_factory: pytest.TempPathFactory):
     """A LeNet-5 trained for 2 epochs on 1,000 mnist-5k digits, evaluated on 300 held-out digits,
     with a light images stage (top 5 examples, 32 activation-maximization steps)."""
-    from compute.image_config import ActMaxConfig, ImageConfig
-    from compute.pipeline import RunConfig, compute_run
+    from compute.images.config import ActMaxConfig, ImageConfig
+    from compute.run.config import RunConfig
+    from compute.run.pipeline import compute_run
 
     root = tmp_path_factory.mktemp("warehouse")
     cfg = RunConfig(model="lenet5", dataset="mnist-5k", epochs=2, seed=0, train_size=1000, eval_size=300,
@@ -41,8 +42,8 @@ def small_run(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def small_run_artifacts(small_run):
     """The small run's reloaded model, its evaluation set and its config, for recomputation."""
-    from compute.data import load_dataset, stratified_subset
-    from compute.models import load_checkpoint
+    from compute.datasets.sources import load_dataset, stratified_subset
+    from compute.nets.models import load_checkpoint
 
     root, summary = small_run
     model, spec = load_checkpoint(summary.path / "checkpoint.pt")

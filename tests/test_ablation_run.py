@@ -7,9 +7,11 @@ import pytest
 
 from tests.ablation_models import naive_outcome
 from compute.errors import ConfigError
-from compute.models import load_checkpoint
-from compute.pipeline import CHECKPOINT, RunConfig, compute_run, load_data
-from compute.whatif import ablate_units, load_run, run_config
+from compute.nets.models import load_checkpoint
+from compute.run.config import RunConfig, load_data
+from compute.run.pipeline import compute_run
+from warehouse.store import CHECKPOINT
+from compute.run.whatif import ablate_units, load_run, run_config
 from warehouse.connect import connect
 
 

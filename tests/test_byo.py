@@ -13,12 +13,13 @@ from torch import nn
 
 import warehouse
 from compute.api import analyze
-from compute.data import load_dataset, stratified_subset
-from compute.discover import select_layers, trace_probes
+from compute.datasets.sources import load_dataset, stratified_subset
+from compute.nets.discover import select_layers, trace_probes
 from compute.errors import ConfigError, DataError
-from compute.models import ModelSpec, build_model, load_checkpoint, save_checkpoint
-from compute.pipeline import RunConfig, compute_run
-from compute.probe import Probe
+from compute.nets.models import ModelSpec, build_model, load_checkpoint, save_checkpoint
+from compute.run.config import RunConfig
+from compute.run.pipeline import compute_run
+from compute.nets.probe import Probe
 
 
 class ResidualNet(nn.Module):
@@ -68,7 +69,7 @@ def test_traced_probes_see_each_relu_call_like_a_manual_forward():
 def test_layer_selection_by_name_and_glob():
     probes = build_model(ModelSpec("torchvision:resnet18", (1, 28, 28), 10)).probes
     assert len(probes) == 17 and list(probes)[:3] == ["relu", "layer1.0.relu", "layer1.0.relu_1"]
-    from compute.pipeline import layer_shapes
+    from compute.nets.models import layer_shapes
 
     model = build_model(ModelSpec("torchvision:resnet18", (1, 28, 28), 10))
     assert sum(s[0] for s in layer_shapes(model, (1, 28, 28)).values()) == 3904

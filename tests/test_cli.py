@@ -69,7 +69,8 @@ def test_list_on_empty_warehouse_says_what_to_do(tmp_path: Path):
 
 def test_default_demo_run_reaches_95_percent(tmp_path: Path):
     """The demo settings (LeNet-5, mnist-5k, default epochs) must clear 95% test accuracy."""
-    from compute.pipeline import RunConfig, compute_run
+    from compute.run.config import RunConfig
+    from compute.run.pipeline import compute_run
 
     summary = compute_run(RunConfig(run_id="demo", images=None), tmp_path)
     assert summary.figures["test_acc"] >= 0.95

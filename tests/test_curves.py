@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 
 from tests.ablation_models import digits, naive_outcome, trained_model
-from compute.ablation import outcome
-from compute.curves import FRACTIONS, UnitScores, ablation_curves, groups, normalized_auc, unit_orders
-from compute.engine import AblationEngine
-from compute.stats import evaluation_stats, selectivity
+from compute.ablation.outcome import outcome
+from compute.ablation.curves import FRACTIONS, UnitScores, ablation_curves, groups, normalized_auc, unit_orders
+from compute.ablation.engine import AblationEngine
+from compute.measure.stats import evaluation_stats, selectivity
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +23,7 @@ def lenet_curves():
     stats = evaluation_stats(model, model.probe_modules(), data)
     scores = {n: UnitScores(selectivity(stats.layers[n].class_means["rect"])["selectivity"], single[n].loss_delta)
               for n in model.probes}
-    curves, aucs = ablation_curves(engine, data, scores, "r1", split="eval")
+    curves, aucs = ablation_curves(engine, data, scores, split="eval")
     return model, data, base, scores, curves, aucs
 
 
@@ -36,8 +36,8 @@ def test_table_shape_and_grid(lenet_curves):
     _, _, _, _, curves, aucs = lenet_curves
     n_orders = 5 + 3
     layers = ["conv1", "conv2", "fc1", "fc2", "last2"]
-    assert len(curves["run_id"]) == len(layers) * n_orders * len(FRACTIONS)
-    assert len(aucs["run_id"]) == len(layers) * n_orders
+    assert len(curves["split"]) == len(layers) * n_orders * len(FRACTIONS)
+    assert len(aucs["split"]) == len(layers) * n_orders
     assert sorted(set(curves["layer"])) == sorted(layers)
     for r in rows(curves, layer="fc1"):
         assert r["n_units"] == 120 and r["n_ablated"] == round(r["fraction"] * 120)
@@ -116,7 +116,7 @@ def test_normalized_auc_is_the_trapezoid_over_intact_accuracy(lenet_curves):
     _, _, base, _, curves, aucs = lenet_curves
     acc = [r["accuracy"] for r in rows(curves, layer="fc1", order="importance")]
     by_hand = sum((a + b) / 2 * 0.05 for a, b in zip(acc, acc[1:])) / base.accuracy
-    (row,) = [dict(zip(aucs, v)) for v in zip(*aucs.values()) if v[2] == "fc1" and v[3] == "importance"]
+    (row,) = [dict(zip(aucs, v)) for v in zip(*aucs.values()) if dict(zip(aucs, v))["layer"] == "fc1" and dict(zip(aucs, v))["order"] == "importance"]
     assert row["auc"] == pytest.approx(by_hand, abs=1e-12)
     assert normalized_auc(np.array([0.0, 1.0]), np.array([0.8, 0.8])) == pytest.approx(1.0)
     assert np.isnan(normalized_auc(np.array([0.0, 1.0]), np.array([0.0, 0.0])))
@@ -127,7 +127,7 @@ def test_train_split_uses_the_training_labels():
     train_set, _ = digits()
     engine = AblationEngine(model)
     scores = {n: UnitScores(np.zeros(128), np.zeros(128)) for n in model.probes}
-    curves, _ = ablation_curves(engine, train_set, scores, "r2", split="train", seeds=(0,),
+    curves, _ = ablation_curves(engine, train_set, scores, split="train", seeds=(0,),
                                 fractions=np.array([0.0, 1.0]))
     assert set(curves["split"]) == {"train"}
     intact = outcome(model, train_set)

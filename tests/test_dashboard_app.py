@@ -267,10 +267,10 @@ def test_unit_page_shows_image_evidence(app, con):
 def test_explorer_thumbnails_and_live_what_if_match_the_naive_ablation(app, warehouse_root, con):
     import torch
 
-    from compute.ablation import outcome
-    from compute.models import load_checkpoint
-    from compute.probe import ZeroUnit
-    from compute.whatif import load_run
+    from compute.ablation.outcome import outcome
+    from compute.nets.models import load_checkpoint
+    from compute.nets.probe import ZeroUnit
+    from compute.run.whatif import load_run
 
     at = open_page(app, "explorer")
     at.toggle(key="ex-thumbs").set_value(True).run()

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from compute.data import (FASHION_CLASSES, FASHION_SYSTEM_DIR, CIFAR10_CLASSES, ImageSet, load_dataset,
+from compute.datasets.sources import (FASHION_CLASSES, FASHION_SYSTEM_DIR, CIFAR10_CLASSES, ImageSet, load_dataset,
                           load_eval_set, stratified_subset)
 from compute.errors import DataError
-from compute.idx import read_idx
+from compute.datasets.idx import read_idx
 
 MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 

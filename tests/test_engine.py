@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from tests.ablation_models import Residual, Untraceable, digits, naive_outcome, trained_model
-from compute.ablation import single_unit_ablation
-from compute.engine import AblationEngine
+from compute.ablation.naive import single_unit_ablation
+from compute.ablation.engine import AblationEngine
 from compute.errors import ConfigError
-from compute.probe import ZeroUnit
-from compute.suffix import GraphSplit, WholeModel
+from compute.nets.probe import ZeroUnit
+from compute.ablation.suffix import GraphSplit, WholeModel
 
 
 def untraceable_lenet() -> Untraceable:

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import warehouse
-from compute.data import load_dataset, with_label_noise
+from compute.datasets.sources import load_dataset, with_label_noise
 from compute.errors import DataError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from compute.errors import ConfigError
-from compute.models import ModelSpec, build_model, load_checkpoint, save_checkpoint
-from compute.probe import Probe, ZeroUnit
+from compute.nets.models import ModelSpec, build_model, load_checkpoint, save_checkpoint
+from compute.nets.probe import Probe, ZeroUnit
 
 
 @pytest.mark.parametrize("spec,units", [

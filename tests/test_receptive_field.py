@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from compute.errors import ConfigError
-from compute.models import CifarConvNet, LeNet5
-from compute.receptive_field import receptive_boxes
+from compute.nets.models import CifarConvNet, LeNet5
+from compute.nets.receptive_field import receptive_boxes
 
 
 def arithmetic_boxes(model: nn.Module, layer_module: nn.Module, size: int) -> dict[tuple[int, int], tuple]:

@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from compute.data import stratified_subset, load_dataset
-from compute.models import LeNet5
-from compute.stats import anomaly, selectivity, strongest_anomaly
-from compute.train import TrainConfig, train
+from compute.datasets.sources import stratified_subset, load_dataset
+from compute.nets.models import LeNet5
+from compute.measure.stats import anomaly, selectivity, strongest_anomaly
+from compute.measure.train import TrainConfig, train
 
 LAYERS = ("conv1", "conv2", "fc1", "fc2")
 

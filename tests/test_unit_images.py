@@ -20,13 +20,13 @@ import torch.nn.functional as F
 from streamlit.testing.v1 import AppTest
 
 import warehouse
-from compute.actmax import activation_maps, consistency
-from compute.data import ImageSet, load_dataset, stratified_subset
-from compute.evidence import unit_attributions, weighted_averages
-from compute.image_config import ActMaxConfig, ImageConfig
-from compute.models import CifarConvNet, LeNet5, load_checkpoint
-from compute.render import decode_png, diverging_pixels, image_pixels
-from compute.unit_images import unit_images as compute_unit_images
+from compute.images.actmax import activation_maps, consistency
+from compute.datasets.sources import ImageSet, load_dataset, stratified_subset
+from compute.images.attribution import unit_attributions, weighted_averages
+from compute.images.config import ActMaxConfig, ImageConfig
+from compute.nets.models import CifarConvNet, LeNet5, load_checkpoint
+from compute.images.render import decode_png, diverging_pixels, image_pixels
+from compute.images.table import unit_images as compute_unit_images
 from warehouse.bundle import export_bundle, image_name, safe_part
 from dashboard.evidence import with_thumbnails
 from warehouse.images import data_uri, thumbnails, unit_images
@@ -386,7 +386,7 @@ def test_rgb_conv_net_gets_every_kind_with_colour_images() -> None:
     torch.manual_seed(0)
     model = CifarConvNet((3, 32, 32), 10, width=0.0625).eval()
     probes = {name: m for name, m in model.probe_modules().items() if name in ("conv1", "conv8", "fc1")}
-    table, seconds = compute_unit_images("rgb", model, probes, data, data,
+    table, seconds = compute_unit_images(model, probes, data, data,
                                  ImageConfig(top_k=2, actmax=ActMaxConfig(steps=4, restarts=2)))
     t = pd.DataFrame(table)
     assert set(t.layer) == set(probes) and "activation maximization" in seconds
@@ -404,7 +404,7 @@ def test_rgb_conv_net_gets_every_kind_with_colour_images() -> None:
 @pytest.mark.parametrize("images", [ImageConfig(top_k=3, actmax=ActMaxConfig(steps=7, tv=0.0, seed=4)), None])
 def test_image_settings_survive_resume(tmp_path: Path, images: ImageConfig | None) -> None:
     """An interrupted run resumes with the image settings it started with (saved as JSON)."""
-    from compute.pipeline import RunConfig, settle_config
+    from compute.run.config import RunConfig, settle_config
 
     cfg = RunConfig(run_id="r", images=images)
     settle_config(cfg, "r", tmp_path, resume=False)

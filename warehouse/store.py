@@ -37,6 +37,7 @@ from warehouse.schema import SCHEMA_VERSION, TABLES
 RUNS_DIR = "runs"
 STAGING_DIR = ".staging"
 MANIFEST = "manifest.json"
+CHECKPOINT = "checkpoint.pt"  # the trained weights inside a run folder (a state dict, safe to load)
 ENV_VAR = "NEURON_ATLAS_WAREHOUSE"
 RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 # Rows per Parquet row group. Tables are written in (layer, unit) order, so the row groups' min/max
@@ -236,11 +237,15 @@ class RunWriter:
         return self.staging / name
 
     def write_table(self, name: str, columns: dict[str, Any], row_group_size: int | None = None) -> None:
-        """Write ``columns`` (name -> sequence) as table ``name``, typed by the schema.
+        """Write ``columns`` (name -> sequence) as table ``name``, typed by the schema; ``run_id`` is
+        filled with this run's id when not given.
 
         A small ``row_group_size`` lets readers skip row groups by their statistics (see unit_images).
         """
         schema = TABLES[name].arrow_schema
+        if "run_id" not in columns:
+            rows = len(next(iter(columns.values()), []))
+            columns = {**columns, "run_id": [self.run_id] * rows}
         missing = set(schema.names) - set(columns)
         extra = set(columns) - set(schema.names)
         if missing or extra:

@@ -1,10 +1,10 @@
 """The fast ablation engine: many masked ablations per forward pass, suffix only, streamed in chunks.
 
-For each probed layer the model is split at the probe (``compute.suffix``): the prefix runs once per
+For each probed layer the model is split at the probe (``compute.ablation.suffix``): the prefix runs once per
 chunk of examples, its outputs are cached, and the suffix alone runs on M ablations stacked along
 the batch dimension, each ablation a 0/1 mask over the layer's units (and optionally over units of
 later probed layers). Results are reduced to per-class float64 sums exactly as the reference
-(``compute.ablation``) does, so predictions are the same and losses agree to float rounding.
+(``compute.ablation.naive``) does, so predictions are the same and losses agree to float rounding.
 
 Memory is bounded by ``budget_mb``: chunk size and ablations per pass are chosen so that every tensor
 the suffix computes for one pass fits in the budget; the evaluation set is never expanded whole.
@@ -21,12 +21,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compute.ablation import LayerAblation, Outcome
-from compute.data import ImageSet
+from compute.ablation.outcome import LayerAblation, Outcome
+from compute.datasets.sources import ImageSet
 from compute.errors import ConfigError
-from compute.models import ProbedModel
+from compute.nets.models import ProbedModel
 from compute.progress import bar
-from compute.suffix import Capture, GraphSplit, WholeModel, split_model, trace
+from compute.ablation.suffix import Capture, GraphSplit, WholeModel, split_model, trace
 
 
 @contextmanager
@@ -188,7 +188,7 @@ class AblationEngine:
 
     def single_unit(self, data: ImageSet) -> tuple[Outcome, dict[str, LayerAblation]]:
         """Intact outcome and every unit of every probed layer ablated alone, as
-        ``compute.ablation.single_unit_ablation`` computes them (same predictions, same types)."""
+        ``compute.ablation.naive.single_unit_ablation`` computes them (same predictions, same types)."""
         counts = self.unit_counts(data)
         progress = bar(None, "ablation", unit="unit", total=sum(counts.values()))
         intact, sums = self.evaluate_jobs(data, [{name: 1 - torch.eye(n)} for name, n in counts.items()], progress)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from compute.errors import DataError
-from compute.idx import find_idx_splits, load_idx_pair
+from compute.datasets.idx import find_idx_splits, load_idx_pair
 
 DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "idx:<dir>", "folder:<dir>")
 DIGITS = tuple(str(i) for i in range(10))

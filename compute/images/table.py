@@ -2,7 +2,7 @@
 
 Stages (timed, each with a progress bar): top/bottom examples with receptive-field crops, guided
 backprop and gradient maps of the top examples, activation- and gradient-weighted class averages,
-Happy/SadMaps, and the first conv layer's filters. See compute/evidence.py and compute/actmax.py
+Happy/SadMaps, and the first conv layer's filters. See compute/images/attribution.py and compute/images/actmax.py
 for the definitions, docs/schema.md for the columns.
 """
 
@@ -18,32 +18,31 @@ import numpy as np
 import torch
 from torch import nn
 
-from compute.actmax import activation_maps
-from compute.data import ImageSet
-from compute.evidence import Extremes, extreme_examples, unit_attributions, weighted_averages
-from compute.image_config import ActMaxConfig, ImageConfig
-from compute.models import ProbedModel
-from compute.partial import run_to
+from compute.images.actmax import activation_maps
+from compute.datasets.sources import ImageSet
+from compute.images.attribution import Extremes, extreme_examples, unit_attributions, weighted_averages
+from compute.images.config import ActMaxConfig, ImageConfig
+from compute.nets.models import ProbedModel
+from compute.nets.forward import run_to
 from compute.progress import bar
-from compute.receptive_field import receptive_boxes
-from compute.render import display_scale, draw_box, heatmap_pixels, image_pixels, to_png, weight_pixels
+from compute.nets.receptive_field import receptive_boxes
+from compute.images.render import display_scale, draw_box, heatmap_pixels, image_pixels, to_png, weight_pixels
 from warehouse.schema import IMAGE_KINDS, TABLES
 
-COLUMNS = tuple(TABLES["unit_images"].arrow_schema.names)
+COLUMNS = tuple(n for n in TABLES["unit_images"].arrow_schema.names if n != "run_id")  # the writer fills run_id
 ROW_GROUP_ROWS = 512
 
 
 class _Rows:
     """Column lists of ``unit_images``; every row has a PNG and may leave optional fields empty."""
 
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
+    def __init__(self) -> None:
         self.cols: dict[str, list[Any]] = {c: [] for c in COLUMNS}
 
     def add(self, layer: str, unit: int, kind: str, rank: int, pixels: np.ndarray, scale: int,
             **fields: Any) -> None:
         png = to_png(pixels, scale)
-        row = {"run_id": self.run_id, "layer": layer, "unit": unit, "kind": kind, "rank": rank, "png": png,
+        row = {"layer": layer, "unit": unit, "kind": kind, "rank": rank, "png": png,
                "height": pixels.shape[0] * scale, "width": pixels.shape[1] * scale, **fields}
         for c in COLUMNS:
             self.cols[c].append(row.get(c))
@@ -176,7 +175,7 @@ def _weights(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], in_s
             rows.add(first, u, "weights", 0, weight_pixels(w[u]), display_scale(*w.shape[2:]))
 
 
-def unit_images(run_id: str, model: ProbedModel, probes: dict[str, nn.Module], eval_set: ImageSet,
+def unit_images(model: ProbedModel, probes: dict[str, nn.Module], eval_set: ImageSet,
                 train_set: ImageSet, cfg: ImageConfig = ImageConfig(),
                 device: str = "cpu") -> tuple[dict[str, list[Any]], dict[str, float]]:
     """Rows of ``unit_images`` for every unit of ``probes``, and the seconds each stage took.
@@ -185,7 +184,7 @@ def unit_images(run_id: str, model: ProbedModel, probes: dict[str, nn.Module], e
     """
     cfg.check()
     model.eval()
-    rows, timer = _Rows(run_id), Timer()
+    rows, timer = _Rows(), Timer()
     extremes = _examples(rows, model, probes, eval_set, cfg.top_k, device, timer)
     _attributions(rows, model, probes, eval_set, extremes, device, timer)
     _averages(rows, model, probes, train_set, device, timer)

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compute.data import ImageSet
-from compute.probe import Probe, by_position
+from compute.datasets.sources import ImageSet
+from compute.nets.probe import Probe, by_position
 from compute.progress import bar
 
 SELECTIVITY_EPS = 1e-7

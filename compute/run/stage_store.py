@@ -15,6 +15,7 @@ from typing import TypeVar
 
 import torch
 
+from compute.progress import stage_started
 from warehouse.faults import crash_point
 from warehouse.store import write_file
 
@@ -44,6 +45,7 @@ class StageStore:
 
     def run(self, name: str, compute: Callable[[], T]) -> T:
         """The stage's saved result, or compute, save and return it."""
+        stage_started(name)
         value = self.load(name)
         if value is None:
             value = compute()

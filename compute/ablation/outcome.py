@@ -1,9 +1,5 @@
-"""Single-unit zero ablation: the change in loss and accuracy when one unit is clamped to zero.
-
-This is the straightforward method (one full evaluation pass per unit, the unit's post-ReLU output
-zeroed by a hook). It is the reference that the fast engine (``compute.engine``) must reproduce
-exactly; the pipeline uses the engine, tests and ``benchmarks/ablation_sweep.py`` use this.
-"""
+"""What an evaluation pass yields (loss and accuracy, overall and per class) and the per-unit deltas
+of an ablated layer: the result types shared by the naive reference, the engine and what-if."""
 
 from __future__ import annotations
 
@@ -14,9 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compute.data import ImageSet
-from compute.probe import ZeroUnit
-from compute.progress import bar
+from compute.datasets.sources import ImageSet
 
 
 @dataclass
@@ -73,21 +67,3 @@ class LayerAblation:
             class_acc_delta=np.stack([r.class_accuracy - base.class_accuracy for r in rows]),
             class_loss_delta=np.stack([r.class_loss - base.class_loss for r in rows]),
         )
-
-
-def single_unit_ablation(model: nn.Module, probes: dict[str, nn.Module], n_units: dict[str, int],
-                         data: ImageSet, device: str = "cpu") -> tuple[Outcome, dict[str, LayerAblation]]:
-    """Ablate every unit of every probed layer, one at a time."""
-    base = outcome(model, data, device=device)
-    results: dict[str, LayerAblation] = {}
-    total = sum(n_units.values())
-    progress = bar(None, "ablation", unit="unit", total=total)
-    for name, module in probes.items():
-        rows = []
-        for u in range(n_units[name]):
-            progress.update()
-            with ZeroUnit(module, [u]):
-                rows.append(outcome(model, data, device=device))
-        results[name] = LayerAblation.from_outcomes(base, rows)
-    progress.close()
-    return base, results

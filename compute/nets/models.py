@@ -16,7 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from compute.discover import trace_probes
+from compute.nets.discover import trace_probes
+from compute.nets.probe import Probe
 from compute.errors import ConfigError
 from warehouse.store import write_file
 
@@ -235,3 +236,10 @@ def load_checkpoint(path: Path) -> tuple[ProbedModel, ModelSpec | None]:
     except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as e:
         raise ConfigError(f"cannot load checkpoint {path}: {e}") from e
     return model.eval(), spec
+
+
+def layer_shapes(model: ProbedModel, in_shape: tuple[int, int, int], device: str = "cpu") -> dict[str, tuple[int, ...]]:
+    """Activation shape of one example at each probe point: (C, H, W) for conv, (U,) for linear layers."""
+    with torch.no_grad(), Probe(model.probe_modules()) as probe:
+        model.eval()(torch.zeros(1, *in_shape, device=device))
+    return {name: tuple(t.shape[1:]) for name, t in probe.post.items()}

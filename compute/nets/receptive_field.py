@@ -18,8 +18,8 @@ import torch
 from torch import nn
 
 from compute.errors import ConfigError
-from compute.models import ProbedModel
-from compute.partial import run_to
+from compute.nets.models import ProbedModel
+from compute.nets.forward import run_to
 
 _ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh,
                 nn.Dropout, nn.Dropout2d, nn.BatchNorm1d, nn.BatchNorm2d)

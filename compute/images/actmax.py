@@ -31,9 +31,9 @@ import torch
 from torch import nn
 from torchvision.transforms.functional import gaussian_blur
 
-from compute.image_config import ActMaxConfig
-from compute.partial import run_to
-from compute.probe import by_position
+from compute.images.config import ActMaxConfig
+from compute.nets.forward import run_to
+from compute.nets.probe import by_position
 from compute.progress import bar
 
 

@@ -17,12 +17,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from compute.ablation import Outcome
-from compute.data import ImageSet
-from compute.engine import AblationEngine
+from compute.ablation.outcome import Outcome
+from compute.datasets.sources import ImageSet
+from compute.ablation.engine import AblationEngine
 from compute.errors import ConfigError
-from compute.models import load_checkpoint
-from compute.pipeline import CHECKPOINT, RunConfig, load_data
+from compute.nets.models import load_checkpoint
+from compute.run.config import RunConfig, load_data
+from warehouse.store import CHECKPOINT
 
 SPLITS = ("eval", "train")
 

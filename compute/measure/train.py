@@ -17,11 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from compute.data import ImageSet
+from compute.datasets.sources import ImageSet
 from compute.errors import TrainingError
-from compute.probe import Probe
+from compute.nets.probe import Probe
 from compute.progress import bar
-from compute.stats import ClassSums, unit_scalars
+from compute.measure.stats import ClassSums, unit_scalars
 
 TRACE_FIELDS = ("act", "rect", "grad")
 

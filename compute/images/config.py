@@ -9,7 +9,7 @@ from compute.errors import ConfigError
 
 @dataclass(frozen=True)
 class ActMaxConfig:
-    """Settings of activation maximization (what each regularizer does: compute/actmax.py)."""
+    """Settings of activation maximization (what each regularizer does: compute/images/actmax.py)."""
 
     steps: int = 128
     restarts: int = 3

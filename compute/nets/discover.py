@@ -56,7 +56,7 @@ def trace_probes(model: nn.Module) -> ProbedGraph:
         raise ConfigError(
             f"cannot trace {type(model).__name__} with torch.fx to find its ReLUs ({type(e).__name__}: {e}). "
             f"Models with data-dependent control flow need explicit probe points: subclass "
-            f"compute.models.ProbedModel and name its ReLU modules in `probes`."
+            f"compute.nets.models.ProbedModel and name its ReLU modules in `probes`."
         ) from e
     calls: Counter[str] = Counter()
     probes: dict[str, str] = {}

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from captum.attr import NeuronGradient, NeuronGuidedBackprop
 from torch import nn
 
-from compute.data import ImageSet
-from compute.probe import Probe, by_position
+from compute.datasets.sources import ImageSet
+from compute.nets.probe import Probe, by_position
 from compute.progress import bar
 
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from compute.data import ImageSet
-from compute.engine import AblationEngine
+from compute.datasets.sources import ImageSet
+from compute.ablation.engine import AblationEngine
 from compute.progress import bar
+from warehouse.rows import TableRows
 
 FRACTIONS = np.round(np.linspace(0.0, 1.0, 21), 10)
 SEEDS = (0, 1, 2, 3, 4)
@@ -67,16 +68,15 @@ def groups(layers: list[str], pooled_last: int = POOLED_LAST) -> dict[str, list[
     return out
 
 
-def ablation_curves(engine: AblationEngine, data: ImageSet, scores: dict[str, UnitScores], run_id: str,
-                    split: str = "eval", seeds: tuple[int, ...] = SEEDS, fractions: np.ndarray = FRACTIONS,
+def ablation_curves(engine: AblationEngine, data: ImageSet, scores: dict[str, UnitScores], split: str = "eval",
+                    seeds: tuple[int, ...] = SEEDS, fractions: np.ndarray = FRACTIONS,
                     pooled_last: int = POOLED_LAST) -> tuple[dict[str, list], dict[str, list]]:
-    """Columns of the ``ablation_curves`` and ``ablation_auc`` tables for one run and split.
+    """Columns of the ``ablation_curves`` and ``ablation_auc`` tables for one split (``run_id`` is
+    filled by the writer).
 
     ``scores`` has one entry per probed layer, in forward order.
     """
-    curves: dict[str, list] = {c: [] for c in (
-        "run_id", "split", "layer", "order", "seed", "fraction", "n_units", "n_ablated", "accuracy", "loss")}
-    aucs: dict[str, list] = {c: [] for c in ("run_id", "split", "layer", "order", "seed", "n_units", "auc")}
+    curves, aucs = TableRows("ablation_curves"), TableRows("ablation_auc")
     plans = []
     for group, members in groups(list(scores), pooled_last).items():
         pooled = UnitScores(np.concatenate([scores[m].selectivity for m in members]),
@@ -102,17 +102,8 @@ def ablation_curves(engine: AblationEngine, data: ImageSet, scores: dict[str, Un
         loss = s.mean_loss()[inverse].reshape(len(orders), len(fractions))
         for i, (order, seed, _) in enumerate(orders):
             rows = len(fractions)
-            curves["run_id"] += [run_id] * rows
-            curves["split"] += [split] * rows
-            curves["layer"] += [group] * rows
-            curves["order"] += [order] * rows
-            curves["seed"] += [seed] * rows
-            curves["fraction"] += fractions.tolist()
-            curves["n_units"] += [n] * rows
-            curves["n_ablated"] += n_ablated.tolist()
-            curves["accuracy"] += acc[i].tolist()
-            curves["loss"] += loss[i].tolist()
-            for col, value in (("run_id", run_id), ("split", split), ("layer", group), ("order", order),
-                               ("seed", seed), ("n_units", n), ("auc", normalized_auc(fractions, acc[i]))):
-                aucs[col].append(value)
-    return curves, aucs
+            curves.add(split=[split] * rows, layer=[group] * rows, order=[order] * rows, seed=[seed] * rows,
+                       fraction=fractions, n_units=[n] * rows, n_ablated=n_ablated, accuracy=acc[i], loss=loss[i])
+            aucs.add(split=[split], layer=[group], order=[order], seed=[seed], n_units=[n],
+                     auc=[normalized_auc(fractions, acc[i])])
+    return curves.columns, aucs.columns

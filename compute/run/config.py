@@ -1,0 +1,122 @@
+"""A run's settings, where its data comes from, and the configuration saved for --resume."""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compute.datasets.sources import ImageSet, Splits, load_dataset, load_eval_set, stratified_subset, with_label_noise
+from compute.errors import ConfigError, DataError
+from compute.images.config import ActMaxConfig, ImageConfig
+from warehouse.store import write_file
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of one run; stored as JSON in ``runs.config``."""
+
+    model: str = "lenet5"
+    dataset: str = "mnist-5k"
+    epochs: int = 12
+    seed: int = 0
+    batch_size: int = 64
+    lr: float = 1e-3
+    data_dir: str | None = None
+    eval_dataset: str | None = None
+    train_size: int | None = None
+    eval_size: int | None = None
+    widths: tuple[int, ...] = (128, 128)
+    width: float = 0.25
+    device: str = "cpu"
+    run_id: str | None = None
+    label_noise: float = 0.0  # fraction of training labels replaced by random ones
+    until_train_acc: float | None = None  # train until this training accuracy, with `epochs` as the cap
+    experiment: str | None = None  # groups the runs of a sweep
+    layers: tuple[str, ...] | None = None  # names or glob patterns; None = every probe point
+    checkpoint: str | None = None  # trained weights to load instead of (or before) training
+    images: ImageConfig | None = field(default_factory=ImageConfig)  # None: no unit_images rows
+    train_curves: bool = False  # also draw the ablation curves on the training set (training labels)
+
+    @staticmethod
+    def from_dict(stored: dict[str, Any]) -> RunConfig:
+        """The config saved as JSON (``runs.config``, a run's stage folder); unknown keys are ignored."""
+        values = {k: v for k, v in stored.items() if k in {f.name for f in fields(RunConfig)}}
+        values["widths"] = tuple(values.get("widths", ()))
+        values["layers"] = tuple(values["layers"]) if values.get("layers") else None
+        img = values.get("images")
+        values["images"] = ImageConfig(img["top_k"], ActMaxConfig(**img["actmax"])) if img else None
+        return RunConfig(**values)
+
+    def model_options(self) -> dict[str, Any]:
+        if self.model == "mlp":
+            return {"widths": list(self.widths)}
+        if self.model == "cifar-convnet":
+            return {"width": self.width}
+        return {}
+
+
+@dataclass
+class RunSummary:
+    run_id: str
+    path: Path
+    figures: dict[str, float] = field(default_factory=dict)
+
+
+def default_run_id(cfg: RunConfig) -> str:
+    data = re.sub(r"[^A-Za-z0-9]+", "-", Path(cfg.dataset.removeprefix("idx:")).name or cfg.dataset).strip("-")
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{cfg.model}-{data}-s{cfg.seed}-{stamp}"
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "torchvision", "numpy", "pyarrow", "duckdb"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def check_device(name: str) -> str:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
+    if name not in ("cpu", "cuda"):
+        raise ConfigError(f"unknown --device {name!r}; choose cpu or cuda.")
+    return name
+
+
+def load_data(cfg: RunConfig) -> tuple[Splits, ImageSet]:
+    """The run's training/test splits (training subset applied) and its evaluation set."""
+    data_dir = Path(cfg.data_dir) if cfg.data_dir else None
+    splits = load_dataset(cfg.dataset, data_dir)
+    train_set = stratified_subset(splits.train, cfg.train_size) if cfg.train_size else splits.train
+    train_set = with_label_noise(train_set, cfg.label_noise, cfg.seed)
+    eval_set = load_eval_set(cfg.eval_dataset, data_dir, splits.train.class_names) if cfg.eval_dataset else splits.test
+    if cfg.eval_size:
+        eval_set = stratified_subset(eval_set, cfg.eval_size)
+    if eval_set.shape != train_set.shape:
+        raise DataError(f"--eval-dataset {cfg.eval_dataset} has images of shape {eval_set.shape}; the model is "
+                        f"trained on {cfg.dataset} images of shape {train_set.shape}.")
+    return Splits(train_set, splits.test), eval_set
+
+
+
+
+def settle_config(cfg: RunConfig, run_id: str, stages_dir: Path, resume: bool) -> RunConfig:
+    """The run's configuration: saved at the start, and read back (not re-taken) on resume."""
+    path = stages_dir / "config.json"
+    if resume and path.exists():
+        return RunConfig.from_dict(json.loads(path.read_text()))
+    cfg = replace(cfg, run_id=run_id)
+    stages_dir.mkdir(parents=True, exist_ok=True)
+    write_file(path, json.dumps(asdict(cfg)).encode(), "the run's configuration")
+    return cfg

@@ -1,0 +1,207 @@
+"""One compute run, end to end: the declared stages (``compute.run.stages.STAGES``) run in order on
+a built model and loaded data, then the tables are written and the run is published.
+
+Stages write nothing into the warehouse until the end; the run is staged and published whole, so an
+interrupted run leaves no trace in the warehouse, and its finished stages let ``--resume`` continue.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from compute.ablation.curves import UnitScores, ablation_curves
+from compute.ablation.engine import AblationEngine
+from compute.datasets.sources import ImageSet, Splits
+from compute.errors import ConfigError
+from compute.images.table import COLUMNS as IMAGE_COLUMNS
+from compute.images.table import ROW_GROUP_ROWS, unit_images
+from compute.measure.stats import evaluation_stats, selectivity
+from compute.measure.train import TrainConfig, TrainResult, evaluate, train
+from compute.nets.discover import ProbedGraph, select_layers
+from compute.progress import stage_started
+from compute.nets.models import ModelSpec, ProbedModel, build_model, layer_shapes, load_weights, save_checkpoint
+from compute.run import tables
+from compute.run.config import (RunConfig, RunSummary, check_device, default_run_id, load_data, package_versions,
+                                settle_config)
+from compute.run.stage_store import StageStore
+from compute.run.stages import STAGES
+from warehouse.faults import crash_point
+from warehouse.store import CHECKPOINT, RunWriter, check_run_id
+
+
+@dataclass
+class RunContext:
+    """What every stage may read: the model, the data, the settings and the finished stages' results."""
+
+    model: ProbedModel
+    splits: Splits
+    eval_set: ImageSet
+    cfg: RunConfig
+    device: str
+    store: StageStore
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def probes(self) -> dict[str, torch.nn.Module]:
+        return self.model.probe_modules()
+
+    def engine(self) -> AblationEngine:
+        return AblationEngine(self.model, device=self.device)
+
+
+def _train(ctx: RunContext) -> dict[str, Any]:
+    """Train with an epoch-level checkpoint in the stage store, so a killed run loses one epoch at most.
+
+    With ``epochs == 0`` (an already trained model) nothing is trained and the trace is empty.
+    """
+    def checkpoint(state: dict[str, Any]) -> None:
+        ctx.store.save("train-epoch", state)
+        crash_point(f"epoch-{state['epoch']}")
+
+    cfg, trained = ctx.cfg, TrainResult()
+    if cfg.epochs > 0:
+        tcfg = TrainConfig(epochs=cfg.epochs, seed=cfg.seed, batch_size=cfg.batch_size, lr=cfg.lr,
+                           until_train_acc=cfg.until_train_acc)
+        trained = train(ctx.model, ctx.probes(), ctx.splits.train, ctx.splits.test, tcfg, ctx.device,
+                        ctx.store.load("train-epoch"), checkpoint)  # type: ignore[arg-type]
+    return {"model": {k: v.cpu() for k, v in ctx.model.state_dict().items()}, "result": trained}
+
+
+def _evaluate(ctx: RunContext) -> tuple[float, float, float, float]:
+    return (*evaluate(ctx.model, ctx.splits.train, device=ctx.device),
+            *evaluate(ctx.model, ctx.splits.test, device=ctx.device))
+
+
+def _statistics(ctx: RunContext) -> Any:
+    return evaluation_stats(ctx.model, ctx.probes(), ctx.eval_set, device=ctx.device)
+
+
+def _ablation(ctx: RunContext) -> Any:
+    return ctx.engine().single_unit(ctx.eval_set)
+
+
+def _curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
+    """Cumulative ablation curves and their areas on the evaluation set (and the training set)."""
+    stats, (_, ablations) = ctx.results["statistics"], ctx.results["ablation"]
+    scores = {n: UnitScores(selectivity(stats.layers[n].class_means["rect"])["selectivity"], ablations[n].loss_delta)
+              for n in ablations}
+    engine = ctx.engine()
+    # Orders come from the evaluation set's scores on both splits, so the curves are comparable.
+    curves, aucs = ablation_curves(engine, ctx.eval_set, scores, "eval")
+    if ctx.cfg.train_curves:
+        train_curves, train_aucs = ablation_curves(engine, ctx.splits.train, scores, "train")
+        curves = {c: curves[c] + train_curves[c] for c in curves}
+        aucs = {c: aucs[c] + train_aucs[c] for c in aucs}
+    return curves, aucs
+
+
+def _images(ctx: RunContext) -> tuple[dict[str, list], dict[str, float]]:
+    if ctx.cfg.images is None:
+        return {c: [] for c in IMAGE_COLUMNS}, {}
+    return unit_images(ctx.model, ctx.probes(), ctx.eval_set, ctx.splits.train, ctx.cfg.images, ctx.device)
+
+
+STAGE_FUNCTIONS: dict[str, Callable[[RunContext], Any]] = {
+    "train": _train, "evaluate": _evaluate, "statistics": _statistics, "ablation": _ablation,
+    "curves": _curves, "images": _images}
+
+
+def run_stages(ctx: RunContext) -> None:
+    """Every resumable stage of ``STAGES`` in order: saved results are loaded, the rest computed."""
+    for stage in STAGES:
+        if not stage.resumable:
+            continue
+        missing = [n for n in stage.needs if n not in ctx.results]
+        assert not missing, f"stage {stage.name} needs {missing}"
+        ctx.results[stage.name] = ctx.store.run(stage.name, lambda: STAGE_FUNCTIONS[stage.name](ctx))
+        if stage.name == "train":  # later stages see the trained weights
+            ctx.model.load_state_dict(ctx.results["train"]["model"])
+
+
+def _probe_description(model: ProbedModel, layer: str) -> str:
+    if isinstance(model, ProbedGraph):
+        return f"output of ReLU call site `{layer}` (traced; its input is the pre-activation)"
+    return f"output of ReLU module `{model.probes[layer]}` (its input is the pre-activation)"
+
+
+def compute_run(cfg: RunConfig, warehouse_root: Path, resume: bool = False) -> RunSummary:
+    """Train (or load), probe and ablate a model by name, then publish the run into ``warehouse_root``.
+
+    Finished stages are kept in the run's staging folder; with ``resume`` an interrupted run
+    (same ``run_id``) continues from its last finished stage under its saved configuration.
+    """
+    started = time.perf_counter()
+    if cfg.images is not None:
+        cfg.images.check()
+    run_id = check_run_id(cfg.run_id or default_run_id(cfg))
+    # Open the writer first: a bad warehouse or a taken run id fails before minutes of training.
+    with RunWriter(warehouse_root, run_id, resume=resume) as writer:
+        cfg = settle_config(cfg, run_id, writer.stages_dir, resume)
+        if cfg.epochs == 0 and not cfg.checkpoint:
+            raise ConfigError("--epochs 0 (no training) needs --checkpoint with trained weights.")
+        splits, eval_set = load_data(cfg)
+        crash_point("after-load")
+        torch.manual_seed(cfg.seed)
+        spec = ModelSpec(cfg.model, splits.train.shape, splits.train.n_classes, cfg.model_options())
+        model = build_model(spec)
+        if cfg.checkpoint:
+            load_weights(model, Path(cfg.checkpoint))
+        return analyze_into(writer, model, spec, splits, eval_set, cfg, started)
+
+
+def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, splits: Splits,
+                 eval_set: ImageSet, cfg: RunConfig, started: float) -> RunSummary:
+    """Every stage on a built model and loaded data, written through ``writer`` and published.
+
+    ``spec`` rebuilds the model from its name when the checkpoint is reloaded; None means a model
+    given from Python, saved whole instead.
+    """
+    device = check_device(cfg.device)
+    model.probes = select_layers(model.probes, list(cfg.layers) if cfg.layers else None)
+    model = model.to(device)
+    shapes = layer_shapes(model, splits.train.shape, device)
+    ctx = RunContext(model, splits, eval_set, cfg, device, StageStore(writer.stages_dir))
+    run_stages(ctx)
+    return _publish(ctx, writer, spec, shapes, started)
+
+
+def _publish(ctx: RunContext, writer: RunWriter, spec: ModelSpec | None, shapes: dict[str, tuple[int, ...]],
+             started: float) -> RunSummary:
+    """The ``publish`` stage: every table, the checkpoint and the manifest, then the atomic rename."""
+    stage_started("publish")
+    r, cfg, names = ctx.results, ctx.cfg, ctx.splits.train.class_names
+    trained: TrainResult = r["train"]["result"]
+    train_loss, train_acc, test_loss, test_acc = r["evaluate"]
+    base, ablations = r["ablation"]
+    images, image_seconds = r["images"]
+    writer.write_table("unit_images", images, row_group_size=ROW_GROUP_ROWS)
+    layer_order = list(ctx.model.probes)
+    units, classes = tables.unit_tables(layer_order, r["statistics"], ablations, names)
+    writer.write_table("units", units)
+    crash_point("after-table-units")
+    writer.write_table("unit_classes", classes)
+    writer.write_table("train_trace", tables.trace_table(trained, names))
+    curves, aucs = r["curves"]
+    writer.write_table("ablation_curves", curves)
+    writer.write_table("ablation_auc", aucs)
+    writer.write_table("layers", tables.layers_table(
+        layer_order, shapes, {n: _probe_description(ctx.model, n) for n in layer_order}))
+    writer.write_table("epochs", tables.epochs_table(trained))
+    save_checkpoint(ctx.model.cpu(), spec, writer.file(CHECKPOINT))
+    duration = time.perf_counter() - started
+    writer.write_table("runs", tables.runs_table(
+        cfg, writer.run_id, {"n_train": len(ctx.splits.train), "n_test": len(ctx.splits.test),
+                             "n_eval": len(ctx.eval_set)},
+        names, len(trained.history),
+        {"train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc},
+        base, duration, ctx.device, package_versions(), spec.to_dict() if spec else None))
+    path = writer.publish({"model": cfg.model, "dataset": cfg.dataset})
+    figures = {"train_acc": train_acc, "test_acc": test_acc, "eval_acc": base.accuracy, "eval_loss": base.loss,
+               "units": float(len(units["unit"])), "duration_s": duration, "images": float(len(images["png"])),
+               **{f"images_s/{stage}": t for stage, t in image_seconds.items()}}
+    return RunSummary(writer.run_id, path, figures)

@@ -10,7 +10,7 @@ from compute.datasets.sources import DATASETS
 from compute.errors import AtlasError, ConfigError
 from compute.images.config import ActMaxConfig, ImageConfig
 from compute.nets.models import MODELS, TORCHVISION_PREFIX
-from warehouse.store import ENV_VAR, WarehouseError, default_path, list_runs
+from warehouse.store import ENV_VAR, default_path, list_runs
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "layers":
             return _layers(args)
         return _list(root)
-    except (AtlasError, WarehouseError) as e:
+    except AtlasError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

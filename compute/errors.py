@@ -1,13 +1,8 @@
-"""User-facing errors of the compute step.
+"""User-facing errors of the compute step: ``AtlasError`` subclasses (see ``warehouse.errors``)."""
 
-Every error a person can cause (bad flags, missing data, diverging training) is raised as an
-``AtlasError`` subclass with a message that names the problem and the fix; the CLI prints the
-message without a traceback and exits non-zero.
-"""
+from warehouse.errors import AtlasError
 
-
-class AtlasError(Exception):
-    """An error caused by input or environment, explained in its message."""
+__all__ = ["AtlasError", "DataError", "ConfigError", "TrainingError"]
 
 
 class DataError(AtlasError):

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from warehouse.connect import connect
 from warehouse.export import FORMATS, table_bytes
+from warehouse.errors import AtlasError
 from warehouse.queries import (CLASS_METRICS, PRESETS, UNIT_METRICS, QueryError, UnitFilter, filter_units_arrow,
                                parse_range)
 from warehouse.schema import markdown
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         return export(args)
-    except (WarehouseError, QueryError) as e:
+    except AtlasError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from warehouse.connect import UNITS_IN_MEMORY, has_units_in_memory
 from warehouse.schema import TABLES
+from warehouse.errors import AtlasError
 
 
 def _numeric_columns(table: str) -> tuple[str, ...]:
@@ -36,7 +37,7 @@ PERCENTILE_METRICS: tuple[str, ...] = tuple(
 UNIT_COLUMNS: tuple[str, ...] = tuple(c.name for c in TABLES["units"].columns)
 
 
-class QueryError(ValueError):
+class QueryError(AtlasError, ValueError):
     """A filter or query request that cannot be answered; the message names the problem."""
 
 

@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 import duckdb
 import pandas as pd
+from warehouse.errors import AtlasError
 
 MAX_ROWS = 10_000
 TIME_LIMIT_S = 10.0
 
 
-class SandboxError(ValueError):
+class SandboxError(AtlasError, ValueError):
     """A refused or failed query; the message says why."""
 
 

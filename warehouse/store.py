@@ -33,6 +33,7 @@ import pyarrow.parquet as pq
 
 from warehouse.faults import crash_point
 from warehouse.schema import SCHEMA_VERSION, TABLES
+from warehouse.errors import AtlasError
 
 RUNS_DIR = "runs"
 STAGING_DIR = ".staging"
@@ -48,7 +49,7 @@ ROW_GROUP_ROWS = 65_536
 COMPRESSION = "lz4"
 
 
-class WarehouseError(Exception):
+class WarehouseError(AtlasError):
     """A warehouse problem a person can fix; the message says what and how."""
 
 

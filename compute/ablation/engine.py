@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from compute.ablation.outcome import LayerAblation, Outcome
 from compute.datasets.sources import ImageSet

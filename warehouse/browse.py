@@ -1,0 +1,99 @@
+"""Queries for moving through results: a unit's neighbours in a filter, facet counts, gallery pages.
+
+Each is one SELECT over ``filter_sql``'s result, with every value bound.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from warehouse.filters import UNIT_METRICS, QueryError, UnitFilter, check_column, filter_sql, order_terms
+from warehouse.schema import IMAGE_KINDS
+
+#: Columns the explorer counts values of (Datasette's facets), within the current filter.
+FACETS: tuple[str, ...] = ("layer", "pref_class_name", "dead")
+#: What a gallery tile shows besides its image.
+TILE_COLUMNS: tuple[str, ...] = ("layer", "unit", "layer_index", "selectivity", "pref_class_name",
+                                 "abl_loss_delta", "anomaly_max", "dead")
+
+
+@dataclass(frozen=True)
+class Neighbours:
+    """Where a unit stands in a filter's order: 1-based ``position`` of ``total``, and the units
+    before and after it (None at the ends); ``position`` None when the filter does not hold it."""
+
+    position: int | None
+    total: int
+    previous: tuple[str, int] | None
+    next: tuple[str, int] | None
+
+
+def neighbours(con: duckdb.DuckDBPyConnection, f: UnitFilter, layer: str, unit: int) -> Neighbours:
+    """The unit's position in ``f`` (its order and limit) and the units before and after it."""
+    order = check_column(f.order_by, UNIT_METRICS, "sort column")
+    cols = tuple(dict.fromkeys(("layer", "unit", "layer_index", order)))
+    inner, params = filter_sql(f, cols, ordered=False, matches=False)
+    window = f"(ORDER BY {order_terms('f', order, f.descending)})"
+    sql = (f"WITH r AS (SELECT f.layer, f.unit, row_number() OVER w AS pos, lag(f.layer) OVER w AS prev_layer, "
+           f"lag(f.unit) OVER w AS prev_unit, lead(f.layer) OVER w AS next_layer, lead(f.unit) OVER w AS next_unit, "
+           f"count(*) OVER () AS total FROM ({inner}) f WINDOW w AS {window}) "
+           "SELECT pos, total, prev_layer, prev_unit, next_layer, next_unit FROM r WHERE layer = ? AND unit = ? "
+           "UNION ALL SELECT NULL, count(*), NULL, NULL, NULL, NULL FROM r")
+    rows = con.execute(sql, params + [layer, int(unit)]).fetchall()
+    if len(rows) == 1:  # the unit is not in the filter: only the count
+        return Neighbours(None, int(rows[0][1]), None, None)
+    pos, total, pl, pu, nl, nu = rows[0]
+    return Neighbours(int(pos), int(total), None if pl is None else (pl, int(pu)),
+                      None if nl is None else (nl, int(nu)))
+
+
+def facet_counts(con: duckdb.DuckDBPyConnection, f: UnitFilter, facets: tuple[str, ...] = FACETS) -> pd.DataFrame:
+    """Columns facet, value (as text), units: how many units of ``f`` have each value, most first."""
+    cols = tuple(check_column(c, FACETS, "facet") for c in facets)
+    inner, params = filter_sql(f, tuple(dict.fromkeys((*cols, "layer_index"))), ordered=False, matches=False)
+    sets = ", ".join(f'("{c}")' for c in cols)
+    which = " ".join(f"WHEN grouping(\"{c}\") = 0 THEN '{c}'" for c in cols)
+    value = "coalesce(" + ", ".join(f'CAST("{c}" AS VARCHAR)' for c in cols) + ")"
+    sql = (f"SELECT CASE {which} END AS facet, {value} AS value, count(*) AS units, min(layer_index) AS _li "
+           f"FROM ({inner}) GROUP BY GROUPING SETS ({sets})")
+    df = con.execute(sql, params).df()
+    order = {c: i for i, c in enumerate(cols)}
+    df["_f"] = df["facet"].map(order)
+    df["_li"] = df["_li"].where(df["facet"] == "layer", 0)
+    df = df.sort_values(["_f", "_li", "units", "value"], ascending=[True, True, False, True])
+    return df.drop(columns=["_f", "_li"]).reset_index(drop=True)
+
+
+def gallery_page(con: duckdb.DuckDBPyConnection, f: UnitFilter, layer: str, sort: str, descending: bool,
+                 page: int, per_page: int = 48, kind: str = "top") -> tuple[pd.DataFrame, int]:
+    """One page of a layer's units in ``f``, sorted by ``sort``: ``TILE_COLUMNS``, the sort column and
+    ``png`` (the unit's rank-0 image of ``kind``, class 0 for class averages; null without images),
+    and how many units the layer has in ``f``. One query: the count rides along as a window."""
+    sort = check_column(sort, UNIT_METRICS, "sort column")
+    if kind not in IMAGE_KINDS:
+        raise QueryError(f"unknown image kind {kind!r}; choose one of {', '.join(IMAGE_KINDS)}.")
+    if page < 0 or not 1 <= per_page <= 1000:
+        raise QueryError(f"page {page} of {per_page} tiles is out of range.")
+    cols = tuple(dict.fromkeys((*TILE_COLUMNS, sort)))
+    inner, params = filter_sql(replace(f, layers=(layer,)), cols, ordered=False, matches=False)
+    shown = ", ".join(f'p."{c}"' for c in cols)
+    sql = (f"WITH p AS (SELECT f.*, count(*) OVER () AS total, row_number() OVER "
+           f"(ORDER BY {order_terms('f', sort, descending)}) AS pos FROM ({inner}) f "
+           f"ORDER BY pos LIMIT ? OFFSET ?), "
+           "i AS (SELECT i.unit, i.png FROM unit_images i SEMI JOIN p ON p.unit = i.unit "
+           "WHERE i.run_id = ? AND i.layer = ? AND i.kind = ? AND i.rank = 0 "
+           "QUALIFY row_number() OVER (PARTITION BY i.unit ORDER BY i.\"class\" NULLS FIRST) = 1) "
+           f"SELECT {shown}, p.total, i.png FROM p LEFT JOIN i ON i.unit = p.unit ORDER BY p.pos")
+    args: list[Any] = params + [int(per_page), int(page) * int(per_page), f.run_id, layer, kind]
+    df = con.execute(sql, args).df()
+    total = int(df["total"].iloc[0]) if len(df) else _layer_count(con, f, layer)
+    return df.drop(columns="total"), total
+
+
+def _layer_count(con: duckdb.DuckDBPyConnection, f: UnitFilter, layer: str) -> int:
+    inner, params = filter_sql(replace(f, layers=(layer,)), ("unit",), ordered=False, matches=False)
+    return int(con.execute(f"SELECT count(*) FROM ({inner})", params).fetchall()[0][0])

@@ -177,6 +177,11 @@ def experiments(root: str, fp: Fingerprint) -> list[str]:
     return queries.experiments(_connection(root, fp))
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def latest_experiment(root: str, fp: Fingerprint) -> str | None:
+    return browse.latest_experiment(_connection(root, fp))
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def runs_of(root: str, fp: Fingerprint, experiment: str | None) -> list[str]:
     return queries.runs_of(_connection(root, fp), experiment)

@@ -97,3 +97,10 @@ def gallery_page(con: duckdb.DuckDBPyConnection, f: UnitFilter, layer: str, sort
 def _layer_count(con: duckdb.DuckDBPyConnection, f: UnitFilter, layer: str) -> int:
     inner, params = filter_sql(replace(f, layers=(layer,)), ("unit",), ordered=False, matches=False)
     return int(con.execute(f"SELECT count(*) FROM ({inner})", params).fetchall()[0][0])
+
+
+def latest_experiment(con: duckdb.DuckDBPyConnection) -> str | None:
+    """The experiment of the newest run that belongs to one; None without experiments."""
+    rows = con.execute("SELECT experiment FROM runs WHERE experiment IS NOT NULL "
+                       "ORDER BY created_at DESC, run_id LIMIT 1").fetchall()
+    return rows[0][0] if rows else None

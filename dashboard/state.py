@@ -4,7 +4,8 @@ Explorer parameters: ``run``, the filter's fields (``warehouse.filters.FIELDS``:
 ``range``, ``pref``, ``dead``, ``cls``, ``cc``, ``sort``, ``desc``, ``limit``) and the view's
 (``VIEW_FIELDS``: ``preset``, ``x``, ``y``, ``color``, ``logx``, ``logy``). A link holding only
 ``run`` and ``preset`` opens the preset. Range syntax is ``warehouse.filters.parse_range``'s, the
-same as the export command line. ``parse`` never raises: each malformed, out-of-range or repeated
+same as the export command line. A link with a preset and none of the fields a preset sets opens
+the preset (on the link's layers and class). ``parse`` never raises: each malformed, out-of-range or repeated
 value is left out and named in a notice the page shows; ``decode`` is its strict form.
 """
 
@@ -85,8 +86,8 @@ def parse(params: Mapping[str, Any]) -> tuple[ExplorerState | None, list[str]]:
     view, also = parse_fields(VIEW_FIELDS, params)
     f = UnitFilter(run, **values)
     preset = view.get("preset")
-    if preset and not any(one(params, fld.url) is not None for fld in FIELDS):
-        f = PRESETS[preset].apply(f)  # a short link: ?run=...&preset=...
+    if preset and not any(one(params, fld.url) is not None for fld in FIELDS if not fld.preset_keeps):
+        f = PRESETS[preset].apply(f)  # a short link: ?run=...&preset=...[&layers=...]
     return ExplorerState(f, **view), notices + more + also
 
 

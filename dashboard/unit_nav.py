@@ -25,6 +25,16 @@ def unit_from_url() -> tuple[str, int] | None:
         return None
 
 
+def remembered() -> tuple[str, int] | None:
+    """The unit shown last, when the widgets were cleared by a run of another page (Streamlit drops
+    the state of widgets a run does not draw)."""
+    return S.get("unit-sel") if "unit-layer" not in S else None
+
+
+def remember(layer: str, unit: int) -> None:
+    S["unit-sel"] = (layer, unit)
+
+
 def origin(run: str, from_url: bool) -> ExplorerState | None:
     """The explorer filter the unit was opened from (kept in the unit page's URL), if any."""
     if from_url:

@@ -33,7 +33,8 @@ states = st.builds(
     st.booleans(), st.booleans())
 
 
-@given(states.filter(lambda s: s.preset is None or s.filter != UnitFilter(s.filter.run_id)))
+@given(states.filter(lambda s: s.preset is None or s.filter != UnitFilter(
+    s.filter.run_id, layers=s.filter.layers, condition_class=s.filter.condition_class)))
 def test_url_state_round_trips(state):
     """Every state survives the URL (repeated values are reported, so the lists hold none; a link with
     a preset and no filter values opens the preset, so such a state is left out)."""
@@ -78,8 +79,10 @@ def test_parse_presets_links_and_unknown_presets():
     state, notices = parse({"run": "r", "preset": "highly selective"})  # a short link opens the preset
     assert state.filter == PRESETS["highly selective"].apply(UnitFilter("r")) and not notices
     assert not state.preset_modified
-    state, notices = parse({"run": "r", "preset": "highly selective", "layers": "fc1"})  # the filter as written
-    assert state.filter == UnitFilter("r", layers=("fc1",)) and state.preset_modified
+    state, notices = parse({"run": "r", "preset": "highly selective", "layers": "fc1"})  # on these layers
+    assert state.filter == PRESETS["highly selective"].apply(UnitFilter("r", layers=("fc1",)))
+    state, notices = parse({"run": "r", "preset": "highly selective", "dead": "no"})  # the filter as written
+    assert state.filter == UnitFilter("r", dead=False) and state.preset_modified
     state, notices = parse({"run": "r", "preset": "nope"})
     assert state.preset is None and "unknown preset 'nope'" in notices[0]
     assert parse({"run": "x" * 500}) == (None, ["`run=xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx` is ignored: not a run id."])

@@ -20,9 +20,7 @@ run_ids = [r.run_id for r in runs]
 
 # --- which unit: from a new URL, else the widgets ------------------------------------------------
 from_url = ui.url_is_new("unit")
-wanted: tuple[str, int] | None = None
-if from_url:
-    wanted = unit_nav.unit_from_url()
+wanted: tuple[str, int] | None = unit_nav.unit_from_url() if from_url else unit_nav.remembered()
 run = ui.pick_run(run_ids, st.query_params.get("run") if from_url else None, "unit-run")
 layers = cached.layer_names(root, fp, run)
 if wanted:
@@ -41,6 +39,7 @@ if S.get("unit-index") is None or not 0 <= S["unit-index"] < n_units:
         st.error(f"Layer `{layer}` has units 0 to {n_units - 1}; unit {S['unit-index']} does not exist.")
     S["unit-index"] = 0
 unit = int(c2.number_input(f"Unit (0 to {n_units - 1})", min_value=0, max_value=n_units - 1, step=1, key="unit-index"))
+unit_nav.remember(layer, unit)
 origin = unit_nav.origin(run, from_url)
 unit_nav.navigation_bar(root, fp, run, layer, unit, origin)
 

@@ -78,9 +78,10 @@ def test_explorer_preset_then_unit_page_in_chromium(server, tmp_path):
 
 
 def _idle(page) -> None:
-    """Wait until Streamlit has finished the current run."""
+    """Wait until Streamlit has finished the current run and the browser has drawn its widgets."""
     page.wait_for_timeout(500)
     page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=60_000)
+    page.get_by_role("combobox").first.wait_for(timeout=60_000)
 
 
 def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
@@ -89,9 +90,11 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{server}/explorer?run={RUN_ID}")
     page.get_by_text("226 unit(s) match.").wait_for(timeout=60_000)
-    page.get_by_role("combobox", name="Preset").click()
+    _idle(page)
+    page.get_by_role("combobox", name="Preset").click(timeout=60_000)
     page.get_by_role("option", name="high gradient, low activation").click()
     page.get_by_text("Preset high gradient, low activation").wait_for(timeout=60_000)
+    _idle(page)
     page.get_by_role("combobox", name="Layers (none = all)").click()
     page.get_by_role("option", name="fc1", exact=True).click()
     page.keyboard.press("Escape")
@@ -111,6 +114,7 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
     page.go_back()
     page.get_by_text(count).wait_for(timeout=60_000)
     _idle(page)
+    page.get_by_role("combobox", name="Preset").wait_for(timeout=60_000)
     assert page.url == filtered
     assert page.get_by_role("combobox", name="Preset").input_value() == "high gradient, low activation"
     page.go_forward()
@@ -124,6 +128,7 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
     fresh = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     fresh.goto(filtered)
     fresh.get_by_text(count).wait_for(timeout=60_000)
+    _idle(fresh)
     assert fresh.get_by_role("combobox", name="Preset").input_value() == "high gradient, low activation"
     fresh.goto(unit_url)
     fresh.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)

@@ -97,9 +97,9 @@ def count_line(at: AppTest) -> int:
 def test_overview_lists_runs_layers_and_distributions(app, tables):
     at = ok(app.run())
     assert at.title[0].value == "Runs overview"
-    runs = at.dataframe(key="overview-runs").value
+    runs = frame(at, "created_at")
     assert runs.run_id.tolist() == [RUN_ID] and runs.test_acc.iloc[0] == pytest.approx(tables["runs"].test_acc.iloc[0])
-    layers = at.dataframe(key="overview-layers").value
+    layers = frame(at, "n_units")
     assert layers.set_index("layer").n_units.to_dict() == {"conv1": 6, "conv2": 16, "fc1": 120, "fc2": 84}
     assert layers.dead.sum() == tables["units"].dead.sum()
     assert at.query_params == {"run": RUN_ID}
@@ -109,9 +109,9 @@ def test_overview_lists_runs_layers_and_distributions(app, tables):
                                                f"Findings in `{RUN_ID}`"}
     # The first screen leads with the findings: the most anomalous live units and the most important ones.
     u = tables["units"]
-    important = at.dataframe(key="first-important").value
+    important = frame(at, "abl_loss_delta")
     assert important.abl_loss_delta.tolist() == pytest.approx(sorted(u.abl_loss_delta, reverse=True)[:5])
-    anomalous = at.dataframe(key="first-anomalous").value
+    anomalous = frame(at, "anomaly_max")
     live = u[~u.dead & (u.anomaly_max >= 1.0)].sort_values("anomaly_max", ascending=False)
     assert anomalous.anomaly_max.tolist() == pytest.approx(live.anomaly_max.head(5).tolist())
     assert all("unit=" in link for link in important["open"])
@@ -134,7 +134,7 @@ def test_broken_run_is_shown_as_broken(monkeypatch, broken_root):
     monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(broken_root))
     at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
     assert any("broken-run" in w.value and "corrupt" in w.value for w in at.warning)
-    assert at.dataframe(key="overview-runs").value.run_id.tolist() == [RUN_ID]
+    assert frame(at, "created_at").run_id.tolist() == [RUN_ID]
     assert "1 broken" in " ".join(c.value for c in at.sidebar.caption)
 
 
@@ -254,7 +254,7 @@ def test_dashboard_pages_do_not_import_torch(warehouse_root):
         "import sys\n"
         "from streamlit.testing.v1 import AppTest\n"
         f"at = AppTest.from_file({str(APP)!r}, default_timeout=60).run()\n"
-        "for page in ('explorer', 'unit', 'sql', 'export'):\n"
+        "for page in ('explorer', 'gallery', 'unit', 'sql', 'export'):\n"
         "    at.switch_page(f'views/{page}.py').run()\n"
         "    assert not at.exception, at.exception\n"
         "print('torch loaded' if 'torch' in sys.modules else 'no torch')\n")
@@ -353,3 +353,11 @@ def test_sql_and_compare_state_come_from_the_url(app):
     at = open_page(app, "compare", {})
     assert not [i for i in at.info if "No runs selected" in i.value]
     assert at.query_params["runs"] == RUN_ID
+
+
+def test_jump_box_opens_a_unit(app):
+    at = ok(app.run())
+    at.sidebar.text_input(key="jump").input("fc1:11").run()
+    assert ok(at).header[0].value == "Unit fc1:11"
+    at.sidebar.text_input(key="jump").input("fc9:1").run()
+    assert any("has no layer `fc9`" in e.value for e in ok(at).sidebar.error)

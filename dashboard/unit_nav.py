@@ -47,7 +47,7 @@ def origin(run: str, from_url: bool) -> ExplorerState | None:
         S["unit-epoch-url"] = None
         if epoch is not None:
             try:
-                S["unit-epoch-url"] = parse_int(epoch, "epoch", 0, EPOCH_MAX)
+                S["unit-epoch-url"] = S["unit-epoch"] = parse_int(epoch, "epoch", 0, EPOCH_MAX)
             except QueryError as e:
                 nav.notices([f"`epoch={epoch[:20]}` is ignored: {e}"])
     state = S.get("unit-origin")

@@ -284,7 +284,7 @@ def test_explorer_thumbnails_and_live_what_if_match_the_naive_ablation(app, ware
     at = open_page(app, "explorer")
     at.toggle(key="ex-thumbs").set_value(True).run()
     table = ok(at).dataframe(key="ex-table").value
-    assert table.columns[0] == "thumbnail" and table.thumbnail.str.startswith("data:image/png").all()
+    assert table.columns[:2].tolist() == ["open", "thumbnail"] and table.thumbnail.str.startswith("data:image/png").all()
     at.multiselect(key="ex-whatif-units").set_value(["fc1:3", "conv2:5"]).run()
     ok(at.button(key="ex-whatif").click().run())
     shown = {m.label: m.value for m in at.metric}
@@ -317,7 +317,9 @@ def test_explorer_facets_count_the_filtered_units(app, tables):
     labels = {pl.proto.label for pl in at.get("page_link")}
     for layer, n in u.groupby("layer").size().items():
         assert f"{layer} · {n:,}" in labels
-    assert f"dead · {int(u.dead.sum()):,}" in labels and f"live · {int((~u.dead).sum()):,}" in labels
+    assert f"live · {int((~u.dead).sum()):,}" in labels and not u.dead.any()  # dead units have no selectivity
+    for c, n in u.groupby("pref_class_name").size().items():
+        assert f"{c} · {n:,}" in labels
 
 
 def test_gallery_pages_through_a_layer_in_order(app, tables):

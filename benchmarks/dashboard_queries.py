@@ -1,6 +1,6 @@
 """Latency of the dashboard's query functions on a synthetic warehouse of 1,000,000 units.
 
-Prints p50/p95 per query (filter, scatter data, unit page) against the target p95 < 100 ms, for
+Prints p50/p95 per query (filter, scatter data, unit page, previous/next, facets, gallery page) against the target p95 < 100 ms, for
 three connections measured side by side in one run:
 
 - ``memory``: ``warehouse.connect`` as the dashboard uses it (``units`` copied into DuckDB's memory,
@@ -8,7 +8,8 @@ three connections measured side by side in one run:
 - ``parquet``: ``warehouse.connect(memory_units=0)``, what a warehouse above ``MEMORY_UNITS`` gets;
 - ``arrow``: the first design, Parquet opened by pyarrow and registered as Arrow datasets.
 
-Then whole pages (explorer, unit page) run end to end by Streamlit's AppTest, cold and rerun.
+The synthetic run has no images, so the gallery's timing is its query side (the
+``unit_images`` join finds no rows). Then whole pages (explorer, unit page, gallery) run end to end by Streamlit's AppTest, cold and rerun.
 
 The synthetic run has the real schema: 8 layers of 125,000 units, 10 classes (10 M
 ``unit_classes`` rows) and 2 epochs of training trace (20 M rows), rows in (layer, unit) order as
@@ -38,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from compute.progress import bar  # noqa: E402
 from warehouse import connect, list_runs  # noqa: E402
+from warehouse import browse  # noqa: E402
 from warehouse import queries as q  # noqa: E402
 from warehouse.schema import SCHEMA_VERSION, TABLES  # noqa: E402
 from warehouse.store import RunWriter  # noqa: E402
@@ -178,6 +180,16 @@ def main() -> int:
                 lambda: q.scatter_data(con, hgla, "selectivity", "abl_loss_delta"),
             "unit page: metrics, classes, trace, percentiles":
                 lambda: q.unit_page(con, RUN_ID, f"layer{rng.integers(LAYERS)}", int(rng.integers(per))),
+            "unit page: previous / next in the preset":
+                lambda: browse.neighbours(con, hgla, f"layer{rng.integers(LAYERS)}", int(rng.integers(per))),
+            "explorer facets: all units":
+                lambda: browse.facet_counts(con, base),
+            "gallery page: 48 tiles of a layer, sorted":
+                lambda: browse.gallery_page(con, base, f"layer{rng.integers(LAYERS)}", "selectivity", True,
+                                            int(rng.integers(per // 48)), 48, "top"),
+            "gallery page: 48 tiles in the preset":
+                lambda: browse.gallery_page(con, hgla, f"layer{rng.integers(LAYERS)}", "anomaly_max", True, 0, 48,
+                                            "top"),
         }
 
     print(f"{n:,} units, {memory.execute('SELECT count(*) FROM unit_classes').fetchall()[0][0]:,} unit_classes rows, "
@@ -211,7 +223,10 @@ def pages(root: Path, per: int, repeat: int) -> None:
     print(f"\n{'page (AppTest, seconds)':<52} {'first':>8} {'rerun p50':>10}")
     for name, page, params in (("explorer, all units", "explorer", {"run": RUN_ID}),
                                ("explorer, preset high gradient, low activation", "explorer", hgla),
-                               ("unit page", "unit", {"run": RUN_ID, "unit": f"layer3:{per // 2}"})):
+                               ("unit page", "unit", {"run": RUN_ID, "unit": f"layer3:{per // 2}"}),
+                               ("unit page opened from the preset", "unit",
+                                {**hgla, "unit": f"layer3:{per // 2}"}),
+                               ("layer gallery", "gallery", {"run": RUN_ID, "layer": "layer3"})):
         # AppTest outside a server warns of a missing script context each time it is built.
         logging.getLogger("streamlit.runtime.scriptrunner_utils.script_run_context").setLevel(logging.ERROR)
         at = AppTest.from_file(app, default_timeout=600)

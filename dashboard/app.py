@@ -18,13 +18,16 @@ from dashboard import ui  # noqa: E402
 
 st.set_page_config(page_title="Neuron Atlas", layout="wide")
 VIEWS = Path(__file__).parent / "views"
-page = st.navigation([
+PAGES = [
     st.Page(VIEWS / "overview.py", title="Runs overview", url_path="overview", default=True),
     st.Page(VIEWS / "explorer.py", title="Unit explorer", url_path="explorer"),
+    st.Page(VIEWS / "gallery.py", title="Layer gallery", url_path="gallery"),
     st.Page(VIEWS / "unit.py", title="Unit page", url_path="unit"),
     st.Page(VIEWS / "compare.py", title="Compare runs", url_path="compare"),
     st.Page(VIEWS / "sql.py", title="SQL", url_path="sql"),
     st.Page(VIEWS / "export.py", title="Export", url_path="export"),
-])
+]
+page = st.navigation(PAGES)
 ui.sidebar()
+ui.unknown_page_notice([p.url_path for p in PAGES], page.title)
 page.run()

@@ -17,7 +17,7 @@ import pyarrow as pa
 import streamlit as st
 
 from dashboard.correlation import per_layer
-from warehouse import RunInfo, connect, default_path, list_runs, queries
+from warehouse import RunInfo, browse, connect, default_path, list_runs, queries
 from warehouse.export import export_units, table_bytes
 from warehouse.sandbox import SandboxResult, run_query
 from warehouse.store import Fingerprint, fingerprint
@@ -106,6 +106,22 @@ def correlations(points: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
     return per_layer(points, x, y)
 
 
+@st.cache_data(show_spinner=False, max_entries=128)
+def facets(root: str, fp: Fingerprint, f: queries.UnitFilter) -> pd.DataFrame:
+    return browse.facet_counts(_connection(root, fp), f)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def neighbours(root: str, fp: Fingerprint, f: queries.UnitFilter, layer: str, unit: int) -> browse.Neighbours:
+    return browse.neighbours(_connection(root, fp), f, layer, unit)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def gallery_page(root: str, fp: Fingerprint, f: queries.UnitFilter, layer: str, sort: str, descending: bool,
+                 page: int, per_page: int, kind: str) -> tuple[pd.DataFrame, int]:
+    return browse.gallery_page(_connection(root, fp), f, layer, sort, descending, page, per_page, kind)
+
+
 def export_on_click(root: str, fp: Fingerprint, f: queries.UnitFilter, fmt: str) -> Callable[[], bytes]:
     """The export of every unit matching ``f``, made only when its download button is clicked: a
     million-unit CSV is not built on every rerun. Streamlit runs it on another thread, so it reads
@@ -141,6 +157,11 @@ def sql(root: str, query: str) -> SandboxResult:
 @st.cache_data(show_spinner=False, max_entries=16)
 def experiments(root: str, fp: Fingerprint) -> list[str]:
     return queries.experiments(_connection(root, fp))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def latest_experiment(root: str, fp: Fingerprint) -> str | None:
+    return browse.latest_experiment(_connection(root, fp))
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

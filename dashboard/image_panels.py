@@ -6,17 +6,22 @@ see docs/metrics.md "Visual evidence"); nothing here loads torch.
 
 from __future__ import annotations
 
+import io
 import tempfile
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pandas as pd
 import streamlit as st
+from PIL import Image
 
 from warehouse.bundle import export_bundle
-from warehouse.images import thumbnails, unit_images
+from warehouse.images import input_shape, thumbnails, unit_images
 
 THUMB = 84  # pixels per image in the grids
+LARGE = 336  # pixels per image when enlarged
+FLAT = 2  # grey levels: a map whose pixels span no more is flat
 
 
 def _caption(row: pd.Series, names: list[str]) -> str:
@@ -35,9 +40,58 @@ def _caption(row: pd.Series, names: list[str]) -> str:
     return f"filter {int(row['unit'])}"
 
 
-def _grid(rows: pd.DataFrame, names: list[str], width: int = THUMB) -> None:
-    st.image([bytes(p) for p in rows["png"]], caption=[_caption(r, names) for _, r in rows.iterrows()], width=width,
-             output_format="PNG")  # "auto" would re-encode as JPEG and smear the pixels
+def _grid(rows: pd.DataFrame, names: list[str], width: int = THUMB, key: str = "") -> None:
+    """The images in a row, and an Enlarge button that shows them large in a dialog."""
+    pngs = [bytes(p) for p in rows["png"]]
+    captions = [_caption(r, names) for _, r in rows.iterrows()]
+    st.image(pngs, caption=captions, width=width, output_format="PNG")  # "auto" would re-encode as JPEG
+    if key and st.button("Enlarge", key=f"enlarge-{key}", icon=":material/zoom_in:", type="tertiary"):
+        _enlarged(pngs, captions)
+
+
+@st.dialog("Enlarged", width="large")
+def _enlarged(pngs: list[bytes], captions: list[str]) -> None:
+    st.image([_upscale(p, LARGE) for p in pngs], caption=captions, width=LARGE, output_format="PNG")
+
+
+def _upscale(png: bytes, size: int) -> bytes:
+    return _upscale_to(Image.open(io.BytesIO(png)), size)
+
+
+def is_flat(png: bytes) -> bool:
+    """Whether an image is (nearly) one colour: an activation maximization that found nothing."""
+    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.int16)
+    return int(pixels.max() - pixels.min()) <= FLAT
+
+
+def crop_to_box(png: bytes, box: list[int], input_hw: tuple[int, int], size: int = 112) -> bytes:
+    """The part of a full-input map (upscaled from ``input_hw``) inside a receptive-field box
+    [y0, x0, y1, x1] in input pixels, upscaled by whole pixels to about ``size``."""
+    img = Image.open(io.BytesIO(png))
+    scale = img.height // input_hw[0]
+    y0, x0, y1, x1 = (int(v) * scale for v in box)
+    return _upscale_to(img.crop((x0, y0, x1, y1)), size)
+
+
+def _upscale_to(img: Image.Image, size: int) -> bytes:
+    """Nearest-neighbour upscale by a whole factor to about ``size`` (a browser would blur the pixels)."""
+    factor = max(1, round(size / max(img.size)))
+    img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _cropped(maps: pd.DataFrame, top: pd.DataFrame | None, input_hw: tuple[int, int] | None) -> pd.DataFrame | None:
+    """Conv units' gbp / grad maps cut to the receptive field of the top example of the same rank."""
+    if top is None or input_hw is None or top["box"].isna().all():
+        return None
+    boxes = {int(r["rank"]): r["box"] for _, r in top.iterrows() if r["box"] is not None and len(r["box"]) == 4}
+    if not all(int(r) in boxes for r in maps["rank"]):
+        return None
+    out = maps.copy()
+    out["png"] = [crop_to_box(bytes(p), list(boxes[int(r)]), input_hw) for p, r in zip(maps["png"], maps["rank"])]
+    return out
 
 
 def _class_names(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
@@ -56,11 +110,16 @@ def render_unit_evidence(con: duckdb.DuckDBPyConnection, run_id: str, layer: str
         return
     names = _class_names(con, run_id)
     by_kind = {k: g for k, g in df.groupby("kind", sort=False)}
+    shape = input_shape(con, run_id)
+    for kind in ("gbp", "grad"):
+        if kind in by_kind and (cut := _cropped(by_kind[kind], by_kind.get("top"), shape[-2:] if shape else None)) \
+                is not None:
+            by_kind[kind] = cut
 
     def show(kind: str, title: str, help_text: str) -> None:
         if kind in by_kind:
             st.markdown(f"**{title}**", help=help_text)
-            _grid(by_kind[kind], names)
+            _grid(by_kind[kind], names, key=kind)
 
     st.subheader("Top examples")
     show("top", "Evaluation images that activate the unit most",
@@ -68,9 +127,11 @@ def render_unit_evidence(con: duckdb.DuckDBPyConnection, run_id: str, layer: str
          "Conv units: the box is the receptive field of the peak position.")
     show("top_crop", "What the peak position sees (receptive-field crops)",
          "The input patch inside the box, enlarged.")
-    show("gbp", "Guided backprop of the unit at its peak, per top example",
-         "Springenberg et al.; red pixels raise the unit, blue lower it (captum).")
-    show("grad", "Plain gradient of the unit at its peak, per top example",
+    crop = " (cropped to the receptive field)" if "top" in by_kind and by_kind["top"]["box"].notna().any() else ""
+    show("gbp", f"Guided backprop of the unit at its peak, per top example{crop}",
+         "Springenberg et al.; red pixels raise the unit, blue lower it (captum). Conv units: only the "
+         "receptive field of the peak position can matter, so the map is cut to it and enlarged.")
+    show("grad", f"Plain gradient of the unit at its peak, per top example{crop}",
          "d(unit)/d(input); red raises, blue lowers.")
     st.subheader("Bottom examples")
     show("bottom", "Evaluation images that activate the unit least",
@@ -88,10 +149,16 @@ def render_unit_evidence(con: duckdb.DuckDBPyConnection, run_id: str, layer: str
         if kind in by_kind:
             rows = by_kind[kind]
             score = float(rows["consistency"].iloc[0])
-            st.markdown(f"**{title}** — consistency across restarts {score:.2f}",
-                        help="Mean pairwise correlation of the restarts' images: near 1 = one stable picture; "
-                             "near 0 = each restart found something else, so do not trust a single map.")
-            _grid(rows, names, width=THUMB + 28)
+            if all(is_flat(bytes(p)) for p in rows["png"]):
+                st.markdown(f"**{title}** — flat image: the optimisation found nothing",
+                            help="Every restart ended on a single colour: no input pattern moved this unit "
+                                 "(often a dead unit), so there is no picture to read and the consistency "
+                                 "score means nothing.")
+            else:
+                st.markdown(f"**{title}** — consistency across restarts {score:.2f}",
+                            help="Mean pairwise correlation of the restarts' images: near 1 = one stable picture; "
+                                 "near 0 = each restart found something else, so do not trust a single map.")
+            _grid(rows, names, width=THUMB + 28, key=kind)
     if "weights" in by_kind:
         st.subheader("Filter weights")
         show("weights", "First-layer convolution filter", "Red positive, blue negative weights.")

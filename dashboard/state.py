@@ -1,23 +1,47 @@
-"""The explorer's state as URL query parameters, so a view can be shared or bookmarked.
+"""The pages' state as URL query parameters, parsed in one place into typed, bounded values.
 
-Parameters: ``run``, ``layers`` (comma-separated), ``preset``, ``range`` (repeated
-``COL:LO:HI``), ``pref`` (comma-separated classes), ``cc`` (repeated class conditions
-``COL:LO:HI``), ``cls`` (the class they apply to), ``dead`` (``yes``/``no``), ``sort``, ``desc``,
-``limit``, ``x``, ``y``, ``color`` and ``unit`` (``LAYER:INDEX``, the selected unit). Range syntax
-is ``warehouse.queries.parse_range``'s, the same as the export command line.
+Explorer parameters: ``run``, the filter's fields (``warehouse.filters.FIELDS``: ``layers``,
+``range``, ``pref``, ``dead``, ``cls``, ``cc``, ``sort``, ``desc``, ``limit``) and the view's
+(``VIEW_FIELDS``: ``preset``, ``x``, ``y``, ``color``, ``logx``, ``logy``). A link holding only
+``run`` and ``preset`` opens the preset. Range syntax is ``warehouse.filters.parse_range``'s, the
+same as the export command line. A link with a preset and none of the fields a preset sets opens
+the preset (on the link's layers and class). ``parse`` never raises: each malformed, out-of-range or repeated
+value is left out and named in a notice the page shows; ``decode`` is its strict form.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from warehouse.queries import CLASS_METRICS, UNIT_METRICS, QueryError, UnitFilter, format_range, parse_range
+from warehouse.filters import (FIELDS, UNIT_METRICS, Codec, Field, QueryError, UnitFilter, choice,
+                               filter_params, format_fields, parse_fields, parse_int)
+from warehouse.queries import PRESETS
 
 DEFAULT_X = "selectivity"
 DEFAULT_Y = "abl_loss_delta"
 COLORS = ("layer", "pref_class_name")
+RUN_ID_MAX = 200  # characters; run ids are folder names
+UNIT_INDEX_MAX = 2**31 - 1
+
+
+def _flag() -> Codec[bool]:
+    def parse(t: str) -> bool:
+        if t not in ("0", "1"):
+            raise QueryError(f"must be 0 or 1, got {t!r}.")
+        return t == "1"
+    return Codec(parse, lambda v: "1" if v else "0")
+
+
+VIEW_FIELDS: tuple[Field, ...] = (
+    Field("preset", "preset", "", choice("preset", tuple(PRESETS))),
+    Field("x", "x", "", choice("x", UNIT_METRICS), fallback=DEFAULT_X),
+    Field("y", "y", "", choice("y", UNIT_METRICS), fallback=DEFAULT_Y),
+    Field("color", "color", "", choice("color", COLORS), fallback="layer"),
+    Field("log_x", "logx", "", _flag(), fallback=False),
+    Field("log_y", "logy", "", _flag(), fallback=False),
+)
 
 
 @dataclass(frozen=True)
@@ -27,102 +51,97 @@ class ExplorerState:
     x: str = DEFAULT_X
     y: str = DEFAULT_Y
     color: str = "layer"
+    log_x: bool = False
+    log_y: bool = False
+
+    @property
+    def preset_modified(self) -> bool:
+        """A preset is chosen, and the filter has been changed since."""
+        return self.preset is not None and not PRESETS[self.preset].matches(self.filter)
 
 
-def _all(params: Mapping[str, Any], key: str) -> list[str]:
-    """Every value of a query parameter (``st.query_params`` has ``get_all``; plain dicts hold lists)."""
+def one(params: Mapping[str, Any], key: str) -> str | None:
+    """The last value of a query parameter (``st.query_params`` or a plain dict)."""
     if hasattr(params, "get_all"):
-        return list(params.get_all(key))
-    value = params.get(key)
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list) else [value]
+        values = list(params.get_all(key))
+    else:
+        v = params.get(key)
+        values = [] if v is None else (list(v) if isinstance(v, (list, tuple)) else [v])
+    return str(values[-1]) if values else None
 
 
-def _one(params: Mapping[str, Any], key: str) -> str | None:
-    values = _all(params, key)
-    return values[-1] if values else None
+def parse_run(params: Mapping[str, Any]) -> tuple[str | None, list[str]]:
+    run = one(params, "run")
+    if run is not None and (not run.strip() or len(run) > RUN_ID_MAX):
+        return None, [f"`run={run[:40]}` is ignored: not a run id."]
+    return run, []
 
 
-def _ints(text: str | None, what: str) -> tuple[int, ...]:
-    if not text:
-        return ()
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise QueryError(f"{what} must be comma-separated integers, got {text!r}.") from None
+def parse(params: Mapping[str, Any]) -> tuple[ExplorerState | None, list[str]]:
+    """The explorer state in ``params`` (None without a ``run``) and a notice per value ignored."""
+    run, notices = parse_run(params)
+    if not run:
+        return None, notices
+    values, more = parse_fields(FIELDS, params)
+    view, also = parse_fields(VIEW_FIELDS, params)
+    f = UnitFilter(run, **values)
+    preset = view.get("preset")
+    if preset and not any(one(params, fld.url) is not None for fld in FIELDS if not fld.preset_keeps):
+        f = PRESETS[preset].apply(f)  # a short link: ?run=...&preset=...[&layers=...]
+    return ExplorerState(f, **view), notices + more + also
 
 
 def decode(params: Mapping[str, Any]) -> ExplorerState | None:
-    """The state in ``params``; None without a ``run``. Raises ``QueryError`` on a malformed value."""
-    run = _one(params, "run")
-    if not run:
-        return None
-    layers = tuple(t for t in (_one(params, "layers") or "").split(",") if t)
-    dead = _one(params, "dead")
-    if dead not in (None, "yes", "no"):
-        raise QueryError(f"dead must be yes or no, got {dead!r}.")
-    cls = _ints(_one(params, "cls"), "cls")
-    limit = _ints(_one(params, "limit"), "limit")
-    f = UnitFilter(
-        run_id=run, layers=layers,
-        ranges=tuple(parse_range(r) for r in _all(params, "range")),
-        pref_classes=_ints(_one(params, "pref"), "pref"),
-        class_conditions=tuple(parse_range(r, CLASS_METRICS) for r in _all(params, "cc")),
-        condition_class=cls[0] if cls else None,
-        dead=None if dead is None else dead == "yes",
-        order_by=_one(params, "sort") or "layer_index",
-        descending=_one(params, "desc") == "1",
-        limit=limit[0] if limit else None,
-    )
-    if f.order_by not in UNIT_METRICS:
-        raise QueryError(f"unknown sort column {f.order_by!r}.")
-    x, y = _one(params, "x") or DEFAULT_X, _one(params, "y") or DEFAULT_Y
-    color = _one(params, "color") or "layer"
-    for name, value, allowed in (("x", x, UNIT_METRICS), ("y", y, UNIT_METRICS), ("color", color, COLORS)):
-        if value not in allowed:
-            raise QueryError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}.")
-    return ExplorerState(f, _one(params, "preset"), x, y, color)
+    """``parse``, raising ``QueryError`` with the first notice instead of leaving values out."""
+    state, notices = parse(params)
+    if notices:
+        raise QueryError(notices[0])
+    return state
 
 
 def encode(state: ExplorerState) -> dict[str, str | list[str]]:
     """Query parameters for ``state``; defaults are left out to keep the URL short."""
-    f = state.filter
-    out: dict[str, str | list[str]] = {"run": f.run_id}
-    if f.layers:
-        out["layers"] = ",".join(f.layers)
-    if state.preset:
-        out["preset"] = state.preset
-    if f.ranges:
-        out["range"] = [format_range(r) for r in f.ranges]
-    if f.pref_classes:
-        out["pref"] = ",".join(str(c) for c in f.pref_classes)
-    if f.class_conditions:
-        out["cc"] = [format_range(r) for r in f.class_conditions]
-    if f.condition_class is not None:
-        out["cls"] = str(f.condition_class)
-    if f.dead is not None:
-        out["dead"] = "yes" if f.dead else "no"
-    if f.order_by != "layer_index":
-        out["sort"] = f.order_by
-    if f.descending:
-        out["desc"] = "1"
-    if f.limit is not None:
-        out["limit"] = str(f.limit)
-    if state.x != DEFAULT_X:
-        out["x"] = state.x
-    if state.y != DEFAULT_Y:
-        out["y"] = state.y
-    if state.color != "layer":
-        out["color"] = state.color
+    out: dict[str, str | list[str]] = {"run": state.filter.run_id}
+    out.update(filter_params(state.filter))
+    out.update(format_fields(VIEW_FIELDS, {f.name: getattr(state, f.name) for f in VIEW_FIELDS}))
     return out
+
+
+def for_run(state: ExplorerState, layers: list[str], n_classes: int) -> tuple[ExplorerState, list[str]]:
+    """``state`` without the layers and classes its run does not have, and a notice for each."""
+    f, notices = state.filter, []
+    unknown = [layer for layer in f.layers if layer not in layers]
+    if unknown:
+        notices.append(f"Run `{f.run_id}` has no layer {', '.join(f'`{u}`' for u in unknown)}; ignored "
+                       f"(layers: {', '.join(layers)}).")
+    bad_pref = [c for c in f.pref_classes if not 0 <= c < n_classes]
+    if bad_pref:
+        notices.append(f"Preferred class {', '.join(map(str, bad_pref))} is ignored: the run has classes "
+                       f"0 to {n_classes - 1}.")
+    cls = f.condition_class
+    if cls is not None and not 0 <= cls < n_classes:
+        notices.append(f"`cls={cls}` is ignored: the run has classes 0 to {n_classes - 1}.")
+        cls = None
+    f = replace(f, layers=tuple(x for x in f.layers if x in layers),
+                pref_classes=tuple(c for c in f.pref_classes if 0 <= c < n_classes), condition_class=cls)
+    return replace(state, filter=f), notices
 
 
 def parse_unit(text: str | None) -> tuple[str, int] | None:
     """``"fc1:12"`` -> ``("fc1", 12)``; None if absent. Raises ``QueryError`` if malformed."""
     if not text:
         return None
-    layer, sep, index = text.rpartition(":")
-    if not sep or not layer or not index.isdigit():
-        raise QueryError(f"unit must look like LAYER:INDEX (e.g. fc1:12), got {text!r}.")
-    return layer, int(index)
+    layer, sep, index = text.strip().rpartition(":")
+    if not sep or not layer:
+        raise QueryError(f"unit must look like LAYER:INDEX (e.g. fc1:12), got {text[:60]!r}.")
+    if not (index.isascii() and index.isdigit()):
+        raise QueryError(f"unit must look like LAYER:INDEX with INDEX in ASCII digits (e.g. fc1:12), "
+                         f"got {text[:60]!r}.")
+    return layer, parse_int(index, "unit index", 0, UNIT_INDEX_MAX)
+
+
+def unit_params(run: str, layer: str, unit: int, state: ExplorerState | None = None) -> dict[str, str | list[str]]:
+    """The unit page's URL: the unit, and the explorer filter it was opened from (for back / previous / next)."""
+    out = encode(state) if state is not None and state.filter.run_id == run else {"run": run}
+    out["unit"] = f"{layer}:{unit}"
+    return out

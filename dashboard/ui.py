@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard import cached
+from dashboard import cached, nav
 from warehouse import RunInfo
 from warehouse.export import FORMATS, MIME
 
@@ -22,6 +22,19 @@ def sidebar() -> None:
     ok = [r for r in runs if r.ok]
     st.sidebar.caption(f"Warehouse: `{root}`")
     st.sidebar.caption(f"{len(ok)} run(s)" + (f", {len(runs) - len(ok)} broken" if len(ok) < len(runs) else ""))
+    nav.jump_box(root)
+
+
+def unknown_page_notice(known: list[str], shown: str) -> None:
+    """Say so when the URL names a page that does not exist (Streamlit then runs the default page)."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    asked = getattr(getattr(ctx, "pages_manager", None), "intended_page_name", None) or ""
+    asked = asked.strip("/")
+    if asked and asked not in known:
+        st.warning(f"There is no page `/{asked[:60]}`; showing the {shown} instead. Pages: "
+                   + ", ".join(f"`/{k}`" for k in known) + ".", icon="⚠️")
 
 
 def page_runs(need_run: bool = True) -> tuple[str, cached.Fingerprint, list[RunInfo]]:

@@ -59,6 +59,7 @@ def test_explorer_preset_then_unit_page_in_chromium(server, tmp_path):
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{server}/explorer?run={RUN_ID}")
             page.get_by_text("226 unit(s) match.").wait_for(timeout=60_000)
+            _idle(page)
             page.get_by_role("combobox", name="Preset").click()
             page.get_by_role("option", name="high gradient, low activation").click()
             page.get_by_text("Preset high gradient, low activation").wait_for(timeout=60_000)
@@ -73,5 +74,105 @@ def test_explorer_preset_then_unit_page_in_chromium(server, tmp_path):
             assert shot.stat().st_size > 10_000
             assert "/unit?" in page.url and f"run={RUN_ID}" in page.url and chosen.replace(":", "%3A") in page.url
             assert page.get_by_text("Per class: activation and gradient signal").is_visible()
+        finally:
+            browser.close()
+
+
+def _idle(page) -> None:
+    """Wait until Streamlit has finished the current run and the browser has drawn its widgets."""
+    page.wait_for_timeout(500)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=60_000)
+    page.get_by_role("combobox").first.wait_for(timeout=60_000)
+
+
+def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
+    """Explorer -> unit -> Back keeps the filter; Forward returns; shared URLs of each page open the
+    same state in a fresh context; a gallery tile opens its unit; an image enlarges."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/explorer?run={RUN_ID}")
+    page.get_by_text("226 unit(s) match.").wait_for(timeout=60_000)
+    _idle(page)
+    page.get_by_role("combobox", name="Preset").click(timeout=60_000)
+    page.get_by_role("option", name="high gradient, low activation").click()
+    page.get_by_text("Preset high gradient, low activation").wait_for(timeout=60_000)
+    _idle(page)
+    page.get_by_role("combobox", name="Layers (none = all)").click()
+    page.get_by_role("option", name="fc1", exact=True).click()
+    page.keyboard.press("Escape")
+    count = f"{expected['hgla_fc1']} unit(s) match."
+    page.get_by_text(count).wait_for(timeout=60_000)
+    _idle(page)
+    filtered = page.url
+    assert "preset=high+gradient" in filtered and "layers=fc1" in filtered, filtered  # touching layers keeps the preset
+    chosen = page.get_by_role("combobox", name="Open a unit").input_value()
+    page.get_by_role("button", name="Open unit page").click()
+    page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
+    _idle(page)
+    unit_url = page.url
+    assert "layers=fc1" in unit_url and "preset=" in unit_url  # the unit page knows the filter it came from
+    page.get_by_text("Unit 1 of").wait_for(timeout=60_000)
+
+    page.go_back()
+    page.get_by_text(count).wait_for(timeout=60_000)
+    _idle(page)
+    page.get_by_role("combobox", name="Preset").wait_for(timeout=60_000)
+    assert page.url == filtered
+    assert page.get_by_role("combobox", name="Preset").input_value() == "high gradient, low activation"
+    page.go_forward()
+    page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
+    _idle(page)
+    page.get_by_role("link", name="Next →").click()  # next unit in the filter's order
+    page.get_by_text("Unit 2 of").wait_for(timeout=60_000)
+    page.get_by_role("link", name="← Back to results").click()
+    page.get_by_text(count).wait_for(timeout=60_000)
+
+    fresh = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
+    fresh.goto(filtered)
+    fresh.get_by_text(count).wait_for(timeout=60_000)
+    _idle(fresh)
+    assert fresh.get_by_role("combobox", name="Preset").input_value() == "high gradient, low activation"
+    fresh.goto(unit_url)
+    fresh.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
+    fresh.get_by_text("Unit 1 of").wait_for(timeout=60_000)
+    fresh.goto(f"{server}/sql?q=SELECT+layer%2C+unit+FROM+units+WHERE+layer+%3D+%27fc2%27+LIMIT+3")
+    fresh.get_by_text("3 row(s)").wait_for(timeout=60_000)
+    query = fresh.get_by_role("textbox", name="Query")
+    query.wait_for(timeout=60_000)
+    assert "fc2" in query.input_value(timeout=60_000)
+    fresh.goto(f"{server}/compare?runs={RUN_ID}")
+    fresh.get_by_role("heading", name="Compare runs").wait_for(timeout=60_000)
+    _idle(fresh)
+    assert fresh.get_by_text("No runs selected").count() == 0
+    fresh.goto(f"{server}/nope")
+    fresh.get_by_text("There is no page").wait_for(timeout=60_000)
+    fresh.goto(f"{server}/explorer?run={RUN_ID}&limit=-5&layers=fc1,fc1")
+    fresh.get_by_text("had values that are ignored").wait_for(timeout=60_000)
+
+    fresh.goto(f"{server}/gallery?run={RUN_ID}&layer=conv2&gsort=selectivity&gdesc=1")
+    first = expected["gallery_first"]
+    fresh.get_by_role("link", name=first, exact=True).click()
+    fresh.get_by_role("heading", name=f"Unit {first}", exact=True).wait_for(timeout=60_000)
+    _idle(fresh)
+    fresh.get_by_role("button", name="Enlarge").first.click()
+    dialog = fresh.get_by_role("dialog")
+    dialog.wait_for(timeout=60_000)
+    img = dialog.locator("img").first
+    img.wait_for(timeout=60_000)
+    assert img.bounding_box()["width"] >= 300
+
+
+def test_state_survives_back_forward_and_shared_links_in_chromium(server, con):
+    from playwright.sync_api import sync_playwright
+
+    from warehouse import queries as q
+
+    hgla = q.PRESETS["high gradient, low activation"].apply(q.UnitFilter(RUN_ID, layers=("fc1",)))
+    top = q.filter_units(con, q.UnitFilter(RUN_ID, layers=("conv2",), order_by="selectivity", descending=True, limit=1))
+    expected = {"hgla_fc1": q.count_units(con, hgla), "gallery_first": f"conv2:{int(top.unit.iloc[0])}"}
+    assert expected["hgla_fc1"] >= 2
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            walk_state_and_navigation(server, browser, expected)
         finally:
             browser.close()

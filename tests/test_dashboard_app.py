@@ -97,15 +97,24 @@ def count_line(at: AppTest) -> int:
 def test_overview_lists_runs_layers_and_distributions(app, tables):
     at = ok(app.run())
     assert at.title[0].value == "Runs overview"
-    runs = at.dataframe[0].value
+    runs = frame(at, "created_at")
     assert runs.run_id.tolist() == [RUN_ID] and runs.test_acc.iloc[0] == pytest.approx(tables["runs"].test_acc.iloc[0])
-    layers = at.dataframe[1].value
+    layers = frame(at, "n_units")
     assert layers.set_index("layer").n_units.to_dict() == {"conv1": 6, "conv2": 16, "fc1": 120, "fc2": 84}
     assert layers.dead.sum() == tables["units"].dead.sum()
     assert at.query_params == {"run": RUN_ID}
     assert len(pd.read_csv(io.BytesIO(downloaded(at, "dl-runs-csv")))) == 1
     assert pq.read_table(io.BytesIO(downloaded(at, "dl-layers-parquet"))).num_rows == 4
-    assert {m.value for m in at.subheader} >= {"Runs", f"Layers of `{RUN_ID}`", "Distributions per layer"}
+    assert {m.value for m in at.subheader} >= {"Runs", f"Layers of `{RUN_ID}`", "Distributions per layer",
+                                               f"Findings in `{RUN_ID}`"}
+    # The first screen leads with the findings: the most anomalous live units and the most important ones.
+    u = tables["units"]
+    important = frame(at, "abl_loss_delta")
+    assert important.abl_loss_delta.tolist() == pytest.approx(sorted(u.abl_loss_delta, reverse=True)[:5])
+    anomalous = frame(at, "anomaly_max")
+    live = u[~u.dead & (u.anomaly_max >= 1.0)].sort_values("anomaly_max", ascending=False)
+    assert anomalous.anomaly_max.tolist() == pytest.approx(live.anomaly_max.head(5).tolist())
+    assert all("unit=" in link for link in important["open"])
 
 
 def test_empty_warehouse_says_what_to_do(monkeypatch, tmp_path):
@@ -125,7 +134,7 @@ def test_broken_run_is_shown_as_broken(monkeypatch, broken_root):
     monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(broken_root))
     at = ok(AppTest.from_file(str(APP), default_timeout=60).run())
     assert any("broken-run" in w.value and "corrupt" in w.value for w in at.warning)
-    assert at.dataframe[0].value.run_id.tolist() == [RUN_ID]
+    assert frame(at, "created_at").run_id.tolist() == [RUN_ID]
     assert "1 broken" in " ".join(c.value for c in at.sidebar.caption)
 
 
@@ -158,7 +167,7 @@ def test_explorer_preset_scatter_correlation_export_and_open(app, con):
     at.button(key="ex-open").click().run()
     ok(at)
     assert at.header[0].value == f"Unit {first}"
-    assert at.query_params == {"run": RUN_ID, "unit": first}
+    assert at.query_params["unit"] == first and at.query_params["preset"] == HGLA  # the filter it came from
 
 
 def test_explorer_reads_its_state_from_the_url(app, tables):
@@ -181,7 +190,7 @@ def test_explorer_empty_result_and_bad_link(app):
     at = open_page(app, "explorer", {"run": RUN_ID, "range": "selectivity:2:"})
     assert count_line(at) == 0 and "No unit matches" in at.info[0].value
     at = open_page(app, "explorer", {"run": RUN_ID, "range": "bogus:1:"})
-    assert "not valid" in at.error[0].value and count_line(at) == 226
+    assert "is ignored: unknown column 'bogus'" in at.warning[0].value and count_line(at) == 226
     at = open_page(app, "explorer", {"run": "no-such-run"})
     assert "not in this warehouse" in at.warning[0].value and count_line(at) == 226
 
@@ -245,7 +254,7 @@ def test_dashboard_pages_do_not_import_torch(warehouse_root):
         "import sys\n"
         "from streamlit.testing.v1 import AppTest\n"
         f"at = AppTest.from_file({str(APP)!r}, default_timeout=60).run()\n"
-        "for page in ('explorer', 'unit', 'sql', 'export'):\n"
+        "for page in ('explorer', 'gallery', 'unit', 'sql', 'export'):\n"
         "    at.switch_page(f'views/{page}.py').run()\n"
         "    assert not at.exception, at.exception\n"
         "print('torch loaded' if 'torch' in sys.modules else 'no torch')\n")
@@ -275,7 +284,7 @@ def test_explorer_thumbnails_and_live_what_if_match_the_naive_ablation(app, ware
     at = open_page(app, "explorer")
     at.toggle(key="ex-thumbs").set_value(True).run()
     table = ok(at).dataframe(key="ex-table").value
-    assert table.columns[0] == "thumbnail" and table.thumbnail.str.startswith("data:image/png").all()
+    assert table.columns[:2].tolist() == ["open", "thumbnail"] and table.thumbnail.str.startswith("data:image/png").all()
     at.multiselect(key="ex-whatif-units").set_value(["fc1:3", "conv2:5"]).run()
     ok(at.button(key="ex-whatif").click().run())
     shown = {m.label: m.value for m in at.metric}
@@ -290,3 +299,67 @@ def test_explorer_thumbnails_and_live_what_if_match_the_naive_ablation(app, ware
     assert float(shown["loss"]) == pytest.approx(ablated.loss, abs=1e-4)
     assert shown["units ablated"] == "2"
     assert torch.is_tensor(torch.zeros(1))  # torch is loaded here on purpose, only by the what-if action
+
+
+def test_explorer_reports_ignored_url_values(app, tables):
+    at = open_page(app, "explorer", {"run": RUN_ID, "limit": "99999999999999999999", "cls": "99", "preset": "nope",
+                                     "layers": "fc1,fc1", "range": "selectivity:0.2:"})
+    notice = at.warning[0].value
+    for part in ("fc1 is repeated", "`limit=99999999999999999999` is ignored", "unknown preset 'nope'", "`cls=99`"):
+        assert part in notice, part
+    u = tables["units"]
+    assert count_line(at) == int(((u.layer == "fc1") & (u.selectivity >= 0.2)).sum())
+
+
+def test_explorer_facets_count_the_filtered_units(app, tables):
+    at = open_page(app, "explorer", {"run": RUN_ID, "range": "selectivity:0.2:"})
+    u = tables["units"][tables["units"].selectivity >= 0.2]
+    labels = {pl.proto.label for pl in at.get("page_link")}
+    for layer, n in u.groupby("layer").size().items():
+        assert f"{layer} · {n:,}" in labels
+    assert f"live · {int((~u.dead).sum()):,}" in labels and not u.dead.any()  # dead units have no selectivity
+    for c, n in u.groupby("pref_class_name").size().items():
+        assert f"{c} · {n:,}" in labels
+
+
+def test_gallery_pages_through_a_layer_in_order(app, tables):
+    at = open_page(app, "gallery", {"run": RUN_ID, "layer": "fc1", "gsort": "selectivity", "gdesc": "1", "page": "2"})
+    fc1 = tables["units"][tables["units"].layer == "fc1"].sort_values(["selectivity", "unit"], ascending=[False, True])
+    assert any(m.value.startswith("**120 unit(s)** of `fc1`; units 49 to 96") for m in at.markdown)
+    tiles = [pl.proto.label for pl in at.get("page_link") if pl.proto.label.startswith("fc1:")]
+    assert tiles == [f"fc1:{u}" for u in fc1.unit.iloc[48:96]]
+    assert len(at.image) == 48
+    assert at.query_params["page"] == "2" and at.query_params["gsort"] == "selectivity"
+
+
+def test_unit_page_knows_its_place_in_the_filter(app, con):
+    f = q.PRESETS["highly selective"].apply(q.UnitFilter(RUN_ID))
+    rows = q.filter_units(con, f)
+    assert len(rows) >= 3
+    second = f"{rows.layer.iloc[1]}:{rows.unit.iloc[1]}"
+    at = open_page(app, "unit", {"run": RUN_ID, "unit": second, "preset": "highly selective", "epoch": "1"})
+    assert at.header[0].value == f"Unit {second}"
+    assert any(c.value == f"Unit 2 of {len(rows):,} in the results" for c in at.caption)
+    links = {pl.proto.label: pl for pl in at.get("page_link")}
+    assert f"← Previous ({rows.layer.iloc[0]}:{rows.unit.iloc[0]})" in links
+    assert f"Next → ({rows.layer.iloc[2]}:{rows.unit.iloc[2]})" in links
+    assert "← Back to results" in links
+    assert at.select_slider(key="unit-epoch").value == 1 and at.query_params["epoch"] == "1"
+
+
+def test_sql_and_compare_state_come_from_the_url(app):
+    at = open_page(app, "sql", {"q": "SELECT layer, unit FROM units WHERE layer = 'fc2' ORDER BY unit LIMIT 3"})
+    rows = frame(at, "unit")
+    assert rows.unit.tolist() == [0, 1, 2] and rows["open"].str.contains("unit=fc2:").all()
+    assert at.query_params["q"].startswith("SELECT layer, unit")
+    at = open_page(app, "compare", {})
+    assert not [i for i in at.info if "No runs selected" in i.value]
+    assert at.query_params["runs"] == RUN_ID
+
+
+def test_jump_box_opens_a_unit(app):
+    at = ok(app.run())
+    at.sidebar.text_input(key="jump").input("fc1:11").run()
+    assert ok(at).header[0].value == "Unit fc1:11"
+    at.sidebar.text_input(key="jump").input("fc9:1").run()
+    assert any("has no layer `fc9`" in e.value for e in ok(at).sidebar.error)

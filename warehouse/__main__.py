@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from warehouse.connect import connect
 from warehouse.export import FORMATS, table_bytes
 from warehouse.errors import AtlasError
-from warehouse.queries import (CLASS_METRICS, PRESETS, UNIT_METRICS, QueryError, UnitFilter, filter_units_arrow,
-                               parse_range)
+from warehouse.filters import UnitFilter, add_arguments, from_cli
+from warehouse.queries import PRESETS, QueryError, filter_units_arrow
 from warehouse.schema import markdown
 from warehouse.store import ENV_VAR, WarehouseError, default_path, list_runs
 
@@ -27,43 +26,15 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--warehouse", type=Path, default=None,
                     help=f"warehouse folder (default: ${ENV_VAR} or {default_path()})")
     ex.add_argument("--run", required=True, help="run id (see python -m compute list)")
-    ex.add_argument("--layer", action="append", default=[], help="layer to include (repeatable; default all)")
     ex.add_argument("--preset", choices=list(PRESETS), default=None)
-    ex.add_argument("--range", action="append", default=[], metavar="COL:LO:HI",
-                    help=f"metric range, a bound may be empty (repeatable); COL one of {', '.join(UNIT_METRICS)}")
-    ex.add_argument("--pref-class", action="append", type=int, default=[], help="preferred class (repeatable)")
-    ex.add_argument("--class-condition", action="append", default=[], metavar="COL:LO:HI",
-                    help=f"condition that one class must meet, all on the same class (repeatable); "
-                         f"COL one of {', '.join(CLASS_METRICS)}")
-    ex.add_argument("--class", dest="condition_class", type=int, default=None,
-                    help="the class the class conditions apply to (default: any class)")
-    ex.add_argument("--dead", choices=("yes", "no"), default=None, help="only dead / only live units")
-    ex.add_argument("--sort", default=None, help="sort column (default: the preset's, else layer order)")
-    ex.add_argument("--desc", action="store_true", help="sort descending")
-    ex.add_argument("--limit", type=int, default=None, help="at most this many units")
+    add_arguments(ex)
     ex.add_argument("--format", choices=FORMATS, default=None, help="default: from the output file's suffix")
     ex.add_argument("-o", "--output", type=Path, required=True, help="output file")
     return ap
 
 
 def build_filter(args: argparse.Namespace) -> UnitFilter:
-    f = UnitFilter(args.run, layers=tuple(args.layer))
-    if args.preset:
-        f = PRESETS[args.preset].apply(f)
-    f = replace(f, ranges=f.ranges + tuple(parse_range(r) for r in args.range),
-                class_conditions=f.class_conditions + tuple(parse_range(r, CLASS_METRICS) for r in args.class_condition),
-                pref_classes=tuple(args.pref_class) or f.pref_classes)
-    if args.condition_class is not None:
-        f = replace(f, condition_class=args.condition_class)
-    if args.dead is not None:
-        f = replace(f, dead=args.dead == "yes")
-    if args.sort is not None:
-        f = replace(f, order_by=args.sort, descending=args.desc)
-    elif args.desc:
-        f = replace(f, descending=True)
-    if args.limit is not None:
-        f = replace(f, limit=args.limit)
-    return f
+    return from_cli(args, args.run, PRESETS[args.preset] if args.preset else None)
 
 
 def export(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ groups, so the filters below skip most of the file.
 from __future__ import annotations
 
 import base64
+import json
 
 import duckdb
 import pandas as pd
@@ -46,3 +47,13 @@ def thumbnails(con: duckdb.DuckDBPyConnection, run_id: str, kind: str = "top", r
     df = con.execute(sql, [run_id, kind, int(rank), layer, layer]).df()
     df["thumbnail"] = [data_uri(bytes(p)) for p in df.pop("png")]
     return df
+
+
+def input_shape(con: duckdb.DuckDBPyConnection, run_id: str) -> tuple[int, ...] | None:
+    """The network's input shape (C, H, W) recorded in the run's configuration; None if absent."""
+    rows = con.execute("SELECT config FROM runs WHERE run_id = ?", [run_id]).fetchall()
+    try:
+        shape = json.loads(rows[0][0])["model_spec"]["in_shape"]
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
+    return tuple(int(v) for v in shape) if shape else None

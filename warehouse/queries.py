@@ -1,87 +1,30 @@
 """The dashboard's and the export's questions to the warehouse, as SQL with bound parameters.
 
-A ``UnitFilter`` is a typed description of "which units": run, layers, metric ranges, preferred
-classes and class-level conditions. ``filter_sql`` turns it into one SELECT whose user values are
-all ``?`` parameters; column names are checked against ``warehouse.schema`` so nothing a user
-types is ever spliced into SQL text. The text forms (``parse_range`` / ``format_range``) are shared
-by the dashboard's URL and the export command line.
+Which units a question is about is a ``UnitFilter`` (``warehouse.filters``: its fields, their
+URL and command-line forms and the SQL clauses they become); ``PRESETS`` are named filters.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from warehouse.connect import UNITS_IN_MEMORY, has_units_in_memory
+from warehouse.connect import has_units_in_memory
+from warehouse.filters import (CLASS_METRICS, UNIT_COLUMNS, UNIT_METRICS, Preset, QueryError, Range, UnitFilter,
+                               check_column, filter_sql, format_range, parse_range)
 from warehouse.schema import TABLES
-from warehouse.errors import AtlasError
 
+__all__ = ["CLASS_METRICS", "UNIT_COLUMNS", "UNIT_METRICS", "Preset", "QueryError", "Range", "UnitFilter",
+           "filter_sql", "format_range", "parse_range"]  # re-exported: the filter's home is warehouse.filters
 
-def _numeric_columns(table: str) -> tuple[str, ...]:
-    return tuple(c.name for c in TABLES[table].columns
-                 if pa.types.is_floating(c.type) or pa.types.is_integer(c.type))
-
-
-#: Columns of ``units`` a range filter, an axis or a sort may name.
-UNIT_METRICS: tuple[str, ...] = _numeric_columns("units")
-#: Columns of ``unit_classes`` a class-level condition may name.
-CLASS_METRICS: tuple[str, ...] = tuple(c for c in _numeric_columns("unit_classes") if c not in ("unit", "class"))
 #: Columns of ``units`` shown with a layer percentile on the unit page.
 PERCENTILE_METRICS: tuple[str, ...] = tuple(
     c.name for c in TABLES["units"].columns if pa.types.is_floating(c.type))
-UNIT_COLUMNS: tuple[str, ...] = tuple(c.name for c in TABLES["units"].columns)
-
-
-class QueryError(AtlasError, ValueError):
-    """A filter or query request that cannot be answered; the message names the problem."""
-
-
-@dataclass(frozen=True)
-class Range:
-    """``lo <= column <= hi``; a missing bound is open."""
-
-    column: str
-    lo: float | None = None
-    hi: float | None = None
-
-
-@dataclass(frozen=True)
-class UnitFilter:
-    """Which units of one run to show.
-
-    ``class_conditions`` all apply to the *same* class row of ``unit_classes``: a unit matches
-    when some class (``condition_class`` if given) satisfies every one of them, e.g. "gradient
-    high and activation low for one class". ``matched_classes`` lists those classes per unit.
-    """
-
-    run_id: str
-    layers: tuple[str, ...] = ()
-    ranges: tuple[Range, ...] = ()
-    pref_classes: tuple[int, ...] = ()
-    class_conditions: tuple[Range, ...] = ()
-    condition_class: int | None = None
-    dead: bool | None = None
-    order_by: str = "layer_index"
-    descending: bool = False
-    limit: int | None = None
-
-
-@dataclass(frozen=True)
-class Preset:
-    name: str
-    description: str
-    spec: dict[str, Any] = field(default_factory=dict)
-
-    def apply(self, base: UnitFilter) -> UnitFilter:
-        """``base``'s run, layers and class, with this preset's conditions and order."""
-        cleared = replace(base, ranges=(), pref_classes=(), class_conditions=(), dead=None,
-                          order_by="layer_index", descending=False, limit=None)
-        return replace(cleared, **self.spec)
 
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (
@@ -100,169 +43,6 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
             "order_by": "selectivity", "descending": True}),
     Preset("dead units", "Never active on the evaluation set.", {"dead": True}),
 )}
-
-
-def _check_column(column: str, allowed: tuple[str, ...], what: str) -> str:
-    if column not in allowed:
-        raise QueryError(f"unknown {what} {column!r}; choose one of {', '.join(allowed)}.")
-    return column
-
-
-def _finite(value: float | None, what: str) -> float | None:
-    if value is not None and not math.isfinite(value):
-        raise QueryError(f"{what} must be a finite number, got {value}.")
-    return value
-
-
-def parse_range(text: str, allowed: tuple[str, ...] = UNIT_METRICS) -> Range:
-    """``"selectivity:0.5:1"`` / ``"abl_loss_delta::0.01"`` / ``"anomaly:1:"`` -> ``Range``."""
-    parts = text.split(":")
-    if len(parts) != 3:
-        raise QueryError(f"range {text!r} must look like COLUMN:LO:HI with LO or HI possibly empty, "
-                         f"e.g. selectivity:0.5: .")
-    column, lo, hi = parts
-    _check_column(column, allowed, "column")
-    bounds: list[float | None] = []
-    for b in (lo, hi):
-        try:
-            value = float(b) if b.strip() else None
-        except ValueError:
-            raise QueryError(f"range {text!r}: bound {b!r} is not a number.") from None
-        bounds.append(_finite(value, f"a bound of {column}"))
-    if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
-        raise QueryError(f"range {text!r}: lower bound {bounds[0]} is above upper bound {bounds[1]}.")
-    return Range(column, bounds[0], bounds[1])
-
-
-def format_range(r: Range) -> str:
-    """Inverse of ``parse_range``."""
-    fmt = lambda v: "" if v is None else repr(float(v))  # noqa: E731
-    return f"{r.column}:{fmt(r.lo)}:{fmt(r.hi)}"
-
-
-def _range_sql(alias: str, r: Range, allowed: tuple[str, ...], what: str) -> tuple[list[str], list[Any]]:
-    col = f'{alias}."{_check_column(r.column, allowed, what)}"'
-    sql, params = [], []
-    if r.lo is not None:
-        sql.append(f"{col} >= ?")
-        params.append(_finite(r.lo, f"lower bound of {r.column}"))
-    if r.hi is not None:
-        sql.append(f"{col} <= ?")
-        params.append(_finite(r.hi, f"upper bound of {r.column}"))
-    return sql, params
-
-
-def _anomaly_floor(f: UnitFilter) -> float | None:
-    """``lo`` when the only class-level condition is "some class has anomaly >= lo".
-
-    ``units.anomaly_max`` is the largest anomaly over a unit's classes (NaN classes skipped), so
-    that condition is exactly ``anomaly_max >= lo`` and membership needs no scan of the ten times
-    larger ``unit_classes`` (the "high gradient, low activation" preset).
-    """
-    if f.condition_class is None and len(f.class_conditions) == 1:
-        r = f.class_conditions[0]
-        if r.column == "anomaly" and r.lo is not None and r.hi is None:
-            return r.lo
-    return None
-
-
-def _class_rows_sql(f: UnitFilter) -> tuple[str, list[Any]]:
-    """(layer, unit, class) of the ``unit_classes`` rows meeting all class-level conditions."""
-    where, params = ["run_id = ?"], [f.run_id]
-    if f.layers:
-        where.append(f"layer IN ({', '.join('?' * len(f.layers))})")
-        params += list(f.layers)
-    if f.condition_class is not None:
-        where.append('"class" = ?')
-        params.append(int(f.condition_class))
-    for r in f.class_conditions:
-        s, p = _range_sql("unit_classes", r, CLASS_METRICS, "class metric")
-        where += s
-        params += p
-    return f'SELECT layer, unit, "class" FROM unit_classes WHERE {" AND ".join(where)}', params
-
-
-def filter_sql(f: UnitFilter, columns: tuple[str, ...] = UNIT_COLUMNS, ordered: bool = True,
-               matches: bool = True, memory: bool = False) -> tuple[str, list[Any]]:
-    """One SELECT over ``units``, plus ``matched_classes`` when class conditions are set and ``matches``.
-
-    ``ordered=False`` leaves out the ORDER BY when no limit depends on it (counts, samples).
-    ``unit_classes`` is scanned once at most: for membership and matched classes together, or,
-    when ``units.anomaly_max`` answers membership, for the matched classes of the rows kept, unless
-    ``memory`` says the connection holds ``units_in_memory``, whose ``class_anomaly`` names them.
-    """
-    for c in columns:
-        _check_column(c, UNIT_COLUMNS, "column")
-    order = _check_column(f.order_by, UNIT_METRICS, "sort column")
-    if f.limit is not None and f.limit < 1:
-        raise QueryError(f"limit must be positive, got {f.limit}.")
-    by_class = bool(f.class_conditions) or f.condition_class is not None
-    floor = _anomaly_floor(f) if by_class else None
-    scan = by_class and floor is None  # membership needs unit_classes
-    gather = by_class and matches
-    from_memory = gather and floor is not None and memory
-    rows, row_params = _class_rows_sql(f) if by_class else ("", [])
-    # Classes are gathered as integers and named from runs.class_names at the end: reading the
-    # class_name strings of unit_classes rows costs about a third of the query.
-    grouped = (f'SELECT c.layer, c.unit, list(c."class" ORDER BY c."class") AS matched FROM ({rows}) c {{}} '
-               f"GROUP BY c.layer, c.unit")
-    source, params, extra = "units u", [], ""
-    if from_memory:
-        source, extra = f"{UNITS_IN_MEMORY} u", ", u.class_anomaly"
-    elif scan and gather:
-        source += f" JOIN ({grouped.format('')}) m ON m.layer = u.layer AND m.unit = u.unit"
-        params, extra = list(row_params), ", m.matched"
-    elif scan:
-        source += f" SEMI JOIN ({rows}) c ON c.layer = u.layer AND c.unit = u.unit"
-        params = list(row_params)
-    where = ["u.run_id = ?"]
-    params.append(f.run_id)
-    if floor is not None:
-        where.append('u."anomaly_max" >= ?')
-        params.append(_finite(floor, "lower bound of anomaly"))
-    if f.layers:
-        where.append(f"u.layer IN ({', '.join('?' * len(f.layers))})")
-        params += list(f.layers)
-    for r in f.ranges:
-        s, p = _range_sql("u", r, UNIT_METRICS, "metric")
-        where += s
-        params += p
-    if f.pref_classes:
-        where.append(f"u.pref_class IN ({', '.join('?' * len(f.pref_classes))})")
-        params += [int(c) for c in f.pref_classes]
-    if f.dead is not None:
-        where.append("u.dead = ?")
-        params.append(bool(f.dead))
-    direction = "DESC" if f.descending else "ASC"
-    order_sql = f'ORDER BY {{t}}."{order}" {direction} NULLS LAST, {{t}}.layer_index, {{t}}.unit'
-    cols = tuple(dict.fromkeys((*columns, "layer", "unit", order, "layer_index"))) if gather else columns
-    select = ", ".join(f'u."{c}"' for c in cols) + extra
-    sql = f"SELECT {select} FROM {source} WHERE {' AND '.join(where)}"
-    if ordered or f.limit is not None:
-        sql += " " + order_sql.format(t="u")
-    if f.limit is not None:
-        sql += " LIMIT ?"
-        params.append(int(f.limit))
-    if not gather:
-        return sql, params
-    shown = ", ".join(f'page."{c}"' for c in columns)
-    names = "list_transform({}.matched, lambda k: r.class_names[k + 1]) AS matched_classes"
-    if scan:
-        sql = f"WITH page AS ({sql}) SELECT {shown}, {names.format('page')} FROM page JOIN runs r ON r.run_id = ?"
-        params.append(f.run_id)
-    elif from_memory:
-        listed = ("list_transform(list_filter(range(len(page.class_anomaly)), lambda k: page.class_anomaly[k + 1] >= ?), "
-                  "lambda k: r.class_names[k + 1]) AS matched_classes")
-        sql = f"WITH page AS ({sql}) SELECT {shown}, {listed} FROM page JOIN runs r ON r.run_id = ?"
-        params += [floor, f.run_id]
-    else:
-        kept = grouped.format("SEMI JOIN page ON page.layer = c.layer AND page.unit = c.unit")
-        sql = (f"WITH page AS ({sql}), m AS ({kept}) SELECT {shown}, {names.format('m')} FROM page "
-               f"JOIN runs r ON r.run_id = ? LEFT JOIN m ON m.layer = page.layer AND m.unit = page.unit")
-        params += row_params + [f.run_id]
-    if ordered or f.limit is not None:
-        sql += " " + order_sql.format(t="page")
-    return sql, params
 
 
 def filter_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> pd.DataFrame:
@@ -284,8 +64,8 @@ def scatter_data(con: duckdb.DuckDBPyConnection, f: UnitFilter, x: str, y: str,
     smallest hash of (layer, unit), so the plot stays responsive and does not change between
     reruns. A pre-filter on the hash range keeps the sort to about 1.25 x ``max_points`` rows.
     """
-    x = _check_column(x, UNIT_METRICS, "x axis")
-    y = _check_column(y, UNIT_METRICS, "y axis")
+    x = check_column(x, UNIT_METRICS, "x axis")
+    y = check_column(y, UNIT_METRICS, "y axis")
     inner, params = filter_sql(f, tuple(dict.fromkeys(("layer", "layer_index", "unit", "pref_class_name", x, y))),
                                ordered=False, matches=False)
     total = int(con.execute(f"SELECT count(*) FROM ({inner})", params).fetchall()[0][0])
@@ -377,7 +157,7 @@ def unit_row(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: int)
 def layer_percentiles(con: duckdb.DuckDBPyConnection, run_id: str, layer: str,
                       values: dict[str, float]) -> dict[str, float]:
     """Per metric: percent of the layer's units whose value is <= the given one (NaN values left out)."""
-    cols = [_check_column(c, PERCENTILE_METRICS, "metric") for c in values]
+    cols = [check_column(c, PERCENTILE_METRICS, "metric") for c in values]
     finite = {c: v for c, v in values.items() if v is not None and math.isfinite(v)}
     exprs = [f'100.0 * count(*) FILTER (WHERE "{c}" <= ?) / nullif(count(*) FILTER (WHERE isfinite("{c}")), 0)'
              for c in cols if c in finite]

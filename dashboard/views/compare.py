@@ -28,32 +28,33 @@ exps = cached.experiments(root, fp)
 exp_options = [ALL, *exps]
 exp_url = _from_url("exp")
 if exp_url is not None:
-    if exp_url in exps:
+    if exp_url in exp_options:
         st.session_state["compare-exp"] = exp_url
     else:
         st.warning(f"Experiment `{exp_url}` from the link is not in this warehouse.")
-exp_choice = st.selectbox("Experiment", exp_options, key="compare-exp",
-                          index=1 if exps and "compare-exp" not in st.session_state else 0)
+if "compare-exp" not in st.session_state:  # the session's last choice, else the latest experiment, else every run
+    latest = st.session_state.get("compare-exp-saved") or cached.latest_experiment(root, fp)
+    st.session_state["compare-exp"] = latest if latest in exp_options else ALL
+exp_choice = st.selectbox("Experiment", exp_options, key="compare-exp")
+st.session_state["compare-exp-saved"] = exp_choice
 experiment = None if exp_choice == ALL else exp_choice
 candidates = cached.runs_of(root, fp, experiment)
 
 runs_url = _from_url("runs")
 if runs_url is not None:
-    wanted = [r for r in runs_url.split(",") if r]
+    wanted = list(dict.fromkeys(r for r in runs_url.split(",") if r))
     missing = [r for r in wanted if r not in candidates]
     if missing:
         st.warning(f"Run(s) {', '.join(f'`{m}`' for m in missing)} from the link are not among these runs.")
     st.session_state["compare-runs"] = [r for r in wanted if r in candidates]
-elif st.session_state.get("compare-runs-of") != experiment:
-    st.session_state["compare-runs"] = candidates
+elif st.session_state.get("compare-runs-of") != experiment or "compare-runs" not in st.session_state:
+    saved = st.session_state.get("compare-saved", {}).get(experiment, candidates)
+    st.session_state["compare-runs"] = [r for r in saved if r in candidates]
 st.session_state["compare-runs-of"] = experiment
 chosen = st.multiselect("Runs", candidates, key="compare-runs")
 
-params: dict[str, str | list[str]] = {}
-if experiment:
-    params["exp"] = experiment
-if chosen != candidates:
-    params["runs"] = ",".join(chosen)
+st.session_state.setdefault("compare-saved", {})[experiment] = chosen  # kept while other pages are open
+params: dict[str, str | list[str]] = {"exp": experiment or ALL, "runs": ",".join(chosen)}
 
 if not chosen:
     ui.write_url(PAGE, params)

@@ -6,20 +6,19 @@ import shlex
 
 import streamlit as st
 
-from dashboard import cached, ui
-from dashboard.state import ExplorerState, decode, encode
+from dashboard import cached, nav, ui
+from dashboard.state import ExplorerState, encode, parse
 from warehouse.export import FORMATS
-from warehouse.queries import QueryError, UnitFilter, format_range
+from warehouse.filters import QueryError, UnitFilter, to_cli
 
 st.title("Export")
 root, fp, runs = ui.page_runs()
 run_ids = [r.run_id for r in runs]
 
 state: ExplorerState | None = None
-try:
-    state = decode(st.query_params) if ui.url_is_new("export") else None
-except QueryError as e:
-    st.error(f"This link's filter is not valid: {e}")
+if ui.url_is_new("export"):
+    state, notices = parse(st.query_params)
+    nav.notices(notices)
 state = state or st.session_state.get("ex-state") or ExplorerState(UnitFilter(run_ids[0]))
 if state.filter.run_id not in run_ids:
     st.warning(f"Run `{state.filter.run_id}` is not in this warehouse; exporting `{run_ids[0]}` unfiltered.")
@@ -37,21 +36,6 @@ except QueryError as e:
 st.markdown(f"**{total:,} unit(s)** of run `{f.run_id}`.")
 ui.downloads(f"units-{f.run_id}", "dl-export", payload={fmt: cached.export_on_click(root, fp, f, fmt) for fmt in FORMATS})
 
-args = [".venv/bin/python", "-m", "warehouse", "export", "--warehouse", root, "--run", f.run_id]
-for layer in f.layers:
-    args += ["--layer", layer]
-for r in f.ranges:
-    args += ["--range", format_range(r)]
-for c in f.pref_classes:
-    args += ["--pref-class", str(c)]
-for r in f.class_conditions:
-    args += ["--class-condition", format_range(r)]
-if f.condition_class is not None:
-    args += ["--class", str(f.condition_class)]
-if f.dead is not None:
-    args += ["--dead", "yes" if f.dead else "no"]
-args += ["--sort", f.order_by] + (["--desc"] if f.descending else [])
-if f.limit is not None:
-    args += ["--limit", str(f.limit)]
+args = [".venv/bin/python", "-m", "warehouse", "export", "--warehouse", root, "--run", f.run_id, *to_cli(f)]
 st.markdown("The same rows from a terminal:")
 st.code(" ".join(shlex.quote(a) for a in [*args, "-o", f"units-{f.run_id}.csv"]), language="bash")

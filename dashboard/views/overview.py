@@ -7,7 +7,7 @@ import shlex
 import plotly.express as px
 import streamlit as st
 
-from dashboard import cached, ui
+from dashboard import cached, findings, ui
 from dashboard.compute_job import DEFAULT_RUN_ID, default_command, run_with_progress
 from warehouse.queries import DISTRIBUTIONS
 
@@ -32,19 +32,23 @@ if not runs:
             st.error(f"The compute step failed (exit code {code}):\n\n```\n{output}\n```")
     st.stop()
 
-overview = cached.runs_overview(root, fp)
-st.subheader("Runs")
-st.dataframe(overview, hide_index=True, column_config={
-    c: st.column_config.NumberColumn(format="percent") for c in ("train_acc", "test_acc", "eval_acc")})
-ui.downloads("runs", "dl-runs", frame=overview)
-
+findings.intro()
 run_ids = [r.run_id for r in runs]
 run = ui.pick_run(run_ids, st.query_params.get("run") if ui.url_is_new("overview") else None, "overview-run")
 ui.write_url("overview", {"run": run})
+st.subheader(f"Findings in `{run}`")
+findings.findings(root, fp, run, cached.layer_names(root, fp, run))
+findings.memorization(root, fp)
+
+overview = cached.runs_overview(root, fp)
+st.subheader("Runs")
+st.dataframe(overview, hide_index=True, key="overview-runs", column_config={
+    c: st.column_config.NumberColumn(format="percent") for c in ("train_acc", "test_acc", "eval_acc")})
+ui.downloads("runs", "dl-runs", frame=overview)
 
 st.subheader(f"Layers of `{run}`")
 layers = cached.layer_summary(root, fp, run)
-st.dataframe(layers, hide_index=True)
+st.dataframe(layers, hide_index=True, key="overview-layers")
 ui.downloads(f"layers-{run}", "dl-layers", frame=layers)
 
 hist = cached.epochs(root, fp, run)
@@ -60,6 +64,11 @@ cols = st.columns(2)
 for i, metric in enumerate(DISTRIBUTIONS):
     h = cached.histogram(root, fp, run, metric)
     h["bin"] = (h["lo"] + h["hi"]) / 2
-    fig = px.bar(h, x="bin", y="count", color="layer", barmode="group", title=labels[metric],
-                 labels={"bin": metric, "count": "units"})
+    # One small panel per layer (facets) on a shared x axis: overlaid bars of several layers hide each other.
+    fig = px.bar(h, x="bin", y="count", facet_row="layer", title=labels[metric], labels={"bin": metric, "count": ""},
+                 height=110 + 90 * h["layer"].nunique())
+    fig.update_yaxes(matches=None, showticklabels=True)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1], textangle=0, xanchor="left"))
+    fig.update_traces(marker_line_width=0)
+    fig.update_layout(bargap=0.05)
     cols[i % 2].plotly_chart(fig, key=f"hist-{metric}")

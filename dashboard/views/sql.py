@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import cached, ui
+from dashboard import cached, sql_state, ui
 from warehouse.sandbox import MAX_ROWS, TIME_LIMIT_S, SandboxError
 from warehouse.schema import TABLES
 
@@ -24,14 +24,19 @@ with right:
 with left:
     st.caption(f"One SELECT (or WITH ... SELECT) statement; at most {MAX_ROWS:,} rows, stopped after "
                f"{TIME_LIMIT_S:g} s. Files, settings and writes are off.")
-    query = st.text_area("Query", EXAMPLE, height=180, key="sql-query")
-    if st.button("Run", type="primary", key="sql-run") or st.session_state.get("sql-last") == query:
+    sql_state.restore(EXAMPLE)
+    query = st.text_area("Query", height=180, key="sql-query")
+    ran = st.button("Run", type="primary", key="sql-run") or st.session_state.get("sql-last") == query
+    if ran:
         st.session_state["sql-last"] = query
+    sql_state.remember(query)
+    if ran:
         try:
             result = cached.sql(root, query)
         except SandboxError as e:
             st.error(str(e))
         else:
             st.caption(f"{len(result.rows):,} row(s)" + (f"; capped at {MAX_ROWS:,}" if result.truncated else ""))
-            st.dataframe(result.rows, hide_index=True, key="sql-result")
+            shown, links = sql_state.with_links(result.rows)
+            st.dataframe(shown, hide_index=True, key="sql-result", column_config=links)
             ui.downloads("query", "dl-sql", frame=result.rows)

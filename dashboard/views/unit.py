@@ -8,10 +8,9 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from dashboard import cached, ui
+from dashboard import cached, ui, unit_charts, unit_nav
 from dashboard.image_panels import render_unit_evidence
-from dashboard.state import parse_unit
-from warehouse.queries import PERCENTILE_METRICS, QueryError
+from warehouse.queries import PERCENTILE_METRICS
 from warehouse.schema import TABLES
 
 S = st.session_state
@@ -21,12 +20,7 @@ run_ids = [r.run_id for r in runs]
 
 # --- which unit: from a new URL, else the widgets ------------------------------------------------
 from_url = ui.url_is_new("unit")
-wanted: tuple[str, int] | None = None
-if from_url:
-    try:
-        wanted = parse_unit(st.query_params.get("unit"))
-    except QueryError as e:
-        st.error(f"This link's unit is not valid: {e}")
+wanted: tuple[str, int] | None = unit_nav.unit_from_url() if from_url else unit_nav.remembered()
 run = ui.pick_run(run_ids, st.query_params.get("run") if from_url else None, "unit-run")
 layers = cached.layer_names(root, fp, run)
 if wanted:
@@ -45,7 +39,9 @@ if S.get("unit-index") is None or not 0 <= S["unit-index"] < n_units:
         st.error(f"Layer `{layer}` has units 0 to {n_units - 1}; unit {S['unit-index']} does not exist.")
     S["unit-index"] = 0
 unit = int(c2.number_input(f"Unit (0 to {n_units - 1})", min_value=0, max_value=n_units - 1, step=1, key="unit-index"))
-ui.write_url("unit", {"run": run, "unit": f"{layer}:{unit}"})
+unit_nav.remember(layer, unit)
+origin = unit_nav.origin(run, from_url)
+unit_nav.navigation_bar(root, fp, run, layer, unit, origin)
 
 page = cached.unit_page(root, fp, run, layer, unit)
 if page is None:
@@ -64,13 +60,7 @@ m[3].metric("Ablation accuracy delta", f"{u['abl_acc_delta']:+.2%}")
 # --- per-class activation vs gradient signal -----------------------------------------------------
 cls = page.classes
 st.subheader("Per class: activation and gradient signal")
-fig = make_subplots(rows=1, cols=2, subplot_titles=("activation (mean per class)", "gradient signal (mean per class)"))
-fig.add_trace(go.Bar(x=cls["class_name"], y=cls["mean_act"], name="pre-ReLU activation"), row=1, col=1)
-fig.add_trace(go.Bar(x=cls["class_name"], y=cls["mean_rect"], name="post-ReLU activation"), row=1, col=1)
-fig.add_trace(go.Bar(x=cls["class_name"], y=cls["grad_mean"], name="gradient signal (+ = loss wants it higher)"),
-              row=1, col=2)
-fig.update_layout(barmode="group", legend={"orientation": "h"})
-st.plotly_chart(fig, key="unit-classes")
+st.plotly_chart(unit_charts.act_vs_grad(cls, "", rectified=True), key="unit-classes")
 top = cls.sort_values("anomaly", ascending=False).head(3)
 st.caption("Classes with the highest gradient-vs-activation anomaly (high gradient, low activation; "
            "docs/metrics.md): " + ", ".join(f"{r.class_name} ({r.anomaly:.2f})" for r in top.itertuples()))
@@ -87,11 +77,8 @@ else:
                             title="gradient signal per class, by epoch"), key="trace-grad")
     c2.plotly_chart(px.line(trace, x="epoch", y="mean_act", color="class_name", markers=True,
                             title="pre-ReLU activation per class, by epoch"), key="trace-act")
-    epochs = sorted(trace["epoch"].unique().tolist())
-    epoch = st.select_slider("Epoch", epochs, value=epochs[-1], key="unit-epoch") if len(epochs) > 1 else epochs[0]
-    at = trace[trace["epoch"] == epoch].melt("class_name", ["mean_act", "grad_mean"], var_name="signal")
-    st.plotly_chart(px.bar(at, x="class_name", y="value", color="signal", barmode="group",
-                           title=f"epoch {epoch}: activation vs gradient signal per class"), key="trace-epoch")
+    epoch = unit_nav.epoch_slider(sorted(trace["epoch"].unique().tolist()), from_url)
+    st.plotly_chart(unit_charts.act_vs_grad(trace[trace["epoch"] == epoch], f"epoch {epoch}: "), key="trace-epoch")
 
 # --- ablation ------------------------------------------------------------------------------------
 st.subheader("Ablation effect per class")

@@ -1,0 +1,143 @@
+"""The unit explorer's panels below the filter: facets, table, unit chooser, what-if, scatter and correlation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+from dashboard import cached, nav, ui, whatif_panel
+from dashboard.image_panels import with_thumbnails
+from dashboard.state import COLORS, ExplorerState, encode
+from warehouse.browse import FACETS
+from warehouse.export import FORMATS
+from warehouse.filters import UNIT_METRICS
+
+WEBGL_FROM = 1_000  # points from which the scatter renders with WebGL
+FACET_VALUES = 12  # values listed per facet
+EXPLORER = Path(__file__).parent / "views" / "explorer.py"
+
+
+def facets(root: str, fp: cached.Fingerprint, state: ExplorerState, classes: list[str]) -> None:
+    """Counts per layer, preferred class and dead/live within the filter; each value links to the
+    filter narrowed to it (Datasette's facets)."""
+    counts = cached.facets(root, fp, state.filter)
+    f = state.filter
+    with st.expander("Facets: how the matching units split", expanded=True):
+        cols = st.columns(len(FACETS))
+        for col, facet in zip(cols, FACETS):
+            rows = counts[counts["facet"] == facet].head(FACET_VALUES)
+            col.markdown(f"**{ {'pref_class_name': 'preferred class', 'dead': 'dead / live'}.get(facet, facet) }**")
+            for r in rows.itertuples():
+                narrowed = _narrow(f, facet, r.value, classes)
+                label = {"true": "dead", "false": "live"}.get(r.value, r.value) if facet == "dead" else r.value
+                if narrowed is None or narrowed == f:
+                    col.markdown(f"{label} · **{r.units:,}**")
+                else:
+                    col.page_link(str(EXPLORER), label=f"{label} · {r.units:,}",
+                                  query_params=encode(replace(state, filter=narrowed)))
+
+
+def _narrow(f: Any, facet: str, value: str, classes: list[str]) -> Any:
+    if facet == "layer":
+        return replace(f, layers=(value,))
+    if facet == "pref_class_name":
+        return replace(f, pref_classes=(classes.index(value),)) if value in classes else None
+    if facet == "dead":
+        return replace(f, dead=value == "true")
+    return None
+
+
+def table(root: str, fp: cached.Fingerprint, state: ExplorerState, table: pd.DataFrame) -> pd.DataFrame:
+    """The matching units (first rows), each with a link to its unit page; a selected row opens it."""
+    run = state.filter.run_id
+    first = ["layer", "unit", *(["matched_classes"] if "matched_classes" in table else []), "selectivity",
+             "pref_class_name", "abl_loss_delta", "abl_acc_delta", "anomaly_max", "anomaly_class"]
+    table = table[first + [c for c in table.columns if c not in first and c != "run_id"]]
+    column_config: dict[str, Any] = {}
+    if st.toggle("Show thumbnails (each unit's top evaluation example)", key="ex-thumbs"):
+        table, column_config = with_thumbnails(cached.connection(root)[0], run, table)
+        table = table[["thumbnail", *[c for c in table.columns if c != "thumbnail"]]]
+    shown, links = nav.with_unit_links(table, run, state)
+    event = st.dataframe(shown, hide_index=True, on_select="rerun", selection_mode="single-row", key="ex-table",
+                         column_config={**column_config, **links})
+    if event.selection.rows:
+        row = table.iloc[event.selection.rows[0]]
+        nav.open_unit(run, str(row["layer"]), int(row["unit"]), state)
+    ui.downloads(f"units-{run}", "dl-units",
+                 payload={fmt: cached.export_on_click(root, fp, state.filter, fmt) for fmt in FORMATS})
+    return table
+
+
+def unit_chooser(state: ExplorerState, labels: list[str]) -> None:
+    c1, c2 = st.columns([3, 1])
+    chosen = c1.selectbox("Open a unit (or select a table row or a scatter point)", labels, key="ex-open-choice")
+    if c2.button("Open unit page", key="ex-open", type="primary") and chosen:
+        layer, _, unit = chosen.rpartition(":")
+        nav.open_unit(state.filter.run_id, layer, int(unit), state)
+
+
+def what_if(root: str, run: str, labels: list[str]) -> None:
+    """Live ablation of chosen units on the run's checkpoint (the one action that loads torch)."""
+    with st.expander("What if these units were removed? (live ablation on the run's checkpoint)"):
+        st.caption("Clamps the chosen units to zero together and re-evaluates the trained network on the run's "
+                   "evaluation set (or its training set). The first call loads the checkpoint and data.")
+        picked = st.multiselect("Units to ablate together", labels, default=labels[:min(len(labels), 10)],
+                                key="ex-whatif-units")
+        split = st.radio("Measured on", ["eval", "train"], horizontal=True, key="ex-whatif-split")
+        if st.button("Ablate the selected units", key="ex-whatif", disabled=not picked):
+            result = whatif_panel.run(root, run, picked, split)
+            if isinstance(result, str):
+                st.error(result)
+                return
+            summary, per_class = result
+            m1, m2, m3 = st.columns(3)
+            m1.metric("accuracy", f"{summary['accuracy']:.4f}", f"{summary['acc_delta']:+.4f}")
+            m2.metric("loss", f"{summary['loss']:.4f}", f"{summary['loss_delta']:+.4f}", delta_color="inverse")
+            m3.metric("units ablated", summary["n_units"])
+            st.plotly_chart(px.bar(per_class, x="class_name", y="acc_delta", title="Accuracy change per class"),
+                            key="ex-whatif-bars")
+            ui.downloads(f"whatif-{run}", "dl-whatif", frame=per_class)
+
+
+def axis_widgets() -> None:
+    c1, c2, c3, c4 = st.columns([2, 2, 2, 1])
+    c1.selectbox("x axis", UNIT_METRICS, key="ex-x")
+    c2.selectbox("y axis", UNIT_METRICS, key="ex-y")
+    c3.radio("Colour by", COLORS, key="ex-color", horizontal=True,
+             format_func=lambda c: {"layer": "layer", "pref_class_name": "preferred class"}[c])
+    c4.checkbox("log x", key="ex-logx")
+    c4.checkbox("log y", key="ex-logy")
+
+
+def scatter(root: str, fp: cached.Fingerprint, state: ExplorerState, layers: list[str], classes: list[str]) -> None:
+    """Scatter of two metrics (a clicked point opens its unit) and their Spearman correlation per layer."""
+    f, run = state.filter, state.filter.run_id
+    points, n_points = cached.scatter(root, fp, f, state.x, state.y)
+    if len(points) < n_points:
+        st.caption(f"Plotting a fixed sample of {len(points):,} of {n_points:,} units.")
+    shown = points
+    for axis, on in ((state.x, state.log_x), (state.y, state.log_y)):
+        if on:
+            shown = shown[shown[axis] > 0]
+    if len(shown) < len(points):
+        st.caption(f"{len(points) - len(shown):,} unit(s) with a value ≤ 0 cannot be placed on a log axis and "
+                   "are left out of the plot (not of the correlation).")
+    hover: dict[str, Any] = {"layer": True, "unit": True, "pref_class_name": True}
+    fig = px.scatter(shown, x=state.x, y=state.y, color=state.color, hover_data=hover, custom_data=["layer", "unit"],
+                     render_mode="webgl" if len(shown) >= WEBGL_FROM else "svg", log_x=state.log_x,
+                     log_y=state.log_y, title=f"{state.y} against {state.x}",
+                     category_orders={"layer": layers, "pref_class_name": classes})
+    picked = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="ex-scatter")
+    if picked.selection.points:
+        layer, unit = picked.selection.points[0]["customdata"][:2]
+        nav.open_unit(run, str(layer), int(unit), state)
+
+    st.markdown(f"**Spearman correlation of {state.x} and {state.y} per layer** (95% confidence interval)")
+    corr = cached.correlations(points[["layer", state.x, state.y]], state.x, state.y)
+    st.dataframe(corr, hide_index=True, key="ex-corr")
+    ui.downloads(f"correlation-{run}", "dl-corr", frame=corr)

@@ -1,0 +1,77 @@
+"""The first screen's findings for one run: the most anomalous live units, the most important units,
+selectivity against importance at a glance, and the memorization comparison when an experiment exists."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import plotly.express as px
+import streamlit as st
+
+from dashboard import cached, nav
+from dashboard.state import ExplorerState, encode
+from warehouse.filters import UnitFilter
+from warehouse.queries import PRESETS
+
+VIEWS = Path(__file__).parent / "views"
+TOP = 5
+HGLA = "high gradient, low activation"
+
+
+def intro() -> None:
+    st.markdown(
+        "**What does each unit of a trained network respond to, and does the network need it?** Every unit "
+        "(a neuron, or a conv channel) is probed on the evaluation set: its activation and the gradient signal per "
+        "class, its class selectivity, what removing it costs (ablation), its training trace and the images that "
+        "drive it. Start with the findings below, or browse a layer in the **Layer gallery**.")
+
+
+def _top(root: str, fp: cached.Fingerprint, f: UnitFilter, title: str, columns: list[str], key: str,
+         preset: str | None) -> None:
+    table, total = cached.filtered(root, fp, f, TOP)  # the first TOP rows, and how many match in all
+    st.markdown(f"**{title}**")
+    if total == 0:
+        st.caption("None in this run.")
+        return
+    state = ExplorerState(f, preset)
+    shown, links = nav.with_unit_links(table[["layer", "unit", *columns]], f.run_id, state)
+    st.dataframe(shown.drop(columns=["layer", "unit"]), hide_index=True, key=key, column_config=links)
+    st.page_link(str(VIEWS / "explorer.py"), label=f"All {total:,} in the explorer →", query_params=encode(state))
+
+
+def findings(root: str, fp: cached.Fingerprint, run: str, layers: list[str]) -> None:
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        hgla = replace(PRESETS[HGLA].apply(UnitFilter(run)), dead=False)
+        _top(root, fp, hgla, "Most anomalous live units (high gradient, low activation)",
+             ["anomaly_max", "anomaly_class"], "first-anomalous", HGLA)
+    with c2:
+        important = PRESETS["most important"].apply(UnitFilter(run))
+        _top(root, fp, important, "Most important units (ablation raises the loss most)",
+             ["abl_loss_delta", "selectivity"], "first-important", "most important")
+    with c3:
+        points, n = cached.scatter(root, fp, UnitFilter(run), "selectivity", "abl_loss_delta")
+        fig = px.scatter(points, x="selectivity", y="abl_loss_delta", color="layer", height=300,
+                         category_orders={"layer": layers}, title="Selectivity against importance",
+                         render_mode="webgl" if len(points) >= 1000 else "svg")
+        fig.update_layout(margin={"l": 0, "r": 0, "t": 40, "b": 0},
+                          legend={"orientation": "h", "y": -0.3, "title": {"text": ""}})
+        st.plotly_chart(fig, key="first-scatter")
+        st.page_link(str(VIEWS / "explorer.py"), label="Explore the scatter →", query_params={"run": run})
+
+
+def memorization(root: str, fp: cached.Fingerprint) -> None:
+    """When the warehouse holds an experiment: its runs' curve areas beside label noise, linking to Compare."""
+    exp = cached.latest_experiment(root, fp)
+    if exp is None:
+        return
+    run_ids = tuple(cached.runs_of(root, fp, exp))
+    aucs = cached.auc_table(root, fp, run_ids, "train", "last2", "random")
+    st.markdown(f"**Memorization experiment `{exp}`** ({len(run_ids)} runs): networks fitted to noisier labels "
+                "lean on more units, so removing units hurts them sooner (smaller area under the curve).")
+    if not aucs.empty:
+        st.dataframe(aucs[["run_id", "label_noise", "auc_mean", "auc_std", "train_acc", "test_acc", "gen_gap"]],
+                     hide_index=True, key="first-memorization")
+    st.page_link(str(VIEWS / "compare.py"), label="Compare these runs →",
+                 query_params={"exp": exp, "runs": ",".join(run_ids)})

@@ -23,8 +23,8 @@ from compute.measure.stats import EvalStats, EvalSums, evaluation_sums
 from compute.run.stage_store import StageStore
 
 SHARD_EXAMPLES = 2000  # examples per data shard
-UNIT_CHUNK = 64  # units ablated per single-unit item
-MASK_CHUNK = 64  # curve points (masks) per curves item
+UNIT_CHUNK = 256  # units ablated per single-unit item (each item also runs the prefix once per shard)
+MASK_CHUNK = 128  # curve points (masks) per curves item
 
 
 def shards(n: int, size: int = SHARD_EXAMPLES) -> list[tuple[int, int]]:

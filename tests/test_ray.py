@@ -16,8 +16,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
+import torch
 
 import warehouse
+import compute.api as atlas
+from compute.datasets.sources import load_dataset, stratified_subset
+from compute.nets.models import ModelSpec, build_model
 from compute.progress import parse_line
 from compute.run.config import RunConfig
 from compute.run.pipeline import compute_run
@@ -71,13 +75,19 @@ def test_lenet_on_two_ray_workers_equals_in_process(ray_cluster: str, lenet_refe
 
 
 def test_resnet18_slice_on_one_ray_worker_equals_in_process(ray_cluster: str, tmp_path: Path):
-    cfg = RunConfig(model="torchvision:resnet18", dataset="mnist-5k", epochs=1, seed=0, train_size=100,
-                    eval_size=60, layers=("layer4.1.*",), images=None, batch_size=50)
-    ref = run_with(cfg, tmp_path, "inproc")
-    got = run_with(cfg, tmp_path, "ray1", workers=1)
-    assert_same_run(ref, got)
-    units = ds.dataset(got / "units.parquet").to_table()
-    assert units.num_rows == 1024  # layer4.1.relu and layer4.1.relu_1, 512 channels each
+    """Through compute.api: an untrained ResNet-18 (weights seeded), its last block, 20 digits."""
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("torchvision:resnet18", (1, 28, 28), 10, {}))
+    digits = stratified_subset(load_dataset("mnist-5k").test, 20)
+    ray1 = RayExecutor(workers=1)
+    try:
+        runs = {run_id: atlas.analyze(model, digits, layers=["layer4.1.*"], images=None, warehouse=tmp_path,
+                                      run_id=run_id, executor=executor).path
+                for run_id, executor in (("inproc", "in-process"), ("ray1", ray1))}
+    finally:
+        ray1.close()
+    assert_same_run(runs["inproc"], runs["ray1"])
+    assert ds.dataset(runs["ray1"] / "units.parquet").count_rows() == 1024  # layer4.1.relu, .relu_1: 512 each
 
 
 def test_a_killed_worker_is_restarted_and_its_item_retried(ray_cluster: str, lenet_reference: Path, tmp_path: Path,

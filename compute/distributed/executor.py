@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from compute.ablation.engine import AblationEngine
 from compute.datasets.sources import ImageSet
+from compute.errors import ConfigError
 from compute.nets.models import ProbedModel
 from compute.progress import bar
 from compute.run.stage_store import StageStore
@@ -106,6 +107,8 @@ def make_executor(kind: str, address: str | None = None, workers: int | None = N
     """``in-process`` or ``ray`` (Ray is imported only when asked for)."""
     if kind == "in-process":
         return InProcessExecutor()
+    if kind != "ray":
+        raise ConfigError(f"unknown executor {kind!r}; choose in-process or ray.")
     from compute.distributed.ray_executor import RayExecutor
 
     return RayExecutor(address, workers, gpus_per_worker)

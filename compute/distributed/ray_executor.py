@@ -1,10 +1,11 @@
 """Work items on a Ray cluster: actors that hold the model and the data, fed items by the driver.
 
 The worker state (model with trained weights, datasets) is put into Ray's object store once per run
-(``ray.put``) and every actor reads it once when it starts; an item then ships only its small
-arguments and returns float64 sums. Each actor reserves ``cpus_per_worker`` CPUs and sets torch's
-threads to match (or a GPU fraction with ``--device cuda``). An actor whose process dies is
-restarted and its items retried by Ray; the driver alone writes (``run_items`` saves each result).
+(``ray.put``) and every actor reads it once, at its first item of the run; an item then ships only
+a reference and its small arguments, and returns float64 sums. Each actor reserves
+``cpus_per_worker`` CPUs and sets torch's threads to match (or a GPU fraction with ``--device
+cuda``). An actor whose process dies is restarted and its items retried by Ray; the driver alone
+writes (``run_items`` saves each result).
 """
 
 from __future__ import annotations
@@ -28,14 +29,20 @@ IN_FLIGHT = 2  # items queued per actor, so it never waits for the driver betwee
 
 @ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)
 class ItemActor:
-    """Holds one copy of the worker state; runs items on it."""
+    """Runs items on the worker state of the current run, fetched from the object store once per
+    state (a restarted actor fetches it again), so one actor serves every run of a sweep."""
 
-    def __init__(self, worker: Worker, threads: int) -> None:
+    def __init__(self, threads: int) -> None:
         torch.set_num_threads(threads)
-        worker.model.to(worker.device)
-        self.worker = worker
+        self.key: str | None = None
+        self.worker: Worker | None = None
 
-    def run(self, item: Item) -> Any:
+    def run(self, state: list[Any], item: Item) -> Any:
+        ref = state[0]  # inside a list, so Ray passes the reference, not the value, with each item
+        if self.key != ref.hex():
+            self.worker = ray.get(ref)
+            self.worker.model.to(self.worker.device)
+            self.key = ref.hex()
         return item.run(self.worker)
 
 
@@ -58,35 +65,41 @@ class RayExecutor:
             self.started_ray = True
         self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
         self.workers = workers
-        self._state: tuple[Worker, Any, list[Any]] | None = None
+        self._actors: list[Any] = []
+        self._cuda = False
+        self._state: tuple[Worker, Any] | None = None
 
-    def _actors(self, worker: Worker) -> list[Any]:
-        """The actors for this worker state, started (and the state broadcast) on first use."""
-        if self._state is not None and self._state[0] is worker:
-            return self._state[2]
+    def actors(self, cuda: bool = False) -> list[Any]:
+        """The actors, started on first use (or again when the device changes)."""
+        if self._actors and self._cuda == cuda:
+            return self._actors
         self._kill()
-        cuda = worker.device == "cuda"
         n = self.workers or max(1, int(ray.cluster_resources().get("GPU" if cuda else "CPU", 1)
                                        // (self.gpus if cuda else self.cpus)))
-        ref = ray.put(worker)  # the weights and data, once; every actor reads this one copy
         env = {"NEURON_ATLAS_QUIET": "1", **{v: os.environ[v] for v in (ENV_VAR, ONCE_VAR) if v in os.environ}}
         options: dict[str, Any] = {"num_cpus": self.cpus, "runtime_env": {"env_vars": env}}
         if cuda:
             options["num_gpus"] = self.gpus
-        actors = [ItemActor.options(**options).remote(ref, self.cpus) for _ in range(n)]
-        self._state = (worker, ref, actors)  # the ref kept: a restarted actor reads it again
-        return actors
+        self._actors, self._cuda = [ItemActor.options(**options).remote(self.cpus) for _ in range(n)], cuda
+        return self._actors
+
+    def broadcast(self, worker: Worker) -> Any:
+        """The worker state (weights and data) in the object store, put once per run."""
+        if self._state is None or self._state[0] is not worker:
+            self._state = (worker, ray.put(worker))
+        return self._state[1]
 
     def map(self, worker: Worker, items: Sequence[Item]) -> Iterator[tuple[str, Any]]:
         """Results as they finish; each actor keeps ``IN_FLIGHT`` items queued."""
-        actors = self._actors(worker)
+        actors = self.actors(worker.device == "cuda")
+        state = [self.broadcast(worker)]
         queue = list(reversed(items))
         running: dict[Any, tuple[Any, str]] = {}
 
         def submit(actor: Any) -> None:
             if queue:
                 item = queue.pop()
-                running[actor.run.remote(item)] = (actor, item.key)
+                running[actor.run.remote(state, item)] = (actor, item.key)
 
         for actor in actors:
             for _ in range(IN_FLIGHT):
@@ -102,12 +115,12 @@ class RayExecutor:
             yield key, value
 
     def _kill(self) -> None:
-        if self._state is not None:
-            for actor in self._state[2]:
-                ray.kill(actor)
-            self._state = None
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
 
     def close(self) -> None:
         self._kill()
+        self._state = None
         if self.started_ray:
             ray.shutdown()

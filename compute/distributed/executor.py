@@ -47,11 +47,13 @@ class Worker:
 
 @dataclass(frozen=True)
 class Item:
-    """One unit of work: ``fn(worker, *args)``; ``key`` names its saved result (a file name)."""
+    """One unit of work: ``fn(worker, *args)``; ``key`` names its saved result (a file name), ``size``
+    is its share of the stage's progress bar (in the bar's unit)."""
 
     key: str
     fn: Callable[..., Any]
     args: tuple[Any, ...]
+    size: float = 1.0
 
     def run(self, worker: Worker) -> Any:
         crash_once(f"item-{self.key}")
@@ -82,7 +84,7 @@ class InProcessExecutor:
 
 
 def run_items(executor: Executor, worker: Worker, items: Sequence[Item], store: StageStore,
-              desc: str) -> list[Any]:
+              desc: str, unit: str = "item") -> list[Any]:
     """Every item's result, in the order of ``items`` (never completion order).
 
     Results already in ``store`` (a killed driver's finished items) are loaded, the rest computed and
@@ -92,11 +94,15 @@ def run_items(executor: Executor, worker: Worker, items: Sequence[Item], store: 
     assert len(set(keys)) == len(keys), "work item keys must be unique"
     results = {k: v for k in keys if (v := store.load(k)) is not None}
     todo = [item for item in items if item.key not in results]
-    progress = bar(None, desc, unit="item", total=len(items), initial=len(results))
+    sizes = {item.key: item.size for item in items}
+    progress = bar(None, desc, unit=unit, total=round(sum(sizes.values())),
+                   initial=round(sum(sizes[k] for k in results)))
+    done = float(progress.n)
     for key, value in executor.map(worker, todo):
         store.save(key, value)
         results[key] = value
-        progress.update(1)
+        done += sizes[key]
+        progress.update(round(done) - progress.n)
         crash_point(f"{desc}-item-{len(results)}")
     progress.close()
     return [results[k] for k in keys]

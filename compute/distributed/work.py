@@ -79,11 +79,13 @@ def _ablation_item(worker: Worker, data: str, layer: str, units: int, u0: int, u
 def single_unit(executor: Executor, worker: Worker, store: StageStore, units: dict[str, int],
                 data: str = "eval") -> tuple[Outcome, dict[str, LayerAblation]]:
     """What ``AblationEngine.single_unit`` returns, computed as items; ``units``: layer -> unit count."""
-    spans = shards(len(worker.data[data]))
-    chunks = [(layer, u0, min(u0 + UNIT_CHUNK, n)) for layer, n in units.items() for u0 in range(0, n, UNIT_CHUNK)]
-    items = [Item(f"{layer}.u{_span(u0, u1)}.x{_span(a, b)}", _ablation_item, (data, layer, units[layer], u0, u1, a, b))
+    n = len(worker.data[data])
+    spans = shards(n)
+    chunks = [(layer, u0, min(u0 + UNIT_CHUNK, k)) for layer, k in units.items() for u0 in range(0, k, UNIT_CHUNK)]
+    items = [Item(f"{layer}.u{_span(u0, u1)}.x{_span(a, b)}", _ablation_item, (data, layer, units[layer], u0, u1, a, b),
+                  size=(u1 - u0) * (b - a) / n)
              for layer, u0, u1 in chunks for a, b in spans]
-    results = run_items(executor, worker, items, store, "ablation")
+    results = run_items(executor, worker, items, store, "ablation", unit="unit")
     per_chunk = [results[i:i + len(spans)] for i in range(0, len(results), len(spans))]
     base = _add([intact for intact, _ in per_chunk[0]]).outcome(0)
     layers: dict[str, LayerAblation] = {}

@@ -22,6 +22,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from compute.datasets.sources import ImageSet, Splits
+from compute.distributed.executor import Executor, make_executor
 from compute.nets.discover import trace_probes
 from compute.errors import DataError
 from compute.images.config import ImageConfig
@@ -57,10 +58,14 @@ def analyze(model: nn.Module, eval_data: ImageSet | Dataset, *, train_data: Imag
             class_names: Sequence[str] | None = None, layers: Sequence[str] | None = None, epochs: int = 0,
             seed: int = 0, lr: float = 1e-3, batch_size: int = 64, warehouse: str | Path | None = None,
             run_id: str | None = None, dataset_name: str = "custom", device: str = "cpu",
-            images: ImageConfig | None = ImageConfig()) -> RunSummary:
+            images: ImageConfig | None = ImageConfig(), executor: str | Executor = "in-process",
+            ray_address: str | None = None) -> RunSummary:
     """Probe every unit of ``model`` on ``eval_data`` and publish a run; train first if ``epochs > 0``.
 
     Without ``train_data`` the evaluation set stands in for it (its accuracy is reported as both).
+    ``executor="ray"`` runs statistics, ablation and curves on a Ray cluster (``ray_address``, e.g.
+    ``auto``; none: a local Ray) with the same results; an ``Executor`` object is used as given
+    (and left open, e.g. for several runs).
     """
     started = time.perf_counter()
     eval_set = as_imageset(eval_data, class_names, f"{dataset_name}/eval")
@@ -73,6 +78,12 @@ def analyze(model: nn.Module, eval_data: ImageSet | Dataset, *, train_data: Imag
                     widths=(), eval_dataset=f"{dataset_name}/eval", images=images)
     rid = check_run_id(run_id or default_run_id(cfg))
     torch.manual_seed(seed)
-    with RunWriter(Path(warehouse) if warehouse else default_path(), rid) as writer:
-        cfg = settle_config(cfg, rid, writer.stages_dir, resume=False)
-        return analyze_into(writer, probed, None, Splits(train_set, eval_set), eval_set, cfg, started)  # type: ignore[arg-type]
+    runner = make_executor(executor, ray_address) if isinstance(executor, str) else executor
+    try:
+        with RunWriter(Path(warehouse) if warehouse else default_path(), rid) as writer:
+            cfg = settle_config(cfg, rid, writer.stages_dir, resume=False)
+            return analyze_into(writer, probed, None, Splits(train_set, eval_set), eval_set, cfg,  # type: ignore[arg-type]
+                                started, runner)
+    finally:
+        if isinstance(executor, str):
+            runner.close()

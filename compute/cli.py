@@ -113,7 +113,30 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="also draw the cumulative ablation curves on the training set, with its training labels "
                         "(always on for sweeps)")
     _add_image_options(p)
+    _add_executor_options(p)
     _add_warehouse(p)
+
+
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
+    ex = p.add_argument_group("executor", "where statistics, ablation and curves run (same results either way)")
+    ex.add_argument("--executor", default="in-process", choices=("in-process", "ray"),
+                    help="in-process (default) or ray: work items on a Ray cluster's workers")
+    ex.add_argument("--ray-address", default=None, metavar="ADDR",
+                    help="join this Ray cluster (auto, ray://host:port); default: start Ray on this machine")
+    ex.add_argument("--ray-workers", type=_positive, default=None,
+                    help="Ray actors to start (default: one per CPU of the cluster, or per GPU with --device cuda)")
+    ex.add_argument("--ray-gpus", type=float, default=1.0, metavar="FRACTION",
+                    help="GPUs each Ray actor reserves with --device cuda, fractions allowed (default 1)")
+
+
+def _executor(args: argparse.Namespace):
+    from compute.distributed.executor import make_executor
+
+    if args.executor != "ray" and (args.ray_address or args.ray_workers):
+        raise ConfigError("--ray-address and --ray-workers need --executor ray.")
+    if not 0 < args.ray_gpus <= 1:
+        raise ConfigError(f"--ray-gpus must be a fraction in (0, 1], got {args.ray_gpus}.")
+    return make_executor(args.executor, args.ray_address, args.ray_workers, args.ray_gpus)
 
 
 def _add_image_options(p: argparse.ArgumentParser) -> None:
@@ -207,16 +230,30 @@ def _run(args: argparse.Namespace, root: Path) -> int:
         raise ConfigError("--resume needs the --run-id of the interrupted run (see the folders in "
                           f"{staging_dir(root)}).")
     cfg = _config(args, seed=args.seed, label_noise=args.label_noise, run_id=args.run_id)
-    _print_summary(compute_run(cfg, root, resume=args.resume))
+    executor = _executor(args)
+    try:
+        _print_summary(compute_run(cfg, root, resume=args.resume, executor=executor))
+    finally:
+        executor.close()
     return 0
 
 
 def _sweep(args: argparse.Namespace, root: Path) -> int:
     """Every (label noise, seed) pair; runs already published are kept, so a sweep can be completed."""
-    from compute.run.pipeline import compute_run
-
     experiment = args.experiment or f"{args.model}-{args.dataset.split(':')[0]}-sweep"
     published = {r.run_id for r in list_runs(root) if r.ok}
+    executor = _executor(args)
+    try:
+        _sweep_runs(args, root, experiment, published, executor)
+    finally:
+        executor.close()
+    print(f"experiment {experiment}: {len(args.label_noise) * len(args.seeds)} runs in {root}")
+    return 0
+
+
+def _sweep_runs(args: argparse.Namespace, root: Path, experiment: str, published: set[str], executor) -> None:
+    from compute.run.pipeline import compute_run
+
     for noise in args.label_noise:
         for seed in args.seeds:
             run_id = f"{experiment}-noise{noise:g}-s{seed}"
@@ -226,9 +263,7 @@ def _sweep(args: argparse.Namespace, root: Path) -> int:
             print(f"== {run_id}", flush=True)
             args.train_curves = True  # memorization shows on the training labels (Morcos et al.)
             cfg = _config(args, seed=seed, label_noise=noise, run_id=run_id, experiment=experiment)
-            _print_summary(compute_run(cfg, root))
-    print(f"experiment {experiment}: {len(args.label_noise) * len(args.seeds)} runs in {root}")
-    return 0
+            _print_summary(compute_run(cfg, root, executor=executor))
 
 
 def _list(root: Path) -> int:

@@ -57,3 +57,12 @@ def small_run_artifacts(small_run):
 
 # The dashboard tests' fixtures (warehouse_root reuses small_run's warehouse).
 from tests.dashboard_fixtures import broken_root, con, tables, warehouse_root  # noqa: E402, F401
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> str:
+    """One local Ray for the whole session (starting one takes seconds); yields its address."""
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=200_000_000, log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()

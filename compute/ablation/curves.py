@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from compute.datasets.sources import ImageSet
-from compute.ablation.engine import AblationEngine
+from compute.ablation.engine import AblationEngine, MaskSums
 from compute.progress import bar
 from warehouse.rows import TableRows
 
@@ -68,15 +68,26 @@ def groups(layers: list[str], pooled_last: int = POOLED_LAST) -> dict[str, list[
     return out
 
 
-def ablation_curves(engine: AblationEngine, data: ImageSet, scores: dict[str, UnitScores], split: str = "eval",
-                    seeds: tuple[int, ...] = SEEDS, fractions: np.ndarray = FRACTIONS,
-                    pooled_last: int = POOLED_LAST) -> tuple[dict[str, list], dict[str, list]]:
-    """Columns of the ``ablation_curves`` and ``ablation_auc`` tables for one split (``run_id`` is
-    filled by the writer).
+@dataclass
+class CurvePlan:
+    """The masks of one group's curves: ``job`` (layer -> distinct masks (D, units)) is what is
+    evaluated; ``inverse`` maps each (order, fraction) point to its row of the job."""
 
-    ``scores`` has one entry per probed layer, in forward order.
-    """
-    curves, aucs = TableRows("ablation_curves"), TableRows("ablation_auc")
+    group: str
+    n_units: int
+    orders: list[tuple[str, int | None, np.ndarray]]
+    n_ablated: np.ndarray
+    inverse: np.ndarray
+    job: dict[str, torch.Tensor]
+
+    @property
+    def n_masks(self) -> int:
+        return len(next(iter(self.job.values())))
+
+
+def curve_plans(scores: dict[str, UnitScores], seeds: tuple[int, ...] = SEEDS, fractions: np.ndarray = FRACTIONS,
+                pooled_last: int = POOLED_LAST) -> list[CurvePlan]:
+    """One plan per group; ``scores`` has one entry per probed layer, in forward order."""
     plans = []
     for group, members in groups(list(scores), pooled_last).items():
         pooled = UnitScores(np.concatenate([scores[m].selectivity for m in members]),
@@ -92,18 +103,39 @@ def ablation_curves(engine: AblationEngine, data: ImageSet, scores: dict[str, Un
         flat, inverse = np.unique(masks.reshape(-1, n), axis=0, return_inverse=True)
         bounds = np.cumsum([0] + [len(scores[m].selectivity) for m in members])
         job = {m: torch.from_numpy(flat[:, a:b]) for m, a, b in zip(members, bounds[:-1], bounds[1:])}
-        plans.append((group, n, orders, n_ablated, inverse.ravel(), job))
-    total = sum(len(next(iter(p[5].values()))) for p in plans)  # distinct masks over all groups
-    progress = bar(None, f"curves {split}", unit="ablation", total=total)
-    _, sums = engine.evaluate_jobs(data, [p[5] for p in plans], progress)
-    progress.close()
-    for (group, n, orders, n_ablated, inverse, _), s in zip(plans, sums):
-        acc = s.accuracy()[inverse].reshape(len(orders), len(fractions))
-        loss = s.mean_loss()[inverse].reshape(len(orders), len(fractions))
-        for i, (order, seed, _) in enumerate(orders):
+        plans.append(CurvePlan(group, n, orders, n_ablated, inverse.ravel(), job))
+    return plans
+
+
+def curve_tables(plans: list[CurvePlan], sums: list[MaskSums], split: str,
+                 fractions: np.ndarray = FRACTIONS) -> tuple[dict[str, list], dict[str, list]]:
+    """Columns of the ``ablation_curves`` and ``ablation_auc`` tables from each plan's job sums."""
+    curves, aucs = TableRows("ablation_curves"), TableRows("ablation_auc")
+    for plan, s in zip(plans, sums):
+        shape = (len(plan.orders), len(fractions))
+        acc = s.accuracy()[plan.inverse].reshape(shape)
+        loss = s.mean_loss()[plan.inverse].reshape(shape)
+        n = plan.n_units
+        for i, (order, seed, _) in enumerate(plan.orders):
             rows = len(fractions)
-            curves.add(split=[split] * rows, layer=[group] * rows, order=[order] * rows, seed=[seed] * rows,
-                       fraction=fractions, n_units=[n] * rows, n_ablated=n_ablated, accuracy=acc[i], loss=loss[i])
-            aucs.add(split=[split], layer=[group], order=[order], seed=[seed], n_units=[n],
+            curves.add(split=[split] * rows, layer=[plan.group] * rows, order=[order] * rows, seed=[seed] * rows,
+                       fraction=fractions, n_units=[n] * rows, n_ablated=plan.n_ablated, accuracy=acc[i],
+                       loss=loss[i])
+            aucs.add(split=[split], layer=[plan.group], order=[order], seed=[seed], n_units=[n],
                      auc=[normalized_auc(fractions, acc[i])])
     return curves.columns, aucs.columns
+
+
+def ablation_curves(engine: AblationEngine, data: ImageSet, scores: dict[str, UnitScores], split: str = "eval",
+                    seeds: tuple[int, ...] = SEEDS, fractions: np.ndarray = FRACTIONS,
+                    pooled_last: int = POOLED_LAST) -> tuple[dict[str, list], dict[str, list]]:
+    """Columns of the ``ablation_curves`` and ``ablation_auc`` tables for one split (``run_id`` is
+    filled by the writer).
+
+    ``scores`` has one entry per probed layer, in forward order.
+    """
+    plans = curve_plans(scores, seeds, fractions, pooled_last)
+    progress = bar(None, f"curves {split}", unit="ablation", total=sum(p.n_masks for p in plans))
+    _, sums = engine.evaluate_jobs(data, [p.job for p in plans], progress)
+    progress.close()
+    return curve_tables(plans, sums, split, fractions)

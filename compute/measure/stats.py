@@ -132,9 +132,46 @@ class EvalStats:
 FIELDS = ("act", "rect", "grad", "grad_abs", "taylor", "active")
 
 
+@dataclass
+class EvalSums:
+    """What ``evaluation_stats`` accumulates over examples, mergeable across shards of the data:
+    float64 sums per class merge by addition, the per-unit peak by maximum."""
+
+    sums: dict[str, ClassSums]
+    max_act: dict[str, torch.Tensor]
+    loss_sum: float
+    correct: torch.Tensor  # (K,) float64 hits per class
+    counts: torch.Tensor  # (K,) float64 examples per class
+
+    def merge(self, other: EvalSums) -> EvalSums:
+        """This shard's sums followed by ``other``'s (merge shards in data order for reproducible floats)."""
+        for name, cs in self.sums.items():
+            for f, s in cs.sums.items():
+                s += other.sums[name].sums[f]
+            cs.counts += other.sums[name].counts
+            self.max_act[name] = torch.maximum(self.max_act[name], other.max_act[name])
+        self.loss_sum += other.loss_sum
+        self.correct += other.correct
+        self.counts += other.counts
+        return self
+
+    def finish(self) -> EvalStats:
+        layers = {name: LayerStats(cs.class_means(), cs.overall_means(), self.max_act[name].numpy(), cs.counts.numpy())
+                  for name, cs in self.sums.items()}
+        n = float(self.counts.sum())
+        return EvalStats(layers, self.loss_sum / n, float(self.correct.sum() / n),
+                         (self.correct / self.counts.clamp(min=1)).numpy())
+
+
 def evaluation_stats(model: nn.Module, probes: dict[str, nn.Module], data: ImageSet,
                      batch_size: int = 500, device: str = "cpu") -> EvalStats:
-    """One pass over ``data``: activity, per-example gradients and Taylor scores of every unit.
+    """One pass over ``data``: activity, per-example gradients and Taylor scores of every unit."""
+    return evaluation_sums(model, probes, data, batch_size, device).finish()
+
+
+def evaluation_sums(model: nn.Module, probes: dict[str, nn.Module], data: ImageSet,
+                    batch_size: int = 500, device: str = "cpu") -> EvalSums:
+    """The sums behind ``evaluation_stats`` on ``data`` (a whole set or one shard of it).
 
     Each example's loss is differentiated separately (the batch loss is a sum and the model is in
     eval mode, so examples do not interact), giving dLoss_n/d(activity) for example n.
@@ -165,9 +202,4 @@ def evaluation_stats(model: nn.Module, probes: dict[str, nn.Module], data: Image
             hit = (logits.argmax(1) == y).double().cpu()
             correct.index_add_(0, y.cpu(), hit)
             counts += torch.bincount(y.cpu(), minlength=data.n_classes).double()
-    layers = {
-        name: LayerStats(cs.class_means(), cs.overall_means(), max_act[name].numpy(), cs.counts.numpy())
-        for name, cs in sums.items()
-    }
-    return EvalStats(layers, loss_sum / len(data), float(correct.sum() / len(data)),
-                     (correct / counts.clamp(min=1)).numpy())
+    return EvalSums(sums, max_act, loss_sum, correct, counts)

@@ -34,6 +34,19 @@ class ProbedGraph(fx.GraphModule):
     def probe_modules(self) -> dict[str, nn.Module]:
         return {layer: self.get_submodule(path) for layer, path in self.probes.items()}
 
+    def __reduce__(self) -> tuple:
+        # fx pickles the generated code and rebuilds a plain GraphModule; keep the class (Ray workers
+        # and whole-model checkpoints unpickle a ProbedGraph).
+        return _unpickle_probed, (super().__reduce__(),)
+
+
+def _unpickle_probed(reduced: tuple) -> ProbedGraph:
+    rebuild, args = reduced
+    gm = rebuild(*args)
+    probed = ProbedGraph(gm, gm.graph, class_name=type(gm).__name__)
+    probed.probes = gm.probes
+    return probed
+
 
 def _is_relu(gm: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == "call_module":

@@ -15,13 +15,15 @@ from typing import Any
 
 import torch
 
-from compute.ablation.curves import UnitScores, ablation_curves
+from compute.ablation.curves import UnitScores
 from compute.ablation.engine import AblationEngine
 from compute.datasets.sources import ImageSet, Splits
+from compute.distributed import work
+from compute.distributed.executor import Executor, InProcessExecutor, Worker
 from compute.errors import ConfigError
 from compute.images.table import COLUMNS as IMAGE_COLUMNS
 from compute.images.table import ROW_GROUP_ROWS, unit_images
-from compute.measure.stats import evaluation_stats, selectivity
+from compute.measure.stats import selectivity
 from compute.measure.train import TrainConfig, TrainResult, evaluate, train
 from compute.nets.discover import ProbedGraph, select_layers
 from compute.progress import stage_started
@@ -46,12 +48,25 @@ class RunContext:
     device: str
     store: StageStore
     results: dict[str, Any] = field(default_factory=dict)
+    executor: Executor = field(default_factory=InProcessExecutor)  # where the sharded stages' items run
+    _worker: Worker | None = None
 
     def probes(self) -> dict[str, torch.nn.Module]:
         return self.model.probe_modules()
 
     def engine(self) -> AblationEngine:
         return AblationEngine(self.model, device=self.device)
+
+    def worker(self) -> Worker:
+        """The model (trained weights) and data the items read; built once, after training."""
+        if self._worker is None:
+            data = {"eval": self.eval_set, **({"train": self.splits.train} if self.cfg.train_curves else {})}
+            self._worker = Worker(self.model, data, self.device)
+        return self._worker
+
+    def items(self, stage: str) -> StageStore:
+        """Where the stage's finished work items are kept, so a killed run repeats only the others."""
+        return StageStore(self.store.directory / "items" / stage)
 
 
 def _train(ctx: RunContext) -> dict[str, Any]:
@@ -78,11 +93,11 @@ def _evaluate(ctx: RunContext) -> tuple[float, float, float, float]:
 
 
 def _statistics(ctx: RunContext) -> Any:
-    return evaluation_stats(ctx.model, ctx.probes(), ctx.eval_set, device=ctx.device)
+    return work.statistics(ctx.executor, ctx.worker(), ctx.items("statistics"))
 
 
 def _ablation(ctx: RunContext) -> Any:
-    return ctx.engine().single_unit(ctx.eval_set)
+    return work.single_unit(ctx.executor, ctx.worker(), ctx.items("ablation"), ctx.engine().unit_counts(ctx.eval_set))
 
 
 def _curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
@@ -90,11 +105,10 @@ def _curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
     stats, (_, ablations) = ctx.results["statistics"], ctx.results["ablation"]
     scores = {n: UnitScores(selectivity(stats.layers[n].class_means["rect"])["selectivity"], ablations[n].loss_delta)
               for n in ablations}
-    engine = ctx.engine()
     # Orders come from the evaluation set's scores on both splits, so the curves are comparable.
-    curves, aucs = ablation_curves(engine, ctx.eval_set, scores, "eval")
+    curves, aucs = work.curves(ctx.executor, ctx.worker(), ctx.items("curves"), scores, "eval", "eval")
     if ctx.cfg.train_curves:
-        train_curves, train_aucs = ablation_curves(engine, ctx.splits.train, scores, "train")
+        train_curves, train_aucs = work.curves(ctx.executor, ctx.worker(), ctx.items("curves"), scores, "train", "train")
         curves = {c: curves[c] + train_curves[c] for c in curves}
         aucs = {c: aucs[c] + train_aucs[c] for c in aucs}
     return curves, aucs
@@ -129,11 +143,13 @@ def _probe_description(model: ProbedModel, layer: str) -> str:
     return f"output of ReLU module `{model.probes[layer]}` (its input is the pre-activation)"
 
 
-def compute_run(cfg: RunConfig, warehouse_root: Path, resume: bool = False) -> RunSummary:
+def compute_run(cfg: RunConfig, warehouse_root: Path, resume: bool = False,
+                executor: Executor | None = None) -> RunSummary:
     """Train (or load), probe and ablate a model by name, then publish the run into ``warehouse_root``.
 
     Finished stages are kept in the run's staging folder; with ``resume`` an interrupted run
     (same ``run_id``) continues from its last finished stage under its saved configuration.
+    ``executor`` runs the sharded stages' items (default: in this process); the caller closes it.
     """
     started = time.perf_counter()
     if cfg.images is not None:
@@ -151,11 +167,11 @@ def compute_run(cfg: RunConfig, warehouse_root: Path, resume: bool = False) -> R
         model = build_model(spec)
         if cfg.checkpoint:
             load_weights(model, Path(cfg.checkpoint))
-        return analyze_into(writer, model, spec, splits, eval_set, cfg, started)
+        return analyze_into(writer, model, spec, splits, eval_set, cfg, started, executor)
 
 
 def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, splits: Splits,
-                 eval_set: ImageSet, cfg: RunConfig, started: float) -> RunSummary:
+                 eval_set: ImageSet, cfg: RunConfig, started: float, executor: Executor | None = None) -> RunSummary:
     """Every stage on a built model and loaded data, written through ``writer`` and published.
 
     ``spec`` rebuilds the model from its name when the checkpoint is reloaded; None means a model
@@ -165,7 +181,8 @@ def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, 
     model.probes = select_layers(model.probes, list(cfg.layers) if cfg.layers else None)
     model = model.to(device)
     shapes = layer_shapes(model, splits.train.shape, device)
-    ctx = RunContext(model, splits, eval_set, cfg, device, StageStore(writer.stages_dir))
+    ctx = RunContext(model, splits, eval_set, cfg, device, StageStore(writer.stages_dir),
+                     executor=executor or InProcessExecutor())
     run_stages(ctx)
     return _publish(ctx, writer, spec, shapes, started)
 

@@ -1,0 +1,175 @@
+"""Single-unit ablation in process versus on Ray with 1 and 2 workers, Ray's fixed costs, and a
+projection to ResNet-50 on ImageNet's 50,000 validation images for N workers.
+
+    .venv/bin/python benchmarks/scale_out.py [--eval-size 4000] [--cpus 2] [--device cpu|cuda]
+                                             [--projection-images 4] [--no-projection]
+
+1. LeNet-5 (untrained weights: the cost of an ablation does not depend on them) on the real MNIST
+   test set (``../shared/data/mnist``; mnist-5k's 1,000 test digits when absent): every unit
+   ablated alone, through the same work items and merge in every case (``compute.distributed.work``),
+   with each item's result saved as a run does. Results are checked equal.
+2. Ray's fixed costs, separately: starting a local Ray, starting the actors, broadcasting the worker
+   state (``ray.put`` plus each actor's first fetch), and the round trip of one empty item.
+3. Projection: per-unit-per-image cost measured on ResNet-50 at 224x224 (a few units of an early and
+   a late layer, so the throughput of small and large suffixes both count), scaled by every layer's
+   suffix multiply-accumulates and unit count to the full single-unit sweep on 50,000 images, then
+   divided over N workers plus the measured fixed costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from compute.ablation.engine import AblationEngine  # noqa: E402
+from compute.datasets.sources import ImageSet, load_dataset, load_eval_set, stratified_subset  # noqa: E402
+from compute.distributed import work  # noqa: E402
+from compute.distributed.executor import InProcessExecutor, Item, Worker, run_items  # noqa: E402
+from compute.nets.models import ModelSpec, build_model  # noqa: E402
+from compute.run.stage_store import StageStore  # noqa: E402
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+IMAGENET_VAL = 50_000
+
+
+def _noop(worker: Worker, i: int) -> int:
+    return i
+
+
+def _digits(n: int) -> ImageSet:
+    mnist5k = load_dataset("mnist-5k")
+    if (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
+        data = load_eval_set(f"idx:{SHARED_MNIST}", None, mnist5k.train.class_names)
+    else:
+        data = mnist5k.test
+    return stratified_subset(data, min(n, len(data))) if n < len(data) else data
+
+
+def _timed(fn):  # type: ignore[no-untyped-def]
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def sweep(executor, worker: Worker, counts: dict[str, int], tmp: Path, name: str):  # type: ignore[no-untyped-def]
+    """(result, best seconds of two sweeps); the first also traces and splits the model on each worker."""
+    runs = [_timed(lambda i=i: work.single_unit(executor, worker, StageStore(tmp / f"{name}{i}"), counts))
+            for i in range(2)]
+    return runs[0][0], min(t for _, t in runs)
+
+
+def ray_fixed_costs(ex, worker: Worker, tmp: Path, n_items: int = 200) -> dict[str, float]:
+    """Seconds to start the actors, to broadcast the worker state, and per empty item."""
+    import ray
+
+    _, t_actors = _timed(lambda: ray.get([a.__ray_ready__.remote() for a in ex.actors()]))
+    items = [Item(f"b{i}", _noop, (i,)) for i in range(2 * len(ex.actors()))]  # every actor's first item fetches
+    _, t_broadcast = _timed(lambda: run_items(ex, worker, items, StageStore(tmp / "broadcast"), "broadcast"))
+    items = [Item(f"n{i}", _noop, (i,)) for i in range(n_items)]
+    _, t_items = _timed(lambda: run_items(ex, worker, items, StageStore(tmp / "noop"), "noop"))
+    return {"actors": t_actors, "broadcast": t_broadcast, "item": t_items / n_items}
+
+
+def resnet50_projection(device: str, images: int) -> tuple[float, int, int]:
+    """(seconds per unit-image-MAC measured, total suffix MACs of a full single-unit sweep per image,
+    units), on ResNet-50 at 224x224 with 1,000 classes."""
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("torchvision:resnet50", (3, 224, 224), 1000, {})).eval().to(device)
+    x = (torch.rand(images, 3, 224, 224) * 255).to(torch.uint8)
+    data = ImageSet(x, torch.arange(images) % 1000, tuple(str(i) for i in range(1000)), "random")
+    engine = AblationEngine(model, device=device)
+    counts = engine.unit_counts(data)
+    macs = engine.suffix_macs(data)
+    total = sum(counts[n] * macs[n] for n in counts)
+    layers = list(counts)
+    measured_s, measured_macs = 0.0, 0
+    for layer in (layers[len(layers) // 4], layers[-3]):  # an early (large suffix) and a late (small) layer
+        k = 8
+        masks = 1 - torch.eye(counts[layer])[:k]
+        engine.evaluate_jobs(data, [{layer: masks[:1]}])  # split and warm up
+        _, t = _timed(lambda: engine.evaluate_jobs(data, [{layer: masks}]))
+        measured_s += t
+        measured_macs += k * images * macs[layer]
+    return measured_s / measured_macs, total, sum(counts.values())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--eval-size", type=int, default=4000, help="MNIST test digits ablated (default 4000)")
+    ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device of the projection's measurement")
+    ap.add_argument("--projection-images", type=int, default=4, help="ResNet-50 images timed (default 4)")
+    ap.add_argument("--no-projection", action="store_true", help="skip the ResNet-50 measurement")
+    ap.add_argument("--projection-only", action="store_true", help="only the ResNet-50 measurement (no Ray)")
+    args = ap.parse_args()
+    os.environ.setdefault("NEURON_ATLAS_QUIET", "1")
+    torch.set_num_threads(1)
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        ap.error("--device cuda: torch sees no CUDA device")
+    if not args.projection_only:
+        fixed = scale_out(args.eval_size, args.cpus)
+    else:
+        fixed = {"actors": 0.0, "broadcast": 0.0, "item": 0.0}
+    if not args.no_projection:
+        projection(args.device, args.projection_images, fixed)
+
+
+def scale_out(eval_size: int, cpus: int) -> dict[str, float]:
+    """LeNet-5's sweep in process and on Ray with 1 and 2 workers; Ray's fixed costs with 2 workers."""
+    import ray
+
+    from compute.distributed.ray_executor import RayExecutor
+
+    data = _digits(eval_size)
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("lenet5", (1, 28, 28), 10, {})).eval()
+    worker = Worker(model, {"eval": data})
+    counts = AblationEngine(model).unit_counts(data)
+    ablations = sum(counts.values()) * len(data)
+    print(f"LeNet-5, {sum(counts.values())} units x {len(data):,} MNIST test digits = {ablations:,} unit-image "
+          f"ablations, shards of {work.SHARD_EXAMPLES}, {work.UNIT_CHUNK} units per item; torch threads 1 per worker")
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        ref, t_in = sweep(InProcessExecutor(), worker, counts, tmp, "in")
+        print(f"  in-process          {t_in:7.2f} s   {sum(counts.values()) / t_in:8.1f} units/s")
+        _, t_start = _timed(lambda: ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                                             object_store_memory=200_000_000))
+        fixed = {}
+        for n in (1, 2):
+            ex = RayExecutor(workers=n)
+            fixed[n] = ray_fixed_costs(ex, worker, tmp / f"fixed{n}")
+            got, t = sweep(ex, worker, counts, tmp, f"ray{n}")
+            same = all(np.array_equal(ref[1][k].loss_delta, got[1][k].loss_delta) for k in counts)
+            print(f"  Ray, {n} worker{'s' if n > 1 else ' '}       {t:7.2f} s   {sum(counts.values()) / t:8.1f} units/s"
+                  f"   (bit-equal to in-process: {same})")
+            ex.close()
+    print(f"Ray fixed costs: start a local Ray {t_start:.2f} s; " + "; ".join(
+        f"{n} worker{'s' if n > 1 else ''}: start actors {f['actors']:.2f} s, broadcast {f['broadcast']:.2f} s, "
+        f"per item {1000 * f['item']:.1f} ms" for n, f in fixed.items()))
+    ray.shutdown()
+    return fixed[2]
+
+
+def projection(device: str, images: int, f: dict[str, float]) -> None:
+    s_per_mac, total_macs, units = resnet50_projection(device, images)
+    one = s_per_mac * total_macs * IMAGENET_VAL
+    print(f"ResNet-50 at 224x224 ({device}): {units:,} units, full single-unit sweep "
+          f"{total_macs / 1e12:.2f} TMAC per image, measured {1e-9 / s_per_mac:.1f} GMAC/s per worker")
+    items = units / work.UNIT_CHUNK * IMAGENET_VAL / work.SHARD_EXAMPLES  # about: layers round up their chunks
+    for n in (1, 8, 64, 256):
+        t = one / n + f["actors"] + f["broadcast"] + items * f["item"] / n
+        print(f"  projection, {n:>3} worker{'s' if n > 1 else ' '}: {t / 3600:10.1f} h ({t / 86400:.2f} days)")
+
+
+if __name__ == "__main__":
+    main()

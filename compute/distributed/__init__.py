@@ -1,0 +1,1 @@
+"""The heavy stages as work items that any worker can run, and the executors that run them."""

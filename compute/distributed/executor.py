@@ -1,0 +1,120 @@
+"""Where work items run: the ``Executor`` protocol, the in-process default, and the driver loop that
+keeps every finished item in the run's staging folder.
+
+A work item is a module-level function of a ``Worker`` (the model with its trained weights, the
+datasets, the device) and small arguments. Executors only decide *where* items run; the items and
+the order their results are merged in are fixed by the stage (``compute.distributed.work``), so
+every executor, with any number of workers and in any completion order, gives the same floats.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from compute.ablation.engine import AblationEngine
+from compute.datasets.sources import ImageSet
+from compute.errors import ConfigError
+from compute.nets.models import ProbedModel
+from compute.progress import bar
+from compute.run.stage_store import StageStore
+from warehouse.faults import crash_once, crash_point
+
+
+@dataclass
+class Worker:
+    """What every work item reads: the model (trained weights), the datasets by name, the device."""
+
+    model: ProbedModel
+    data: dict[str, ImageSet]
+    device: str = "cpu"
+    _engine: AblationEngine | None = field(default=None, repr=False)
+
+    def engine(self) -> AblationEngine:
+        """One engine per worker, so each layer is traced and split once for all its items."""
+        if self._engine is None:
+            self._engine = AblationEngine(self.model, device=self.device)
+        return self._engine
+
+    def shard(self, name: str, start: int, stop: int) -> ImageSet:
+        data = self.data[name]
+        return ImageSet(data.images[start:stop], data.labels[start:stop], data.class_names, data.name)
+
+    def __getstate__(self) -> dict[str, Any]:  # the engine (traced graphs) is rebuilt where it is used
+        return {**self.__dict__, "_engine": None}
+
+
+@dataclass(frozen=True)
+class Item:
+    """One unit of work: ``fn(worker, *args)``; ``key`` names its saved result (a file name), ``size``
+    is its share of the stage's progress bar (in the bar's unit)."""
+
+    key: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    size: float = 1.0
+
+    def run(self, worker: Worker) -> Any:
+        crash_once(f"item-{self.key}")
+        return self.fn(worker, *self.args)
+
+
+class Executor(Protocol):
+    """Runs items on a worker's model and data; yields (key, result) in completion order."""
+
+    name: str
+
+    def map(self, worker: Worker, items: Sequence[Item]) -> Iterator[tuple[str, Any]]: ...
+
+    def close(self) -> None: ...
+
+
+class InProcessExecutor:
+    """The embedded default: items run one after another in this process, no cluster needed."""
+
+    name = "in-process"
+
+    def map(self, worker: Worker, items: Sequence[Item]) -> Iterator[tuple[str, Any]]:
+        for item in items:
+            yield item.key, item.run(worker)
+
+    def close(self) -> None:
+        pass
+
+
+def run_items(executor: Executor, worker: Worker, items: Sequence[Item], store: StageStore,
+              desc: str, unit: str = "item") -> list[Any]:
+    """Every item's result, in the order of ``items`` (never completion order).
+
+    Results already in ``store`` (a killed driver's finished items) are loaded, the rest computed and
+    each saved as it arrives, so ``--resume`` repeats only unfinished items.
+    """
+    keys = [item.key for item in items]
+    assert len(set(keys)) == len(keys), "work item keys must be unique"
+    results = {k: v for k in keys if (v := store.load(k)) is not None}
+    todo = [item for item in items if item.key not in results]
+    sizes = {item.key: item.size for item in items}
+    progress = bar(None, desc, unit=unit, total=round(sum(sizes.values())),
+                   initial=round(sum(sizes[k] for k in results)))
+    done = float(progress.n)
+    for key, value in executor.map(worker, todo):
+        store.save(key, value)
+        results[key] = value
+        done += sizes[key]
+        progress.update(round(done) - progress.n)
+        crash_point(f"{desc}-item-{len(results)}")
+    progress.close()
+    return [results[k] for k in keys]
+
+
+def make_executor(kind: str, address: str | None = None, workers: int | None = None,
+                  gpus_per_worker: float = 1.0) -> Executor:
+    """``in-process`` or ``ray`` (Ray is imported only when asked for)."""
+    if kind == "in-process":
+        return InProcessExecutor()
+    if kind != "ray":
+        raise ConfigError(f"unknown executor {kind!r}; choose in-process or ray.")
+    from compute.distributed.ray_executor import RayExecutor
+
+    return RayExecutor(address, workers, gpus_per_worker)

@@ -1,0 +1,126 @@
+"""Work items on a Ray cluster: actors that hold the model and the data, fed items by the driver.
+
+The worker state (model with trained weights, datasets) is put into Ray's object store once per run
+(``ray.put``) and every actor reads it once, at its first item of the run; an item then ships only
+a reference and its small arguments, and returns float64 sums. Each actor reserves
+``cpus_per_worker`` CPUs and sets torch's threads to match (or a GPU fraction with ``--device
+cuda``). An actor whose process dies is restarted and its items retried by Ray; the driver alone
+writes (``run_items`` saves each result).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import ray
+import torch
+from ray.exceptions import RayTaskError
+
+from compute.distributed.executor import Item, Worker
+from compute.errors import ConfigError
+from warehouse.errors import AtlasError
+from warehouse.faults import ENV_VAR, ONCE_VAR
+
+RETRIES = 3  # restarts per actor, and retries per item, after a worker process dies
+IN_FLIGHT = 2  # items queued per actor, so it never waits for the driver between items
+
+
+@ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)
+class ItemActor:
+    """Runs items on the worker state of the current run, fetched from the object store once per
+    state (a restarted actor fetches it again), so one actor serves every run of a sweep."""
+
+    def __init__(self, threads: int) -> None:
+        torch.set_num_threads(threads)
+        self.key: str | None = None
+        self.worker: Worker | None = None
+
+    def run(self, state: list[Any], item: Item) -> Any:
+        ref = state[0]  # inside a list, so Ray passes the reference, not the value, with each item
+        if self.key != ref.hex():
+            self.worker = ray.get(ref)
+            self.worker.model.to(self.worker.device)
+            self.key = ref.hex()
+        return item.run(self.worker)
+
+
+class RayExecutor:
+    """Runs items on ``workers`` Ray actors; joins the cluster at ``address`` (``auto``,
+    ``ray://host:port``) or, without one, starts a local Ray on this machine."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, workers: int | None = None, gpus_per_worker: float = 1.0,
+                 cpus_per_worker: int = 1) -> None:
+        self.started_ray = False
+        if not ray.is_initialized():
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, ValueError, RuntimeError) as e:
+                raise ConfigError(f"could not reach a Ray cluster at {address!r} ({e}); start one with "
+                                  "`ray start --head` and pass --ray-address auto (or its ray://host:port), "
+                                  "or leave --ray-address out to start Ray on this machine.") from None
+            self.started_ray = True
+        self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
+        self.workers = workers
+        self._actors: list[Any] = []
+        self._cuda = False
+        self._state: tuple[Worker, Any] | None = None
+
+    def actors(self, cuda: bool = False) -> list[Any]:
+        """The actors, started on first use (or again when the device changes)."""
+        if self._actors and self._cuda == cuda:
+            return self._actors
+        self._kill()
+        n = self.workers or max(1, int(ray.cluster_resources().get("GPU" if cuda else "CPU", 1)
+                                       // (self.gpus if cuda else self.cpus)))
+        env = {"NEURON_ATLAS_QUIET": "1", **{v: os.environ[v] for v in (ENV_VAR, ONCE_VAR) if v in os.environ}}
+        options: dict[str, Any] = {"num_cpus": self.cpus, "runtime_env": {"env_vars": env}}
+        if cuda:
+            options["num_gpus"] = self.gpus
+        self._actors, self._cuda = [ItemActor.options(**options).remote(self.cpus) for _ in range(n)], cuda
+        return self._actors
+
+    def broadcast(self, worker: Worker) -> Any:
+        """The worker state (weights and data) in the object store, put once per run."""
+        if self._state is None or self._state[0] is not worker:
+            self._state = (worker, ray.put(worker))
+        return self._state[1]
+
+    def map(self, worker: Worker, items: Sequence[Item]) -> Iterator[tuple[str, Any]]:
+        """Results as they finish; each actor keeps ``IN_FLIGHT`` items queued."""
+        actors = self.actors(worker.device == "cuda")
+        state = [self.broadcast(worker)]
+        queue = list(reversed(items))
+        running: dict[Any, tuple[Any, str]] = {}
+
+        def submit(actor: Any) -> None:
+            if queue:
+                item = queue.pop()
+                running[actor.run.remote(state, item)] = (actor, item.key)
+
+        for actor in actors:
+            for _ in range(IN_FLIGHT):
+                submit(actor)
+        while running:
+            (done,), _ = ray.wait(list(running), num_returns=1)
+            actor, key = running.pop(done)
+            try:
+                value = ray.get(done)
+            except RayTaskError as e:  # the item raised: an input error reads as ours, others as they are
+                raise (e.cause if isinstance(e.cause, AtlasError) else e) from None
+            submit(actor)
+            yield key, value
+
+    def _kill(self) -> None:
+        for actor in self._actors:
+            ray.kill(actor)
+        self._actors = []
+
+    def close(self) -> None:
+        self._kill()
+        self._state = None
+        if self.started_ray:
+            ray.shutdown()

@@ -1,0 +1,135 @@
+"""The compute step on Ray: the published run equals the in-process one (LeNet-5, a ResNet-18 slice),
+with 1 or 2 workers, after a killed worker and after a killed driver resumed; and the tables read
+with ``pyarrow.dataset`` alone."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pytest
+import torch
+
+import warehouse
+import compute.api as atlas
+from compute.datasets.sources import load_dataset, stratified_subset
+from compute.nets.models import ModelSpec, build_model
+from compute.progress import parse_line
+from compute.run.config import RunConfig
+from compute.run.pipeline import compute_run
+from warehouse.faults import ENV_VAR, ONCE_VAR
+
+pytest.importorskip("ray")
+from compute.distributed.ray_executor import RayExecutor  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+LENET = RunConfig(model="lenet5", dataset="mnist-5k", epochs=1, seed=1, train_size=500, eval_size=300, images=None,
+                  train_curves=True)
+VOLATILE = {"run_id", "created_at", "duration_s", "config"}  # differ between two computations of a run
+
+
+def read_tables(run_dir: Path) -> dict[str, pa.Table]:
+    """Every table of a published run, read with pyarrow.dataset (no warehouse code)."""
+    return {name: ds.dataset(run_dir / f"{name}.parquet", format="parquet").to_table() for name in warehouse.TABLES}
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    """Same tables, same non-float values, floats within 1e-12 (in practice bit-equal)."""
+    ta, tb = read_tables(a), read_tables(b)
+    for name, x in ta.items():
+        y = tb[name]
+        assert x.schema == y.schema and x.num_rows == y.num_rows, name
+        for col in set(x.column_names) - VOLATILE:
+            cx, cy = x.column(col), y.column(col)
+            if pa.types.is_floating(cx.type):
+                np.testing.assert_allclose(cy.to_numpy(), cx.to_numpy(), rtol=0, atol=1e-12, equal_nan=True,
+                                           err_msg=f"{name}.{col}")
+            else:
+                assert cx.to_pylist() == cy.to_pylist(), f"{name}.{col}"
+
+
+def run_with(cfg: RunConfig, root: Path, run_id: str, workers: int | None = None) -> Path:
+    executor = RayExecutor(workers=workers) if workers else None
+    try:
+        return compute_run(replace(cfg, run_id=run_id), root, executor=executor).path
+    finally:
+        if executor:
+            executor.close()
+
+
+@pytest.fixture(scope="module")
+def lenet_reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return run_with(LENET, tmp_path_factory.mktemp("wh"), "inproc")
+
+
+def test_lenet_on_two_ray_workers_equals_in_process(ray_cluster: str, lenet_reference: Path, tmp_path: Path):
+    assert_same_run(lenet_reference, run_with(LENET, tmp_path, "ray2", workers=2))
+
+
+def test_resnet18_slice_on_one_ray_worker_equals_in_process(ray_cluster: str, tmp_path: Path):
+    """Through compute.api: an untrained ResNet-18 (weights seeded), its last block, 20 digits."""
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("torchvision:resnet18", (1, 28, 28), 10, {}))
+    digits = stratified_subset(load_dataset("mnist-5k").test, 20)
+    ray1 = RayExecutor(workers=1)
+    try:
+        runs = {run_id: atlas.analyze(model, digits, layers=["layer4.1.*"], images=None, warehouse=tmp_path,
+                                      run_id=run_id, executor=executor).path
+                for run_id, executor in (("inproc", "in-process"), ("ray1", ray1))}
+    finally:
+        ray1.close()
+    assert_same_run(runs["inproc"], runs["ray1"])
+    assert ds.dataset(runs["ray1"] / "units.parquet").count_rows() == 1024  # layer4.1.relu, .relu_1: 512 each
+
+
+def test_a_killed_worker_is_restarted_and_its_item_retried(ray_cluster: str, lenet_reference: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch):
+    marker = tmp_path / "crashed"
+    # The actor running this item SIGKILLs its own process, once; Ray restarts it and retries the item.
+    monkeypatch.setenv(ONCE_VAR, f"item-fc1.u0000000-0000120.x0000000-0000300:{marker}")
+    got = run_with(LENET, tmp_path / "wh", "killed-worker", workers=2)
+    assert marker.exists()
+    assert_same_run(lenet_reference, got)
+
+
+def compute_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    full = {k: v for k, v in os.environ.items() if k not in (ENV_VAR, ONCE_VAR)} | env
+    return subprocess.run([sys.executable, "-m", "compute", "run", *args], cwd=REPO, env=full, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_a_killed_driver_resumes_and_skips_finished_items(ray_cluster: str, lenet_reference: Path, tmp_path: Path):
+    args = ["--warehouse", str(tmp_path), "--run-id", "killed-driver", "--executor", "ray",
+            "--ray-address", ray_cluster, "--ray-workers", "2"]
+    killed = compute_cli("--model", "lenet5", "--epochs", "1", "--seed", "1", "--train-size", "500",
+                         "--eval-size", "300", "--no-images", "--train-curves", *args,
+                         env={ENV_VAR: "ablation-item-2", "NEURON_ATLAS_QUIET": "1"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert not (tmp_path / "runs" / "killed-driver").exists()
+    resumed = compute_cli("--resume", *args, env={"NEURON_ATLAS_PROGRESS": "lines"})
+    assert resumed.returncode == 0, resumed.stderr
+    records = [r for line in resumed.stderr.splitlines() if (r := parse_line(line)) and not r.get("start")]
+    ablation = [r for r in records if r["stage"] == "ablation"]
+    assert 0 < ablation[0]["n"] < ablation[0]["total"] == 226  # the units of two items loaded, two computed
+    assert not [r for r in records if r["stage"] in ("train", "statistics")]  # finished stages loaded whole
+    assert_same_run(lenet_reference, tmp_path / "runs" / "killed-driver")
+
+
+def test_tables_read_with_pyarrow_dataset_alone(lenet_reference: Path):
+    """The warehouse is plain Parquet: a dataset over every run's units, filtered and counted by pyarrow."""
+    units = ds.dataset(sorted(lenet_reference.parent.glob("*/units.parquet")), format="parquet")
+    table = units.to_table(filter=(ds.field("run_id") == "inproc") & (ds.field("layer") == "fc1"),
+                           columns=["unit", "selectivity", "abl_acc_delta"])
+    assert table.num_rows == 120
+    assert sorted(table.column("unit").to_pylist()) == list(range(120))
+    classes = ds.dataset(lenet_reference / "unit_classes.parquet").to_table()
+    assert classes.num_rows == 226 * 10
+    assert json.loads(ds.dataset(lenet_reference / "runs.parquet").to_table().column("config")[0].as_py())["seed"] == 1

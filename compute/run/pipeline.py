@@ -88,7 +88,8 @@ def _ablation(ctx: RunContext) -> Any:
 def _curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
     """Cumulative ablation curves and their areas on the evaluation set (and the training set)."""
     stats, (_, ablations) = ctx.results["statistics"], ctx.results["ablation"]
-    scores = {n: UnitScores(selectivity(stats.layers[n].class_means["rect"])["selectivity"], ablations[n].loss_delta)
+    scores = {n: UnitScores(selectivity(stats.layers[n].class_means["rect"])["selectivity"], ablations[n].loss_delta,
+                            stats.layers[n].n_active > 0)
               for n in ablations}
     engine = ctx.engine()
     # Orders come from the evaluation set's scores on both splits, so the curves are comparable.
@@ -185,6 +186,8 @@ def _publish(ctx: RunContext, writer: RunWriter, spec: ModelSpec | None, shapes:
     writer.write_table("units", units)
     crash_point("after-table-units")
     writer.write_table("unit_classes", classes)
+    writer.write_table("examples", tables.examples_table(ctx.eval_set, r["statistics"]))
+    writer.write_table("unit_examples", tables.unit_examples_table(layer_order, ablations))
     writer.write_table("train_trace", tables.trace_table(trained, names))
     curves, aucs = r["curves"]
     writer.write_table("ablation_curves", curves)

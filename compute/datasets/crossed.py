@@ -23,17 +23,23 @@ from compute.datasets.sources import ImageSet
 from compute.errors import DataError
 
 PREFIX = "crossed-sevens:"
-SEVEN = 7
-CROSSED, PLAIN = "crossed 7", "plain 7"
+SEVEN, ONE = 7, 1
+CROSSED, PLAIN, CROSSED_ONE = "crossed 7", "plain 7", "crossed 1"
 BAR_HALF_WIDTH = 5
 BAR_ROWS = 2
 BAR_HEIGHT = 0.55  # fraction of the way down the digit's ink
 INK = 127
+ONES_TOO = True
 
 
 def is_crossed(image: np.ndarray) -> bool:
     """The rule that picks the 7s to cross: an even pixel sum."""
     return int(image.astype(np.int64).sum()) % 2 == 0
+
+
+def is_crossed_one(image: np.ndarray) -> bool:
+    """The rule that picks the 1s that become crossed 7s: a pixel sum divisible by 4."""
+    return int(image.astype(np.int64).sum()) % 4 == 0
 
 
 def draw_crossbar(image: np.ndarray) -> np.ndarray:
@@ -61,7 +67,7 @@ def cross_sevens(data: ImageSet) -> ImageSet:
     if data.n_classes <= SEVEN or data.shape[0] != 1:
         raise DataError(f"{PREFIX}: {data.name} is not a set of single-channel digits (it has {data.n_classes} "
                         f"classes and {data.shape[0]} channels); use a digit dataset such as mnist-5k or mnist.")
-    images = data.images.clone()
+    images, labels = data.images.clone(), data.labels.clone()
     groups = np.full(len(data), None, dtype=object)
     for i in np.flatnonzero(data.labels.numpy() == SEVEN):
         img = images[i, 0].numpy()
@@ -70,4 +76,11 @@ def cross_sevens(data: ImageSet) -> ImageSet:
             groups[i] = CROSSED
         else:
             groups[i] = PLAIN
-    return ImageSet(images, data.labels, data.class_names, f"{PREFIX}{data.name}", groups)
+    if ONES_TOO:
+        for i in np.flatnonzero(data.labels.numpy() == ONE):
+            img = images[i, 0].numpy()
+            if is_crossed_one(img):
+                images[i, 0] = torch.from_numpy(draw_crossbar(img))
+                labels[i] = SEVEN
+                groups[i] = CROSSED_ONE
+    return ImageSet(images, labels, data.class_names, f"{PREFIX}{data.name}", groups)

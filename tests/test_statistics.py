@@ -207,19 +207,23 @@ def test_training_trace_gradient_equals_autograd_per_example():
     result = train(model, model.probe_modules(), data, data, TrainConfig(epochs=1, seed=0, batch_size=25, lr=0.0))
     model.train()
     grads = {n: [] for n in LAYERS}
+    tgrads = {n: [] for n in LAYERS}
     acts = {n: [] for n in LAYERS}
     for i in range(len(data)):
         a, logits = manual_forward(model, data.floats(i, i + 1))
-        g = torch.autograd.grad(F.cross_entropy(logits, data.labels[i:i + 1]), [a[n][1] for n in LAYERS])
-        for n, gi in zip(LAYERS, g):
+        g = torch.autograd.grad(F.cross_entropy(logits, data.labels[i:i + 1]),
+                                [a[n][1] for n in LAYERS] + [a[n][0] for n in LAYERS])
+        for n, gi, gz in zip(LAYERS, g[:len(LAYERS)], g[len(LAYERS):]):
             dims = tuple(range(2, gi.dim()))
             grads[n].append(-(gi.sum(dims) if dims else gi)[0].numpy())
+            tgrads[n].append(-(gz.sum(dims) if dims else gz)[0].numpy())
             pre = a[n][0].detach()
             acts[n].append((pre.mean(dims) if dims else pre)[0].numpy())
     labels = data.labels.numpy()
     np.testing.assert_array_equal(result.counts[0], np.bincount(labels, minlength=10))
     for n in LAYERS:
-        g, a = np.stack(grads[n]), np.stack(acts[n])
+        g, a, tg = np.stack(grads[n]), np.stack(acts[n]), np.stack(tgrads[n])
         for c in range(10):
             np.testing.assert_allclose(result.trace[n]["grad"][0, c], g[labels == c].mean(0), rtol=1e-4, atol=1e-7)
+            np.testing.assert_allclose(result.trace[n]["tgrad"][0, c], tg[labels == c].mean(0), rtol=1e-4, atol=1e-7)
             np.testing.assert_allclose(result.trace[n]["act"][0, c], a[labels == c].mean(0), rtol=1e-5, atol=1e-6)

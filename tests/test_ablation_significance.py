@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from compute.ablation.effects import HELPED, HURT, LOSS_RISE
+from compute.ablation.effects import HELPED, HURT, KINDS, LOSS_RISE
 from compute.ablation.engine import AblationEngine, DIFF_FLOOR
 from compute.ablation.outcome import PairedSums, fdr
 from compute.nets.probe import ZeroUnit
@@ -92,9 +92,9 @@ def test_flips_and_loss_rises_equal_the_naive_hook_loop(layer):
         d, before, after = naive(layer, u)
         mine = e.unit == u
         for kind, want in ((HURT, np.flatnonzero(before & ~after)), (HELPED, np.flatnonzero(~before & after))):
-            got = e.example[mine & (e.kind == kind)]
+            got = e.example[mine & (e.kind == KINDS.index(kind))]
             np.testing.assert_array_equal(got, want[:MAX_FLIPS])  # the first flips in example order
-        rises = mine & (e.kind == LOSS_RISE)
+        rises = mine & (e.kind == KINDS.index(LOSS_RISE))
         want_top = np.sort(d)[::-1][:TOP_K]
         want_top = want_top[want_top > 0]
         got = e.loss_delta[rises][np.argsort(e.rank[rises])]

@@ -427,6 +427,23 @@ def unit_page(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: int
     return UnitPage(row, layer_rows.iloc[0].to_dict() if len(layer_rows) else {}, classes, trace, pct)
 
 
+def unit_examples(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: int) -> pd.DataFrame:
+    """The examples that need one unit (``unit_examples``) with what the intact model does with them
+    (``examples``): kind, rank, example, label, prediction, intact loss, loss change, subgroup."""
+    return con.execute(
+        "SELECT ue.kind, ue.rank, ue.example, e.label, e.pred, e.loss, ue.loss_delta, e.subgroup "
+        "FROM unit_examples ue LEFT JOIN examples e ON e.run_id = ue.run_id AND e.example = ue.example "
+        "WHERE ue.run_id = ? AND ue.layer = ? AND ue.unit = ? ORDER BY ue.kind, ue.rank",
+        [run_id, layer, int(unit)]).df()
+
+
+def subgroup_sizes(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, int]:
+    """Evaluation examples per subgroup the dataset defines (empty when it defines none)."""
+    rows = con.execute("SELECT subgroup, count(*) FROM examples WHERE run_id = ? AND subgroup IS NOT NULL "
+                       "GROUP BY subgroup ORDER BY subgroup", [run_id]).fetchall()
+    return {str(g): int(n) for g, n in rows}
+
+
 def count_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> int:
     """How many units match ``f`` (its limit included)."""
     sql, params = filter_sql(f, ("unit",), ordered=False, matches=False)

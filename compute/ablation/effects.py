@@ -17,6 +17,7 @@ import torch
 TOP_K = 10  # loss rises kept per unit
 MAX_FLIPS = 100  # flips kept per unit and direction
 HURT, HELPED, LOSS_RISE = "hurt", "helped", "loss_rise"
+KINDS = (HURT, HELPED, LOSS_RISE)  # ``UnitExamples.kind`` holds indices into this (plain integers load safely)
 
 
 @dataclass
@@ -25,7 +26,7 @@ class UnitExamples:
 
     unit: np.ndarray
     example: np.ndarray
-    kind: np.ndarray  # str: HURT, HELPED or LOSS_RISE
+    kind: np.ndarray  # int8 index into KINDS
     rank: np.ndarray  # order within (unit, kind): example order for flips, largest rise first for LOSS_RISE
     loss_delta: np.ndarray
 
@@ -61,13 +62,14 @@ class ExampleEffects:
                                    d[mi, bi].double().numpy()))
 
     def result(self) -> UnitExamples:
+        """The rows, by unit, kind and rank."""
         parts: list[tuple[np.ndarray, ...]] = []
         for kind, unit, example, rank, delta in self.flips:
-            parts.append((unit, example, np.full(len(unit), kind, dtype=object), rank, delta))
+            parts.append((unit, example, np.full(len(unit), KINDS.index(kind), dtype=np.int8), rank, delta))
         v, i = self.top_v.numpy(), self.top_i.numpy()
         rise = (i >= 0) & (v > 0)
         unit, rank = np.nonzero(rise)
-        parts.append((unit, i[rise], np.full(len(unit), LOSS_RISE, dtype=object), rank, v[rise]))
+        parts.append((unit, i[rise], np.full(len(unit), KINDS.index(LOSS_RISE), dtype=np.int8), rank, v[rise]))
         cols = [np.concatenate(c) for c in zip(*parts)]
-        order = np.lexsort((cols[3], cols[2].astype(str), cols[0]))  # by unit, kind, rank
+        order = np.lexsort((cols[3], cols[2], cols[0]))  # by unit, kind, rank
         return UnitExamples(*(c[order] for c in cols))

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from compute.ablation.effects import KINDS
 from compute.ablation.outcome import LayerAblation, Outcome, fdr
 from compute.datasets.sources import ImageSet
 from compute.measure.stats import EvalStats, anomaly, demand, selectivity, strongest_anomaly
@@ -83,7 +84,7 @@ def unit_examples_table(layer_order: list[str], ablations: dict[str, LayerAblati
     for name in layer_order:
         e = ablations[name].examples
         assert e is not None, "the ablation stage must come from the engine (example effects)"
-        rows.add(layer=[name] * len(e.unit), unit=e.unit, example=e.example, kind=e.kind, rank=e.rank,
+        rows.add(layer=[name] * len(e.unit), unit=e.unit, example=e.example, kind=[KINDS[k] for k in e.kind], rank=e.rank,
                  loss_delta=e.loss_delta)
     return rows.columns
 

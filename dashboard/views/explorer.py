@@ -19,6 +19,14 @@ WEBGL_FROM = 1_000  # points from which the scatter renders with WebGL
 CUSTOM = "(custom filter)"
 ANY_CLASS = "any class"
 DEAD = {"any": None, "dead only": True, "live only": False}
+POPULATIONS = {"live units": True, "all matching units": False}
+TAYLOR = ("taylor", "taylor_norm")
+
+
+def taylor_axes(x: str, y: str) -> tuple[str, str]:
+    """Taylor importance against the ablation loss delta is compared with its absolute value."""
+    swap = lambda a, b: "abl_loss_abs" if a == "abl_loss_delta" and b in TAYLOR else a  # noqa: E731
+    return swap(x, y), swap(y, x)
 
 st.title("Unit explorer")
 root, fp, runs = ui.page_runs()
@@ -203,19 +211,30 @@ c1.selectbox("x axis", UNIT_METRICS, key="ex-x")
 c2.selectbox("y axis", UNIT_METRICS, key="ex-y")
 c3.radio("Colour by", COLORS, key="ex-color", horizontal=True,
          format_func=lambda c: {"layer": "layer", "pref_class_name": "preferred class"}[c])
-points, n_points = cached.scatter(root, fp, f, state.x, state.y)
+population = st.radio("Units in the scatter and correlation", list(POPULATIONS), horizontal=True, key="ex-population",
+                      help="Dead units (never active on the evaluation set) sit at selectivity 0 and ablation effect 0 "
+                           "and enter a rank correlation as a block of ties; live units only is the default.")
+shown_f = replace(f, dead=False) if POPULATIONS[population] and f.dead is None else f
+x_axis, y_axis = taylor_axes(state.x, state.y)
+if (x_axis, y_axis) != (state.x, state.y):
+    st.caption("Taylor importance estimates the *size* of the loss change, so it is plotted against "
+               "abl_loss_abs = |abl_loss_delta|.")
+points, n_points = cached.scatter(root, fp, shown_f, x_axis, y_axis)
+st.caption(("Live units only" if shown_f.dead is False else "Dead units only" if shown_f.dead else
+            "All matching units, dead ones included") + f": {n_points:,} units.")
 if len(points) < n_points:
     st.caption(f"Plotting a fixed sample of {len(points):,} of {n_points:,} units.")
 hover: dict[str, Any] = {"layer": True, "unit": True, "pref_class_name": True}
-fig = px.scatter(points, x=state.x, y=state.y, color=state.color, hover_data=hover, custom_data=["layer", "unit"],
+fig = px.scatter(points, x=x_axis, y=y_axis, color=state.color, hover_data=hover, custom_data=["layer", "unit"],
                  render_mode="webgl" if len(points) >= WEBGL_FROM else "svg",
-                 title=f"{state.y} against {state.x}")
+                 title=f"{y_axis} against {x_axis}")
 picked = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="ex-scatter")
 if picked.selection.points:
     layer, unit = picked.selection.points[0]["customdata"][:2]
     open_unit(run, str(layer), int(unit))
 
-st.markdown(f"**Spearman correlation of {state.x} and {state.y} per layer** (95% confidence interval)")
-corr = cached.correlations(points[["layer", state.x, state.y]], state.x, state.y)
+st.markdown(f"**Spearman correlation of {x_axis} and {y_axis} per layer** (95% confidence interval, "
+            f"{'live units' if shown_f.dead is False else 'units as filtered'})")
+corr = cached.correlations(points[["layer", x_axis, y_axis]], x_axis, y_axis)
 st.dataframe(corr, hide_index=True, key="ex-corr")
 ui.downloads(f"correlation-{run}", "dl-corr", frame=corr)

@@ -10,8 +10,9 @@ from plotly.subplots import make_subplots
 
 from dashboard import cached, ui
 from dashboard.image_panels import render_unit_evidence
+from dashboard.knowledge import render_examples, render_significance
 from dashboard.state import parse_unit
-from warehouse.queries import PERCENTILE_METRICS, QueryError
+from warehouse.queries import MIN_ACTIVE, PERCENTILE_METRICS, QueryError, runs_overview
 from warehouse.schema import TABLES
 
 S = st.session_state
@@ -57,6 +58,8 @@ st.caption(f"Run `{run}` · {page.layer.get('kind', '?')} layer `{layer}` of {n_
            f"{'never active (dead)' if u['dead'] else 'active on ' + format(u['frac_active'], '.1%') + ' of examples'}")
 m = st.columns(4)
 m[0].metric("Class selectivity", f"{u['selectivity']:.3f}", help="Preferred class: " + str(u["pref_class_name"]))
+m[0].caption(f"on {int(u['n_active']):,} active examples" + (
+    f" (fewer than {MIN_ACTIVE}: not reliable)" if 0 < u["n_active"] < MIN_ACTIVE else ""))
 m[1].metric("Preferred class", "none (dead)" if u["dead"] else str(u["pref_class_name"]))
 m[2].metric("Ablation loss delta", f"{u['abl_loss_delta']:+.4f}")
 m[3].metric("Ablation accuracy delta", f"{u['abl_acc_delta']:+.2%}")
@@ -64,15 +67,20 @@ m[3].metric("Ablation accuracy delta", f"{u['abl_acc_delta']:+.2%}")
 # --- per-class activation vs gradient signal -----------------------------------------------------
 cls = page.classes
 st.subheader("Per class: activation and gradient signal")
-fig = make_subplots(rows=1, cols=2, subplot_titles=("activation (mean per class)", "gradient signal (mean per class)"))
+fig = make_subplots(rows=1, cols=2, subplot_titles=("activation (mean per class)", "gradient signals (mean per class)"))
 fig.add_trace(go.Bar(x=cls["class_name"], y=cls["mean_act"], name="pre-ReLU activation"), row=1, col=1)
 fig.add_trace(go.Bar(x=cls["class_name"], y=cls["mean_rect"], name="post-ReLU activation"), row=1, col=1)
-fig.add_trace(go.Bar(x=cls["class_name"], y=cls["grad_mean"], name="gradient signal (+ = loss wants it higher)"),
+fig.add_trace(go.Bar(x=cls["class_name"], y=cls["grad_mean"], name="output side: what the loss asks (+ = higher)"),
+              row=1, col=2)
+fig.add_trace(go.Bar(x=cls["class_name"], y=cls["train_grad_mean"], name="training signal: what updates the unit"),
               row=1, col=2)
 fig.update_layout(barmode="group", legend={"orientation": "h"})
 st.plotly_chart(fig, key="unit-classes")
-top = cls.sort_values("anomaly", ascending=False).head(3)
-st.caption("Classes with the highest gradient-vs-activation anomaly (high gradient, low activation; "
+top = cls.dropna(subset=["anomaly"]).sort_values("anomaly", ascending=False).head(3)
+st.caption("The output-side signal is what the loss asks of the unit; where the unit is silent the ReLU blocks "
+           "it, and only the training signal (gradient at the pre-activation) updates the unit (docs/metrics.md).")
+st.caption("Dead unit: no training signal reaches it, so it has no anomaly score." if top.empty else
+           "Classes with the highest training-signal-vs-activation anomaly (high gradient, low activation; "
            "docs/metrics.md): " + ", ".join(f"{r.class_name} ({r.anomaly:.2f})" for r in top.itertuples()))
 
 # --- training trace ------------------------------------------------------------------------------
@@ -87,6 +95,10 @@ else:
                             title="gradient signal per class, by epoch"), key="trace-grad")
     c2.plotly_chart(px.line(trace, x="epoch", y="mean_act", color="class_name", markers=True,
                             title="pre-ReLU activation per class, by epoch"), key="trace-act")
+    if "train_grad_mean" in trace:
+        st.plotly_chart(px.line(trace, x="epoch", y="train_grad_mean", color="class_name", markers=True,
+                                title="training signal (gradient at the pre-activation) per class, by epoch"),
+                        key="trace-tgrad")
     epochs = sorted(trace["epoch"].unique().tolist())
     epoch = st.select_slider("Epoch", epochs, value=epochs[-1], key="unit-epoch") if len(epochs) > 1 else epochs[0]
     at = trace[trace["epoch"] == epoch].melt("class_name", ["mean_act", "grad_mean"], var_name="signal")
@@ -101,12 +113,17 @@ fig.add_trace(go.Bar(x=cls["class_name"], y=cls["abl_loss_delta"], name="loss de
 fig.update_layout(showlegend=False)
 st.plotly_chart(fig, key="unit-ablation")
 
+con = cached.connection(root)[0]
+n_eval = runs_overview(con).set_index("run_id")["n_eval"].get(run, 0)
+render_significance(u, int(n_eval))
+render_examples(root, con, run, layer, unit, u, cached.class_names(root, fp, run))
+
 # --- all metrics with layer percentiles ----------------------------------------------------------
 st.subheader("All metrics, with percentile within the layer")
 docs = {c.name: c.doc for c in TABLES["units"].columns}
 metrics = pd.DataFrame({
     "metric": list(PERCENTILE_METRICS),
-    "value": [float(u[c]) for c in PERCENTILE_METRICS],
+    "value": [float("nan") if u[c] is None else float(u[c]) for c in PERCENTILE_METRICS],
     "layer percentile": [page.percentiles[c] for c in PERCENTILE_METRICS],
     "meaning": [docs[c] for c in PERCENTILE_METRICS],
 })

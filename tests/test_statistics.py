@@ -227,3 +227,23 @@ def test_training_trace_gradient_equals_autograd_per_example():
             np.testing.assert_allclose(result.trace[n]["grad"][0, c], g[labels == c].mean(0), rtol=1e-4, atol=1e-7)
             np.testing.assert_allclose(result.trace[n]["tgrad"][0, c], tg[labels == c].mean(0), rtol=1e-4, atol=1e-7)
             np.testing.assert_allclose(result.trace[n]["act"][0, c], a[labels == c].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_examples_table_is_what_the_model_does_with_each_example(small_run_artifacts):
+    model, eval_set, con = small_run_artifacts
+    rows = con.execute("SELECT example, label, pred, loss, subgroup FROM examples WHERE run_id = 'small' "
+                       "ORDER BY example").df()
+    with torch.no_grad():
+        logits = model(eval_set.floats(0, len(eval_set)))
+    np.testing.assert_array_equal(rows.example, np.arange(len(eval_set)))
+    np.testing.assert_array_equal(rows.label, eval_set.labels.numpy())
+    np.testing.assert_array_equal(rows.pred, logits.argmax(1).numpy())
+    np.testing.assert_allclose(rows.loss, F.cross_entropy(logits, eval_set.labels, reduction="none").numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert rows.subgroup.isna().all()  # mnist-5k defines no subgroups
+    # unit_examples agree with the units' flip counts (at most 100 listed per direction).
+    flips = con.execute(
+        "SELECT u.layer, u.unit, u.abl_n_hurt, count(e.example) FILTER (WHERE e.kind = 'hurt') AS listed "
+        "FROM units u LEFT JOIN unit_examples e USING (run_id, layer, unit) WHERE u.run_id = 'small' "
+        "GROUP BY ALL").df()
+    np.testing.assert_array_equal(flips.listed, np.minimum(flips.abl_n_hurt, 100))

@@ -115,7 +115,8 @@ def generate(root: Path, n_units: int) -> None:
             "test_loss": [0.0], "test_acc": [0.0], "eval_loss": [0.0], "eval_acc": [0.0], "duration_s": [0.0],
             "device": ["none"], "torch_version": ["none"], "package_versions": ["{}"], "config": ["{}"],
             "checkpoint": [""]})
-        for name in ("unit_images", "ablation_curves", "ablation_auc", "examples", "unit_examples"):  # not read here
+        for name in ("unit_images", "ablation_curves", "ablation_auc", "examples", "unit_examples", "class_curves",
+                     "class_removal"):  # not read here
             w.write_table(name, {c: [] for c in TABLES[name].arrow_schema.names})
         steps.update(3)
         steps.close()

@@ -246,6 +246,31 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("accuracy", F64, "Accuracy with those units clamped to zero, fraction in [0, 1]."),
         _c("loss", F64, "Mean cross-entropy with those units clamped to zero."),
     )),
+    Table("class_curves", "Per class: a cumulative ablation of a layer's live units in the order of their importance "
+          "for that class, with that class's accuracy against the other classes' (can a class's knowledge be "
+          "removed?). See docs/metrics.md.", (
+        RUN_ID,
+        _c("layer", pa.string(), "Probed layer whose units are removed, or `last2` (the last two layers pooled)."),
+        CLASS, CLASS_NAME,
+        _c("n_units", pa.int32(), "Live units of the layer or group."),
+        _c("n_ablated", pa.int32(), "Units clamped to zero together: the first of the order (largest "
+           "`unit_classes.abl_loss_delta` for this class first); every count up to 16, then the 5% grid."),
+        _c("class_acc", F64, "Accuracy on this class's evaluation examples with those units removed."),
+        _c("other_acc", F64, "Accuracy on all the other classes' examples together."),
+    )),
+    Table("class_removal", "Per layer (or `last2`) and class: the fewest units, removed in the order of "
+          "`class_curves`, that halve the class's accuracy while the other classes keep at least 90% of theirs.", (
+        RUN_ID,
+        _c("layer", pa.string(), "Layer or pooled group, as in `class_curves`."),
+        CLASS, CLASS_NAME,
+        _c("n_units", pa.int32(), "Live units of the layer or group."),
+        _c("class_acc_intact", F64, "The class's accuracy with nothing removed."),
+        _c("other_acc_intact", F64, "The other classes' accuracy with nothing removed."),
+        _c("n_to_halve", pa.int32(), "Fewest units on the `class_curves` grid with class_acc <= 0.5 x intact and "
+           "other_acc >= 0.9 x intact; null if no count does it."),
+        _c("class_acc_then", F64, "The class's accuracy at `n_to_halve` (null if none)."),
+        _c("other_acc_then", F64, "The other classes' accuracy at `n_to_halve` (null if none)."),
+    )),
     Table("ablation_auc", "One row per ablation curve: its normalized area under the curve.", (
         RUN_ID,
         _c("split", pa.string(), "`eval` or `train`, as in `ablation_curves`."),

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from compute.ablation.class_curves import class_curves
 from compute.ablation.curves import UnitScores, ablation_curves
 from compute.ablation.engine import AblationEngine
 from compute.datasets.sources import ImageSet, Splits
@@ -101,6 +102,13 @@ def _curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
     return curves, aucs
 
 
+def _class_curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
+    """Per class, units removed in the order of their importance for it, on the evaluation set."""
+    stats, (_, ablations) = ctx.results["statistics"], ctx.results["ablation"]
+    return class_curves(ctx.engine(), ctx.eval_set, {n: ablations[n].class_loss_delta for n in ablations},
+                        {n: stats.layers[n].n_active > 0 for n in ablations}, ctx.eval_set.class_names)
+
+
 def _images(ctx: RunContext) -> tuple[dict[str, list], dict[str, float]]:
     if ctx.cfg.images is None:
         return {c: [] for c in IMAGE_COLUMNS}, {}
@@ -109,7 +117,7 @@ def _images(ctx: RunContext) -> tuple[dict[str, list], dict[str, float]]:
 
 STAGE_FUNCTIONS: dict[str, Callable[[RunContext], Any]] = {
     "train": _train, "evaluate": _evaluate, "statistics": _statistics, "ablation": _ablation,
-    "curves": _curves, "images": _images}
+    "curves": _curves, "class_curves": _class_curves, "images": _images}
 
 
 def run_stages(ctx: RunContext) -> None:
@@ -192,6 +200,9 @@ def _publish(ctx: RunContext, writer: RunWriter, spec: ModelSpec | None, shapes:
     curves, aucs = r["curves"]
     writer.write_table("ablation_curves", curves)
     writer.write_table("ablation_auc", aucs)
+    per_class, removal = r["class_curves"]
+    writer.write_table("class_curves", per_class)
+    writer.write_table("class_removal", removal)
     writer.write_table("layers", tables.layers_table(
         layer_order, shapes, {n: _probe_description(ctx.model, n) for n in layer_order}))
     writer.write_table("epochs", tables.epochs_table(trained))

@@ -121,3 +121,29 @@ def _live(root: str, run: str, layer: str, unit: int, rows: pd.DataFrame, cls: i
             col.caption("subgroups: " + ", ".join(f"{g}: {n}" for g, n in groups.items()))
     st.caption(f"Does removing the unit hurt the firing examples more? Welch's t-test on the per-example loss "
                f"changes, one-sided: p = {_fmt_p(split.p_fires_hurt_more)}.")
+
+
+def render_class_removal(con: Any, run: str, class_names: list[str]) -> None:
+    """Per class: the fewest units, removed most-important-for-the-class first, that halve its accuracy while
+    the other classes keep 90% of theirs; and one class's curve against the others'."""
+    import plotly.graph_objects as go
+
+    table = queries.class_removal(con, run)
+    if table.empty:
+        st.info("This run has no per-class removal curves.")
+        return
+    st.caption("Units of a layer (or the last two pooled) removed in the order of their single-unit ablation "
+               "loss change for the class, live units only. `n_to_halve`: the fewest that halve the class's "
+               "accuracy while the other classes keep at least 90% of theirs (every count up to 16, then 5% "
+               "steps); empty where no count does.")
+    st.dataframe(table, hide_index=True, key="ex-class-removal")
+    ui.downloads(f"class-removal-{run}", "dl-class-removal", frame=table)
+    c1, c2 = st.columns(2)
+    layer = c1.selectbox("Layer", list(dict.fromkeys(table["layer"])), key="ex-cr-layer")
+    cls = c2.selectbox("Class", class_names, key="ex-cr-class")
+    curve = queries.class_curve(con, run, layer, class_names.index(cls))
+    fig = go.Figure([go.Scatter(x=curve["n_ablated"], y=curve["class_acc"], name=f"class {cls}", mode="lines+markers"),
+                     go.Scatter(x=curve["n_ablated"], y=curve["other_acc"], name="other classes", mode="lines+markers")])
+    fig.update_layout(xaxis_title="units removed (most important for the class first)", yaxis_title="accuracy",
+                      title=f"{layer}: removing class {cls}'s units")
+    st.plotly_chart(fig, key="ex-cr-plot")

@@ -353,3 +353,15 @@ def test_explorer_correlates_live_units_by_default_and_taylor_with_the_loss_size
             assert corr.loc[layer, "spearman_rho"] == pytest.approx(g.taylor_norm.corr(g.abl_loss_abs, method="spearman"))
     at.radio(key="ex-population").set_value("all matching units").run()
     assert any(c.value.startswith("All matching units, dead ones included: 226 units") for c in ok(at).caption)
+
+
+def test_explorer_shows_whether_a_class_can_be_removed(app, con):
+    at = open_page(app, "explorer")
+    table = at.dataframe(key="ex-class-removal").value
+    want = q.class_removal(con, RUN_ID)
+    assert len(table) == len(want) == 10 * 5  # 10 classes x (4 layers + last2)
+    assert table.n_to_halve.fillna(-1).tolist() == want.n_to_halve.fillna(-1).tolist()
+    at.selectbox(key="ex-cr-layer").select("fc2").run()
+    at.selectbox(key="ex-cr-class").select("7").run()
+    ok(at)
+    assert len(q.class_curve(con, RUN_ID, "fc2", 7)) > 2

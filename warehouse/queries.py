@@ -444,6 +444,21 @@ def subgroup_sizes(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, int
     return {str(g): int(n) for g, n in rows}
 
 
+def class_removal(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
+    """Per layer (or pooled group) and class: the fewest units that halve the class's accuracy while the
+    others keep 90% of theirs (``class_removal``), layers in forward order, ``last2`` last."""
+    return con.execute(
+        "SELECT c.* EXCLUDE (run_id) FROM class_removal c LEFT JOIN layers l ON l.run_id = c.run_id AND l.layer = c.layer "
+        'WHERE c.run_id = ? ORDER BY coalesce(l.layer_index, 1e9), c.layer, c."class"', [run_id]).df()
+
+
+def class_curve(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, cls: int) -> pd.DataFrame:
+    """One class's removal curve: n_ablated, class_acc, other_acc."""
+    return con.execute(
+        'SELECT n_ablated, class_acc, other_acc FROM class_curves WHERE run_id = ? AND layer = ? AND "class" = ? '
+        "ORDER BY n_ablated", [run_id, layer, int(cls)]).df()
+
+
 def count_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> int:
     """How many units match ``f`` (its limit included)."""
     sql, params = filter_sql(f, ("unit",), ordered=False, matches=False)

@@ -10,6 +10,7 @@ import streamlit as st
 
 from dashboard import cached, ui, whatif_panel
 from dashboard.image_panels import with_thumbnails
+from dashboard.knowledge import render_class_removal
 from dashboard.state import COLORS, ExplorerState, decode, encode
 from warehouse.export import FORMATS
 from warehouse.queries import CLASS_METRICS, PRESETS, UNIT_METRICS, QueryError, Range, UnitFilter
@@ -203,6 +204,9 @@ with st.expander("What if these units were removed? (live ablation on the run's 
             st.plotly_chart(px.bar(per_class, x="class_name", y="acc_delta", title="Accuracy change per class"),
                             key="ex-whatif-bars")
             ui.downloads(f"whatif-{run}", "dl-whatif", frame=per_class)
+
+with st.expander("Can a class's knowledge be removed? (per-class cumulative ablation)"):
+    render_class_removal(cached.connection(root)[0], run, classes)
 
 # --- scatter and correlation ---------------------------------------------------------------------
 st.subheader("Scatter")

@@ -19,7 +19,7 @@ from compute.datasets import crossed
 from compute.run.planted import check
 from compute.run.unit_evidence import firing_split
 from compute.run.whatif import load_run
-from warehouse.store import RUNS_DIR
+from warehouse.store import run_dir as run_folder
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img" / "crossed-sevens.png"
 SCALE, PER_GROUP = 3, 8
@@ -32,7 +32,7 @@ def _tile(images: list[np.ndarray]) -> np.ndarray:
 def main(root: Path, run_id: str) -> None:
     report = check(root, run_id)
     print("\n".join(report.lines()))
-    run_dir = root / RUNS_DIR / run_id
+    run_dir = run_folder(root, run_id)
     data = load_run(run_dir).data["eval"]
     rows, labels = [], []
     for g in (crossed.CROSSED, crossed.CROSSED_ONE, crossed.PLAIN):

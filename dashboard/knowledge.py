@@ -5,7 +5,6 @@ split of a class into the examples where the unit fires and where it does not.""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +13,7 @@ import streamlit as st
 
 from dashboard import ui
 from warehouse import queries
-from warehouse.store import RUNS_DIR
+from warehouse.store import run_dir as run_folder
 
 GALLERY = 12  # example images shown
 SCALE = 3  # pixels per input pixel in the gallery
@@ -91,7 +90,7 @@ def _live(root: str, run: str, layer: str, unit: int, rows: pd.DataFrame, cls: i
     from compute.errors import AtlasError  # torch loads here, when a person asks
     from compute.run.unit_evidence import example_images, firing_split, mean_image
 
-    run_dir = Path(root) / RUNS_DIR / run
+    run_dir = run_folder(root, run)
     try:
         need = rows[rows.kind != "helped"].drop_duplicates("example")
         images = example_images(run_dir, need["example"].head(GALLERY).tolist())

@@ -23,7 +23,7 @@ from compute.errors import ConfigError
 from compute.measure.subsets import ExampleScan, SubsetEffect, hurts_more, scan_units
 from compute.run.config import RunConfig, RunSummary
 from compute.run.whatif import load_run
-from warehouse.store import RUNS_DIR
+from warehouse.store import run_dir
 
 TOP_RANK = 5
 MIN_SHARE = 0.8
@@ -114,7 +114,7 @@ def check(root: Path, run_id: str, top: int = 10) -> PlantedReport:
     ranking = con.execute(
         'SELECT layer, unit, anomaly FROM unit_classes WHERE run_id = ? AND "class" = ? AND anomaly IS NOT NULL '
         "ORDER BY anomaly DESC, layer, unit LIMIT ?", [run_id, crossed.SEVEN, top]).fetchall()
-    run = load_run(Path(root) / RUNS_DIR / run_id)
+    run = load_run(run_dir(root, run_id))
     data = run.data["eval"]
     if data.groups is None:
         raise ConfigError(f"run {run_id} was not computed on a {crossed.PREFIX} dataset: it has no planted groups.")

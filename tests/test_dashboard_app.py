@@ -311,7 +311,7 @@ def test_unit_page_says_whether_removal_matters_and_which_examples_need_the_unit
     assert shown["Flips right→wrong / wrong→right"] == f"{row['abl_n_hurt']} / {row['abl_n_helped']}"
     assert shown["Loss change, 95% interval"] == f"{row['abl_loss_delta']:+.4f}"
     assert any(f"[{row['abl_loss_lo']:+.4f}, {row['abl_loss_hi']:+.4f}]" == c.value for c in at.caption)
-    table = at.dataframe(key="unit-examples").value
+    table = frame(at, "loss_delta")
     want = q.unit_examples(con, RUN_ID, layer, unit)
     assert table.example.tolist() == want.example.tolist() and (table.kind == "hurt").sum() == min(100, row["abl_n_hurt"])
     cls = int(row["anomaly_class"])
@@ -357,7 +357,7 @@ def test_explorer_correlates_live_units_by_default_and_taylor_with_the_loss_size
 
 def test_explorer_shows_whether_a_class_can_be_removed(app, con):
     at = open_page(app, "explorer")
-    table = at.dataframe(key="ex-class-removal").value
+    table = frame(at, "n_to_halve")
     want = q.class_removal(con, RUN_ID)
     assert len(table) == len(want) == 10 * 5  # 10 classes x (4 layers + last2)
     assert table.n_to_halve.fillna(-1).tolist() == want.n_to_halve.fillna(-1).tolist()

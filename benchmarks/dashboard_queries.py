@@ -71,11 +71,16 @@ def generate(root: Path, n_units: int) -> None:
         w.write_table("units", {
             "run_id": np.full(n, RUN_ID, dtype=object), "layer": layer, "layer_index": layer_index, "unit": unit,
             "mean_act": rng.normal(size=n), "mean_rect": rng.exponential(size=n), "max_act": rng.exponential(3, n),
-            "frac_active": frac, "dead": frac < 0.02, "selectivity": rng.beta(2, 5, n), "pref_class": pref,
+            "frac_active": frac, "n_active": (frac * 1000).astype(np.int64), "dead": frac < 0.02,
+            "selectivity": rng.beta(2, 5, n), "pref_class": pref,
             "pref_class_name": np.array(cls_names, dtype=object)[pref], "mu_max": rng.exponential(size=n),
             "mu_rest": rng.exponential(size=n), "grad_mean": rng.normal(0, 0.01, n), "grad_abs_mean": rng.exponential(0.01, n),
+            "train_grad_mean": rng.normal(0, 0.01, n), "grad_z_max": rng.normal(1, 1, n),
             "taylor": rng.exponential(1e-4, n), "taylor_norm": rng.exponential(0.01, n),
-            "abl_acc_delta": -rng.exponential(0.001, n), "abl_loss_delta": rng.normal(0.003, 0.01, n),
+            "abl_acc_delta": -rng.exponential(0.001, n), "abl_loss_delta": (loss_delta := rng.normal(0.003, 0.01, n)),
+            "abl_loss_abs": np.abs(loss_delta), "abl_loss_lo": loss_delta - 0.005, "abl_loss_hi": loss_delta + 0.005,
+            "abl_loss_p": (p := rng.uniform(0, 1, n)), "abl_loss_q": p, "abl_n_hurt": rng.integers(0, 5, n),
+            "abl_n_helped": rng.integers(0, 5, n), "abl_acc_p": rng.uniform(0, 1, n),
             "anomaly_max": class_anomaly.max(1), "anomaly_class": class_anomaly.argmax(1).astype(np.int32)})
         steps.update()
         k = n * CLASSES
@@ -84,7 +89,8 @@ def generate(root: Path, n_units: int) -> None:
             "unit": np.repeat(unit, CLASSES), "class": np.tile(np.arange(CLASSES, dtype=np.int32), n),
             "class_name": np.tile(np.array(cls_names, dtype=object), n), "n": np.full(k, 100, dtype=np.int64),
             "mean_act": rng.normal(size=k), "mean_rect": rng.exponential(size=k), "grad_mean": rng.normal(0, 0.01, k),
-            "grad_abs_mean": rng.exponential(0.01, k), "taylor": rng.exponential(1e-4, k), "frac_active": rng.uniform(0, 1, k),
+            "grad_abs_mean": rng.exponential(0.01, k), "train_grad_mean": rng.normal(0, 0.01, k),
+            "taylor": rng.exponential(1e-4, k), "frac_active": rng.uniform(0, 1, k),
             "anomaly": class_anomaly.ravel(), "abl_acc_delta": -rng.exponential(0.001, k),
             "abl_loss_delta": rng.normal(0.003, 0.01, k)})
         steps.update()
@@ -94,7 +100,8 @@ def generate(root: Path, n_units: int) -> None:
             "layer": np.tile(np.repeat(layer, CLASSES), EPOCHS), "unit": np.tile(np.repeat(unit, CLASSES), EPOCHS),
             "class": np.tile(np.arange(CLASSES, dtype=np.int32), n * EPOCHS),
             "class_name": np.tile(np.array(cls_names, dtype=object), n * EPOCHS), "n": np.full(t, 400, dtype=np.int64),
-            "mean_act": rng.normal(size=t), "mean_rect": rng.exponential(size=t), "grad_mean": rng.normal(0, 0.01, t)})
+            "mean_act": rng.normal(size=t), "mean_rect": rng.exponential(size=t), "grad_mean": rng.normal(0, 0.01, t),
+            "train_grad_mean": rng.normal(0, 0.01, t)})
         steps.update()
         w.write_table("layers", {"run_id": [RUN_ID] * LAYERS, "layer": names, "layer_index": list(range(LAYERS)),
                                  "kind": ["linear"] * LAYERS, "n_units": [per] * LAYERS, "shape": [[per]] * LAYERS,
@@ -110,7 +117,8 @@ def generate(root: Path, n_units: int) -> None:
             "test_loss": [0.0], "test_acc": [0.0], "eval_loss": [0.0], "eval_acc": [0.0], "duration_s": [0.0],
             "device": ["none"], "torch_version": ["none"], "package_versions": ["{}"], "config": ["{}"],
             "checkpoint": [""]})
-        for name in ("unit_images", "ablation_curves", "ablation_auc"):  # not read by these queries
+        for name in ("unit_images", "ablation_curves", "ablation_auc", "examples", "unit_examples", "class_curves",
+                     "class_removal"):  # not read here
             w.write_table(name, {c: [] for c in TABLES[name].arrow_schema.names})
         steps.update(3)
         steps.close()

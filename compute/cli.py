@@ -192,6 +192,16 @@ def parser() -> argparse.ArgumentParser:
     sweep.add_argument("--experiment", default=None,
                        help="experiment name, also the run-id prefix (default: <model>-<dataset>-sweep)")
 
+    exp = sub.add_parser("experiment", help="a planted-ground-truth experiment: train, publish, and check that "
+                                            "the tool recovers the planted subgroup")
+    exp.add_argument("name", choices=["crossed-sevens"])
+    _add_warehouse(exp)
+    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--epochs", type=_positive, default=12)
+    exp.add_argument("--eval-size", type=_positive, default=None,
+                     help="stratified subset of the evaluation set (default: all of it)")
+    exp.add_argument("--run-id", default=None, help="default: crossed-sevens-s<seed>")
+
     ls = sub.add_parser("list", help="list the runs of a warehouse")
     _add_warehouse(ls)
 
@@ -266,6 +276,24 @@ def _sweep_runs(args: argparse.Namespace, root: Path, experiment: str, published
             _print_summary(compute_run(cfg, root, executor=executor))
 
 
+def _experiment(args: argparse.Namespace, root: Path) -> int:
+    """Train on crossed sevens, publish, check; exit 1 when the planted subgroup is not found."""
+    from dataclasses import replace
+
+    from compute.run.planted import crossed_sevens, default_config
+
+    cfg = default_config(args.seed, args.epochs, args.eval_size)
+    if args.run_id:
+        cfg = replace(cfg, run_id=args.run_id)
+    if cfg.eval_dataset is None:
+        print("note: the real MNIST test set is not at ../shared/data/mnist; evaluating on mnist-5k's test "
+              "split (fewer planted examples, less power).", file=sys.stderr)
+    summary, report = crossed_sevens(root, cfg)
+    _print_summary(summary)
+    print("\n".join(report.lines()))
+    return 0 if report.found else 1
+
+
 def _list(root: Path) -> int:
     runs = list_runs(root)
     if not runs:
@@ -312,6 +340,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(args, root)
         if args.command == "sweep":
             return _sweep(args, root)
+        if args.command == "experiment":
+            return _experiment(args, root)
         if args.command == "layers":
             return _layers(args)
         return _list(root)

@@ -19,6 +19,8 @@ from warehouse.filters import UNIT_METRICS
 
 WEBGL_FROM = 1_000  # points from which the scatter renders with WebGL
 FACET_VALUES = 12  # values listed per facet
+POPULATIONS = {"live units": True, "all matching units": False}
+TAYLOR = ("taylor", "taylor_norm")
 EXPLORER = Path(__file__).parent / "views" / "explorer.py"
 
 
@@ -114,10 +116,31 @@ def axis_widgets() -> None:
     c4.checkbox("log y", key="ex-logy")
 
 
+def taylor_axes(x: str, y: str) -> tuple[str, str]:
+    """Taylor importance against the ablation loss delta is compared with its absolute value."""
+    swap = lambda a, b: "abl_loss_abs" if a == "abl_loss_delta" and b in TAYLOR else a  # noqa: E731
+    return swap(x, y), swap(y, x)
+
+
 def scatter(root: str, fp: cached.Fingerprint, state: ExplorerState, layers: list[str], classes: list[str]) -> None:
-    """Scatter of two metrics (a clicked point opens its unit) and their Spearman correlation per layer."""
-    f, run = state.filter, state.filter.run_id
+    """Scatter of two metrics (a clicked point opens its unit) and their Spearman correlation per layer.
+
+    Live units by default: dead units sit at selectivity 0 and ablation effect 0 and would enter a
+    rank correlation as a block of ties."""
+    run = state.filter.run_id
+    population = st.radio("Units in the scatter and correlation", list(POPULATIONS), horizontal=True,
+                          key="ex-population",
+                          help="Dead units (never active on the evaluation set) sit at selectivity 0 and ablation "
+                               "effect 0 and enter a rank correlation as a block of ties; live units only is the default.")
+    f = replace(state.filter, dead=False) if POPULATIONS[population] and state.filter.dead is None else state.filter
+    x_axis, y_axis = taylor_axes(state.x, state.y)
+    if (x_axis, y_axis) != (state.x, state.y):
+        st.caption("Taylor importance estimates the *size* of the loss change, so it is plotted against "
+                   "abl_loss_abs = |abl_loss_delta|.")
+    state = replace(state, x=x_axis, y=y_axis)
     points, n_points = cached.scatter(root, fp, f, state.x, state.y)
+    st.caption(("Live units only" if f.dead is False else "Dead units only" if f.dead else
+                "All matching units, dead ones included") + f": {n_points:,} units.")
     if len(points) < n_points:
         st.caption(f"Plotting a fixed sample of {len(points):,} of {n_points:,} units.")
     shown = points
@@ -137,7 +160,8 @@ def scatter(root: str, fp: cached.Fingerprint, state: ExplorerState, layers: lis
         layer, unit = picked.selection.points[0]["customdata"][:2]
         nav.open_unit(run, str(layer), int(unit), state)
 
-    st.markdown(f"**Spearman correlation of {state.x} and {state.y} per layer** (95% confidence interval)")
+    st.markdown(f"**Spearman correlation of {state.x} and {state.y} per layer** (95% confidence interval, "
+                f"{'live units' if f.dead is False else 'units as filtered'})")
     corr = cached.correlations(points[["layer", state.x, state.y]], state.x, state.y)
     st.dataframe(corr, hide_index=True, key="ex-corr")
     ui.downloads(f"correlation-{run}", "dl-corr", frame=corr)

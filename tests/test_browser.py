@@ -74,6 +74,8 @@ def test_explorer_preset_then_unit_page_in_chromium(server, tmp_path):
             assert shot.stat().st_size > 10_000
             assert "/unit?" in page.url and f"run={RUN_ID}" in page.url and chosen.replace(":", "%3A") in page.url
             assert page.get_by_text("Per class: activation and gradient signal").is_visible()
+            assert page.get_by_text("Is the removal effect real?").is_visible()
+            assert page.get_by_text("Which examples need this unit?").is_visible()
         finally:
             browser.close()
 

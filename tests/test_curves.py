@@ -94,6 +94,10 @@ def test_curve_points_equal_naive_zeroing_of_the_same_units(lenet_curves, layer,
 
 def test_orders_follow_their_scores():
     s = UnitScores(np.array([0.5, 0.9, 0.1, 0.9]), np.array([0.2, -0.1, 0.7, 0.0]))
+    live = UnitScores(s.selectivity, s.importance, np.array([True, False, True, True]))
+    for order, _, perm in unit_orders(live, seeds=(0,)):  # dead units are never ordered or removed
+        assert sorted(perm.tolist()) == [0, 2, 3], order
+    assert [p.tolist() for o, _, p in unit_orders(live) if o == "selectivity_low_first"] == [[2, 0, 3]]
     orders = {(o, seed): p.tolist() for o, seed, p in unit_orders(s, seeds=(0,))}
     assert orders[("selectivity_high_first", None)] == [1, 3, 0, 2]  # ties keep unit order
     assert orders[("selectivity_low_first", None)] == [2, 0, 1, 3]

@@ -363,3 +363,78 @@ def test_jump_box_opens_a_unit(app):
     assert ok(at).header[0].value == "Unit fc1:11"
     at.sidebar.text_input(key="jump").input("fc9:1").run()
     assert any("has no layer `fc9`" in e.value for e in ok(at).sidebar.error)
+
+
+def test_unit_page_says_whether_removal_matters_and_which_examples_need_the_unit(app, con, warehouse_root):
+    """Significance metrics from `units`, the examples table from `unit_examples` + `examples`, and the live
+    firing split against an independent hook computation on the checkpoint."""
+    import torch
+    import torch.nn.functional as F
+
+    from compute.nets.models import load_checkpoint
+    from compute.nets.probe import ZeroUnit
+    from compute.run.whatif import load_run
+
+    layer, unit = con.execute(
+        "SELECT layer, unit FROM units WHERE run_id = ? AND NOT dead AND abl_n_hurt > 0 AND layer = 'fc1' "
+        "ORDER BY abl_n_hurt DESC, unit LIMIT 1", [RUN_ID]).fetchall()[0]
+    at = open_page(app, "unit", {"run": RUN_ID, "unit": f"{layer}:{unit}"})
+    row = q.unit_row(con, RUN_ID, layer, unit)
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Flips right→wrong / wrong→right"] == f"{row['abl_n_hurt']} / {row['abl_n_helped']}"
+    assert shown["Loss change, 95% interval"] == f"{row['abl_loss_delta']:+.4f}"
+    assert any(f"[{row['abl_loss_lo']:+.4f}, {row['abl_loss_hi']:+.4f}]" == c.value for c in at.caption)
+    table = frame(at, "loss_delta")
+    want = q.unit_examples(con, RUN_ID, layer, unit)
+    assert table.example.tolist() == want.example.tolist() and (table.kind == "hurt").sum() == min(100, row["abl_n_hurt"])
+    cls = int(row["anomaly_class"])
+    assert at.selectbox(key="unit-split-class").value == str(cls)
+    ok(at.button(key="unit-live").click().run())
+    shown = {m.label: m.value for m in at.metric}
+    # Independent: the checkpoint, a forward hook for firing and a zeroing hook for removal.
+    run_dir = warehouse_root / "runs" / RUN_ID
+    model, _ = load_checkpoint(run_dir / "checkpoint.pt")
+    data = load_run(run_dir).data["eval"]
+    members = (data.labels == cls).nonzero().flatten()
+    x, y = data.floats(0, len(data))[members], data.labels[members]
+    seen = {}
+    handle = model.probe_modules()[layer].register_forward_hook(lambda _m, _i, out: seen.__setitem__("a", out))
+    with torch.no_grad():
+        base = F.cross_entropy(model(x), y, reduction="none")
+        handle.remove()
+        fires = seen["a"][:, unit] > 0
+        with ZeroUnit(model.probe_modules()[layer], [unit]):
+            cut = F.cross_entropy(model(x), y, reduction="none")
+    assert shown["fires: examples"] == str(int(fires.sum())) and shown["silent: examples"] == str(int((~fires).sum()))
+    if fires.any():
+        assert float(shown["fires: loss change when removed"]) == pytest.approx(float((cut - base)[fires].mean()), abs=1e-4)
+    assert len(at.image) >= 4  # the gallery, its mean beside the class mean, and the split's means
+
+
+def test_explorer_correlates_live_units_by_default_and_taylor_with_the_loss_size(app, con):
+    at = open_page(app, "explorer")
+    assert at.radio(key="ex-population").value == "live units"
+    n_live = q.count_units(con, q.UnitFilter(RUN_ID, dead=False))
+    assert any(c.value.startswith(f"Live units only: {n_live:,} units") for c in at.caption)
+    at.selectbox(key="ex-x").select("taylor_norm").run()
+    at.selectbox(key="ex-y").select("abl_loss_delta").run()
+    ok(at)
+    corr = frame(at, "spearman_rho").set_index("layer")
+    pts = q.scatter_data(con, q.UnitFilter(RUN_ID, dead=False), "taylor_norm", "abl_loss_abs")[0]
+    for layer, g in pts.groupby("layer"):
+        if len(g) >= 3 and g.taylor_norm.nunique() > 1 and g.abl_loss_abs.nunique() > 1:
+            assert corr.loc[layer, "spearman_rho"] == pytest.approx(g.taylor_norm.corr(g.abl_loss_abs, method="spearman"))
+    at.radio(key="ex-population").set_value("all matching units").run()
+    assert any(c.value.startswith("All matching units, dead ones included: 226 units") for c in ok(at).caption)
+
+
+def test_explorer_shows_whether_a_class_can_be_removed(app, con):
+    at = open_page(app, "explorer")
+    table = frame(at, "n_to_halve")
+    want = q.class_removal(con, RUN_ID)
+    assert len(table) == len(want) == 10 * 5  # 10 classes x (4 layers + last2)
+    assert table.n_to_halve.fillna(-1).tolist() == want.n_to_halve.fillna(-1).tolist()
+    at.selectbox(key="ex-cr-layer").select("fc2").run()
+    at.selectbox(key="ex-cr-class").select("7").run()
+    ok(at)
+    assert len(q.class_curve(con, RUN_ID, "fc2", 7)) > 2

@@ -55,14 +55,22 @@ def test_presets_match_their_definitions(con, tables):
     hit = uc[uc.anomaly >= 1.0]
     assert len(hgla) > 0 and keys(hgla) == sorted(set(zip(hit.layer, hit.unit.astype(int))))
     assert list(hgla.anomaly_max) == sorted(hgla.anomaly_max, reverse=True)
+    assert not hgla.dead.any() and (hgla.frac_active > 0).all()  # no dead unit is in the anomaly preset
+    assert uc[uc.set_index(["layer", "unit"]).index.isin(list(zip(u[u.dead].layer, u[u.dead].unit)))].anomaly.isna().all()
+    wanted = q.filter_units(con, PRESETS["dead, but the loss wants them on"].apply(base))
+    assert keys(wanted) == keys(u[u.dead & (u.grad_z_max >= 1.0)])
     sel = q.filter_units(con, PRESETS["highly selective"].apply(base))
-    assert keys(sel) == keys(u[u.selectivity >= 0.5])
+    assert keys(sel) == keys(u[(u.selectivity >= 0.5) & (u.n_active >= q.MIN_ACTIVE)])
     top = q.filter_units(con, PRESETS["most important"].apply(base))
     assert list(top.abl_loss_delta) == sorted(u.abl_loss_delta, reverse=True)[:50]
+    sig = q.filter_units(con, PRESETS["removal significantly hurts"].apply(base))
+    assert len(sig) > 0 and keys(sig) == keys(u[(u.abl_loss_q <= q.ALPHA) & (u.abl_loss_lo >= 0)])
+    assert (sig.abl_loss_delta > 0).all()
     sbu = q.filter_units(con, PRESETS["selective but unimportant"].apply(base))
-    assert keys(sbu) == keys(u[(u.selectivity >= 0.5) & (u.abl_loss_delta <= 0.005)])
+    assert keys(sbu) == keys(u[(u.selectivity >= 0.5) & (u.n_active >= q.MIN_ACTIVE) & (u.abl_loss_delta <= 0.005)])
     dead = q.filter_units(con, PRESETS["dead units"].apply(base))
     assert len(dead) > 0 and keys(dead) == keys(u[u.frac_active == 0])
+    assert dead.pref_class.isna().all() and dead.anomaly_max.isna().all()
 
 
 @pytest.mark.parametrize("lo", [-0.5, 0.5, 1.0, 50.0])
@@ -145,7 +153,9 @@ def test_layer_percentiles_match_scipy(con, tables):
     row = layer.iloc[7]
     got = q.layer_percentiles(con, RUN_ID, "fc1", {c: row[c] for c in q.PERCENTILE_METRICS})
     for c in q.PERCENTILE_METRICS:
-        assert got[c] == pytest.approx(stats.percentileofscore(layer[c], row[c], kind="weak")), c
+        # Null values (a dead unit's anomaly) are left out of the percentile.
+        assert got[c] == pytest.approx(stats.percentileofscore(layer[c].dropna(), row[c], kind="weak"),
+                                       nan_ok=True), c
 
 
 def test_histogram_matches_numpy(con, tables):

@@ -39,19 +39,21 @@ def per_example(small_run_artifacts):
     """Per-example unit scalars from one backward pass per example, as {layer: {field: (N, U)}}."""
     model, eval_set, _ = small_run_artifacts
     model = model.eval()
-    out = {name: {f: [] for f in ("act", "rect", "grad", "taylor", "peak")} for name in LAYERS}
+    out = {name: {f: [] for f in ("act", "rect", "grad", "tgrad", "taylor", "peak")} for name in LAYERS}
     for i in range(len(eval_set)):
         x = eval_set.floats(i, i + 1)
         acts, logits = manual_forward(model, x)
         loss = F.cross_entropy(logits, eval_set.labels[i:i + 1])
-        grads = torch.autograd.grad(loss, [acts[n][1] for n in LAYERS])
-        for name, g in zip(LAYERS, grads):
+        grads = torch.autograd.grad(loss, [acts[n][1] for n in LAYERS] + [acts[n][0] for n in LAYERS])
+        for name, g, gz in zip(LAYERS, grads[:len(LAYERS)], grads[len(LAYERS):]):
             pre, post = acts[name]
             dims = tuple(range(2, pre.dim()))
             mean = (lambda t: t.mean(dims)) if dims else (lambda t: t)
             out[name]["act"].append(mean(pre).detach()[0].numpy())
             out[name]["rect"].append(mean(post).detach()[0].numpy())
             out[name]["grad"].append(-(g.sum(dims) if dims else g)[0].numpy())
+            # The training signal: autograd's own gradient at the pre-activation tensor.
+            out[name]["tgrad"].append(-(gz.sum(dims) if dims else gz)[0].numpy())
             out[name]["taylor"].append(np.abs(mean(g * post).detach()[0].numpy()))
             out[name]["peak"].append((post.amax(dims) if dims else post).detach()[0].numpy())
     return {n: {f: np.stack(v) for f, v in d.items()} for n, d in out.items()}, eval_set.labels.numpy()
@@ -68,10 +70,10 @@ def test_class_means_gradients_and_taylor_match_manual_recomputation(small_run_a
     _, _, con = small_run_artifacts
     values, labels = per_example
     v = values[layer]
-    rows = stored(con, "unit_classes", layer, "mean_act, mean_rect, grad_mean, grad_abs_mean, taylor, frac_active",
-                  "unit, class")
+    rows = stored(con, "unit_classes", layer, "mean_act, mean_rect, grad_mean, grad_abs_mean, taylor, frac_active, "
+                  "train_grad_mean", "unit, class")
     n_units = v["act"].shape[1]
-    rows = rows.reshape(n_units, 10, 6)
+    rows = rows.reshape(n_units, 10, 7)
     for c in range(10):
         m = labels == c
         np.testing.assert_allclose(rows[:, c, 0], v["act"][m].mean(0), rtol=1e-5, atol=1e-6)
@@ -80,8 +82,9 @@ def test_class_means_gradients_and_taylor_match_manual_recomputation(small_run_a
         np.testing.assert_allclose(rows[:, c, 3], np.abs(v["grad"][m]).mean(0), rtol=1e-4, atol=1e-7)
         np.testing.assert_allclose(rows[:, c, 4], v["taylor"][m].mean(0), rtol=1e-4, atol=1e-8)
         np.testing.assert_allclose(rows[:, c, 5], (v["rect"][m] > 0).mean(0))
-    units = stored(con, "units", layer, "mean_act, mean_rect, max_act, frac_active, grad_mean, taylor, taylor_norm",
-                   "unit")
+        np.testing.assert_allclose(rows[:, c, 6], v["tgrad"][m].mean(0), rtol=1e-4, atol=1e-7)
+    units = stored(con, "units", layer, "mean_act, mean_rect, max_act, frac_active, grad_mean, taylor, taylor_norm, "
+                   "train_grad_mean, n_active", "unit")
     np.testing.assert_allclose(units[:, 0], v["act"].mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(units[:, 1], v["rect"].mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(units[:, 2], v["peak"].max(0), rtol=1e-5, atol=1e-6)  # float32, batched vs one by one
@@ -90,28 +93,42 @@ def test_class_means_gradients_and_taylor_match_manual_recomputation(small_run_a
     taylor = v["taylor"].mean(0)
     np.testing.assert_allclose(units[:, 5], taylor, rtol=1e-4, atol=1e-8)
     np.testing.assert_allclose(units[:, 6], taylor / np.linalg.norm(taylor), rtol=1e-4, atol=1e-8)
+    np.testing.assert_allclose(units[:, 7], v["tgrad"].mean(0), rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(units[:, 8], (v["rect"] > 0).sum(0))
+    # Where a unit never fires nothing reaches it; where it always fires both signals agree.
+    silent = (v["rect"] > 0).sum(0) == 0
+    np.testing.assert_array_equal(units[silent, 7], 0.0)
 
 
 @pytest.mark.parametrize("layer", LAYERS)
 def test_selectivity_and_anomaly_follow_from_stored_class_means(small_run_artifacts, layer):
     _, _, con = small_run_artifacts
-    cls = stored(con, "unit_classes", layer, "mean_rect, mean_act, grad_mean, anomaly", "unit, class")
+    cls = stored(con, "unit_classes", layer, "mean_rect, mean_act, train_grad_mean, anomaly, grad_mean",
+                 "unit, class")
     n_units = len(cls) // 10
-    rect, act, grad, anom = (cls[:, i].reshape(n_units, 10) for i in range(4))
+    rect, act, tgrad, anom, grad = (cls[:, i].reshape(n_units, 10) for i in range(5))
     mu_max = rect.max(1)
     mu_rest = (rect.sum(1) - mu_max) / 9
     expected_si = (mu_max - mu_rest) / (mu_max + mu_rest + 1e-7)
-    units = stored(con, "units", layer, "selectivity, pref_class, mu_max, mu_rest, anomaly_max, anomaly_class, dead",
-                   "unit")
+    units = stored(con, "units", layer, "selectivity, pref_class, mu_max, mu_rest, anomaly_max, anomaly_class, dead, "
+                   "grad_z_max", "unit")
+    dead = mu_max == 0
+    np.testing.assert_array_equal(units[:, 6].astype(bool), dead)
     np.testing.assert_allclose(units[:, 0], expected_si, rtol=1e-9, atol=1e-12)
-    np.testing.assert_array_equal(units[:, 1], rect.argmax(1))
+    np.testing.assert_array_equal(units[~dead, 1], rect.argmax(1)[~dead])
+    assert np.isnan(units[dead, 1]).all()  # no preferred class for a dead unit (null)
     np.testing.assert_allclose(units[:, 3], mu_rest, rtol=1e-9, atol=1e-12)
-    # Anomaly: the smaller of the scaled gradient and the standardised lowness of activation.
-    expected = np.minimum(grad / grad.std(), -(act - act.mean()) / act.std())
+    # Anomaly on live units: the smaller of the scaled training signal and the standardised lowness of
+    # activation, statistics over the live units' entries; null for dead units.
+    t, a = tgrad[~dead], act[~dead]
+    expected = np.full_like(anom, np.nan)
+    expected[~dead] = np.minimum(t / t.std(), -(a - a.mean()) / a.std())
     np.testing.assert_allclose(anom, expected, rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(units[:, 4], expected.max(1), rtol=1e-9, atol=1e-12)
-    np.testing.assert_array_equal(units[:, 5], expected.argmax(1))
-    np.testing.assert_array_equal(units[:, 6].astype(bool), mu_max == 0)
+    np.testing.assert_allclose(units[:, 4], np.where(dead, np.nan, np.nan_to_num(expected, nan=-np.inf).max(1)),
+                               rtol=1e-9, atol=1e-12)
+    np.testing.assert_array_equal(units[~dead, 5], expected[~dead].argmax(1))
+    assert np.isnan(units[dead, 5]).all()
+    np.testing.assert_allclose(units[:, 7], (grad / grad.std()).max(1), rtol=1e-9, atol=1e-12)
 
 
 def test_strongest_anomaly_skips_classes_without_examples():
@@ -140,6 +157,10 @@ def test_anomaly_ranks_high_gradient_low_activation_first():
     score = anomaly(grad, act)
     assert np.unravel_index(np.argmax(score), score.shape) == (3, 7)
     assert score[2, 9] < 0 and score[5, 1] < 0
+    live = np.ones(50, dtype=bool)
+    live[7] = False  # a dead unit gets no score, and leaves the others' statistics
+    dead_out = anomaly(grad, act, live)
+    assert np.isnan(dead_out[:, 7]).all() and np.isfinite(np.delete(dead_out, 7, axis=1)).all()
 
 
 def _weight_surgery_ablation(model: LeNet5, layer: str, unit: int) -> LeNet5:
@@ -186,19 +207,43 @@ def test_training_trace_gradient_equals_autograd_per_example():
     result = train(model, model.probe_modules(), data, data, TrainConfig(epochs=1, seed=0, batch_size=25, lr=0.0))
     model.train()
     grads = {n: [] for n in LAYERS}
+    tgrads = {n: [] for n in LAYERS}
     acts = {n: [] for n in LAYERS}
     for i in range(len(data)):
         a, logits = manual_forward(model, data.floats(i, i + 1))
-        g = torch.autograd.grad(F.cross_entropy(logits, data.labels[i:i + 1]), [a[n][1] for n in LAYERS])
-        for n, gi in zip(LAYERS, g):
+        g = torch.autograd.grad(F.cross_entropy(logits, data.labels[i:i + 1]),
+                                [a[n][1] for n in LAYERS] + [a[n][0] for n in LAYERS])
+        for n, gi, gz in zip(LAYERS, g[:len(LAYERS)], g[len(LAYERS):]):
             dims = tuple(range(2, gi.dim()))
             grads[n].append(-(gi.sum(dims) if dims else gi)[0].numpy())
+            tgrads[n].append(-(gz.sum(dims) if dims else gz)[0].numpy())
             pre = a[n][0].detach()
             acts[n].append((pre.mean(dims) if dims else pre)[0].numpy())
     labels = data.labels.numpy()
     np.testing.assert_array_equal(result.counts[0], np.bincount(labels, minlength=10))
     for n in LAYERS:
-        g, a = np.stack(grads[n]), np.stack(acts[n])
+        g, a, tg = np.stack(grads[n]), np.stack(acts[n]), np.stack(tgrads[n])
         for c in range(10):
             np.testing.assert_allclose(result.trace[n]["grad"][0, c], g[labels == c].mean(0), rtol=1e-4, atol=1e-7)
+            np.testing.assert_allclose(result.trace[n]["tgrad"][0, c], tg[labels == c].mean(0), rtol=1e-4, atol=1e-7)
             np.testing.assert_allclose(result.trace[n]["act"][0, c], a[labels == c].mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_examples_table_is_what_the_model_does_with_each_example(small_run_artifacts):
+    model, eval_set, con = small_run_artifacts
+    rows = con.execute("SELECT example, label, pred, loss, subgroup FROM examples WHERE run_id = 'small' "
+                       "ORDER BY example").df()
+    with torch.no_grad():
+        logits = model(eval_set.floats(0, len(eval_set)))
+    np.testing.assert_array_equal(rows.example, np.arange(len(eval_set)))
+    np.testing.assert_array_equal(rows.label, eval_set.labels.numpy())
+    np.testing.assert_array_equal(rows.pred, logits.argmax(1).numpy())
+    np.testing.assert_allclose(rows.loss, F.cross_entropy(logits, eval_set.labels, reduction="none").numpy(),
+                               rtol=1e-5, atol=1e-6)
+    assert rows.subgroup.isna().all()  # mnist-5k defines no subgroups
+    # unit_examples agree with the units' flip counts (at most 100 listed per direction).
+    flips = con.execute(
+        "SELECT u.layer, u.unit, u.abl_n_hurt, count(e.example) FILTER (WHERE e.kind = 'hurt') AS listed "
+        "FROM units u LEFT JOIN unit_examples e USING (run_id, layer, unit) WHERE u.run_id = 'small' "
+        "GROUP BY ALL").df()
+    np.testing.assert_array_equal(flips.listed, np.minimum(flips.abl_n_hurt, 100))

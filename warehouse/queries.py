@@ -27,19 +27,40 @@ PERCENTILE_METRICS: tuple[str, ...] = tuple(
     c.name for c in TABLES["units"].columns if pa.types.is_floating(c.type))
 
 
+#: Examples a unit must be active on before its selectivity is trusted by the selectivity presets
+#: (a unit active on 1 example has selectivity near 1); edit the ``n_active`` range to change it.
+MIN_ACTIVE = 10
+#: False-discovery level of the significance preset.
+ALPHA = 0.05
+
 PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("high gradient, low activation",
-           "Some class (or the chosen one) pushes the unit up while the unit is silent for it: "
-           "unit_classes.anomaly >= 1, i.e. both the gradient signal and the activation deficit are at "
-           "least one layer standard deviation (docs/metrics.md).",
+           "Live units that training pushes up for some class (or the chosen one) although they are low for "
+           "it: unit_classes.anomaly >= 1, i.e. both the training signal (gradient at the pre-activation) "
+           "and the activation deficit are at least one layer standard deviation. Such a unit fires for part "
+           "of the class only (docs/metrics.md). Dead units have no anomaly.",
            {"class_conditions": (Range("anomaly", 1.0, None),), "order_by": "anomaly_max", "descending": True}),
-    Preset("highly selective", "Class selectivity index of at least 0.5 (mu_max at least 3x mu_rest).",
-           {"ranges": (Range("selectivity", 0.5, None),), "order_by": "selectivity", "descending": True}),
+    Preset("dead, but the loss wants them on",
+           "Never active on the evaluation set, yet for some class the loss asks for the unit: grad_z_max >= 1 "
+           "(the output-side gradient signal is at least one layer standard deviation). Training cannot act on "
+           "them: the ReLU blocks the signal.",
+           {"dead": True, "ranges": (Range("grad_z_max", 1.0, None),), "order_by": "grad_z_max", "descending": True}),
+    Preset("highly selective", f"Class selectivity index of at least 0.5 (mu_max at least 3x mu_rest), on at "
+           f"least {MIN_ACTIVE} active examples.",
+           {"ranges": (Range("selectivity", 0.5, None), Range("n_active", MIN_ACTIVE, None)),
+            "order_by": "selectivity", "descending": True}),
     Preset("most important", "The 50 units whose ablation raises the loss most.",
            {"order_by": "abl_loss_delta", "descending": True, "limit": 50}),
+    Preset("removal significantly hurts",
+           f"Removing the unit raises the loss, beyond the noise: abl_loss_q <= {ALPHA} (paired t-test on the "
+           f"per-example loss changes, Benjamini-Hochberg within the layer) and its 95% interval above 0.",
+           {"ranges": (Range("abl_loss_q", None, ALPHA), Range("abl_loss_lo", 0.0, None)),
+            "order_by": "abl_loss_delta", "descending": True}),
     Preset("selective but unimportant",
-           "Selectivity of at least 0.5, yet ablating the unit changes the loss by less than 0.005.",
-           {"ranges": (Range("selectivity", 0.5, None), Range("abl_loss_delta", None, 0.005)),
+           f"Selectivity of at least 0.5 on at least {MIN_ACTIVE} active examples, yet ablating the unit changes "
+           "the loss by less than 0.005.",
+           {"ranges": (Range("selectivity", 0.5, None), Range("n_active", MIN_ACTIVE, None),
+                       Range("abl_loss_delta", None, 0.005)),
             "order_by": "selectivity", "descending": True}),
     Preset("dead units", "Never active on the evaluation set.", {"dead": True}),
 )}
@@ -176,14 +197,46 @@ def unit_page(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: int
         return None
     layer_rows = con.execute("SELECT * FROM layers WHERE run_id = ? AND layer = ?", [run_id, layer]).df()
     classes = con.execute(
-        'SELECT "class", class_name, n, mean_act, mean_rect, grad_mean, grad_abs_mean, taylor, frac_active, '
+        'SELECT "class", class_name, n, mean_act, mean_rect, grad_mean, grad_abs_mean, train_grad_mean, taylor, frac_active, '
         'anomaly, abl_acc_delta, abl_loss_delta FROM unit_classes WHERE run_id = ? AND layer = ? AND unit = ? '
         'ORDER BY "class"', [run_id, layer, int(unit)]).df()
     trace = con.execute(
-        'SELECT epoch, "class", class_name, n, mean_act, mean_rect, grad_mean FROM train_trace '
+        'SELECT epoch, "class", class_name, n, mean_act, mean_rect, grad_mean, train_grad_mean FROM train_trace '
         'WHERE run_id = ? AND layer = ? AND unit = ? ORDER BY epoch, "class"', [run_id, layer, int(unit)]).df()
     pct = layer_percentiles(con, run_id, layer, {c: row[c] for c in PERCENTILE_METRICS})
     return UnitPage(row, layer_rows.iloc[0].to_dict() if len(layer_rows) else {}, classes, trace, pct)
+
+
+def unit_examples(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: int) -> pd.DataFrame:
+    """The examples that need one unit (``unit_examples``) with what the intact model does with them
+    (``examples``): kind, rank, example, label, prediction, intact loss, loss change, subgroup."""
+    return con.execute(
+        "SELECT ue.kind, ue.rank, ue.example, e.label, e.pred, e.loss, ue.loss_delta, e.subgroup "
+        "FROM unit_examples ue LEFT JOIN examples e ON e.run_id = ue.run_id AND e.example = ue.example "
+        "WHERE ue.run_id = ? AND ue.layer = ? AND ue.unit = ? ORDER BY ue.kind, ue.rank",
+        [run_id, layer, int(unit)]).df()
+
+
+def subgroup_sizes(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, int]:
+    """Evaluation examples per subgroup the dataset defines (empty when it defines none)."""
+    rows = con.execute("SELECT subgroup, count(*) FROM examples WHERE run_id = ? AND subgroup IS NOT NULL "
+                       "GROUP BY subgroup ORDER BY subgroup", [run_id]).fetchall()
+    return {str(g): int(n) for g, n in rows}
+
+
+def class_removal(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
+    """Per layer (or pooled group) and class: the fewest units that halve the class's accuracy while the
+    others keep 90% of theirs (``class_removal``), layers in forward order, ``last2`` last."""
+    return con.execute(
+        "SELECT c.* EXCLUDE (run_id) FROM class_removal c LEFT JOIN layers l ON l.run_id = c.run_id AND l.layer = c.layer "
+        'WHERE c.run_id = ? ORDER BY coalesce(l.layer_index, 1e9), c.layer, c."class"', [run_id]).df()
+
+
+def class_curve(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, cls: int) -> pd.DataFrame:
+    """One class's removal curve: n_ablated, class_acc, other_acc."""
+    return con.execute(
+        'SELECT n_ablated, class_acc, other_acc FROM class_curves WHERE run_id = ? AND layer = ? AND "class" = ? '
+        "ORDER BY n_ablated", [run_id, layer, int(cls)]).df()
 
 
 def count_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> int:

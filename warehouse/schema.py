@@ -95,36 +95,64 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("mean_rect", F64, "Mean post-ReLU activation (spatial mean per example, then mean over examples)."),
         _c("max_act", F64, "Largest post-ReLU value at any position of any example."),
         _c("frac_active", F64, "Fraction of examples with any positive post-ReLU value (1 - sparsity)."),
+        _c("n_active", pa.int64(), "Evaluation examples with any positive post-ReLU value: how many examples "
+           "`selectivity` rests on (a unit active on 1 example has selectivity near 1; trust it from about 10)."),
         _c("dead", pa.bool_(), "True if the unit is never active on the evaluation set."),
         _c("selectivity", F64, "Class selectivity index (mu_max - mu_rest)/(mu_max + mu_rest + 1e-7) of "
-           "post-ReLU class means (Morcos et al. 2018). 0 = unselective or dead, 1 = one class only."),
-        _c("pref_class", pa.int32(), "Class with the largest post-ReLU class mean (mu_max)."),
-        _c("pref_class_name", pa.string(), "Name of `pref_class`."),
+           "post-ReLU class means (Morcos et al. 2018). 0 = unselective or dead, 1 = one class only. "
+           "See `n_active` for the examples behind it."),
+        _c("pref_class", pa.int32(), "Class with the largest post-ReLU class mean (mu_max); null for a dead unit."),
+        _c("pref_class_name", pa.string(), "Name of `pref_class`; null for a dead unit."),
         _c("mu_max", F64, "Largest post-ReLU class mean."),
         _c("mu_rest", F64, "Mean of the other classes' post-ReLU class means."),
-        _c("grad_mean", F64, "Mean gradient signal: -dLoss/d(post-ReLU activity) summed over positions, "
-           "per example, averaged. Positive = the loss wants the unit higher."),
-        _c("grad_abs_mean", F64, "Mean over examples of the absolute gradient signal."),
+        _c("grad_mean", F64, "Mean output-side gradient signal, what the loss asks of the unit: "
+           "-dLoss/d(post-ReLU activity) summed over positions, per example, averaged. Positive = the loss "
+           "wants the unit higher; non-zero even where the unit is silent and training cannot act on it."),
+        _c("grad_abs_mean", F64, "Mean over examples of the absolute output-side gradient signal."),
+        _c("train_grad_mean", F64, "Mean training signal, what updates the unit: -dLoss/d(pre-activation) "
+           "= the output-side signal where the unit fires, 0 where it is silent; summed over positions, per "
+           "example, averaged. Always 0 for a dead unit."),
+        _c("grad_z_max", F64, "Largest over classes of the class's `grad_mean` divided by the standard deviation "
+           "of the layer's (unit, class) `grad_mean` values: how strongly the loss asks for the unit "
+           "(used for dead units, which no training signal reaches)."),
         _c("taylor", F64, "Taylor importance (Molchanov et al. 2017): per example |mean over positions of "
            "dLoss/da * a| (post-ReLU), averaged over examples."),
         _c("taylor_norm", F64, "`taylor` divided by the L2 norm of `taylor` over the layer's units."),
         _c("abl_acc_delta", F64, "Accuracy change when the unit is clamped to zero (ablated - intact), fraction."),
         _c("abl_loss_delta", F64, "Mean cross-entropy change when the unit is clamped to zero (ablated - intact)."),
-        _c("anomaly_max", F64, "Largest gradient-vs-activation anomaly over classes (see `unit_classes.anomaly`)."),
-        _c("anomaly_class", pa.int32(), "Class of `anomaly_max`."),
+        _c("abl_loss_abs", F64, "|abl_loss_delta|: the size of the removal effect, what the Taylor estimate "
+           "(`taylor`) approximates."),
+        _c("abl_loss_lo", F64, "Lower end of the 95% t confidence interval of `abl_loss_delta` from the per-example "
+           "paired differences (ablated - intact loss of each example; differences below 1e-6 count as 0)."),
+        _c("abl_loss_hi", F64, "Upper end of that interval."),
+        _c("abl_loss_p", F64, "Two-sided p-value of the paired t-test that removing the unit leaves the mean loss "
+           "unchanged; 1 when no example's loss changes."),
+        _c("abl_loss_q", F64, "`abl_loss_p` adjusted for the layer's many units (Benjamini-Hochberg q-value; "
+           "`abl_loss_q <= 0.05` keeps the false discoveries among the kept units at about 5%)."),
+        _c("abl_n_hurt", pa.int64(), "Evaluation examples that removing the unit turns from right to wrong."),
+        _c("abl_n_helped", pa.int64(), "Evaluation examples that removing the unit turns from wrong to right "
+           "(`abl_acc_delta` = (abl_n_helped - abl_n_hurt) / n_eval)."),
+        _c("abl_acc_p", F64, "Exact McNemar test of the accuracy change: two-sided binomial test of `abl_n_hurt` among "
+           "`abl_n_hurt + abl_n_helped` flips at 1/2; 1 when nothing flips."),
+        _c("anomaly_max", F64, "Largest training-signal-vs-activation anomaly over classes (see "
+           "`unit_classes.anomaly`); null for a dead unit."),
+        _c("anomaly_class", pa.int32(), "Class of `anomaly_max`; null for a dead unit."),
     )),
     Table("unit_classes", "One row per unit and class: evaluation-set statistics restricted to the class.", (
         RUN_ID, LAYER, UNIT, CLASS, CLASS_NAME,
         _c("n", pa.int64(), "Evaluation examples of the class."),
         _c("mean_act", F64, "Mean pre-ReLU activation on the class (spatial mean per example)."),
         _c("mean_rect", F64, "Mean post-ReLU activation on the class (spatial mean per example)."),
-        _c("grad_mean", F64, "Mean gradient signal on the class (see `units.grad_mean`)."),
-        _c("grad_abs_mean", F64, "Mean absolute gradient signal on the class."),
+        _c("grad_mean", F64, "Mean output-side gradient signal on the class, what the loss asks (see `units.grad_mean`)."),
+        _c("grad_abs_mean", F64, "Mean absolute output-side gradient signal on the class."),
+        _c("train_grad_mean", F64, "Mean training signal on the class, what updates the unit (see "
+           "`units.train_grad_mean`)."),
         _c("taylor", F64, "Mean Taylor score on the class."),
         _c("frac_active", F64, "Fraction of the class's examples on which the unit is active."),
-        _c("anomaly", F64, "Gradient-vs-activation anomaly: min(grad_mean / std, -(mean_act - mean) / std), "
-           "statistics over the layer's (unit, class) entries. High only when the loss pushes the unit up "
-           "for this class *and* its activation for the class is low. See docs/metrics.md."),
+        _c("anomaly", F64, "Training-signal-vs-activation anomaly: min(train_grad_mean / std, -(mean_act - mean) / "
+           "std), statistics over the layer's (unit, class) entries of live units. High only when training "
+           "pushes the unit up for this class *and* its activation for the class is low: it fires for part of "
+           "the class, which pulls it up. Null for dead units. See docs/metrics.md."),
         _c("abl_acc_delta", F64, "Accuracy change on the class when the unit is clamped to zero."),
         _c("abl_loss_delta", F64, "Mean cross-entropy change on the class when the unit is clamped to zero."),
     )),
@@ -136,7 +164,10 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("mean_act", F64, "Mean pre-ReLU activation over the epoch's examples of the class, as the "
            "network was at each step."),
         _c("mean_rect", F64, "Mean post-ReLU activation, likewise."),
-        _c("grad_mean", F64, "Mean gradient signal -dLoss_n/d(post-ReLU activity), summed over positions."),
+        _c("grad_mean", F64, "Mean output-side gradient signal -dLoss_n/d(post-ReLU activity), summed over "
+           "positions: what the loss asks of the unit."),
+        _c("train_grad_mean", F64, "Mean training signal -dLoss_n/d(pre-activation), summed over positions: "
+           "what updated the unit (0 on examples where it was silent)."),
     )),
     Table("epochs", "One row per training epoch: loss and accuracy history.", (
         RUN_ID,
@@ -177,8 +208,29 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("height", pa.int32(), "PNG height in pixels."),
         _c("png", pa.binary(), "The image, PNG-encoded."),
     )),
+    Table("examples", "One row per evaluation example: what the intact model does with it.", (
+        RUN_ID,
+        _c("example", pa.int64(), "Index of the example in the run's evaluation set (as in `unit_images.example`)."),
+        _c("label", pa.int32(), "True label."),
+        _c("pred", pa.int32(), "The trained model's prediction."),
+        _c("loss", F64, "Cross-entropy of the example."),
+        _c("subgroup", pa.string(), "Subgroup the dataset defines for the example (e.g. `crossed 7` / `plain 7` "
+           "in `crossed-sevens:` datasets); null otherwise."),
+    )),
+    Table("unit_examples", "Per unit, the evaluation examples that need it: those whose prediction flips "
+          "when it is clamped to zero and those whose loss rises most. Stored sparsely (at most 100 flips "
+          "per unit and direction, the 10 largest loss rises), never units x examples.", (
+        RUN_ID, LAYER, UNIT,
+        _c("example", pa.int64(), "Index of the example in the evaluation set (join `examples`)."),
+        _c("kind", pa.string(), "`hurt` (right -> wrong without the unit), `helped` (wrong -> right) or "
+           "`loss_rise` (among the 10 examples whose loss rises most, rise > 0)."),
+        _c("rank", pa.int32(), "Order within (unit, kind): example order for flips, 0 = largest rise for `loss_rise`."),
+        _c("loss_delta", F64, "The example's loss change when the unit is clamped to zero (ablated - intact)."),
+    )),
     Table("ablation_curves", "Cumulative ablation curves: accuracy and loss with a growing fraction of a "
-          "layer's units clamped to zero, in several orders (Morcos et al. 2018). See docs/metrics.md.", (
+          "layer's live units clamped to zero, in several orders (Morcos et al. 2018). Dead units (never "
+          "active on the evaluation set) are left out: removing them changes nothing, and they would sit "
+          "at the start of the selectivity-low-first order. See docs/metrics.md.", (
         RUN_ID,
         _c("split", pa.string(), "Examples the curve is measured on: `eval` (the evaluation set) or `train` "
            "(the training set with its training labels)."),
@@ -189,10 +241,35 @@ TABLES: dict[str, Table] = {t.name: t for t in (
            "(largest `units.abl_loss_delta` first). Ties keep unit order."),
         _c("seed", pa.int32(), "Seed of the random permutation (0, 1, ...); null for the other orders."),
         _c("fraction", F64, "Nominal fraction of the units removed, on the grid 0, 0.05, ..., 1."),
-        _c("n_units", pa.int32(), "Units that can be removed (the layer's, or the pooled layers' together)."),
+        _c("n_units", pa.int32(), "Live units that can be removed (the layer's, or the pooled layers' together)."),
         _c("n_ablated", pa.int32(), "Units clamped to zero: round(fraction * n_units), the first of the order."),
         _c("accuracy", F64, "Accuracy with those units clamped to zero, fraction in [0, 1]."),
         _c("loss", F64, "Mean cross-entropy with those units clamped to zero."),
+    )),
+    Table("class_curves", "Per class: a cumulative ablation of a layer's live units in the order of their importance "
+          "for that class, with that class's accuracy against the other classes' (can a class's knowledge be "
+          "removed?). See docs/metrics.md.", (
+        RUN_ID,
+        _c("layer", pa.string(), "Probed layer whose units are removed, or `last2` (the last two layers pooled)."),
+        CLASS, CLASS_NAME,
+        _c("n_units", pa.int32(), "Live units of the layer or group."),
+        _c("n_ablated", pa.int32(), "Units clamped to zero together: the first of the order (largest "
+           "`unit_classes.abl_loss_delta` for this class first); every count up to 16, then the 5% grid."),
+        _c("class_acc", F64, "Accuracy on this class's evaluation examples with those units removed."),
+        _c("other_acc", F64, "Accuracy on all the other classes' examples together."),
+    )),
+    Table("class_removal", "Per layer (or `last2`) and class: the fewest units, removed in the order of "
+          "`class_curves`, that halve the class's accuracy while the other classes keep at least 90% of theirs.", (
+        RUN_ID,
+        _c("layer", pa.string(), "Layer or pooled group, as in `class_curves`."),
+        CLASS, CLASS_NAME,
+        _c("n_units", pa.int32(), "Live units of the layer or group."),
+        _c("class_acc_intact", F64, "The class's accuracy with nothing removed."),
+        _c("other_acc_intact", F64, "The other classes' accuracy with nothing removed."),
+        _c("n_to_halve", pa.int32(), "Fewest units on the `class_curves` grid with class_acc <= 0.5 x intact and "
+           "other_acc >= 0.9 x intact; null if no count does it."),
+        _c("class_acc_then", F64, "The class's accuracy at `n_to_halve` (null if none)."),
+        _c("other_acc_then", F64, "The other classes' accuracy at `n_to_halve` (null if none)."),
     )),
     Table("ablation_auc", "One row per ablation curve: its normalized area under the curve.", (
         RUN_ID,
@@ -200,7 +277,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("layer", pa.string(), "Layer or pooled group (`last2`), as in `ablation_curves`."),
         _c("order", pa.string(), "Removal order, as in `ablation_curves`."),
         _c("seed", pa.int32(), "Seed of a `random` order; null for the other orders."),
-        _c("n_units", pa.int32(), "Units in the layer or group."),
+        _c("n_units", pa.int32(), "Live units in the layer or group."),
         _c("auc", F64, "Trapezoid area under accuracy vs fraction removed (fractions 0..1) divided by the "
            "accuracy at fraction 0 (intact). 1 = removing units never costs accuracy; a curve that falls "
            "straight to chance gives about chance / intact accuracy. NaN if the intact accuracy is 0."),

@@ -8,7 +8,9 @@ the first ``round(fraction * units)`` units of the order ablated, on a grid of f
 - ``selectivity_high_first`` / ``selectivity_low_first``: by class selectivity index;
 - ``importance``: most important first, by single-unit ablation loss delta.
 
-Ties keep unit order (stable sort; pooled units are in layer order). The normalized area under the
+Only live units (active on the evaluation set) are ordered and removed: a dead unit's removal changes
+nothing there, and dead units (selectivity 0) would fill the start of ``selectivity_low_first`` at no
+cost. Ties keep unit order (stable sort; pooled units are in layer order). The normalized area under the
 curve is ``auc = trapezoid(accuracy, fraction) / accuracy at fraction 0`` over the grid, so 1 means
 no loss of accuracy at any fraction and a curve dropping straight to chance gives about
 chance / intact accuracy.
@@ -40,16 +42,22 @@ class UnitScores:
 
     selectivity: np.ndarray  # (U,)
     importance: np.ndarray  # (U,) single-unit ablation loss delta; larger = more important
+    live: np.ndarray | None = None  # (U,) bool, active on the evaluation set; None = all live
+
+    def live_index(self) -> np.ndarray:
+        return np.arange(len(self.selectivity)) if self.live is None else np.flatnonzero(self.live)
 
 
 def unit_orders(scores: UnitScores, seeds: tuple[int, ...] = SEEDS) -> list[tuple[str, int | None, np.ndarray]]:
-    """(order name, seed or None, permutation of unit indices) for every order."""
-    n = len(scores.selectivity)
+    """(order name, seed or None, live unit indices in removal order) for every order."""
+    live = scores.live_index()
+    n = len(live)
+    sel, imp = scores.selectivity[live], scores.importance[live]
     out: list[tuple[str, int | None, np.ndarray]] = [
-        ("random", s, np.random.default_rng(s).permutation(n)) for s in seeds]
-    out.append(("selectivity_high_first", None, np.argsort(-scores.selectivity, kind="stable")))
-    out.append(("selectivity_low_first", None, np.argsort(scores.selectivity, kind="stable")))
-    out.append(("importance", None, np.argsort(-scores.importance, kind="stable")))
+        ("random", s, live[np.random.default_rng(s).permutation(n)]) for s in seeds]
+    out.append(("selectivity_high_first", None, live[np.argsort(-sel, kind="stable")]))
+    out.append(("selectivity_low_first", None, live[np.argsort(sel, kind="stable")]))
+    out.append(("importance", None, live[np.argsort(-imp, kind="stable")]))
     return out
 
 
@@ -91,16 +99,19 @@ def curve_plans(scores: dict[str, UnitScores], seeds: tuple[int, ...] = SEEDS, f
     plans = []
     for group, members in groups(list(scores), pooled_last).items():
         pooled = UnitScores(np.concatenate([scores[m].selectivity for m in members]),
-                            np.concatenate([scores[m].importance for m in members]))
-        n = len(pooled.selectivity)
+                            np.concatenate([scores[m].importance for m in members]),
+                            np.concatenate([np.ones(len(scores[m].selectivity), bool) if scores[m].live is None
+                                            else scores[m].live for m in members]))
+        total_units = len(pooled.selectivity)
+        n = len(pooled.live_index())
         orders = unit_orders(pooled, seeds)
         n_ablated = np.rint(fractions * n).astype(int)
-        masks = np.ones((len(orders), len(fractions), n), dtype=np.float32)
+        masks = np.ones((len(orders), len(fractions), total_units), dtype=np.float32)
         for i, (_, _, perm) in enumerate(orders):
             for j, k in enumerate(n_ablated):
                 masks[i, j, perm[:k]] = 0.0
         # Identical masks (fraction 0 and 1 of every order, say) are evaluated once.
-        flat, inverse = np.unique(masks.reshape(-1, n), axis=0, return_inverse=True)
+        flat, inverse = np.unique(masks.reshape(-1, total_units), axis=0, return_inverse=True)
         bounds = np.cumsum([0] + [len(scores[m].selectivity) for m in members])
         job = {m: torch.from_numpy(flat[:, a:b]) for m, a, b in zip(members, bounds[:-1], bounds[1:])}
         plans.append(CurvePlan(group, n, orders, n_ablated, inverse.ravel(), job))

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from compute.ablation.outcome import LayerAblation, Outcome
+from compute.ablation.effects import MAX_FLIPS, TOP_K, ExampleEffects
+from compute.ablation.outcome import LayerAblation, Outcome, PairedSums
 from compute.datasets.sources import ImageSet
 from compute.errors import ConfigError
 from compute.nets.models import ProbedModel
@@ -42,16 +43,38 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+#: Per-example loss differences smaller than this count as 0 in the paired statistics: the engine's
+#: stacked suffix and the intact pass may round differently in float32 (about 1e-8), and a dead
+#: unit's removal must not look "significant" because of it.
+DIFF_FLOOR = 1e-6
+
+
 @dataclass
 class MaskSums:
-    """Float64 per-class sums of M masked evaluations: loss (M, K), hits (M, K), examples per class (K,)."""
+    """Float64 per-class sums of M masked evaluations: loss (M, K), hits (M, K), examples per class (K,);
+    and the paired sums against the intact pass, per ablation (M,): sum and sum of squares of the
+    per-example loss differences (ablated - intact, ``DIFF_FLOOR`` applied), right->wrong flips
+    (``hurt``) and wrong->right flips (``helped``)."""
 
     loss: torch.Tensor
     hits: torch.Tensor
     counts: torch.Tensor
+    dsum: torch.Tensor
+    dsq: torch.Tensor
+    hurt: torch.Tensor
+    helped: torch.Tensor
+
+    @staticmethod
+    def zeros(m: int, k: int) -> MaskSums:
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64)  # noqa: E731
+        return MaskSums(z(m, k), z(m, k), z(k), z(m), z(m), z(m), z(m))
 
     def outcome(self, i: int) -> Outcome:
         return Outcome.from_sums(self.loss[i], self.hits[i], self.counts)
+
+    def paired(self) -> PairedSums:
+        return PairedSums(float(self.counts.sum()), self.dsum.numpy(), self.dsq.numpy(), self.hurt.numpy(),
+                          self.helped.numpy())
 
     def accuracy(self) -> np.ndarray:
         return (self.hits.sum(1) / self.counts.sum()).numpy()
@@ -60,8 +83,11 @@ class MaskSums:
         return (self.loss.sum(1) / self.counts.sum()).numpy()
 
 
-def _accumulate(sums: tuple[torch.Tensor, torch.Tensor], logits: torch.Tensor, y: torch.Tensor, first: int) -> None:
-    """Add per-class loss and hits of stacked ablations ``first``.. (rows ablation-major) to (M, K) sums.
+def _accumulate(sums: MaskSums, logits: torch.Tensor, y: torch.Tensor, first: int,
+                base: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add per-class loss and hits of stacked ablations ``first``.. (rows ablation-major) to (M, K) sums,
+    and with ``base`` (the intact per-example loss and hits) the paired sums; returns the per-example
+    loss and hits, (m, b).
 
     The loss is ``F.cross_entropy``'s: minus the log-softmax at the label.
     """
@@ -71,8 +97,18 @@ def _accumulate(sums: tuple[torch.Tensor, torch.Tensor], logits: torch.Tensor, y
     logits = logits.cpu().view(-1, b, logits.shape[1])
     m = logits.shape[0]
     loss = -logits.log_softmax(2).gather(2, y.view(1, b, 1).expand(m, b, 1)).squeeze(2)
-    sums[0][first:first + m].index_add_(1, y, loss.double())
-    sums[1][first:first + m].index_add_(1, y, (logits.argmax(2) == y).double())
+    hit = logits.argmax(2) == y
+    rows = slice(first, first + m)
+    sums.loss[rows].index_add_(1, y, loss.double())
+    sums.hits[rows].index_add_(1, y, hit.double())
+    if base is not None:
+        d = loss.double() - base[0].double()
+        d = torch.where(d.abs() < DIFF_FLOOR, 0.0, d)
+        sums.dsum[rows] += d.sum(1)
+        sums.dsq[rows] += (d * d).sum(1)
+        sums.hurt[rows] += (base[1] & ~hit).sum(1).double()
+        sums.helped[rows] += (~base[1] & hit).sum(1).double()
+    return loss, hit
 
 
 class AblationEngine:
@@ -128,9 +164,11 @@ class AblationEngine:
 
     @torch.inference_mode()
     def evaluate_jobs(self, data: ImageSet, jobs: list[dict[str, torch.Tensor]],
-                      progress: object | None = None) -> tuple[MaskSums, list[MaskSums]]:
+                      progress: object | None = None,
+                      effects: list[ExampleEffects | None] | None = None) -> tuple[MaskSums, list[MaskSums]]:
         """Intact sums and, per job, sums of its M ablations; a job maps layer -> masks (M, units) of
-        1 (keep) / 0 (ablate), the same M for every layer of the job.
+        1 (keep) / 0 (ablate), the same M for every layer of the job. ``effects`` (one per job, or
+        None) collect which examples each ablation flips and whose loss it raises most.
 
         One forward pass per chunk of examples feeds every job's suffix; each job is split at its
         earliest masked layer.
@@ -145,26 +183,28 @@ class AblationEngine:
         n_masks = [next(iter(m.values())).shape[0] for _, m in checked]
         b, groups = self.plan([splits[layer] for layer, _ in checked], sample, n_masks, len(data))
         k = data.n_classes
-        sums = [(torch.zeros(m, k, dtype=torch.float64), torch.zeros(m, k, dtype=torch.float64))
-                for m in [1, *n_masks]]
+        sums = [MaskSums.zeros(m, k) for m in [1, *n_masks]]
         base, done = (progress.n if progress is not None else 0), 0.0  # the bar counts whole ablations
         with torch_threads(self.threads):
             for start in range(0, len(data), b):
                 x = data.floats(start, start + b, self.device)
                 y = data.labels[start:start + b]
                 logits, inputs = capture(x)
-                _accumulate(sums[0], logits, y, 0)
-                for (layer, masks), m, group, acc in zip(checked, n_masks, groups, sums[1:]):
+                base_loss, base_hit = _accumulate(sums[0], logits, y, 0)
+                for j, ((layer, masks), m, group, acc) in enumerate(zip(checked, n_masks, groups, sums[1:])):
                     for g0 in range(0, m, group):
                         g1 = min(g0 + group, m)
                         out = splits[layer].suffix(inputs[layer], {name: t[g0:g1] for name, t in masks.items()})
-                        _accumulate(acc, out, y, g0)
+                        loss, hit = _accumulate(acc, out, y, g0, (base_loss[0], base_hit[0]))
+                        if effects is not None and effects[j] is not None:
+                            effects[j].add(g0, start, loss - base_loss[0], base_hit[0], hit)
                         if progress is not None:
                             done += (g1 - g0) * len(y) / len(data)
                             progress.update(base + round(done) - progress.n)
         counts = torch.bincount(data.labels, minlength=k).double()
-        out_sums = [MaskSums(loss, hits, counts) for loss, hits in sums]
-        return out_sums[0], out_sums[1:]
+        for acc in sums:
+            acc.counts = counts
+        return sums[0], sums[1:]
 
     def evaluate(self, data: ImageSet, masks: dict[str, torch.Tensor]) -> MaskSums:
         """Sums of the M ablations given by ``masks`` (layer -> (M, units)); see ``evaluate_jobs``."""
@@ -185,16 +225,21 @@ class AblationEngine:
                 h.remove()
         return counts
 
-    def single_unit(self, data: ImageSet) -> tuple[Outcome, dict[str, LayerAblation]]:
+    def single_unit(self, data: ImageSet, top_k: int = TOP_K,
+                    max_flips: int = MAX_FLIPS) -> tuple[Outcome, dict[str, LayerAblation]]:
         """Intact outcome and every unit of every probed layer ablated alone, as
-        ``compute.ablation.naive.single_unit_ablation`` computes them (same predictions, same types)."""
+        ``compute.ablation.naive.single_unit_ablation`` computes them (same predictions, same types),
+        with the paired statistics and the examples each unit's removal affects (``ExampleEffects``)."""
         counts = self.unit_counts(data)
         progress = bar(None, "ablation", unit="unit", total=sum(counts.values()))
-        intact, sums = self.evaluate_jobs(data, [{name: 1 - torch.eye(n)} for name, n in counts.items()], progress)
+        effects = [ExampleEffects(n, top_k, max_flips) for n in counts.values()]
+        intact, sums = self.evaluate_jobs(data, [{name: 1 - torch.eye(n)} for name, n in counts.items()], progress,
+                                          effects)  # type: ignore[arg-type]
         progress.close()
         base = intact.outcome(0)
-        return base, {name: LayerAblation.from_outcomes(base, [s.outcome(u) for u in range(n)])
-                      for (name, n), s in zip(counts.items(), sums)}
+        return base, {name: LayerAblation.from_outcomes(base, [s.outcome(u) for u in range(n)], s.paired(),
+                                                        e.result())
+                      for (name, n), s, e in zip(counts.items(), sums, effects)}
 
     def suffix_macs(self, data: ImageSet) -> dict[str, int]:
         """Multiply-accumulates per example of each layer's suffix (what one ablation must recompute)."""

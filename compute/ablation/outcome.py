@@ -8,9 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from scipy import stats
 from torch import nn
 
+from compute.ablation.effects import UnitExamples
 from compute.datasets.sources import ImageSet
+
+CONFIDENCE = 0.95
 
 
 @dataclass
@@ -50,20 +54,62 @@ def outcome(model: nn.Module, data: ImageSet, batch_size: int = 1000, device: st
 
 
 @dataclass
+class PairedSums:
+    """Per ablation (U,): sums over the n evaluation examples of the per-example loss difference d
+    (ablated - intact) and of d^2, and the prediction flips right -> wrong (hurt), wrong -> right (helped)."""
+
+    n: float
+    dsum: np.ndarray
+    dsq: np.ndarray
+    hurt: np.ndarray
+    helped: np.ndarray
+
+    def loss_test(self, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(low, high, p): the t confidence interval of the mean of d and the two-sided one-sample t-test
+        p-value of "mean d = 0" (paired, so the examples' own variation cancels). A unit whose removal
+        changes no example's loss gets [0, 0] and p = 1."""
+        n = self.n
+        mean = self.dsum / n
+        var = np.maximum(self.dsq - n * mean * mean, 0.0) / (n - 1)
+        se = np.sqrt(var / n)
+        half = stats.t.ppf(0.5 + confidence / 2, n - 1) * se
+        with np.errstate(divide="ignore", invalid="ignore"):
+            p = np.where(se > 0, 2 * stats.t.sf(np.abs(mean) / se, n - 1), np.where(mean == 0, 1.0, 0.0))
+        return mean - half, mean + half, p
+
+    def mcnemar_p(self) -> np.ndarray:
+        """Exact McNemar test of the accuracy change: two-sided binomial test of hurt among the
+        hurt + helped discordant examples at 1/2; 1 when nothing flips."""
+        b, c = self.hurt, self.helped
+        n = b + c
+        return np.where(n > 0, np.minimum(1.0, 2 * stats.binom.cdf(np.minimum(b, c), n, 0.5)), 1.0)
+
+
+def fdr(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg adjusted p-values (q) over one family (a layer's units)."""
+    return stats.false_discovery_control(p, method="bh") if len(p) else p
+
+
+@dataclass
 class LayerAblation:
-    """Deltas (ablated minus intact) for each unit of a layer."""
+    """Deltas (ablated minus intact) for each unit of a layer; with the paired statistics and the
+    affected examples when the engine computed them (None from the naive reference)."""
 
     acc_delta: np.ndarray  # (U,)
     loss_delta: np.ndarray  # (U,)
     class_acc_delta: np.ndarray  # (U, K)
     class_loss_delta: np.ndarray  # (U, K)
+    paired: PairedSums | None = None
+    examples: UnitExamples | None = None
 
     @staticmethod
-    def from_outcomes(base: Outcome, rows: list[Outcome]) -> LayerAblation:
+    def from_outcomes(base: Outcome, rows: list[Outcome], paired: PairedSums | None = None,
+                      examples: UnitExamples | None = None) -> LayerAblation:
         """Deltas of one outcome per unit (unit order) against the intact ``base``."""
         return LayerAblation(
             acc_delta=np.array([r.accuracy - base.accuracy for r in rows]),
             loss_delta=np.array([r.loss - base.loss for r in rows]),
             class_acc_delta=np.stack([r.class_accuracy - base.class_accuracy for r in rows]),
             class_loss_delta=np.stack([r.class_loss - base.class_loss for r in rows]),
+            paired=paired, examples=examples,
         )

@@ -19,7 +19,8 @@ import torch
 from compute.errors import DataError
 from compute.datasets.idx import find_idx_splits, load_idx_pair
 
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "idx:<dir>", "folder:<dir>")
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "idx:<dir>", "folder:<dir>", "crossed-sevens:<digits>")
+CROSSED_PREFIX = "crossed-sevens:"  # compute.datasets.crossed: 7s with a planted crossbar subgroup
 DIGITS = tuple(str(i) for i in range(10))
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -37,12 +38,17 @@ SPLIT_SEED = 0  # fixed, so every run on a dataset sees the same test set
 
 @dataclass(frozen=True)
 class ImageSet:
-    """Images (uint8, N x C x H x W), integer labels and the names of the classes."""
+    """Images (uint8, N x C x H x W), integer labels and the names of the classes.
+
+    ``groups`` optionally names a subgroup per example (object array of str or None), for datasets
+    that plant one (``compute.datasets.crossed``); it reaches the warehouse's ``examples`` table.
+    """
 
     images: torch.Tensor
     labels: torch.Tensor
     class_names: tuple[str, ...]
     name: str
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4:
@@ -63,6 +69,8 @@ class ImageSet:
                 f"dataset {self.name}: label {int(self.labels[bad][0])} is outside the "
                 f"{len(self.class_names)} classes {list(self.class_names)}."
             )
+        if self.groups is not None and len(self.groups) != len(self.labels):
+            raise DataError(f"dataset {self.name}: {len(self.labels)} examples but {len(self.groups)} group names.")
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -78,7 +86,8 @@ class ImageSet:
 
     def subset(self, index: torch.Tensor | np.ndarray, name: str | None = None) -> ImageSet:
         index = torch.as_tensor(index, dtype=torch.long)
-        return ImageSet(self.images[index], self.labels[index], self.class_names, name or self.name)
+        groups = None if self.groups is None else self.groups[index.numpy()]
+        return ImageSet(self.images[index], self.labels[index], self.class_names, name or self.name, groups)
 
     def floats(self, start: int, stop: int, device: torch.device | str = "cpu") -> torch.Tensor:
         """Images [start:stop] scaled to [0, 1], the input range of every model here."""
@@ -127,7 +136,7 @@ def with_label_noise(data: ImageSet, fraction: float, seed: int) -> ImageSet:
     idx = rng.choice(len(data), size=n, replace=False)
     labels = data.labels.clone()
     labels[idx] = torch.from_numpy(rng.integers(0, data.n_classes, size=n))
-    return ImageSet(data.images, labels, data.class_names, f"{data.name} (label noise {fraction:g})")
+    return ImageSet(data.images, labels, data.class_names, f"{data.name} (label noise {fraction:g})", data.groups)
 
 
 def _mnist5k() -> Splits:
@@ -285,6 +294,11 @@ def _download(name: str, root: Path) -> Splits:
 
 def load_dataset(spec: str, data_dir: Path | None = None, download: bool = True) -> Splits:
     """Train and test splits of a dataset named by ``spec`` (see ``DATASETS``)."""
+    if spec.startswith(CROSSED_PREFIX):
+        from compute.datasets.crossed import cross_sevens
+
+        inner = load_dataset(spec.removeprefix(CROSSED_PREFIX), data_dir, download)
+        return Splits(cross_sevens(inner.train), cross_sevens(inner.test))
     if spec == "mnist-5k":
         return _mnist5k()
     if spec.startswith("idx:"):
@@ -327,6 +341,11 @@ def load_eval_set(spec: str, data_dir: Path | None, class_names: tuple[str, ...]
     Used to evaluate a run on a larger held-out set, e.g. an mnist-5k run on the real MNIST test
     set: ``idx:../shared/data/mnist``. Its classes must be those the model was trained on.
     """
+    if spec.startswith(CROSSED_PREFIX):
+        from compute.datasets.crossed import cross_sevens
+
+        crossed = cross_sevens(load_eval_set(spec.removeprefix(CROSSED_PREFIX), data_dir, class_names))
+        return ImageSet(crossed.images, crossed.labels, class_names, f"{spec}/eval", crossed.groups)
     if spec.startswith("idx:"):
         directory = Path(spec[4:]).expanduser()
         sets = _idx_splits(directory, spec, class_names) if directory.is_dir() else {}
@@ -339,4 +358,4 @@ def load_eval_set(spec: str, data_dir: Path | None, class_names: tuple[str, ...]
         raise DataError(
             f"--eval-dataset {spec} has {data.n_classes} classes; the training data has {len(class_names)}."
         )
-    return ImageSet(data.images, data.labels, class_names, f"{spec}/eval")
+    return ImageSet(data.images, data.labels, class_names, f"{spec}/eval", data.groups)

@@ -1,7 +1,8 @@
 """The heavy stages split into work items, and their results merged in a fixed order.
 
 - statistics: one item per data shard; float64 sums per class add up, per-unit peaks take the maximum;
-- single-unit ablation: layer x chunk of units x data shard, float64 per-class loss and hit sums;
+- single-unit ablation: layer x chunk of units x data shard, float64 per-class loss and hit sums, the
+  paired sums (added) and the affected examples (merged: first flips in example order, largest rises);
 - cumulative curves: group x chunk of masks x data shard, the same sums.
 
 The items depend only on the model, the data and these constants, never on the executor or the
@@ -16,6 +17,7 @@ from __future__ import annotations
 import torch
 
 from compute.ablation.curves import CurvePlan, UnitScores, curve_plans, curve_tables
+from compute.ablation.effects import ExampleEffects, UnitExamples, merge_examples
 from compute.ablation.engine import MaskSums
 from compute.ablation.outcome import LayerAblation, Outcome
 from compute.distributed.executor import Executor, Item, Worker, run_items
@@ -35,19 +37,21 @@ def _span(a: int, b: int) -> str:
     return f"{a:07d}-{b:07d}"
 
 
+_SUMS = ("loss", "hits", "dsum", "dsq", "hurt", "helped")  # MaskSums' per-ablation fields (rows = ablations)
+
+
 def _add(parts: list[MaskSums]) -> MaskSums:
     """Sums over data shards, added in shard order."""
-    loss, hits, counts = parts[0].loss.clone(), parts[0].hits.clone(), parts[0].counts.clone()
+    total = {f: getattr(parts[0], f).clone() for f in (*_SUMS, "counts")}
     for p in parts[1:]:
-        loss += p.loss
-        hits += p.hits
-        counts += p.counts
-    return MaskSums(loss, hits, counts)
+        for f in total:
+            total[f] += getattr(p, f)
+    return MaskSums(**total)
 
 
 def _concat(parts: list[MaskSums]) -> MaskSums:
     """Chunks of masks (rows) of the same data, in row order."""
-    return MaskSums(torch.cat([p.loss for p in parts]), torch.cat([p.hits for p in parts]), parts[0].counts)
+    return MaskSums(**{f: torch.cat([getattr(p, f) for p in parts]) for f in _SUMS}, counts=parts[0].counts)
 
 
 # --- statistics -------------------------------------------------------------------------------------
@@ -69,11 +73,14 @@ def statistics(executor: Executor, worker: Worker, store: StageStore, data: str 
 # --- single-unit ablation ---------------------------------------------------------------------------
 
 def _ablation_item(worker: Worker, data: str, layer: str, units: int, u0: int, u1: int, start: int,
-                   stop: int) -> tuple[MaskSums, MaskSums]:
-    """(intact sums, sums with each unit u0..u1-1 of ``layer`` ablated alone) on one shard."""
+                   stop: int) -> tuple[MaskSums, MaskSums, UnitExamples]:
+    """(intact sums, sums with each unit u0..u1-1 of ``layer`` ablated alone, the examples those
+    removals affect, with unit and example indices of the whole layer and data set) on one shard."""
     masks = 1 - torch.eye(units)[u0:u1]
-    intact, (sums,) = worker.engine().evaluate_jobs(worker.shard(data, start, stop), [{layer: masks}])
-    return intact, sums
+    effects = ExampleEffects(u1 - u0)
+    intact, (sums,) = worker.engine().evaluate_jobs(worker.shard(data, start, stop), [{layer: masks}],
+                                                    effects=[effects])
+    return intact, sums, effects.result().shifted(u0, start)
 
 
 def single_unit(executor: Executor, worker: Worker, store: StageStore, units: dict[str, int],
@@ -87,11 +94,14 @@ def single_unit(executor: Executor, worker: Worker, store: StageStore, units: di
              for layer, u0, u1 in chunks for a, b in spans]
     results = run_items(executor, worker, items, store, "ablation", unit="unit")
     per_chunk = [results[i:i + len(spans)] for i in range(0, len(results), len(spans))]
-    base = _add([intact for intact, _ in per_chunk[0]]).outcome(0)
+    base = _add([intact for intact, _, _ in per_chunk[0]]).outcome(0)
     layers: dict[str, LayerAblation] = {}
     for layer in units:
-        rows = _concat([_add([s for _, s in part]) for (name, _, _), part in zip(chunks, per_chunk) if name == layer])
-        layers[layer] = LayerAblation.from_outcomes(base, [rows.outcome(u) for u in range(units[layer])])
+        parts = [part for (name, _, _), part in zip(chunks, per_chunk) if name == layer]
+        rows = _concat([_add([s for _, s, _ in part]) for part in parts])
+        examples = merge_examples([e for part in parts for _, _, e in part])
+        layers[layer] = LayerAblation.from_outcomes(base, [rows.outcome(u) for u in range(units[layer])],
+                                                    rows.paired(), examples)
     return base, layers
 
 

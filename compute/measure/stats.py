@@ -24,9 +24,13 @@ SELECTIVITY_EPS = 1e-7
 def unit_scalars(pre: torch.Tensor, post: torch.Tensor, grad: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Per-example, per-unit scalars (B, U) from one layer's activity.
 
-    ``grad`` is dLoss_n/d(post) for each example's own loss. The gradient signal is its negated
-    sum over positions: the derivative of -loss with respect to a constant added to the whole
-    unit, i.e. the direction gradient descent pushes the unit, sign kept.
+    ``grad`` is dLoss_n/d(post) for each example's own loss. Two gradient signals come from it:
+
+    - ``grad``, the *output-side* signal -sum_p dL_n/da_p: the derivative of -loss with respect to a
+      constant added to the unit's output, i.e. what the loss asks of the unit, sign kept. It is
+      non-zero even where the unit is silent, where nothing can act on it.
+    - ``tgrad``, the *training signal* -sum_p dL_n/dz_p = -sum_p dL_n/da_p * 1[z_p > 0] at the
+      pre-activation z: what actually reaches the unit's weights and bias. Zero where it is silent.
     """
     post_p = by_position(post.detach())
     out = {
@@ -37,6 +41,7 @@ def unit_scalars(pre: torch.Tensor, post: torch.Tensor, grad: torch.Tensor | Non
     if grad is not None:
         g = by_position(grad)
         out["grad"] = -g.sum(2)
+        out["tgrad"] = -(g * (post_p > 0)).sum(2)  # ReLU's backward: dL/dz = dL/da where z > 0, else 0
         out["taylor"] = (g * post_p).mean(2).abs()
     return out
 
@@ -82,43 +87,59 @@ def selectivity(class_rect: np.ndarray, eps: float = SELECTIVITY_EPS) -> dict[st
 
 
 def _std(x: np.ndarray) -> float:
-    s = float(np.nanstd(x))
+    s = float(np.nanstd(x)) if np.isfinite(x).any() else 0.0
     return s if s > 0 else 1.0
 
 
-def anomaly(class_grad: np.ndarray, class_act: np.ndarray) -> np.ndarray:
-    """Gradient-versus-activation anomaly per (class, unit) of one layer, shape (K, U).
+def anomaly(class_tgrad: np.ndarray, class_act: np.ndarray, live: np.ndarray | None = None) -> np.ndarray:
+    """Training-signal-versus-activation anomaly per (class, unit) of one layer, shape (K, U); NaN for
+    dead units (``live`` False: never active on the evaluation set), which have no training signal.
 
-    anomaly = min(grad / std(grad), -(act - mean(act)) / std(act)), statistics over the layer's
-    (K, U) entries. The gradient is only scaled (its zero means "no push" and its sign is the
-    direction); the pre-ReLU activation is standardised. Taking the smaller of the two makes the
-    score high only where both hold: training pushes the unit up for the class *and* the unit is
-    low for that class compared with the rest of the layer.
+    anomaly = min(tgrad / std(tgrad), -(act - mean(act)) / std(act)), statistics over the layer's
+    (K, U) entries of live units. The training signal (``unit_scalars``' ``tgrad``) is only scaled
+    (its zero means "no push" and its sign is the direction); the pre-ReLU activation is
+    standardised. The smaller of the two is high only where both hold: training pushes the unit up
+    for the class *and* the unit is low for the class compared with the layer's live units. A
+    positive training signal with a low mean activation means the unit fires for a part of the class
+    only, and that part pulls it up (a crossed-7 detector).
     """
-    z_grad = class_grad / _std(class_grad)
-    z_low_act = -(class_act - np.nanmean(class_act)) / _std(class_act)
+    live = np.ones(class_act.shape[1], dtype=bool) if live is None else np.asarray(live, dtype=bool)
+    tg = np.where(live[None, :], class_tgrad, np.nan)
+    act = np.where(live[None, :], class_act, np.nan)
+    if not live.any():
+        return tg
+    z_grad = tg / _std(tg)
+    z_low_act = -(act - np.nanmean(act)) / _std(act)
     return np.minimum(z_grad, z_low_act)
+
+
+def demand(class_grad: np.ndarray) -> np.ndarray:
+    """The output-side gradient signal per (class, unit) in units of its layer standard deviation,
+    (K, U): how strongly the loss asks for each unit, whether or not training can act on it."""
+    return class_grad / _std(class_grad)
 
 
 def strongest_anomaly(anom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per unit, the largest anomaly over classes and its class, skipping NaN (a class with no
-    examples); NaN and class 0 when every class is NaN. ``units.anomaly_max >= lo`` must mean "some
-    class has anomaly >= lo": the warehouse answers that preset from this column alone.
+    examples, a dead unit); NaN and class -1 when every class is NaN. ``units.anomaly_max >= lo``
+    must mean "some class has anomaly >= lo": the warehouse answers that preset from this column alone.
     """
     filled = np.where(np.isnan(anom), -np.inf, anom)
     best = filled.argmax(axis=0)
     top = filled.max(axis=0)
-    return np.where(np.isneginf(top), np.nan, top), best
+    none = np.isneginf(top)
+    return np.where(none, np.nan, top), np.where(none, -1, best)
 
 
 @dataclass
 class LayerStats:
     """Evaluation-set statistics of one layer."""
 
-    class_means: dict[str, np.ndarray]  # act, rect, grad, grad_abs, taylor: (K, U)
-    overall: dict[str, np.ndarray]  # same fields and active: (U,)
+    class_means: dict[str, np.ndarray]  # act, rect, grad, grad_abs, tgrad, taylor, active: (K, U)
+    overall: dict[str, np.ndarray]  # same fields: (U,)
     max_act: np.ndarray  # (U,) largest post-ReLU value at any position of any example
     counts: np.ndarray  # (K,) examples per class
+    n_active: np.ndarray  # (U,) examples on which the unit is active (any positive post-ReLU value)
 
 
 @dataclass
@@ -127,9 +148,11 @@ class EvalStats:
     loss: float
     accuracy: float
     class_accuracy: np.ndarray
+    example_loss: np.ndarray  # (N,) each evaluation example's cross-entropy
+    example_pred: np.ndarray  # (N,) the model's prediction for each
 
 
-FIELDS = ("act", "rect", "grad", "grad_abs", "taylor", "active")
+FIELDS = ("act", "rect", "grad", "grad_abs", "tgrad", "taylor", "active")
 
 
 @dataclass
@@ -142,6 +165,8 @@ class EvalSums:
     loss_sum: float
     correct: torch.Tensor  # (K,) float64 hits per class
     counts: torch.Tensor  # (K,) float64 examples per class
+    example_loss: np.ndarray  # (N,) per example of this shard, in data order
+    example_pred: np.ndarray  # (N,)
 
     def merge(self, other: EvalSums) -> EvalSums:
         """This shard's sums followed by ``other``'s (merge shards in data order for reproducible floats)."""
@@ -153,14 +178,17 @@ class EvalSums:
         self.loss_sum += other.loss_sum
         self.correct += other.correct
         self.counts += other.counts
+        self.example_loss = np.concatenate([self.example_loss, other.example_loss])
+        self.example_pred = np.concatenate([self.example_pred, other.example_pred])
         return self
 
     def finish(self) -> EvalStats:
-        layers = {name: LayerStats(cs.class_means(), cs.overall_means(), self.max_act[name].numpy(), cs.counts.numpy())
+        layers = {name: LayerStats(cs.class_means(), cs.overall_means(), self.max_act[name].numpy(), cs.counts.numpy(),
+                                   cs.sums["active"].sum(0).numpy().round().astype(np.int64))
                   for name, cs in self.sums.items()}
         n = float(self.counts.sum())
         return EvalStats(layers, self.loss_sum / n, float(self.correct.sum() / n),
-                         (self.correct / self.counts.clamp(min=1)).numpy())
+                         (self.correct / self.counts.clamp(min=1)).numpy(), self.example_loss, self.example_pred)
 
 
 def evaluation_stats(model: nn.Module, probes: dict[str, nn.Module], data: ImageSet,
@@ -181,6 +209,7 @@ def evaluation_sums(model: nn.Module, probes: dict[str, nn.Module], data: ImageS
     max_act: dict[str, torch.Tensor] = {}
     loss_sum, correct = 0.0, torch.zeros(data.n_classes, dtype=torch.float64)
     counts = torch.zeros(data.n_classes, dtype=torch.float64)
+    example_loss, example_pred = [], []
     with Probe(probes) as probe:
         for start in bar(range(0, len(data), batch_size), "statistics", unit="batch"):
             x = data.floats(start, start + batch_size, device)
@@ -199,7 +228,10 @@ def evaluation_sums(model: nn.Module, probes: dict[str, nn.Module], data: ImageS
                 sums[name].add(y, s)
                 max_act[name] = torch.maximum(max_act[name], s["peak"].amax(0).cpu())
             loss_sum += float(losses.detach().sum())
+            example_loss.append(losses.detach().cpu().double().numpy())
+            example_pred.append(logits.argmax(1).cpu().numpy())
             hit = (logits.argmax(1) == y).double().cpu()
             correct.index_add_(0, y.cpu(), hit)
             counts += torch.bincount(y.cpu(), minlength=data.n_classes).double()
-    return EvalSums(sums, max_act, loss_sum, correct, counts)
+    return EvalSums(sums, max_act, loss_sum, correct, counts, np.concatenate(example_loss),
+                    np.concatenate(example_pred).astype(np.int64))

@@ -1,8 +1,10 @@
 """Training with the gradient signal of every unit recorded per epoch and class.
 
 The record is what the neuron-specialization analysis needs: for each epoch, unit and class, the
-mean pre-ReLU activation, the mean post-ReLU activation, and the mean gradient signal
-(-dLoss/d(post-ReLU activity), summed over positions, per example) over that epoch's examples.
+mean pre-ReLU activation, the mean post-ReLU activation, and the two gradient signals per example,
+summed over positions (``compute.measure.stats.unit_scalars``): what the loss asks of the unit
+(-dLoss/d(post-ReLU activity)) and the training signal that reaches it (-dLoss/d(pre-activation)),
+averaged over that epoch's examples.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from compute.nets.probe import Probe
 from compute.progress import bar
 from compute.measure.stats import ClassSums, unit_scalars
 
-TRACE_FIELDS = ("act", "rect", "grad")
+TRACE_FIELDS = ("act", "rect", "grad", "tgrad")
 
 
 @dataclass(frozen=True)

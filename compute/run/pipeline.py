@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from compute.ablation.class_curves import class_curves
 from compute.ablation.curves import UnitScores
 from compute.ablation.engine import AblationEngine
 from compute.datasets.sources import ImageSet, Splits
@@ -103,7 +104,8 @@ def _ablation(ctx: RunContext) -> Any:
 def _curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
     """Cumulative ablation curves and their areas on the evaluation set (and the training set)."""
     stats, (_, ablations) = ctx.results["statistics"], ctx.results["ablation"]
-    scores = {n: UnitScores(selectivity(stats.layers[n].class_means["rect"])["selectivity"], ablations[n].loss_delta)
+    scores = {n: UnitScores(selectivity(stats.layers[n].class_means["rect"])["selectivity"], ablations[n].loss_delta,
+                            stats.layers[n].n_active > 0)
               for n in ablations}
     # Orders come from the evaluation set's scores on both splits, so the curves are comparable.
     curves, aucs = work.curves(ctx.executor, ctx.worker(), ctx.items("curves"), scores, "eval", "eval")
@@ -114,6 +116,13 @@ def _curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
     return curves, aucs
 
 
+def _class_curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
+    """Per class, units removed in the order of their importance for it, on the evaluation set."""
+    stats, (_, ablations) = ctx.results["statistics"], ctx.results["ablation"]
+    return class_curves(ctx.engine(), ctx.eval_set, {n: ablations[n].class_loss_delta for n in ablations},
+                        {n: stats.layers[n].n_active > 0 for n in ablations}, ctx.eval_set.class_names)
+
+
 def _images(ctx: RunContext) -> tuple[dict[str, list], dict[str, float]]:
     if ctx.cfg.images is None:
         return {c: [] for c in IMAGE_COLUMNS}, {}
@@ -122,7 +131,7 @@ def _images(ctx: RunContext) -> tuple[dict[str, list], dict[str, float]]:
 
 STAGE_FUNCTIONS: dict[str, Callable[[RunContext], Any]] = {
     "train": _train, "evaluate": _evaluate, "statistics": _statistics, "ablation": _ablation,
-    "curves": _curves, "images": _images}
+    "curves": _curves, "class_curves": _class_curves, "images": _images}
 
 
 def run_stages(ctx: RunContext) -> None:
@@ -202,10 +211,15 @@ def _publish(ctx: RunContext, writer: RunWriter, spec: ModelSpec | None, shapes:
     writer.write_table("units", units)
     crash_point("after-table-units")
     writer.write_table("unit_classes", classes)
+    writer.write_table("examples", tables.examples_table(ctx.eval_set, r["statistics"]))
+    writer.write_table("unit_examples", tables.unit_examples_table(layer_order, ablations))
     writer.write_table("train_trace", tables.trace_table(trained, names))
     curves, aucs = r["curves"]
     writer.write_table("ablation_curves", curves)
     writer.write_table("ablation_auc", aucs)
+    per_class, removal = r["class_curves"]
+    writer.write_table("class_curves", per_class)
+    writer.write_table("class_removal", removal)
     writer.write_table("layers", tables.layers_table(
         layer_order, shapes, {n: _probe_description(ctx.model, n) for n in layer_order}))
     writer.write_table("epochs", tables.epochs_table(trained))

@@ -13,12 +13,20 @@ from typing import Any
 
 import numpy as np
 
-from compute.ablation.outcome import LayerAblation, Outcome
-from compute.measure.stats import EvalStats, anomaly, selectivity, strongest_anomaly
+from compute.ablation.effects import KINDS
+from compute.ablation.outcome import LayerAblation, Outcome, fdr
+from compute.datasets.sources import ImageSet
+from compute.measure.stats import EvalStats, anomaly, demand, selectivity, strongest_anomaly
 from compute.measure.train import TrainResult
 from warehouse.rows import TableRows
 from warehouse.schema import SCHEMA_VERSION
 from warehouse.store import CHECKPOINT
+
+
+def _nulls(values: np.ndarray) -> list[float | None]:
+    """NaN as null: "no value" (a dead unit's anomaly). DuckDB orders NaN above every number, so a
+    NaN would pass ``anomaly >= 1``."""
+    return [None if np.isnan(v) else float(v) for v in values]
 
 
 def unit_tables(layer_order: list[str], stats: EvalStats, ablations: dict[str, LayerAblation],
@@ -30,25 +38,55 @@ def unit_tables(layer_order: list[str], stats: EvalStats, ablations: dict[str, L
         ls, ab = stats.layers[name], ablations[name]
         cm, ov = ls.class_means, ls.overall
         n = cm["rect"].shape[1]
+        dead = ls.n_active == 0
         sel = selectivity(cm["rect"])
-        anom = anomaly(cm["grad"], cm["act"])  # (K, U)
+        pref = [None if d else int(c) for c, d in zip(sel["pref_class"], dead)]
+        anom = anomaly(cm["tgrad"], cm["act"], ~dead)  # (K, U), NaN for dead units
         anom_max, best = strongest_anomaly(anom)
+        paired = ab.paired
+        assert paired is not None, "the ablation stage must come from the engine (paired statistics)"
+        lo, hi, p = paired.loss_test()
+        acc_p = paired.mcnemar_p()
         units.add(
             layer=[name] * n, layer_index=[li] * n, unit=range(n),
             mean_act=ov["act"], mean_rect=ov["rect"], max_act=ls.max_act, frac_active=ov["active"],
-            dead=ov["active"] == 0, selectivity=sel["selectivity"], pref_class=sel["pref_class"],
-            pref_class_name=[class_names[c] for c in sel["pref_class"]], mu_max=sel["mu_max"],
-            mu_rest=sel["mu_rest"], grad_mean=ov["grad"], grad_abs_mean=ov["grad_abs"], taylor=ov["taylor"],
+            n_active=ls.n_active, dead=dead, selectivity=sel["selectivity"], pref_class=pref,
+            pref_class_name=[None if c is None else class_names[c] for c in pref], mu_max=sel["mu_max"],
+            mu_rest=sel["mu_rest"], grad_mean=ov["grad"], grad_abs_mean=ov["grad_abs"],
+            train_grad_mean=ov["tgrad"], grad_z_max=np.nanmax(demand(cm["grad"]), axis=0), taylor=ov["taylor"],
             taylor_norm=ov["taylor"] / (np.linalg.norm(ov["taylor"]) or 1.0), abl_acc_delta=ab.acc_delta,
-            abl_loss_delta=ab.loss_delta, anomaly_max=anom_max, anomaly_class=best)
+            abl_loss_delta=ab.loss_delta, abl_loss_abs=np.abs(ab.loss_delta), abl_loss_lo=lo, abl_loss_hi=hi,
+            abl_loss_p=p, abl_loss_q=fdr(p), abl_n_hurt=paired.hurt.astype(np.int64),
+            abl_n_helped=paired.helped.astype(np.int64), abl_acc_p=acc_p,
+            anomaly_max=_nulls(anom_max), anomaly_class=[None if b < 0 else int(b) for b in best])
         classes.add(
             layer=[name] * (n * k), unit=np.repeat(np.arange(n), k), **{"class": np.tile(np.arange(k), n)},
             class_name=list(class_names) * n, n=np.tile(ls.counts, n).astype(np.int64),
             mean_act=cm["act"].T.ravel(), mean_rect=cm["rect"].T.ravel(), grad_mean=cm["grad"].T.ravel(),
-            grad_abs_mean=cm["grad_abs"].T.ravel(), taylor=cm["taylor"].T.ravel(),
-            frac_active=cm["active"].T.ravel(), anomaly=anom.T.ravel(),
+            grad_abs_mean=cm["grad_abs"].T.ravel(), train_grad_mean=cm["tgrad"].T.ravel(),
+            taylor=cm["taylor"].T.ravel(), frac_active=cm["active"].T.ravel(), anomaly=_nulls(anom.T.ravel()),
             abl_acc_delta=ab.class_acc_delta.ravel(), abl_loss_delta=ab.class_loss_delta.ravel())
     return units.columns, classes.columns
+
+
+def examples_table(eval_set: ImageSet, stats: EvalStats) -> dict[str, list]:
+    """Columns of ``examples``: one row per evaluation example, in evaluation-set order."""
+    rows = TableRows("examples")
+    n = len(eval_set)
+    rows.add(example=np.arange(n), label=eval_set.labels.numpy(), pred=stats.example_pred, loss=stats.example_loss,
+             subgroup=[None] * n if eval_set.groups is None else list(eval_set.groups))
+    return rows.columns
+
+
+def unit_examples_table(layer_order: list[str], ablations: dict[str, LayerAblation]) -> dict[str, list]:
+    """Columns of ``unit_examples``: per layer, the engine's sparse per-unit example effects."""
+    rows = TableRows("unit_examples")
+    for name in layer_order:
+        e = ablations[name].examples
+        assert e is not None, "the ablation stage must come from the engine (example effects)"
+        rows.add(layer=[name] * len(e.unit), unit=e.unit, example=e.example, kind=[KINDS[k] for k in e.kind], rank=e.rank,
+                 loss_delta=e.loss_delta)
+    return rows.columns
 
 
 def trace_table(result: TrainResult, class_names: tuple[str, ...]) -> dict[str, list]:
@@ -65,7 +103,8 @@ def trace_table(result: TrainResult, class_names: tuple[str, ...]) -> dict[str, 
             class_name=list(class_names) * (e * u),
             n=np.broadcast_to(result.counts[:, None, :], (e, u, k)).astype(np.int64).ravel(),
             **{col: fields[f].transpose(0, 2, 1).ravel()
-               for col, f in (("mean_act", "act"), ("mean_rect", "rect"), ("grad_mean", "grad"))})
+               for col, f in (("mean_act", "act"), ("mean_rect", "rect"), ("grad_mean", "grad"),
+                              ("train_grad_mean", "tgrad"))})
     return rows.columns
 
 

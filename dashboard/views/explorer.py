@@ -11,6 +11,7 @@ from dataclasses import replace
 import streamlit as st
 
 from dashboard import cached, explorer_panels, filter_widgets, nav, ui
+from dashboard.knowledge import render_class_removal
 from dashboard.state import ExplorerState, encode, for_run, parse
 from warehouse.filters import QueryError, UnitFilter, describe
 from warehouse.queries import PRESETS
@@ -114,6 +115,8 @@ def main() -> None:
     labels = [f"{layer}:{unit}" for layer, unit in zip(table["layer"], table["unit"])]
     explorer_panels.unit_chooser(state, labels)
     explorer_panels.what_if(root, run, labels)
+    with st.expander("Can a class's knowledge be removed? (per-class cumulative ablation)"):
+        render_class_removal(cached.connection(root)[0], run, classes)
     st.subheader("Scatter")
     explorer_panels.axis_widgets()
     explorer_panels.scatter(root, fp, state, layers, classes)

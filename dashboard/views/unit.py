@@ -10,7 +10,8 @@ from plotly.subplots import make_subplots
 
 from dashboard import cached, ui, unit_charts, unit_nav
 from dashboard.image_panels import render_unit_evidence
-from warehouse.queries import PERCENTILE_METRICS
+from dashboard.knowledge import render_examples, render_significance
+from warehouse.queries import MIN_ACTIVE, PERCENTILE_METRICS, runs_overview
 from warehouse.schema import TABLES
 
 S = st.session_state
@@ -53,6 +54,8 @@ st.caption(f"Run `{run}` · {page.layer.get('kind', '?')} layer `{layer}` of {n_
            f"{'never active (dead)' if u['dead'] else 'active on ' + format(u['frac_active'], '.1%') + ' of examples'}")
 m = st.columns(4)
 m[0].metric("Class selectivity", f"{u['selectivity']:.3f}", help="Preferred class: " + str(u["pref_class_name"]))
+m[0].caption(f"on {int(u['n_active']):,} active examples" + (
+    f" (fewer than {MIN_ACTIVE}: not reliable)" if 0 < u["n_active"] < MIN_ACTIVE else ""))
 m[1].metric("Preferred class", "none (dead)" if u["dead"] else str(u["pref_class_name"]))
 m[2].metric("Ablation loss delta", f"{u['abl_loss_delta']:+.4f}")
 m[3].metric("Ablation accuracy delta", f"{u['abl_acc_delta']:+.2%}")
@@ -61,8 +64,11 @@ m[3].metric("Ablation accuracy delta", f"{u['abl_acc_delta']:+.2%}")
 cls = page.classes
 st.subheader("Per class: activation and gradient signal")
 st.plotly_chart(unit_charts.act_vs_grad(cls, "", rectified=True), key="unit-classes")
-top = cls.sort_values("anomaly", ascending=False).head(3)
-st.caption("Classes with the highest gradient-vs-activation anomaly (high gradient, low activation; "
+top = cls.dropna(subset=["anomaly"]).sort_values("anomaly", ascending=False).head(3)
+st.caption("The output-side signal is what the loss asks of the unit; where the unit is silent the ReLU blocks "
+           "it, and only the training signal (gradient at the pre-activation) updates the unit (docs/metrics.md).")
+st.caption("Dead unit: no training signal reaches it, so it has no anomaly score." if top.empty else
+           "Classes with the highest training-signal-vs-activation anomaly (high gradient, low activation; "
            "docs/metrics.md): " + ", ".join(f"{r.class_name} ({r.anomaly:.2f})" for r in top.itertuples()))
 
 # --- training trace ------------------------------------------------------------------------------
@@ -77,6 +83,10 @@ else:
                             title="gradient signal per class, by epoch"), key="trace-grad")
     c2.plotly_chart(px.line(trace, x="epoch", y="mean_act", color="class_name", markers=True,
                             title="pre-ReLU activation per class, by epoch"), key="trace-act")
+    if "train_grad_mean" in trace:
+        st.plotly_chart(px.line(trace, x="epoch", y="train_grad_mean", color="class_name", markers=True,
+                                title="training signal (gradient at the pre-activation) per class, by epoch"),
+                        key="trace-tgrad")
     epoch = unit_nav.epoch_slider(sorted(trace["epoch"].unique().tolist()), from_url)
     st.plotly_chart(unit_charts.act_vs_grad(trace[trace["epoch"] == epoch], f"epoch {epoch}: "), key="trace-epoch")
 
@@ -88,12 +98,17 @@ fig.add_trace(go.Bar(x=cls["class_name"], y=cls["abl_loss_delta"], name="loss de
 fig.update_layout(showlegend=False)
 st.plotly_chart(fig, key="unit-ablation")
 
+con = cached.connection(root)[0]
+n_eval = runs_overview(con).set_index("run_id")["n_eval"].get(run, 0)
+render_significance(u, int(n_eval))
+render_examples(root, con, run, layer, unit, u, cached.class_names(root, fp, run))
+
 # --- all metrics with layer percentiles ----------------------------------------------------------
 st.subheader("All metrics, with percentile within the layer")
 docs = {c.name: c.doc for c in TABLES["units"].columns}
 metrics = pd.DataFrame({
     "metric": list(PERCENTILE_METRICS),
-    "value": [float(u[c]) for c in PERCENTILE_METRICS],
+    "value": [float("nan") if u[c] is None else float(u[c]) for c in PERCENTILE_METRICS],
     "layer percentile": [page.percentiles[c] for c in PERCENTILE_METRICS],
     "meaning": [docs[c] for c in PERCENTILE_METRICS],
 })

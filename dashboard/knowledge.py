@@ -1,0 +1,148 @@
+"""Unit page sections on what a unit's removal does: whether the effect is real (paired interval,
+McNemar), which examples need the unit, and, live on the run's checkpoint, their images and the
+split of a class into the examples where the unit fires and where it does not."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from dashboard import ui
+from warehouse import queries
+from warehouse.store import run_dir as run_folder
+
+GALLERY = 12  # example images shown
+SCALE = 3  # pixels per input pixel in the gallery
+
+
+def _fmt_p(p: float) -> str:
+    return "n/a" if p is None or not math.isfinite(p) else (f"{p:.2g}" if p >= 1e-4 else "< 1e-4")
+
+
+def render_significance(u: dict[str, Any], n_eval: int) -> None:
+    """Is the removal effect larger than its noise? Loss interval and tests, flips and McNemar."""
+    st.subheader("Is the removal effect real?")
+    c = st.columns(4)
+    c[0].metric("Loss change, 95% interval", f"{u['abl_loss_delta']:+.4f}",
+                help="Paired t interval over the evaluation examples' own loss changes.")
+    c[0].caption(f"[{u['abl_loss_lo']:+.4f}, {u['abl_loss_hi']:+.4f}]")
+    c[1].metric("p (loss)", _fmt_p(u["abl_loss_p"]), help="Paired t-test; q is Benjamini-Hochberg within the layer.")
+    c[1].caption(f"q = {_fmt_p(u['abl_loss_q'])}")
+    c[2].metric("Flips right→wrong / wrong→right", f"{int(u['abl_n_hurt'])} / {int(u['abl_n_helped'])}")
+    c[3].metric("p (accuracy, exact McNemar)", _fmt_p(u["abl_acc_p"]))
+    if u["abl_loss_q"] <= queries.ALPHA and u["abl_loss_lo"] > 0:
+        verdict = "Removing this unit **significantly raises the loss** (q <= 0.05)."
+    elif u["abl_loss_q"] <= queries.ALPHA and u["abl_loss_hi"] < 0:
+        verdict = "Removing this unit **significantly lowers the loss**: the network does better without it."
+    else:
+        verdict = "The loss change is **within the noise** of this evaluation set."
+    st.caption(f"{verdict} Accuracy moves in steps of {1 / max(n_eval, 1):.4f} on these {n_eval:,} examples.")
+
+
+def _gallery(images: np.ndarray, captions: list[str], key: str) -> None:
+    if not len(images):
+        return
+    big = [np.kron(im.squeeze(-1) if im.shape[-1] == 1 else im,
+                   np.ones((SCALE, SCALE) if im.shape[-1] == 1 else (SCALE, SCALE, 1), dtype=np.uint8)) for im in images]
+    st.image(big, caption=captions, width=28 * SCALE)
+
+
+def _mean(img: np.ndarray | None) -> np.ndarray | None:
+    if img is None:
+        return None
+    return img.squeeze(-1) if img.shape[-1] == 1 else img
+
+
+def render_examples(root: str, con: Any, run: str, layer: str, unit: int, u: dict[str, Any],
+                    class_names: list[str]) -> None:
+    """The examples whose prediction flips or whose loss rises most without the unit; images and the
+    firing split on demand (the only part of the unit page that loads torch)."""
+    st.subheader("Which examples need this unit?")
+    rows = queries.unit_examples(con, run, layer, unit)
+    if rows.empty:
+        st.info("Removing this unit flips no prediction and raises no example's loss.")
+    else:
+        names = lambda s: s.map(lambda c: class_names[int(c)] if pd.notna(c) else None)  # noqa: E731
+        shown = rows.assign(label=names(rows["label"]), pred=names(rows["pred"]))
+        counts = rows.groupby("kind").size().to_dict()
+        st.caption(f"Right→wrong: {int(u['abl_n_hurt'])} (up to 100 listed), wrong→right: {int(u['abl_n_helped'])}, "
+                   f"and the {counts.get('loss_rise', 0)} largest loss rises. `loss_delta` is the example's loss "
+                   "change when the unit is clamped to zero.")
+        if shown["subgroup"].notna().any():
+            by = shown[shown.kind != "helped"].groupby(shown["subgroup"].fillna("(none)")).size()
+            st.caption("Subgroups of the hurt and loss-rise examples: " +
+                       ", ".join(f"{g}: {n}" for g, n in by.items()))
+        st.dataframe(shown, hide_index=True, key="unit-examples")
+        ui.downloads(f"unit-{run}-{layer}-{unit}-examples", "dl-unit-examples", frame=shown)
+    default = u["anomaly_class"] if u.get("anomaly_class") is not None and not pd.isna(u["anomaly_class"]) else \
+        (u["pref_class"] if not pd.isna(u.get("pref_class")) else 0)
+    cls = st.selectbox("Class to split by firing (default: the unit's anomaly class)", class_names,
+                       index=int(default), key="unit-split-class")
+    if st.button("Show the examples and split the class (loads the run's checkpoint and data)", key="unit-live"):
+        _live(root, run, layer, unit, rows, class_names.index(cls), class_names)
+
+
+def _live(root: str, run: str, layer: str, unit: int, rows: pd.DataFrame, cls: int, class_names: list[str]) -> None:
+    from compute.errors import AtlasError  # torch loads here, when a person asks
+    from compute.run.unit_evidence import example_images, firing_split, mean_image
+
+    run_dir = run_folder(root, run)
+    try:
+        need = rows[rows.kind != "helped"].drop_duplicates("example")
+        images = example_images(run_dir, need["example"].head(GALLERY).tolist())
+        caps = [f"#{r.example} {class_names[int(r.label)]}→{class_names[int(r.pred)]} Δloss {r.loss_delta:+.3f}"
+                for r in need.head(GALLERY).itertuples()]
+        split = firing_split(run_dir, layer, unit, cls)
+        need_mean = mean_image(run_dir, need["example"].tolist())
+    except AtlasError as e:
+        st.error(f"Cannot read this run's data: {e}")
+        return
+    st.markdown("**Examples that need this unit** (hurt, then largest loss rises)")
+    _gallery(images, caps, "unit-gallery")
+    c = st.columns(2)
+    if need_mean is not None:
+        c[0].image(_mean(need_mean), caption="mean of the examples that need the unit", width=28 * SCALE, clamp=True)
+    c[1].image(_mean(split.mean_class), caption=f"mean of class {class_names[cls]}", width=28 * SCALE, clamp=True)
+    st.markdown(f"**Class {class_names[cls]}: where the unit fires vs where it does not**")
+    c = st.columns(2)
+    for col, name, eff, img, groups in ((c[0], "fires", split.fires, split.mean_fires, split.groups_fires),
+                                        (c[1], "silent", split.silent, split.mean_silent, split.groups_silent)):
+        if img is not None:
+            col.image(_mean(img), caption=f"mean where the unit is {name}", width=28 * SCALE, clamp=True)
+        col.metric(f"{name}: examples", eff.n)
+        col.metric(f"{name}: loss change when removed", f"{eff.loss_delta:+.4f}" if eff.n else "n/a")
+        col.metric(f"{name}: accuracy change when removed", f"{eff.acc_delta:+.3f}" if eff.n else "n/a")
+        if groups:
+            col.caption("subgroups: " + ", ".join(f"{g}: {n}" for g, n in groups.items()))
+    st.caption(f"Does removing the unit hurt the firing examples more? Welch's t-test on the per-example loss "
+               f"changes, one-sided: p = {_fmt_p(split.p_fires_hurt_more)}.")
+
+
+def render_class_removal(con: Any, run: str, class_names: list[str]) -> None:
+    """Per class: the fewest units, removed most-important-for-the-class first, that halve its accuracy while
+    the other classes keep 90% of theirs; and one class's curve against the others'."""
+    import plotly.graph_objects as go
+
+    table = queries.class_removal(con, run)
+    if table.empty:
+        st.info("This run has no per-class removal curves.")
+        return
+    st.caption("Units of a layer (or the last two pooled) removed in the order of their single-unit ablation "
+               "loss change for the class, live units only. `n_to_halve`: the fewest that halve the class's "
+               "accuracy while the other classes keep at least 90% of theirs (every count up to 16, then 5% "
+               "steps); empty where no count does.")
+    st.dataframe(table, hide_index=True, key="ex-class-removal")
+    ui.downloads(f"class-removal-{run}", "dl-class-removal", frame=table)
+    c1, c2 = st.columns(2)
+    layer = c1.selectbox("Layer", list(dict.fromkeys(table["layer"])), key="ex-cr-layer")
+    cls = c2.selectbox("Class", class_names, key="ex-cr-class")
+    curve = queries.class_curve(con, run, layer, class_names.index(cls))
+    fig = go.Figure([go.Scatter(x=curve["n_ablated"], y=curve["class_acc"], name=f"class {cls}", mode="lines+markers"),
+                     go.Scatter(x=curve["n_ablated"], y=curve["other_acc"], name="other classes", mode="lines+markers")])
+    fig.update_layout(xaxis_title="units removed (most important for the class first)", yaxis_title="accuracy",
+                      title=f"{layer}: removing class {cls}'s units")
+    st.plotly_chart(fig, key="ex-cr-plot")

@@ -16,12 +16,14 @@ atomic, so a crash leaves either no run or a whole one.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import os
 import re
 import shutil
 import socket
+import stat
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -68,13 +70,68 @@ def check_run_id(run_id: str) -> str:
     return run_id
 
 
+#: Largest manifest read (a real one is a few kB); a bigger file is not a manifest.
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of a run as the manifest records it."""
+
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json`` parsed and typed; ``extra`` holds the publisher's additions (model, dataset, ...)."""
+
+    run_id: str
+    schema_version: int
+    published_at: str
+    tables: tuple[str, ...]
+    files: dict[str, FileEntry]
+    extra: dict[str, Any]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A value the publisher added (``model``, ``dataset``), or ``default``."""
+        return self.extra.get(key, default)
+
+    @staticmethod
+    def parse(value: object) -> Manifest:
+        """The typed record of a decoded manifest, or ``ValueError`` naming the first bad field."""
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, found {type(value).__name__}")
+        def field(key: str, kind: type | tuple[type, ...]) -> Any:
+            v = value.get(key)
+            if not isinstance(v, kind) or isinstance(v, bool):
+                raise ValueError(f"field {key!r} is {v!r}, not a {getattr(kind, '__name__', kind)}")
+            return v
+        files = field("files", dict)
+        entries = {}
+        for name, entry in files.items():
+            if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and not isinstance(entry["bytes"], bool)
+                    and entry["bytes"] >= 0 and isinstance(entry.get("sha256"), str)
+                    and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])):
+                raise ValueError(f"files[{name!r}] is not {{bytes, sha256}}")
+            if "/" in name or name in ("", ".", ".."):
+                raise ValueError(f"files names {name!r}, not a file of the run folder")
+            entries[name] = FileEntry(entry["bytes"], entry["sha256"])
+        tables = field("tables", list)
+        if not all(isinstance(t, str) for t in tables):
+            raise ValueError("field 'tables' is not a list of names")
+        known = {"run_id", "schema_version", "published_at", "tables", "files"}
+        return Manifest(field("run_id", str), field("schema_version", int), field("published_at", str),
+                        tuple(tables), entries, {k: v for k, v in value.items() if k not in known})
+
+
 @dataclass(frozen=True)
 class RunInfo:
     """A published run folder; ``error`` says why it cannot be read, if it cannot."""
 
     run_id: str
     path: Path
-    manifest: dict[str, Any] | None
+    manifest: Manifest | None
     error: str | None = None
 
     @property
@@ -82,33 +139,145 @@ class RunInfo:
         return self.error is None
 
 
-def _inspect(path: Path) -> RunInfo:
+class BrokenRun(Exception):
+    """Why one run folder cannot be read (internal to ``list_runs``)."""
+
+
+def _open_regular(path: Path) -> int:
+    """A descriptor of ``path`` if it is a regular file; never blocks (a FIFO is refused, not waited on)."""
     try:
-        manifest = json.loads((path / MANIFEST).read_text())
-    except (OSError, ValueError) as e:
-        return RunInfo(path.name, path, None, f"unreadable manifest: {e}")
-    version = manifest.get("schema_version")
-    if not isinstance(version, int) or version > SCHEMA_VERSION:
-        return RunInfo(path.name, path, manifest,
-                       f"written with schema version {version}; this version reads up to {SCHEMA_VERSION}. "
-                       f"Upgrade Neuron Atlas to read it.")
-    for name in TABLES:
-        f = path / f"{name}.parquet"
-        try:
-            pq.read_metadata(f)
-        except FileNotFoundError:
-            return RunInfo(path.name, path, manifest, f"table {name} is missing ({f.name}).")
-        except (OSError, pa.ArrowException) as e:
-            return RunInfo(path.name, path, manifest, f"table {name} is corrupt ({f.name}: {e}).")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise BrokenRun(f"{path.name} is missing") from None
+    except OSError as e:
+        raise BrokenRun(f"cannot open {path.name}: {e.strerror or e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BrokenRun(f"{path.name} is not a regular file")
+    return fd
+
+
+def _read_manifest(path: Path) -> Manifest:
+    fd = _open_regular(path / MANIFEST)
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BrokenRun(f"{MANIFEST} is larger than {MAX_MANIFEST_BYTES:,} bytes: not a manifest")
+    try:
+        return Manifest.parse(json.loads(raw))
+    except (ValueError, RecursionError) as e:
+        raise BrokenRun(f"{MANIFEST} is not a valid manifest ({e})") from None
+
+
+#: (path, size, mtime, inode) -> sha256 of files already verified by this process: listing stays cheap.
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}
+
+
+def _check_file(path: Path, entry: FileEntry | None) -> None:
+    """``path`` is a regular file of the size and SHA-256 the manifest records."""
+    if entry is None:
+        raise BrokenRun(f"{path.name} is not listed in the manifest")
+    fd = _open_regular(path)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if st.st_size != entry.bytes:
+            raise BrokenRun(f"{path.name} has {st.st_size:,} bytes, the manifest says {entry.bytes:,}")
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        if key not in _VERIFIED:
+            h = hashlib.sha256()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+            _VERIFIED[key] = h.hexdigest()
+    if _VERIFIED[key] != entry.sha256:
+        raise BrokenRun(f"{path.name} does not match its SHA-256 in the manifest (changed or corrupted)")
+
+
+@functools.cache
+def _stored_schema(name: str) -> pa.Schema:
+    """Table ``name``'s schema as a Parquet footer gives it back (e.g. timestamp[s] is stored as [ms])."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(TABLES[name].arrow_schema.empty_table(), buffer)
+    return pq.read_schema(pa.BufferReader(buffer.getvalue()))
+
+
+def _check_table(path: Path, name: str, run_id: str) -> None:
+    """The file's footer reads, its columns are ``name``'s in warehouse.schema and it holds only ``run_id``."""
+    f = path / f"{name}.parquet"
+    try:
+        meta = pq.read_metadata(f)
+        schema = meta.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException) as e:
+        raise BrokenRun(f"table {name} is corrupt ({f.name}: {e})") from None
+    expected = _stored_schema(name)
+    got = {fld.name: fld.type for fld in schema}
+    want = {fld.name: fld.type for fld in expected}
+    if got != want:
+        missing = sorted(set(want) - set(got))
+        extra = sorted(set(got) - set(want))
+        retyped = sorted(c for c in set(want) & set(got) if want[c] != got[c])
+        raise BrokenRun(f"table {name} ({f.name}) does not have the columns of warehouse.schema: missing {missing}, "
+                        f"unexpected {extra}, other types {retyped}")
+    col = schema.get_field_index("run_id")
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(col).statistics
+        if stats is None or not stats.has_min_max:
+            values = set(pq.read_table(f, columns=["run_id"]).column(0).unique().to_pylist())
+        else:
+            values = {stats.min, stats.max}
+        values = {v.decode() if isinstance(v, bytes) else v for v in values}
+        if values - {run_id}:
+            raise BrokenRun(f"table {name} holds rows of run {sorted(values - {run_id})[0]!r}, not {run_id!r} "
+                            f"(a file copied from another run?)")
+
+
+def _inspect(path: Path) -> RunInfo:
+    """One run folder validated on its own: whatever is wrong becomes its ``error``, never an exception."""
+    manifest = None
+    try:
+        if not RUN_ID_PATTERN.match(path.name):
+            raise BrokenRun("the folder name is not a valid run id")
+        manifest = _read_manifest(path)
+        if manifest.run_id != path.name:
+            raise BrokenRun(f"the folder is named {path.name!r} but its manifest says run {manifest.run_id!r} "
+                            f"(a copied folder?); rename it back or remove it")
+        if manifest.schema_version > SCHEMA_VERSION or manifest.schema_version < 1:
+            raise BrokenRun(f"written with schema version {manifest.schema_version}; this version reads up to "
+                            f"{SCHEMA_VERSION}. Upgrade Neuron Atlas to read it")
+        for name, entry in manifest.files.items():
+            _check_file(path / name, entry)
+        for name in TABLES:
+            if f"{name}.parquet" not in manifest.files:
+                raise BrokenRun(f"table {name} is missing ({name}.parquet is not in the manifest)")
+            _check_table(path, name, manifest.run_id)
+    except BrokenRun as e:
+        return RunInfo(path.name, path, manifest, f"{e}.")
+    except (OSError, ValueError, pa.ArrowException) as e:  # anything else the file system or a footer throws
+        return RunInfo(path.name, path, manifest, f"cannot be read: {e}.")
     return RunInfo(path.name, path, manifest)
 
 
 def list_runs(root: Path) -> list[RunInfo]:
-    """Every published run under ``root``, sorted by id; broken ones carry their reason."""
+    """Every run folder under ``root``'s ``runs/``, sorted by name, each validated in isolation.
+
+    A run is ok only if its manifest is a regular file holding a valid manifest whose run id is the
+    folder's name, every file it lists has the recorded size and SHA-256, and every table's footer
+    reads with the columns of ``warehouse.schema`` and rows of this run only. Anything else makes
+    that run broken, with the reason in ``error``; other runs are unaffected, and nothing blocks.
+    """
     runs_dir = Path(root) / RUNS_DIR
-    if not runs_dir.is_dir():
-        return []
-    return [_inspect(p) for p in sorted(runs_dir.iterdir()) if (p / MANIFEST).exists()]
+    try:
+        entries = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
+    except OSError as e:
+        raise WarehouseError(f"cannot list the runs in {runs_dir}: {e.strerror or e}. Check its permissions.") from e
+    out = []
+    for p in entries:
+        try:
+            is_dir = p.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            out.append(_inspect(p))
+    return out
 
 
 def write_file(path: Path, data: bytes | memoryview, what: str) -> None:

@@ -42,13 +42,17 @@ STAGING_DIR = ".staging"
 MANIFEST = "manifest.json"
 CHECKPOINT = "checkpoint.pt"  # the trained weights inside a run folder (a state dict, safe to load)
 ENV_VAR = "NEURON_ATLAS_WAREHOUSE"
-RUN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # always fullmatch: "$" allows a final newline
 # Rows per Parquet row group. Tables are written in (layer, unit) order, so the row groups' min/max
 # statistics let a lookup of one unit (the dashboard's unit page) read one group, not the table.
 ROW_GROUP_ROWS = 65_536
 # LZ4 rather than zstd: files are ~6% larger but DuckDB scans them about twice as fast, which is
 # what the dashboard's 1M-unit latency target needs (benchmarks/dashboard_queries.py).
 COMPRESSION = "lz4"
+
+
+#: Runs published by this process, in order: an interrupted command can say truthfully what landed.
+PUBLISHED: list[Path] = []
 
 
 class WarehouseError(AtlasError):
@@ -62,7 +66,7 @@ def default_path() -> Path:
 
 
 def check_run_id(run_id: str) -> str:
-    if not RUN_ID_PATTERN.match(run_id):
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.fullmatch(run_id):
         raise WarehouseError(
             f"invalid run id {run_id!r}: use 1-128 letters, digits, '.', '_' or '-', starting with a "
             f"letter or digit."
@@ -234,7 +238,7 @@ def _inspect(path: Path) -> RunInfo:
     """One run folder validated on its own: whatever is wrong becomes its ``error``, never an exception."""
     manifest = None
     try:
-        if not RUN_ID_PATTERN.match(path.name):
+        if not RUN_ID_PATTERN.fullmatch(path.name):
             raise BrokenRun("the folder name is not a valid run id")
         manifest = _read_manifest(path)
         if manifest.run_id != path.name:
@@ -254,6 +258,27 @@ def _inspect(path: Path) -> RunInfo:
     except (OSError, ValueError, pa.ArrowException) as e:  # anything else the file system or a footer throws
         return RunInfo(path.name, path, manifest, f"cannot be read: {e}.")
     return RunInfo(path.name, path, manifest)
+
+
+def verified_bytes(run_dir: Path, name: str) -> bytes:
+    """The bytes of file ``name`` of a published run, read once and checked against the SHA-256 its
+    manifest records, so what is used is exactly what was published (no window to swap the file)."""
+    run_dir = Path(run_dir)
+    try:
+        manifest = _read_manifest(run_dir)
+        entry = manifest.files.get(name)
+        if entry is None:
+            raise BrokenRun(f"{name} is not listed in the manifest")
+        with os.fdopen(_open_regular(run_dir / name), "rb") as f:
+            data = f.read(entry.bytes + 1)
+    except BrokenRun as e:
+        raise WarehouseError(f"cannot use {name} of run {run_dir.name}: {e}. Recompute the run.") from None
+    except OSError as e:
+        raise WarehouseError(f"cannot read {run_dir / name}: {e.strerror or e}.") from None
+    if len(data) != entry.bytes or hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise WarehouseError(f"{name} of run {run_dir.name} does not match the SHA-256 in its manifest: it was "
+                             f"changed or replaced after publishing, so it is not loaded. Recompute the run.")
+    return data
 
 
 def list_runs(root: Path) -> list[RunInfo]:
@@ -376,6 +401,7 @@ class RunWriter:
             self._give_up()
             raise WarehouseError(f"cannot write to warehouse {self.root}: {e.strerror or e}.") from e
         self.tables: list[str] = []
+        self.published = False
 
     @property
     def stages_dir(self) -> Path:
@@ -387,9 +413,13 @@ class RunWriter:
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
-        if exc_type is not None and not any(self.stages_dir.glob("*.pt")):
-            self.abort()
-        self.release()
+        try:
+            if self.published:
+                self._clean_up()  # again, if an interrupt cut the first clean-up short
+            elif exc_type is not None and not any(self.stages_dir.glob("*.pt")):
+                self.abort()
+        finally:
+            self.release()
 
     def _give_up(self) -> None:
         """Leave without having written anything: drop the lock and its file."""
@@ -458,10 +488,16 @@ class RunWriter:
             if self.final.exists():
                 raise WarehouseError(f"run {self.run_id!r} was published by another process meanwhile.")
             os.rename(self.staging, self.final)
+            self.published = True
+            PUBLISHED.append(self.final)
+            crash_point("after-rename")
             _fsync(self.final.parent)
-            shutil.rmtree(self.stages_dir, ignore_errors=True)
-            self._lock_path.unlink(missing_ok=True)
+            self._clean_up()
         except OSError as e:
+            if self.published:  # the run is whole and in place; only the clean-up failed
+                raise WarehouseError(f"run {self.run_id} was published to {self.final}, but its staging leftovers "
+                                     f"could not be removed ({e}); remove them with python -m compute gc "
+                                     f"--remove.") from e
             self.abort()
             raise WarehouseError(f"cannot publish run {self.run_id} to {self.root}: {e}") from e
         except WarehouseError:
@@ -469,8 +505,75 @@ class RunWriter:
             raise
         return self.final
 
+    def _clean_up(self) -> None:
+        """After publishing: the saved stages and the lock file are no longer needed."""
+        shutil.rmtree(self.stages_dir, ignore_errors=True)
+        self._lock_path.unlink(missing_ok=True)
+
     def abort(self) -> None:
         """Remove the staging folder, saved stages and lock file: nothing of this run remains."""
         shutil.rmtree(self.staging, ignore_errors=True)
         shutil.rmtree(self.stages_dir, ignore_errors=True)
         self._lock_path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Staging files of one run id that no process is using."""
+
+    run_id: str
+    paths: tuple[Path, ...]
+    published: bool  # the run is in runs/: these are leftovers of a finished run
+    stages: int  # finished stage files (resumable with --resume when not published)
+
+
+def staging_leftovers(root: Path) -> list[Leftover]:
+    """Everything under ``.staging/`` that belongs to no running computation, grouped by run id.
+
+    A computation holds its ``<id>.lock``; whatever is not locked was left by a killed or
+    interrupted process (or one killed right after publishing).
+    """
+    staging = Path(root) / STAGING_DIR
+    if not staging.is_dir():
+        return []
+    groups: dict[str, list[Path]] = {}
+    for p in sorted(staging.iterdir()):
+        run_id = p.name.removesuffix(".lock").removesuffix(".stages")
+        groups.setdefault(run_id, []).append(p)
+    out = []
+    for run_id, paths in groups.items():
+        lock = staging / f"{run_id}.lock"
+        if lock.is_file() and _locked(lock):
+            continue
+        stages = staging / f"{run_id}.stages"
+        n = len(list(stages.glob("*.pt"))) if stages.is_dir() else 0
+        out.append(Leftover(run_id, tuple(paths), (Path(root) / RUNS_DIR / run_id / MANIFEST).exists(), n))
+    return out
+
+
+def _locked(lock: Path) -> bool:
+    """Whether a running computation holds ``lock``."""
+    try:
+        with open(lock, "a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            fcntl.flock(f, fcntl.LOCK_UN)
+            return False
+    except OSError:
+        return True  # cannot tell: leave it alone
+
+
+def remove_leftover(root: Path, leftover: Leftover) -> None:
+    """Delete one run id's staging leftovers, holding its lock so no computation starts meanwhile."""
+    lock = Path(root) / STAGING_DIR / f"{leftover.run_id}.lock"
+    with open(lock, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WarehouseError(f"run {leftover.run_id!r} started computing meanwhile; its staging is kept.") from None
+        for p in leftover.paths:
+            if p != lock:
+                shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+        lock.unlink(missing_ok=True)

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from compute.datasets.sources import ImageSet, Splits, load_dataset, load_eval_set, stratified_subset, with_label_noise
+from compute.datasets.sources import (ImageSet, Splits, load_dataset, load_eval_set, require_classes, stratified_subset,
+                                      with_label_noise)
 from compute.errors import ConfigError, DataError
 from compute.images.config import ActMaxConfig, ImageConfig
 from warehouse.store import write_file
@@ -103,6 +104,8 @@ def load_data(cfg: RunConfig) -> tuple[Splits, ImageSet]:
     eval_set = load_eval_set(cfg.eval_dataset, data_dir, splits.train.class_names) if cfg.eval_dataset else splits.test
     if cfg.eval_size:
         eval_set = stratified_subset(eval_set, cfg.eval_size)
+    for data in (train_set, eval_set):
+        require_classes(data)
     if eval_set.shape != train_set.shape:
         raise DataError(f"--eval-dataset {cfg.eval_dataset} has images of shape {eval_set.shape}; the model is "
                         f"trained on {cfg.dataset} images of shape {train_set.shape}.")

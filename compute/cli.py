@@ -71,7 +71,7 @@ def _width(text: str) -> float:
 
 
 def _widths(text: str) -> tuple[int, ...]:
-    return tuple(_int(w, 1, 1_000_000, "comma-separated positive integer widths") for w in text.split(","))
+    return tuple(_int(w, 1, 1_000_000, "comma-separated integers (positive widths)") for w in text.split(","))
 
 
 def _model_name(text: str) -> str:

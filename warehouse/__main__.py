@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +15,24 @@ from warehouse.errors import AtlasError
 from warehouse.queries import (CLASS_METRICS, PRESETS, UNIT_METRICS, QueryError, UnitFilter, filter_units_arrow,
                                parse_range)
 from warehouse.schema import markdown
-from warehouse.store import ENV_VAR, WarehouseError, default_path, list_runs
+from warehouse.store import ENV_VAR, RUNS_DIR, STAGING_DIR, WarehouseError, default_path, list_runs
+
+
+#: Largest --limit (DuckDB's LIMIT is a signed 64-bit integer) and class index accepted.
+MAX_LIMIT = 2**62
+MAX_CLASS = 2**31 - 1
+_INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take '٣', '1_000' or ' 7 '
+
+
+def _bounded_int(lo: int, hi: int, what: str):
+    def parse(text: str) -> int:
+        if not _INT.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"expected {what} (an integer), got {text!r}")
+        value = int(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected {what} between {lo} and {hi:,}, got {text}")
+        return value
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -31,18 +49,22 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--preset", choices=list(PRESETS), default=None)
     ex.add_argument("--range", action="append", default=[], metavar="COL:LO:HI",
                     help=f"metric range, a bound may be empty (repeatable); COL one of {', '.join(UNIT_METRICS)}")
-    ex.add_argument("--pref-class", action="append", type=int, default=[], help="preferred class (repeatable)")
+    ex.add_argument("--pref-class", action="append", type=_bounded_int(0, MAX_CLASS, "a class index"), default=[],
+                    help="preferred class (repeatable)")
     ex.add_argument("--class-condition", action="append", default=[], metavar="COL:LO:HI",
                     help=f"condition that one class must meet, all on the same class (repeatable); "
                          f"COL one of {', '.join(CLASS_METRICS)}")
-    ex.add_argument("--class", dest="condition_class", type=int, default=None,
+    ex.add_argument("--class", dest="condition_class", type=_bounded_int(0, MAX_CLASS, "a class index"), default=None,
                     help="the class the class conditions apply to (default: any class)")
     ex.add_argument("--dead", choices=("yes", "no"), default=None, help="only dead / only live units")
     ex.add_argument("--sort", default=None, help="sort column (default: the preset's, else layer order)")
     ex.add_argument("--desc", action="store_true", help="sort descending")
-    ex.add_argument("--limit", type=int, default=None, help="at most this many units")
+    ex.add_argument("--limit", type=_bounded_int(1, MAX_LIMIT, "a positive number of units"), default=None,
+                    help="at most this many units")
     ex.add_argument("--format", choices=FORMATS, default=None, help="default: from the output file's suffix")
-    ex.add_argument("-o", "--output", type=Path, required=True, help="output file")
+    ex.add_argument("-o", "--output", type=Path, required=True,
+                    help="output file (never inside the warehouse; an existing file only with --force)")
+    ex.add_argument("--force", action="store_true", help="replace the output file if it exists")
     return ap
 
 
@@ -66,6 +88,22 @@ def build_filter(args: argparse.Namespace) -> UnitFilter:
     return f
 
 
+def check_output(out: Path, root: Path, force: bool) -> None:
+    """Refuse to write inside the warehouse's runs or staging, onto a folder, or over a file without ``force``."""
+    target = out.expanduser().resolve()
+    for inside in (RUNS_DIR, STAGING_DIR):
+        folder = (Path(root) / inside).resolve()
+        if target == folder or folder in target.parents:
+            raise WarehouseError(f"{out} is inside the warehouse's {inside}/ folder, whose files belong to the "
+                                 f"published runs; write the export somewhere else.")
+    if target.is_dir():
+        raise WarehouseError(f"{out} is a folder; give a file name such as units.csv.")
+    if target.exists() and not force:
+        raise WarehouseError(f"{out} already exists; pass --force to replace it or choose another -o.")
+    if not target.parent.is_dir():
+        raise WarehouseError(f"cannot write {out}: its folder does not exist; create it or choose another -o.")
+
+
 def export(args: argparse.Namespace) -> int:
     root = args.warehouse or default_path()
     runs = {r.run_id: r for r in list_runs(root)}
@@ -74,6 +112,7 @@ def export(args: argparse.Namespace) -> int:
         raise WarehouseError(f"no run {args.run!r} in warehouse {root} (runs: {known}).")
     if not runs[args.run].ok:
         raise WarehouseError(f"run {args.run!r} is broken: {runs[args.run].error}")
+    check_output(args.output, root, args.force)
     fmt = args.format or args.output.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise QueryError(f"cannot tell the format from {args.output.name!r}; pass --format csv or --format parquet.")

@@ -171,7 +171,13 @@ def run_query(files: Mapping[str, Sequence[str]], sql: str, max_rows: int = MAX_
     ``time_limit_s`` seconds (start-up, execution and fetching together) or when its process holds
     more than ``max_memory`` bytes.
     """
-    query = check_statement(sql)
+    return execute(files, check_statement(sql), max_rows, time_limit_s, max_bytes, max_memory)
+
+
+def execute(files: Mapping[str, Sequence[str]], query: str, max_rows: int = MAX_ROWS,
+            time_limit_s: float = TIME_LIMIT_S, max_bytes: int = MAX_RESULT_BYTES,
+            max_memory: int = MAX_MEMORY_BYTES) -> SandboxResult:
+    """``query`` in the query process, unchecked: the second layer alone (``run_query`` checks first)."""
     started = time.time()
     request = {
         "query": query, "deadline": started + time_limit_s, "max_rows": max_rows, "max_bytes": max_bytes,

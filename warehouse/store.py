@@ -247,12 +247,12 @@ def _inspect(path: Path) -> RunInfo:
         if manifest.schema_version > SCHEMA_VERSION or manifest.schema_version < 1:
             raise BrokenRun(f"written with schema version {manifest.schema_version}; this version reads up to "
                             f"{SCHEMA_VERSION}. Upgrade Neuron Atlas to read it")
-        for name, entry in manifest.files.items():
-            _check_file(path / name, entry)
-        for name in TABLES:
+        for name in TABLES:  # the most specific reasons first: a missing, unreadable or foreign table
             if f"{name}.parquet" not in manifest.files:
                 raise BrokenRun(f"table {name} is missing ({name}.parquet is not in the manifest)")
             _check_table(path, name, manifest.run_id)
+        for name, entry in manifest.files.items():  # then every byte: mid-file damage, files swapped
+            _check_file(path / name, entry)
     except BrokenRun as e:
         return RunInfo(path.name, path, manifest, f"{e}.")
     except (OSError, ValueError, pa.ArrowException) as e:  # anything else the file system or a footer throws

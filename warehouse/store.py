@@ -207,11 +207,18 @@ def _stored_schema(name: str) -> pa.Schema:
 def _check_table(path: Path, name: str, run_id: str) -> None:
     """The file's footer reads, its columns are ``name``'s in warehouse.schema and it holds only ``run_id``."""
     f = path / f"{name}.parquet"
-    try:
-        meta = pq.read_metadata(f)
-        schema = meta.schema.to_arrow_schema()
-    except (OSError, pa.ArrowException) as e:
-        raise BrokenRun(f"table {name} is corrupt ({f.name}: {e})") from None
+    with os.fdopen(_open_regular(f), "rb") as handle:  # a FIFO or folder is refused, never read
+        try:
+            meta = pq.read_metadata(handle)
+            schema = meta.schema.to_arrow_schema()
+        except (OSError, pa.ArrowException) as e:
+            raise BrokenRun(f"table {name} is corrupt ({f.name}: {e})") from None
+        _check_columns(schema, name)
+        _check_run_ids(handle, meta, schema, name, run_id)
+
+
+def _check_columns(schema: pa.Schema, name: str) -> None:
+    """The footer's columns and types are those ``warehouse.schema`` gives table ``name``."""
     expected = _stored_schema(name)
     got = {fld.name: fld.type for fld in schema}
     want = {fld.name: fld.type for fld in expected}
@@ -219,13 +226,18 @@ def _check_table(path: Path, name: str, run_id: str) -> None:
         missing = sorted(set(want) - set(got))
         extra = sorted(set(got) - set(want))
         retyped = sorted(c for c in set(want) & set(got) if want[c] != got[c])
-        raise BrokenRun(f"table {name} ({f.name}) does not have the columns of warehouse.schema: missing {missing}, "
-                        f"unexpected {extra}, other types {retyped}")
+        raise BrokenRun(f"table {name} ({name}.parquet) does not have the columns of warehouse.schema: missing "
+                        f"{missing}, unexpected {extra}, other types {retyped}")
+
+
+def _check_run_ids(handle: Any, meta: pq.FileMetaData, schema: pa.Schema, name: str, run_id: str) -> None:
+    """Every row of the table is of ``run_id``: from the row groups' statistics, else the column itself."""
     col = schema.get_field_index("run_id")
     for g in range(meta.num_row_groups):
         stats = meta.row_group(g).column(col).statistics
         if stats is None or not stats.has_min_max:
-            values = set(pq.read_table(f, columns=["run_id"]).column(0).unique().to_pylist())
+            handle.seek(0)
+            values = set(pq.read_table(handle, columns=["run_id"]).column(0).unique().to_pylist())
         else:
             values = {stats.min, stats.max}
         values = {v.decode() if isinstance(v, bytes) else v for v in values}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,9 +218,14 @@ def _load_safely(source: Path | bytes, what: str) -> Any:
     if isinstance(source, Path) and not source.is_file():
         raise ConfigError(f"{what} {source} is not a file; pass the path of a file saved with torch.save.")
     try:
-        return torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
-                          weights_only=True)
-    except pickle.UnpicklingError:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
+                              weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # damaged bytes, not a refused class or function
+            raise ConfigError(f"cannot read {what} {source if isinstance(source, Path) else ''}: it is not a file "
+                              f"written by torch.save (or it is damaged).") from None
         raise ConfigError(
             f"{what} {source if isinstance(source, Path) else ''} holds Python objects beyond tensors (e.g. a whole "
             f"pickled model), which are never unpickled because loading them can run code. Save the weights with "

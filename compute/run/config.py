@@ -118,7 +118,13 @@ def settle_config(cfg: RunConfig, run_id: str, stages_dir: Path, resume: bool) -
     """The run's configuration: saved at the start, and read back (not re-taken) on resume."""
     path = stages_dir / "config.json"
     if resume and path.exists():
-        return RunConfig.from_dict(json.loads(path.read_text()))
+        try:
+            if not path.is_file():
+                raise ValueError("not a regular file")
+            return RunConfig.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ConfigError(f"the saved configuration {path} of the interrupted run is damaged ({e}); delete "
+                              f"{stages_dir} to start the run again.") from None
     cfg = replace(cfg, run_id=run_id)
     stages_dir.mkdir(parents=True, exist_ok=True)
     write_file(path, json.dumps(asdict(cfg)).encode(), "the run's configuration")

@@ -11,23 +11,28 @@ Two independent layers:
    in-memory database: the shared dashboard database is never touched, so nothing one session
    runs can change another's results. There it has no file access at all (the tables are
    registered as pyarrow datasets), no path in any setting, a locked configuration, and the
-   operating system refuses it any file write. Time and memory are enforced from outside: the
-   process is killed at the deadline or when it holds more than ``MAX_MEMORY_BYTES``, so
-   functions DuckDB cannot interrupt (``repeat('x', 1e9)``) are bounded too. The result is capped
+   operating system refuses it any file write. Time is enforced three times over: DuckDB is
+   interrupted at the limit, the kernel stops the process after the limit plus 2 s of CPU, and
+   the parent kills it after the limit plus a start-up allowance; memory is watched from outside
+   (killed above ``MAX_MEMORY_BYTES``). So functions DuckDB cannot interrupt (``repeat('x', 1e9)``)
+   are bounded too. The result is capped
    at ``MAX_ROWS`` rows and ``MAX_RESULT_BYTES`` bytes while it is fetched.
 
-Starting the process costs about half a second; the SQL page is for ad-hoc questions, so that
-buys isolation cheaply.
+Each process serves one query and ends; a spare one is started ahead (``_worker``), so its start-up
+(imports: about a second, more on a busy machine) is not waited for.
 """
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -44,8 +49,8 @@ MAX_ROWS = 10_000
 TIME_LIMIT_S = 10.0
 MAX_RESULT_BYTES = 32 << 20  # what is fetched and sent to the browser
 MAX_MEMORY_BYTES = 1 << 30  # resident memory of the query process
-DUCKDB_MEMORY_LIMIT = "512MB"  # DuckDB's own limit inside it (its buffers; strings may exceed it)
 MAX_QUERY_CHARS = 100_000
+STARTUP_S = 15.0  # allowed for the query process to start (imports) on a busy machine, beside the query's limit
 WORKER = Path(__file__).with_name("sandbox_worker.py")
 #: The query nodes of a read-only statement; anything else (DELETE/INSERT/UPDATE inside a CTE...) is refused.
 QUERY_NODES = {"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"}
@@ -108,6 +113,11 @@ def _parse(sql: str) -> tuple[str, list]:
 
 def check_statement(sql: str) -> str:
     """The single read-only SELECT in ``sql``, or a ``SandboxError`` naming why it is refused."""
+    return _check(sql)[0]
+
+
+def _check(sql: str) -> tuple[str, set[str]]:
+    """``check_statement``, and the views the statement reads (only those are loaded to run it)."""
     if not sql.strip():
         raise SandboxError("the query is empty: write one SELECT statement.")
     if len(sql) > MAX_QUERY_CHARS:
@@ -119,7 +129,7 @@ def check_statement(sql: str) -> str:
     shadowing = sorted(c for c in ctes if c.startswith(SYSTEM_PREFIXES))
     if shadowing:
         raise SandboxError(f"the CTE name {shadowing[0]!r} is reserved for system views; choose another name.")
-    views = set(TABLES)
+    views, used = set(TABLES), set()
     for n in nodes:
         kind = n.get("type")
         if not isinstance(kind, str):
@@ -136,6 +146,8 @@ def check_statement(sql: str) -> str:
                 shown = ".".join(str(p) for p in (n.get("catalog_name"), n.get("schema_name"), name) if p)
                 raise SandboxError(f"unknown table {shown!r}: the SQL page reads only the views "
                                    f"{', '.join(TABLES)} (and your own WITH names).")
+            if name.lower() in views:
+                used.add(name.lower())
         if kind == "TABLE_FUNCTION":
             fn = n.get("function") or {}
             name = str(fn.get("function_name", "")).lower() if isinstance(fn, dict) else ""
@@ -145,7 +157,7 @@ def check_statement(sql: str) -> str:
         if "function_name" in n and str(n["function_name"]).lower().startswith(REFUSED_FUNCTIONS):
             raise SandboxError(f"the function {n['function_name']}() is not available on the SQL page "
                                f"(settings, variables and files are not exposed).")
-    return query
+    return query, used
 
 
 def sources(run_paths: Sequence[Path]) -> dict[str, list[str]]:
@@ -162,6 +174,38 @@ def _rss(pid: int) -> int:
         return 0
 
 
+_spare: subprocess.Popen | None = None
+_spare_lock = threading.Lock()
+
+
+def _spawn() -> subprocess.Popen:
+    env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "HOME": tempfile.gettempdir()}
+    return subprocess.Popen([sys.executable, "-I", "-W", "ignore", str(WORKER)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tempfile.gettempdir(), env=env)
+
+
+def _worker() -> subprocess.Popen:
+    """A fresh query process: the spare started (and done importing) while the last query ran, if any.
+
+    Every process serves one query, so nothing carries over between queries or sessions; the spare
+    only hides the start-up time (seconds on a busy machine).
+    """
+    global _spare
+    with _spare_lock:
+        proc, _spare = _spare, None
+        if proc is None or proc.poll() is not None:
+            proc = _spawn()
+        _spare = _spawn()
+    return proc
+
+
+@atexit.register
+def _drop_spare() -> None:
+    if _spare is not None and _spare.poll() is None:
+        _spare.kill()
+        _spare.wait()
+
+
 def run_query(files: Mapping[str, Sequence[str]], sql: str, max_rows: int = MAX_ROWS,
               time_limit_s: float = TIME_LIMIT_S, max_bytes: int = MAX_RESULT_BYTES,
               max_memory: int = MAX_MEMORY_BYTES) -> SandboxResult:
@@ -169,26 +213,27 @@ def run_query(files: Mapping[str, Sequence[str]], sql: str, max_rows: int = MAX_
 
     At most ``max_rows`` rows and ``max_bytes`` bytes come back; the query is stopped after
     ``time_limit_s`` seconds (start-up, execution and fetching together) or when its process holds
-    more than ``max_memory`` bytes.
+    more than ``max_memory`` bytes. The limit counts from when the query process is ready; its
+    start-up (about half a second; longer on a busy machine) has a separate allowance, ``STARTUP_S``.
     """
-    return execute(files, check_statement(sql), max_rows, time_limit_s, max_bytes, max_memory)
+    query, used = _check(sql)
+    return execute({name: paths for name, paths in files.items() if name in used}, query, max_rows, time_limit_s,
+                   max_bytes, max_memory)
 
 
 def execute(files: Mapping[str, Sequence[str]], query: str, max_rows: int = MAX_ROWS,
             time_limit_s: float = TIME_LIMIT_S, max_bytes: int = MAX_RESULT_BYTES,
             max_memory: int = MAX_MEMORY_BYTES) -> SandboxResult:
-    """``query`` in the query process, unchecked: the second layer alone (``run_query`` checks first)."""
+    """``query`` in the query process over the views named in ``files``, unchecked: the second layer
+    alone (``run_query`` checks first)."""
     started = time.time()
     request = {
-        "query": query, "deadline": started + time_limit_s, "max_rows": max_rows, "max_bytes": max_bytes,
-        "memory_limit": DUCKDB_MEMORY_LIMIT,
-        "tables": {name: {"files": list(files.get(name, ())),
-                          "schema": base64.b64encode(t.arrow_schema.serialize().to_pybytes()).decode()}
-                   for name, t in TABLES.items()},
+        "query": query, "time_limit_s": time_limit_s, "max_rows": max_rows, "max_bytes": max_bytes,
+        "tables": {name: {"files": list(paths),
+                          "schema": base64.b64encode(TABLES[name].arrow_schema.serialize().to_pybytes()).decode()}
+                   for name, paths in files.items() if name in TABLES},
     }
-    env = {"PATH": os.environ.get("PATH", ""), "LANG": "C.UTF-8", "HOME": tempfile.gettempdir()}
-    proc = subprocess.Popen([sys.executable, "-I", "-W", "ignore", str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=tempfile.gettempdir(), env=env)
+    proc = _worker()
     killed = ""
     payload: bytes | None = json.dumps(request).encode()
     out, err = b"", b""
@@ -198,7 +243,7 @@ def execute(files: Mapping[str, Sequence[str]], query: str, max_rows: int = MAX_
             break
         except subprocess.TimeoutExpired:
             payload = None
-            if time.time() > started + time_limit_s + 1.0:
+            if time.time() > started + STARTUP_S + time_limit_s + 1.0:
                 killed = "timeout"
             elif _rss(proc.pid) > max_memory:
                 killed = "memory"
@@ -207,7 +252,7 @@ def execute(files: Mapping[str, Sequence[str]], query: str, max_rows: int = MAX_
                 out, err = proc.communicate()
                 break
     message = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
-    if killed == "timeout" or message == "timeout":
+    if killed == "timeout" or message == "timeout" or proc.returncode == -signal.SIGXCPU:
         raise SandboxError(f"the query ran longer than {time_limit_s:g} s and was stopped; narrow it "
                            f"(WHERE run_id = ..., LIMIT).")
     if killed == "memory":

@@ -1,7 +1,8 @@
 """The SQL page's query process: runs one checked SELECT where nothing can be written or read but the views.
 
 Started by ``warehouse.sandbox`` as ``python -I sandbox_worker.py`` (standalone: it imports only
-duckdb and pyarrow) with a JSON request on stdin. Its database is a fresh in-memory DuckDB with
+duckdb and pyarrow), usually ahead of time as a spare that waits for its JSON request on stdin;
+each process runs one query and ends. Its database is a fresh in-memory DuckDB with
 the warehouse's tables registered as pyarrow datasets, so the SQL itself needs no file access at
 all: external access is off with no allowed directories, every path setting is blanked, the
 configuration is locked, and the process cannot write a byte to any file (``RLIMIT_FSIZE`` 0).
@@ -19,6 +20,8 @@ import sys
 import threading
 import time
 
+#: DuckDB's own memory limit (its buffers; huge strings may exceed it, so the parent also watches the process).
+MEMORY_LIMIT = "512MB"
 #: Settings fixed before the configuration is locked; paths blanked so none can be read back.
 SETTINGS = (
     ("python_enable_replacements", False), ("autoinstall_known_extensions", False),
@@ -57,16 +60,17 @@ def _text(value: object) -> str:
 
 def main() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
-    request = json.loads(sys.stdin.read())
-    deadline = float(request["deadline"])
-    cpu = max(1, int(deadline - time.time()) + 2)
-    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
-    import duckdb
+    import duckdb  # before the request arrives: a spare process waits here, imports done
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
-    con = duckdb.connect(":memory:", config={"threads": 1, "memory_limit": request["memory_limit"]})
+    con = duckdb.connect(":memory:", config={"threads": 1, "memory_limit": MEMORY_LIMIT})
+    raw = sys.stdin.read()
+    if not raw:
+        return  # the server ended without using this spare
+    request = json.loads(raw)
+
     for name, source in request["tables"].items():
         schema = pa.ipc.read_schema(pa.py_buffer(base64.b64decode(source["schema"])))
         data = ds.dataset(source["files"], schema=schema, format="parquet") if source["files"] else schema.empty_table()
@@ -74,7 +78,13 @@ def main() -> None:
     for key, value in SETTINGS:
         con.execute(f"SET {key} = ?", [value])
     max_rows, max_bytes = int(request["max_rows"]), int(request["max_bytes"])
-    timer = threading.Timer(max(0.0, deadline - time.time()), con.interrupt)
+    # The limit counts from here: start-up is not the query's time (the parent allows for it separately).
+    limit = float(request["time_limit_s"])
+    cpu = int(time.process_time() + limit) + 2
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu))
+    sys.stderr.write("ready\n")
+    sys.stderr.flush()
+    timer = threading.Timer(limit, con.interrupt)
     timer.start()
     batches, rows, size, truncated = [], 0, 0, ""
     try:

@@ -34,10 +34,12 @@ def warehouse_root() -> str:
 def fingerprint(root: str) -> Fingerprint:
     """(run folder, manifest mtime) of every published run: changes whenever a run is added or replaced."""
     runs = Path(root) / RUNS_DIR
-    if not runs.is_dir():
+    try:
+        entries = sorted(runs.iterdir()) if runs.is_dir() else []
+    except OSError:  # an unreadable runs/ folder: list_runs says so on the page
         return ()
     out = []
-    for p in sorted(runs.iterdir()):
+    for p in entries:
         try:
             out.append((p.name, os.stat(p / MANIFEST).st_mtime_ns))
         except OSError:

@@ -212,9 +212,9 @@ def run_query(files: Mapping[str, Sequence[str]], sql: str, max_rows: int = MAX_
     """Run one checked SELECT over the views made of ``files`` (view name -> Parquet files).
 
     At most ``max_rows`` rows and ``max_bytes`` bytes come back; the query is stopped after
-    ``time_limit_s`` seconds (start-up, execution and fetching together) or when its process holds
-    more than ``max_memory`` bytes. The limit counts from when the query process is ready; its
-    start-up (about half a second; longer on a busy machine) has a separate allowance, ``STARTUP_S``.
+    ``time_limit_s`` seconds (execution and fetching together, counted from when the query process
+    is ready: its start-up has a separate allowance, ``STARTUP_S``) or when its process holds more
+    than ``max_memory`` bytes.
     """
     query, used = _check(sql)
     return execute({name: paths for name, paths in files.items() if name in used}, query, max_rows, time_limit_s,
@@ -252,6 +252,9 @@ def execute(files: Mapping[str, Sequence[str]], query: str, max_rows: int = MAX_
                 out, err = proc.communicate()
                 break
     message = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
+    for paths in files.values():  # an error about a file (<root>/runs/<id>/<table>.parquet) hides the root
+        for p in paths:
+            message = message.replace(str(Path(p).parent.parent.parent), "<warehouse>")
     if killed == "timeout" or message == "timeout" or proc.returncode == -signal.SIGXCPU:
         raise SandboxError(f"the query ran longer than {time_limit_s:g} s and was stopped; narrow it "
                            f"(WHERE run_id = ..., LIMIT).")

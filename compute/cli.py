@@ -308,13 +308,16 @@ def _layers(args: argparse.Namespace) -> int:
     import torch
 
     from compute.nets.models import ModelSpec, build_model
-    from compute.nets.models import layer_shapes
+    from compute.nets.models import input_error, layer_shapes
     from compute.run.config import RunConfig
     from compute.nets.receptive_field import centre_field
 
     options = RunConfig(model=args.model, widths=args.widths, width=args.width).model_options()
     model = build_model(ModelSpec(args.model, args.input_shape, args.classes, options))
-    shapes = layer_shapes(model, args.input_shape)
+    try:
+        shapes = layer_shapes(model, args.input_shape)
+    except RuntimeError as e:
+        raise input_error(args.model, args.input_shape, e) from None
     image = tuple(args.input_shape[1:])
     print(f"{'layer':<24} {'kind':<7} {'units':>6}  {'activation shape':<18} receptive field (centre unit)")
     for name, shape in shapes.items():

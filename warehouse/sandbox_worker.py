@@ -107,6 +107,8 @@ def main() -> None:
         _fail("timeout")
     except (duckdb.Error, pa.ArrowException) as e:
         _fail(f"the query failed: {str(e).strip()}")
+    except Exception as e:  # this process is the boundary: whatever else breaks is the query's failure too
+        _fail(f"the query failed: {type(e).__name__}: {e}")
     finally:
         timer.cancel()
     schema = schema.with_metadata({"truncated": truncated})

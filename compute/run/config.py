@@ -104,8 +104,7 @@ def load_data(cfg: RunConfig) -> tuple[Splits, ImageSet]:
     eval_set = load_eval_set(cfg.eval_dataset, data_dir, splits.train.class_names) if cfg.eval_dataset else splits.test
     if cfg.eval_size:
         eval_set = stratified_subset(eval_set, cfg.eval_size)
-    for data in (train_set, eval_set):
-        require_classes(data)
+    require_classes(eval_set)  # the statistics compare classes on the evaluation set
     if eval_set.shape != train_set.shape:
         raise DataError(f"--eval-dataset {cfg.eval_dataset} has images of shape {eval_set.shape}; the model is "
                         f"trained on {cfg.dataset} images of shape {train_set.shape}.")

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from compute.datasets.sources import ImageSet, Splits
+from compute.datasets.sources import ImageSet, Splits, require_classes
 from compute.distributed.executor import Executor, make_executor
 from compute.nets.discover import trace_probes
 from compute.errors import DataError
@@ -70,6 +70,7 @@ def analyze(model: nn.Module, eval_data: ImageSet | Dataset, *, train_data: Imag
     started = time.perf_counter()
     eval_set = as_imageset(eval_data, class_names, f"{dataset_name}/eval")
     train_set = as_imageset(train_data, eval_set.class_names, f"{dataset_name}/train") if train_data is not None else eval_set
+    require_classes(eval_set)  # the statistics compare classes on the evaluation set
     if epochs > 0 and train_data is None:
         raise DataError("training (epochs > 0) needs train_data.")
     probed = model if hasattr(model, "probes") and hasattr(model, "probe_modules") else trace_probes(model)

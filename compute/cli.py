@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,22 +14,62 @@ from compute.datasets.sources import DATASETS
 from compute.errors import AtlasError, ConfigError
 from compute.images.config import ActMaxConfig, ImageConfig
 from compute.nets.models import MODEL_NAMES, MODEL_OPTIONS, known_model, model_options
-from warehouse.store import ENV_VAR, default_path, list_runs, staging_dir
+from warehouse import store
+from warehouse.store import ENV_VAR, RUN_ID_PATTERN, check_run_id, default_path, list_runs, remove_leftover, staging_dir, staging_leftovers
+
+
+#: Largest count or size accepted (epochs, batch size, widths, ...): beyond it nothing sensible runs.
+MAX_COUNT = 2**31 - 1
+#: Seeds are stored as int64 (runs.seed) and feed numpy's and torch's generators: 0 .. 2**63 - 1.
+MAX_SEED = 2**63 - 1
+_INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take '٣' or '1_000'
+
+
+def _int(text: str, lo: int, hi: int, what: str) -> int:
+    """An integer in [lo, hi] written in ASCII digits, or argparse's error naming the range."""
+    if not _INT.fullmatch(text.strip()):
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
+    value = int(text)
+    if not lo <= value <= hi:
+        raise argparse.ArgumentTypeError(f"expected {what} between {lo} and {hi:,}, got {value:,}")
+    return value
+
+
+def _float(text: str, lo: float, hi: float, what: str, open_lo: bool = False) -> float:
+    """A finite number in [lo, hi] (or (lo, hi]): no nan, no inf."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+    if not math.isfinite(value) or value < lo or value > hi or (open_lo and value == lo):
+        bound = f"{'above' if open_lo else 'at least'} {lo:g} and at most {hi:g}"
+        raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
+    return value
 
 
 def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
+    return _int(text, 1, MAX_COUNT, "a positive integer")
 
 
 def _count(text: str) -> int:
     """A non-negative integer."""
-    return 0 if text.strip() == "0" else _positive(text)
+    return _int(text, 0, MAX_COUNT, "a non-negative integer")
+
+
+def _seed(text: str) -> int:
+    return _int(text, 0, MAX_SEED, "a seed (a non-negative integer)")
+
+
+def _lr(text: str) -> float:
+    return _float(text, 0.0, 1e3, "a learning rate", open_lo=True)
+
+
+def _weight(text: str) -> float:
+    return _float(text, 0.0, 1e6, "a non-negative number")
+
+
+def _width(text: str) -> float:
+    return _float(text, 0.0, 64.0, "a width multiplier", open_lo=True)
 
 
 def _model_name(text: str) -> str:
@@ -61,32 +103,30 @@ def _patterns(text: str) -> tuple[str, ...]:
 
 
 def _shape(text: str) -> tuple[int, int, int]:
-    try:
-        c, h, w = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected C,H,W such as 1,28,28, got {text!r}") from None
+    parts = text.split(",")
+    if len(parts) != 3:
+        raise argparse.ArgumentTypeError(f"expected C,H,W such as 1,28,28, got {text!r}")
+    c, h, w = (_int(v, 1, 65_536, "C,H,W of positive integers such as 1,28,28") for v in parts)
     return c, h, w
 
 
 def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
-    return value
+    return _float(text, 0.0, 1.0, "a fraction")
 
 
 def _fractions(text: str) -> tuple[float, ...]:
     return tuple(_fraction(v) for v in text.split(","))
 
 
-def _ints(text: str) -> tuple[int, ...]:
+def _seeds(text: str) -> tuple[int, ...]:
+    return tuple(_seed(v) for v in text.split(","))
+
+
+def _run_id(text: str) -> str:
     try:
-        return tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+        return check_run_id(text)
+    except AtlasError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -105,7 +145,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=_patterns, default=None,
                    help="probe only these layers: comma-separated names or glob patterns (e.g. 'layer4.*,fc')")
     p.add_argument("--batch-size", type=_positive, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lr", type=_lr, default=1e-3)
     p.add_argument("--train-size", type=_positive, default=None, help="train on a stratified subset of N examples")
     p.add_argument("--eval-size", type=_positive, default=None, help="evaluate on a stratified subset of N examples")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
@@ -147,13 +187,13 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
     img.add_argument("--actmax-steps", type=_positive, default=am.steps, help=f"gradient steps (default {am.steps})")
     img.add_argument("--actmax-restarts", type=_positive, default=am.restarts,
                      help=f"restarts from different noise (default {am.restarts})")
-    img.add_argument("--actmax-lr", type=float, default=am.lr, help=f"Adam step size (default {am.lr})")
-    img.add_argument("--actmax-l2", type=float, default=am.l2, help=f"L2 decay weight (default {am.l2})")
-    img.add_argument("--actmax-tv", type=float, default=am.tv, help=f"total-variation weight (default {am.tv})")
-    img.add_argument("--actmax-jitter", type=int, default=am.jitter, help=f"jitter in pixels (default {am.jitter})")
+    img.add_argument("--actmax-lr", type=_lr, default=am.lr, help=f"Adam step size (default {am.lr})")
+    img.add_argument("--actmax-l2", type=_weight, default=am.l2, help=f"L2 decay weight (default {am.l2})")
+    img.add_argument("--actmax-tv", type=_weight, default=am.tv, help=f"total-variation weight (default {am.tv})")
+    img.add_argument("--actmax-jitter", type=_count, default=am.jitter, help=f"jitter in pixels (default {am.jitter})")
     img.add_argument("--actmax-blur-every", type=_positive, default=am.blur_every,
                      help=f"blur every N steps (default {am.blur_every})")
-    img.add_argument("--actmax-blur-sigma", type=float, default=am.blur_sigma,
+    img.add_argument("--actmax-blur-sigma", type=_width, default=am.blur_sigma,
                      help=f"blur sigma in pixels (default {am.blur_sigma})")
 
 
@@ -177,10 +217,11 @@ def parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="train a model, probe every unit and publish a run")
     _add_run_options(run)
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=_seed, default=0)
     run.add_argument("--label-noise", type=_fraction, default=0.0,
                      help="fraction of training labels replaced by random labels (memorization experiments)")
-    run.add_argument("--run-id", default=None, help="default: <model>-<dataset>-s<seed>-<UTC time>")
+    run.add_argument("--run-id", type=_run_id, default=None,
+                     help="1-128 letters, digits, '.', '_' or '-' (default: <model>-<dataset>-s<seed>-<UTC time>)")
     run.add_argument("--resume", action="store_true",
                      help="continue the interrupted run --run-id from its last finished stage, "
                           "with its saved settings (other flags are ignored)")
@@ -188,8 +229,8 @@ def parser() -> argparse.ArgumentParser:
     sweep = sub.add_parser("sweep", help="one run per label-noise level and seed, grouped as an experiment")
     _add_run_options(sweep)
     sweep.add_argument("--label-noise", type=_fractions, default=(0.0, 0.5, 1.0), help="e.g. 0,0.5,1.0")
-    sweep.add_argument("--seeds", type=_ints, default=(0,), help="e.g. 0,1")
-    sweep.add_argument("--experiment", default=None,
+    sweep.add_argument("--seeds", type=_seeds, default=(0,), help="e.g. 0,1")
+    sweep.add_argument("--experiment", type=_run_id, default=None,
                        help="experiment name, also the run-id prefix (default: <model>-<dataset>-sweep)")
 
     exp = sub.add_parser("experiment", help="a planted-ground-truth experiment: train, publish, and check that "
@@ -202,8 +243,12 @@ def parser() -> argparse.ArgumentParser:
                      help="stratified subset of the evaluation set (default: all of it)")
     exp.add_argument("--run-id", default=None, help="default: crossed-sevens-s<seed>")
 
-    ls = sub.add_parser("list", help="list the runs of a warehouse")
+    ls = sub.add_parser("list", help="list the runs of a warehouse (broken ones with the reason)")
     _add_warehouse(ls)
+
+    gc = sub.add_parser("gc", help="list (and with --remove delete) staging left by killed or interrupted runs")
+    gc.add_argument("--remove", action="store_true", help="delete them (runs being computed are never touched)")
+    _add_warehouse(gc)
 
     lay = sub.add_parser("layers", help="list a model's probe-able layers with unit counts and receptive fields")
     _add_model_options(lay)
@@ -303,7 +348,34 @@ def _list(root: Path) -> int:
     for r in runs:
         m = r.manifest or {}
         status = "ok" if r.ok else f"BROKEN: {r.error}"
-        print(f"{r.run_id:<48} {str(m.get('model', '?')):<14} {str(m.get('dataset', '?')):<16} {status}")
+        name = r.run_id if RUN_ID_PATTERN.fullmatch(r.run_id) else repr(r.run_id)  # a folder named with a newline
+        print(f"{name:<48} {str(m.get('model', '?')):<14} {str(m.get('dataset', '?')):<16} {status}")
+    leftovers = staging_leftovers(root)
+    if leftovers:
+        print(f"{len(leftovers)} run id(s) left staging files behind (killed or interrupted); "
+              f"see python -m compute gc --warehouse {root}")
+    return 0
+
+
+def _gc(root: Path, remove: bool) -> int:
+    """Staging no computation is using: leftovers of published runs and abandoned interrupted runs."""
+    leftovers = staging_leftovers(root)
+    if not leftovers:
+        print(f"no staging leftovers in {root}")
+        return 0
+    for lo in leftovers:
+        if lo.published:
+            what = "leftovers of the published run (safe to remove)"
+        elif lo.stages:
+            what = f"interrupted run with {lo.stages} finished stage(s): continue with --resume --run-id {lo.run_id}"
+        else:
+            what = "abandoned staging without finished stages"
+        print(f"{lo.run_id}: {what}\n  " + "\n  ".join(str(p) for p in lo.paths))
+        if remove:
+            remove_leftover(root, lo)
+            print("  removed")
+    if not remove:
+        print("remove them with --remove")
     return 0
 
 
@@ -311,12 +383,15 @@ def _layers(args: argparse.Namespace) -> int:
     import torch
 
     from compute.nets.models import ModelSpec, build_model
-    from compute.nets.models import layer_shapes
+    from compute.nets.models import input_error, layer_shapes
     from compute.nets.receptive_field import centre_field
 
     options = model_options(args.model, vars(args))
     model = build_model(ModelSpec(args.model, args.input_shape, args.classes, options))
-    shapes = layer_shapes(model, args.input_shape)
+    try:
+        shapes = layer_shapes(model, args.input_shape)
+    except RuntimeError as e:
+        raise input_error(args.model, args.input_shape, e) from None
     image = tuple(args.input_shape[1:])
     print(f"{'layer':<24} {'kind':<7} {'units':>6}  {'activation shape':<18} receptive field (centre unit)")
     for name, shape in shapes.items():
@@ -335,6 +410,7 @@ def _layers(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     root = getattr(args, "warehouse", None) or default_path()
+    published_before = len(store.PUBLISHED)
     try:
         if args.command == "run":
             return _run(args, root)
@@ -344,11 +420,27 @@ def main(argv: list[str] | None = None) -> int:
             return _experiment(args, root)
         if args.command == "layers":
             return _layers(args)
+        if args.command == "gc":
+            return _gc(root, args.remove)
         return _list(root)
     except AtlasError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted: nothing was published. Finished stages are kept; continue with "
-              "--resume --run-id RUN_ID.", file=sys.stderr)
+        print(_interrupted(published_before, root), file=sys.stderr)
         return 130
+
+
+def _interrupted(published_before: int, root: Path) -> str:
+    """What is true after Ctrl-C: which runs this command published (whole), and what is left to resume."""
+    done = store.PUBLISHED[published_before:]
+    lines = [f"interrupted. Published and complete: {', '.join(p.name for p in done)}." if done
+             else "interrupted: nothing was published by this command."]
+    leftovers = staging_leftovers(root)
+    if any(not lo.published and lo.stages for lo in leftovers):
+        lines.append("Finished stages of the interrupted run are kept; continue with --resume --run-id "
+                     + ", ".join(lo.run_id for lo in leftovers if not lo.published and lo.stages) + ".")
+    if any(lo.published for lo in leftovers):
+        lines.append(f"Staging leftovers of published runs remain; remove them with python -m compute gc --remove "
+                     f"--warehouse {root}.")
+    return " ".join(lines)

@@ -19,7 +19,7 @@ import streamlit as st
 from dashboard.correlation import per_layer
 from warehouse import RunInfo, browse, connect, default_path, list_runs, queries
 from warehouse.export import export_units, table_bytes
-from warehouse.sandbox import SandboxResult, run_query
+from warehouse.sandbox import SandboxResult, run_query, sources
 from warehouse.store import Fingerprint, fingerprint
 
 def warehouse_root() -> str:
@@ -148,10 +148,10 @@ def unit_page(root: str, fp: Fingerprint, run_id: str, layer: str, unit: int) ->
     return queries.unit_page(_connection(root, fp), run_id, layer, unit)
 
 
-def sql(root: str, query: str) -> SandboxResult:
-    """Not cached: the SQL page runs what the user asks each time (time-limited, row-capped)."""
-    con, _ = connection(root)
-    return run_query(con, query)
+def sql(root: str, fp: Fingerprint, query: str) -> SandboxResult:
+    """Not cached: the SQL page runs what the user asks each time, in a process and database of its
+    own over the valid runs' files (never the shared connection), time-, row- and byte-capped."""
+    return run_query(sources([r.path for r in runs(root, fp) if r.ok]), query)
 
 
 @st.cache_data(show_spinner=False, max_entries=16)

@@ -20,11 +20,12 @@ def warehouse_root(small_run) -> Path:
 
 @pytest.fixture(scope="session")
 def broken_root(warehouse_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The small run plus a copy of it whose units table is corrupt."""
+    """The small run plus a copy of it (as run ``broken-run``) whose units table is corrupt."""
+    from tests.run_copies import clone_run
+
     root = tmp_path_factory.mktemp("broken")
     shutil.copytree(warehouse_root / "runs", root / "runs")
-    bad = root / "runs" / "broken-run"
-    shutil.copytree(root / "runs" / RUN_ID, bad)
+    bad = clone_run(root / "runs" / RUN_ID, root, "broken-run")
     (bad / "units.parquet").write_bytes(b"not parquet")
     return root
 

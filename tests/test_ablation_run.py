@@ -34,7 +34,7 @@ def test_curves_and_auc_are_in_the_warehouse(run):
     intact = con.execute(
         "SELECT split, min(accuracy), max(accuracy) FROM ablation_curves WHERE fraction = 0 GROUP BY split ORDER BY split"
     ).fetchall()
-    assert intact[0] == ("eval", eval_acc, eval_acc)
+    assert intact[0] == ("eval", pytest.approx(eval_acc, abs=1e-12), pytest.approx(eval_acc, abs=1e-12))
     assert intact[1][1] == intact[1][2] == pytest.approx(train_acc, abs=1e-12)
     assert n_train == 600
     aucs = con.execute("SELECT count(*), min(auc), max(auc) FROM ablation_auc").fetchall()[0]
@@ -50,7 +50,7 @@ def test_units_table_deltas_equal_naive(run):
             "SELECT layer, unit, abl_acc_delta, abl_loss_delta FROM units WHERE unit % 17 = 3").fetchall():
         base = naive_outcome(model, eval_set, {})
         want = naive_outcome(model, eval_set, {layer: [unit]})
-        assert acc == want.accuracy - base.accuracy
+        assert acc == pytest.approx(want.accuracy - base.accuracy, abs=1e-12)
         assert loss == pytest.approx(want.loss - base.loss, abs=1e-5)
 
 
@@ -64,8 +64,8 @@ def test_whatif_equals_naive(run, split):
     data = eval_set if split == "eval" else splits.train
     base, want = naive_outcome(model, data, {}), naive_outcome(model, data, units)
     assert got.n_examples == len(data) and got.units == units
-    assert got.acc_delta == want.accuracy - base.accuracy
-    np.testing.assert_array_equal(got.class_acc_delta, want.class_accuracy - base.class_accuracy)
+    assert got.acc_delta == pytest.approx(want.accuracy - base.accuracy, abs=1e-12)
+    np.testing.assert_allclose(got.class_acc_delta, want.class_accuracy - base.class_accuracy, rtol=0, atol=1e-12)
     assert got.loss_delta == pytest.approx(want.loss - base.loss, abs=1e-5)
     np.testing.assert_allclose(got.class_loss_delta, want.class_loss - base.class_loss, atol=1e-5)
 

@@ -16,7 +16,7 @@ from compute.api import analyze
 from compute.datasets.sources import load_dataset, stratified_subset
 from compute.nets.discover import select_layers, trace_probes
 from compute.errors import ConfigError, DataError
-from compute.nets.models import ModelSpec, build_model, load_checkpoint, save_checkpoint
+from compute.nets.models import ModelSpec, build_model, load_checkpoint, load_weights, save_checkpoint
 from compute.run.config import RunConfig
 from compute.run.pipeline import compute_run
 from compute.nets.probe import Probe
@@ -155,7 +155,11 @@ def test_python_api_trains_and_analyzes_a_custom_module(tmp_path: Path):
     assert con.execute("SELECT layer, n_units FROM layers ORDER BY layer_index").fetchall() == [("relu_1", 4),
                                                                                              ("relu_2", 10)]
     assert con.execute("SELECT model, n_train, n_eval, epochs FROM runs").fetchall() == [("ResidualNet", 300, 1000, 1)]
-    model, spec = load_checkpoint(run.path / "checkpoint.pt")
-    assert spec is None and isinstance(model, nn.Module)
+    # A model given from Python is saved as weights only (nothing is unpickled on load): load them into it.
+    with pytest.raises(ConfigError, match="given from Python"):
+        load_checkpoint(run.path / "checkpoint.pt")
+    again = ResidualNet()
+    load_weights(again, run.path / "checkpoint.pt")
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values()))
     with pytest.raises(DataError, match="must lie in \\[0, 1\\]"):
         analyze(net, torch.utils.data.TensorDataset(torch.randn(4, 1, 28, 28) * 5, torch.zeros(4)), warehouse=tmp_path)

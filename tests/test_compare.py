@@ -168,11 +168,14 @@ def test_runs_without_curves_get_an_explanation(monkeypatch, sweep_root, tmp_pat
     """A run with no curve rows (as one computed before curves existed) gets the empty state, not an error."""
     import shutil
 
-    run = tmp_path / "runs" / "old"
+    from tests.run_copies import refresh_manifest
+
+    run = tmp_path / "runs" / RUN_IDS[0]
     shutil.copytree(sweep_root / "runs" / RUN_IDS[0], run)
     for table in ("ablation_curves", "ablation_auc"):
         f = run / f"{table}.parquet"
         pq.write_table(pq.read_table(f).slice(0, 0), f)
+    refresh_manifest(run)
     monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(tmp_path))
     at = open_page(AppTest.from_file(str(APP), default_timeout=60), "compare")
     assert at.multiselect(key="compare-runs").value == [RUN_IDS[0]]

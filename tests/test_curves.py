@@ -49,7 +49,7 @@ def test_table_shape_and_grid(lenet_curves):
 def test_fraction_zero_is_the_intact_model(lenet_curves):
     _, _, base, _, curves, _ = lenet_curves
     for r in rows(curves, fraction=0.0):
-        assert r["accuracy"] == base.accuracy
+        assert r["accuracy"] == pytest.approx(base.accuracy, abs=1e-12)
         assert r["loss"] == pytest.approx(base.loss, abs=1e-9)
 
 
@@ -62,7 +62,7 @@ def test_last_hidden_layer_fully_ablated_leaves_the_output_bias(lenet_curves):
     loss = float(F.cross_entropy(bias.expand(len(data), -1), data.labels))
     for layer in ("fc2", "last2"):
         for r in rows(curves, layer=layer, fraction=1.0):
-            assert r["accuracy"] == share
+            assert r["accuracy"] == pytest.approx(share, abs=1e-12)
             assert r["loss"] == pytest.approx(loss, abs=1e-5)
 
 
@@ -88,7 +88,7 @@ def test_curve_points_equal_naive_zeroing_of_the_same_units(lenet_curves, layer,
     units = {m: [int(u - a) for u in chosen if a <= u < b] for m, a, b in zip(members, sizes[:-1], sizes[1:])}
     want = naive_outcome(model, data, units)
     (r,) = rows(curves, layer=layer, order=order, seed=seed, fraction=fraction)
-    assert r["accuracy"] == want.accuracy
+    assert r["accuracy"] == pytest.approx(want.accuracy, abs=1e-12)
     assert r["loss"] == pytest.approx(want.loss, abs=1e-5)
 
 
@@ -110,7 +110,7 @@ def test_random_order_curve_falls_on_average(lenet_curves):
     for layer in ("conv2", "fc1", "fc2", "last2"):
         mean = np.array([np.mean([r["accuracy"] for r in rows(curves, layer=layer, order="random", fraction=f)])
                          for f in FRACTIONS])
-        assert mean[0] == base.accuracy and mean[-1] == pytest.approx(0.1)
+        assert mean[0] == pytest.approx(base.accuracy, abs=1e-12) and mean[-1] == pytest.approx(0.1)
         # Monotone-ish: never more than 5 points above any earlier value, and falling overall.
         assert np.all(mean <= np.maximum.accumulate(mean) + 0.05)
         assert mean[len(mean) // 2] <= mean[0] + 0.02
@@ -135,4 +135,4 @@ def test_train_split_uses_the_training_labels():
                                 fractions=np.array([0.0, 1.0]))
     assert set(curves["split"]) == {"train"}
     intact = outcome(model, train_set)
-    assert all(a == intact.accuracy for a, f in zip(curves["accuracy"], curves["fraction"]) if f == 0.0)
+    assert all(a == pytest.approx(intact.accuracy, abs=1e-12) for a, f in zip(curves["accuracy"], curves["fraction"]) if f == 0.0)

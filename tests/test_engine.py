@@ -25,14 +25,14 @@ def assert_same_sweep(model, data, engine: AblationEngine) -> None:
     counts = engine.unit_counts(data)
     base_ref, ref = single_unit_ablation(model, model.probe_modules(), counts, data)
     base, got = engine.single_unit(data)
-    assert base.accuracy == base_ref.accuracy
+    assert base.accuracy == pytest.approx(base_ref.accuracy, abs=1e-12)
     assert base.loss == pytest.approx(base_ref.loss, abs=1e-5)
     assert list(got) == list(ref)
     for layer in ref:
         r, g = ref[layer], got[layer]
         assert g.acc_delta.shape == (counts[layer],)
-        np.testing.assert_array_equal(g.acc_delta, r.acc_delta)
-        np.testing.assert_array_equal(g.class_acc_delta, r.class_acc_delta)
+        np.testing.assert_allclose(g.acc_delta, r.acc_delta, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(g.class_acc_delta, r.class_acc_delta, rtol=0, atol=1e-12)
         np.testing.assert_allclose(g.loss_delta, r.loss_delta, rtol=0, atol=1e-5)
         np.testing.assert_allclose(g.class_loss_delta, r.class_loss_delta, rtol=0, atol=1e-5)
 
@@ -98,8 +98,8 @@ def test_untraceable_model_falls_back_to_hooks_and_matches_naive():
     for u in range(16):
         want = naive_outcome(model, data, {"conv2": [u]})
         got = sums.outcome(u)
-        assert got.accuracy == want.accuracy
-        np.testing.assert_array_equal(got.class_accuracy, want.class_accuracy)
+        assert got.accuracy == pytest.approx(want.accuracy, abs=1e-12)
+        np.testing.assert_allclose(got.class_accuracy, want.class_accuracy, rtol=0, atol=1e-12)
         assert got.loss == pytest.approx(want.loss, abs=1e-5)
 
 
@@ -114,8 +114,8 @@ def test_units_of_two_layers_together_match_naive(factory):
         masks[layer][0, units[layer]] = 0
     got = AblationEngine(model).evaluate(data, masks).outcome(0)
     want = naive_outcome(model, data, units)
-    assert got.accuracy == want.accuracy
-    np.testing.assert_array_equal(got.class_accuracy, want.class_accuracy)
+    assert got.accuracy == pytest.approx(want.accuracy, abs=1e-12)
+    np.testing.assert_allclose(got.class_accuracy, want.class_accuracy, rtol=0, atol=1e-12)
     assert got.loss == pytest.approx(want.loss, abs=1e-5)
 
 

@@ -20,6 +20,7 @@ import pytest
 
 import warehouse
 from warehouse.faults import ENV_VAR
+from tests.run_copies import clone_run
 from warehouse.store import RunWriter, list_runs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,7 +61,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_sigkill_at_every_stage_then_resume_equals_uninterrupted(reference: Path, tmp_path: Path):
     root = tmp_path / "wh"
-    shutil.copytree(reference, root / "runs" / "earlier")
+    clone_run(reference, root, "earlier")
     expected = tables(reference)
     for point in CRASH_POINTS:
         run_id = f"crash-{point}"
@@ -89,7 +90,7 @@ def test_a_full_disk_is_explained_and_the_run_resumes(reference: Path, tmp_path:
     """A write that fails mid-run (here: a 1 MB file-size limit, as a full disk would) ends the run with a
     message and exit code 2, publishes nothing, keeps the finished stages and leaves earlier runs whole."""
     root = tmp_path / "wh"
-    shutil.copytree(reference, root / "runs" / "earlier")
+    clone_run(reference, root, "earlier")
     args = [*RUN_ARGS, "--warehouse", str(root), "--run-id", "full"]
     assert compute(*args, crash_at=crash_at).returncode == -signal.SIGKILL
     full = compute("--warehouse", str(root), "--run-id", "full", "--resume", max_file_bytes=1 << 20)

@@ -52,7 +52,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path):
     x = torch.rand(5, 1, 28, 28)
     assert spec2 == spec and torch.equal(model(x), loaded(x))
     (tmp_path / "bad.pt").write_bytes(b"garbage")
-    with pytest.raises(ConfigError, match="cannot load checkpoint"):
+    with pytest.raises(ConfigError, match="cannot read checkpoint"):
         load_checkpoint(tmp_path / "bad.pt")
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import duckdb
 import pytest
 
 import warehouse
+from tests.run_copies import clone_run
 from warehouse.schema import TABLES, markdown
 from warehouse.store import RunWriter, WarehouseError, list_runs
 
@@ -88,33 +88,29 @@ def test_empty_warehouse_has_empty_views(tmp_path: Path):
     assert list_runs(tmp_path) == []
 
 
-def _copy_run(src: Path, root: Path, run_id: str) -> Path:
-    dst = root / "runs" / run_id
-    shutil.copytree(src, dst)
-    return dst
-
-
 def test_runs_side_by_side_and_broken_or_unfinished_runs_are_left_out(small_run, tmp_path: Path):
     src = small_run[1].path
-    _copy_run(src, tmp_path, "a")
-    _copy_run(src, tmp_path, "b")
-    corrupt = _copy_run(src, tmp_path, "corrupt")
+    clone_run(src, tmp_path, "a")
+    clone_run(src, tmp_path, "b")
+    corrupt = clone_run(src, tmp_path, "corrupt")
     (corrupt / "units.parquet").write_bytes(b"PAR1 this is not parquet")
-    newer = _copy_run(src, tmp_path, "newer")
+    newer = clone_run(src, tmp_path, "newer")
     manifest = json.loads((newer / "manifest.json").read_text())
     (newer / "manifest.json").write_text(json.dumps({**manifest, "schema_version": 99}))
-    unfinished = _copy_run(src, tmp_path, "unfinished")
+    unfinished = clone_run(src, tmp_path, "unfinished")
     (unfinished / "manifest.json").unlink()
     (tmp_path / ".staging" / "half-written").mkdir(parents=True)
 
     runs = {r.run_id: r for r in list_runs(tmp_path)}
-    assert set(runs) == {"a", "b", "corrupt", "newer"}
+    assert set(runs) == {"a", "b", "corrupt", "newer", "unfinished"}
     assert runs["a"].ok and runs["b"].ok
     assert "units" in runs["corrupt"].error and "corrupt" in runs["corrupt"].error
     assert "schema version 99" in runs["newer"].error
+    assert "manifest.json is missing" in runs["unfinished"].error
     con = warehouse.connect(tmp_path)
-    # The copies keep their original run_id inside the files; two good runs -> twice the rows.
-    assert con.execute("SELECT count(*) FROM units").fetchall() == [(2 * 226,)]
+    # Two good runs -> twice the rows, each under its own run id.
+    assert con.execute("SELECT run_id, count(*) FROM units GROUP BY ALL ORDER BY 1").fetchall() == [("a", 226),
+                                                                                                 ("b", 226)]
 
 
 def test_writer_publishes_atomically_and_refuses_duplicates(tmp_path: Path):

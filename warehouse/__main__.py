@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -13,7 +14,24 @@ from warehouse.errors import AtlasError
 from warehouse.filters import UnitFilter, add_arguments, from_cli
 from warehouse.queries import PRESETS, QueryError, filter_units_arrow
 from warehouse.schema import markdown
-from warehouse.store import ENV_VAR, WarehouseError, default_path, list_runs
+from warehouse.store import ENV_VAR, RUNS_DIR, STAGING_DIR, WarehouseError, default_path, list_runs
+
+
+#: Largest --limit (DuckDB's LIMIT is a signed 64-bit integer) and class index accepted.
+MAX_LIMIT = 2**62
+MAX_CLASS = 2**31 - 1
+_INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take '٣', '1_000' or ' 7 '
+
+
+def _bounded_int(lo: int, hi: int, what: str):
+    def parse(text: str) -> int:
+        if not _INT.fullmatch(text):
+            raise argparse.ArgumentTypeError(f"expected {what} (an integer), got {text!r}")
+        value = int(text)
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected {what} between {lo} and {hi:,}, got {text}")
+        return value
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -29,12 +47,30 @@ def parser() -> argparse.ArgumentParser:
     ex.add_argument("--preset", choices=list(PRESETS), default=None)
     add_arguments(ex)
     ex.add_argument("--format", choices=FORMATS, default=None, help="default: from the output file's suffix")
-    ex.add_argument("-o", "--output", type=Path, required=True, help="output file")
+    ex.add_argument("-o", "--output", type=Path, required=True,
+                    help="output file (never inside the warehouse; an existing file only with --force)")
+    ex.add_argument("--force", action="store_true", help="replace the output file if it exists")
     return ap
 
 
 def build_filter(args: argparse.Namespace) -> UnitFilter:
     return from_cli(args, args.run, PRESETS[args.preset] if args.preset else None)
+
+
+def check_output(out: Path, root: Path, force: bool) -> None:
+    """Refuse to write inside the warehouse's runs or staging, onto a folder, or over a file without ``force``."""
+    target = out.expanduser().resolve()
+    for inside in (RUNS_DIR, STAGING_DIR):
+        folder = (Path(root) / inside).resolve()
+        if target == folder or folder in target.parents:
+            raise WarehouseError(f"{out} is inside the warehouse's {inside}/ folder, whose files belong to the "
+                                 f"published runs; write the export somewhere else.")
+    if target.is_dir():
+        raise WarehouseError(f"{out} is a folder; give a file name such as units.csv.")
+    if target.exists() and not force:
+        raise WarehouseError(f"{out} already exists; pass --force to replace it or choose another -o.")
+    if not target.parent.is_dir():
+        raise WarehouseError(f"cannot write {out}: its folder does not exist; create it or choose another -o.")
 
 
 def export(args: argparse.Namespace) -> int:
@@ -45,6 +81,7 @@ def export(args: argparse.Namespace) -> int:
         raise WarehouseError(f"no run {args.run!r} in warehouse {root} (runs: {known}).")
     if not runs[args.run].ok:
         raise WarehouseError(f"run {args.run!r} is broken: {runs[args.run].error}")
+    check_output(args.output, root, args.force)
     fmt = args.format or args.output.suffix.lstrip(".").lower()
     if fmt not in FORMATS:
         raise QueryError(f"cannot tell the format from {args.output.name!r}; pass --format csv or --format parquet.")

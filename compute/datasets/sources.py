@@ -100,6 +100,17 @@ class Splits:
     test: ImageSet
 
 
+def require_classes(data: ImageSet) -> ImageSet:
+    """``data`` if it has examples of at least two classes: selectivity, per-class statistics and
+    ablation compare classes, so a single class would publish NaN for every unit."""
+    present = int(torch.unique(data.labels).numel()) if len(data) else 0
+    if present < 2:
+        raise DataError(f"{data.name} has examples of {present} class(es) ({', '.join(data.class_names) or 'none'}); "
+                        f"the atlas compares classes, so it needs at least two. For a folder dataset add one "
+                        f"sub-folder of images per class.")
+    return data
+
+
 def stratified_indices(labels: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     """Sorted indices of ``per_class`` examples of every class, drawn with a fixed seed."""
     rng = np.random.default_rng(seed)

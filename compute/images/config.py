@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from compute.errors import ConfigError
@@ -27,11 +28,11 @@ class ActMaxConfig:
             if getattr(self, name) < 1:
                 raise ConfigError(f"actmax {name} must be at least 1, got {getattr(self, name)}.")
         for name in ("lr", "blur_sigma", "init_std"):
-            if not getattr(self, name) > 0:
-                raise ConfigError(f"actmax {name} must be positive, got {getattr(self, name)}.")
+            if not 0 < getattr(self, name) < math.inf:
+                raise ConfigError(f"actmax {name} must be positive and finite, got {getattr(self, name)}.")
         for name in ("l2", "tv", "jitter"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"actmax {name} must not be negative, got {getattr(self, name)}.")
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ConfigError(f"actmax {name} must be finite and not negative, got {getattr(self, name)}.")
 
 
 @dataclass(frozen=True)

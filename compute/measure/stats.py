@@ -46,12 +46,18 @@ def unit_scalars(pre: torch.Tensor, post: torch.Tensor, grad: torch.Tensor | Non
     return out
 
 
+@dataclass
 class ClassSums:
-    """Float64 sums of per-example unit scalars by class, and the example count per class."""
+    """Float64 sums of per-example unit scalars by class, and the example count per class (a
+    dataclass of tensors, so finished stages and work items store it safely)."""
 
-    def __init__(self, n_classes: int, n_units: int, fields: tuple[str, ...]) -> None:
-        self.sums = {f: torch.zeros(n_classes, n_units, dtype=torch.float64) for f in fields}
-        self.counts = torch.zeros(n_classes, dtype=torch.float64)
+    sums: dict[str, torch.Tensor]  # field -> (K, U)
+    counts: torch.Tensor  # (K,)
+
+    @staticmethod
+    def zeros(n_classes: int, n_units: int, fields: tuple[str, ...]) -> ClassSums:
+        return ClassSums({f: torch.zeros(n_classes, n_units, dtype=torch.float64) for f in fields},
+                         torch.zeros(n_classes, dtype=torch.float64))
 
     def add(self, labels: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
         labels = labels.cpu()
@@ -223,7 +229,7 @@ def evaluation_sums(model: nn.Module, probes: dict[str, nn.Module], data: ImageS
                 s["grad_abs"] = s["grad"].abs()
                 s["active"] = (s["rect"] > 0).double()
                 if name not in sums:
-                    sums[name] = ClassSums(data.n_classes, s["act"].shape[1], FIELDS)
+                    sums[name] = ClassSums.zeros(data.n_classes, s["act"].shape[1], FIELDS)
                     max_act[name] = torch.full((s["act"].shape[1],), -torch.inf)
                 sums[name].add(y, s)
                 max_act[name] = torch.maximum(max_act[name], s["peak"].amax(0).cpu())

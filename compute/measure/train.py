@@ -111,7 +111,7 @@ def train(model: nn.Module, probes: dict[str, nn.Module], train_set: ImageSet, t
                     # The mean loss scales each example's gradient by 1/B; undo it to get dLoss_n/da.
                     s = unit_scalars(probe.pre[name], probe.post[name], probe.grad(name) * len(idx))
                     if name not in sums:
-                        sums[name] = ClassSums(train_set.n_classes, s["act"].shape[1], TRACE_FIELDS)
+                        sums[name] = ClassSums.zeros(train_set.n_classes, s["act"].shape[1], TRACE_FIELDS)
                     sums[name].add(y, s)
                 opt.step()
                 loss_sum += loss.item() * len(idx)

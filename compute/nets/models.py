@@ -8,7 +8,10 @@ and ablations refer to. ReLUs are never in-place so that both tensors survive th
 from __future__ import annotations
 
 import io
+import math
+import re
 import pickle
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from collections.abc import Callable
@@ -182,13 +185,12 @@ def _torchvision_model(spec: ModelSpec) -> ProbedModel:
 
 
 def _widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise ConfigError(f"--widths must be comma-separated integers such as 128,128, got {text!r}.") from None
-    if not widths or min(widths) < 1:
-        raise ConfigError(f"--widths must be positive integers such as 128,128, got {text!r}.")
-    return widths
+    """Comma-separated positive widths in ASCII digits (int() would also take '٣' or '1_000')."""
+    parts = [w.strip() for w in text.split(",")]
+    if not all(re.fullmatch(r"[0-9]{1,7}", w) and int(w) >= 1 for w in parts):
+        raise ConfigError(f"--widths must be comma-separated positive integers below 10,000,000 such as 128,128, "
+                          f"got {text!r}.")
+    return tuple(int(w) for w in parts)
 
 
 def _width(text: str) -> float:
@@ -196,8 +198,8 @@ def _width(text: str) -> float:
         value = float(text)
     except ValueError:
         raise ConfigError(f"--width must be a number such as 0.25, got {text!r}.") from None
-    if not 0 < value <= 16:
-        raise ConfigError(f"--width must lie in (0, 16] (a channel multiplier), got {text!r}.")
+    if not math.isfinite(value) or not 0 < value <= 64:
+        raise ConfigError(f"--width must lie in (0, 64] (a channel multiplier), got {text!r}.")
     return value
 
 
@@ -241,8 +243,25 @@ def model_options(name: str, values: dict[str, Any]) -> dict[str, Any]:
     return {o.name: values[o.name] for o in entry.options} if entry else {}
 
 
+def input_error(model: str, in_shape: tuple[int, ...], error: Exception) -> ConfigError:
+    """The error for images a model cannot take (too small for its convolutions and pooling)."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    size = "x".join(map(str, in_shape))
+    return ConfigError(
+        f"model {model} cannot take images of {size} (channels x height x width): {first}. Resize the images, "
+        f"e.g. to 28x28 for lenet5 and mlp or 32x32 for cifar-convnet (PIL: Image.open(p).resize((28, 28)).save(p); "
+        f"or torchvision.transforms.Resize), or choose a model that takes this size.")
+
+
 def build_model(spec: ModelSpec) -> ProbedModel:
     """A freshly initialised model for ``spec`` (seed torch first for reproducible weights)."""
+    try:
+        return _build(spec)
+    except RuntimeError as e:  # a convolution or pooling left with no pixels
+        raise input_error(spec.name, spec.in_shape, e) from None
+
+
+def _build(spec: ModelSpec) -> ProbedModel:
     if spec.name.startswith(TORCHVISION_PREFIX):
         return _torchvision_model(spec)
     entry = REGISTRY.get(spec.name)
@@ -253,13 +272,36 @@ def build_model(spec: ModelSpec) -> ProbedModel:
 
 
 def save_checkpoint(model: ProbedModel, spec: ModelSpec | None, path: Path) -> None:
-    """Weights and the spec to rebuild the model; a model without spec (given from Python) whole."""
+    """Weights and the spec to rebuild the model (None for a model given from Python: only weights).
+
+    Only tensors and plain values, so ``torch.load(weights_only=True)`` reads it back: no code runs.
+    """
     buffer = io.BytesIO()
-    if spec is None:
-        torch.save({"module": model}, buffer)
-    else:
-        torch.save({"spec": spec.to_dict(), "state_dict": model.state_dict()}, buffer)
+    torch.save({"spec": spec.to_dict() if spec else None, "state_dict": model.state_dict()}, buffer)
     write_file(path, buffer.getbuffer(), "the checkpoint")
+
+
+def _load_safely(source: Path | bytes, what: str) -> Any:
+    """``torch.load(weights_only=True)`` with its errors as one paragraph: code in a file is never run."""
+    if isinstance(source, Path) and not source.is_file():
+        raise ConfigError(f"{what} {source} is not a file; pass the path of a file saved with torch.save.")
+    try:
+        with warnings.catch_warnings():  # torch warns about the pickle protocol of files it then refuses
+            warnings.simplefilter("ignore")
+            return torch.load(io.BytesIO(source) if isinstance(source, bytes) else source, map_location="cpu",
+                              weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():  # damaged bytes, not a refused class or function
+            raise ConfigError(f"cannot read {what} {source if isinstance(source, Path) else ''}: it is not a file "
+                              f"written by torch.save (or it is damaged).") from None
+        raise ConfigError(
+            f"{what} {source if isinstance(source, Path) else ''} holds Python objects beyond tensors (e.g. a whole "
+            f"pickled model), which are never unpickled because loading them can run code. Save the weights with "
+            f"torch.save(model.state_dict(), path) and pass that file.") from None
+    except (OSError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot read {what} {source if isinstance(source, Path) else ''}: {first}. It must be a "
+                          f"file written by torch.save holding a state dict.") from None
 
 
 def load_weights(model: nn.Module, path: Path) -> None:
@@ -268,17 +310,19 @@ def load_weights(model: nn.Module, path: Path) -> None:
     Accepts ``{"spec", "state_dict"}`` (this project's checkpoints), ``{"state_dict": ...}`` or
     ``{"model": ...}`` (common training scripts), or a bare state dict.
     """
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as e:
-        raise ConfigError(f"cannot read --checkpoint {path}: {e}") from e
-    state = blob
+    state = _load_safely(Path(path), "--checkpoint")
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    if not isinstance(state, dict):
-        raise ConfigError(f"--checkpoint {path} holds no state dict.")
-    result = model.load_state_dict(state, strict=False)
+    if not isinstance(state, dict) or not state or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+        raise ConfigError(f"--checkpoint {path} holds no state dict (a mapping of parameter names to tensors); "
+                          f"save one with torch.save(model.state_dict(), path).")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        raise ConfigError(f"--checkpoint {path} does not fit the model: {str(e).strip().splitlines()[-1].strip()} "
+                          f"Check --model and the dataset's channels/classes.") from None
     if result.missing_keys or result.unexpected_keys:
         raise ConfigError(
             f"--checkpoint {path} does not fit the model: missing {result.missing_keys[:5]}, "
@@ -286,22 +330,27 @@ def load_weights(model: nn.Module, path: Path) -> None:
         )
 
 
-def load_checkpoint(path: Path) -> tuple[ProbedModel, ModelSpec | None]:
-    """Rebuild a model saved by ``save_checkpoint``, in eval mode."""
+def load_checkpoint(source: Path | bytes) -> tuple[ProbedModel, ModelSpec | None]:
+    """Rebuild a model saved by ``save_checkpoint``, in eval mode (``weights_only`` loading only).
+
+    ``source`` is a path or the file's bytes (``warehouse.store.verified_bytes``, checked against the
+    run's manifest). A run of a model given from Python holds only weights: rebuild that model and
+    use ``load_weights``.
+    """
+    blob = _load_safely(source, "checkpoint")
+    if not isinstance(blob, dict) or not isinstance(blob.get("state_dict"), dict):
+        raise ConfigError("the checkpoint is not one of this project's (no state_dict); recompute the run.")
+    if blob.get("spec") is None:
+        raise ConfigError("this run's model was given from Python (compute.api.analyze), so its checkpoint holds "
+                          "only weights: build the model in Python and load them with "
+                          "compute.nets.models.load_weights.")
     try:
-        try:
-            blob = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError:
-            # A whole module (a model given from Python): only runs' own checkpoints are loaded here.
-            blob = torch.load(path, map_location="cpu", weights_only=False)
-            if not isinstance(blob, dict) or not isinstance(blob.get("module"), nn.Module):
-                raise
-            return blob["module"].eval(), None  # type: ignore[return-value]
         spec = ModelSpec.from_dict(blob["spec"])
         model = build_model(spec)
         model.load_state_dict(blob["state_dict"])
-    except (OSError, RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as e:
-        raise ConfigError(f"cannot load checkpoint {path}: {e}") from e
+    except (RuntimeError, KeyError, TypeError, ValueError) as e:
+        raise ConfigError(f"the checkpoint does not rebuild its model: {str(e).strip().splitlines()[0]}. "
+                          f"Recompute the run.") from None
     return model.eval(), spec
 
 

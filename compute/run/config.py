@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from compute.datasets.sources import ImageSet, Splits, load_dataset, load_eval_set, stratified_subset, with_label_noise
+from compute.datasets.sources import (ImageSet, Splits, load_dataset, load_eval_set, require_classes, stratified_subset,
+                                      with_label_noise)
 from compute.errors import ConfigError, DataError
 from compute.images.config import ActMaxConfig, ImageConfig
 from compute.nets.models import model_options
@@ -101,6 +102,7 @@ def load_data(cfg: RunConfig) -> tuple[Splits, ImageSet]:
     eval_set = load_eval_set(cfg.eval_dataset, data_dir, splits.train.class_names) if cfg.eval_dataset else splits.test
     if cfg.eval_size:
         eval_set = stratified_subset(eval_set, cfg.eval_size)
+    require_classes(eval_set)  # the statistics compare classes on the evaluation set
     if eval_set.shape != train_set.shape:
         raise DataError(f"--eval-dataset {cfg.eval_dataset} has images of shape {eval_set.shape}; the model is "
                         f"trained on {cfg.dataset} images of shape {train_set.shape}.")
@@ -113,7 +115,13 @@ def settle_config(cfg: RunConfig, run_id: str, stages_dir: Path, resume: bool) -
     """The run's configuration: saved at the start, and read back (not re-taken) on resume."""
     path = stages_dir / "config.json"
     if resume and path.exists():
-        return RunConfig.from_dict(json.loads(path.read_text()))
+        try:
+            if not path.is_file():
+                raise ValueError("not a regular file")
+            return RunConfig.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+            raise ConfigError(f"the saved configuration {path} of the interrupted run is damaged ({e}); delete "
+                              f"{stages_dir} to start the run again.") from None
     cfg = replace(cfg, run_id=run_id)
     stages_dir.mkdir(parents=True, exist_ok=True)
     write_file(path, json.dumps(asdict(cfg)).encode(), "the run's configuration")

@@ -28,7 +28,8 @@ from compute.measure.stats import selectivity
 from compute.measure.train import TrainConfig, TrainResult, evaluate, train
 from compute.nets.discover import ProbedGraph, select_layers
 from compute.progress import stage_started
-from compute.nets.models import ModelSpec, ProbedModel, build_model, layer_shapes, load_weights, save_checkpoint
+from compute.nets.models import (ModelSpec, ProbedModel, build_model, input_error, layer_shapes, load_weights,
+                                 save_checkpoint)
 from compute.run import tables
 from compute.run.config import (RunConfig, RunSummary, check_device, default_run_id, load_data, package_versions,
                                 settle_config)
@@ -189,7 +190,10 @@ def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, 
     device = check_device(cfg.device)
     model.probes = select_layers(model.probes, list(cfg.layers) if cfg.layers else None)
     model = model.to(device)
-    shapes = layer_shapes(model, splits.train.shape, device)
+    try:
+        shapes = layer_shapes(model, splits.train.shape, device)
+    except RuntimeError as e:
+        raise input_error(cfg.model, splits.train.shape, e) from None
     ctx = RunContext(model, splits, eval_set, cfg, device, StageStore(writer.stages_dir),
                      executor=executor or InProcessExecutor())
     run_stages(ctx)

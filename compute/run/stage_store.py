@@ -1,25 +1,84 @@
 """Finished stages of a run, kept in its staging folder so an interrupted run can resume.
 
-Each stage's result is pickled with ``torch.save`` to ``stages/<name>.pt`` through a temporary
+Each stage's result is written with ``torch.save`` to ``stages/<name>.pt`` through a temporary
 file and an atomic rename (``warehouse.store.write_file``), so a stage file is either complete or
 absent. Resuming loads every finished stage and computes only the rest; with the same seed the
 result equals an uninterrupted run's.
+
+Stage files are read with ``torch.load(weights_only=True)`` like any other file: a planted or
+damaged ``.pt`` in the staging folder cannot run code. So values are stored as tensors, plain
+Python values, dicts, lists and tuples only: NumPy arrays become tensors and the few result
+dataclasses become tagged dicts (``encode``), and ``decode`` rebuilds them from a fixed list
+(``DATACLASSES``), never from a name found in the file.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import pickle
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 
+from compute.ablation.effects import UnitExamples
+from compute.ablation.engine import MaskSums
+from compute.ablation.outcome import LayerAblation, Outcome, PairedSums
+from compute.errors import DataError
+from compute.measure.stats import ClassSums, EvalStats, EvalSums, LayerStats
+from compute.measure.train import TrainResult
 from compute.progress import stage_started
 from warehouse.faults import crash_point
 from warehouse.store import write_file
 
 T = TypeVar("T")
+#: The dataclasses a stage may return; decoding builds only these.
+DATACLASSES = {cls.__name__: cls for cls in (EvalStats, LayerStats, EvalSums, ClassSums, TrainResult, Outcome,
+                                             LayerAblation, PairedSums, UnitExamples, MaskSums)}
+_TAG = "__atlas__"
+
+
+def encode(value: Any) -> Any:
+    """``value`` as tensors, plain values, dicts, lists and tuples (what ``weights_only`` loading reads)."""
+    if isinstance(value, np.ndarray):
+        return {_TAG: "ndarray", "data": torch.from_numpy(np.ascontiguousarray(value).copy())}
+    if isinstance(value, np.generic):
+        return {_TAG: "npscalar", "data": torch.from_numpy(np.asarray(value).reshape(1).copy())}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        name = type(value).__name__
+        if DATACLASSES.get(name) is not type(value):
+            raise TypeError(f"stage values may not hold {type(value).__qualname__}; add it to DATACLASSES")
+        return {_TAG: name, "fields": {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if isinstance(value, dict):
+        return {k: encode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [encode(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(encode(v) for v in value)
+    return value
+
+
+def decode(value: Any) -> Any:
+    """The inverse of ``encode``."""
+    if isinstance(value, dict):
+        tag = value.get(_TAG)
+        if tag == "ndarray":
+            return value["data"].numpy()
+        if tag == "npscalar":
+            return value["data"].numpy()[0]
+        if tag is not None:
+            if tag not in DATACLASSES:
+                raise ValueError(f"unknown stored type {tag!r}")
+            return DATACLASSES[tag](**{k: decode(v) for k, v in value["fields"].items()})
+        return {k: decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(decode(v) for v in value)
+    return value
 
 
 class StageStore:
@@ -34,14 +93,23 @@ class StageStore:
         # Serialized in memory first: torch.save onto a file that fails mid-way (a full disk) raises
         # its own RuntimeError; a plain write raises the OSError that write_file explains.
         buffer = io.BytesIO()
-        torch.save(value, buffer)
+        torch.save(encode(value), buffer)
         write_file(self.path(name), buffer.getbuffer(), f"finished stage {name!r}")
 
     def load(self, name: str) -> object | None:
         """A finished stage's value, or None if it has not finished."""
         p = self.path(name)
-        # Our own files, written by this code into the run's staging folder: full unpickling is safe.
-        return torch.load(p, map_location="cpu", weights_only=False) if p.exists() else None
+        if not p.exists():
+            return None
+        try:
+            if not p.is_file():
+                raise ValueError("not a regular file")
+            return decode(torch.load(p, map_location="cpu", weights_only=True))
+        except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, TypeError, KeyError) as e:
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise DataError(f"the finished stage {p} cannot be loaded safely ({first}); it holds something other "
+                            f"than this program's stage data. Delete it to recompute that stage, then "
+                            f"--resume again.") from None
 
     def run(self, name: str, compute: Callable[[], T]) -> T:
         """The stage's saved result, or compute, save and return it."""

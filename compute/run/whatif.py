@@ -21,7 +21,7 @@ from compute.ablation.engine import AblationEngine
 from compute.errors import ConfigError
 from compute.nets.models import load_checkpoint
 from compute.run.config import RunConfig, load_data
-from warehouse.store import CHECKPOINT, is_published, published_at, stored_run_config
+from warehouse.store import CHECKPOINT, is_published, published_at, stored_run_config, verified_bytes
 
 SPLITS = ("eval", "train")
 
@@ -73,7 +73,8 @@ def run_config(run_dir: Path) -> RunConfig:
 def _load(run_dir: str, _stamp: float) -> LoadedRun:
     path = Path(run_dir)
     cfg = run_config(path)
-    model, _ = load_checkpoint(path / CHECKPOINT)
+    # The bytes loaded are the bytes hashed: a checkpoint changed after publishing is refused.
+    model, _ = load_checkpoint(verified_bytes(path, CHECKPOINT))
     splits, eval_set = load_data(cfg)
     engine = AblationEngine(model)
     return LoadedRun(engine, engine.unit_counts(eval_set), {"eval": eval_set, "train": splits.train})

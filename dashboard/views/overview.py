@@ -15,9 +15,13 @@ st.title("Runs overview")
 root, fp, runs = ui.page_runs(need_run=False)
 
 if not runs:
-    st.subheader("This warehouse is empty")
+    broken = [r for r in cached.runs(root, fp) if not r.ok]
+    st.subheader("This warehouse has no readable runs" if broken else "This warehouse is empty")
+    if broken:
+        st.markdown(f"{len(broken)} run folder(s) in `{root}` are broken (reasons above); `python -m compute list` "
+                    "lists them too. Fix or remove them, or compute a new run.")
     cmd = default_command(root)
-    st.markdown(f"No runs in `{root}` yet. Compute the default run (LeNet-5 on the bundled 5,000 MNIST "
+    st.markdown(f"No readable runs in `{root}` yet. Compute the default run (LeNet-5 on the bundled 5,000 MNIST "
                 "digits, about a minute on 2 CPU cores) from a terminal in the repository:")
     st.code(" ".join(shlex.quote(c) for c in [".venv/bin/python", *cmd[1:]]), language="bash")
     st.markdown("or here:")

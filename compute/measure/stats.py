@@ -21,49 +21,57 @@ from compute.progress import bar
 SELECTIVITY_EPS = 1e-7
 
 
-def unit_scalars(pre: torch.Tensor, post: torch.Tensor, grad: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Per-example, per-unit scalars (B, U) from one layer's activity.
+def unit_scalars(pre: torch.Tensor, post: torch.Tensor, grad: torch.Tensor | None,
+                 fields: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Per-example, per-unit scalars (B, U) from one layer's activity: ``fields`` of act, rect,
+    peak, grad, taylor (default all; ``grad`` and ``taylor`` need ``grad``).
 
     ``grad`` is dLoss_n/d(post) for each example's own loss. The gradient signal is its negated
     sum over positions: the derivative of -loss with respect to a constant added to the whole
     unit, i.e. the direction gradient descent pushes the unit, sign kept.
     """
+    want = set(fields) if fields is not None else {"act", "rect", "peak", "grad", "taylor"}
     post_p = by_position(post.detach())
-    out = {
-        "act": by_position(pre).mean(2),
-        "rect": post_p.mean(2),
-        "peak": post_p.amax(2),
-    }
+    out: dict[str, torch.Tensor] = {}
+    if "act" in want:
+        out["act"] = by_position(pre).mean(2)
+    if "rect" in want:
+        out["rect"] = post_p.mean(2)
+    if "peak" in want:
+        out["peak"] = post_p.amax(2)
     if grad is not None:
         g = by_position(grad)
-        out["grad"] = -g.sum(2)
-        out["taylor"] = (g * post_p).mean(2).abs()
+        if "grad" in want:
+            out["grad"] = -g.sum(2)
+        if "taylor" in want:
+            out["taylor"] = (g * post_p).mean(2).abs()
     return out
 
 
 class ClassSums:
-    """Float64 sums of per-example unit scalars by class, and the example count per class."""
+    """Float64 sums of per-example unit scalars by class, and the example count per class, kept on
+    ``device`` (the values' device: no copy per batch) until the means are read."""
 
-    def __init__(self, n_classes: int, n_units: int, fields: tuple[str, ...]) -> None:
-        self.sums = {f: torch.zeros(n_classes, n_units, dtype=torch.float64) for f in fields}
-        self.counts = torch.zeros(n_classes, dtype=torch.float64)
+    def __init__(self, n_classes: int, n_units: int, fields: tuple[str, ...], device: str | torch.device = "cpu") -> None:
+        self.sums = {f: torch.zeros(n_classes, n_units, dtype=torch.float64, device=device) for f in fields}
+        self.counts = torch.zeros(n_classes, dtype=torch.float64, device=device)
 
     def add(self, labels: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
-        labels = labels.cpu()
+        labels = labels.to(self.counts.device)
         for f, s in self.sums.items():
-            s.index_add_(0, labels, values[f].detach().cpu().double())
+            s.index_add_(0, labels, values[f].detach().to(s.device, torch.float64))
         self.counts += torch.bincount(labels, minlength=len(self.counts)).double()
 
     def class_means(self) -> dict[str, np.ndarray]:
         """(K, U) means; NaN for a class with no examples."""
-        n = self.counts.numpy()[:, None]
+        n = self.counts.cpu().numpy()[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return {f: np.where(n > 0, s.numpy() / np.maximum(n, 1), np.nan) for f, s in self.sums.items()}
+            return {f: np.where(n > 0, s.cpu().numpy() / np.maximum(n, 1), np.nan) for f, s in self.sums.items()}
 
     def overall_means(self) -> dict[str, np.ndarray]:
         """(U,) means over all examples regardless of class."""
         total = float(self.counts.sum())
-        return {f: s.sum(0).numpy() / total for f, s in self.sums.items()}
+        return {f: s.sum(0).cpu().numpy() / total for f, s in self.sums.items()}
 
 
 def selectivity(class_rect: np.ndarray, eps: float = SELECTIVITY_EPS) -> dict[str, np.ndarray]:
@@ -157,7 +165,7 @@ def evaluation_stats(model: nn.Module, probes: dict[str, nn.Module], data: Image
                 s["grad_abs"] = s["grad"].abs()
                 s["active"] = (s["rect"] > 0).double()
                 if name not in sums:
-                    sums[name] = ClassSums(data.n_classes, s["act"].shape[1], FIELDS)
+                    sums[name] = ClassSums(data.n_classes, s["act"].shape[1], FIELDS, y.device)
                     max_act[name] = torch.full((s["act"].shape[1],), -torch.inf)
                 sums[name].add(y, s)
                 max_act[name] = torch.maximum(max_act[name], s["peak"].amax(0).cpu())
@@ -166,7 +174,7 @@ def evaluation_stats(model: nn.Module, probes: dict[str, nn.Module], data: Image
             correct.index_add_(0, y.cpu(), hit)
             counts += torch.bincount(y.cpu(), minlength=data.n_classes).double()
     layers = {
-        name: LayerStats(cs.class_means(), cs.overall_means(), max_act[name].numpy(), cs.counts.numpy())
+        name: LayerStats(cs.class_means(), cs.overall_means(), max_act[name].numpy(), cs.counts.cpu().numpy())
         for name, cs in sums.items()
     }
     return EvalStats(layers, loss_sum / len(data), float(correct.sum() / len(data)),

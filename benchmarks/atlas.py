@@ -51,11 +51,14 @@ def _threads(n: int | None):
 
 
 def _config(args: argparse.Namespace, threads: int | None, **kw: Any):
+    from compute.images.config import ImageConfig
     from compute.run.config import RunConfig
 
     names = {f.name for f in dataclasses.fields(RunConfig)}
     if "threads" in names and threads is not None:
         kw["threads"] = threads
+    if args.actmax_steps:
+        kw["images"] = ImageConfig(actmax=_actmax_config(steps=args.actmax_steps))
     return RunConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                      train_size=args.train_size, eval_size=args.eval_size, device=args.device, seed=0, **kw)
 
@@ -230,7 +233,7 @@ def actmax_section(args: argparse.Namespace, threads: int | None) -> dict[str, A
                 return (time.perf_counter() - start) / k
 
             steps_t, plain_t = [], []
-            for _ in range(2):  # interleaved: both sides see the same load
+            for _ in range(3):  # interleaved: both sides see the same load
                 steps_t.append((maps(2 * k) - maps(k)) / k)
                 plain_t.append(fwd_bwd())
             step, plain = max(min(steps_t), 1e-9), min(plain_t)
@@ -282,18 +285,23 @@ def busy_process() -> Iterator[None]:
 
 def contention_section(args: argparse.Namespace, threads: int | None) -> dict[str, Any]:
     """Each stage's seconds on a fixed small workload, alone and beside one busy process, alternated."""
+    import torch
+
     from compute.ablation.engine import AblationEngine
     from compute.datasets.sources import stratified_subset
-    from compute.images.table import unit_images
+    from compute.images.actmax import activation_maps
     from compute.measure.stats import evaluation_stats
     from compute.measure.train import TrainConfig, train
 
     model, data, eval_set = _trained(args)
     eval_small = stratified_subset(eval_set, min(args.probe_size, 1000))
     probes = model.probe_modules()
-    from compute.images.config import ImageConfig
+    last = list(probes)[-1]  # the images stage's time is activation maximization's, mostly
+    mean = torch.full((data.shape[0],), 0.3)
+    from compute.nets.forward import run_to
 
-    light = ImageConfig(top_k=3, actmax=_actmax_config(steps=16, tol=0.0))
+    with torch.no_grad():
+        n_last = int(run_to(model, probes[last], data.floats(0, 1, args.device))[1].shape[1])
 
     def train_epoch() -> None:
         m = _model(args, data)
@@ -303,7 +311,8 @@ def contention_section(args: argparse.Namespace, threads: int | None) -> dict[st
         "train": train_epoch,
         "statistics": lambda: evaluation_stats(model, probes, eval_small, device=args.device),
         "ablation": lambda: AblationEngine(model, device=args.device).single_unit(eval_small),
-        "images": lambda: unit_images(model, probes, eval_small, eval_small, light, args.device),
+        "images (actmax)": lambda: activation_maps(model, probes[last], range(n_last), data.shape, mean,
+                                                   _actmax_config(steps=4, tol=0.0), args.device),
     }
     out: dict[str, Any] = {}
     with _threads(threads):
@@ -329,19 +338,22 @@ def worker(args: argparse.Namespace) -> None:
     os.environ.setdefault("NEURON_ATLAS_QUIET", "1")
     threads = None if args.worker_threads == "default" else int(args.worker_threads)
     load = os.getloadavg()
+    with _threads(threads):
+        n_threads = torch.get_num_threads()
     result = SECTIONS[args.worker](args, threads)
-    result |= {"load_before": load, "load_after": os.getloadavg(), "torch_threads": torch.get_num_threads()}
+    result |= {"load_before": load, "load_after": os.getloadavg(), "torch_threads": n_threads}
     print("RESULT " + json.dumps(result))
 
 
 # ---------------------------------------------------------------- driver: runs workers, prints side by side
 
-def _run_worker(code: Path, section: str, threads: str, argv: list[str]) -> dict[str, Any]:
+def _run_worker(code: Path, section: str, threads: str, argv: list[str]) -> dict[str, Any] | None:
     env = {**os.environ, "NEURON_ATLAS_QUIET": "1", "PYTHONPATH": str(code)}
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", section, "--worker-threads", threads]
     r = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True)
     if r.returncode != 0:
-        raise SystemExit(f"{section} on {code} failed:\n{r.stderr[-3000:]}")
+        print(f"{section} on {code} failed:\n{r.stderr[-3000:]}", file=sys.stderr)
+        return None
     line = next(x for x in r.stdout.splitlines() if x.startswith("RESULT "))
     return json.loads(line[len("RESULT "):])
 
@@ -359,6 +371,7 @@ def main() -> None:
     ap.add_argument("--eval-size", type=int, default=None, help="stratified evaluation subset (default: all)")
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--actmax-steps", type=int, default=None, help="cap of the run's actmax steps (default: the code's)")
     ap.add_argument("--threads", default="1,0",
                     help="thread settings to measure, comma-separated (0 = every CPU); the first one runs the "
                          "whole run, contention is measured for each")
@@ -386,7 +399,7 @@ def main() -> None:
     size = f"train {args.train_size or 'all'}, eval {args.eval_size or 'all'}, {args.epochs} epochs"
     print(f"{args.model} on {args.dataset} ({size}), device {args.device}, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}")
-    results: dict[tuple[str, str, str], dict[str, Any]] = {}
+    failed: list[tuple[str, str, str]] = []
     for section in sections:
         # The whole run, the trace and the actmax ratio under the default (first) setting; before's
         # code has its own (torch's default). Contention under every setting.
@@ -394,9 +407,12 @@ def main() -> None:
         if section == "contention":
             todo = [(label, code, s) for s in settings for label, code in codes[:1]] + \
                    [(label, code, "default") for label, code in codes[1:]]
-        for label, code, threads in todo:
-            results[(section, label, threads)] = _run_worker(code, section, threads, argv)
-    _report(results, sections, settings)
+        runs = {(section, label, threads): _run_worker(code, section, threads, argv) for label, code, threads in todo}
+        failed += [k for k, r in runs.items() if r is None]
+        _report({k: r for k, r in runs.items() if r is not None}, settings)
+        sys.stdout.flush()
+    if failed:
+        raise SystemExit(f"failed: {failed}")
 
 
 def _ratio(name: str, r: dict[str, Any], label: str, headline: bool = True) -> None:
@@ -407,7 +423,7 @@ def _ratio(name: str, r: dict[str, Any], label: str, headline: bool = True) -> N
         print(f"{name} ({label}{'' if headline else ', threads ' + str(r['torch_threads'])}): {r[name]:.3f}")
 
 
-def _report(results: dict[tuple[str, str, str], dict[str, Any]], sections: list[str], settings: list[str]) -> None:
+def _report(results: dict[tuple[str, str, str], dict[str, Any]], settings: list[str]) -> None:
     def pick(section: str, label: str) -> list[tuple[str, dict[str, Any]]]:
         return [(t, r) for (s, lab, t), r in results.items() if s == section and lab == label]
 
@@ -444,7 +460,7 @@ def _report(results: dict[tuple[str, str, str], dict[str, Any]], sections: list[
         for threads, r in pick("contention", label):
             print(f"\n[{label}] contention, threads {threads} ({_load(r)}, torch threads {r['torch_threads']})")
             for name, v in r["stages"].items():
-                print(f"  {name:<12} idle {v['idle_s']:7.2f} s, beside a busy process {v['busy_s']:7.2f} s, "
+                print(f"  {name:<16} idle {v['idle_s']:7.2f} s, beside a busy process {v['busy_s']:7.2f} s, "
                       f"keep {v['keep']:.2f}")
             _ratio("contention_keep", r, label, threads == settings[0])
 

@@ -15,7 +15,7 @@ slows both sides alike; the load average is printed with them):
   its speed without, the worst stage, per thread setting (a fair share on 2 cores is 0.5).
 
 ``--before DIR`` runs the same sections on the code in DIR (an older checkout, e.g. a git worktree
-of main) in a subprocess beside this one, interleaved, so before and after share the machine's load.
+of main) in a subprocess, section by section after this checkout's, so both see about the same load.
 Features the older code lacks (thread policy, early stop) are skipped there. Dataset: Debian's
 ``/usr/share/datasets/fashion-mnist`` (``apt-get install dataset-fashion-mnist``) or ``--dataset``.
 """
@@ -57,8 +57,10 @@ def _config(args: argparse.Namespace, threads: int | None, **kw: Any):
     names = {f.name for f in dataclasses.fields(RunConfig)}
     if "threads" in names and threads is not None:
         kw["threads"] = threads
-    if args.actmax_steps:
-        kw["images"] = ImageConfig(actmax=_actmax_config(steps=args.actmax_steps))
+    if args.actmax_steps or args.top_k:
+        default = ImageConfig()
+        kw["images"] = ImageConfig(top_k=args.top_k or default.top_k,
+                                   actmax=_actmax_config(steps=args.actmax_steps) if args.actmax_steps else default.actmax)
     return RunConfig(model=args.model, dataset=args.dataset, data_dir=args.data_dir, epochs=args.epochs,
                      train_size=args.train_size, eval_size=args.eval_size, device=args.device, seed=0, **kw)
 
@@ -264,7 +266,9 @@ def _convergence(model, module, units: list[int], shape, mean, args: argparse.Na
     rows = {s: {"change_median": float(c.median()),
                 "objective_median": float(np.median((o / final).numpy())),
                 "objective_p10": float(np.quantile((o / final).numpy(), 0.1))} for s, (c, o) in windows.items()}
-    happy, sad = activation_maps(model, module, units, shape, mean, _actmax_config(), args.device)
+    default = _actmax_config()
+    happy, sad = activation_maps(model, module, units, shape, mean,
+                                 dataclasses.replace(default, steps=min(default.steps, cap)), args.device)
     steps = np.concatenate([happy.steps.ravel(), sad.steps.ravel()])
     kept = np.concatenate([happy.values[:, 0] / ref[0].values[:, 0], sad.values[:, 0] / ref[1].values[:, 0]])
     return {"windows": rows, "default_mean_steps": float(steps.mean()),
@@ -332,22 +336,28 @@ def contention_section(args: argparse.Namespace, threads: int | None) -> dict[st
 SECTIONS = {"run": run_section, "trace": trace_section, "actmax": actmax_section, "contention": contention_section}
 
 
-def worker(args: argparse.Namespace) -> None:
+def _measure(args: argparse.Namespace, section: str, setting: str) -> dict[str, Any]:
     import torch
 
     os.environ.setdefault("NEURON_ATLAS_QUIET", "1")
-    threads = None if args.worker_threads == "default" else int(args.worker_threads)
+    threads = None if setting == "default" else int(setting)
     load = os.getloadavg()
     with _threads(threads):
         n_threads = torch.get_num_threads()
-    result = SECTIONS[args.worker](args, threads)
-    result |= {"load_before": load, "load_after": os.getloadavg(), "torch_threads": n_threads}
-    print("RESULT " + json.dumps(result))
+    result = SECTIONS[section](args, threads)
+    return result | {"load_before": load, "load_after": os.getloadavg(), "torch_threads": n_threads}
+
+
+def worker(args: argparse.Namespace) -> None:
+    print("RESULT " + json.dumps(_measure(args, args.worker, args.worker_threads)))
 
 
 # ---------------------------------------------------------------- driver: runs workers, prints side by side
 
 def _run_worker(code: Path, section: str, threads: str, argv: list[str]) -> dict[str, Any] | None:
+    """One section on ``code``'s compute package: in this process for this checkout, else in a subprocess."""
+    if code == ROOT:
+        return _measure(parser().parse_args(argv), section, threads)
     env = {**os.environ, "NEURON_ATLAS_QUIET": "1", "PYTHONPATH": str(code)}
     cmd = [sys.executable, str(Path(__file__).resolve()), *argv, "--worker", section, "--worker-threads", threads]
     r = subprocess.run(cmd, cwd=code, env=env, capture_output=True, text=True)
@@ -362,7 +372,7 @@ def _load(r: dict[str, Any]) -> str:
     return f"load average {r['load_before'][0]:.1f} -> {r['load_after'][0]:.1f}"
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="lenet5")
     ap.add_argument("--dataset", default="fashion-mnist")
@@ -372,6 +382,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     ap.add_argument("--actmax-steps", type=int, default=None, help="cap of the run's actmax steps (default: the code's)")
+    ap.add_argument("--top-k", type=int, default=None, help="the run's top/bottom examples per unit (default: the code's)")
     ap.add_argument("--threads", default="1,0",
                     help="thread settings to measure, comma-separated (0 = every CPU); the first one runs the "
                          "whole run, contention is measured for each")
@@ -384,7 +395,11 @@ def main() -> None:
     ap.add_argument("--before", type=Path, default=None, help="also measure the code of this checkout (before)")
     ap.add_argument("--worker", choices=tuple(SECTIONS), help=argparse.SUPPRESS)
     ap.add_argument("--worker-threads", default="default", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    return ap
+
+
+def main() -> None:
+    args = parser().parse_args()
     if args.worker:
         return worker(args)
 

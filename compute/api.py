@@ -28,6 +28,7 @@ from compute.errors import DataError
 from compute.images.config import ImageConfig
 from compute.run.config import RunConfig, RunSummary, default_run_id, settle_config
 from compute.run.pipeline import analyze_into
+from compute.threads import DEFAULT_THREADS
 from warehouse.store import RunWriter, check_run_id, default_path
 
 
@@ -59,13 +60,14 @@ def analyze(model: nn.Module, eval_data: ImageSet | Dataset, *, train_data: Imag
             seed: int = 0, lr: float = 1e-3, batch_size: int = 64, warehouse: str | Path | None = None,
             run_id: str | None = None, dataset_name: str = "custom", device: str = "cpu",
             images: ImageConfig | None = ImageConfig(), executor: str | Executor = "in-process",
-            ray_address: str | None = None) -> RunSummary:
+            ray_address: str | None = None, threads: int = DEFAULT_THREADS) -> RunSummary:
     """Probe every unit of ``model`` on ``eval_data`` and publish a run; train first if ``epochs > 0``.
 
     Without ``train_data`` the evaluation set stands in for it (its accuracy is reported as both).
     ``executor="ray"`` runs statistics, ablation and curves on a Ray cluster (``ray_address``, e.g.
     ``auto``; none: a local Ray) with the same results; an ``Executor`` object is used as given
-    (and left open, e.g. for several runs).
+    (and left open, e.g. for several runs). ``threads``: torch threads for every stage
+    (``compute.threads``; 0 = every CPU).
     """
     started = time.perf_counter()
     eval_set = as_imageset(eval_data, class_names, f"{dataset_name}/eval")
@@ -76,7 +78,7 @@ def analyze(model: nn.Module, eval_data: ImageSet | Dataset, *, train_data: Imag
     probed = model if hasattr(model, "probes") and hasattr(model, "probe_modules") else trace_probes(model)
     cfg = RunConfig(model=type(model).__name__, dataset=dataset_name, epochs=epochs, seed=seed, lr=lr,
                     batch_size=batch_size, device=device, layers=tuple(layers) if layers else None,
-                    widths=(), eval_dataset=f"{dataset_name}/eval", images=images)
+                    widths=(), eval_dataset=f"{dataset_name}/eval", images=images, threads=threads)
     rid = check_run_id(run_id or default_run_id(cfg))
     torch.manual_seed(seed)
     runner = make_executor(executor, ray_address) if isinstance(executor, str) else executor

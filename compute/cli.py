@@ -14,6 +14,7 @@ from compute.datasets.sources import DATASETS
 from compute.errors import AtlasError, ConfigError
 from compute.images.config import ActMaxConfig, ImageConfig
 from compute.nets.models import MODEL_NAMES, MODEL_OPTIONS, known_model, model_options
+from compute.threads import DEFAULT_THREADS
 from warehouse import store
 from warehouse.store import ENV_VAR, RUN_ID_PATTERN, check_run_id, default_path, list_runs, remove_leftover, staging_dir, staging_leftovers
 
@@ -149,6 +150,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-size", type=_positive, default=None, help="train on a stratified subset of N examples")
     p.add_argument("--eval-size", type=_positive, default=None, help="evaluate on a stratified subset of N examples")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--threads", type=_count, default=DEFAULT_THREADS,
+                   help=f"torch threads for every stage, 0 = every CPU (default {DEFAULT_THREADS}: keeps its "
+                        "speed on a machine shared with other busy processes; README.md, Threads)")
     p.add_argument("--train-curves", action="store_true",
                    help="also draw the cumulative ablation curves on the training set, with its training labels "
                         "(always on for sweeps)")
@@ -184,7 +188,11 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
     img.add_argument("--no-images", action="store_true", help="skip the images stage (unit_images stays empty)")
     img.add_argument("--top-k", type=_positive, default=9, help="top and bottom examples per unit (default 9)")
     am = ActMaxConfig()
-    img.add_argument("--actmax-steps", type=_positive, default=am.steps, help=f"gradient steps (default {am.steps})")
+    img.add_argument("--actmax-steps", type=_positive, default=am.steps,
+                     help=f"gradient steps at most (default {am.steps})")
+    img.add_argument("--actmax-tol", type=float, default=am.tol,
+                     help=f"stop an image once its activation rises by less than this fraction over {am.window} "
+                          f"steps (default {am.tol}; 0: never stop early)")
     img.add_argument("--actmax-restarts", type=_positive, default=am.restarts,
                      help=f"restarts from different noise (default {am.restarts})")
     img.add_argument("--actmax-lr", type=_lr, default=am.lr, help=f"Adam step size (default {am.lr})")
@@ -203,7 +211,7 @@ def _image_config(args: argparse.Namespace, seed: int) -> ImageConfig | None:
     return ImageConfig(args.top_k, ActMaxConfig(
         steps=args.actmax_steps, restarts=args.actmax_restarts, lr=args.actmax_lr, l2=args.actmax_l2,
         tv=args.actmax_tv, jitter=args.actmax_jitter, blur_every=args.actmax_blur_every,
-        blur_sigma=args.actmax_blur_sigma, seed=seed))
+        blur_sigma=args.actmax_blur_sigma, tol=args.actmax_tol, seed=seed))
 
 
 def _add_warehouse(p: argparse.ArgumentParser) -> None:
@@ -265,6 +273,7 @@ def _config(args: argparse.Namespace, **overrides: object):
         data_dir=args.data_dir, eval_dataset=args.eval_dataset, train_size=args.train_size,
         eval_size=args.eval_size, device=args.device, layers=args.layers,
         checkpoint=args.checkpoint, until_train_acc=args.until_train_acc, train_curves=args.train_curves,
+        threads=args.threads,
         images=_image_config(args, int(overrides.get("seed", 0))),
         **{o.name: getattr(args, o.name) for o in MODEL_OPTIONS}, **overrides,  # type: ignore[arg-type]
     )

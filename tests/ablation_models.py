@@ -11,10 +11,10 @@ from torch import nn
 
 from compute.ablation.outcome import Outcome, outcome
 from compute.datasets.sources import ImageSet, load_dataset, stratified_subset
-from compute.ablation.engine import torch_threads
 from compute.nets.models import LeNet5, ModelSpec, ProbedModel, build_model
 from compute.nets.probe import ZeroUnit
 from compute.measure.train import TrainConfig, train
+from compute.threads import torch_threads
 
 
 @lru_cache(maxsize=1)

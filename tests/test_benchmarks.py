@@ -31,3 +31,18 @@ def test_dashboard_query_benchmark_runs(tmp_path):
     assert "target p95 < 100 ms" in out
     for page in ("explorer, all units", "explorer, preset high gradient, low activation", "unit page"):
         assert next(x for x in out.splitlines() if x.startswith(page)).split()[-2:]  # cold and rerun seconds
+
+
+def test_atlas_benchmark_prints_stages_ratios_and_the_convergence_figure():
+    out = run(["benchmarks/atlas.py", "--dataset", "mnist-5k", "--train-size", "200", "--eval-size", "50",
+               "--epochs", "1", "--probe-size", "100", "--ratio-steps", "1", "--figure-steps", "16",
+               "--actmax-steps", "2", "--top-k", "1", "--threads", "1"])
+    lines = out.splitlines()
+    ratios = dict(x.split("=", 1) for x in lines if "=" in x and " " not in x)
+    assert set(ratios) == {"after_training_over_training", "trace_overhead", "actmax_step_over_fwd_bwd",
+                           "contention_keep"}
+    assert all(float(v) > 0 for v in ratios.values())
+    for stage in ("train", "evaluate", "statistics", "ablation", "curves", "images", "publish"):
+        assert float(next(x for x in lines if x.split()[:1] == [stage]).split()[1]) >= 0
+    assert any(x.strip().startswith("N=  16  change") for x in lines)
+    assert "default (early stop)" in out and "load average" in out

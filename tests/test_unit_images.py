@@ -256,16 +256,93 @@ def test_consistency_is_mean_pairwise_correlation() -> None:
 
 def test_actmax_batch_of_units_equals_optimising_each_alone(run: dict) -> None:
     """A layer's units optimised as one batch follow the path each would take alone: eval mode,
-    per-image objective and blur, element-wise Adam, per-unit noise seeds."""
+    per-image objective and blur, element-wise Adam, per-unit noise seeds, and a converged image
+    frozen where it stopped (40 steps: some images stop early, others run on)."""
     model = run["model"]
-    cfg = ActMaxConfig(steps=12, restarts=2)
+    cfg = ActMaxConfig(steps=40, restarts=2)
     mean = torch.tensor([0.13])
     module = model.probe_modules()["conv2"]
     happy, sad = activation_maps(model, module, range(16), (1, 28, 28), mean, cfg)
-    happy4, sad4 = activation_maps(model, module, [4], (1, 28, 28), mean, cfg)
-    np.testing.assert_allclose(happy.images[4], happy4.images[0], atol=1e-4)
-    np.testing.assert_allclose(sad.values[4], sad4.values[0], rtol=1e-4, atol=1e-5)
-    assert happy.consistency[4] == pytest.approx(happy4.consistency[0], abs=1e-4)
+    steps = np.concatenate([happy.steps.ravel(), sad.steps.ravel()])
+    assert steps.min() < 40 and set(steps) <= {16, 24, 32, 40}
+    for unit in (4, 11):
+        one_happy, one_sad = activation_maps(model, module, [unit], (1, 28, 28), mean, cfg)
+        np.testing.assert_allclose(happy.images[unit], one_happy.images[0], atol=1e-4)
+        np.testing.assert_array_equal(happy.steps[unit], one_happy.steps[0])
+        np.testing.assert_allclose(sad.values[unit], one_sad.values[0], rtol=1e-4, atol=1e-5)
+        assert happy.consistency[unit] == pytest.approx(one_happy.consistency[0], abs=1e-4)
+
+
+def reference_actmax(model: LeNet5, x0: torch.Tensor, units: torch.Tensor, sign: torch.Tensor, cfg: ActMaxConfig,
+                     mean: torch.Tensor) -> torch.Tensor:
+    """The regularized ascent written with torch.optim.Adam, autograd through every regularizer and
+    torchvision's gaussian_blur, one image per row, no early stop."""
+    from torchvision.transforms.functional import gaussian_blur
+
+    x = x0.clone().requires_grad_()
+    opt = torch.optim.Adam([x], lr=cfg.lr)
+    shifts = torch.Generator().manual_seed(cfg.seed)
+    kernel = 2 * int(np.ceil(3 * cfg.blur_sigma)) + 1
+    for step in range(cfg.steps):
+        dy, dx = torch.randint(-cfg.jitter, cfg.jitter + 1, (2,), generator=shifts).tolist()
+        pre = pre_activation(model, torch.roll(x, (dy, dx), (2, 3)), "conv2")
+        act = pre.reshape(len(x), pre.shape[1], -1)[torch.arange(len(x)), units].mean(1)
+        tv = (x[..., 1:, :] - x[..., :-1, :]).abs().sum((1, 2, 3)) + (x[..., :, 1:] - x[..., :, :-1]).abs().sum((1, 2, 3))
+        loss = (-(sign * act) + cfg.l2 * ((x - mean) ** 2).sum((1, 2, 3)) + cfg.tv * tv).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            if (step + 1) % cfg.blur_every == 0:
+                x.copy_(gaussian_blur(x, [kernel, kernel], [cfg.blur_sigma, cfg.blur_sigma]))
+            x.clamp_(0, 1)
+    return x.detach()
+
+
+def test_actmax_stack_equals_a_reference_written_with_torch_adam_and_autograd(run: dict) -> None:
+    """The stack's hand-written Adam, analytic L2/TV gradients and grouped-conv blur against the
+    plain formulation (tol=0, so no image stops)."""
+    model = run["model"]
+    cfg = ActMaxConfig(steps=9, restarts=1, tol=0.0)
+    mean = torch.tensor([0.13])
+    units = [2, 7, 13]
+    happy, sad = activation_maps(model, model.probe_modules()["conv2"], units, (1, 28, 28), mean, cfg)
+    noise = torch.stack([torch.randn((1, 28, 28), generator=torch.Generator().manual_seed(u)) for u in units])
+    x0 = (mean.reshape(1, -1, 1, 1) + cfg.init_std * torch.cat([noise, noise])).clamp(0, 1)
+    ref = reference_actmax(model, x0, torch.tensor(units * 2), torch.tensor([1.0] * 3 + [-1.0] * 3), cfg,
+                           mean.reshape(1, -1, 1, 1))
+    ref = ref.mul(255).round().div(255)
+    got = np.concatenate([happy.images[:, 0], sad.images[:, 0]])
+    assert np.mean(np.abs(got - ref.numpy()) < 1.5 / 255) > 0.999  # equal up to an 8-bit rounding step
+    assert (happy.steps == 9).all()
+
+
+def test_an_image_stops_when_its_objective_stops_rising(run: dict) -> None:
+    """The documented rule, checked on the windows' objectives of a run that never stops: an image
+    stops at the first window whose mean objective rose by less than tol x the previous mean, and
+    its final image is that of a run cut at that step."""
+    model, module = run["model"], run["model"].probe_modules()["fc2"]
+    mean, units = torch.tensor([0.13]), list(range(0, 84, 12))
+    cfg = ActMaxConfig(steps=48, restarts=1)
+    windows: dict[int, torch.Tensor] = {}
+    activation_maps(model, module, units, (1, 28, 28), mean, ActMaxConfig(steps=48, restarts=1, tol=0.0),
+                    on_window=lambda s, _c, obj: windows.__setitem__(s, obj))
+    happy, sad = activation_maps(model, module, units, (1, 28, 28), mean, cfg)
+    took = np.concatenate([happy.steps[:, 0], sad.steps[:, 0]])  # restarts=1: rank 0 is the only image
+    obj = np.stack([windows[s].numpy() for s in sorted(windows)])  # (windows, images), happy then sad
+    expected = np.full(len(took), 48)
+    for i in range(len(took)):
+        for w in range(1, len(obj)):
+            if obj[w, i] - obj[w - 1, i] < cfg.tol * max(abs(obj[w - 1, i]), 1e-3):
+                expected[i] = 8 * (w + 1)
+                break
+    np.testing.assert_array_equal(took, expected)
+    assert (took < 48).any()
+    i = int(np.argmin(took))
+    cut, cut_sad = activation_maps(model, module, units, (1, 28, 28), mean,
+                                   ActMaxConfig(steps=int(took[i]), restarts=1, tol=0.0))
+    both, cut_both = np.concatenate([happy.images, sad.images]), np.concatenate([cut.images, cut_sad.images])
+    np.testing.assert_allclose(both[i], cut_both[i], atol=1e-6)
 
 
 def test_weights_are_the_first_conv_filters(run: dict) -> None:

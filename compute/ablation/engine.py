@@ -12,9 +12,6 @@ the suffix computes for one pass fits in the budget; the evaluation set is never
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,20 +24,7 @@ from compute.errors import ConfigError
 from compute.nets.models import ProbedModel
 from compute.progress import bar
 from compute.ablation.suffix import Capture, GraphSplit, WholeModel, split_model, trace
-
-
-@contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run with ``n`` intra-op threads, capped at the CPUs this process may use; None keeps torch's
-    setting. On a machine shared with other busy processes one thread can be several times faster
-    than two, because parallel regions wait for descheduled threads."""
-    before = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(max(1, min(n, len(os.sched_getaffinity(0)))))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+from compute.threads import torch_threads
 
 
 #: Per-example loss differences smaller than this count as 0 in the paired statistics: the engine's
@@ -116,7 +100,7 @@ class AblationEngine:
 
     ``probes`` maps layer name to module path in forward order (default: the model's own).
     ``budget_mb`` bounds the tensors of one suffix pass; ``chunk`` caps examples per pass; ``threads``
-    sets torch's intra-op threads while evaluating (None: torch's default).
+    sets torch's intra-op threads while evaluating (``compute.threads``; None: the caller's setting).
     """
 
     def __init__(self, model: ProbedModel, probes: dict[str, str] | None = None, device: str = "cpu",

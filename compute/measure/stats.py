@@ -21,8 +21,10 @@ from compute.progress import bar
 SELECTIVITY_EPS = 1e-7
 
 
-def unit_scalars(pre: torch.Tensor, post: torch.Tensor, grad: torch.Tensor | None) -> dict[str, torch.Tensor]:
-    """Per-example, per-unit scalars (B, U) from one layer's activity.
+def unit_scalars(pre: torch.Tensor, post: torch.Tensor, grad: torch.Tensor | None,
+                 fields: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+    """Per-example, per-unit scalars (B, U) from one layer's activity: ``fields`` of act, rect,
+    peak, grad, tgrad, taylor (default all; the last three need ``grad``).
 
     ``grad`` is dLoss_n/d(post) for each example's own loss. Two gradient signals come from it:
 
@@ -32,49 +34,56 @@ def unit_scalars(pre: torch.Tensor, post: torch.Tensor, grad: torch.Tensor | Non
     - ``tgrad``, the *training signal* -sum_p dL_n/dz_p = -sum_p dL_n/da_p * 1[z_p > 0] at the
       pre-activation z: what actually reaches the unit's weights and bias. Zero where it is silent.
     """
+    want = set(fields) if fields is not None else {"act", "rect", "peak", "grad", "tgrad", "taylor"}
     post_p = by_position(post.detach())
-    out = {
-        "act": by_position(pre).mean(2),
-        "rect": post_p.mean(2),
-        "peak": post_p.amax(2),
-    }
+    out: dict[str, torch.Tensor] = {}
+    if "act" in want:
+        out["act"] = by_position(pre).mean(2)
+    if "rect" in want:
+        out["rect"] = post_p.mean(2)
+    if "peak" in want:
+        out["peak"] = post_p.amax(2)
     if grad is not None:
         g = by_position(grad)
-        out["grad"] = -g.sum(2)
-        out["tgrad"] = -(g * (post_p > 0)).sum(2)  # ReLU's backward: dL/dz = dL/da where z > 0, else 0
-        out["taylor"] = (g * post_p).mean(2).abs()
+        if "grad" in want:
+            out["grad"] = -g.sum(2)
+        if "tgrad" in want:
+            out["tgrad"] = -(g * (post_p > 0)).sum(2)  # ReLU's backward: dL/dz = dL/da where z > 0, else 0
+        if "taylor" in want:
+            out["taylor"] = (g * post_p).mean(2).abs()
     return out
 
 
 @dataclass
 class ClassSums:
-    """Float64 sums of per-example unit scalars by class, and the example count per class (a
-    dataclass of tensors, so finished stages and work items store it safely)."""
+    """Float64 sums of per-example unit scalars by class, and the example count per class, kept on
+    the values' device (no copy per batch) until the means are read; a dataclass of tensors, so
+    finished stages and work items store it safely."""
 
     sums: dict[str, torch.Tensor]  # field -> (K, U)
     counts: torch.Tensor  # (K,)
 
     @staticmethod
-    def zeros(n_classes: int, n_units: int, fields: tuple[str, ...]) -> ClassSums:
-        return ClassSums({f: torch.zeros(n_classes, n_units, dtype=torch.float64) for f in fields},
-                         torch.zeros(n_classes, dtype=torch.float64))
+    def zeros(n_classes: int, n_units: int, fields: tuple[str, ...], device: str | torch.device = "cpu") -> ClassSums:
+        return ClassSums({f: torch.zeros(n_classes, n_units, dtype=torch.float64, device=device) for f in fields},
+                         torch.zeros(n_classes, dtype=torch.float64, device=device))
 
     def add(self, labels: torch.Tensor, values: dict[str, torch.Tensor]) -> None:
-        labels = labels.cpu()
+        labels = labels.to(self.counts.device)
         for f, s in self.sums.items():
-            s.index_add_(0, labels, values[f].detach().cpu().double())
+            s.index_add_(0, labels, values[f].detach().to(s.device, torch.float64))
         self.counts += torch.bincount(labels, minlength=len(self.counts)).double()
 
     def class_means(self) -> dict[str, np.ndarray]:
         """(K, U) means; NaN for a class with no examples."""
-        n = self.counts.numpy()[:, None]
+        n = self.counts.cpu().numpy()[:, None]
         with np.errstate(invalid="ignore", divide="ignore"):
-            return {f: np.where(n > 0, s.numpy() / np.maximum(n, 1), np.nan) for f, s in self.sums.items()}
+            return {f: np.where(n > 0, s.cpu().numpy() / np.maximum(n, 1), np.nan) for f, s in self.sums.items()}
 
     def overall_means(self) -> dict[str, np.ndarray]:
         """(U,) means over all examples regardless of class."""
         total = float(self.counts.sum())
-        return {f: s.sum(0).numpy() / total for f, s in self.sums.items()}
+        return {f: s.sum(0).cpu().numpy() / total for f, s in self.sums.items()}
 
 
 def selectivity(class_rect: np.ndarray, eps: float = SELECTIVITY_EPS) -> dict[str, np.ndarray]:
@@ -229,7 +238,7 @@ def evaluation_sums(model: nn.Module, probes: dict[str, nn.Module], data: ImageS
                 s["grad_abs"] = s["grad"].abs()
                 s["active"] = (s["rect"] > 0).double()
                 if name not in sums:
-                    sums[name] = ClassSums.zeros(data.n_classes, s["act"].shape[1], FIELDS)
+                    sums[name] = ClassSums.zeros(data.n_classes, s["act"].shape[1], FIELDS, y.device)
                     max_act[name] = torch.full((s["act"].shape[1],), -torch.inf)
                 sums[name].add(y, s)
                 max_act[name] = torch.maximum(max_act[name], s["peak"].amax(0).cpu())

@@ -86,18 +86,20 @@ def train(model: nn.Module, probes: dict[str, nn.Module], train_set: ImageSet, t
         traces, counts, result.history = resume_from["traces"], resume_from["counts"], resume_from["history"]
         first = cfg.epochs if resume_from.get("done") else resume_from["epoch"]
     n_batches = math.ceil(len(train_set) / cfg.batch_size)
+    images, labels = train_set.images.to(device), train_set.labels.to(device)  # copied once, not per batch
     progress = bar(None, "training", unit="batch", total=cfg.epochs * n_batches, initial=first * n_batches)
     for epoch in range(first, cfg.epochs):
         model.train()
-        order = torch.randperm(len(train_set), generator=gen)
+        order = torch.randperm(len(train_set), generator=gen).to(device)
         sums: dict[str, ClassSums] = {}
-        loss_sum, correct = 0.0, 0
+        loss_t = torch.zeros((), dtype=torch.float64, device=device)  # on the device: no synchronisation per step
+        correct_t = torch.zeros((), dtype=torch.long, device=device)
         with Probe(probes, keep_grad=True) as probe:
             for b in range(n_batches):
                 progress.update()
                 idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-                x = train_set.images[idx].to(device=device, dtype=torch.float32).div_(255.0)
-                y = train_set.labels[idx].to(device)
+                x = images[idx].to(torch.float32).div_(255.0)
+                y = labels[idx]
                 logits = model(x)
                 loss = F.cross_entropy(logits, y)
                 if not torch.isfinite(loss):
@@ -109,16 +111,17 @@ def train(model: nn.Module, probes: dict[str, nn.Module], train_set: ImageSet, t
                 loss.backward()
                 for name in probes:
                     # The mean loss scales each example's gradient by 1/B; undo it to get dLoss_n/da.
-                    s = unit_scalars(probe.pre[name], probe.post[name], probe.grad(name) * len(idx))
+                    s = unit_scalars(probe.pre[name], probe.post[name], probe.grad(name) * len(idx), TRACE_FIELDS)
                     if name not in sums:
-                        sums[name] = ClassSums.zeros(train_set.n_classes, s["act"].shape[1], TRACE_FIELDS)
+                        sums[name] = ClassSums.zeros(train_set.n_classes, s["act"].shape[1], TRACE_FIELDS, y.device)
                     sums[name].add(y, s)
                 opt.step()
-                loss_sum += loss.item() * len(idx)
-                correct += int((logits.argmax(1) == y).sum())
+                loss_t += loss.detach().double() * len(idx)
+                correct_t += (logits.argmax(1) == y).sum()
         for name, cs in sums.items():
             traces[name].append(cs.class_means())
-        counts.append(next(iter(sums.values())).counts.numpy())
+        counts.append(next(iter(sums.values())).counts.cpu().numpy())
+        loss_sum, correct = float(loss_t), int(correct_t)
         test_loss, test_acc = evaluate(model, test_set, device=device)
         result.history.append({
             "epoch": epoch + 1, "train_loss": loss_sum / len(train_set), "train_acc": correct / len(train_set),

@@ -18,6 +18,7 @@ from compute.datasets.sources import (ImageSet, Splits, load_dataset, load_eval_
 from compute.errors import ConfigError, DataError
 from compute.images.config import ActMaxConfig, ImageConfig
 from compute.nets.models import model_options
+from compute.threads import DEFAULT_THREADS
 from warehouse.store import write_file
 
 
@@ -46,6 +47,7 @@ class RunConfig:
     checkpoint: str | None = None  # trained weights to load instead of (or before) training
     images: ImageConfig | None = field(default_factory=ImageConfig)  # None: no unit_images rows
     train_curves: bool = False  # also draw the ablation curves on the training set (training labels)
+    threads: int = DEFAULT_THREADS  # torch intra-op threads for every stage (compute/threads.py); 0: every CPU
 
     @staticmethod
     def from_dict(stored: dict[str, Any]) -> RunConfig:

@@ -35,6 +35,7 @@ from compute.run.config import (RunConfig, RunSummary, check_device, default_run
                                 settle_config)
 from compute.run.stage_store import StageStore
 from compute.run.stages import STAGES
+from compute.threads import torch_threads
 from warehouse.faults import crash_point
 from warehouse.store import CHECKPOINT, RunWriter, check_run_id
 
@@ -196,7 +197,8 @@ def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, 
         raise input_error(cfg.model, splits.train.shape, e) from None
     ctx = RunContext(model, splits, eval_set, cfg, device, StageStore(writer.stages_dir),
                      executor=executor or InProcessExecutor())
-    run_stages(ctx)
+    with torch_threads(cfg.threads):  # one thread policy for every stage (compute/threads.py)
+        run_stages(ctx)
     return _publish(ctx, writer, spec, shapes, started)
 
 

@@ -103,9 +103,9 @@ class Splits:
 def require_classes(data: ImageSet) -> ImageSet:
     """``data`` if it has examples of at least two classes: selectivity, per-class statistics and
     ablation compare classes, so a single class would publish NaN for every unit."""
-    present = int(torch.unique(data.labels).numel()) if len(data) else 0
-    if present < 2:
-        raise DataError(f"{data.name} has examples of {present} class(es) ({', '.join(data.class_names) or 'none'}); "
+    present = [data.class_names[int(c)] for c in torch.unique(data.labels)] if len(data) else []
+    if len(present) < 2:
+        raise DataError(f"{data.name} has examples of {len(present)} class(es) ({', '.join(present) or 'none'}); "
                         f"the atlas compares classes, so it needs at least two. For a folder dataset add one "
                         f"sub-folder of images per class.")
     return data

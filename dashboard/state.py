@@ -15,8 +15,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from warehouse.filters import (FIELDS, UNIT_METRICS, Codec, Field, QueryError, UnitFilter, choice,
-                               filter_params, format_fields, parse_fields, parse_int)
+from warehouse.filters import (FIELDS, UNIT_METRICS, Field, QueryError, UnitFilter, choice, filter_params, flag,
+                               format_fields, parse_fields, parse_int)
 from warehouse.queries import PRESETS
 
 DEFAULT_X = "selectivity"
@@ -26,21 +26,13 @@ RUN_ID_MAX = 200  # characters; run ids are folder names
 UNIT_INDEX_MAX = 2**31 - 1
 
 
-def _flag() -> Codec[bool]:
-    def parse(t: str) -> bool:
-        if t not in ("0", "1"):
-            raise QueryError(f"must be 0 or 1, got {t!r}.")
-        return t == "1"
-    return Codec(parse, lambda v: "1" if v else "0")
-
-
 VIEW_FIELDS: tuple[Field, ...] = (
     Field("preset", "preset", "", choice("preset", tuple(PRESETS))),
     Field("x", "x", "", choice("x", UNIT_METRICS), fallback=DEFAULT_X),
     Field("y", "y", "", choice("y", UNIT_METRICS), fallback=DEFAULT_Y),
     Field("color", "color", "", choice("color", COLORS), fallback="layer"),
-    Field("log_x", "logx", "", _flag(), fallback=False),
-    Field("log_y", "logy", "", _flag(), fallback=False),
+    Field("log_x", "logx", "", flag("logx"), fallback=False),
+    Field("log_y", "logy", "", flag("logy"), fallback=False),
 )
 
 

@@ -61,7 +61,7 @@ def navigation_bar(root: str, fp: cached.Fingerprint, run: str, layer: str, unit
     if S.get("unit-epoch") is not None:
         params["epoch"] = str(S["unit-epoch"])
     ui.write_url(PAGE, params)
-    cols = st.columns([2, 1, 2, 1, 2])
+    cols = st.columns([3, 3, 3, 3, 2])
     back = encode(state) if state is not None else {"run": run}
     cols[0].page_link(str(VIEWS / "explorer.py"), label="← Back to results" if state else "Unit explorer",
                       query_params=back)

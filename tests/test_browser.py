@@ -106,7 +106,7 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
     _idle(page)
     filtered = page.url
     assert "preset=high+gradient" in filtered and "layers=fc1" in filtered, filtered  # touching layers keeps the preset
-    chosen = page.get_by_role("combobox", name="Open a unit").input_value()
+    chosen = page.get_by_role("combobox", name="Open a unit").input_value(timeout=60_000)
     page.get_by_role("button", name="Open unit page").click()
     page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
     _idle(page)
@@ -119,7 +119,7 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
     _idle(page)
     page.get_by_role("combobox", name="Preset").wait_for(timeout=60_000)
     assert page.url == filtered
-    assert page.get_by_role("combobox", name="Preset").input_value() == "high gradient, low activation"
+    assert page.get_by_role("combobox", name="Preset").input_value(timeout=60_000) == "high gradient, low activation"
     page.go_forward()
     page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
     _idle(page)
@@ -132,7 +132,7 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
     fresh.goto(filtered)
     fresh.get_by_text(count).wait_for(timeout=60_000)
     _idle(fresh)
-    assert fresh.get_by_role("combobox", name="Preset").input_value() == "high gradient, low activation"
+    assert fresh.get_by_role("combobox", name="Preset").input_value(timeout=60_000) == "high gradient, low activation"
     fresh.goto(unit_url)
     fresh.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
     fresh.get_by_text("Unit 1 of").wait_for(timeout=60_000)
@@ -163,15 +163,18 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
     assert img.bounding_box()["width"] >= 300
 
 
-def test_state_survives_back_forward_and_shared_links_in_chromium(server, con):
+def test_state_survives_back_forward_and_shared_links_in_chromium(server, warehouse_root):
     from playwright.sync_api import sync_playwright
 
+    import warehouse
     from warehouse import queries as q
 
+    con = warehouse.connect(warehouse_root)
     hgla = q.PRESETS["high gradient, low activation"].apply(q.UnitFilter(RUN_ID, layers=("fc1",)))
     top = q.filter_units(con, q.UnitFilter(RUN_ID, layers=("conv2",), order_by="selectivity", descending=True, limit=1))
     expected = {"hgla_fc1": q.count_units(con, hgla), "gallery_first": f"conv2:{int(top.unit.iloc[0])}"}
     assert expected["hgla_fc1"] >= 2
+    con.close()
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
         try:

@@ -157,10 +157,10 @@ def _yes_no(what: str) -> Codec[bool]:
     return Codec(parse, lambda v: "yes" if v else "no")
 
 
-def _flag() -> Codec[bool]:
+def flag(what: str) -> Codec[bool]:
     def parse(t: str) -> bool:
         if t not in ("0", "1"):
-            raise QueryError(f"a flag must be 0 or 1, got {t!r}.")
+            raise QueryError(f"{what} must be 0 or 1, got {t!r}.")
         return t == "1"
     return Codec(parse, lambda v: "1" if v else "0")
 
@@ -302,7 +302,7 @@ FIELDS: tuple[Field, ...] = (
           choices=CLASS_METRICS, class_sql=_ranges(CLASS_METRICS, "class metric")),
     Field("order_by", "sort", "--sort", choice("sort column", UNIT_METRICS), "Sort by",
           "sort column (default: the preset's, else layer order)", "choice", "sort", choices=UNIT_METRICS),
-    Field("descending", "desc", "--desc", _flag(), "Descending", "sort descending", "flag", "desc"),
+    Field("descending", "desc", "--desc", flag("desc"), "Descending", "sort descending", "flag", "desc"),
     Field("limit", "limit", "--limit", _int("limit", 1, INT64_MAX), "At most this many units",
           "at most this many units", "count", "limit"),
 )

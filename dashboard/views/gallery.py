@@ -55,7 +55,7 @@ def read_url(run_ids: list[str]) -> list[str]:
 def tile(col, row: pd.Series, run: str, sort: str, state: ExplorerState) -> None:
     """One unit: its image (click to open), its numbers and badges, and a link to its page."""
     layer, unit = str(row["layer"]), int(row["unit"])
-    if row["png"] is not None and not (isinstance(row["png"], float) and pd.isna(row["png"])):
+    if isinstance(row["png"], (bytes, bytearray, memoryview)):  # null (no images) reads as None, NaN or NA
         col.image(bytes(row["png"]), width="stretch", output_format="PNG", link=nav.unit_url(run, layer, unit, state))
     else:
         col.caption("no image")

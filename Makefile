@@ -40,6 +40,7 @@ bench: install
 
 docs: install
 	$(PY) -m warehouse schema-doc > docs/schema.md
+	$(PY) -c 'from compute.run.stages import markdown; print(markdown(), end="")' > docs/stages.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from compute.datasets.sources import DATASETS
 from compute.errors import AtlasError, ConfigError
 from compute.images.config import ActMaxConfig, ImageConfig
-from compute.nets.models import MODELS, TORCHVISION_PREFIX
-from warehouse.store import ENV_VAR, default_path, list_runs
-
-
-def _widths(text: str) -> tuple[int, ...]:
-    try:
-        widths = tuple(int(w) for w in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"widths must be comma-separated integers, got {text!r}") from None
-    if not widths or min(widths) < 1:
-        raise argparse.ArgumentTypeError(f"widths must be positive, got {text!r}")
-    return widths
+from compute.nets.models import MODEL_NAMES, MODEL_OPTIONS, known_model, model_options
+from warehouse.store import ENV_VAR, default_path, list_runs, staging_dir
 
 
 def _positive(text: str) -> int:
@@ -39,9 +31,26 @@ def _count(text: str) -> int:
 
 
 def _model_name(text: str) -> str:
-    if text in MODELS[:-1] or (text.startswith(TORCHVISION_PREFIX) and len(text) > len(TORCHVISION_PREFIX)):
+    if known_model(text):
         return text
-    raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose one of: {', '.join(MODELS)}")
+    raise argparse.ArgumentTypeError(f"unknown model {text!r}; choose one of: {', '.join(MODEL_NAMES)}")
+
+
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    """``--model`` and every built-in model's own options, from the model registry."""
+    p.add_argument("--model", default="lenet5", type=_model_name, help=f"one of {', '.join(MODEL_NAMES)}")
+    for option in MODEL_OPTIONS:
+        p.add_argument(f"--{option.name}", type=_argparse_type(option.parse), default=option.default, help=option.help)
+
+
+def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    """A model option's parser, its ConfigError turned into argparse's usage error."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return convert
 
 
 def _patterns(text: str) -> tuple[str, ...]:
@@ -82,7 +91,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """The options shared by `run` and `sweep`."""
-    p.add_argument("--model", default="lenet5", type=_model_name, help=f"one of {', '.join(MODELS)}")
+    _add_model_options(p)
     p.add_argument("--dataset", default="mnist-5k", metavar="NAME", help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--data-dir", default=None, help="folder holding the dataset's files (else download)")
     p.add_argument("--eval-dataset", default=None, metavar="NAME",
@@ -99,8 +108,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--train-size", type=_positive, default=None, help="train on a stratified subset of N examples")
     p.add_argument("--eval-size", type=_positive, default=None, help="evaluate on a stratified subset of N examples")
-    p.add_argument("--widths", type=_widths, default=(128, 128), help="mlp hidden widths, e.g. 128,128")
-    p.add_argument("--width", type=float, default=0.25, help="cifar-convnet width multiplier")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--train-curves", action="store_true",
                    help="also draw the cumulative ablation curves on the training set, with its training labels "
@@ -189,11 +196,9 @@ def parser() -> argparse.ArgumentParser:
     _add_warehouse(ls)
 
     lay = sub.add_parser("layers", help="list a model's probe-able layers with unit counts and receptive fields")
-    lay.add_argument("--model", default="lenet5", type=_model_name)
+    _add_model_options(lay)
     lay.add_argument("--input-shape", type=_shape, default=(1, 28, 28), help="C,H,W of one image (default 1,28,28)")
     lay.add_argument("--classes", type=_positive, default=10)
-    lay.add_argument("--widths", type=_widths, default=(128, 128))
-    lay.add_argument("--width", type=float, default=0.25)
     return ap
 
 
@@ -203,9 +208,10 @@ def _config(args: argparse.Namespace, **overrides: object):
     return RunConfig(
         model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         data_dir=args.data_dir, eval_dataset=args.eval_dataset, train_size=args.train_size,
-        eval_size=args.eval_size, widths=args.widths, width=args.width, device=args.device, layers=args.layers,
+        eval_size=args.eval_size, device=args.device, layers=args.layers,
         checkpoint=args.checkpoint, until_train_acc=args.until_train_acc, train_curves=args.train_curves,
-        images=_image_config(args, int(overrides.get("seed", 0))), **overrides,  # type: ignore[arg-type]
+        images=_image_config(args, int(overrides.get("seed", 0))),
+        **{o.name: getattr(args, o.name) for o in MODEL_OPTIONS}, **overrides,  # type: ignore[arg-type]
     )
 
 
@@ -222,7 +228,7 @@ def _run(args: argparse.Namespace, root: Path) -> int:
 
     if args.resume and not args.run_id:
         raise ConfigError("--resume needs the --run-id of the interrupted run (see the folders in "
-                          f"{root / '.staging'}).")
+                          f"{staging_dir(root)}).")
     cfg = _config(args, seed=args.seed, label_noise=args.label_noise, run_id=args.run_id)
     executor = _executor(args)
     try:
@@ -278,10 +284,9 @@ def _layers(args: argparse.Namespace) -> int:
 
     from compute.nets.models import ModelSpec, build_model
     from compute.nets.models import layer_shapes
-    from compute.run.config import RunConfig
     from compute.nets.receptive_field import centre_field
 
-    options = RunConfig(model=args.model, widths=args.widths, width=args.width).model_options()
+    options = model_options(args.model, vars(args))
     model = build_model(ModelSpec(args.model, args.input_shape, args.classes, options))
     shapes = layer_shapes(model, args.input_shape)
     image = tuple(args.input_shape[1:])

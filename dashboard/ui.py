@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import streamlit as st
 
-from dashboard import data
+from dashboard import cached
 from warehouse import RunInfo
 from warehouse.export import FORMATS, MIME
 
@@ -17,22 +17,22 @@ VIEWS = Path(__file__).parent / "views"
 
 
 def sidebar() -> None:
-    root = data.warehouse_root()
-    runs = data.runs(root, data.fingerprint(root))
+    root = cached.warehouse_root()
+    runs = cached.runs(root, cached.fingerprint(root))
     ok = [r for r in runs if r.ok]
     st.sidebar.caption(f"Warehouse: `{root}`")
     st.sidebar.caption(f"{len(ok)} run(s)" + (f", {len(runs) - len(ok)} broken" if len(ok) < len(runs) else ""))
 
 
-def page_runs(need_run: bool = True) -> tuple[str, data.Fingerprint, list[RunInfo]]:
+def page_runs(need_run: bool = True) -> tuple[str, cached.Fingerprint, list[RunInfo]]:
     """Every page's start: the warehouse path, its fingerprint and its readable runs.
 
     Broken runs are listed as warnings. A page that ``need_run`` stops when there is no readable
     run, pointing to the overview, where the first one can be computed.
     """
-    root = data.warehouse_root()
-    fp = data.fingerprint(root)
-    runs = data.runs(root, fp)
+    root = cached.warehouse_root()
+    fp = cached.fingerprint(root)
+    runs = cached.runs(root, fp)
     for r in runs:
         if not r.ok:
             st.warning(f"Run `{r.run_id}` is broken and left out: {r.error}")
@@ -84,6 +84,6 @@ def downloads(name: str, key: str, *, frame: pd.DataFrame | None = None,
     bytes per format, or callables that make them when clicked)."""
     cols = st.columns(len(FORMATS))
     for col, fmt in zip(cols, FORMATS):
-        blob = payload[fmt] if payload is not None else data.frame_bytes(frame, fmt)
+        blob = payload[fmt] if payload is not None else cached.frame_bytes(frame, fmt)
         col.download_button(f"Download {fmt.upper()}", blob, file_name=f"{slug(name)}.{fmt}", mime=MIME[fmt],
                             key=f"{key}-{fmt}", on_click="ignore")

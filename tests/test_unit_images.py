@@ -28,7 +28,7 @@ from compute.nets.models import CifarConvNet, LeNet5, load_checkpoint
 from compute.images.render import decode_png, diverging_pixels, image_pixels
 from compute.images.table import unit_images as compute_unit_images
 from warehouse.bundle import export_bundle, image_name, safe_part
-from dashboard.evidence import with_thumbnails
+from dashboard.image_panels import with_thumbnails
 from warehouse.images import data_uri, thumbnails, unit_images
 from warehouse.schema import IMAGE_KINDS
 from warehouse.store import WarehouseError
@@ -340,7 +340,7 @@ def test_cli_no_images_and_bad_image_flags(tmp_path: Path) -> None:
 
 def evidence_app(root: Path, layer: str, unit: int) -> AppTest:
     script = (f"import sys\nsys.path.insert(0, {str(ROOT)!r})\nimport warehouse\n"
-              f"from dashboard.evidence import render_unit_evidence\n"
+              f"from dashboard.image_panels import render_unit_evidence\n"
               f"render_unit_evidence(warehouse.connect({str(root)!r}), {RUN!r}, {layer!r}, {unit})\n")
     return AppTest.from_string(script, default_timeout=60).run()
 

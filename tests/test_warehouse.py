@@ -141,3 +141,10 @@ def test_unwritable_warehouse_is_explained(tmp_path: Path):
 
 def test_schema_doc_is_current():
     assert (REPO / "docs" / "schema.md").read_text() == markdown(), "run `make docs`"
+
+
+def test_stage_doc_is_current():
+    from compute.run.stages import STAGE_NAMES, markdown
+    doc = (REPO / "docs" / "stages.md").read_text()
+    assert doc == markdown(), "run `make docs`"
+    assert all(f"`{name}`" in doc for name in STAGE_NAMES)

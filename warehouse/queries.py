@@ -308,11 +308,6 @@ def runs_overview(con: duckdb.DuckDBPyConnection) -> pd.DataFrame:
         "ORDER BY created_at DESC, run_id").df()
 
 
-def run_row(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any] | None:
-    rows = con.execute("SELECT * FROM runs WHERE run_id = ?", [run_id]).df()
-    return rows.iloc[0].to_dict() if len(rows) else None
-
-
 def layer_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
     """Per layer: kind, unit count, dead units and median selectivity / importance / sparsity."""
     return con.execute(

@@ -49,6 +49,53 @@ ROW_GROUP_ROWS = 65_536
 COMPRESSION = "lz4"
 
 
+Fingerprint = tuple[tuple[str, int], ...]
+
+
+def run_dir(root: Path | str, run_id: str) -> Path:
+    """The folder of published run ``run_id`` (it may not exist)."""
+    return Path(root) / RUNS_DIR / run_id
+
+
+def staging_dir(root: Path | str) -> Path:
+    """Where runs being computed, their finished stages and their locks live."""
+    return Path(root) / STAGING_DIR
+
+
+def is_published(path: Path) -> bool:
+    """Whether ``path`` is a published run folder (its manifest, written last, is there)."""
+    return (path / MANIFEST).is_file()
+
+
+def published_at(path: Path) -> float:
+    """Modification time of a published run's manifest: changes when the run is replaced."""
+    return (path / MANIFEST).stat().st_mtime
+
+
+def fingerprint(root: Path | str) -> Fingerprint:
+    """(run folder, manifest mtime) of every published run: changes whenever a run is added or replaced."""
+    runs = Path(root) / RUNS_DIR
+    if not runs.is_dir():
+        return ()
+    out = []
+    for p in sorted(runs.iterdir()):
+        try:
+            out.append((p.name, os.stat(p / MANIFEST).st_mtime_ns))
+        except OSError:
+            continue
+    return tuple(out)
+
+
+def stored_run_config(path: Path) -> dict[str, Any]:
+    """The settings a published run was computed with (``runs.config``, JSON)."""
+    try:
+        stored = pq.read_table(path / "runs.parquet", columns=["config"]).column(0)[0].as_py()
+        return json.loads(stored)
+    except (OSError, ValueError, IndexError, KeyError, pa.ArrowException) as e:
+        raise WarehouseError(f"{path} is not a readable published run (its runs table: {e}); recompute it "
+                             "or remove the folder.") from e
+
+
 class WarehouseError(AtlasError):
     """A warehouse problem a person can fix; the message says what and how."""
 

@@ -11,7 +11,8 @@ import io
 import pickle
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -21,7 +22,6 @@ from compute.nets.probe import Probe
 from compute.errors import ConfigError
 from warehouse.store import write_file
 
-MODELS = ("lenet5", "mlp", "cifar-convnet", "torchvision:<name>")
 TORCHVISION_PREFIX = "torchvision:"
 
 
@@ -44,8 +44,17 @@ class ModelSpec:
         return ModelSpec(d["name"], tuple(d["in_shape"]), int(d["n_classes"]), dict(d.get("options", {})))
 
 
+class Probed(Protocol):
+    """What every stage needs of a network: its probe points. ``probes`` maps layer name to the path
+    of the ReLU module read at that layer; ``probe_modules`` resolves them to the modules."""
+
+    probes: dict[str, str]
+
+    def probe_modules(self) -> dict[str, nn.Module]: ...
+
+
 class ProbedModel(nn.Module):
-    """A classifier that lists its probe points: ``probes`` maps layer name to module path."""
+    """A classifier that lists its probe points (the built-in models and traced graphs; see ``Probed``)."""
 
     probes: dict[str, str]
 
@@ -172,17 +181,75 @@ def _torchvision_model(spec: ModelSpec) -> ProbedModel:
     return trace_probes(net)  # type: ignore[return-value]
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        widths = tuple(int(w) for w in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--widths must be comma-separated integers such as 128,128, got {text!r}.") from None
+    if not widths or min(widths) < 1:
+        raise ConfigError(f"--widths must be positive integers such as 128,128, got {text!r}.")
+    return widths
+
+
+def _width(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--width must be a number such as 0.25, got {text!r}.") from None
+    if not 0 < value <= 16:
+        raise ConfigError(f"--width must lie in (0, 16] (a channel multiplier), got {text!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class ModelOption:
+    """An option of a built-in model: ``--<name>`` on the command line, ``RunConfig.<name>``,
+    ``ModelSpec.options[name]``."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: Any
+    help: str
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    build: Callable[..., ProbedModel]  # (in_shape, n_classes, **options)
+    options: tuple[ModelOption, ...] = ()
+
+
+# The one registry of built-in models with their options; `torchvision:<name>` is resolved apart.
+REGISTRY: dict[str, ModelEntry] = {e.name: e for e in (
+    ModelEntry("lenet5", LeNet5),
+    ModelEntry("mlp", lambda s, k, widths=(128, 128): MLP(s, k, tuple(widths)),
+               (ModelOption("widths", _widths, (128, 128), "mlp hidden widths, e.g. 128,128"),)),
+    ModelEntry("cifar-convnet", lambda s, k, width=0.25: CifarConvNet(s, k, float(width)),
+               (ModelOption("width", _width, 0.25, "cifar-convnet channel width multiplier"),)),
+)}
+MODEL_NAMES = (*REGISTRY, f"{TORCHVISION_PREFIX}<name>")
+MODEL_OPTIONS = tuple(o for e in REGISTRY.values() for o in e.options)
+
+
+def known_model(name: str) -> bool:
+    return name in REGISTRY or (name.startswith(TORCHVISION_PREFIX) and len(name) > len(TORCHVISION_PREFIX))
+
+
+def model_options(name: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The options of model ``name`` picked from ``values`` (e.g. a RunConfig's fields)."""
+    entry = REGISTRY.get(name)
+    return {o.name: values[o.name] for o in entry.options} if entry else {}
+
+
 def build_model(spec: ModelSpec) -> ProbedModel:
     """A freshly initialised model for ``spec`` (seed torch first for reproducible weights)."""
     if spec.name.startswith(TORCHVISION_PREFIX):
         return _torchvision_model(spec)
-    if spec.name == "lenet5":
-        return LeNet5(spec.in_shape, spec.n_classes)
-    if spec.name == "mlp":
-        return MLP(spec.in_shape, spec.n_classes, tuple(spec.options.get("widths", (128, 128))))
-    if spec.name == "cifar-convnet":
-        return CifarConvNet(spec.in_shape, spec.n_classes, float(spec.options.get("width", 0.25)))
-    raise ConfigError(f"unknown model {spec.name!r}; choose one of: {', '.join(MODELS)}.")
+    entry = REGISTRY.get(spec.name)
+    if entry is None:
+        raise ConfigError(f"unknown model {spec.name!r}; choose one of: {', '.join(MODEL_NAMES)}.")
+    return entry.build(spec.in_shape, spec.n_classes, **{o.name: spec.options.get(o.name, o.default)
+                                                           for o in entry.options})
 
 
 def save_checkpoint(model: ProbedModel, spec: ModelSpec | None, path: Path) -> None:

@@ -16,6 +16,7 @@ import torch
 from compute.datasets.sources import ImageSet, Splits, load_dataset, load_eval_set, stratified_subset, with_label_noise
 from compute.errors import ConfigError, DataError
 from compute.images.config import ActMaxConfig, ImageConfig
+from compute.nets.models import model_options
 from warehouse.store import write_file
 
 
@@ -56,11 +57,8 @@ class RunConfig:
         return RunConfig(**values)
 
     def model_options(self) -> dict[str, Any]:
-        if self.model == "mlp":
-            return {"widths": list(self.widths)}
-        if self.model == "cifar-convnet":
-            return {"width": self.width}
-        return {}
+        """This run's model options (``compute.nets.models.REGISTRY`` says which fields they are)."""
+        return model_options(self.model, {f.name: getattr(self, f.name) for f in fields(self)})
 
 
 @dataclass

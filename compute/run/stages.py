@@ -29,7 +29,22 @@ STAGES: tuple[Stage, ...] = (
     Stage("curves", ("statistics", "ablation"), "cumulative ablation curves and their areas (ablation_curves, "
           "ablation_auc)"),
     Stage("images", ("train",), "visual evidence per unit as PNG rows (unit_images)"),
-    Stage("publish", tuple(n for n in ("train", "evaluate", "statistics", "ablation", "curves", "images")),
+    Stage("publish", ("train", "evaluate", "statistics", "ablation", "curves", "images"),
           "every table, the checkpoint and the manifest, renamed into the warehouse at once", resumable=False),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
+
+
+def markdown() -> str:
+    """docs/stages.md: the stage list as a table (``make docs`` writes it; a test checks it is current)."""
+    lines = ["# The stages of a run", "",
+             "Generated from `compute/run/stages.py` by `make docs`; do not edit by hand.", "",
+             "A run executes these stages in order (`compute/run/pipeline.py`). Each resumable stage's result is "
+             "saved under `<warehouse>/.staging/<run_id>.stages/` when it finishes, so `--resume` continues "
+             "an interrupted run from the first unfinished stage. The dashboard's compute button shows "
+             "\"stage i of N\" from this list.", "",
+             "| # | stage | needs | produces | resumable |", "|---|---|---|---|---|"]
+    for i, s in enumerate(STAGES, 1):
+        lines.append(f"| {i} | `{s.name}` | {', '.join(f'`{n}`' for n in s.needs) or '-'} | {s.produces} | "
+                     f"{'yes' if s.resumable else 'no'} |")
+    return "\n".join(lines) + "\n"

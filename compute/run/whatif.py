@@ -7,14 +7,12 @@ and the ablated outcome together. This is the one place the dashboard needs torc
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 
 from compute.ablation.outcome import Outcome
@@ -23,7 +21,7 @@ from compute.ablation.engine import AblationEngine
 from compute.errors import ConfigError
 from compute.nets.models import load_checkpoint
 from compute.run.config import RunConfig, load_data
-from warehouse.store import CHECKPOINT
+from warehouse.store import CHECKPOINT, is_published, published_at, stored_run_config
 
 SPLITS = ("eval", "train")
 
@@ -68,11 +66,7 @@ class LoadedRun:
 
 def run_config(run_dir: Path) -> RunConfig:
     """The run's settings as stored in ``runs.config``."""
-    try:
-        stored = json.loads(pq.read_table(run_dir / "runs.parquet", columns=["config"]).column(0)[0].as_py())
-    except (OSError, ValueError, IndexError, KeyError) as e:
-        raise ConfigError(f"{run_dir} is not a readable published run (runs.parquet: {e}).") from e
-    return RunConfig.from_dict(stored)
+    return RunConfig.from_dict(stored_run_config(run_dir))
 
 
 @lru_cache(maxsize=4)
@@ -87,10 +81,10 @@ def _load(run_dir: str, _stamp: float) -> LoadedRun:
 
 def load_run(run_dir: Path) -> LoadedRun:
     """The run at ``run_dir``, loaded once (reloaded if its manifest changes)."""
-    manifest = Path(run_dir) / "manifest.json"
-    if not manifest.is_file():
-        raise ConfigError(f"{run_dir} is not a published run: it has no manifest.json.")
-    return _load(str(Path(run_dir).resolve()), manifest.stat().st_mtime)
+    if not is_published(Path(run_dir)):
+        raise ConfigError(f"{run_dir} is not a published run: it has no manifest (it may be a run still being "
+                          "computed, or a damaged folder).")
+    return _load(str(Path(run_dir).resolve()), published_at(Path(run_dir)))
 
 
 def ablate_units(run_dir: Path, units: dict[str, list[int]], split: str = "eval") -> WhatIfResult:

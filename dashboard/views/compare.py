@@ -8,7 +8,7 @@ import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
-from dashboard import data, ui
+from dashboard import cached, ui
 
 PAGE = "compare"
 ALL = "(all runs)"
@@ -24,7 +24,7 @@ def _from_url(key: str) -> str | None:
     return values[-1] if values else None
 
 
-exps = data.experiments(root, fp)
+exps = cached.experiments(root, fp)
 exp_options = [ALL, *exps]
 exp_url = _from_url("exp")
 if exp_url is not None:
@@ -35,7 +35,7 @@ if exp_url is not None:
 exp_choice = st.selectbox("Experiment", exp_options, key="compare-exp",
                           index=1 if exps and "compare-exp" not in st.session_state else 0)
 experiment = None if exp_choice == ALL else exp_choice
-candidates = data.runs_of(root, fp, experiment)
+candidates = cached.runs_of(root, fp, experiment)
 
 runs_url = _from_url("runs")
 if runs_url is not None:
@@ -60,7 +60,7 @@ if not chosen:
     st.info("No runs selected: choose one or more runs above.")
     st.stop()
 
-choices = data.curve_choices(root, fp, tuple(chosen))
+choices = cached.curve_choices(root, fp, tuple(chosen))
 if choices.empty:
     ui.write_url(PAGE, params)
     st.info("None of the selected runs has cumulative ablation curves (runs computed before curves existed). "
@@ -89,7 +89,7 @@ split, layer, order = picked["split"], picked["layer"], picked["order"]
 key = tuple(chosen)
 
 st.subheader("Cumulative ablation curves")
-bands = data.curve_bands(root, fp, key, split, layer, order)
+bands = cached.curve_bands(root, fp, key, split, layer, order)
 without = [r for r in chosen if r not in set(bands["run_id"])]
 if without:
     st.caption(f"No {split}/{layer}/{order} curve in: {', '.join(without)}")
@@ -112,7 +112,7 @@ else:
     ui.downloads(f"curves-{split}-{layer}-{order}", "dl-compare-curves", frame=bands)
 
 st.subheader("Area under the curve vs generalization gap")
-aucs = data.auc_table(root, fp, key, split, layer, order)
+aucs = cached.auc_table(root, fp, key, split, layer, order)
 st.dataframe(aucs, hide_index=True, key="compare-auc-table")
 ui.downloads(f"auc-{split}-{layer}-{order}", "dl-compare-auc", frame=aucs)
 if not aucs.empty:
@@ -122,7 +122,7 @@ if not aucs.empty:
                     key="compare-auc-scatter")
 
 st.subheader("Selectivity and ablation importance per run")
-dist = data.unit_distributions(root, fp, key, layer)
+dist = cached.unit_distributions(root, fp, key, layer)
 if dist.empty:
     st.info("No units for these runs and layer.")
 else:

@@ -8,8 +8,8 @@ from typing import Any
 import plotly.express as px
 import streamlit as st
 
-from dashboard import data, ui, whatif
-from dashboard.evidence import with_thumbnails
+from dashboard import cached, ui, whatif_panel
+from dashboard.image_panels import with_thumbnails
 from dashboard.state import COLORS, ExplorerState, decode, encode
 from warehouse.export import FORMATS
 from warehouse.queries import CLASS_METRICS, PRESETS, UNIT_METRICS, QueryError, Range, UnitFilter
@@ -92,8 +92,8 @@ if ui.url_is_new("explorer"):
         st.error(f"This link's filter is not valid ({e}); showing the unfiltered run instead.")
         url_state = ExplorerState(UnitFilter(st.query_params.get("run") or run_ids[0]))
 run = ui.pick_run(run_ids, url_state.filter.run_id if url_state else None, "ex-run")
-classes = data.class_names(root, fp, run)
-layers = data.layer_names(root, fp, run)
+classes = cached.class_names(root, fp, run)
+layers = cached.layer_names(root, fp, run)
 S["ex-classes"] = classes
 if url_state is not None and url_state.filter.run_id == run:
     to_widgets(url_state, classes)
@@ -137,7 +137,7 @@ ui.write_url("explorer", encode(state))
 f = state.filter
 
 try:
-    table, total = data.filtered(root, fp, f, MAX_ROWS)
+    table, total = cached.filtered(root, fp, f, MAX_ROWS)
 except QueryError as e:
     st.error(str(e))
     st.stop()
@@ -149,7 +149,7 @@ st.markdown(f"**{total:,} unit(s) match.**" + (f" The table shows the first {len
 if total == 0:
     st.info("No unit matches this filter. Widen a range, pick more layers or choose another preset.")
     st.stop()
-if f.dead is None and f.limit is None and (n_dead := data.count(root, fp, replace(f, dead=True))):
+if f.dead is None and f.limit is None and (n_dead := cached.count(root, fp, replace(f, dead=True))):
     st.caption(f"{n_dead:,} of them are dead: never active on the evaluation set (the loss can still push a "
                "silent unit up). Choose *Dead units: live only* to hide them.")
 
@@ -159,14 +159,14 @@ first = ["layer", "unit", *(["matched_classes"] if "matched_classes" in table el
 table = table[first + [c for c in table.columns if c not in first and c != "run_id"]]
 column_config: dict[str, Any] = {}
 if st.toggle("Show thumbnails (each unit's top evaluation example)", key="ex-thumbs"):
-    table, column_config = with_thumbnails(data.connection(root)[0], run, table)
+    table, column_config = with_thumbnails(cached.connection(root)[0], run, table)
     table = table[["thumbnail", *[c for c in table.columns if c != "thumbnail"]]]
 event = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="single-row", key="ex-table",
                      column_config=column_config)
 if event.selection.rows:
     row = table.iloc[event.selection.rows[0]]
     open_unit(run, str(row["layer"]), int(row["unit"]))
-ui.downloads(f"units-{run}", "dl-units", payload={fmt: data.export_on_click(root, fp, f, fmt) for fmt in FORMATS})
+ui.downloads(f"units-{run}", "dl-units", payload={fmt: cached.export_on_click(root, fp, f, fmt) for fmt in FORMATS})
 
 c1, c2 = st.columns([3, 1])
 labels = [f"{layer}:{unit}" for layer, unit in zip(table["layer"], table["unit"])]
@@ -183,7 +183,7 @@ with st.expander("What if these units were removed? (live ablation on the run's 
                                   key="ex-whatif-units")
     split = st.radio("Measured on", ["eval", "train"], horizontal=True, key="ex-whatif-split")
     if st.button("Ablate the selected units", key="ex-whatif", disabled=not picked_units):
-        result = whatif.run(root, run, picked_units, split)
+        result = whatif_panel.run(root, run, picked_units, split)
         if isinstance(result, str):
             st.error(result)
         else:
@@ -203,7 +203,7 @@ c1.selectbox("x axis", UNIT_METRICS, key="ex-x")
 c2.selectbox("y axis", UNIT_METRICS, key="ex-y")
 c3.radio("Colour by", COLORS, key="ex-color", horizontal=True,
          format_func=lambda c: {"layer": "layer", "pref_class_name": "preferred class"}[c])
-points, n_points = data.scatter(root, fp, f, state.x, state.y)
+points, n_points = cached.scatter(root, fp, f, state.x, state.y)
 if len(points) < n_points:
     st.caption(f"Plotting a fixed sample of {len(points):,} of {n_points:,} units.")
 hover: dict[str, Any] = {"layer": True, "unit": True, "pref_class_name": True}
@@ -216,6 +216,6 @@ if picked.selection.points:
     open_unit(run, str(layer), int(unit))
 
 st.markdown(f"**Spearman correlation of {state.x} and {state.y} per layer** (95% confidence interval)")
-corr = data.correlations(points[["layer", state.x, state.y]], state.x, state.y)
+corr = cached.correlations(points[["layer", state.x, state.y]], state.x, state.y)
 st.dataframe(corr, hide_index=True, key="ex-corr")
 ui.downloads(f"correlation-{run}", "dl-corr", frame=corr)

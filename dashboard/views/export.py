@@ -6,7 +6,7 @@ import shlex
 
 import streamlit as st
 
-from dashboard import data, ui
+from dashboard import cached, ui
 from dashboard.state import ExplorerState, decode, encode
 from warehouse.export import FORMATS
 from warehouse.queries import QueryError, UnitFilter, format_range
@@ -30,12 +30,12 @@ f = state.filter
 st.markdown("The units of the **Unit explorer**'s current filter (set it there; this page follows it):")
 st.json(encode(state))
 try:
-    total = data.count(root, fp, f)
+    total = cached.count(root, fp, f)
 except QueryError as e:
     st.error(str(e))
     st.stop()
 st.markdown(f"**{total:,} unit(s)** of run `{f.run_id}`.")
-ui.downloads(f"units-{f.run_id}", "dl-export", payload={fmt: data.export_on_click(root, fp, f, fmt) for fmt in FORMATS})
+ui.downloads(f"units-{f.run_id}", "dl-export", payload={fmt: cached.export_on_click(root, fp, f, fmt) for fmt in FORMATS})
 
 args = [".venv/bin/python", "-m", "warehouse", "export", "--warehouse", root, "--run", f.run_id]
 for layer in f.layers:

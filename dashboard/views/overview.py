@@ -7,7 +7,7 @@ import shlex
 import plotly.express as px
 import streamlit as st
 
-from dashboard import data, ui
+from dashboard import cached, ui
 from dashboard.compute_job import DEFAULT_RUN_ID, default_command, run_with_progress
 from warehouse.queries import DISTRIBUTIONS
 
@@ -32,7 +32,7 @@ if not runs:
             st.error(f"The compute step failed (exit code {code}):\n\n```\n{output}\n```")
     st.stop()
 
-overview = data.runs_overview(root, fp)
+overview = cached.runs_overview(root, fp)
 st.subheader("Runs")
 st.dataframe(overview, hide_index=True, column_config={
     c: st.column_config.NumberColumn(format="percent") for c in ("train_acc", "test_acc", "eval_acc")})
@@ -43,11 +43,11 @@ run = ui.pick_run(run_ids, st.query_params.get("run") if ui.url_is_new("overview
 ui.write_url("overview", {"run": run})
 
 st.subheader(f"Layers of `{run}`")
-layers = data.layer_summary(root, fp, run)
+layers = cached.layer_summary(root, fp, run)
 st.dataframe(layers, hide_index=True)
 ui.downloads(f"layers-{run}", "dl-layers", frame=layers)
 
-hist = data.epochs(root, fp, run)
+hist = cached.epochs(root, fp, run)
 if len(hist):
     long = hist.melt("epoch", ["train_acc", "test_acc"], var_name="split", value_name="accuracy")
     st.plotly_chart(px.line(long, x="epoch", y="accuracy", color="split", markers=True, title="Accuracy per epoch"))
@@ -58,7 +58,7 @@ labels = {"selectivity": "class selectivity", "abl_loss_delta": "ablation import
           "sparsity": "sparsity (1 - fraction active)"}
 cols = st.columns(2)
 for i, metric in enumerate(DISTRIBUTIONS):
-    h = data.histogram(root, fp, run, metric)
+    h = cached.histogram(root, fp, run, metric)
     h["bin"] = (h["lo"] + h["hi"]) / 2
     fig = px.bar(h, x="bin", y="count", color="layer", barmode="group", title=labels[metric],
                  labels={"bin": metric, "count": "units"})

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from dashboard import data, ui
+from dashboard import cached, ui
 from warehouse.sandbox import MAX_ROWS, TIME_LIMIT_S, SandboxError
 from warehouse.schema import TABLES
 
@@ -28,7 +28,7 @@ with left:
     if st.button("Run", type="primary", key="sql-run") or st.session_state.get("sql-last") == query:
         st.session_state["sql-last"] = query
         try:
-            result = data.sql(root, query)
+            result = cached.sql(root, query)
         except SandboxError as e:
             st.error(str(e))
         else:

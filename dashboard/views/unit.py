@@ -8,8 +8,8 @@ import plotly.graph_objects as go
 import streamlit as st
 from plotly.subplots import make_subplots
 
-from dashboard import data, ui
-from dashboard.evidence import render_unit_evidence
+from dashboard import cached, ui
+from dashboard.image_panels import render_unit_evidence
 from dashboard.state import parse_unit
 from warehouse.queries import PERCENTILE_METRICS, QueryError
 from warehouse.schema import TABLES
@@ -28,7 +28,7 @@ if from_url:
     except QueryError as e:
         st.error(f"This link's unit is not valid: {e}")
 run = ui.pick_run(run_ids, st.query_params.get("run") if from_url else None, "unit-run")
-layers = data.layer_names(root, fp, run)
+layers = cached.layer_names(root, fp, run)
 if wanted:
     if wanted[0] in layers:
         S["unit-layer"], S["unit-index"] = wanted
@@ -36,7 +36,7 @@ if wanted:
         st.error(f"Run `{run}` has no layer `{wanted[0]}` (layers: {', '.join(layers)}).")
 if S.get("unit-layer") not in layers:
     S["unit-layer"] = layers[0]
-summary = data.layer_summary(root, fp, run).set_index("layer")
+summary = cached.layer_summary(root, fp, run).set_index("layer")
 c1, c2 = st.columns(2)
 layer = c1.selectbox("Layer", layers, key="unit-layer")
 n_units = int(summary.loc[layer, "n_units"])
@@ -47,7 +47,7 @@ if S.get("unit-index") is None or not 0 <= S["unit-index"] < n_units:
 unit = int(c2.number_input(f"Unit (0 to {n_units - 1})", min_value=0, max_value=n_units - 1, step=1, key="unit-index"))
 ui.write_url("unit", {"run": run, "unit": f"{layer}:{unit}"})
 
-page = data.unit_page(root, fp, run, layer, unit)
+page = cached.unit_page(root, fp, run, layer, unit)
 if page is None:
     st.error(f"Unit `{layer}:{unit}` has no statistics in run `{run}`; the run may be incomplete.")
     st.stop()
@@ -119,4 +119,4 @@ ui.downloads(f"unit-{run}-{layer}-{unit}-classes", "dl-unit-classes", frame=cls)
 
 # --- image evidence ------------------------------------------------------------------------------
 st.subheader("Image evidence")
-render_unit_evidence(data.connection(root)[0], run, layer, unit)
+render_unit_evidence(cached.connection(root)[0], run, layer, unit)

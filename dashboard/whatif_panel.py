@@ -6,11 +6,10 @@ ablation of LeNet-5 on the default run takes well under a second.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pandas as pd
 
-from warehouse.store import RUNS_DIR
+from warehouse.store import run_dir
 
 
 def run(root: str, run_id: str, labels: list[str], split: str) -> tuple[dict[str, float], pd.DataFrame] | str:
@@ -23,7 +22,7 @@ def run(root: str, run_id: str, labels: list[str], split: str) -> tuple[dict[str
         layer, _, unit = label.rpartition(":")
         units.setdefault(layer, []).append(int(unit))
     try:
-        r = ablate_units(Path(root) / RUNS_DIR / run_id, units, split=split)
+        r = ablate_units(run_dir(root, run_id), units, split=split)
     except AtlasError as e:
         return f"Cannot ablate these units: {e}"
     summary = {"accuracy": r.ablated.accuracy, "acc_delta": r.acc_delta, "loss": r.ablated.loss,

@@ -7,7 +7,6 @@ a newly computed run shows up at once and a stale result is never served. All SQ
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -21,28 +20,11 @@ from dashboard.correlation import per_layer
 from warehouse import RunInfo, connect, default_path, list_runs, queries
 from warehouse.export import export_units, table_bytes
 from warehouse.sandbox import SandboxResult, run_query
-from warehouse.store import MANIFEST, RUNS_DIR
-
-Fingerprint = tuple[tuple[str, int], ...]
-
+from warehouse.store import Fingerprint, fingerprint
 
 def warehouse_root() -> str:
     """``$NEURON_ATLAS_WAREHOUSE`` or the repository's default warehouse folder."""
     return str(default_path())
-
-
-def fingerprint(root: str) -> Fingerprint:
-    """(run folder, manifest mtime) of every published run: changes whenever a run is added or replaced."""
-    runs = Path(root) / RUNS_DIR
-    if not runs.is_dir():
-        return ()
-    out = []
-    for p in sorted(runs.iterdir()):
-        try:
-            out.append((p.name, os.stat(p / MANIFEST).st_mtime_ns))
-        except OSError:
-            continue
-    return tuple(out)
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the warehouse's units into memory…")

@@ -167,7 +167,7 @@ def _add_executor_options(p: argparse.ArgumentParser) -> None:
                     help="in-process (default) or ray: work items on a Ray cluster's workers")
     ex.add_argument("--ray-address", default=None, metavar="ADDR",
                     help="join this Ray cluster (auto, ray://host:port); default: start Ray on this machine")
-    ex.add_argument("--ray-workers", type=_positive, default=None,
+    ex.add_argument("--ray-workers", type=_positive, default=None, metavar="N",
                     help="Ray actors to start (default: one per CPU of the cluster, or per GPU with --device cuda)")
     ex.add_argument("--ray-gpus", type=float, default=1.0, metavar="FRACTION",
                     help="GPUs each Ray actor reserves with --device cuda, fractions allowed (default 1)")

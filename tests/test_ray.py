@@ -133,3 +133,11 @@ def test_tables_read_with_pyarrow_dataset_alone(lenet_reference: Path):
     classes = ds.dataset(lenet_reference / "unit_classes.parquet").to_table()
     assert classes.num_rows == 226 * 10
     assert json.loads(ds.dataset(lenet_reference / "runs.parquet").to_table().column("config")[0].as_py())["seed"] == 1
+
+
+def test_ray_options_without_the_ray_executor_are_explained(tmp_path: Path, capsys: pytest.CaptureFixture[str]):
+    from compute.cli import main
+
+    assert main(["run", "--ray-workers", "2", "--warehouse", str(tmp_path)]) == 2
+    assert "need --executor ray" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -113,3 +113,23 @@ def test_stratified_subset_is_balanced():
     test = load_dataset("mnist-5k").test
     sub = stratified_subset(test, 300)
     assert np.bincount(sub.labels.numpy()).tolist() == [30] * 10
+
+
+class _Planted:
+    """A pickle that would run code when loaded (os.system on unpickling)."""
+
+    def __reduce__(self):
+        import os
+        return (os.system, ("touch /tmp/neuron-atlas-planted-cifar",))
+
+
+def test_a_planted_cifar_batch_cannot_run_code(tmp_path: Path):
+    d = tmp_path / "cifar-10-batches-py"
+    d.mkdir()
+    for name in ("data_batch_1", "test_batch"):
+        with open(d / name, "wb") as f:
+            pickle.dump({b"data": _Planted(), b"labels": [0]}, f)
+    Path("/tmp/neuron-atlas-planted-cifar").unlink(missing_ok=True)
+    with pytest.raises(DataError, match="unreadable or corrupt"):
+        load_dataset("cifar10", data_dir=tmp_path)
+    assert not Path("/tmp/neuron-atlas-planted-cifar").exists()

@@ -207,13 +207,26 @@ def _cifar_dir(directory: Path) -> Path | None:
     return None
 
 
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR-10's python batches (dicts of bytes, lists and NumPy arrays) and nothing else:
+    a planted batch file cannot name any other callable, so data never runs code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR batch holds only arrays")
+        return super().find_class(module, name)
+
+
 def _load_cifar_batches(d: Path) -> Splits:
     def read(names: list[str]) -> tuple[np.ndarray, np.ndarray]:
         xs, ys = [], []
         for n in names:
             try:
                 with open(d / n, "rb") as f:
-                    batch = pickle.load(f, encoding="bytes")
+                    batch = _ArrayUnpickler(f, encoding="bytes").load()
                 xs.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
                 ys.append(np.asarray(batch[b"labels"], dtype=np.int64))
             except (OSError, KeyError, ValueError, pickle.UnpicklingError, EOFError) as e:

@@ -402,6 +402,7 @@ def main() -> None:
     args = parser().parse_args()
     if args.worker:
         return worker(args)
+    sys.path.insert(0, str(ROOT))  # this checkout's sections run in this process
 
     argv = [a for a in sys.argv[1:]]
     for flag in ("--before",):

@@ -103,6 +103,7 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "manifest-version-bool": (_edit_manifest(schema_version=True), "schema_version"),
     "manifest-version-zero": (_edit_manifest(schema_version=0), "schema version 0"),
     "manifest-version-future": (_edit_manifest(schema_version=99), "schema version 99"),
+    "manifest-version-older": (_edit_manifest(schema_version=1), "schema version 1, before.*recompute"),
     "manifest-files-list": (_edit_manifest(files=[]), "files"),
     "manifest-bad-hash": (_edit_manifest(files={"units.parquet": {"bytes": 1, "sha256": "zz"}}), "files"),
     "manifest-path-in-files": (_edit_manifest(files={"../x": {"bytes": 1, "sha256": "0" * 64}}), "not a file"),

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: training signal, live anomaly, significance, examples, class curves
 
 
 @dataclass(frozen=True)

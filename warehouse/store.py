@@ -308,6 +308,10 @@ def _inspect(path: Path) -> RunInfo:
         if manifest.schema_version > SCHEMA_VERSION or manifest.schema_version < 1:
             raise BrokenRun(f"written with schema version {manifest.schema_version}; this version reads up to "
                             f"{SCHEMA_VERSION}. Upgrade Neuron Atlas to read it")
+        if manifest.schema_version < SCHEMA_VERSION:
+            raise BrokenRun(f"written with schema version {manifest.schema_version}, before the tables of version "
+                            f"{SCHEMA_VERSION} (training signal, significance, examples); recompute it with "
+                            f"`python -m compute run --run-id {path.name} ...` after removing the folder")
         for name in TABLES:  # the most specific reasons first: a missing, unreadable or foreign table
             if f"{name}.parquet" not in manifest.files:
                 raise BrokenRun(f"table {name} is missing ({name}.parquet is not in the manifest)")

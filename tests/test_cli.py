@@ -41,7 +41,7 @@ def test_run_then_list(tmp_path: Path, shared_mnist: Path):
     (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--dataset", "idx:/no/such/dir"], "is not a directory"),
     (["--epochs", "0"], "needs --checkpoint"),
-    (["--epochs", "-1"], "expected a positive integer"),
+    (["--epochs", "-1"], "expected a non-negative integer"),
     (["--widths", "12,x"], "comma-separated integers"),
     (["--run-id", "bad/id"], "invalid run id"),
     (["--eval-dataset", "idx:/no/such/dir"], "no IDX image/label pairs"),

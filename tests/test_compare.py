@@ -139,7 +139,8 @@ def test_compare_page_shows_the_sweep(sweep_app, sweep_con):
     assert len(pd.read_csv(io.BytesIO(downloaded(at, "dl-compare-curves-csv")))) == len(bands) == 4 * 21
     assert pq.read_table(io.BytesIO(downloaded(at, "dl-compare-auc-parquet"))).num_rows == len(want) == 4
     assert len(pd.read_csv(io.BytesIO(downloaded(at, "dl-compare-units-csv")))) == 4 * 64
-    assert at.query_params == {"exp": EXPERIMENT, "split": "train", "layer": "fc1", "order": "random"}
+    assert at.query_params == {"exp": EXPERIMENT, "runs": ",".join(RUN_IDS), "split": "train", "layer": "fc1",
+                               "order": "random"}
 
     # Two runs, eval split, importance order: the URL follows, the table shrinks.
     at.multiselect(key="compare-runs").set_value(RUN_IDS[::3]).run()

@@ -286,12 +286,12 @@ FIELDS: tuple[Field, ...] = (
           f"metric range COL:LO:HI, a bound may be empty (repeatable); COL one of {', '.join(UNIT_METRICS)}",
           "ranges", "metrics", many=True, cli_append=True, choices=UNIT_METRICS,
           unit_sql=_ranges(UNIT_METRICS, "metric")),
-    Field("pref_classes", "pref", "--pref-class", _int("preferred class", 0, INT32_MAX), "Preferred class",
+    Field("pref_classes", "pref", "--pref-class", _int("preferred class (a class index)", 0, INT32_MAX), "Preferred class",
           "preferred class (repeatable)", "classes", "pref", many=True, joined=True,
           unit_sql=lambda v: [OneOf("pref_class", tuple(int(c) for c in v))] if v else []),
     Field("dead", "dead", "--dead", _yes_no("dead"), "Dead units", "only dead (yes) / only live (no) units",
           "tristate", "dead", unit_sql=lambda v: [] if v is None else [Compare("dead", "=", bool(v))]),
-    Field("condition_class", "cls", "--class", _int("class", 0, INT32_MAX), "Class-level conditions hold for",
+    Field("condition_class", "cls", "--class", _int("class (a class index)", 0, INT32_MAX), "Class-level conditions hold for",
           "the class the class conditions apply to (default: any class)", "class", "cls", preset_keeps=True,
           class_sql=lambda v: [] if v is None else [Compare("class", "=", int(v))]),
     Field("class_conditions", "cc", "--class-condition",
@@ -303,7 +303,7 @@ FIELDS: tuple[Field, ...] = (
     Field("order_by", "sort", "--sort", choice("sort column", UNIT_METRICS), "Sort by",
           "sort column (default: the preset's, else layer order)", "choice", "sort", choices=UNIT_METRICS),
     Field("descending", "desc", "--desc", flag("desc"), "Descending", "sort descending", "flag", "desc"),
-    Field("limit", "limit", "--limit", _int("limit", 1, INT64_MAX), "At most this many units",
+    Field("limit", "limit", "--limit", _int("limit (a positive number of units)", 1, INT64_MAX), "At most this many units",
           "at most this many units", "count", "limit"),
 )
 FIELD = {f.name: f for f in FIELDS}

@@ -188,8 +188,8 @@ def _widths(text: str) -> tuple[int, ...]:
     """Comma-separated positive widths in ASCII digits (int() would also take '٣' or '1_000')."""
     parts = [w.strip() for w in text.split(",")]
     if not all(re.fullmatch(r"[0-9]{1,7}", w) and int(w) >= 1 for w in parts):
-        raise ConfigError(f"--widths must be comma-separated positive integers below 10,000,000 such as 128,128, "
-                          f"got {text!r}.")
+        raise ConfigError(f"--widths must be comma-separated integers (positive, below 10,000,000) such as "
+                          f"128,128, got {text!r}.")
     return tuple(int(w) for w in parts)
 
 
@@ -197,9 +197,9 @@ def _width(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"--width must be a number such as 0.25, got {text!r}.") from None
+        raise ConfigError(f"--width must be a width multiplier such as 0.25, got {text!r}.") from None
     if not math.isfinite(value) or not 0 < value <= 64:
-        raise ConfigError(f"--width must lie in (0, 64] (a channel multiplier), got {text!r}.")
+        raise ConfigError(f"--width must be a width multiplier in (0, 64], got {text!r}.")
     return value
 
 

@@ -216,7 +216,7 @@ def test_compute_list_names_each_broken_run(damaged, capsys):
 def test_overview_page_lists_broken_runs_with_reasons(damaged, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from tests.test_dashboard_app import APP, ok
+    from tests.test_dashboard_app import APP, frame, ok
 
     root, runs = damaged
     monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(root))
@@ -225,7 +225,7 @@ def test_overview_page_lists_broken_runs_with_reasons(damaged, monkeypatch):
     for run_id, info in runs.items():
         if not info.ok:
             assert info.error in shown, run_id
-    assert sorted(at.dataframe[0].value.run_id) == sorted(r for r, i in runs.items() if i.ok)
+    assert sorted(frame(at, "run_id").run_id) == sorted(r for r, i in runs.items() if i.ok)
 
 
 def test_figures(damaged):

@@ -263,6 +263,9 @@ def execute(files: Mapping[str, Sequence[str]], query: str, max_rows: int = MAX_
                            f"select fewer or smaller values (LIMIT, length(...), no huge strings).")
     if proc.returncode == 2:
         raise SandboxError(message or "the query failed.")
+    if proc.returncode == -signal.SIGKILL:  # the kernel's out-of-memory killer, before the watcher saw it
+        raise SandboxError("the query process was killed by the system, most likely for running out of memory; "
+                           "select fewer or smaller values (LIMIT, length(...), no huge strings).")
     if proc.returncode != 0:
         raise SandboxError(f"the query process ended abnormally (exit code {proc.returncode}); simplify the query.")
     table = pa.ipc.open_stream(out).read_all()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -16,22 +15,6 @@ from warehouse.queries import PRESETS, QueryError, filter_units_arrow
 from warehouse.schema import markdown
 from warehouse.store import ENV_VAR, RUNS_DIR, STAGING_DIR, WarehouseError, default_path, list_runs
 
-
-#: Largest --limit (DuckDB's LIMIT is a signed 64-bit integer) and class index accepted.
-MAX_LIMIT = 2**62
-MAX_CLASS = 2**31 - 1
-_INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take '٣', '1_000' or ' 7 '
-
-
-def _bounded_int(lo: int, hi: int, what: str):
-    def parse(text: str) -> int:
-        if not _INT.fullmatch(text):
-            raise argparse.ArgumentTypeError(f"expected {what} (an integer), got {text!r}")
-        value = int(text)
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected {what} between {lo} and {hi:,}, got {text}")
-        return value
-    return parse
 
 
 def parser() -> argparse.ArgumentParser:

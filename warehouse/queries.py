@@ -217,13 +217,6 @@ def unit_examples(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit:
         [run_id, layer, int(unit)]).df()
 
 
-def subgroup_sizes(con: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, int]:
-    """Evaluation examples per subgroup the dataset defines (empty when it defines none)."""
-    rows = con.execute("SELECT subgroup, count(*) FROM examples WHERE run_id = ? AND subgroup IS NOT NULL "
-                       "GROUP BY subgroup ORDER BY subgroup", [run_id]).fetchall()
-    return {str(g): int(n) for g, n in rows}
-
-
 def class_removal(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
     """Per layer (or pooled group) and class: the fewest units that halve the class's accuracy while the
     others keep 90% of theirs (``class_removal``), layers in forward order, ``last2`` last."""

@@ -200,7 +200,9 @@ def _worker() -> subprocess.Popen:
 
 
 @atexit.register
+@atexit.register
 def _drop_spare() -> None:
+    """The ready query process is not left behind when the dashboard exits."""
     if _spare is not None and _spare.poll() is None:
         _spare.kill()
         _spare.wait()

@@ -19,7 +19,7 @@ from compute.datasets import crossed
 from compute.run.planted import check
 from compute.run.unit_evidence import firing_split
 from compute.run.whatif import load_run
-from warehouse.store import run_dir as run_folder
+from warehouse.layout import run_dir as run_folder
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img" / "crossed-sevens.png"
 SCALE, PER_GROUP = 3, 8

@@ -42,7 +42,7 @@ from warehouse import connect, list_runs  # noqa: E402
 from warehouse import browse  # noqa: E402
 from warehouse import queries as q  # noqa: E402
 from warehouse.schema import SCHEMA_VERSION, TABLES  # noqa: E402
-from warehouse.store import RunWriter  # noqa: E402
+from warehouse.publish import RunWriter  # noqa: E402
 
 RUN_ID = "synthetic"
 LAYERS = 8

@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from compute.run.config import RunConfig  # noqa: E402
 from compute.run.pipeline import compute_run  # noqa: E402
 from compute.images.table import ROW_GROUP_ROWS  # noqa: E402
-from warehouse.store import COMPRESSION  # noqa: E402
+from warehouse.publish import COMPRESSION  # noqa: E402
 
 
 def _read_unit(path: Path, layer: str, unit: int, repeat: int = 20) -> float:

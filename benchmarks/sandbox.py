@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dashboard_queries import generate  # noqa: E402
 
 from warehouse import connect, list_runs  # noqa: E402
-from warehouse import store  # noqa: E402
+from warehouse import validate  # noqa: E402
 from warehouse.sandbox import run_query, sources  # noqa: E402
 
 QUERY = "SELECT layer, count(*) AS n, avg(selectivity) AS s FROM units GROUP BY layer ORDER BY layer"
@@ -45,7 +45,7 @@ def main() -> int:
         root = Path(tmp)
         generate(root, args.units)
         size = sum(p.stat().st_size for p in (root / "runs").rglob("*") if p.is_file())
-        store._VERIFIED.clear()
+        validate._VERIFIED.clear()
         t = time.perf_counter()
         runs = list_runs(root)
         first = time.perf_counter() - t

@@ -29,7 +29,8 @@ from compute.images.config import ImageConfig
 from compute.run.config import RunConfig, RunSummary, default_run_id, settle_config
 from compute.run.pipeline import analyze_into
 from compute.threads import DEFAULT_THREADS
-from warehouse.store import RunWriter, check_run_id, default_path
+from warehouse.layout import check_run_id, default_path
+from warehouse.publish import RunWriter
 
 
 def as_imageset(data: ImageSet | Dataset, class_names: Sequence[str] | None, name: str) -> ImageSet:

@@ -15,8 +15,10 @@ from compute.errors import AtlasError, ConfigError
 from compute.images.config import ActMaxConfig, ImageConfig
 from compute.nets.models import MODEL_NAMES, MODEL_OPTIONS, known_model, model_options
 from compute.threads import DEFAULT_THREADS
-from warehouse import store
-from warehouse.store import ENV_VAR, RUN_ID_PATTERN, check_run_id, default_path, list_runs, remove_leftover, staging_dir, staging_leftovers
+from warehouse import publish
+from warehouse.cleanup import remove_leftover, staging_leftovers
+from warehouse.layout import ENV_VAR, RUN_ID_PATTERN, check_run_id, default_path, staging_dir
+from warehouse.validate import list_runs
 
 
 #: Largest count or size accepted (epochs, batch size, widths, ...): beyond it nothing sensible runs.
@@ -419,7 +421,7 @@ def _layers(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     root = getattr(args, "warehouse", None) or default_path()
-    published_before = len(store.PUBLISHED)
+    published_before = len(publish.PUBLISHED)
     try:
         if args.command == "run":
             return _run(args, root)
@@ -442,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _interrupted(published_before: int, root: Path) -> str:
     """What is true after Ctrl-C: which runs this command published (whole), and what is left to resume."""
-    done = store.PUBLISHED[published_before:]
+    done = publish.PUBLISHED[published_before:]
     lines = [f"interrupted. Published and complete: {', '.join(p.name for p in done)}." if done
              else "interrupted: nothing was published by this command."]
     leftovers = staging_leftovers(root)

@@ -20,7 +20,7 @@ from dashboard.correlation import per_layer
 from warehouse import RunInfo, browse, connect, default_path, list_runs, queries
 from warehouse.export import export_units, table_bytes
 from warehouse.sandbox import SandboxResult, run_query, sources
-from warehouse.store import Fingerprint, fingerprint
+from warehouse.layout import Fingerprint, fingerprint
 
 def warehouse_root() -> str:
     """``$NEURON_ATLAS_WAREHOUSE`` or the repository's default warehouse folder."""

@@ -13,7 +13,7 @@ import streamlit as st
 
 from dashboard import ui
 from warehouse import queries
-from warehouse.store import run_dir as run_folder
+from warehouse.layout import run_dir as run_folder
 
 GALLERY = 12  # example images shown
 SCALE = 3  # pixels per input pixel in the gallery

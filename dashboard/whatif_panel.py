@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from warehouse.store import run_dir
+from warehouse.layout import run_dir
 
 
 def run(root: str, run_id: str, labels: list[str], split: str) -> tuple[dict[str, float], pd.DataFrame] | str:

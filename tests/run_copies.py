@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from warehouse.schema import TABLES
-from warehouse.store import COMPRESSION, MANIFEST
+from warehouse.layout import MANIFEST
+from warehouse.publish import COMPRESSION
 
 
 def refresh_manifest(run_dir: Path, run_id: str | None = None) -> None:

@@ -10,7 +10,7 @@ from compute.errors import ConfigError
 from compute.nets.models import load_checkpoint
 from compute.run.config import RunConfig, load_data
 from compute.run.pipeline import compute_run
-from warehouse.store import CHECKPOINT
+from warehouse.layout import CHECKPOINT
 from compute.run.whatif import ablate_units, load_run, run_config
 from warehouse.connect import connect
 

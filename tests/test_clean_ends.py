@@ -14,13 +14,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import warehouse.store
+import warehouse.publish
 from compute.cli import main
 from tests.dashboard_fixtures import RUN_ID
 from tests.run_copies import clone_run, refresh_manifest
 from tests.test_cli_inputs import Planted
 from warehouse.faults import ENV_VAR
-from warehouse.store import RunWriter, list_runs, staging_leftovers
+from warehouse.cleanup import staging_leftovers
+from warehouse.publish import RunWriter
+from warehouse.validate import list_runs
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--model", "mlp", "--widths", "8", "--epochs", "1", "--train-size", "100", "--eval-size", "50", "--no-images"]
@@ -34,7 +36,7 @@ def _interrupt_at(monkeypatch, point: str) -> None:
     import compute.run.pipeline
     import compute.run.stage_store
 
-    for module in (warehouse.store, compute.run.stage_store, compute.run.pipeline):
+    for module in (warehouse.publish, compute.run.stage_store, compute.run.pipeline):
         monkeypatch.setattr(module, "crash_point", crash)
 
 

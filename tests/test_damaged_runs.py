@@ -21,7 +21,7 @@ import pytest
 import warehouse
 from tests.dashboard_fixtures import RUN_ID
 from tests.run_copies import clone_run, refresh_manifest
-from warehouse.store import list_runs
+from warehouse.validate import list_runs
 
 ROOT_USER = os.geteuid() == 0  # chmod does not stop root from reading
 

@@ -21,7 +21,8 @@ import pytest
 import warehouse
 from warehouse.faults import ENV_VAR
 from tests.run_copies import clone_run
-from warehouse.store import RunWriter, list_runs
+from warehouse.publish import RunWriter
+from warehouse.validate import list_runs
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ARGS = ["--model", "lenet5", "--epochs", "2", "--train-size", "500", "--eval-size", "200", "--seed", "3",

@@ -15,7 +15,7 @@ import pytest
 
 from tests.dashboard_fixtures import RUN_ID
 from warehouse.sandbox import SandboxError, check_statement, execute, run_query, sources
-from warehouse.store import list_runs
+from warehouse.validate import list_runs
 
 READ_ONLY = "read-only|not allowed|not INSERT|not UPDATE|not DELETE"
 FILES = "not available|unknown table"

@@ -31,7 +31,7 @@ from warehouse.bundle import export_bundle, image_name, safe_part
 from dashboard.image_panels import with_thumbnails
 from warehouse.images import data_uri, thumbnails, unit_images
 from warehouse.schema import IMAGE_KINDS
-from warehouse.store import WarehouseError
+from warehouse.errors import WarehouseError
 
 K = 5  # conftest.small_run's top_k
 RUN = "small"

@@ -11,7 +11,9 @@ import pytest
 import warehouse
 from tests.run_copies import clone_run
 from warehouse.schema import TABLES, markdown
-from warehouse.store import RunWriter, WarehouseError, list_runs
+from warehouse.errors import WarehouseError
+from warehouse.publish import RunWriter
+from warehouse.validate import list_runs
 
 REPO = Path(__file__).resolve().parents[1]
 

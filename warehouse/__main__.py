@@ -9,11 +9,12 @@ from pathlib import Path
 
 from warehouse.connect import connect
 from warehouse.export import FORMATS, table_bytes
-from warehouse.errors import AtlasError
+from warehouse.errors import AtlasError, WarehouseError
 from warehouse.filters import UnitFilter, add_arguments, from_cli
 from warehouse.queries import PRESETS, QueryError, filter_units_arrow
 from warehouse.schema import markdown
-from warehouse.store import ENV_VAR, RUNS_DIR, STAGING_DIR, WarehouseError, default_path, list_runs
+from warehouse.layout import ENV_VAR, RUNS_DIR, STAGING_DIR, default_path
+from warehouse.validate import list_runs
 
 
 

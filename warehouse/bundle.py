@@ -27,7 +27,7 @@ import pandas as pd
 
 from warehouse.images import META_COLUMNS
 from warehouse.schema import IMAGE_KINDS
-from warehouse.store import WarehouseError
+from warehouse.errors import WarehouseError
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 

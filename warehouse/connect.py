@@ -21,7 +21,8 @@ from pathlib import Path
 import duckdb
 
 from warehouse.schema import TABLES
-from warehouse.store import RUNS_DIR, default_path, list_runs
+from warehouse.layout import RUNS_DIR, default_path
+from warehouse.validate import list_runs
 
 #: Largest number of units held in memory (about 0.55 GB); above it ``units`` is read from Parquet too.
 MEMORY_UNITS = 2_000_000

@@ -9,3 +9,7 @@ It lives in ``warehouse`` (the lowest package) so that compute and dashboard err
 
 class AtlasError(Exception):
     """An error caused by input or environment, explained in its message."""
+
+
+class WarehouseError(AtlasError):
+    """A warehouse problem a person can fix; the message says what and how."""

@@ -23,7 +23,7 @@ from torch import nn
 from compute.nets.discover import trace_probes
 from compute.nets.probe import Probe
 from compute.errors import ConfigError
-from warehouse.store import write_file
+from warehouse.publish import write_file
 
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -333,7 +333,7 @@ def load_weights(model: nn.Module, path: Path) -> None:
 def load_checkpoint(source: Path | bytes) -> tuple[ProbedModel, ModelSpec | None]:
     """Rebuild a model saved by ``save_checkpoint``, in eval mode (``weights_only`` loading only).
 
-    ``source`` is a path or the file's bytes (``warehouse.store.verified_bytes``, checked against the
+    ``source`` is a path or the file's bytes (``warehouse.validate.verified_bytes``, checked against the
     run's manifest). A run of a model given from Python holds only weights: rebuild that model and
     use ``load_weights``.
     """

@@ -19,7 +19,7 @@ from compute.errors import ConfigError, DataError
 from compute.images.config import ActMaxConfig, ImageConfig
 from compute.nets.models import model_options
 from compute.threads import DEFAULT_THREADS
-from warehouse.store import write_file
+from warehouse.publish import write_file
 
 
 @dataclass(frozen=True)

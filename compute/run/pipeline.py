@@ -37,7 +37,8 @@ from compute.run.stage_store import StageStore
 from compute.run.stages import STAGES
 from compute.threads import torch_threads
 from warehouse.faults import crash_point
-from warehouse.store import CHECKPOINT, RunWriter, check_run_id
+from warehouse.layout import CHECKPOINT, check_run_id
+from warehouse.publish import RunWriter
 
 
 @dataclass

@@ -23,7 +23,7 @@ from compute.errors import ConfigError
 from compute.measure.subsets import ExampleScan, SubsetEffect, hurts_more, scan_units
 from compute.run.config import RunConfig, RunSummary
 from compute.run.whatif import load_run
-from warehouse.store import run_dir
+from warehouse.layout import run_dir
 
 TOP_RANK = 5
 MIN_SHARE = 0.8

@@ -1,7 +1,7 @@
 """Finished stages of a run, kept in its staging folder so an interrupted run can resume.
 
 Each stage's result is written with ``torch.save`` to ``stages/<name>.pt`` through a temporary
-file and an atomic rename (``warehouse.store.write_file``), so a stage file is either complete or
+file and an atomic rename (``warehouse.publish.write_file``), so a stage file is either complete or
 absent. Resuming loads every finished stage and computes only the rest; with the same seed the
 result equals an uninterrupted run's.
 
@@ -32,7 +32,7 @@ from compute.measure.stats import ClassSums, EvalStats, EvalSums, LayerStats
 from compute.measure.train import TrainResult
 from compute.progress import stage_started
 from warehouse.faults import crash_point
-from warehouse.store import write_file
+from warehouse.publish import write_file
 
 T = TypeVar("T")
 #: The dataclasses a stage may return; decoding builds only these.

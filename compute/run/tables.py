@@ -20,7 +20,7 @@ from compute.measure.stats import EvalStats, anomaly, demand, selectivity, stron
 from compute.measure.train import TrainResult
 from warehouse.rows import TableRows
 from warehouse.schema import SCHEMA_VERSION
-from warehouse.store import CHECKPOINT
+from warehouse.layout import CHECKPOINT
 
 
 def _nulls(values: np.ndarray) -> list[float | None]:

@@ -21,7 +21,8 @@ from compute.ablation.engine import AblationEngine
 from compute.errors import ConfigError
 from compute.nets.models import load_checkpoint
 from compute.run.config import RunConfig, load_data
-from warehouse.store import CHECKPOINT, is_published, published_at, stored_run_config, verified_bytes
+from warehouse.layout import CHECKPOINT, is_published, published_at
+from warehouse.validate import stored_run_config, verified_bytes
 
 SPLITS = ("eval", "train")
 

@@ -1,0 +1,282 @@
+"""Which run folders are valid runs: each validated on its own, never taking the others down.
+
+A run is valid only if its manifest is a regular file holding a valid record whose run id is the
+folder's name, every file it lists has the recorded size and SHA-256, and every table's footer
+reads with the columns of ``warehouse.schema`` and rows of this run only (docs/storage.md).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from warehouse.errors import WarehouseError
+from warehouse.layout import MANIFEST, RUN_ID_PATTERN, RUNS_DIR
+from warehouse.schema import SCHEMA_VERSION, TABLES
+
+
+def stored_run_config(path: Path) -> dict[str, Any]:
+    """The settings a published run was computed with (``runs.config``, JSON)."""
+    try:
+        stored = pq.read_table(path / "runs.parquet", columns=["config"]).column(0)[0].as_py()
+        return json.loads(stored)
+    except (OSError, ValueError, IndexError, KeyError, pa.ArrowException) as e:
+        raise WarehouseError(f"{path} is not a readable published run (its runs table: {e}); recompute it "
+                             "or remove the folder.") from e
+
+
+#: Largest manifest read (a real one is a few kB); a bigger file is not a manifest.
+MAX_MANIFEST_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file of a run as the manifest records it."""
+
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """``manifest.json`` parsed and typed; ``extra`` holds the publisher's additions (model, dataset, ...)."""
+
+    run_id: str
+    schema_version: int
+    published_at: str
+    tables: tuple[str, ...]
+    files: dict[str, FileEntry]
+    extra: dict[str, Any]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """A value the publisher added (``model``, ``dataset``), or ``default``."""
+        return self.extra.get(key, default)
+
+    @staticmethod
+    def parse(value: object) -> Manifest:
+        """The typed record of a decoded manifest, or ``ValueError`` naming the first bad field."""
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, found {type(value).__name__}")
+        def field(key: str, kind: type | tuple[type, ...]) -> Any:
+            v = value.get(key)
+            if not isinstance(v, kind) or isinstance(v, bool):
+                raise ValueError(f"field {key!r} is {v!r}, not a {getattr(kind, '__name__', kind)}")
+            return v
+        files = field("files", dict)
+        entries = {}
+        for name, entry in files.items():
+            if not (isinstance(entry, dict) and isinstance(entry.get("bytes"), int) and not isinstance(entry["bytes"], bool)
+                    and entry["bytes"] >= 0 and isinstance(entry.get("sha256"), str)
+                    and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])):
+                raise ValueError(f"files[{name!r}] is not {{bytes, sha256}}")
+            if "/" in name or name in ("", ".", ".."):
+                raise ValueError(f"files names {name!r}, not a file of the run folder")
+            entries[name] = FileEntry(entry["bytes"], entry["sha256"])
+        tables = field("tables", list)
+        if not all(isinstance(t, str) for t in tables):
+            raise ValueError("field 'tables' is not a list of names")
+        known = {"run_id", "schema_version", "published_at", "tables", "files"}
+        return Manifest(field("run_id", str), field("schema_version", int), field("published_at", str),
+                        tuple(tables), entries, {k: v for k, v in value.items() if k not in known})
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """A published run folder; ``error`` says why it cannot be read, if it cannot."""
+
+    run_id: str
+    path: Path
+    manifest: Manifest | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class BrokenRun(Exception):
+    """Why one run folder cannot be read (internal to ``list_runs``)."""
+
+
+def _open_regular(path: Path) -> int:
+    """A descriptor of ``path`` if it is a regular file; never blocks (a FIFO is refused, not waited on)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise BrokenRun(f"{path.name} is missing") from None
+    except OSError as e:
+        raise BrokenRun(f"cannot open {path.name}: {e.strerror or e}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise BrokenRun(f"{path.name} is not a regular file")
+    return fd
+
+
+def _read_manifest(path: Path) -> Manifest:
+    fd = _open_regular(path / MANIFEST)
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise BrokenRun(f"{MANIFEST} is larger than {MAX_MANIFEST_BYTES:,} bytes: not a manifest")
+    try:
+        return Manifest.parse(json.loads(raw))
+    except (ValueError, RecursionError) as e:
+        raise BrokenRun(f"{MANIFEST} is not a valid manifest ({e})") from None
+
+
+#: (path, size, mtime, inode) -> sha256 of files already verified by this process: listing stays cheap.
+_VERIFIED: dict[tuple[str, int, int, int], str] = {}
+
+
+def _check_file(path: Path, entry: FileEntry | None) -> None:
+    """``path`` is a regular file of the size and SHA-256 the manifest records."""
+    if entry is None:
+        raise BrokenRun(f"{path.name} is not listed in the manifest")
+    fd = _open_regular(path)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if st.st_size != entry.bytes:
+            raise BrokenRun(f"{path.name} has {st.st_size:,} bytes, the manifest says {entry.bytes:,}")
+        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
+        if key not in _VERIFIED:
+            h = hashlib.sha256()
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+            _VERIFIED[key] = h.hexdigest()
+    if _VERIFIED[key] != entry.sha256:
+        raise BrokenRun(f"{path.name} does not match its SHA-256 in the manifest (changed or corrupted)")
+
+
+@functools.cache
+def _stored_schema(name: str) -> pa.Schema:
+    """Table ``name``'s schema as a Parquet footer gives it back (e.g. timestamp[s] is stored as [ms])."""
+    buffer = pa.BufferOutputStream()
+    pq.write_table(TABLES[name].arrow_schema.empty_table(), buffer)
+    return pq.read_schema(pa.BufferReader(buffer.getvalue()))
+
+
+def _check_table(path: Path, name: str, run_id: str) -> None:
+    """The file's footer reads, its columns are ``name``'s in warehouse.schema and it holds only ``run_id``."""
+    f = path / f"{name}.parquet"
+    with os.fdopen(_open_regular(f), "rb") as handle:  # a FIFO or folder is refused, never read
+        try:
+            meta = pq.read_metadata(handle)
+            schema = meta.schema.to_arrow_schema()
+        except (OSError, pa.ArrowException) as e:
+            raise BrokenRun(f"table {name} is corrupt ({f.name}: {e})") from None
+        _check_columns(schema, name)
+        _check_run_ids(handle, meta, schema, name, run_id)
+
+
+def _check_columns(schema: pa.Schema, name: str) -> None:
+    """The footer's columns and types are those ``warehouse.schema`` gives table ``name``."""
+    expected = _stored_schema(name)
+    got = {fld.name: fld.type for fld in schema}
+    want = {fld.name: fld.type for fld in expected}
+    if got != want:
+        missing = sorted(set(want) - set(got))
+        extra = sorted(set(got) - set(want))
+        retyped = sorted(c for c in set(want) & set(got) if want[c] != got[c])
+        raise BrokenRun(f"table {name} ({name}.parquet) does not have the columns of warehouse.schema: missing "
+                        f"{missing}, unexpected {extra}, other types {retyped}")
+
+
+def _check_run_ids(handle: Any, meta: pq.FileMetaData, schema: pa.Schema, name: str, run_id: str) -> None:
+    """Every row of the table is of ``run_id``: from the row groups' statistics, else the column itself."""
+    col = schema.get_field_index("run_id")
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(col).statistics
+        if stats is None or not stats.has_min_max:
+            handle.seek(0)
+            values = set(pq.read_table(handle, columns=["run_id"]).column(0).unique().to_pylist())
+        else:
+            values = {stats.min, stats.max}
+        values = {v.decode() if isinstance(v, bytes) else v for v in values}
+        if values - {run_id}:
+            raise BrokenRun(f"table {name} holds rows of run {sorted(values - {run_id})[0]!r}, not {run_id!r} "
+                            f"(a file copied from another run?)")
+
+
+def _inspect(path: Path) -> RunInfo:
+    """One run folder validated on its own: whatever is wrong becomes its ``error``, never an exception."""
+    manifest = None
+    try:
+        if not RUN_ID_PATTERN.fullmatch(path.name):
+            raise BrokenRun("the folder name is not a valid run id")
+        manifest = _read_manifest(path)
+        if manifest.run_id != path.name:
+            raise BrokenRun(f"the folder is named {path.name!r} but its manifest says run {manifest.run_id!r} "
+                            f"(a copied folder?); rename it back or remove it")
+        if manifest.schema_version > SCHEMA_VERSION or manifest.schema_version < 1:
+            raise BrokenRun(f"written with schema version {manifest.schema_version}; this version reads up to "
+                            f"{SCHEMA_VERSION}. Upgrade Neuron Atlas to read it")
+        if manifest.schema_version < SCHEMA_VERSION:
+            raise BrokenRun(f"written with schema version {manifest.schema_version}, before the tables of version "
+                            f"{SCHEMA_VERSION} (training signal, significance, examples); recompute it with "
+                            f"`python -m compute run --run-id {path.name} ...` after removing the folder")
+        for name in TABLES:  # the most specific reasons first: a missing, unreadable or foreign table
+            if f"{name}.parquet" not in manifest.files:
+                raise BrokenRun(f"table {name} is missing ({name}.parquet is not in the manifest)")
+            _check_table(path, name, manifest.run_id)
+        for name, entry in manifest.files.items():  # then every byte: mid-file damage, files swapped
+            _check_file(path / name, entry)
+    except BrokenRun as e:
+        return RunInfo(path.name, path, manifest, f"{e}.")
+    except (OSError, ValueError, pa.ArrowException) as e:  # anything else the file system or a footer throws
+        return RunInfo(path.name, path, manifest, f"cannot be read: {e}.")
+    return RunInfo(path.name, path, manifest)
+
+
+def verified_bytes(run_dir: Path, name: str) -> bytes:
+    """The bytes of file ``name`` of a published run, read once and checked against the SHA-256 its
+    manifest records, so what is used is exactly what was published (no window to swap the file)."""
+    run_dir = Path(run_dir)
+    try:
+        manifest = _read_manifest(run_dir)
+        entry = manifest.files.get(name)
+        if entry is None:
+            raise BrokenRun(f"{name} is not listed in the manifest")
+        with os.fdopen(_open_regular(run_dir / name), "rb") as f:
+            data = f.read(entry.bytes + 1)
+    except BrokenRun as e:
+        raise WarehouseError(f"cannot use {name} of run {run_dir.name}: {e}. Recompute the run.") from None
+    except OSError as e:
+        raise WarehouseError(f"cannot read {run_dir / name}: {e.strerror or e}.") from None
+    if len(data) != entry.bytes or hashlib.sha256(data).hexdigest() != entry.sha256:
+        raise WarehouseError(f"{name} of run {run_dir.name} does not match the SHA-256 in its manifest: it was "
+                             f"changed or replaced after publishing, so it is not loaded. Recompute the run.")
+    return data
+
+
+def list_runs(root: Path) -> list[RunInfo]:
+    """Every run folder under ``root``'s ``runs/``, sorted by name, each validated in isolation.
+
+    A run is ok only if its manifest is a regular file holding a valid manifest whose run id is the
+    folder's name, every file it lists has the recorded size and SHA-256, and every table's footer
+    reads with the columns of ``warehouse.schema`` and rows of this run only. Anything else makes
+    that run broken, with the reason in ``error``; other runs are unaffected, and nothing blocks.
+    """
+    runs_dir = Path(root) / RUNS_DIR
+    try:
+        entries = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
+    except OSError as e:
+        raise WarehouseError(f"cannot list the runs in {runs_dir}: {e.strerror or e}. Check its permissions.") from e
+    out = []
+    for p in entries:
+        try:
+            is_dir = p.is_dir()
+        except OSError:
+            is_dir = False
+        if is_dir:
+            out.append(_inspect(p))
+    return out

@@ -17,13 +17,14 @@ from typing import Any
 
 from warehouse.filters import (FIELDS, UNIT_METRICS, Field, QueryError, UnitFilter, choice, filter_params, flag,
                                format_fields, parse_fields, parse_int)
+from warehouse.parse import INT32_MAX, ParseError, layer_name, shown
 from warehouse.queries import PRESETS
+from warehouse.store import RUN_ID_PATTERN
 
 DEFAULT_X = "selectivity"
 DEFAULT_Y = "abl_loss_delta"
 COLORS = ("layer", "pref_class_name")
-RUN_ID_MAX = 200  # characters; run ids are folder names
-UNIT_INDEX_MAX = 2**31 - 1
+UNIT_INDEX_MAX = INT32_MAX
 
 
 VIEW_FIELDS: tuple[Field, ...] = (
@@ -64,8 +65,8 @@ def one(params: Mapping[str, Any], key: str) -> str | None:
 
 def parse_run(params: Mapping[str, Any]) -> tuple[str | None, list[str]]:
     run = one(params, "run")
-    if run is not None and (not run.strip() or len(run) > RUN_ID_MAX):
-        return None, [f"`run={run[:40]}` is ignored: not a run id."]
+    if run is not None and not RUN_ID_PATTERN.fullmatch(run):
+        return None, [f"`run={run[:40]}` is ignored: not a run id (1-128 letters, digits, '.', '_' or '-')."]
     return run, []
 
 
@@ -125,10 +126,11 @@ def parse_unit(text: str | None) -> tuple[str, int] | None:
         return None
     layer, sep, index = text.strip().rpartition(":")
     if not sep or not layer:
-        raise QueryError(f"unit must look like LAYER:INDEX (e.g. fc1:12), got {text[:60]!r}.")
-    if not (index.isascii() and index.isdigit()):
-        raise QueryError(f"unit must look like LAYER:INDEX with INDEX in ASCII digits (e.g. fc1:12), "
-                         f"got {text[:60]!r}.")
+        raise QueryError(f"unit must look like LAYER:INDEX (e.g. fc1:12), got {shown(text)}.")
+    try:
+        layer_name(layer)
+    except ParseError as e:
+        raise QueryError(f"unit must look like LAYER:INDEX (e.g. fc1:12): {e}") from None
     return layer, parse_int(index, "unit index", 0, UNIT_INDEX_MAX)
 
 

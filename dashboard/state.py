@@ -6,7 +6,8 @@ Explorer parameters: ``run``, the filter's fields (``warehouse.filters.FIELDS``:
 ``run`` and ``preset`` opens the preset. Range syntax is ``warehouse.filters.parse_range``'s, the
 same as the export command line. A link with a preset and none of the fields a preset sets opens
 the preset (on the link's layers and class). ``parse`` never raises: each malformed, out-of-range or repeated
-value is left out and named in a notice the page shows; ``decode`` is its strict form.
+value is left out and named in a notice the page shows (markdown, every value from the URL or the run
+escaped: ``warehouse.text``); ``decode`` is its strict form.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from warehouse.filters import (FIELDS, UNIT_METRICS, Field, QueryError, UnitFilt
 from warehouse.parse import INT32_MAX, ParseError, layer_name, shown
 from warehouse.queries import PRESETS
 from warehouse.store import RUN_ID_PATTERN
+from warehouse.text import md, md_code
 
 DEFAULT_X = "selectivity"
 DEFAULT_Y = "abl_loss_delta"
 COLORS = ("layer", "pref_class_name")
 UNIT_INDEX_MAX = INT32_MAX
+RUN_ID_RULE = "not a run id (1-128 letters, digits, '.', '_' or '-')."
 
 
 VIEW_FIELDS: tuple[Field, ...] = (
@@ -66,7 +69,7 @@ def one(params: Mapping[str, Any], key: str) -> str | None:
 def parse_run(params: Mapping[str, Any]) -> tuple[str | None, list[str]]:
     run = one(params, "run")
     if run is not None and not RUN_ID_PATTERN.fullmatch(run):
-        return None, [f"`run={run[:40]}` is ignored: not a run id (1-128 letters, digits, '.', '_' or '-')."]
+        return None, [f"{md_code('run=' + run[:40])} is ignored: " + md(RUN_ID_RULE)]
     return run, []
 
 
@@ -105,15 +108,15 @@ def for_run(state: ExplorerState, layers: list[str], n_classes: int) -> tuple[Ex
     f, notices = state.filter, []
     unknown = [layer for layer in f.layers if layer not in layers]
     if unknown:
-        notices.append(f"Run `{f.run_id}` has no layer {', '.join(f'`{u}`' for u in unknown)}; ignored "
-                       f"(layers: {', '.join(layers)}).")
+        notices.append(f"Run {md_code(f.run_id)} has no layer {', '.join(md_code(u) for u in unknown)}; ignored "
+                       f"(layers: {', '.join(md_code(x) for x in layers)}).")
     bad_pref = [c for c in f.pref_classes if not 0 <= c < n_classes]
     if bad_pref:
         notices.append(f"Preferred class {', '.join(map(str, bad_pref))} is ignored: the run has classes "
                        f"0 to {n_classes - 1}.")
     cls = f.condition_class
     if cls is not None and not 0 <= cls < n_classes:
-        notices.append(f"`cls={cls}` is ignored: the run has classes 0 to {n_classes - 1}.")
+        notices.append(f"{md_code(f'cls={cls}')} is ignored: the run has classes 0 to {n_classes - 1}.")
         cls = None
     f = replace(f, layers=tuple(x for x in f.layers if x in layers),
                 pref_classes=tuple(c for c in f.pref_classes if 0 <= c < n_classes), condition_class=cls)

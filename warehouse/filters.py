@@ -26,6 +26,7 @@ from warehouse.connect import UNITS_IN_MEMORY
 from warehouse.errors import AtlasError
 from warehouse.parse import INT32_MAX, INT64_MAX, ParseError, bounded_int, finite_float, layer_name, shown
 from warehouse.schema import TABLES
+from warehouse.text import md, md_code
 
 
 class QueryError(AtlasError, ValueError):
@@ -331,10 +332,12 @@ def _values(params: Mapping[str, Any], key: str) -> list[str]:
 
 
 def parse_fields(fields: Iterable[Field], params: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The typed values of ``fields`` found in URL ``params`` and a notice per value ignored.
+    """The typed values of ``fields`` found in URL ``params`` and the notices (markdown, values escaped)
+    for the values ignored.
 
-    A malformed or out-of-range value, or a repeated one, is left out and named in a notice; the
-    others are kept. Fields absent from ``params`` are absent from the result.
+    A malformed or out-of-range value, or a repeated one, is left out and named: one notice per
+    parameter however many values it repeats. The others are kept. Fields absent from ``params``
+    are absent from the result.
     """
     values: dict[str, Any] = {}
     notices: list[str] = []
@@ -364,9 +367,9 @@ def parse_fields(fields: Iterable[Field], params: Mapping[str, Any]) -> tuple[di
         if bad:
             first, why = next(iter(bad.items()))
             more = f" (and {len(bad) - 1:,} other value(s) of `{f.url}`)" if len(bad) > 1 else ""
-            notices.append(f"`{f.url}={first[:60]}`{more} is ignored: {why}")
+            notices.append(f"{md_code(f'{f.url}={first[:60]}')}{more} is ignored: {md(why)}")
         if repeated:
-            listed = ", ".join(t[:60] for t in list(repeated)[:3]) + (", …" if len(repeated) > 3 else "")
+            listed = ", ".join(md_code(t[:60]) for t in list(repeated)[:3]) + (", …" if len(repeated) > 3 else "")
             notices.append(f"`{f.url}`: {listed} is repeated; each value is used once.")
         if f.many:
             values[f.name] = tuple(items)

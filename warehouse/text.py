@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 
 #: Characters markdown (CommonMark, GFM, Streamlit's extensions, LaTeX) gives a meaning; ``\`` escapes each.
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&:=\"'^@%;?/,])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&:=@])")
 #: C0 and C1 controls, DEL, and the bidirectional overrides that reorder what a reader sees.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u200e\u200f]")
 WORD_JOINER = "\u2060"  # invisible; breaks ``:abc:`` so no emoji, colour or icon code forms

@@ -14,8 +14,9 @@ from compute.images.config import ActMaxConfig, ImageConfig
 from compute.nets.models import MODEL_NAMES, MODEL_OPTIONS, known_model, model_options
 from compute.threads import DEFAULT_THREADS
 from warehouse import store
+from warehouse.text import term
 from warehouse.parse import INT32_MAX, SEED_MAX, ParseError, bounded_int, finite_float
-from warehouse.store import ENV_VAR, RUN_ID_PATTERN, check_run_id, default_path, list_runs, remove_leftover, staging_dir, staging_leftovers
+from warehouse.store import ENV_VAR, check_run_id, default_path, list_runs, remove_leftover, staging_dir, staging_leftovers
 
 
 #: Largest count or size accepted (epochs, batch size, widths, ...): beyond it nothing sensible runs.
@@ -346,11 +347,10 @@ def _list(root: Path) -> int:
         print(f"no runs in {root}. Compute one: python -m compute run --warehouse {root}")
         return 0
     print(f"{'run_id':<48} {'model':<14} {'dataset':<16} status")
-    for r in runs:
+    for r in runs:  # every stored value through term(): escape codes and line breaks are shown, never obeyed
         m = r.manifest or {}
-        status = "ok" if r.ok else f"BROKEN: {r.error}"
-        name = r.run_id if RUN_ID_PATTERN.fullmatch(r.run_id) else repr(r.run_id)  # a folder named with a newline
-        print(f"{name:<48} {str(m.get('model', '?')):<14} {str(m.get('dataset', '?')):<16} {status}")
+        status = "ok" if r.ok else f"BROKEN: {term(r.error)}"
+        print(f"{term(r.run_id):<48} {term(m.get('model', '?')):<14} {term(m.get('dataset', '?')):<16} {status}")
     leftovers = staging_leftovers(root)
     if leftovers:
         print(f"{len(leftovers)} run id(s) left staging files behind (killed or interrupted); "
@@ -371,7 +371,7 @@ def _gc(root: Path, remove: bool) -> int:
             what = f"interrupted run with {lo.stages} finished stage(s): continue with --resume --run-id {lo.run_id}"
         else:
             what = "abandoned staging without finished stages"
-        print(f"{lo.run_id}: {what}\n  " + "\n  ".join(str(p) for p in lo.paths))
+        print(f"{term(lo.run_id)}: {what}\n  " + "\n  ".join(term(p) for p in lo.paths))
         if remove:
             remove_leftover(root, lo)
             print("  removed")
@@ -425,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
             return _gc(root, args.remove)
         return _list(root)
     except AtlasError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {term(e, lines=True)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(_interrupted(published_before, root), file=sys.stderr)

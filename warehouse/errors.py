@@ -9,3 +9,4 @@ It lives in ``warehouse`` (the lowest package) so that compute and dashboard err
 
 class AtlasError(Exception):
     """An error caused by input or environment, explained in its message."""
+

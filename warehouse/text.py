@@ -51,6 +51,9 @@ def md_code(value: object) -> str:
     return f"{fence}{pad}{text}{pad}{fence}"
 
 
-def term(value: object) -> str:
-    """``value`` for a terminal: one line, every control character (ESC included) written as an escape."""
+def term(value: object, lines: bool = False) -> str:
+    """``value`` for a terminal: every control character (ESC included) written as an escape; one line,
+    unless ``lines`` keeps its line breaks (a multi-line error message)."""
+    if lines:
+        return "\n".join(plain(line) for line in str(value).split("\n"))
     return plain(value)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,37 +15,30 @@ from compute.nets.models import MODEL_NAMES, MODEL_OPTIONS, known_model, model_o
 from compute.threads import DEFAULT_THREADS
 from warehouse import publish
 from warehouse.cleanup import remove_leftover, staging_leftovers
-from warehouse.layout import ENV_VAR, RUN_ID_PATTERN, check_run_id, default_path, staging_dir
+from warehouse.layout import ENV_VAR, check_run_id, default_path, staging_dir
+from warehouse.parse import INT32_MAX, SEED_MAX, ParseError, bounded_int, finite_float
+from warehouse.text import term
 from warehouse.validate import list_runs
 
 
 #: Largest count or size accepted (epochs, batch size, widths, ...): beyond it nothing sensible runs.
-MAX_COUNT = 2**31 - 1
-#: Seeds are stored as int64 (runs.seed) and feed numpy's and torch's generators: 0 .. 2**63 - 1.
-MAX_SEED = 2**63 - 1
-_INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take '٣' or '1_000'
+MAX_COUNT = INT32_MAX
 
 
 def _int(text: str, lo: int, hi: int, what: str) -> int:
-    """An integer in [lo, hi] written in ASCII digits, or argparse's error naming the range."""
-    if not _INT.fullmatch(text.strip()):
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}")
-    value = int(text)
-    if not lo <= value <= hi:
-        raise argparse.ArgumentTypeError(f"expected {what} between {lo} and {hi:,}, got {value:,}")
-    return value
+    """``warehouse.parse.bounded_int`` as an argparse type: its message becomes the usage error."""
+    try:
+        return bounded_int(text, lo, hi, what)
+    except ParseError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _float(text: str, lo: float, hi: float, what: str, open_lo: bool = False) -> float:
     """A finite number in [lo, hi] (or (lo, hi]): no nan, no inf."""
     try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
-    if not math.isfinite(value) or value < lo or value > hi or (open_lo and value == lo):
-        bound = f"{'above' if open_lo else 'at least'} {lo:g} and at most {hi:g}"
-        raise argparse.ArgumentTypeError(f"expected {what} {bound}, got {text!r}")
-    return value
+        return finite_float(text, lo, hi, what, open_lo)
+    except ParseError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _positive(text: str) -> int:
@@ -60,7 +51,7 @@ def _count(text: str) -> int:
 
 
 def _seed(text: str) -> int:
-    return _int(text, 0, MAX_SEED, "a seed (a non-negative integer)")
+    return _int(text, 0, SEED_MAX, "a seed")
 
 
 def _lr(text: str) -> float:
@@ -117,6 +108,10 @@ def _fraction(text: str) -> float:
     return _float(text, 0.0, 1.0, "a fraction")
 
 
+def _gpus(text: str) -> float:
+    return _float(text, 0.0, 1.0, "a fraction of a GPU", open_lo=True)
+
+
 def _fractions(text: str) -> tuple[float, ...]:
     return tuple(_fraction(v) for v in text.split(","))
 
@@ -171,7 +166,7 @@ def _add_executor_options(p: argparse.ArgumentParser) -> None:
                     help="join this Ray cluster (auto, ray://host:port); default: start Ray on this machine")
     ex.add_argument("--ray-workers", type=_positive, default=None, metavar="N",
                     help="Ray actors to start (default: one per CPU of the cluster, or per GPU with --device cuda)")
-    ex.add_argument("--ray-gpus", type=float, default=1.0, metavar="FRACTION",
+    ex.add_argument("--ray-gpus", type=_gpus, default=1.0, metavar="FRACTION",
                     help="GPUs each Ray actor reserves with --device cuda, fractions allowed (default 1)")
 
 
@@ -180,8 +175,6 @@ def _executor(args: argparse.Namespace):
 
     if args.executor != "ray" and (args.ray_address or args.ray_workers):
         raise ConfigError("--ray-address and --ray-workers need --executor ray.")
-    if not 0 < args.ray_gpus <= 1:
-        raise ConfigError(f"--ray-gpus must be a fraction in (0, 1], got {args.ray_gpus}.")
     return make_executor(args.executor, args.ray_address, args.ray_workers, args.ray_gpus)
 
 
@@ -192,7 +185,7 @@ def _add_image_options(p: argparse.ArgumentParser) -> None:
     am = ActMaxConfig()
     img.add_argument("--actmax-steps", type=_positive, default=am.steps,
                      help=f"gradient steps at most (default {am.steps})")
-    img.add_argument("--actmax-tol", type=float, default=am.tol,
+    img.add_argument("--actmax-tol", type=_fraction, default=am.tol,
                      help=f"stop an image once its activation rises by less than this fraction over {am.window} "
                           f"steps (default {am.tol}; 0: never stop early)")
     img.add_argument("--actmax-restarts", type=_positive, default=am.restarts,
@@ -247,11 +240,11 @@ def parser() -> argparse.ArgumentParser:
                                             "the tool recovers the planted subgroup")
     exp.add_argument("name", choices=["crossed-sevens"])
     _add_warehouse(exp)
-    exp.add_argument("--seed", type=int, default=0)
+    exp.add_argument("--seed", type=_seed, default=0, help=f"0 to {SEED_MAX:,} (default 0)")
     exp.add_argument("--epochs", type=_positive, default=12)
     exp.add_argument("--eval-size", type=_positive, default=None,
                      help="stratified subset of the evaluation set (default: all of it)")
-    exp.add_argument("--run-id", default=None, help="default: crossed-sevens-s<seed>")
+    exp.add_argument("--run-id", type=_run_id, default=None, help="default: crossed-sevens-s<seed>")
 
     ls = sub.add_parser("list", help="list the runs of a warehouse (broken ones with the reason)")
     _add_warehouse(ls)
@@ -356,11 +349,10 @@ def _list(root: Path) -> int:
         print(f"no runs in {root}. Compute one: python -m compute run --warehouse {root}")
         return 0
     print(f"{'run_id':<48} {'model':<14} {'dataset':<16} status")
-    for r in runs:
+    for r in runs:  # every stored value through term(): escape codes and line breaks are shown, never obeyed
         m = r.manifest or {}
-        status = "ok" if r.ok else f"BROKEN: {r.error}"
-        name = r.run_id if RUN_ID_PATTERN.fullmatch(r.run_id) else repr(r.run_id)  # a folder named with a newline
-        print(f"{name:<48} {str(m.get('model', '?')):<14} {str(m.get('dataset', '?')):<16} {status}")
+        status = "ok" if r.ok else f"BROKEN: {term(r.error)}"
+        print(f"{term(r.run_id):<48} {term(m.get('model', '?')):<14} {term(m.get('dataset', '?')):<16} {status}")
     leftovers = staging_leftovers(root)
     if leftovers:
         print(f"{len(leftovers)} run id(s) left staging files behind (killed or interrupted); "
@@ -381,7 +373,7 @@ def _gc(root: Path, remove: bool) -> int:
             what = f"interrupted run with {lo.stages} finished stage(s): continue with --resume --run-id {lo.run_id}"
         else:
             what = "abandoned staging without finished stages"
-        print(f"{lo.run_id}: {what}\n  " + "\n  ".join(str(p) for p in lo.paths))
+        print(f"{term(lo.run_id)}: {what}\n  " + "\n  ".join(term(p) for p in lo.paths))
         if remove:
             remove_leftover(root, lo)
             print("  removed")
@@ -435,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
             return _gc(root, args.remove)
         return _list(root)
     except AtlasError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {term(e, lines=True)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(_interrupted(published_before, root), file=sys.stderr)

@@ -18,16 +18,12 @@ from dashboard import ui  # noqa: E402
 
 st.set_page_config(page_title="Neuron Atlas", layout="wide")
 VIEWS = Path(__file__).parent / "views"
-PAGES = [
-    st.Page(VIEWS / "overview.py", title="Runs overview", url_path="overview", default=True),
-    st.Page(VIEWS / "explorer.py", title="Unit explorer", url_path="explorer"),
-    st.Page(VIEWS / "gallery.py", title="Layer gallery", url_path="gallery"),
-    st.Page(VIEWS / "unit.py", title="Unit page", url_path="unit"),
-    st.Page(VIEWS / "compare.py", title="Compare runs", url_path="compare"),
-    st.Page(VIEWS / "sql.py", title="SQL", url_path="sql"),
-    st.Page(VIEWS / "export.py", title="Export", url_path="export"),
-]
+#: (file in views/, title, URL path); the first is the default page, also served at the app's root.
+ROUTES = (("overview.py", "Runs overview", "overview"), ("explorer.py", "Unit explorer", "explorer"),
+          ("gallery.py", "Layer gallery", "gallery"), ("unit.py", "Unit page", "unit"),
+          ("compare.py", "Compare runs", "compare"), ("sql.py", "SQL", "sql"), ("export.py", "Export", "export"))
+PAGES = [st.Page(VIEWS / file, title=title, url_path=path, default=i == 0) for i, (file, title, path) in enumerate(ROUTES)]
 page = st.navigation(PAGES)
 ui.sidebar()
-ui.unknown_page_notice([p.url_path for p in PAGES], page.title)
+ui.unknown_page_notice([path for _, _, path in ROUTES], page.title)  # the default page's url_path reads ""
 page.run()

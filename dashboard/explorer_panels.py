@@ -16,6 +16,7 @@ from dashboard.state import COLORS, ExplorerState, encode
 from warehouse.browse import FACETS
 from warehouse.export import FORMATS
 from warehouse.filters import UNIT_METRICS
+from warehouse.text import md, md_code
 
 WEBGL_FROM = 1_000  # points from which the scatter renders with WebGL
 FACET_VALUES = 12  # values listed per facet
@@ -38,9 +39,9 @@ def facets(root: str, fp: cached.Fingerprint, state: ExplorerState, classes: lis
                 narrowed = _narrow(f, facet, r.value, classes)
                 label = {"true": "dead", "false": "live"}.get(r.value, r.value) if facet == "dead" else r.value
                 if narrowed is None or narrowed == f:
-                    col.markdown(f"{label} · **{r.units:,}**")
+                    col.markdown(f"{md(label)} · **{r.units:,}**")
                 else:
-                    col.page_link(str(EXPLORER), label=f"{label} · {r.units:,}",
+                    col.page_link(str(EXPLORER), label=f"{md(label)} · {r.units:,}",
                                   query_params=encode(replace(state, filter=narrowed)))
 
 
@@ -66,7 +67,7 @@ def table(root: str, fp: cached.Fingerprint, state: ExplorerState, table: pd.Dat
         table = table[["thumbnail", *[c for c in table.columns if c != "thumbnail"]]]
     shown, links = nav.with_unit_links(table, run, state)
     event = st.dataframe(shown, hide_index=True, on_select="rerun", selection_mode="single-row", key="ex-table",
-                         column_config={**column_config, **links})
+                         column_config={**ui.number_formats(shown), **column_config, **links})
     if event.selection.rows:
         row = table.iloc[event.selection.rows[0]]
         nav.open_unit(run, str(row["layer"]), int(row["unit"]), state)

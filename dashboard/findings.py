@@ -13,6 +13,7 @@ from dashboard import cached, nav
 from dashboard.state import ExplorerState, encode
 from warehouse.filters import UnitFilter
 from warehouse.queries import PRESETS
+from warehouse.text import md, md_code
 
 VIEWS = Path(__file__).parent / "views"
 TOP = 5
@@ -68,7 +69,7 @@ def memorization(root: str, fp: cached.Fingerprint) -> None:
         return
     run_ids = tuple(cached.runs_of(root, fp, exp))
     aucs = cached.auc_table(root, fp, run_ids, "train", "last2", "random")
-    st.markdown(f"**Memorization experiment `{exp}`** ({len(run_ids)} runs): networks fitted to noisier labels "
+    st.markdown(f"**Memorization experiment {md_code(exp)}** ({len(run_ids)} runs): networks fitted to noisier labels "
                 "lean on more units, so removing units hurts them sooner (smaller area under the curve).")
     if not aucs.empty:
         st.dataframe(aucs[["run_id", "label_noise", "auc_mean", "auc_std", "train_acc", "test_acc", "gen_gap"]],

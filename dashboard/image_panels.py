@@ -18,6 +18,7 @@ from PIL import Image
 
 from warehouse.bundle import export_bundle
 from warehouse.images import input_shape, thumbnails, unit_images
+from warehouse.text import md, md_code
 
 THUMB = 84  # pixels per image in the grids
 LARGE = 336  # pixels per image when enlarged
@@ -105,7 +106,7 @@ def render_unit_evidence(con: duckdb.DuckDBPyConnection, run_id: str, layer: str
     Happy/SadMaps with their consistency, the filter of a first-layer conv unit, and a zip download."""
     df = unit_images(con, run_id, layer, unit)
     if df.empty:
-        st.info(f"No images for {layer} unit {unit} of run {run_id}: it was computed with --no-images "
+        st.info(f"No images for {md_code(layer)} unit {unit} of run {md_code(run_id)}: it was computed with --no-images "
                 "(or has no such unit). Recompute the run to see its visual evidence.")
         return
     names = _class_names(con, run_id)

@@ -14,6 +14,7 @@ import streamlit as st
 from dashboard import ui
 from warehouse import queries
 from warehouse.layout import run_dir as run_folder
+from warehouse.text import md, md_code
 
 GALLERY = 12  # example images shown
 SCALE = 3  # pixels per input pixel in the gallery
@@ -99,7 +100,7 @@ def _live(root: str, run: str, layer: str, unit: int, rows: pd.DataFrame, cls: i
         split = firing_split(run_dir, layer, unit, cls)
         need_mean = mean_image(run_dir, need["example"].tolist())
     except AtlasError as e:
-        st.error(f"Cannot read this run's data: {e}")
+        st.error(f"Cannot read this run's data: {md(e)}")
         return
     st.markdown("**Examples that need this unit** (hurt, then largest loss rises)")
     _gallery(images, caps, "unit-gallery")
@@ -107,7 +108,7 @@ def _live(root: str, run: str, layer: str, unit: int, rows: pd.DataFrame, cls: i
     if need_mean is not None:
         c[0].image(_mean(need_mean), caption="mean of the examples that need the unit", width=28 * SCALE, clamp=True)
     c[1].image(_mean(split.mean_class), caption=f"mean of class {class_names[cls]}", width=28 * SCALE, clamp=True)
-    st.markdown(f"**Class {class_names[cls]}: where the unit fires vs where it does not**")
+    st.markdown(f"**Class {md(class_names[cls])}: where the unit fires vs where it does not**")
     c = st.columns(2)
     for col, name, eff, img, groups in ((c[0], "fires", split.fires, split.mean_fires, split.groups_fires),
                                         (c[1], "silent", split.silent, split.mean_silent, split.groups_silent)):
@@ -117,7 +118,7 @@ def _live(root: str, run: str, layer: str, unit: int, rows: pd.DataFrame, cls: i
         col.metric(f"{name}: loss change when removed", f"{eff.loss_delta:+.4f}" if eff.n else "n/a")
         col.metric(f"{name}: accuracy change when removed", f"{eff.acc_delta:+.3f}" if eff.n else "n/a")
         if groups:
-            col.caption("subgroups: " + ", ".join(f"{g}: {n}" for g, n in groups.items()))
+            col.caption("subgroups: " + ", ".join(f"{md(g)}: {n}" for g, n in groups.items()))
     st.caption(f"Does removing the unit hurt the firing examples more? Welch's t-test on the per-example loss "
                f"changes, one-sided: p = {_fmt_p(split.p_fires_hurt_more)}.")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -11,6 +12,9 @@ import streamlit as st
 from dashboard import cached
 from dashboard.state import ExplorerState, parse_unit, unit_params
 from warehouse.filters import QueryError
+from warehouse.parse import INT32_MAX, LAYER_PATTERN
+from warehouse.layout import RUN_ID_PATTERN
+from warehouse.text import md, md_code
 
 S = st.session_state
 VIEWS = Path(__file__).parent / "views"
@@ -23,21 +27,49 @@ def unit_url(run: str, layer: str, unit: int, state: ExplorerState | None = None
     return "unit?" + urlencode(unit_params(run, layer, unit, state), doseq=True, safe=":,", quote_via=quote)
 
 
+def _link_column(df: pd.DataFrame, wanted: str) -> str:
+    """``wanted``, or ``wanted_2``... when the table already has a column of that name (a SQL result may)."""
+    name, k = wanted, 1
+    while name in df.columns:
+        k += 1
+        name = f"{wanted}_{k}"
+    return name
+
+
+def _unit_index(value: object) -> int | None:
+    """``value`` as a unit index when it is one (a whole number in range), else None: no link."""
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return int(x) if math.isfinite(x) and x.is_integer() and 0 <= x <= INT32_MAX else None
+
+
 def with_unit_links(df: pd.DataFrame, run: str | None, state: ExplorerState | None = None,
                     column: str = "open") -> tuple[pd.DataFrame, dict[str, object]]:
     """``df`` with a first column of links to each row's unit page (rows need ``layer`` and ``unit``,
-    and ``run_id`` when ``run`` is None), and the column config that shows them."""
+    and ``run_id`` when ``run`` is None), and the column config that shows them.
+
+    A row gets a link only when its run id, layer name and unit index are valid values (a SQL result
+    may hold anything in columns of those names); the link column takes a name the table lacks.
+    """
     if not {"layer", "unit"} <= set(df.columns) or (run is None and "run_id" not in df.columns) or df.empty:
         return df, {}
-    runs = [run] * len(df) if run is not None else df["run_id"].astype(str)
-    try:
-        links = [unit_url(r, str(layer), int(unit), state) for r, layer, unit in zip(runs, df["layer"], df["unit"])]
-    except (TypeError, ValueError):  # a unit column that holds no unit indices
+    if df.columns.duplicated().any():
         return df, {}
+    runs = [run] * len(df) if run is not None else df["run_id"].tolist()
+    links = []
+    for r, layer, unit in zip(runs, df["layer"].tolist(), df["unit"].tolist()):
+        index = _unit_index(unit)
+        ok = (isinstance(r, str) and RUN_ID_PATTERN.fullmatch(r) and isinstance(layer, str)
+              and LAYER_PATTERN.fullmatch(layer) and index is not None)
+        links.append(unit_url(r, layer, index, state) if ok else None)
+    if not any(links):
+        return df, {}
+    name = _link_column(df, column)
     out = df.copy()
-    out.insert(0, column, links)
-    return out, {column: st.column_config.LinkColumn("unit page", display_text=UNIT_TEXT,
-                                                      help="Open the unit page")}
+    out.insert(0, name, links)
+    return out, {name: st.column_config.LinkColumn("unit page", display_text=UNIT_TEXT, help="Open the unit page")}
 
 
 def open_unit(run: str, layer: str, unit: int, state: ExplorerState | None = None) -> None:
@@ -63,17 +95,20 @@ def jump_box(root: str) -> None:
     try:
         wanted = parse_unit(target)
     except QueryError as e:
-        st.sidebar.error(str(e))
+        st.sidebar.error(md(str(e)))
         return
     assert wanted is not None
     layers = cached.layer_names(root, fp, run)
     if wanted[0] not in layers:
-        st.sidebar.error(f"Run `{run}` has no layer `{wanted[0]}` (layers: {', '.join(layers)}).")
+        st.sidebar.error(f"Run {md_code(run)} has no layer {md_code(wanted[0])} "
+                         f"(layers: {', '.join(md_code(x) for x in layers)}).")
         return
     open_unit(run, *wanted)
 
 
 def notices(items: list[str], where: str = "This link") -> None:
-    """One visible notice for the URL values a page ignored."""
+    """One visible notice for the URL values a page ignored (``items``: markdown whose values are escaped,
+    as ``dashboard.state`` builds them); an item repeated is listed once."""
     if items:
-        st.warning(f"{where} had values that are ignored:\n\n" + "\n".join(f"- {m}" for m in items), icon="⚠️")
+        listed = "\n".join(f"- {m}" for m in dict.fromkeys(items))
+        st.warning(f"{where} had values that are ignored:\n\n" + listed, icon="⚠️")

@@ -6,7 +6,8 @@ Explorer parameters: ``run``, the filter's fields (``warehouse.filters.FIELDS``:
 ``run`` and ``preset`` opens the preset. Range syntax is ``warehouse.filters.parse_range``'s, the
 same as the export command line. A link with a preset and none of the fields a preset sets opens
 the preset (on the link's layers and class). ``parse`` never raises: each malformed, out-of-range or repeated
-value is left out and named in a notice the page shows; ``decode`` is its strict form.
+value is left out and named in a notice the page shows (markdown, every value from the URL or the run
+escaped: ``warehouse.text``); ``decode`` is its strict form.
 """
 
 from __future__ import annotations
@@ -17,13 +18,16 @@ from typing import Any
 
 from warehouse.filters import (FIELDS, UNIT_METRICS, Field, QueryError, UnitFilter, choice, filter_params, flag,
                                format_fields, parse_fields, parse_int)
+from warehouse.parse import INT32_MAX, ParseError, layer_name, shown
 from warehouse.queries import PRESETS
+from warehouse.layout import RUN_ID_PATTERN
+from warehouse.text import md, md_code
 
 DEFAULT_X = "selectivity"
 DEFAULT_Y = "abl_loss_delta"
 COLORS = ("layer", "pref_class_name")
-RUN_ID_MAX = 200  # characters; run ids are folder names
-UNIT_INDEX_MAX = 2**31 - 1
+UNIT_INDEX_MAX = INT32_MAX
+RUN_ID_RULE = "not a run id (1-128 letters, digits, '.', '_' or '-')."
 
 
 VIEW_FIELDS: tuple[Field, ...] = (
@@ -64,8 +68,8 @@ def one(params: Mapping[str, Any], key: str) -> str | None:
 
 def parse_run(params: Mapping[str, Any]) -> tuple[str | None, list[str]]:
     run = one(params, "run")
-    if run is not None and (not run.strip() or len(run) > RUN_ID_MAX):
-        return None, [f"`run={run[:40]}` is ignored: not a run id."]
+    if run is not None and not RUN_ID_PATTERN.fullmatch(run):
+        return None, [f"{md_code('run=' + run[:40])} is ignored: " + md(RUN_ID_RULE)]
     return run, []
 
 
@@ -104,15 +108,15 @@ def for_run(state: ExplorerState, layers: list[str], n_classes: int) -> tuple[Ex
     f, notices = state.filter, []
     unknown = [layer for layer in f.layers if layer not in layers]
     if unknown:
-        notices.append(f"Run `{f.run_id}` has no layer {', '.join(f'`{u}`' for u in unknown)}; ignored "
-                       f"(layers: {', '.join(layers)}).")
+        notices.append(f"Run {md_code(f.run_id)} has no layer {', '.join(md_code(u) for u in unknown)}; ignored "
+                       f"(layers: {', '.join(md_code(x) for x in layers)}).")
     bad_pref = [c for c in f.pref_classes if not 0 <= c < n_classes]
     if bad_pref:
         notices.append(f"Preferred class {', '.join(map(str, bad_pref))} is ignored: the run has classes "
                        f"0 to {n_classes - 1}.")
     cls = f.condition_class
     if cls is not None and not 0 <= cls < n_classes:
-        notices.append(f"`cls={cls}` is ignored: the run has classes 0 to {n_classes - 1}.")
+        notices.append(f"{md_code(f'cls={cls}')} is ignored: the run has classes 0 to {n_classes - 1}.")
         cls = None
     f = replace(f, layers=tuple(x for x in f.layers if x in layers),
                 pref_classes=tuple(c for c in f.pref_classes if 0 <= c < n_classes), condition_class=cls)
@@ -125,10 +129,11 @@ def parse_unit(text: str | None) -> tuple[str, int] | None:
         return None
     layer, sep, index = text.strip().rpartition(":")
     if not sep or not layer:
-        raise QueryError(f"unit must look like LAYER:INDEX (e.g. fc1:12), got {text[:60]!r}.")
-    if not (index.isascii() and index.isdigit()):
-        raise QueryError(f"unit must look like LAYER:INDEX with INDEX in ASCII digits (e.g. fc1:12), "
-                         f"got {text[:60]!r}.")
+        raise QueryError(f"unit must look like LAYER:INDEX (e.g. fc1:12), got {shown(text)}.")
+    try:
+        layer_name(layer)
+    except ParseError as e:
+        raise QueryError(f"unit must look like LAYER:INDEX (e.g. fc1:12): {e}") from None
     return layer, parse_int(index, "unit index", 0, UNIT_INDEX_MAX)
 
 

@@ -12,6 +12,7 @@ import streamlit as st
 from dashboard import cached, nav
 from warehouse import RunInfo
 from warehouse.export import FORMATS, MIME
+from warehouse.text import md, md_code
 
 VIEWS = Path(__file__).parent / "views"
 
@@ -20,7 +21,7 @@ def sidebar() -> None:
     root = cached.warehouse_root()
     runs = cached.runs(root, cached.fingerprint(root))
     ok = [r for r in runs if r.ok]
-    st.sidebar.caption(f"Warehouse: `{root}`")
+    st.sidebar.caption(f"Warehouse: {md_code(root)}")
     st.sidebar.caption(f"{len(ok)} run(s)" + (f", {len(runs) - len(ok)} broken" if len(ok) < len(runs) else ""))
     nav.jump_box(root)
 
@@ -33,8 +34,8 @@ def unknown_page_notice(known: list[str], shown: str) -> None:
     asked = getattr(getattr(ctx, "pages_manager", None), "intended_page_name", None) or ""
     asked = asked.strip("/")
     if asked and asked not in known:
-        st.warning(f"There is no page `/{asked[:60]}`; showing the {shown} instead. Pages: "
-                   + ", ".join(f"`/{k}`" for k in known) + ".", icon="⚠️")
+        st.warning(f"There is no page {md_code('/' + asked[:60])}; showing the {shown} instead. Pages: "
+                   + ", ".join(md_code(f"/{k}") for k in known) + ".", icon="⚠️")
 
 
 def page_runs(need_run: bool = True) -> tuple[str, cached.Fingerprint, list[RunInfo]]:
@@ -48,10 +49,10 @@ def page_runs(need_run: bool = True) -> tuple[str, cached.Fingerprint, list[RunI
     runs = cached.runs(root, fp)
     for r in runs:
         if not r.ok:
-            st.warning(f"Run `{r.run_id}` is broken and left out: {r.error}")
+            st.warning(f"Run {md_code(r.run_id)} is broken and left out: {md(r.error)}")
     ok = [r for r in runs if r.ok]
     if need_run and not ok:
-        st.info(f"The warehouse `{root}` has no readable runs yet. Compute one on the Runs overview page.")
+        st.info(f"The warehouse {md_code(root)} has no readable runs yet. Compute one on the Runs overview page.")
         st.page_link(str(VIEWS / "overview.py"), label="Go to Runs overview")
         st.stop()
     return root, fp, ok
@@ -75,7 +76,7 @@ def write_url(page: str, params: dict[str, str | list[str]]) -> None:
 def pick_run(run_ids: list[str], from_url: str | None, key: str) -> str:
     """A run selectbox: ``from_url`` when given and present, else the session's last run, else the first."""
     if from_url and from_url not in run_ids:
-        st.warning(f"Run `{from_url}` from the link is not in this warehouse; showing another run instead.")
+        st.warning(f"Run {md_code(from_url[:60])} from the link is not in this warehouse; showing another run instead.")
         from_url = None
     if from_url:
         st.session_state[key] = from_url
@@ -85,6 +86,25 @@ def pick_run(run_ids: list[str], from_url: str | None, key: str) -> str:
     run = st.selectbox("Run", run_ids, key=key)
     st.session_state["run"] = run
     return run
+
+
+#: Floats whose smallest non-zero magnitude is below this are shown with significant digits ("1.000e-12"):
+#: a grid's fixed decimals would show a q-value of 1e-12 as a row of zeros.
+SMALL = 1e-3
+
+
+def number_formats(df: pd.DataFrame) -> dict[str, object]:
+    """Column configs showing the float columns that hold small values in significant digits."""
+    config: dict[str, object] = {}
+    for name in df.columns[~df.columns.duplicated()]:
+        column = df[name]
+        if not pd.api.types.is_float_dtype(column):
+            continue
+        magnitude = column.abs()
+        small = magnitude[(magnitude > 0) & (magnitude < SMALL)]
+        if len(small):
+            config[name] = st.column_config.NumberColumn(format="%.4g")
+    return config
 
 
 def slug(text: str) -> str:

@@ -10,6 +10,7 @@ import streamlit as st
 from dashboard import cached, nav, ui
 from dashboard.state import VIEW_FIELDS, ExplorerState, encode, one, parse, parse_unit, unit_params
 from warehouse.filters import FIELDS, QueryError, parse_int
+from warehouse.text import md, md_code
 
 S = st.session_state
 VIEWS = Path(__file__).parent / "views"
@@ -21,7 +22,7 @@ def unit_from_url() -> tuple[str, int] | None:
     try:
         return parse_unit(st.query_params.get("unit"))
     except QueryError as e:
-        st.error(f"This link's unit is not valid: {e}")
+        st.error(f"This link's unit is not valid: {md(e)}")
         return None
 
 
@@ -49,7 +50,7 @@ def origin(run: str, from_url: bool) -> ExplorerState | None:
             try:
                 S["unit-epoch-url"] = S["unit-epoch"] = parse_int(epoch, "epoch", 0, EPOCH_MAX)
             except QueryError as e:
-                nav.notices([f"`epoch={epoch[:20]}` is ignored: {e}"])
+                nav.notices([f"{md_code('epoch=' + epoch[:20])} is ignored: {md(e)}"])
     state = S.get("unit-origin")
     return state if state is not None and state.filter.run_id == run else None
 
@@ -66,19 +67,19 @@ def navigation_bar(root: str, fp: cached.Fingerprint, run: str, layer: str, unit
     cols[0].page_link(str(VIEWS / "explorer.py"), label="← Back to results" if state else "Unit explorer",
                       query_params=back)
     gallery = {**back, "layer": layer}
-    cols[4].page_link(str(VIEWS / "gallery.py"), label=f"Gallery of {layer}", query_params=gallery)
+    cols[4].page_link(str(VIEWS / "gallery.py"), label=f"Gallery of {md(layer)}", query_params=gallery)
     if state is None:
         return
     try:
         where = cached.neighbours(root, fp, state.filter, layer, unit)
     except QueryError as e:
-        cols[2].caption(f"Cannot place the unit in the filter: {e}")
+        cols[2].caption(f"Cannot place the unit in the filter: {md(e)}")
         return
     for col, target, label in ((cols[1], where.previous, "← Previous"), (cols[3], where.next, "Next →")):
         if target is None:
             col.button(label, disabled=True, key=f"unit-{label}")
         else:
-            col.page_link(str(VIEWS / "unit.py"), label=f"{label} ({target[0]}:{target[1]})",
+            col.page_link(str(VIEWS / "unit.py"), label=f"{label} ({md(target[0])}:{target[1]})",
                           query_params=unit_params(run, target[0], target[1], state))
     cols[2].caption(f"Unit {where.position:,} of {where.total:,} in the results" if where.position
                     else f"Not among the {where.total:,} results of the filter")

@@ -7,14 +7,21 @@ import os
 import sys
 from pathlib import Path
 
-from warehouse.connect import connect
-from warehouse.export import FORMATS, table_bytes
-from warehouse.errors import AtlasError, WarehouseError
-from warehouse.filters import UnitFilter, add_arguments, from_cli
-from warehouse.queries import PRESETS, QueryError, filter_units_arrow
-from warehouse.schema import markdown
-from warehouse.layout import ENV_VAR, RUNS_DIR, STAGING_DIR, default_path
-from warehouse.validate import list_runs
+from warehouse import INTERRUPTED_AT_START
+
+try:  # Ctrl-C while the modules load: one line, exit code 130
+    from warehouse.connect import connect
+    from warehouse.export import FORMATS, table_bytes
+    from warehouse.errors import AtlasError, WarehouseError
+    from warehouse.filters import UnitFilter, add_arguments, from_cli
+    from warehouse.queries import PRESETS, QueryError, filter_units_arrow
+    from warehouse.schema import markdown
+    from warehouse.text import term
+    from warehouse.layout import ENV_VAR, RUNS_DIR, STAGING_DIR, default_path
+    from warehouse.validate import list_runs
+except KeyboardInterrupt:
+    print(INTERRUPTED_AT_START, file=sys.stderr)
+    raise SystemExit(130) from None
 
 
 
@@ -91,14 +98,17 @@ def export(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.command == "schema-doc":
-        sys.stdout.write(markdown())
-        return 0
     try:
+        if args.command == "schema-doc":
+            sys.stdout.write(markdown())
+            return 0
         return export(args)
     except AtlasError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {term(e, lines=True)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: no output file was written.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -24,7 +24,9 @@ import pyarrow as pa
 
 from warehouse.connect import UNITS_IN_MEMORY
 from warehouse.errors import AtlasError
+from warehouse.parse import INT32_MAX, INT64_MAX, ParseError, bounded_int, finite_float, layer_name, shown
 from warehouse.schema import TABLES
+from warehouse.text import md, md_code
 
 
 class QueryError(AtlasError, ValueError):
@@ -41,10 +43,6 @@ UNIT_METRICS: tuple[str, ...] = _numeric_columns("units")
 #: Columns of ``unit_classes`` a class-level condition may name.
 CLASS_METRICS: tuple[str, ...] = tuple(c for c in _numeric_columns("unit_classes") if c not in ("unit", "class"))
 UNIT_COLUMNS: tuple[str, ...] = tuple(c.name for c in TABLES["units"].columns)
-#: Largest value a BIGINT parameter (a limit) may take.
-INT64_MAX = 2**63 - 1
-#: Largest class or unit index (INTEGER columns).
-INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -79,7 +77,7 @@ class UnitFilter:
 
 def check_column(column: str, allowed: tuple[str, ...], what: str) -> str:
     if column not in allowed:
-        raise QueryError(f"unknown {what} {column!r}; choose one of {', '.join(allowed)}.")
+        raise QueryError(f"unknown {what} {shown(column)}; choose one of {', '.join(allowed)}.")
     return column
 
 
@@ -95,19 +93,18 @@ def parse_range(text: str, allowed: tuple[str, ...] = UNIT_METRICS) -> Range:
     """``"selectivity:0.5:1"`` / ``"abl_loss_delta::0.01"`` / ``"anomaly:1:"`` -> ``Range``."""
     parts = text.split(":")
     if len(parts) != 3:
-        raise QueryError(f"range {text!r} must look like COLUMN:LO:HI with LO or HI possibly empty, "
+        raise QueryError(f"range {shown(text)} must look like COLUMN:LO:HI with LO or HI possibly empty, "
                          f"e.g. selectivity:0.5: .")
     column, lo, hi = parts
     check_column(column, allowed, "column")
     bounds: list[float | None] = []
     for b in (lo, hi):
         try:
-            value = float(b) if b.strip() else None
-        except ValueError:
-            raise QueryError(f"range {text!r}: bound {b!r} is not a number.") from None
-        bounds.append(_finite(value, f"a bound of {column}"))
+            bounds.append(finite_float(b, what=f"a bound of {column}") if b.strip() else None)
+        except ParseError as e:
+            raise QueryError(f"range {shown(text)}: {e}") from None
     if bounds[0] is not None and bounds[1] is not None and bounds[0] > bounds[1]:
-        raise QueryError(f"range {text!r}: lower bound {bounds[0]} is above upper bound {bounds[1]}.")
+        raise QueryError(f"range {shown(text)}: lower bound {bounds[0]} is above upper bound {bounds[1]}.")
     return Range(column, bounds[0], bounds[1])
 
 
@@ -119,15 +116,11 @@ def format_range(r: Range) -> str:
 
 
 def parse_int(text: str, what: str, lo: int, hi: int) -> int:
-    """An ASCII decimal integer in ``lo..hi`` (``int()`` alone would take "١٢" or " 3_0")."""
-    t = text.strip()
-    digits = t[1:] if t[:1] in "+-" else t
-    if not (digits.isascii() and digits.isdigit()):
-        raise QueryError(f"{what}: only whole numbers (integers, ASCII digits) are accepted, got {text!r}.")
-    value = int(t)
-    if not lo <= value <= hi:
-        raise QueryError(f"{what} must be between {lo:,} and {hi:,}, got {value:,}.")
-    return value
+    """``warehouse.parse.bounded_int`` raising ``QueryError`` (what the URL state and the export catch)."""
+    try:
+        return bounded_int(text, lo, hi, what)
+    except ParseError as e:
+        raise QueryError(str(e)) from None
 
 
 T = TypeVar("T")
@@ -152,7 +145,7 @@ def _int(what: str, lo: int, hi: int) -> Codec[int]:
 def _yes_no(what: str) -> Codec[bool]:
     def parse(t: str) -> bool:
         if t not in ("yes", "no"):
-            raise QueryError(f"{what} must be yes or no, got {t!r}.")
+            raise QueryError(f"{what} must be yes or no, got {shown(t)}.")
         return t == "yes"
     return Codec(parse, lambda v: "yes" if v else "no")
 
@@ -160,16 +153,17 @@ def _yes_no(what: str) -> Codec[bool]:
 def flag(what: str) -> Codec[bool]:
     def parse(t: str) -> bool:
         if t not in ("0", "1"):
-            raise QueryError(f"{what} must be 0 or 1, got {t!r}.")
+            raise QueryError(f"{what} must be 0 or 1, got {shown(t)}.")
         return t == "1"
     return Codec(parse, lambda v: "1" if v else "0")
 
 
 def _layer() -> Codec[str]:
     def parse(t: str) -> str:
-        if not t or len(t) > 200:
-            raise QueryError(f"layer name {t[:40]!r} is empty or too long.")
-        return t
+        try:
+            return layer_name(t)
+        except ParseError as e:
+            raise QueryError(str(e)) from None
     return Codec(parse, str)
 
 
@@ -338,10 +332,12 @@ def _values(params: Mapping[str, Any], key: str) -> list[str]:
 
 
 def parse_fields(fields: Iterable[Field], params: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The typed values of ``fields`` found in URL ``params`` and a notice per value ignored.
+    """The typed values of ``fields`` found in URL ``params`` and the notices (markdown, values escaped)
+    for the values ignored.
 
-    A malformed or out-of-range value, or a repeated one, is left out and named in a notice; the
-    others are kept. Fields absent from ``params`` are absent from the result.
+    A malformed or out-of-range value, or a repeated one, is left out and named: one notice per
+    parameter however many values it repeats. The others are kept. Fields absent from ``params``
+    are absent from the result.
     """
     values: dict[str, Any] = {}
     notices: list[str] = []
@@ -356,16 +352,25 @@ def parse_fields(fields: Iterable[Field], params: Mapping[str, Any]) -> tuple[di
                 notices.append(f"`{f.url}` was given {len(raw)} times; the last value is used.")
             tokens = raw[-1:]
         items: list[Any] = []
+        bad: dict[str, str] = {}  # token -> why, in order: one notice per parameter, however many tokens
+        repeated: dict[str, None] = {}
         for t in tokens:
             try:
                 item = f.codec.parse(t)
             except QueryError as e:
-                notices.append(f"`{f.url}={t[:60]}` is ignored: {e}")
+                bad.setdefault(t, str(e))
                 continue
             if f.many and item in items:
-                notices.append(f"`{f.url}`: {t[:60]} is repeated; it is used once.")
+                repeated.setdefault(t)
                 continue
             items.append(item)
+        if bad:
+            first, why = next(iter(bad.items()))
+            more = f" (and {len(bad) - 1:,} other value(s) of `{f.url}`)" if len(bad) > 1 else ""
+            notices.append(f"{md_code(f'{f.url}={first[:60]}')}{more} is ignored: {md(why)}")
+        if repeated:
+            listed = ", ".join(md_code(t[:60]) for t in list(repeated)[:3]) + (", …" if len(repeated) > 3 else "")
+            notices.append(f"`{f.url}`: {listed} is repeated; each value is used once.")
         if f.many:
             values[f.name] = tuple(items)
         elif items:

@@ -52,6 +52,9 @@ MAX_MEMORY_BYTES = 1 << 30  # resident memory of the query process
 MAX_QUERY_CHARS = 100_000
 STARTUP_S = 15.0  # allowed for the query process to start (imports) on a busy machine, beside the query's limit
 WORKER = Path(__file__).with_name("sandbox_worker.py")
+MAX_DEPTH = 1_000  # DuckDB's max_expression_depth, which its parser enforces (the setting is locked at its default)
+DEEP_STACK_BYTES = 512 << 20  # the thread that decodes a deep parse tree (virtual: only what is used is touched)
+DEEP_RECURSION = 200_000
 #: The query nodes of a read-only statement; anything else (DELETE/INSERT/UPDATE inside a CTE...) is refused.
 QUERY_NODES = {"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"}
 #: Table references refused: DESCRIBE/SHOW/SUMMARIZE (they list databases and settings) and internal kinds.
@@ -90,6 +93,52 @@ def _nodes(tree: object) -> Iterator[dict]:
             stack.extend(x)
 
 
+def _plain_depth(message: str) -> str:
+    """DuckDB's depth error, which advises a SET the SQL page does not allow, said as what to do."""
+    if "expression depth" not in message:
+        return message
+    return (f"it nests deeper than DuckDB's limit of {MAX_DEPTH:,} levels (parentheses, subqueries, operators in "
+            f"a chain); simplify it, e.g. with a CTE or sum() over a list.")
+
+
+_deep_lock = threading.Lock()
+
+
+def _tree(text: str) -> dict:
+    """The JSON parse tree, however deeply nested.
+
+    DuckDB allows ``MAX_DEPTH`` levels of expression, and each level is several levels of JSON, so a
+    query of 330 chained ``+`` already exceeds Python's recursion limit in ``json.loads`` (which
+    raises ``RecursionError``, cleanly). Such a tree is decoded again in a thread of its own with a
+    large stack and a raised limit, for that call only; no statement can take the dashboard down.
+    """
+    try:
+        return json.loads(text)
+    except RecursionError:
+        pass
+    out: dict[str, object] = {}
+
+    def decode() -> None:
+        try:
+            out["tree"] = json.loads(text)
+        except RecursionError:
+            pass
+
+    with _deep_lock:
+        limit, stack = sys.getrecursionlimit(), threading.stack_size(DEEP_STACK_BYTES)
+        sys.setrecursionlimit(max(limit, DEEP_RECURSION))
+        try:
+            worker = threading.Thread(target=decode, name="sql-parse-tree")
+            worker.start()
+            worker.join()
+        finally:
+            threading.stack_size(stack)
+            sys.setrecursionlimit(limit)
+    if "tree" not in out:
+        raise SandboxError("the query nests too deeply to be checked; simplify it (a CTE, fewer nested levels).")
+    return out["tree"]  # type: ignore[return-value]
+
+
 def _parse(sql: str) -> tuple[str, list]:
     con = duckdb.connect(":memory:")
     try:
@@ -100,9 +149,9 @@ def _parse(sql: str) -> tuple[str, list]:
         if stmt.type != duckdb.StatementType.SELECT:
             raise SandboxError(f"only SELECT (or WITH ... SELECT) is allowed, not {stmt.type.name}: "
                                f"the SQL page is read-only.")
-        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [stmt.query]).fetchall()[0][0])
+        tree = _tree(con.execute("SELECT json_serialize_sql(?)", [stmt.query]).fetchall()[0][0])
     except duckdb.Error as e:
-        raise SandboxError(f"the query does not parse: {str(e).strip()}") from None
+        raise SandboxError(f"the query does not parse: {_plain_depth(str(e).strip())}") from None
     finally:
         con.close()
     if tree.get("error"):
@@ -254,6 +303,8 @@ def execute(files: Mapping[str, Sequence[str]], query: str, max_rows: int = MAX_
                 out, err = proc.communicate()
                 break
     message = (err.decode(errors="replace").strip().splitlines() or [""])[-1]
+    if "expression depth" in message:
+        message = "the query failed: " + _plain_depth(message)
     for paths in files.values():  # an error about a file (<root>/runs/<id>/<table>.parquet) hides the root
         for p in paths:
             message = message.replace(str(Path(p).parent.parent.parent), "<warehouse>")
@@ -278,10 +329,24 @@ def execute(files: Mapping[str, Sequence[str]], query: str, max_rows: int = MAX_
 def _frame(table: pa.Table) -> pd.DataFrame:
     """A DataFrame of ``table``; a column pandas cannot take (an exotic type) is shown as text."""
     series = []
-    for name, column in zip(table.column_names, table.columns):
+    for i, (name, column) in enumerate(zip(table.column_names, table.columns)):
         try:
             s = column.to_pandas()
-        except (pa.ArrowException, ValueError, TypeError, OverflowError):
-            s = pd.Series([None if v is None else str(v) for v in column.to_pylist()], dtype=object)
+        except Exception:  # noqa: BLE001 - any value pandas cannot hold is shown as text
+            s = pd.Series(_texts(column), dtype=object)
         series.append(s.rename(name))
     return pd.concat(series, axis=1) if series else pd.DataFrame()
+
+
+def _texts(column: pa.ChunkedArray) -> list[str | None]:
+    """Each value as text, one by one: a value even Python cannot hold (a date beyond year 9999) reads
+    as what Arrow says of it."""
+    out: list[str | None] = []
+    for chunk in column.chunks:
+        for k in range(len(chunk)):
+            scalar = chunk[k]
+            try:
+                out.append(None if not scalar.is_valid else str(scalar.as_py()))
+            except Exception:  # noqa: BLE001
+                out.append(str(scalar))
+    return out

@@ -7,8 +7,10 @@ the warehouse's tables registered as pyarrow datasets, so the SQL itself needs n
 all: external access is off with no allowed directories, every path setting is blanked, the
 configuration is locked, and the process cannot write a byte to any file (``RLIMIT_FSIZE`` 0).
 Whatever the query does dies with the process. The result goes back on stdout as one Arrow IPC
-stream of at most ``max_rows`` rows and ``max_bytes`` bytes (binary columns replaced by their
-sizes); an error goes to stderr with exit code 2.
+stream of at most ``max_rows`` rows and ``max_bytes`` bytes, every column in a form any grid and
+file format can hold (``_display_query``: DuckDB's own text for dates, intervals, huge integers and
+the like, JSON for lists, structs and maps; binary columns replaced by their sizes; duplicate column
+names numbered); an error goes to stderr with exit code 2.
 """
 
 from __future__ import annotations
@@ -46,6 +48,54 @@ def _shown(column, pa, pc):
     if pa.types.is_nested(t) and "binary" in str(t):
         return pa.array([None if v is None else _text(v) for v in column.to_pylist()], pa.string())
     return column
+
+
+#: DuckDB types shown as they are: numbers, text, booleans (and binary, turned into sizes by ``_shown``).
+KEPT_TYPES = {"boolean", "tinyint", "smallint", "integer", "bigint", "utinyint", "usmallint", "uinteger", "ubigint",
+              "float", "double", "decimal", "varchar", "null", "blob"}
+NESTED_TYPES = {"list", "struct", "map", "array", "union"}
+
+
+def _ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Column names made distinct (DuckDB compares them case-insensitively): ``a, a`` -> ``a, a_2``;
+    an empty name becomes ``column<N>``."""
+    seen: set[str] = set()
+    out = []
+    for i, name in enumerate(names):
+        base = name or f"column{i + 1}"
+        candidate, k = base, 1
+        while candidate.lower() in seen:
+            k += 1
+            candidate = f"{base}_{k}"
+        seen.add(candidate.lower())
+        out.append(candidate)
+    return out
+
+
+def _display_query(con, query: str) -> str | None:
+    """``query`` wrapped so every column comes back displayable: dates, times, intervals, huge integers,
+    UUIDs, bits, enums as DuckDB's text (``infinity`` stays ``infinity``), lists, structs, maps and
+    unions as JSON text (those holding binary are left to ``_shown``), names made distinct. None for a
+    statement that returns no relation."""
+    rel = con.sql(query)
+    if rel is None:
+        return None
+    names = unique_names(list(rel.columns))
+    columns = []
+    for name, t in zip(names, rel.types):
+        ref = f"q.{_ident(name)}"
+        if t.id in KEPT_TYPES or (t.id in NESTED_TYPES and "BLOB" in str(t)):
+            expr = ref
+        elif t.id in NESTED_TYPES:
+            expr = f"CAST(to_json({ref}) AS VARCHAR)"
+        else:
+            expr = f"CAST({ref} AS VARCHAR)"
+        columns.append(f"{expr} AS {_ident(name)}")
+    return f"SELECT {', '.join(columns)} FROM (\n{query}\n) AS q({', '.join(map(_ident, names))})"
 
 
 def _text(value: object) -> str:
@@ -88,7 +138,10 @@ def main() -> None:
     timer.start()
     batches, rows, size, truncated = [], 0, 0, ""
     try:
-        reader = con.sql(request["query"]).to_arrow_reader(256)
+        shown = _display_query(con, request["query"])
+        if shown is None:
+            _fail("the query failed: the statement returns no rows; write a SELECT.")
+        reader = con.sql(shown).to_arrow_reader(256)
         for batch in reader:
             columns = [_shown(c, pa, pc) for c in batch.columns]
             batch = pa.RecordBatch.from_arrays(columns, names=batch.schema.names)

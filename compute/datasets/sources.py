@@ -240,35 +240,143 @@ def _load_cifar_batches(d: Path) -> Splits:
     return Splits(mk(xtr, ytr, "train"), mk(xte, yte, "test"))
 
 
-def _image_folder(directory: Path, name: str) -> ImageSet:
-    """A torchvision ImageFolder (one sub-folder per class) read into memory.
+#: Image files a folder dataset reads (torchvision's ImageFolder list).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+#: Limits checked before any pixel is decoded: entries walked, folder depth, pixels per image (as a
+#: header states them), and the decoded dataset's bytes (also never more than half the machine's memory).
+MAX_FOLDER_ENTRIES = 2_000_000
+MAX_FOLDER_DEPTH = 32
+MAX_IMAGE_PIXELS = 4096 * 4096
+MAX_DATASET_BYTES = 16 << 30
+#: Pseudo file systems: their files read as size 0 and their links loop back to "/"; never a dataset.
+SYSTEM_FOLDERS = (Path("/proc"), Path("/sys"), Path("/dev"))
 
-    Greyscale if the first image is greyscale, else RGB; all images must share one size.
-    """
+
+def _memory_bytes() -> int:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return MAX_DATASET_BYTES * 2
+
+
+def _folder_samples(directory: Path, name: str) -> tuple[list[str], list[tuple[str, int]]]:
+    """Class names (sub-folders, sorted) and (image path, class) in torchvision ImageFolder's order,
+    walked with bounds: a system folder is refused at once, a folder reached twice (a symlink loop)
+    is walked once, and more than ``MAX_FOLDER_ENTRIES`` entries or ``MAX_FOLDER_DEPTH`` levels stop
+    the walk with a message instead of running for minutes and out of memory."""
+    real = directory.resolve()
+    if any(real == s or s in real.parents for s in SYSTEM_FOLDERS):
+        raise DataError(f"{name}: {real} is a system folder, not a dataset; pass a folder holding one "
+                        f"sub-folder of images per class.")
+    try:
+        classes = sorted(e.name for e in os.scandir(real) if e.is_dir())
+    except OSError as e:
+        raise DataError(f"{name}: cannot list {directory}: {e.strerror or e}.") from e
+    if not classes:
+        raise DataError(f"{name}: {directory} has no sub-folders; expected one sub-folder of images per class.")
+    seen: set[tuple[int, int]] = set()
+    entries = 0
+    samples: list[tuple[str, int]] = []
+    for index, cls in enumerate(classes):
+        found: list[tuple[str, list[str]]] = []
+        stack = [(real / cls, 0)]
+        while stack:
+            folder, depth = stack.pop()
+            try:
+                st = folder.stat()
+                if (st.st_dev, st.st_ino) in seen:
+                    continue
+                seen.add((st.st_dev, st.st_ino))
+                listing = list(os.scandir(folder))
+            except OSError as e:
+                raise DataError(f"{name}: cannot read folder {folder}: {e.strerror or e}.") from e
+            entries += len(listing)
+            if entries > MAX_FOLDER_ENTRIES:
+                raise DataError(f"{name}: more than {MAX_FOLDER_ENTRIES:,} files and folders under {directory}; "
+                                f"that is not an image dataset this tool can hold in memory. Pass a smaller folder.")
+            files = []
+            for e in listing:
+                if e.is_dir():
+                    if depth + 1 > MAX_FOLDER_DEPTH:
+                        raise DataError(f"{name}: {e.path} is nested more than {MAX_FOLDER_DEPTH} folders deep; "
+                                        f"keep each class's images within a few levels of its folder.")
+                    stack.append((Path(e.path), depth + 1))
+                elif e.name.lower().endswith(IMAGE_SUFFIXES) and e.is_file():
+                    files.append(e.name)
+            found.append((str(folder), sorted(files)))
+        before = len(samples)
+        for root, files in sorted(found):
+            samples += [(os.path.join(root, f), index) for f in files]
+        if len(samples) == before:
+            raise DataError(f"{name}: class folder {cls!r} holds no images ({', '.join(IMAGE_SUFFIXES)}).")
+    return classes, samples
+
+
+def _image_header(path: str, name: str) -> tuple[str, tuple[int, int]]:
+    """An image's mode and (width, height) from its header, refusing what cannot or should not be decoded."""
+    import warnings
+
     from PIL import Image
-    from torchvision.datasets import ImageFolder
 
     try:
-        folder = ImageFolder(str(directory))
-    except (FileNotFoundError, OSError) as e:
-        raise DataError(f"folder:{directory}: {e}. Expected one sub-folder of images per class.") from e
-    mode = None
-    arrays = []
-    for path, _ in folder.samples:
-        try:
+        if os.stat(path).st_size == 0:
+            raise DataError(f"{name}: {path} is empty (0 bytes), not an image.")
+        with warnings.catch_warnings():  # the size is checked below, against a lower limit than PIL's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
-                mode = mode or ("L" if img.mode in ("L", "1", "I;16", "I") else "RGB")
+                mode, size = img.mode, img.size
+    except Image.DecompressionBombError:  # PIL refuses to even open it
+        raise DataError(f"{name}: {path} declares more pixels than PIL will open (over "
+                        f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,}); at most {MAX_IMAGE_PIXELS:,} pixels per image "
+                        f"(e.g. 4096x4096) are accepted. Resize it.") from None
+    except OSError as e:
+        raise DataError(f"{name}: cannot read image {path}: {e}") from e
+    if size[0] * size[1] > MAX_IMAGE_PIXELS:
+        raise DataError(f"{name}: {path} is {size[0]:,}x{size[1]:,} pixels ({size[0] * size[1]:,}); at most "
+                        f"{MAX_IMAGE_PIXELS:,} pixels per image (e.g. 4096x4096) are accepted. Resize the images.")
+    return mode, size
+
+
+def _image_folder(directory: Path, name: str) -> ImageSet:
+    """A torchvision-style ImageFolder (one sub-folder per class) read into memory.
+
+    Greyscale if the first image is greyscale, else RGB; all images must share one size. Every
+    header is read (sizes, limits) before any image is decoded, so a file claiming 60000x60000 pixels
+    or a set larger than memory is refused in seconds with the figure.
+    """
+    import warnings
+
+    from PIL import Image
+
+    classes, samples = _folder_samples(directory, name)
+    first_mode, first_size = _image_header(samples[0][0], name)
+    mode = "L" if first_mode in ("L", "1", "I;16", "I") else "RGB"
+    for path, _ in samples[1:]:
+        size = _image_header(path, name)[1]
+        if size != first_size:
+            raise DataError(f"{name}: {path} is {size[1]}x{size[0]} pixels, the first image "
+                            f"{first_size[1]}x{first_size[0]}; resize the images to one size.")
+    need = len(samples) * first_size[0] * first_size[1] * (1 if mode == "L" else 3)
+    budget = min(MAX_DATASET_BYTES, _memory_bytes() // 2)
+    if need > budget:
+        raise DataError(f"{name}: {len(samples):,} images of {first_size[0]}x{first_size[1]} pixels need "
+                        f"{need / 2**30:.1f} GiB decoded, more than the {budget / 2**30:.1f} GiB allowed (half this "
+                        f"machine's memory, at most {MAX_DATASET_BYTES >> 30} GiB); use fewer or smaller images.")
+    x = np.empty((len(samples), first_size[1], first_size[0]) + (() if mode == "L" else (3,)), dtype=np.uint8)
+    for i, (path, _) in enumerate(samples):
+        try:
+            with warnings.catch_warnings(), Image.open(path) as img:
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
                 arr = np.asarray(img.convert(mode), dtype=np.uint8)
-        except OSError as e:
-            raise DataError(f"folder:{directory}: cannot read image {path}: {e}") from e
-        if arrays and arr.shape != arrays[0].shape:
-            raise DataError(f"folder:{directory}: {path} is {arr.shape[:2]} pixels, the first image "
-                            f"{arrays[0].shape[:2]}; resize the images to one size.")
-        arrays.append(arr)
-    x = np.stack(arrays)
+        except (OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
+            raise DataError(f"{name}: cannot read image {path}: {e}") from e
+        if arr.shape != x.shape[1:]:
+            raise DataError(f"{name}: {path} is {arr.shape[:2]} pixels after decoding, the first image "
+                            f"{x.shape[1:3]}; resize the images to one size.")
+        x[i] = arr
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
-    return ImageSet(torch.from_numpy(np.ascontiguousarray(x)), torch.tensor(folder.targets, dtype=torch.long),
-                    tuple(folder.classes), name)
+    labels = torch.tensor([c for _, c in samples], dtype=torch.long)
+    return ImageSet(torch.from_numpy(np.ascontiguousarray(x)), labels, tuple(classes), name)
 
 
 def _load_folder(spec: str) -> Splits:

@@ -22,6 +22,7 @@ from torch import nn
 
 from compute.nets.discover import trace_probes
 from compute.nets.probe import Probe
+from compute.nets.size import check_model_size
 from compute.errors import ConfigError
 from warehouse.publish import write_file
 
@@ -254,9 +255,14 @@ def input_error(model: str, in_shape: tuple[int, ...], error: Exception) -> Conf
 
 
 def build_model(spec: ModelSpec) -> ProbedModel:
-    """A freshly initialised model for ``spec`` (seed torch first for reproducible weights)."""
+    """A freshly initialised model for ``spec`` (seed torch first for reproducible weights), after
+    checking that it fits in memory (``compute.nets.size``)."""
+    check_model_size(lambda: _build(spec), spec.in_shape, f"model {spec.name} ({spec.n_classes:,} classes)")
     try:
         return _build(spec)
+    except MemoryError:
+        raise ConfigError(f"model {spec.name} does not fit in this machine's memory; choose smaller widths or "
+                          f"fewer classes.") from None
     except RuntimeError as e:  # a convolution or pooling left with no pixels
         raise input_error(spec.name, spec.in_shape, e) from None
 

@@ -19,6 +19,7 @@ from compute.errors import ConfigError, DataError
 from compute.images.config import ActMaxConfig, ImageConfig
 from compute.nets.models import model_options
 from compute.threads import DEFAULT_THREADS
+from warehouse.parse import SEED_MAX, shown
 from warehouse.publish import write_file
 
 
@@ -48,6 +49,11 @@ class RunConfig:
     images: ImageConfig | None = field(default_factory=ImageConfig)  # None: no unit_images rows
     train_curves: bool = False  # also draw the ablation curves on the training set (training labels)
     threads: int = DEFAULT_THREADS  # torch intra-op threads for every stage (compute/threads.py); 0: every CPU
+
+    def __post_init__(self) -> None:
+        # The one seed range (warehouse.parse.SEED_MAX), also for runs started from Python or resumed from a file.
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
+            raise ConfigError(f"seed must be a whole number from 0 to {SEED_MAX:,}, got {shown(self.seed)}.")
 
     @staticmethod
     def from_dict(stored: dict[str, Any]) -> RunConfig:

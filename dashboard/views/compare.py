@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import cached, ui
+from warehouse.text import md, md_code
 
 PAGE = "compare"
 ALL = "(all runs)"
@@ -31,7 +32,7 @@ if exp_url is not None:
     if exp_url in exp_options:
         st.session_state["compare-exp"] = exp_url
     else:
-        st.warning(f"Experiment `{exp_url}` from the link is not in this warehouse.")
+        st.warning(f"Experiment {md_code(exp_url[:60])} from the link is not in this warehouse.")
 if "compare-exp" not in st.session_state:  # the session's last choice, else the latest experiment, else every run
     latest = st.session_state.get("compare-exp-saved") or cached.latest_experiment(root, fp)
     st.session_state["compare-exp"] = latest if latest in exp_options else ALL
@@ -45,7 +46,8 @@ if runs_url is not None:
     wanted = list(dict.fromkeys(r for r in runs_url.split(",") if r))
     missing = [r for r in wanted if r not in candidates]
     if missing:
-        st.warning(f"Run(s) {', '.join(f'`{m}`' for m in missing)} from the link are not among these runs.")
+        st.warning(f"Run(s) {', '.join(md_code(m[:60]) for m in missing[:5])}{' …' if len(missing) > 5 else ''} "
+                   "from the link are not among these runs.")
     st.session_state["compare-runs"] = [r for r in wanted if r in candidates]
 elif st.session_state.get("compare-runs-of") != experiment or "compare-runs" not in st.session_state:
     saved = st.session_state.get("compare-saved", {}).get(experiment, candidates)
@@ -76,7 +78,7 @@ for col, (name, column, default) in zip(cols, (("split", "split", "train"), ("la
     options = sorted(choices[column].unique())
     want = _from_url(name)
     if want is not None and want not in options:
-        st.warning(f"{name} `{want}` from the link has no curves here; showing another.")
+        st.warning(f"{name} {md_code(want[:60])} from the link has no curves here; showing another.")
         want = None
     key = f"compare-{name}"
     if want is not None:
@@ -93,9 +95,9 @@ st.subheader("Cumulative ablation curves")
 bands = cached.curve_bands(root, fp, key, split, layer, order)
 without = [r for r in chosen if r not in set(bands["run_id"])]
 if without:
-    st.caption(f"No {split}/{layer}/{order} curve in: {', '.join(without)}")
+    st.caption(f"No {md(split)}/{md(layer)}/{md(order)} curve in: {md(', '.join(without))}")
 if bands.empty:
-    st.info(f"No selected run has a {split} curve for {layer} in {order} order.")
+    st.info(f"No selected run has a {md(split)} curve for {md(layer)} in {md(order)} order.")
 else:
     fig = go.Figure()
     palette = px.colors.qualitative.Plotly

@@ -15,6 +15,7 @@ from dashboard.knowledge import render_class_removal
 from dashboard.state import ExplorerState, encode, for_run, parse
 from warehouse.filters import QueryError, UnitFilter, describe
 from warehouse.queries import PRESETS
+from warehouse.text import md, md_code
 
 PAGE = "explorer"
 MAX_ROWS = 5_000  # table rows shown; downloads hold every matching row
@@ -66,10 +67,10 @@ def filter_box(layers: list[str], classes: list[str]) -> None:
 def summary(state: ExplorerState, total: int, shown: int) -> None:
     f = state.filter
     if state.preset:
-        note = " (modified: " + (describe(f) or "no conditions") + ")" if state.preset_modified else ""
+        note = " (modified: " + md(describe(f) or "no conditions") + ")" if state.preset_modified else ""
         st.caption(f"Preset **{state.preset}**: {PRESETS[state.preset].description}{note}")
     elif describe(f):
-        st.caption(f"Filter: {describe(f)}")
+        st.caption(f"Filter: {md(describe(f))}")
     st.markdown(f"**{total:,} unit(s) match.**" + (f" The table shows the first {shown:,}; the downloads hold all."
                                                      if shown < total else ""))
 
@@ -100,7 +101,7 @@ def main() -> None:
     try:
         table, total = cached.filtered(root, fp, state.filter, MAX_ROWS)
     except QueryError as e:
-        st.error(str(e))
+        st.error(md(str(e)))
         st.stop()
     summary(state, total, len(table))
     if total == 0:

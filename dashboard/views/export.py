@@ -10,6 +10,7 @@ from dashboard import cached, nav, ui
 from dashboard.state import ExplorerState, encode, parse
 from warehouse.export import FORMATS
 from warehouse.filters import QueryError, UnitFilter, to_cli
+from warehouse.text import md, md_code
 
 st.title("Export")
 root, fp, runs = ui.page_runs()
@@ -21,7 +22,7 @@ if ui.url_is_new("export"):
     nav.notices(notices)
 state = state or st.session_state.get("ex-state") or ExplorerState(UnitFilter(run_ids[0]))
 if state.filter.run_id not in run_ids:
-    st.warning(f"Run `{state.filter.run_id}` is not in this warehouse; exporting `{run_ids[0]}` unfiltered.")
+    st.warning(f"Run {md_code(state.filter.run_id)} is not in this warehouse; exporting {md_code(run_ids[0])} unfiltered.")
     state = ExplorerState(UnitFilter(run_ids[0]))
 ui.write_url("export", encode(state))
 f = state.filter
@@ -31,9 +32,9 @@ st.json(encode(state))
 try:
     total = cached.count(root, fp, f)
 except QueryError as e:
-    st.error(str(e))
+    st.error(md(str(e)))
     st.stop()
-st.markdown(f"**{total:,} unit(s)** of run `{f.run_id}`.")
+st.markdown(f"**{total:,} unit(s)** of run {md_code(f.run_id)}.")
 ui.downloads(f"units-{f.run_id}", "dl-export", payload={fmt: cached.export_on_click(root, fp, f, fmt) for fmt in FORMATS})
 
 args = [".venv/bin/python", "-m", "warehouse", "export", "--warehouse", root, "--run", f.run_id, *to_cli(f)]

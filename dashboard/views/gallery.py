@@ -13,6 +13,7 @@ from dashboard import cached, nav, ui
 from dashboard.state import ExplorerState, encode, for_run, one, parse, unit_params
 from warehouse.filters import FIELDS, UNIT_METRICS, QueryError, UnitFilter, describe, parse_int
 from warehouse.schema import IMAGE_KINDS
+from warehouse.text import md, md_code
 
 PAGE = "gallery"
 PER_PAGE = 48
@@ -38,7 +39,7 @@ def read_url(run_ids: list[str]) -> list[str]:
         if value is None:
             continue
         if allowed is not None and value not in allowed:
-            notices.append(f"`{url}={value[:40]}` is ignored: choose one of {', '.join(allowed)}.")
+            notices.append(f"{md_code(f'{url}={value[:40]}')} is ignored: choose one of {md(', '.join(allowed))}.")
             continue
         S[key] = value
     if one(params, "gdesc") is not None:
@@ -48,7 +49,7 @@ def read_url(run_ids: list[str]) -> list[str]:
         try:
             S["gal-page"] = parse_int(page, "page", 1, 10**9)
         except QueryError as e:
-            notices.append(f"`page={page[:20]}` is ignored: {e}")
+            notices.append(f"{md_code('page=' + page[:20])} is ignored: {md(e)}")
     return notices
 
 
@@ -66,7 +67,7 @@ def tile(col, row: pd.Series, run: str, sort: str, state: ExplorerState) -> None
         badges.append(":blue-badge[selective]")
     if row["anomaly_max"] >= 1.0:
         badges.append(":orange-badge[anomalous]")
-    col.page_link(str(VIEWS / "unit.py"), label=f"{layer}:{unit}", query_params=unit_params(run, layer, unit, state))
+    col.page_link(str(VIEWS / "unit.py"), label=md(f"{layer}:{unit}"), query_params=unit_params(run, layer, unit, state))
     lines = [f"sel {row['selectivity']:.2f} · imp {row['abl_loss_delta']:+.3f}"]
     if sort not in ("selectivity", "abl_loss_delta", "unit", "layer_index"):
         lines.append(f"{sort} {row[sort]:.3g}")
@@ -91,7 +92,7 @@ def main() -> None:
         notices += more
     if S.get("gal-layer") not in layers:
         if S.get("gal-layer") is not None:
-            notices.append(f"Run `{run}` has no layer `{S['gal-layer']}`; showing `{layers[0]}`.")
+            notices.append(f"Run {md_code(run)} has no layer {md_code(S['gal-layer'])}; showing {md_code(layers[0])}.")
         pick = [x for x in (base.filter.layers if base else ()) if x in layers]
         S["gal-layer"] = pick[0] if pick else layers[0]
     S.setdefault("gal-sort", "selectivity")
@@ -110,18 +111,18 @@ def main() -> None:
     f = replace(base.filter, layers=(layer,), order_by=sort, descending=desc) if base is not None \
         else UnitFilter(run, layers=(layer,), order_by=sort, descending=desc)
     if base is not None and describe(base.filter):
-        st.caption(f"Filtered by the explorer's filter: {describe(replace(base.filter, layers=()))}")
+        st.caption(f"Filtered by the explorer's filter: {md(describe(replace(base.filter, layers=())))}")
     try:
         total = cached.count(root, fp, f)
     except QueryError as e:
-        st.error(str(e))
+        st.error(md(str(e)))
         st.stop()
     pages = max(1, -(-total // PER_PAGE))
     if not 1 <= S.get("gal-page", 1) <= pages:
         S["gal-page"] = 1
     c1, c2 = st.columns([1, 3])
     page = int(c1.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key="gal-page"))
-    c2.markdown(f"**{total:,} unit(s)** of `{layer}`" + (f"; units {(page - 1) * PER_PAGE + 1:,} to "
+    c2.markdown(f"**{total:,} unit(s)** of {md_code(layer)}" + (f"; units {(page - 1) * PER_PAGE + 1:,} to "
                                                          f"{min(page * PER_PAGE, total):,}" if total else ""))
     view = ExplorerState(f, base.preset if base else None)
     params = {**encode(view), "layer": layer, "gsort": sort, "gdesc": "1" if desc else "0", "img": kind,
@@ -135,7 +136,7 @@ def main() -> None:
         return
     tiles, _ = cached.gallery_page(root, fp, f, layer, sort, desc, page - 1, PER_PAGE, kind)
     if tiles["png"].isna().all():
-        st.info(f"No `{kind}` images for this layer: the run was computed with --no-images, or this kind does not "
+        st.info(f"No {md_code(kind)} images for this layer: the run was computed with --no-images, or this kind does not "
                 "apply (receptive-field crops exist for conv units only).")
     cols = st.columns(COLUMNS)
     for i, (_, row) in enumerate(tiles.iterrows()):

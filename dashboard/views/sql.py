@@ -7,6 +7,7 @@ import streamlit as st
 from dashboard import cached, sql_state, ui
 from warehouse.sandbox import MAX_RESULT_BYTES, MAX_ROWS, TIME_LIMIT_S, SandboxError
 from warehouse.schema import TABLES
+from warehouse.text import md, md_code
 
 EXAMPLE = """SELECT layer, unit, class_name, anomaly, grad_mean, mean_act
 FROM unit_classes
@@ -35,11 +36,11 @@ with left:
         try:
             result = cached.sql(root, fp, query)
         except SandboxError as e:
-            st.error(str(e))
+            st.error(md(str(e)))
         else:
             cap = {"rows": f"; capped at {MAX_ROWS:,} rows",
                    "bytes": f"; cut at {MAX_RESULT_BYTES >> 20} MB (select fewer or smaller columns)"}
             st.caption(f"{len(result.rows):,} row(s)" + cap.get(result.reason, ""))
             shown, links = sql_state.with_links(result.rows)
-            st.dataframe(shown, hide_index=True, key="sql-result", column_config=links)
+            st.dataframe(shown, hide_index=True, key="sql-result", column_config={**ui.number_formats(shown), **links})
             ui.downloads("query", "dl-sql", frame=result.rows)

@@ -13,6 +13,7 @@ from dashboard.image_panels import render_unit_evidence
 from dashboard.knowledge import render_examples, render_significance
 from warehouse.queries import MIN_ACTIVE, PERCENTILE_METRICS, runs_overview
 from warehouse.schema import TABLES
+from warehouse.text import md, md_code
 
 S = st.session_state
 st.title("Unit page")
@@ -28,7 +29,7 @@ if wanted:
     if wanted[0] in layers:
         S["unit-layer"], S["unit-index"] = wanted
     else:
-        st.error(f"Run `{run}` has no layer `{wanted[0]}` (layers: {', '.join(layers)}).")
+        st.error(f"Run {md_code(run)} has no layer {md_code(wanted[0])} (layers: {', '.join(map(md_code, layers))}).")
 if S.get("unit-layer") not in layers:
     S["unit-layer"] = layers[0]
 summary = cached.layer_summary(root, fp, run).set_index("layer")
@@ -37,7 +38,7 @@ layer = c1.selectbox("Layer", layers, key="unit-layer")
 n_units = int(summary.loc[layer, "n_units"])
 if S.get("unit-index") is None or not 0 <= S["unit-index"] < n_units:
     if S.get("unit-index") is not None:
-        st.error(f"Layer `{layer}` has units 0 to {n_units - 1}; unit {S['unit-index']} does not exist.")
+        st.error(f"Layer {md_code(layer)} has units 0 to {n_units - 1}; unit {S['unit-index']} does not exist.")
     S["unit-index"] = 0
 unit = int(c2.number_input(f"Unit (0 to {n_units - 1})", min_value=0, max_value=n_units - 1, step=1, key="unit-index"))
 unit_nav.remember(layer, unit)
@@ -46,14 +47,14 @@ unit_nav.navigation_bar(root, fp, run, layer, unit, origin)
 
 page = cached.unit_page(root, fp, run, layer, unit)
 if page is None:
-    st.error(f"Unit `{layer}:{unit}` has no statistics in run `{run}`; the run may be incomplete.")
+    st.error(f"Unit {md_code(f'{layer}:{unit}')} has no statistics in run {md_code(run)}; the run may be incomplete.")
     st.stop()
 u = page.unit
-st.header(f"Unit {layer}:{unit}")
-st.caption(f"Run `{run}` · {page.layer.get('kind', '?')} layer `{layer}` of {n_units} units · "
+st.header(f"Unit {md(layer)}:{unit}")
+st.caption(f"Run {md_code(run)} · {md(page.layer.get('kind', '?'))} layer {md_code(layer)} of {n_units} units · "
            f"{'never active (dead)' if u['dead'] else 'active on ' + format(u['frac_active'], '.1%') + ' of examples'}")
 m = st.columns(4)
-m[0].metric("Class selectivity", f"{u['selectivity']:.3f}", help="Preferred class: " + str(u["pref_class_name"]))
+m[0].metric("Class selectivity", f"{u['selectivity']:.3f}", help="Preferred class: " + md(u["pref_class_name"]))
 m[0].caption(f"on {int(u['n_active']):,} active examples" + (
     f" (fewer than {MIN_ACTIVE}: not reliable)" if 0 < u["n_active"] < MIN_ACTIVE else ""))
 m[1].metric("Preferred class", "none (dead)" if u["dead"] else str(u["pref_class_name"]))
@@ -69,7 +70,7 @@ st.caption("The output-side signal is what the loss asks of the unit; where the 
            "it, and only the training signal (gradient at the pre-activation) updates the unit (docs/metrics.md).")
 st.caption("Dead unit: no training signal reaches it, so it has no anomaly score." if top.empty else
            "Classes with the highest training-signal-vs-activation anomaly (high gradient, low activation; "
-           "docs/metrics.md): " + ", ".join(f"{r.class_name} ({r.anomaly:.2f})" for r in top.itertuples()))
+           "docs/metrics.md): " + ", ".join(f"{md(r.class_name)} ({r.anomaly:.2f})" for r in top.itertuples()))
 
 # --- training trace ------------------------------------------------------------------------------
 st.subheader("Training trace")

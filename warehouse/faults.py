@@ -2,11 +2,16 @@
 
 Setting ``NEURON_ATLAS_CRASH_AT=<point>`` makes the process SIGKILL itself when it reaches that
 point, exactly as a power cut or an OOM kill would stop it: no cleanup, no exception handlers.
+With ``NEURON_ATLAS_CRASH_SIGNAL=INT`` it sends itself SIGINT instead (Ctrl-C: Python raises
+``KeyboardInterrupt`` there, and handlers and clean-ups run). ``NEURON_ATLAS_CRASH_LOG=<file>``
+appends the name of every point reached, so a test can enumerate them from one uninterrupted run.
 Unset (always, outside tests), ``crash_point`` does nothing.
 
 ``NEURON_ATLAS_CRASH_ONCE=<point>:<marker file>`` does the same at ``crash_once(point)`` but only
 while the marker file does not exist (it is created first): a worker that dies once and whose retry
 then succeeds.
+
+The points and what an interruption at each leaves are listed in docs/storage.md.
 """
 
 from __future__ import annotations
@@ -15,12 +20,18 @@ import os
 import signal
 
 ENV_VAR = "NEURON_ATLAS_CRASH_AT"
+SIGNAL_VAR = "NEURON_ATLAS_CRASH_SIGNAL"
+LOG_VAR = "NEURON_ATLAS_CRASH_LOG"
 ONCE_VAR = "NEURON_ATLAS_CRASH_ONCE"
 
 
 def crash_point(point: str) -> None:
+    log = os.environ.get(LOG_VAR)
+    if log:
+        with open(log, "a") as f:
+            f.write(point + "\n")
     if os.environ.get(ENV_VAR) == point:
-        os.kill(os.getpid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGINT if os.environ.get(SIGNAL_VAR) == "INT" else signal.SIGKILL)
 
 
 def crash_once(point: str) -> None:

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from pathlib import Path
+from typing import IO
 
 from warehouse.errors import WarehouseError
 
@@ -61,6 +63,39 @@ def stages_dir(root: Path | str, run_id: str) -> Path:
 def lock_path(root: Path | str, run_id: str) -> Path:
     """The file whose ``flock`` the process computing ``run_id`` holds."""
     return staging_dir(root) / f"{run_id}.lock"
+
+
+def checked_folder(path: Path, what: str) -> bool:
+    """Whether ``path`` exists as a real folder that can be listed and entered (False: it does not exist).
+
+    A symbolic link, a file, or a folder without read and search permission is a ``WarehouseError``
+    naming the fix: the warehouse never follows a link out of itself (``gc`` would delete what it
+    points to), and a folder it cannot enter would look empty.
+    """
+    try:
+        st = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):  # it, or a folder above it, does not exist
+        return False
+    except OSError as e:
+        raise WarehouseError(f"cannot reach {what} {path}: {e.strerror or e}. Check the permissions of the folders "
+                             f"above it.") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise WarehouseError(f"{what} {path} is a symbolic link (to {os.readlink(path)}); the warehouse never follows "
+                             f"links out of itself. Replace the link with a real folder (move the folder it points "
+                             f"to there).")
+    if not stat.S_ISDIR(st.st_mode):
+        raise WarehouseError(f"{what} {path} is not a folder; move it away so the warehouse can use the name.")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise WarehouseError(f"cannot read {what} {path}: permission denied (it needs read and search permission); "
+                             f"give them with chmod u+rx {path}, or use another --warehouse.")
+    return True
+
+
+def open_lock(path: Path, create: bool = True) -> IO[str]:
+    """The lock file ``path`` opened for reading and writing, never through a symbolic link (a planted
+    link would make the writer truncate whatever it points to) and never truncated on opening."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+    return os.fdopen(os.open(path, flags, 0o644), "r+")
 
 
 def is_published(path: Path) -> bool:

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from warehouse.errors import WarehouseError
-from warehouse.layout import MANIFEST, RUN_ID_PATTERN, RUNS_DIR
+from warehouse.layout import MANIFEST, RUN_ID_PATTERN, RUNS_DIR, checked_folder
 from warehouse.schema import SCHEMA_VERSION, TABLES
 
 
@@ -207,10 +207,22 @@ def _check_run_ids(handle: Any, meta: pq.FileMetaData, schema: pa.Schema, name: 
                             f"(a file copied from another run?)")
 
 
-def _inspect(path: Path) -> RunInfo:
+def _check_real_folder(path: Path) -> None:
+    """A run is a real folder inside ``runs/``: a link (to a folder elsewhere) is not followed, since the
+    readers' file access is limited to ``runs/``."""
+    st = os.lstat(path)
+    if stat.S_ISLNK(st.st_mode):
+        raise BrokenRun(f"the run folder is a symbolic link (to {os.readlink(path)}); a run must be a real folder "
+                        f"inside runs/: move the folder there instead of linking it")
+    if not stat.S_ISDIR(st.st_mode):
+        raise BrokenRun("it is not a folder")
+
+
+def inspect_run(path: Path) -> RunInfo:
     """One run folder validated on its own: whatever is wrong becomes its ``error``, never an exception."""
     manifest = None
     try:
+        _check_real_folder(path)
         if not RUN_ID_PATTERN.fullmatch(path.name):
             raise BrokenRun("the folder name is not a valid run id")
         manifest = _read_manifest(path)
@@ -267,16 +279,11 @@ def list_runs(root: Path) -> list[RunInfo]:
     that run broken, with the reason in ``error``; other runs are unaffected, and nothing blocks.
     """
     runs_dir = Path(root) / RUNS_DIR
+    if not checked_folder(runs_dir, "the runs folder"):
+        return []
     try:
-        entries = sorted(runs_dir.iterdir()) if runs_dir.is_dir() else []
+        with os.scandir(runs_dir) as it:
+            entries = sorted((e for e in it if e.is_symlink() or e.is_dir(follow_symlinks=False)), key=lambda e: e.name)
     except OSError as e:
         raise WarehouseError(f"cannot list the runs in {runs_dir}: {e.strerror or e}. Check its permissions.") from e
-    out = []
-    for p in entries:
-        try:
-            is_dir = p.is_dir()
-        except OSError:
-            is_dir = False
-        if is_dir:
-            out.append(_inspect(p))
-    return out
+    return [inspect_run(Path(e.path)) for e in entries]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pyarrow.parquet as pq
 import torch
 
 from compute.ablation.class_curves import class_curves
@@ -169,6 +170,8 @@ def compute_run(cfg: RunConfig, warehouse_root: Path, resume: bool = False,
     run_id = check_run_id(cfg.run_id or default_run_id(cfg))
     # Open the writer first: a bad warehouse or a taken run id fails before minutes of training.
     with RunWriter(warehouse_root, run_id, resume=resume) as writer:
+        if writer.already_published:
+            return published_summary(writer)
         cfg = settle_config(cfg, run_id, writer.stages_dir, resume)
         if cfg.epochs == 0 and not cfg.checkpoint:
             raise ConfigError("--epochs 0 (no training) needs --checkpoint with trained weights.")
@@ -180,6 +183,17 @@ def compute_run(cfg: RunConfig, warehouse_root: Path, resume: bool = False,
         if cfg.checkpoint:
             load_weights(model, Path(cfg.checkpoint))
         return analyze_into(writer, model, spec, splits, eval_set, cfg, started, executor)
+
+
+def published_summary(writer: RunWriter) -> RunSummary:
+    """The summary of a run the interrupted computation had already published (killed after the rename):
+    read back from its tables, which ``RunWriter`` has just validated."""
+    stage_started("publish")
+    row = pq.read_table(writer.final / "runs.parquet").to_pylist()[0]
+    rows = {name: pq.read_metadata(writer.final / f"{name}.parquet").num_rows for name in ("units", "unit_images")}
+    figures = {k: float(row[k]) for k in ("train_acc", "test_acc", "eval_acc", "eval_loss", "duration_s")}
+    return RunSummary(writer.run_id, writer.final, {**figures, "units": float(rows["units"]),
+                                                    "images": float(rows["unit_images"])})
 
 
 def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, splits: Splits,
@@ -216,7 +230,6 @@ def _publish(ctx: RunContext, writer: RunWriter, spec: ModelSpec | None, shapes:
     layer_order = list(ctx.model.probes)
     units, classes = tables.unit_tables(layer_order, r["statistics"], ablations, names)
     writer.write_table("units", units)
-    crash_point("after-table-units")
     writer.write_table("unit_classes", classes)
     writer.write_table("examples", tables.examples_table(ctx.eval_set, r["statistics"]))
     writer.write_table("unit_examples", tables.unit_examples_table(layer_order, ablations))
@@ -231,6 +244,7 @@ def _publish(ctx: RunContext, writer: RunWriter, spec: ModelSpec | None, shapes:
         layer_order, shapes, {n: _probe_description(ctx.model, n) for n in layer_order}))
     writer.write_table("epochs", tables.epochs_table(trained))
     save_checkpoint(ctx.model.cpu(), spec, writer.file(CHECKPOINT))
+    crash_point("after-checkpoint")
     duration = time.perf_counter() - started
     writer.write_table("runs", tables.runs_table(
         cfg, writer.run_id, {"n_train": len(ctx.splits.train), "n_test": len(ctx.splits.test),

@@ -61,7 +61,31 @@ def files(tmp_path: Path) -> dict[str, Path]:
             for i in range(10):
                 Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(tmp_path / name / c / f"{i}.png")
         out[name] = tmp_path / name
+    for name, sizes in (("bomb", {"a": 28, "b": 28}), ("mixed", {"a": 28, "b": 32}), ("empty", {"a": 28, "b": 28}),
+                        ("garbage-image", {"a": 28, "b": 28}), ("loop", {"only": 28})):
+        for c, size in sizes.items():
+            (tmp_path / name / c).mkdir(parents=True)
+            for i in range(5):
+                Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(tmp_path / name / c / f"{i}.png")
+        out[name] = tmp_path / name
+    _claim_size(tmp_path / "bomb" / "a" / "0.png", 60000, 60000)  # a header that says 60000x60000, 3.6 billion pixels
+    (tmp_path / "empty" / "b" / "9.png").write_bytes(b"")
+    (tmp_path / "garbage-image" / "b" / "9.png").write_bytes(b"\x89PNG not really")
+    (tmp_path / "loop" / "only" / "again").symlink_to(tmp_path / "loop" / "only")  # a folder that contains itself
+    out["proc"] = Path("/proc/self")
     return out
+
+
+def _claim_size(png: Path, width: int, height: int) -> None:
+    """Rewrite a PNG's header (IHDR, with its CRC) to claim another size; the pixel data stays small."""
+    import struct
+    import zlib
+
+    b = bytearray(png.read_bytes())
+    assert b[12:16] == b"IHDR"
+    b[16:24] = struct.pack(">II", width, height)
+    b[29:33] = struct.pack(">I", zlib.crc32(bytes(b[12:29])))
+    png.write_bytes(bytes(b))
 
 
 # (arguments after `run`, or a full argv for other commands) -> what the error must say
@@ -89,6 +113,15 @@ RUN_CASES: list[tuple[list[str], str]] = [
     (["--layers", ","], "at least one name"), (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--resume"], "--resume needs the --run-id"), (["--resume", "--run-id", "ghost"], "nothing to resume"),
     (["--layers", "fc9"], "no layer matches 'fc9'"),
+    # numbers of 5,000 digits (Python's own int() refuses them with a ValueError), and other spellings
+    (["--seed", "1" * 5000], "expected a seed.*5,000 digits"), (["--epochs", "9" * 5000], "5,000 digits"),
+    (["--batch-size", "1" * 5000], "5,000 digits"), (["--train-size", "1e3"], "positive integer"),
+    (["--lr", "1" * 5000], "expected a learning rate"), (["--label-noise", "0." + "0" * 5000], "fraction"),
+    (["--seed", "+-1"], "expected a seed"), (["--seed", " "], "expected a seed"), (["--seed", "0x10"], "expected a seed"),
+    (["--actmax-tol", "nan"], "fraction"), (["--ray-gpus", "2"], "fraction of a GPU"),
+    (["--ray-gpus", "nan"], "fraction of a GPU"),
+    # resources named as what they are, before anything is allocated
+    (["--model", "mlp", "--widths", "9999999,9999999"], "too large: .* parameters need"),
 ]
 FILE_CASES: list[tuple[str, list[str], str]] = [  # file fixture key, arguments, message
     ("code", ["--checkpoint", "{}", "--epochs", "0"], "never unpickled"),
@@ -101,6 +134,12 @@ FILE_CASES: list[tuple[str, list[str], str]] = [  # file fixture key, arguments,
     ("dir", ["--checkpoint", "{}", "--epochs", "0"], "is not a file"),
     ("one-class", ["--dataset", "folder:{}"], "needs at least two"),
     ("tiny", ["--dataset", "folder:{}"], "cannot take images of 1x8x8.*Resize"),
+    ("bomb", ["--dataset", "folder:{}"], "PIL will open|60,000x60,000"),
+    ("mixed", ["--dataset", "folder:{}"], "resize the images to one size"),
+    ("empty", ["--dataset", "folder:{}"], "is empty \\(0 bytes\\)"),
+    ("garbage-image", ["--dataset", "folder:{}"], "cannot read image"),
+    ("loop", ["--dataset", "folder:{}"], "needs at least two"),
+    ("proc", ["--dataset", "folder:{}"], "is a system folder"),
 ]
 OTHER_CASES: list[tuple[list[str], str]] = [
     (["sweep", "--seeds", "1,-2"], "expected a seed"), (["sweep", "--label-noise", "0,nan"], "fraction"),
@@ -108,6 +147,16 @@ OTHER_CASES: list[tuple[list[str], str]] = [
     (["layers", "--input-shape", "1,0,28"], "C,H,W"), (["layers", "--input-shape", "1,28"], "C,H,W"),
     (["layers", "--input-shape", "1,4,4"], "cannot take images of 1x4x4"), (["layers", "--classes", "0"], "positive"),
     (["gc", "--warehouse", "/dev/null/x"], None),
+    (["experiment", "crossed-sevens", "--seed", str(2**64)], "expected a seed"),
+    (["experiment", "crossed-sevens", "--seed", "-1"], "expected a seed"),
+    (["experiment", "crossed-sevens", "--seed", "\u0663"], "expected a seed"),
+    (["experiment", "crossed-sevens", "--seed", "1" * 5000], "expected a seed"),
+    (["experiment", "crossed-sevens", "--run-id", "a\nb"], "invalid run id"),
+    (["sweep", "--seeds", "0," + "1" * 5000], "expected a seed"),
+    (["layers", "--classes", "2147483647"], "too large: 182,536,170,851 parameters"),
+    (["layers", "--model", "mlp", "--widths", "9999999,9999999"], "too large"),
+    (["layers", "--classes", "9" * 5000], "5,000 digits"),
+    (["layers", "--input-shape", "3,65536,65536"], "use smaller images"),
 ]
 
 
@@ -158,6 +207,21 @@ def test_bad_arguments_of_other_commands(tmp_path, capsys, argv, message):
     assert code == 2 and re.search(message, err), err
 
 
+@pytest.mark.parametrize("limit,value,message", [("MAX_FOLDER_ENTRIES", 5, "more than 5 files and folders"),
+                                                  ("MAX_FOLDER_DEPTH", 0, "nested more than 0 folders deep"),
+                                                  ("MAX_DATASET_BYTES", 1000, "GiB decoded, more than"),
+                                                  ("MAX_IMAGE_PIXELS", 100, "at most 100 pixels per image")])
+def test_folder_limits_are_checked_before_decoding(tmp_path, capsys, files, monkeypatch, limit, value, message):
+    """The folder walk's and the decoder's limits, lowered so a small folder reaches each of them."""
+    import compute.datasets.sources as sources
+
+    monkeypatch.setattr(sources, limit, value)
+    folder = files["mixed"] if limit in ("MAX_FOLDER_ENTRIES", "MAX_IMAGE_PIXELS") else files["loop"]
+    code, err = _call(compute_main, ["run", "--warehouse", str(tmp_path / "wh"), *QUICK, "--dataset", f"folder:{folder}"],
+                      capsys)
+    assert code == 2 and message in err and "Traceback" not in err, err
+
+
 def test_a_planted_stage_file_is_refused_on_resume(tmp_path, capsys, files):
     """--resume reads stage files with weights_only: one holding code is refused, the code never runs."""
     stages = tmp_path / ".staging" / "r.stages"
@@ -194,6 +258,10 @@ EXPORT_CASES: list[tuple[list[str], str]] = [
     (["--limit", "-1"], "positive number of units"), (["--limit", "0"], "positive number of units"),
     (["--limit", "\u0667"], "positive number of units"), (["--pref-class", str(10**30)], "class index"),
     (["--class", "-1"], "class index"), (["--format", "xml"], "invalid choice"),
+    (["--limit", "1" * 5000], "5,000 digits"), (["--pref-class", "1" * 5000], "5,000 digits"),
+    (["--class", "1" * 5000], "5,000 digits"), (["--layer", "fc1\n"], "layer name"),
+    (["--range", "selectivity:" + "1" * 5000 + ":"], "selectivity"), (["--limit", "0" * 5000 + "5", "--pref-class", "x"],
+                                                                    "class index"),
     (["--range", "selectivity:nan:"], "selectivity"), (["--range", "selectivity:1e999:"], "selectivity"),
 ]
 
@@ -235,5 +303,5 @@ def test_export_never_overwrites_without_force_nor_writes_into_the_warehouse(tmp
 def test_figures():
     """Bad inputs tried here, for the closing note: the parametrized corpora, the two planted or damaged
     stage-folder files and the seven export targets refused or protected."""
-    tried = len(RUN_CASES) + len(FILE_CASES) + len(OTHER_CASES) + len(EXPORT_CASES) + 2 + 7
+    tried = len(RUN_CASES) + len(FILE_CASES) + len(OTHER_CASES) + len(EXPORT_CASES) + 2 + 7 + 4
     print(f"bad inputs with a clear error (or a clean no-op) / tried: {tried} / {tried}")

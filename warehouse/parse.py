@@ -43,7 +43,7 @@ def shown(text: object, limit: int = 40) -> str:
 def bounded_int(text: str, lo: int, hi: int, what: str) -> int:
     """The integer ``text`` writes in ASCII digits, in ``lo..hi``; else ``ParseError`` naming the range."""
     t = str(text).strip()
-    expect = f"{what} must be a whole number from {lo:,} to {hi:,} in ASCII digits"
+    expect = f"expected {what}: a whole number from {lo:,} to {hi:,} in ASCII digits"
     if not _INT.fullmatch(t):
         raise ParseError(f"{expect}, got {shown(text)}.")
     digits = t.lstrip("+-").lstrip("0")
@@ -61,7 +61,7 @@ def finite_float(text: str, lo: float = -math.inf, hi: float = math.inf, what: s
     t = str(text).strip()
     bounds = [f"{'above' if open_lo else 'at least'} {lo:g}" if math.isfinite(lo) else "",
               f"at most {hi:g}" if math.isfinite(hi) else ""]
-    expect = f"{what} must be a finite number" + (" " + " and ".join(b for b in bounds if b) if any(bounds) else "")
+    expect = f"expected {what}: a finite number" + (" " + " and ".join(b for b in bounds if b) if any(bounds) else "")
     if len(t) > MAX_FLOAT_CHARS or not _FLOAT.fullmatch(t):
         raise ParseError(f"{expect}, got {shown(text)}.")
     value = float(t)

@@ -23,11 +23,12 @@ PAGES = [
     st.Page(VIEWS / "explorer.py", title="Unit explorer", url_path="explorer"),
     st.Page(VIEWS / "gallery.py", title="Layer gallery", url_path="gallery"),
     st.Page(VIEWS / "unit.py", title="Unit page", url_path="unit"),
+    st.Page(VIEWS / "whatif.py", title="What if", url_path="whatif"),
     st.Page(VIEWS / "compare.py", title="Compare runs", url_path="compare"),
     st.Page(VIEWS / "sql.py", title="SQL", url_path="sql"),
     st.Page(VIEWS / "export.py", title="Export", url_path="export"),
 ]
-page = st.navigation(PAGES)
-ui.sidebar()
+page = st.navigation(PAGES, position="hidden")  # the sidebar's own links carry each page's state
+ui.sidebar(PAGES)
 ui.unknown_page_notice([p.url_path for p in PAGES], page.title)
 page.run()

@@ -18,6 +18,8 @@ from scipy import stats
 N_RESAMPLES = 1000
 BOOTSTRAP_MAX_N = 1000
 SEED = 0
+#: Below this many points a rank correlation's interval is too coarse to read (conv1 of LeNet-5 has 6 units).
+SMALL_N = 10
 
 
 @dataclass(frozen=True)
@@ -64,10 +66,12 @@ def spearman_ci(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> Corre
 
 
 def per_layer(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """One row per layer of ``df`` (in its order): n, rho, CI low/high, CI method."""
+    """One row per layer of ``df`` (in its order): n, rho, CI low/high, CI method, and a warning when fewer
+    than ``SMALL_N`` points stand behind it."""
     rows = []
     for layer, g in df.groupby("layer", sort=False):
         c = spearman_ci(g[x].to_numpy(), g[y].to_numpy())
         rows.append({"layer": layer, "n": c.n, "spearman_rho": c.rho, "ci95_low": c.lo, "ci95_high": c.hi,
-                     "ci_method": c.method})
-    return pd.DataFrame(rows, columns=["layer", "n", "spearman_rho", "ci95_low", "ci95_high", "ci_method"])
+                     "ci_method": c.method,
+                     "warning": f"only {c.n} units: too few to read" if 0 < c.n < SMALL_N else ""})
+    return pd.DataFrame(rows, columns=["layer", "n", "spearman_rho", "ci95_low", "ci95_high", "ci_method", "warning"])

@@ -11,6 +11,7 @@ import plotly.express as px
 import streamlit as st
 
 from dashboard import cached, nav, ui, whatif_panel
+from dashboard.correlation import SMALL_N
 from dashboard.image_panels import with_thumbnails
 from dashboard.state import COLORS, ExplorerState, encode
 from warehouse.browse import FACETS
@@ -35,8 +36,11 @@ def facets(root: str, fp: cached.Fingerprint, state: ExplorerState, classes: lis
             rows = counts[counts["facet"] == facet].head(FACET_VALUES)
             col.markdown(f"**{ {'pref_class_name': 'preferred class', 'dead': 'dead / live'}.get(facet, facet) }**")
             for r in rows.itertuples():
+                if pd.isna(r.value):  # a dead unit has no preferred class
+                    col.markdown(f"none (dead) · **{r.units:,}**")
+                    continue
                 narrowed = _narrow(f, facet, r.value, classes)
-                label = {"true": "dead", "false": "live"}.get(r.value, r.value) if facet == "dead" else r.value
+                label = {"true": "dead", "false": "live"}.get(r.value, r.value) if facet == "dead" else ui.text(r.value)
                 if narrowed is None or narrowed == f:
                     col.markdown(f"{label} · **{r.units:,}**")
                 else:
@@ -83,27 +87,14 @@ def unit_chooser(state: ExplorerState, labels: list[str]) -> None:
         nav.open_unit(state.filter.run_id, layer, int(unit), state)
 
 
-def what_if(root: str, run: str, labels: list[str]) -> None:
-    """Live ablation of chosen units on the run's checkpoint (the one action that loads torch)."""
-    with st.expander("What if these units were removed? (live ablation on the run's checkpoint)"):
-        st.caption("Clamps the chosen units to zero together and re-evaluates the trained network on the run's "
-                   "evaluation set (or its training set). The first call loads the checkpoint and data.")
-        picked = st.multiselect("Units to ablate together", labels, default=labels[:min(len(labels), 10)],
-                                key="ex-whatif-units")
-        split = st.radio("Measured on", ["eval", "train"], horizontal=True, key="ex-whatif-split")
-        if st.button("Ablate the selected units", key="ex-whatif", disabled=not picked):
-            result = whatif_panel.run(root, run, picked, split)
-            if isinstance(result, str):
-                st.error(result)
-                return
-            summary, per_class = result
-            m1, m2, m3 = st.columns(3)
-            m1.metric("accuracy", f"{summary['accuracy']:.4f}", f"{summary['acc_delta']:+.4f}")
-            m2.metric("loss", f"{summary['loss']:.4f}", f"{summary['loss_delta']:+.4f}", delta_color="inverse")
-            m3.metric("units ablated", summary["n_units"])
-            st.plotly_chart(px.bar(per_class, x="class_name", y="acc_delta", title="Accuracy change per class"),
-                            key="ex-whatif-bars")
-            ui.downloads(f"whatif-{run}", "dl-whatif", frame=per_class)
+def what_if(run: str, labels: list[str]) -> None:
+    """Links to the live what-if page (the one place that loads torch) with units of this table."""
+    c1, c2 = st.columns(2)
+    first = labels[:10]
+    whatif_panel.link(c1, run, first, f"What if the first {len(first)} of these units were removed?")
+    in_set = whatif_panel.current(run)
+    if in_set:
+        whatif_panel.link(c2, run, in_set, f"Open the what-if set ({len(in_set)} units)")
 
 
 def axis_widgets() -> None:
@@ -163,5 +154,10 @@ def scatter(root: str, fp: cached.Fingerprint, state: ExplorerState, layers: lis
     st.markdown(f"**Spearman correlation of {state.x} and {state.y} per layer** (95% confidence interval, "
                 f"{'live units' if f.dead is False else 'units as filtered'})")
     corr = cached.correlations(points[["layer", state.x, state.y]], state.x, state.y)
+    few = corr[corr["warning"] != ""]
+    if len(few):
+        st.warning("Too few units for a rank correlation to mean much in " + ", ".join(
+            f"`{ui.text(r.layer)}` (n = {r.n})" for r in few.itertuples()) + f": with fewer than {SMALL_N} points "
+            "the interval spans most of [-1, 1] and the bootstrap of so few points is coarse.", icon="⚠️")
     st.dataframe(corr, hide_index=True, key="ex-corr")
     ui.downloads(f"correlation-{run}", "dl-corr", frame=corr)

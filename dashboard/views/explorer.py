@@ -114,7 +114,7 @@ def main() -> None:
     table = explorer_panels.table(root, fp, state, table)
     labels = [f"{layer}:{unit}" for layer, unit in zip(table["layer"], table["unit"])]
     explorer_panels.unit_chooser(state, labels)
-    explorer_panels.what_if(root, run, labels)
+    explorer_panels.what_if(run, labels)
     with st.expander("Can a class's knowledge be removed? (per-class cumulative ablation)"):
         render_class_removal(cached.connection(root)[0], run, classes)
     st.subheader("Scatter")

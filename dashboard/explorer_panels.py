@@ -16,13 +16,14 @@ from dashboard.image_panels import with_thumbnails
 from dashboard.state import COLORS, ExplorerState, encode
 from warehouse.browse import FACETS
 from warehouse.export import FORMATS
-from warehouse.filters import UNIT_METRICS
+from warehouse.filters import CLASS_METRICS, UNIT_METRICS
 
 WEBGL_FROM = 1_000  # points from which the scatter renders with WebGL
 FACET_VALUES = 12  # values listed per facet
 POPULATIONS = {"live units": True, "all matching units": False}
 TAYLOR = ("taylor", "taylor_norm")
 EXPLORER = Path(__file__).parent / "views" / "explorer.py"
+S = st.session_state
 
 
 def facets(root: str, fp: cached.Fingerprint, state: ExplorerState, classes: list[str]) -> None:
@@ -77,6 +78,49 @@ def table(root: str, fp: cached.Fingerprint, state: ExplorerState, table: pd.Dat
     ui.downloads(f"units-{run}", "dl-units",
                  payload={fmt: cached.export_on_click(root, fp, state.filter, fmt) for fmt in FORMATS})
     return table
+
+
+NO_CLASS = "(no class)"
+RANK_DEFAULT = "abl_loss_delta"
+
+
+def rank_to_widgets(rank: str | None, classes: list[str]) -> None:
+    metric, _, cls = (rank or "").rpartition(":")
+    S["ex-rank-metric"] = metric if metric in CLASS_METRICS else RANK_DEFAULT
+    S["ex-rank-class"] = classes[int(cls)] if cls.isdigit() and int(cls) < len(classes) else NO_CLASS
+
+
+def rank_from_widgets(classes: list[str]) -> str | None:
+    cls = S.get("ex-rank-class", NO_CLASS)
+    if cls not in classes:
+        return None
+    return f"{S.get('ex-rank-metric', RANK_DEFAULT)}:{classes.index(cls)}"
+
+
+def class_rank(root: str, fp: cached.Fingerprint, state: ExplorerState, classes: list[str]) -> None:
+    """The matching units ranked by one class's value of a per-class metric (e.g. the loss change on class 7
+    when the unit is removed, or its anomaly for class 7), each linked to its unit page."""
+    with st.expander("Rank the units by one class (e.g. removal effect on class 7)", expanded=state.rank is not None):
+        c1, c2 = st.columns(2)
+        if S.get("ex-rank-class") not in (NO_CLASS, *classes):
+            S["ex-rank-class"] = NO_CLASS
+        c1.selectbox("Class", [NO_CLASS, *classes], key="ex-rank-class")
+        c2.selectbox("Per-class metric", CLASS_METRICS, key="ex-rank-metric",
+                     help="A column of unit_classes (docs/schema.md): abl_loss_delta = the class's loss change when "
+                          "the unit is removed, abl_acc_delta its accuracy change, anomaly its anomaly score.")
+        if state.rank is None:
+            st.caption("Choose a class to rank the matching units by that class's value, largest first.")
+            return
+        metric, _, cls = state.rank.rpartition(":")
+        ranked = cached.rank_by_class(root, fp, state.filter, metric, int(cls))
+        if ranked.empty:
+            st.info("No matching unit has a value for this class (dead units have no anomaly).")
+            return
+        ranked = ranked.rename(columns={"class_value": f"{metric} (class {classes[int(cls)]})"})
+        shown, links = nav.with_unit_links(ranked, state.filter.run_id, state)
+        st.dataframe(shown, hide_index=True, key="ex-rank-table", column_config=links)
+        labels = [f"{a}:{b}" for a, b in zip(ranked["layer"], ranked["unit"])]
+        whatif_panel.link(st, state.filter.run_id, labels[:10], f"What if the top {min(10, len(labels))} were removed?")
 
 
 def unit_chooser(state: ExplorerState, labels: list[str]) -> None:

@@ -543,3 +543,20 @@ def test_class_halving_set_is_named_and_removing_it_halves_the_class(app, con, w
     assert f"Remove these {len(units)} units in what-if" in links
     at.selectbox(key="ex-cr-table-class").select(first.class_name).run()
     assert set(frame(ok(at), "n_to_halve")["class_name"]) == {first.class_name}
+
+
+def test_explorer_ranks_units_by_one_class(app, con, tables):
+    at = open_page(app, "explorer", {"run": RUN_ID, "layers": "fc2", "rank": "abl_loss_delta:7"})
+    ranked = frame(at, "abl_loss_delta (class 7)")
+    uc = tables["unit_classes"]
+    want = uc[(uc.layer == "fc2") & (uc["class"] == 7)].sort_values(["abl_loss_delta", "unit"],
+                                                                      ascending=[False, True]).head(50)
+    assert ranked.unit.tolist() == want.unit.tolist()
+    assert ranked["abl_loss_delta (class 7)"].tolist() == pytest.approx(want.abl_loss_delta.tolist())
+    assert at.selectbox(key="ex-rank-class").value == "7"
+    at.selectbox(key="ex-rank-metric").select("anomaly").run()
+    assert ok(at).query_params["rank"] == "anomaly:7"
+    live = uc[(uc.layer == "fc2") & (uc["class"] == 7) & uc.anomaly.notna()]
+    assert len(frame(at, "anomaly (class 7)")) == min(50, len(live))
+    at = open_page(app, "explorer", {"run": RUN_ID, "rank": "nope:7"})
+    assert any("rank=nope:7" in w.value for w in at.warning)

@@ -15,8 +15,8 @@ import pandas as pd
 import pyarrow as pa
 
 from warehouse.connect import has_units_in_memory
-from warehouse.filters import (CLASS_METRICS, UNIT_COLUMNS, UNIT_METRICS, Preset, QueryError, Range, UnitFilter,
-                               check_column, filter_sql, format_range, parse_range)
+from warehouse.filters import (CLASS_METRICS, INT32_MAX, UNIT_COLUMNS, UNIT_METRICS, Preset, QueryError, Range,
+                               UnitFilter, check_column, filter_sql, format_range, parse_int, parse_range)
 from warehouse.schema import TABLES
 
 __all__ = ["CLASS_METRICS", "UNIT_COLUMNS", "UNIT_METRICS", "Preset", "QueryError", "Range", "UnitFilter",
@@ -275,6 +275,32 @@ def class_curves_of(con: duckdb.DuckDBPyConnection, run_id: str, layer: str) -> 
     return con.execute(
         'SELECT "class", n_ablated, class_acc, other_acc FROM class_curves WHERE run_id = ? AND layer = ? '
         'ORDER BY "class", n_ablated', [run_id, layer]).df()
+
+
+def parse_class_rank(text: str) -> tuple[str, int]:
+    """``"abl_loss_delta:7"`` -> (``"abl_loss_delta"``, 7): a ``unit_classes`` metric and the class to rank by."""
+    column, sep, cls = text.rpartition(":")
+    if not sep:
+        raise QueryError(f"rank must look like METRIC:CLASS (e.g. abl_loss_delta:7), got {text[:60]!r}.")
+    check_column(column, CLASS_METRICS, "class metric")
+    return column, parse_int(cls, "class (a class index)", 0, INT32_MAX)
+
+
+def rank_by_class(con: duckdb.DuckDBPyConnection, f: UnitFilter, metric: str, cls: int,
+                  limit: int = 50) -> pd.DataFrame:
+    """The units of ``f`` ranked by one class's value of a ``unit_classes`` metric, largest first (e.g. the
+    loss change on class 7 when the unit is removed, or its anomaly for class 7); units without a value
+    for the class (a dead unit's anomaly) are left out. Columns layer, unit, the metric as ``class_value``,
+    selectivity, pref_class_name, abl_loss_delta."""
+    metric = check_column(metric, CLASS_METRICS, "class metric")
+    inner, params = filter_sql(f, ("layer", "layer_index", "unit", "selectivity", "pref_class_name", "abl_loss_delta"),
+                               ordered=False, matches=False)
+    return con.execute(
+        f'SELECT m.layer, m.unit, c."{metric}" AS class_value, m.selectivity, m.pref_class_name, m.abl_loss_delta '
+        f'FROM ({inner}) m JOIN unit_classes c ON c.run_id = ? AND c.layer = m.layer AND c.unit = m.unit '
+        f'AND c."class" = ? WHERE NOT isnan(c."{metric}") '
+        f'ORDER BY c."{metric}" DESC, m.layer_index, m.unit LIMIT ?',
+        params + [f.run_id, int(cls), int(limit)]).df()
 
 
 def count_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> int:

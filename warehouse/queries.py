@@ -14,7 +14,7 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from warehouse.connect import has_units_in_memory
+from warehouse.class_match import unit_sql
 from warehouse.filters import (CLASS_METRICS, INT32_MAX, UNIT_COLUMNS, UNIT_METRICS, Preset, QueryError, Range,
                                UnitFilter, check_column, filter_sql, format_range, parse_int, parse_range)
 from warehouse.schema import TABLES
@@ -68,12 +68,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 
 def filter_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> pd.DataFrame:
     """The units matching ``f``, every column of ``units`` (and ``matched_classes``)."""
-    sql, params = filter_sql(f, memory=has_units_in_memory(con))
+    sql, params = unit_sql(con, f)
     return con.execute(sql, params).df()
 
 
 def filter_units_arrow(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> pa.Table:
-    sql, params = filter_sql(f, memory=has_units_in_memory(con))
+    sql, params = unit_sql(con, f)
     return con.sql(sql, params=params).to_arrow_table()
 
 
@@ -87,8 +87,8 @@ def scatter_data(con: duckdb.DuckDBPyConnection, f: UnitFilter, x: str, y: str,
     """
     x = check_column(x, UNIT_METRICS, "x axis")
     y = check_column(y, UNIT_METRICS, "y axis")
-    inner, params = filter_sql(f, tuple(dict.fromkeys(("layer", "layer_index", "unit", "pref_class_name", x, y))),
-                               ordered=False, matches=False)
+    inner, params = unit_sql(con, f, tuple(dict.fromkeys(("layer", "layer_index", "unit", "pref_class_name", x, y))),
+                             ordered=False, matches=False)
     total = int(con.execute(f"SELECT count(*) FROM ({inner})", params).fetchall()[0][0])
     if total <= max_points:
         df = con.execute(inner, params).df()
@@ -293,8 +293,8 @@ def rank_by_class(con: duckdb.DuckDBPyConnection, f: UnitFilter, metric: str, cl
     for the class (a dead unit's anomaly) are left out. Columns layer, unit, the metric as ``class_value``,
     selectivity, pref_class_name, abl_loss_delta."""
     metric = check_column(metric, CLASS_METRICS, "class metric")
-    inner, params = filter_sql(f, ("layer", "layer_index", "unit", "selectivity", "pref_class_name", "abl_loss_delta"),
-                               ordered=False, matches=False)
+    inner, params = unit_sql(con, f, ("layer", "layer_index", "unit", "selectivity", "pref_class_name",
+                                      "abl_loss_delta"), ordered=False, matches=False)
     return con.execute(
         f'SELECT m.layer, m.unit, c."{metric}" AS class_value, m.selectivity, m.pref_class_name, m.abl_loss_delta '
         f'FROM ({inner}) m JOIN unit_classes c ON c.run_id = ? AND c.layer = m.layer AND c.unit = m.unit '
@@ -305,7 +305,7 @@ def rank_by_class(con: duckdb.DuckDBPyConnection, f: UnitFilter, metric: str, cl
 
 def count_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> int:
     """How many units match ``f`` (its limit included)."""
-    sql, params = filter_sql(f, ("unit",), ordered=False, matches=False)
+    sql, params = unit_sql(con, f, ("unit",), ordered=False, matches=False)
     return int(con.execute(f"SELECT count(*) FROM ({sql})", params).fetchall()[0][0])
 
 

@@ -18,15 +18,15 @@ def _fmt_p(p: float) -> str:
     return f"{p:.2g}" if p >= 1e-4 else "< 1e-4"
 
 
-def read_url() -> tuple[str | None, list[str]]:
-    """A new URL's run, set and split into the session; the notices for values left out."""
+def read_url() -> tuple[str | None, list[str] | None, list[str]]:
+    """A new URL's run, units and split (into the session); the notices for values left out."""
     if not ui.url_is_new(PAGE):
-        return None, []
+        return None, None, []
     run, notices = parse_run(st.query_params)
     text = one(st.query_params, "units")
+    units = None
     if text is not None:
         units, more = whatif_panel.parse_units(text)
-        S["wi-units"], S["wi-units-run"] = units, run
         notices += more
     split = one(st.query_params, "split")
     if split is not None:
@@ -34,7 +34,7 @@ def read_url() -> tuple[str | None, list[str]]:
             S["wi-split"] = split
         else:
             notices.append(f"`split={split[:20]}` is ignored: choose eval or train.")
-    return run, notices
+    return run, units, notices
 
 
 def check(units: list[str], sizes: dict[str, int]) -> tuple[list[str], list[str]]:
@@ -61,11 +61,13 @@ def main() -> None:
     st.title("What if these units were removed?")
     root, fp, runs = ui.page_runs()
     run_ids = [r.run_id for r in runs]
-    url_run, notices = read_url()
+    url_run, url_units, notices = read_url()
     run = ui.pick_run(run_ids, url_run, "wi-run")
     summary = cached.layer_summary(root, fp, run)
     sizes = dict(zip(summary["layer"], summary["n_units"].astype(int)))
-    if "wi-set" not in S or S.get("wi-set-run") != run or url_run is not None:
+    if url_units is not None:
+        S["wi-set"] = url_units
+    elif "wi-set" not in S or S.get("wi-set-run") != run:
         S["wi-set"] = whatif_panel.current(run)
     S["wi-set"], more = check(S["wi-set"], sizes)
     notices += more + S.pop("wi-add-notices", [])

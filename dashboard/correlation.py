@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 N_RESAMPLES = 1000
 BOOTSTRAP_MAX_N = 1000
@@ -33,6 +32,8 @@ class Correlation:
 
 def _rank_corr(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
     """Spearman's rho along ``axis``: Pearson correlation of average ranks (vectorised for the bootstrap)."""
+    from scipy import stats
+
     rx = stats.rankdata(x, axis=axis)
     ry = stats.rankdata(y, axis=axis)
     rx = rx - rx.mean(axis=axis, keepdims=True)
@@ -43,6 +44,8 @@ def _rank_corr(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def spearman_ci(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> Correlation:
     """Spearman's rho of paired finite values and a seeded ``scipy.stats.bootstrap`` interval."""
+    from scipy import stats  # here, not at import: scipy.stats is a third of a page's cold start
+
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]

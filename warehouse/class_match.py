@@ -30,8 +30,11 @@ def class_table(con: duckdb.DuckDBPyConnection, f: UnitFilter, memory: bool) -> 
     sql, params = class_match_sql(f)
     name = "class_match_" + hashlib.sha1(repr((sql, params)).encode()).hexdigest()[:24]
     made = _made.setdefault(id(con), [])
-    # IF NOT EXISTS: a connection that reused a closed one's id has none of its tables yet.
-    con.execute(f"CREATE TEMP TABLE IF NOT EXISTS {name} AS {sql}", params)
+    # Asked of the catalog, not of ``made``: a connection that reused a closed one's id has none of its
+    # tables. (CREATE ... IF NOT EXISTS AS would run the query again each time.)
+    if not con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name = ?",
+                       [name]).fetchall()[0][0]:
+        con.execute(f"CREATE TEMP TABLE {name} AS {sql}", params)
     if name in made:
         made.remove(name)
     made.append(name)

@@ -501,10 +501,12 @@ def _class_names(matched: str) -> str:
 
 
 def class_match_sql(f: UnitFilter) -> tuple[str, list[Any]]:
-    """(layer, unit, matched): the units with some class meeting all of ``f``'s class-level conditions
-    and those classes, class-ordered; what ``filter_sql``'s ``class_table`` must hold."""
+    """(layer_index, unit, matched): the units with some class meeting all of ``f``'s class-level
+    conditions and those classes, class-ordered; what ``filter_sql``'s ``class_table`` must hold. Keyed by
+    the layer's index: joining a million units on two integers is about twice as fast as on a name."""
     rows, params = _class_rows_sql(f)
-    return _grouped(rows), params
+    return (f"SELECT l.layer_index, m.unit, m.matched FROM ({_grouped(rows)}) m "
+            f"JOIN layers l ON l.run_id = ? AND l.layer = m.layer"), params + [f.run_id]
 
 
 def needs_class_scan(f: UnitFilter, memory: bool) -> bool:
@@ -537,14 +539,14 @@ def filter_sql(f: UnitFilter, columns: tuple[str, ...] = UNIT_COLUMNS, ordered: 
     if by_class and class_table is not None and not from_memory:
         if not class_table.isidentifier():
             raise QueryError(f"not a table name: {class_table!r}.")
-        rows, row_params, scan = f"SELECT layer, unit FROM {class_table}", [], True
-        if gather:
-            rows = f"SELECT layer, unit, matched FROM {class_table}"
+        rows, row_params, scan = "", [], True
 
     source, params, extra = "units u", [], ""
     if class_table is not None and scan and gather:
-        source += f" JOIN ({rows}) m ON m.layer = u.layer AND m.unit = u.unit"
+        source += f" JOIN {class_table} m ON m.layer_index = u.layer_index AND m.unit = u.unit"
         extra = ", m.matched"
+    elif class_table is not None and scan:
+        source += f" SEMI JOIN {class_table} c ON c.layer_index = u.layer_index AND c.unit = u.unit"
     elif from_memory:
         source, extra = f"{UNITS_IN_MEMORY} u", ", u.class_anomaly"
     elif scan and gather:

@@ -135,6 +135,16 @@ def arrow_connect(root: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
+def first_ask(con: duckdb.DuckDBPyConnection, f: q.UnitFilter) -> None:
+    """The explorer's table query on a fresh cursor (a new session): the class-level matches are
+    computed from unit_classes, not found kept (warehouse/class_match.py)."""
+    cursor = con.cursor()
+    try:
+        q.count_units(cursor, f), q.filter_units(cursor, replace(f, limit=DISPLAY_ROWS))
+    finally:
+        cursor.close()
+
+
 def timed(fn, repeat: int) -> tuple[float, float]:
     fn()  # warm-up: first scan, OS page cache
     ms = []
@@ -150,6 +160,8 @@ def main() -> int:
     ap.add_argument("--units", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--warehouse", type=Path, default=None)
+    ap.add_argument("--memory-only", action="store_true",
+                    help="measure only warehouse.connect as the dashboard uses it (skip the parquet and arrow baselines)")
     args = ap.parse_args()
     root = args.warehouse or Path(tempfile.gettempdir()) / f"neuron-atlas-bench-{args.units}"
     runs = [r for r in list_runs(root) if r.ok and r.run_id == RUN_ID]
@@ -160,7 +172,8 @@ def main() -> int:
     t0 = time.perf_counter()
     memory = connect(root)
     load_s = time.perf_counter() - t0
-    cons = {"memory": memory, "parquet": connect(root, memory_units=0), "arrow": arrow_connect(root)}
+    cons = {"memory": memory} if args.memory_only else \
+        {"memory": memory, "parquet": connect(root, memory_units=0), "arrow": arrow_connect(root)}
     n = memory.execute("SELECT count(*) FROM units").fetchall()[0][0]
     per = n // LAYERS
     base = q.UnitFilter(RUN_ID)
@@ -181,7 +194,8 @@ def main() -> int:
             "filter: all units (count + first 5,000 rows)": explorer_table(base),
             "filter: 2 layers, 2 ranges, sorted": explorer_table(ranged),
             "filter: preset high gradient, low activation": explorer_table(hgla),
-            "filter: custom class conditions (unit_classes scan)": explorer_table(custom),
+            "filter: custom class conditions (matches kept)": explorer_table(custom),
+            "filter: custom class conditions, first ask": lambda: first_ask(con, custom),
             "scatter data: all units (50,000-point sample)":
                 lambda: q.scatter_data(con, base, "selectivity", "abl_loss_delta"),
             "scatter data: preset high gradient, low activation":
@@ -204,16 +218,18 @@ def main() -> int:
           f"{memory.execute('SELECT count(*) FROM train_trace').fetchall()[0][0]:,} train_trace rows; "
           f"{args.repeat} runs each; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"warehouse.connect: {load_s:.2f} s (copies units and their per-class anomalies into memory)")
-    print(f"{'query (ms)':<52}" + "".join(f" {k + ' p50':>12} {'p95':>6}" for k in cons) + "   arrow/memory p95")
+    print(f"{'query (ms)':<52}" + "".join(f" {k + ' p50':>12} {'p95':>6}" for k in cons)
+          + ("" if args.memory_only else "   arrow/memory p95"))
     worst = 0.0
     for name in cases(memory):
         row = {k: timed(cases(c)[name], args.repeat) for k, c in cons.items()}
-        if not name.startswith("filter: custom"):
+        if not name.endswith("first ask"):
             worst = max(worst, row["memory"][1])
         print(f"{name:<52}" + "".join(f" {p50:12.1f} {p95:6.1f}" for p50, p95 in row.values())
-              + f"   {row['arrow'][1] / row['memory'][1]:6.1f}x")
-    print(f"target p95 < {TARGET_MS:.0f} ms with warehouse.connect (custom class conditions excluded): "
-          f"{'met' if worst <= TARGET_MS else 'NOT met'} (worst p95 {worst:.1f} ms)")
+              + ("" if args.memory_only else f"   {row['arrow'][1] / row['memory'][1]:6.1f}x"))
+    print(f"target p95 < {TARGET_MS:.0f} ms with warehouse.connect (a session's first ask of new class-level "
+          f"conditions excluded): {'met' if worst <= TARGET_MS else 'NOT met'} (worst p95 {worst:.1f} ms; "
+          f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     pages(root, per, max(3, args.repeat // 6))
     return 0
 

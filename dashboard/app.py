@@ -20,10 +20,10 @@ st.set_page_config(page_title="Neuron Atlas", layout="wide")
 VIEWS = Path(__file__).parent / "views"
 #: (file in views/, title, URL path); the first is the default page, also served at the app's root.
 ROUTES = (("overview.py", "Runs overview", "overview"), ("explorer.py", "Unit explorer", "explorer"),
-          ("gallery.py", "Layer gallery", "gallery"), ("unit.py", "Unit page", "unit"),
+          ("gallery.py", "Layer gallery", "gallery"), ("unit.py", "Unit page", "unit"), ("whatif.py", "What if", "whatif"),
           ("compare.py", "Compare runs", "compare"), ("sql.py", "SQL", "sql"), ("export.py", "Export", "export"))
 PAGES = [st.Page(VIEWS / file, title=title, url_path=path, default=i == 0) for i, (file, title, path) in enumerate(ROUTES)]
-page = st.navigation(PAGES)
-ui.sidebar()
+page = st.navigation(PAGES, position="hidden")  # the sidebar's own links carry each page's state
+ui.sidebar(PAGES)
 ui.unknown_page_notice([path for _, _, path in ROUTES], page.title)  # the default page's url_path reads ""
 page.run()

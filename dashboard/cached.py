@@ -91,6 +91,11 @@ def filtered(root: str, fp: Fingerprint, f: queries.UnitFilter, max_rows: int) -
     return queries.filter_units(con, shown), total
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def rank_by_class(root: str, fp: Fingerprint, f: queries.UnitFilter, metric: str, cls: int) -> pd.DataFrame:
+    return queries.rank_by_class(_connection(root, fp), f, metric, cls)
+
+
 @st.cache_data(show_spinner=False, max_entries=128)
 def count(root: str, fp: Fingerprint, f: queries.UnitFilter) -> int:
     return queries.count_units(_connection(root, fp), f)

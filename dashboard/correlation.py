@@ -13,11 +13,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 N_RESAMPLES = 1000
 BOOTSTRAP_MAX_N = 1000
 SEED = 0
+#: Below this many points a rank correlation's interval is too coarse to read (conv1 of LeNet-5 has 6 units).
+SMALL_N = 10
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class Correlation:
 
 def _rank_corr(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
     """Spearman's rho along ``axis``: Pearson correlation of average ranks (vectorised for the bootstrap)."""
+    from scipy import stats
+
     rx = stats.rankdata(x, axis=axis)
     ry = stats.rankdata(y, axis=axis)
     rx = rx - rx.mean(axis=axis, keepdims=True)
@@ -41,6 +44,8 @@ def _rank_corr(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
 
 def spearman_ci(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> Correlation:
     """Spearman's rho of paired finite values and a seeded ``scipy.stats.bootstrap`` interval."""
+    from scipy import stats  # here, not at import: scipy.stats is a third of a page's cold start
+
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
     x, y = x[keep], y[keep]
@@ -64,10 +69,12 @@ def spearman_ci(x: np.ndarray, y: np.ndarray, confidence: float = 0.95) -> Corre
 
 
 def per_layer(df: pd.DataFrame, x: str, y: str) -> pd.DataFrame:
-    """One row per layer of ``df`` (in its order): n, rho, CI low/high, CI method."""
+    """One row per layer of ``df`` (in its order): n, rho, CI low/high, CI method, and a warning when fewer
+    than ``SMALL_N`` points stand behind it."""
     rows = []
     for layer, g in df.groupby("layer", sort=False):
         c = spearman_ci(g[x].to_numpy(), g[y].to_numpy())
         rows.append({"layer": layer, "n": c.n, "spearman_rho": c.rho, "ci95_low": c.lo, "ci95_high": c.hi,
-                     "ci_method": c.method})
-    return pd.DataFrame(rows, columns=["layer", "n", "spearman_rho", "ci95_low", "ci95_high", "ci_method"])
+                     "ci_method": c.method,
+                     "warning": f"only {c.n} units: too few to read" if 0 < c.n < SMALL_N else ""})
+    return pd.DataFrame(rows, columns=["layer", "n", "spearman_rho", "ci95_low", "ci95_high", "ci_method", "warning"])

@@ -11,11 +11,12 @@ import plotly.express as px
 import streamlit as st
 
 from dashboard import cached, nav, ui, whatif_panel
+from dashboard.correlation import SMALL_N
 from dashboard.image_panels import with_thumbnails
 from dashboard.state import COLORS, ExplorerState, encode
 from warehouse.browse import FACETS
 from warehouse.export import FORMATS
-from warehouse.filters import UNIT_METRICS
+from warehouse.filters import CLASS_METRICS, UNIT_METRICS
 from warehouse.text import md, md_code
 
 WEBGL_FROM = 1_000  # points from which the scatter renders with WebGL
@@ -23,6 +24,7 @@ FACET_VALUES = 12  # values listed per facet
 POPULATIONS = {"live units": True, "all matching units": False}
 TAYLOR = ("taylor", "taylor_norm")
 EXPLORER = Path(__file__).parent / "views" / "explorer.py"
+S = st.session_state
 
 
 def facets(root: str, fp: cached.Fingerprint, state: ExplorerState, classes: list[str]) -> None:
@@ -36,6 +38,9 @@ def facets(root: str, fp: cached.Fingerprint, state: ExplorerState, classes: lis
             rows = counts[counts["facet"] == facet].head(FACET_VALUES)
             col.markdown(f"**{ {'pref_class_name': 'preferred class', 'dead': 'dead / live'}.get(facet, facet) }**")
             for r in rows.itertuples():
+                if pd.isna(r.value):  # a dead unit has no preferred class
+                    col.markdown(f"none (dead) · **{r.units:,}**")
+                    continue
                 narrowed = _narrow(f, facet, r.value, classes)
                 label = {"true": "dead", "false": "live"}.get(r.value, r.value) if facet == "dead" else r.value
                 if narrowed is None or narrowed == f:
@@ -76,6 +81,49 @@ def table(root: str, fp: cached.Fingerprint, state: ExplorerState, table: pd.Dat
     return table
 
 
+NO_CLASS = "(no class)"
+RANK_DEFAULT = "abl_loss_delta"
+
+
+def rank_to_widgets(rank: str | None, classes: list[str]) -> None:
+    metric, _, cls = (rank or "").rpartition(":")
+    S["ex-rank-metric"] = metric if metric in CLASS_METRICS else RANK_DEFAULT
+    S["ex-rank-class"] = classes[int(cls)] if cls.isdigit() and int(cls) < len(classes) else NO_CLASS
+
+
+def rank_from_widgets(classes: list[str]) -> str | None:
+    cls = S.get("ex-rank-class", NO_CLASS)
+    if cls not in classes:
+        return None
+    return f"{S.get('ex-rank-metric', RANK_DEFAULT)}:{classes.index(cls)}"
+
+
+def class_rank(root: str, fp: cached.Fingerprint, state: ExplorerState, classes: list[str]) -> None:
+    """The matching units ranked by one class's value of a per-class metric (e.g. the loss change on class 7
+    when the unit is removed, or its anomaly for class 7), each linked to its unit page."""
+    with st.expander("Rank the units by one class (e.g. removal effect on class 7)", expanded=state.rank is not None):
+        c1, c2 = st.columns(2)
+        if S.get("ex-rank-class") not in (NO_CLASS, *classes):
+            S["ex-rank-class"] = NO_CLASS
+        c1.selectbox("Class", [NO_CLASS, *classes], key="ex-rank-class")
+        c2.selectbox("Per-class metric", CLASS_METRICS, key="ex-rank-metric",
+                     help="A column of unit_classes (docs/schema.md): abl_loss_delta = the class's loss change when "
+                          "the unit is removed, abl_acc_delta its accuracy change, anomaly its anomaly score.")
+        if state.rank is None:
+            st.caption("Choose a class to rank the matching units by that class's value, largest first.")
+            return
+        metric, _, cls = state.rank.rpartition(":")
+        ranked = cached.rank_by_class(root, fp, state.filter, metric, int(cls))
+        if ranked.empty:
+            st.info("No matching unit has a value for this class (dead units have no anomaly).")
+            return
+        ranked = ranked.rename(columns={"class_value": f"{metric} (class {classes[int(cls)]})"})
+        shown, links = nav.with_unit_links(ranked, state.filter.run_id, state)
+        st.dataframe(shown, hide_index=True, key="ex-rank-table", column_config=links)
+        labels = [f"{a}:{b}" for a, b in zip(ranked["layer"], ranked["unit"])]
+        whatif_panel.link(st, state.filter.run_id, labels[:10], f"What if the top {min(10, len(labels))} were removed?")
+
+
 def unit_chooser(state: ExplorerState, labels: list[str]) -> None:
     c1, c2 = st.columns([3, 1])
     chosen = c1.selectbox("Open a unit (or select a table row or a scatter point)", labels, key="ex-open-choice")
@@ -84,27 +132,14 @@ def unit_chooser(state: ExplorerState, labels: list[str]) -> None:
         nav.open_unit(state.filter.run_id, layer, int(unit), state)
 
 
-def what_if(root: str, run: str, labels: list[str]) -> None:
-    """Live ablation of chosen units on the run's checkpoint (the one action that loads torch)."""
-    with st.expander("What if these units were removed? (live ablation on the run's checkpoint)"):
-        st.caption("Clamps the chosen units to zero together and re-evaluates the trained network on the run's "
-                   "evaluation set (or its training set). The first call loads the checkpoint and data.")
-        picked = st.multiselect("Units to ablate together", labels, default=labels[:min(len(labels), 10)],
-                                key="ex-whatif-units")
-        split = st.radio("Measured on", ["eval", "train"], horizontal=True, key="ex-whatif-split")
-        if st.button("Ablate the selected units", key="ex-whatif", disabled=not picked):
-            result = whatif_panel.run(root, run, picked, split)
-            if isinstance(result, str):
-                st.error(result)
-                return
-            summary, per_class = result
-            m1, m2, m3 = st.columns(3)
-            m1.metric("accuracy", f"{summary['accuracy']:.4f}", f"{summary['acc_delta']:+.4f}")
-            m2.metric("loss", f"{summary['loss']:.4f}", f"{summary['loss_delta']:+.4f}", delta_color="inverse")
-            m3.metric("units ablated", summary["n_units"])
-            st.plotly_chart(px.bar(per_class, x="class_name", y="acc_delta", title="Accuracy change per class"),
-                            key="ex-whatif-bars")
-            ui.downloads(f"whatif-{run}", "dl-whatif", frame=per_class)
+def what_if(run: str, labels: list[str]) -> None:
+    """Links to the live what-if page (the one place that loads torch) with units of this table."""
+    c1, c2 = st.columns(2)
+    first = labels[:10]
+    whatif_panel.link(c1, run, first, f"What if the first {len(first)} of these units were removed?")
+    in_set = whatif_panel.current(run)
+    if in_set:
+        whatif_panel.link(c2, run, in_set, f"Open the what-if set ({len(in_set)} units)")
 
 
 def axis_widgets() -> None:
@@ -164,5 +199,10 @@ def scatter(root: str, fp: cached.Fingerprint, state: ExplorerState, layers: lis
     st.markdown(f"**Spearman correlation of {state.x} and {state.y} per layer** (95% confidence interval, "
                 f"{'live units' if f.dead is False else 'units as filtered'})")
     corr = cached.correlations(points[["layer", state.x, state.y]], state.x, state.y)
+    few = corr[corr["warning"] != ""]
+    if len(few):
+        st.warning("Too few units for a rank correlation to mean much in " + ", ".join(
+            f"{md_code(r.layer)} (n = {r.n})" for r in few.itertuples()) + f": with fewer than {SMALL_N} points "
+            "the interval spans most of [-1, 1] and the bootstrap of so few points is coarse.", icon="⚠️")
     st.dataframe(corr, hide_index=True, key="ex-corr")
     ui.downloads(f"correlation-{run}", "dl-corr", frame=corr)

@@ -20,7 +20,7 @@ from warehouse.bundle import export_bundle
 from warehouse.images import input_shape, thumbnails, unit_images
 from warehouse.text import md, md_code
 
-THUMB = 84  # pixels per image in the grids
+THUMB = 160  # pixels per image in the grids: a digit or a receptive-field crop can be read
 LARGE = 336  # pixels per image when enlarged
 FLAT = 2  # grey levels: a map whose pixels span no more is flat
 
@@ -45,7 +45,9 @@ def _grid(rows: pd.DataFrame, names: list[str], width: int = THUMB, key: str = "
     """The images in a row, and an Enlarge button that shows them large in a dialog."""
     pngs = [bytes(p) for p in rows["png"]]
     captions = [_caption(r, names) for _, r in rows.iterrows()]
-    st.image(pngs, caption=captions, width=width, output_format="PNG")  # "auto" would re-encode as JPEG
+    # Upscaled by whole pixels here: the browser would blur a small image it enlarges.
+    st.image([_upscale(p, width) for p in pngs], caption=captions, width=width,
+             output_format="PNG")  # "auto" would re-encode as JPEG
     if key and st.button("Enlarge", key=f"enlarge-{key}", icon=":material/zoom_in:", type="tertiary"):
         _enlarged(pngs, captions)
 
@@ -100,12 +102,19 @@ def _class_names(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
     return list(found[0][0]) if found else []
 
 
-def render_unit_evidence(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: int) -> None:
-    """All image grids of one unit: top/bottom examples (with receptive-field boxes and crops for
+TOP_PART = ("top", "top_crop")  # the pictures the unit page shows first
+
+
+def render_unit_evidence(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: int,
+                         part: str = "all") -> None:
+    """Image grids of one unit: top/bottom examples (with receptive-field boxes and crops for
     conv units), guided backprop and gradient of the top examples, weighted class averages,
-    Happy/SadMaps with their consistency, the filter of a first-layer conv unit, and a zip download."""
+    Happy/SadMaps with their consistency, the filter of a first-layer conv unit, and a zip download.
+    ``part``: ``"top"`` the top examples and their crops only, ``"rest"`` everything else, ``"all"``."""
     df = unit_images(con, run_id, layer, unit)
     if df.empty:
+        if part == "rest":
+            return
         st.info(f"No images for {md_code(layer)} unit {unit} of run {md_code(run_id)}: it was computed with --no-images "
                 "(or has no such unit). Recompute the run to see its visual evidence.")
         return
@@ -116,24 +125,29 @@ def render_unit_evidence(con: duckdb.DuckDBPyConnection, run_id: str, layer: str
         if kind in by_kind and (cut := _cropped(by_kind[kind], by_kind.get("top"), shape[-2:] if shape else None)) \
                 is not None:
             by_kind[kind] = cut
+    crop = " (cropped to the receptive field)" if "top" in by_kind and by_kind["top"]["box"].notna().any() else ""
+    if part != "all":
+        by_kind = {k: g for k, g in by_kind.items() if (k in TOP_PART) == (part == "top")}
 
     def show(kind: str, title: str, help_text: str) -> None:
         if kind in by_kind:
             st.markdown(f"**{title}**", help=help_text)
             _grid(by_kind[kind], names, key=kind)
 
-    st.subheader("Top examples")
+    if part != "rest":
+        st.subheader("Top examples")
     show("top", "Evaluation images that activate the unit most",
          "Ranked by the unit's largest activation over positions; caption: activation, label→prediction. "
          "Conv units: the box is the receptive field of the peak position.")
     show("top_crop", "What the peak position sees (receptive-field crops)",
          "The input patch inside the box, enlarged.")
-    crop = " (cropped to the receptive field)" if "top" in by_kind and by_kind["top"]["box"].notna().any() else ""
     show("gbp", f"Guided backprop of the unit at its peak, per top example{crop}",
          "Springenberg et al.; red pixels raise the unit, blue lower it (captum). Conv units: only the "
          "receptive field of the peak position can matter, so the map is cut to it and enlarged.")
     show("grad", f"Plain gradient of the unit at its peak, per top example{crop}",
          "d(unit)/d(input); red raises, blue lowers.")
+    if part == "top":
+        return
     st.subheader("Bottom examples")
     show("bottom", "Evaluation images that activate the unit least",
          "Ranked by the unit's largest pre-activation over positions, lowest first (post-ReLU values "

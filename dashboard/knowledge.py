@@ -60,31 +60,43 @@ def _mean(img: np.ndarray | None) -> np.ndarray | None:
 
 def render_examples(root: str, con: Any, run: str, layer: str, unit: int, u: dict[str, Any],
                     class_names: list[str]) -> None:
-    """The examples whose prediction flips or whose loss rises most without the unit; images and the
+    """The examples whose prediction flips or whose loss rises most without the unit, each with its
+    prediction intact and without the unit; right -> wrong first; filterable by class. Images and the
     firing split on demand (the only part of the unit page that loads torch)."""
     st.subheader("Which examples need this unit?")
-    rows = queries.unit_examples(con, run, layer, unit)
+    c1, c2 = st.columns([1, 3])
+    pick = c1.selectbox("Examples of class", ["all classes", *class_names], key="unit-examples-class")
+    label = None if pick == "all classes" else class_names.index(pick)
+    rows = queries.unit_examples(con, run, layer, unit, label)
     if rows.empty:
-        st.info("Removing this unit flips no prediction and raises no example's loss.")
+        st.info("Removing this unit flips no prediction and raises no example's loss" +
+                ("." if label is None else f" among the examples of class {ui.text(pick)}."))
     else:
-        names = lambda s: s.map(lambda c: class_names[int(c)] if pd.notna(c) else None)  # noqa: E731
-        shown = rows.assign(label=names(rows["label"]), pred=names(rows["pred"]))
+        def named(s: pd.Series) -> pd.Series:
+            return s.map(lambda c: class_names[int(c)] if pd.notna(c) and 0 <= int(c) < len(class_names) else None)
+
+        shown = rows.assign(label=named(rows["label"]), pred=named(rows["pred"]),
+                            pred_ablated=named(rows["pred_ablated"]))
+        shown = shown.rename(columns={"pred": "prediction intact", "pred_ablated": "prediction without the unit"})
         counts = rows.groupby("kind").size().to_dict()
-        st.caption(f"Right→wrong: {int(u['abl_n_hurt'])} (up to 100 listed), wrong→right: {int(u['abl_n_helped'])}, "
-                   f"and the {counts.get('loss_rise', 0)} largest loss rises. `loss_delta` is the example's loss "
-                   "change when the unit is clamped to zero.")
+        c2.caption(f"Right→wrong: {int(u['abl_n_hurt'])} in all (up to 100 listed), wrong→right: "
+                   f"{int(u['abl_n_helped'])}, and the {counts.get('loss_rise', 0)} largest loss rises; right→wrong "
+                   "first. `loss_delta` is the example's loss change when the unit is clamped to zero.")
         if shown["subgroup"].notna().any():
             by = shown[shown.kind != "helped"].groupby(shown["subgroup"].fillna("(none)")).size()
             st.caption("Subgroups of the hurt and loss-rise examples: " +
-                       ", ".join(f"{g}: {n}" for g, n in by.items()))
-        st.dataframe(shown, hide_index=True, key="unit-examples")
+                       ", ".join(f"{ui.text(g)}: {n}" for g, n in by.items()))
+        st.dataframe(shown, hide_index=True, key="unit-examples", column_config={
+            "loss_delta": st.column_config.NumberColumn("loss change", format="%+.4f"),
+            "loss": st.column_config.NumberColumn("loss intact", format="%.4f")})
         ui.downloads(f"unit-{run}-{layer}-{unit}-examples", "dl-unit-examples", frame=shown)
     default = u["anomaly_class"] if u.get("anomaly_class") is not None and not pd.isna(u["anomaly_class"]) else \
         (u["pref_class"] if not pd.isna(u.get("pref_class")) else 0)
     cls = st.selectbox("Class to split by firing (default: the unit's anomaly class)", class_names,
                        index=int(default), key="unit-split-class")
     if st.button("Show the examples and split the class (loads the run's checkpoint and data)", key="unit-live"):
-        _live(root, run, layer, unit, rows, class_names.index(cls), class_names)
+        _live(root, run, layer, unit, queries.unit_examples(con, run, layer, unit), class_names.index(cls),
+              class_names)
 
 
 def _live(root: str, run: str, layer: str, unit: int, rows: pd.DataFrame, cls: int, class_names: list[str]) -> None:
@@ -95,8 +107,8 @@ def _live(root: str, run: str, layer: str, unit: int, rows: pd.DataFrame, cls: i
     try:
         need = rows[rows.kind != "helped"].drop_duplicates("example")
         images = example_images(run_dir, need["example"].head(GALLERY).tolist())
-        caps = [f"#{r.example} {class_names[int(r.label)]}→{class_names[int(r.pred)]} Δloss {r.loss_delta:+.3f}"
-                for r in need.head(GALLERY).itertuples()]
+        caps = [f"#{r.example} label {class_names[int(r.label)]}: {class_names[int(r.pred)]}→"
+                f"{class_names[int(r.pred_ablated)]} Δloss {r.loss_delta:+.3f}" for r in need.head(GALLERY).itertuples()]
         split = firing_split(run_dir, layer, unit, cls)
         need_mean = mean_image(run_dir, need["example"].tolist())
     except AtlasError as e:
@@ -125,8 +137,11 @@ def _live(root: str, run: str, layer: str, unit: int, rows: pd.DataFrame, cls: i
 
 def render_class_removal(con: Any, run: str, class_names: list[str]) -> None:
     """Per class: the fewest units, removed most-important-for-the-class first, that halve its accuracy while
-    the other classes keep 90% of theirs; and one class's curve against the others'."""
+    the other classes keep 90% of theirs, named with links and a one-click what-if; the class's curve
+    beside the other classes' curves."""
     import plotly.graph_objects as go
+
+    from dashboard import nav, whatif_panel
 
     table = queries.class_removal(con, run)
     if table.empty:
@@ -136,14 +151,43 @@ def render_class_removal(con: Any, run: str, class_names: list[str]) -> None:
                "loss change for the class, live units only. `n_to_halve`: the fewest that halve the class's "
                "accuracy while the other classes keep at least 90% of theirs (every count up to 16, then 5% "
                "steps); empty where no count does.")
-    st.dataframe(table, hide_index=True, key="ex-class-removal")
-    ui.downloads(f"class-removal-{run}", "dl-class-removal", frame=table)
     c1, c2 = st.columns(2)
     layer = c1.selectbox("Layer", list(dict.fromkeys(table["layer"])), key="ex-cr-layer")
     cls = c2.selectbox("Class", class_names, key="ex-cr-class")
-    curve = queries.class_curve(con, run, layer, class_names.index(cls))
-    fig = go.Figure([go.Scatter(x=curve["n_ablated"], y=curve["class_acc"], name=f"class {cls}", mode="lines+markers"),
-                     go.Scatter(x=curve["n_ablated"], y=curve["other_acc"], name="other classes", mode="lines+markers")])
-    fig.update_layout(xaxis_title="units removed (most important for the class first)", yaxis_title="accuracy",
-                      title=f"{layer}: removing class {cls}'s units")
+    k = class_names.index(cls)
+    units, row = queries.halving_set(con, run, layer, k)
+    labels = [f"{a}:{b}" for a, b in zip(units["layer"], units["unit"])]
+    with st.container(border=True):
+        if row is None:
+            st.info(f"No removal curve for {ui.text(layer)}, class {ui.text(cls)}.")
+        elif not labels:
+            st.markdown(f"**{ui.text(layer)}, class {ui.text(cls)}**: no number of units on the curve's grid halves "
+                        f"the class (accuracy {row['class_acc_intact']:.2f} intact) while the others keep 90%.")
+        else:
+            st.markdown(
+                f"**{ui.text(layer)}, class {ui.text(cls)}: these {len(labels)} units halve it**, from "
+                f"{row['class_acc_intact']:.2f} to {row['class_acc_then']:.2f}, while the other classes go from "
+                f"{row['other_acc_intact']:.2f} to {row['other_acc_then']:.2f}: "
+                + ", ".join(f"[{lab}]({nav.unit_url(run, *lab.rsplit(':', 1))})" for lab in labels))
+            whatif_panel.link(st, run, labels, f"Remove these {len(labels)} units in what-if")
+    curves = queries.class_curves_of(con, run, layer)
+    fig = go.Figure()
+    for other, g in curves[curves["class"] != k].groupby("class"):
+        fig.add_trace(go.Scatter(x=g["n_ablated"], y=g["class_acc"], mode="lines", line={"color": "#cccccc", "width": 1},
+                                 name=f"class {class_names[int(other)]}", legendgroup="classes",
+                                 showlegend=bool(other == (0 if k else 1))))
+    mine = curves[curves["class"] == k]
+    fig.add_trace(go.Scatter(x=mine["n_ablated"], y=mine["class_acc"], name=f"class {cls}", mode="lines+markers",
+                             line={"color": "#d62728", "width": 3}))
+    fig.add_trace(go.Scatter(x=mine["n_ablated"], y=mine["other_acc"], name="other classes' examples (together)",
+                             mode="lines+markers", line={"color": "#1f77b4"}))
+    if labels:
+        fig.add_vline(x=len(labels), line_dash="dot", annotation_text=f"{len(labels)} units: halved")
+    fig.update_layout(xaxis_title="units removed (most important for the class first)",
+                      yaxis_title="accuracy (fraction of the class's examples)",
+                      title=f"{layer}: removing class {cls}'s units (grey: each other class's own curve)")
     st.plotly_chart(fig, key="ex-cr-plot")
+    shown = st.selectbox("Table: classes", ["all classes", *class_names], key="ex-cr-table-class")
+    view = table if shown == "all classes" else table[table["class"] == class_names.index(shown)]
+    st.dataframe(view, hide_index=True, key="ex-class-removal")
+    ui.downloads(f"class-removal-{run}", "dl-class-removal", frame=view)

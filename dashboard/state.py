@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from warehouse.filters import (FIELDS, UNIT_METRICS, Field, QueryError, UnitFilter, choice, filter_params, flag,
-                               format_fields, parse_fields, parse_int)
+from warehouse.filters import (FIELDS, UNIT_METRICS, Codec, Field, QueryError, UnitFilter, choice, filter_params,
+                               flag, format_fields, parse_fields, parse_int)
 from warehouse.parse import INT32_MAX, ParseError, layer_name, shown
-from warehouse.queries import PRESETS
+from warehouse.queries import PRESETS, parse_class_rank
 from warehouse.layout import RUN_ID_PATTERN
 from warehouse.text import md, md_code
 
@@ -37,6 +37,7 @@ VIEW_FIELDS: tuple[Field, ...] = (
     Field("color", "color", "", choice("color", COLORS), fallback="layer"),
     Field("log_x", "logx", "", flag("logx"), fallback=False),
     Field("log_y", "logy", "", flag("logy"), fallback=False),
+    Field("rank", "rank", "", Codec(lambda t: ":".join(map(str, parse_class_rank(t))), str)),
 )
 
 
@@ -49,6 +50,7 @@ class ExplorerState:
     color: str = "layer"
     log_x: bool = False
     log_y: bool = False
+    rank: str | None = None  # "METRIC:CLASS": the units also ranked by one class's value of a unit_classes metric
 
     @property
     def preset_modified(self) -> bool:

@@ -15,9 +15,17 @@ from warehouse.export import FORMATS, MIME
 from warehouse.text import md, md_code
 
 VIEWS = Path(__file__).parent / "views"
+#: Pages whose state starts from a run: a first visit from the sidebar opens them on the run chosen last.
+RUN_PAGES = ("overview", "explorer", "gallery", "unit", "whatif")
 
 
-def sidebar() -> None:
+def sidebar(pages: list[st.Page]) -> None:
+    """The page list, each link carrying the state its page showed last (Back then returns to the view
+    left, and a page comes back as it was), the warehouse read and the ``layer:unit`` box."""
+    run = st.session_state.get("run")
+    for p in pages:
+        state = page_state(p.url_path) or ({"run": run} if run and p.url_path in RUN_PAGES else {})
+        st.sidebar.page_link(p, label=p.title, query_params=state)
     root = cached.warehouse_root()
     runs = cached.runs(root, cached.fingerprint(root))
     ok = [r for r in runs if r.ok]
@@ -69,8 +77,27 @@ def url_is_new(page: str) -> bool:
 
 
 def write_url(page: str, params: dict[str, str | list[str]]) -> None:
+    """Put the page's state into the URL when the person changed it.
+
+    Streamlit's browser side pushes a history entry for every change of the query string (outside
+    Back/Forward), so a page that rewrote the link it was opened with into its normalized form
+    (defaults filled in, ignored values dropped) would leave two entries for one view, and the first
+    Back would stay on it. A page opened on a URL with parameters therefore keeps that URL as it is and
+    only records the state it shows; a bare URL (``/explorer``) gets the state written. The state is
+    kept per page, so the sidebar's links return to it."""
+    S = st.session_state
+    if url_is_new(page) and url_params():
+        S[f"_state_{page}"], S[f"_url_{page}"] = params, url_params()
+        return
+    if S.get(f"_state_{page}") == params and S.get(f"_url_{page}") == url_params():
+        return
     st.query_params.from_dict(params)
-    st.session_state[f"_url_{page}"] = url_params()
+    S[f"_state_{page}"], S[f"_url_{page}"] = params, url_params()
+
+
+def page_state(page: str) -> dict[str, str | list[str]]:
+    """The state a page showed last in this session (its URL parameters), for links back to it."""
+    return dict(st.session_state.get(f"_state_{page}") or {})
 
 
 def pick_run(run_ids: list[str], from_url: str | None, key: str) -> str:
@@ -105,6 +132,11 @@ def number_formats(df: pd.DataFrame) -> dict[str, object]:
         if len(small):
             config[name] = st.column_config.NumberColumn(format="%.4g")
     return config
+
+
+def text(value: object) -> str:
+    """Text that comes from data (class, layer, run names) as it goes into Markdown: escaped, never markup."""
+    return md(value)
 
 
 def slug(text: str) -> str:

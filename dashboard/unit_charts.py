@@ -1,25 +1,80 @@
-"""Charts of the unit page where two quantities of different scale meet: each gets its own axis."""
+"""Charts of the unit page and the what-if page: one colour per quantity on every chart, every class
+named on class axes, axis titles with their units; two quantities of different scale get an axis each."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+#: The colour of each quantity, the same on every chart of the page.
+COLORS: dict[str, str] = {
+    "pre-ReLU activation": "#1f77b4",
+    "post-ReLU activation": "#9ecae1",
+    "output-side gradient": "#d62728",
+    "training signal": "#ff7f0e",
+    "accuracy change": "#2ca02c",
+    "loss change": "#9467bd",
+}
+
+
+def class_axis(fig: go.Figure, classes: Sequence[object], **where: int) -> None:
+    """Every class named on a category x axis (plotly drops every other label when they are crowded)."""
+    names = [str(c) for c in classes]
+    fig.update_xaxes(type="category", tickmode="array", tickvals=names, ticktext=names, title_text="class",
+                     **where)
+
 
 def act_vs_grad(df: pd.DataFrame, title: str, rectified: bool = False) -> go.Figure:
-    """Per class: activation (left axis) beside the gradient signal (right axis, its own scale: a
+    """Per class: activation (left panel) beside the gradient signals (right panel, its own scale: a
     gradient near 0.01 stays visible beside activations near 7)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=(f"{title}activation (mean per class)",
                                                        f"{title}gradient signals (mean per class)"))
-    fig.add_trace(go.Bar(x=df["class_name"], y=df["mean_act"], name="pre-ReLU activation"), row=1, col=1)
+    x = df["class_name"].astype(str)
+
+    def bar(y: str, quantity: str, name: str, col: int) -> None:
+        fig.add_trace(go.Bar(x=x, y=df[y], name=name, marker_color=COLORS[quantity], legendgroup=quantity),
+                      row=1, col=col)
+
+    bar("mean_act", "pre-ReLU activation", "pre-ReLU activation", 1)
     if rectified:
-        fig.add_trace(go.Bar(x=df["class_name"], y=df["mean_rect"], name="post-ReLU activation"), row=1, col=1)
-    fig.add_trace(go.Bar(x=df["class_name"], y=df["grad_mean"], name="output side: what the loss asks (+ = higher)"),
-                  row=1, col=2)
+        bar("mean_rect", "post-ReLU activation", "post-ReLU activation", 1)
+    bar("grad_mean", "output-side gradient", "output side: what the loss asks (+ = higher)", 2)
     if "train_grad_mean" in df:
-        fig.add_trace(go.Bar(x=df["class_name"], y=df["train_grad_mean"], name="training signal: what updates the unit"),
-                      row=1, col=2)
-    fig.update_xaxes(type="category")
-    fig.update_layout(barmode="group", legend={"orientation": "h"})
+        bar("train_grad_mean", "training signal", "training signal: what updates the unit", 2)
+    for col in (1, 2):
+        class_axis(fig, x.unique(), row=1, col=col)
+    fig.update_yaxes(title_text="activation (unit's output)", row=1, col=1)
+    fig.update_yaxes(title_text="gradient (dLoss/d unit, sign flipped: + = loss wants it higher)", row=1, col=2)
+    fig.update_layout(barmode="group", legend={"orientation": "h", "y": -0.25})
+    return fig
+
+
+def ablation_bars(cls: pd.DataFrame) -> go.Figure:
+    """Per class: accuracy and loss change when the unit is zeroed."""
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy change when zeroed", "loss change when zeroed"))
+    x = cls["class_name"].astype(str)
+    fig.add_trace(go.Bar(x=x, y=cls["abl_acc_delta"], name="accuracy change",
+                         marker_color=COLORS["accuracy change"]), row=1, col=1)
+    fig.add_trace(go.Bar(x=x, y=cls["abl_loss_delta"], name="loss change", marker_color=COLORS["loss change"]),
+                  row=1, col=2)
+    for col in (1, 2):
+        class_axis(fig, x, row=1, col=col)
+    fig.update_yaxes(title_text="accuracy change (fraction, removed - intact)", row=1, col=1)
+    fig.update_yaxes(title_text="loss change (nats, removed - intact)", row=1, col=2)
+    fig.update_layout(showlegend=False)
+    return fig
+
+
+def trace_lines(trace: pd.DataFrame, y: str, quantity: str, classes: list[str]) -> go.Figure:
+    """One quantity per epoch, a line per class (class colours), titled by the quantity."""
+    import plotly.express as px
+
+    fig = px.line(trace, x="epoch", y=y, color="class_name", markers=True, title=f"{quantity} per class, by epoch",
+                  category_orders={"class_name": classes})
+    fig.update_layout(legend_title_text="class")
+    fig.update_xaxes(title_text="epoch", dtick=1)
+    fig.update_yaxes(title_text=quantity)
     return fig

@@ -1,19 +1,77 @@
-"""The explorer's live what-if ablation: the one place the dashboard loads torch, and only on demand.
+"""Live what-if ablation: the one place the dashboard loads torch, and only on demand.
 
+The set of units to remove is kept in the what-if page's URL (``units=fc1:3,conv2:5``) and in the
+session, so it can be built from anywhere: the unit page, the explorer's table, a class's halving set.
 ``compute.run.whatif`` keeps the loaded checkpoint and data cached per run, so after the first call an
 ablation of LeNet-5 on the default run takes well under a second.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from urllib.parse import quote, urlencode
 
 import pandas as pd
+import streamlit as st
 
+from dashboard.state import parse_unit
+from warehouse.filters import QueryError
 from warehouse.layout import run_dir
 
+S = st.session_state
+VIEWS = Path(__file__).parent / "views"
+MAX_UNITS = 10_000  # units one what-if may name (a URL must stay a URL)
+SPLITS = ("eval", "train")
 
-def run(root: str, run_id: str, labels: list[str], split: str) -> tuple[dict[str, float], pd.DataFrame] | str:
-    """Ablate the units named ``layer:unit`` together; a summary and per-class table, or an error message."""
+
+def parse_units(text: str) -> tuple[list[str], list[str]]:
+    """``"fc1:3, conv2:5"`` -> (``["fc1:3", "conv2:5"]``, notices for the tokens left out)."""
+    units: list[str] = []
+    notices: list[str] = []
+    for token in (t.strip() for t in text.split(",")):
+        if not token:
+            continue
+        try:
+            layer, unit = parse_unit(token)  # type: ignore[misc]
+        except QueryError as e:
+            notices.append(f"`{token[:40]}` is left out: {e}")
+            continue
+        label = f"{layer}:{unit}"
+        if label not in units:
+            units.append(label)
+    if len(units) > MAX_UNITS:
+        notices.append(f"Only the first {MAX_UNITS:,} of {len(units):,} units are kept.")
+        units = units[:MAX_UNITS]
+    return units, notices
+
+
+def params(run: str, units: list[str], split: str = "eval") -> dict[str, str]:
+    """The what-if page's URL parameters."""
+    out = {"run": run, "units": ",".join(units)}
+    if split != "eval":
+        out["split"] = split
+    return out
+
+
+def url(run: str, units: list[str]) -> str:
+    return "whatif?" + urlencode(params(run, units), safe=":,", quote_via=quote)
+
+
+def current(run: str) -> list[str]:
+    """The session's what-if set for ``run`` (empty for another run's)."""
+    return list(S.get("wi-units", [])) if S.get("wi-units-run") == run else []
+
+
+def link(col: object, run: str, units: list[str], label: str) -> None:
+    """A link to the what-if page with ``units`` removed together."""
+    col.page_link(str(VIEWS / "whatif.py"), label=label, query_params=params(run, units),  # type: ignore[attr-defined]
+                  icon=":material/content_cut:", disabled=not units)
+
+
+@st.cache_data(show_spinner="Removing the units on the run's checkpoint…", max_entries=32)
+def run(root: str, run_id: str, labels: tuple[str, ...], split: str) -> tuple[dict[str, float], pd.DataFrame] | str:
+    """Ablate the units named ``layer:unit`` together; a summary (with paired 95% intervals) and a per-class
+    table, or an error message."""
     from compute.errors import AtlasError  # torch loads here, when a person asks for an ablation
     from compute.run.whatif import ablate_units
 
@@ -25,8 +83,14 @@ def run(root: str, run_id: str, labels: list[str], split: str) -> tuple[dict[str
         r = ablate_units(run_dir(root, run_id), units, split=split)
     except AtlasError as e:
         return f"Cannot ablate these units: {e}"
-    summary = {"accuracy": r.ablated.accuracy, "acc_delta": r.acc_delta, "loss": r.ablated.loss,
-               "loss_delta": r.loss_delta, "n_units": sum(len(u) for u in units.values()), "seconds": r.seconds}
+    loss_lo, loss_hi, loss_p = r.loss_interval()
+    acc_lo, acc_hi, acc_p = r.acc_interval()
+    summary = {"accuracy": r.ablated.accuracy, "acc_delta": r.acc_delta, "acc_lo": acc_lo, "acc_hi": acc_hi,
+               "acc_p": acc_p, "loss": r.ablated.loss, "loss_delta": r.loss_delta, "loss_lo": loss_lo,
+               "loss_hi": loss_hi, "loss_p": loss_p, "n_hurt": float(r.paired.hurt[0]),
+               "n_helped": float(r.paired.helped[0]), "n_examples": r.n_examples,
+               "n_units": sum(len(u) for u in units.values()), "seconds": r.seconds}
     per_class = pd.DataFrame({"class_name": list(r.class_names), "acc_delta": r.class_acc_delta,
-                              "loss_delta": r.class_loss_delta, "accuracy": r.ablated.class_accuracy})
+                              "loss_delta": r.class_loss_delta, "accuracy": r.ablated.class_accuracy,
+                              "accuracy_intact": r.base.class_accuracy})
     return summary, per_class

@@ -26,7 +26,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture()
+@pytest.fixture(scope="module")
 def server(warehouse_root):
     port = free_port()
     env = {**os.environ, "NEURON_ATLAS_WAREHOUSE": str(warehouse_root)}
@@ -50,34 +50,40 @@ def server(warehouse_root):
         proc.wait(timeout=30)
 
 
-def test_explorer_preset_then_unit_page_in_chromium(server, tmp_path):
+@pytest.fixture(scope="module")
+def browser():
+    """One headless Chromium for the module's tests."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
+        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.goto(f"{server}/explorer?run={RUN_ID}")
-            page.get_by_text("226 unit(s) match.").wait_for(timeout=60_000)
-            _idle(page)
-            page.get_by_role("combobox", name="Preset").click()
-            page.get_by_role("option", name="high gradient, low activation").click()
-            page.get_by_text("Preset high gradient, low activation").wait_for(timeout=60_000)
-            assert "preset=high+gradient" in page.url and "cc=anomaly" in page.url
-            chosen = page.get_by_role("combobox", name="Open a unit").input_value()
-            assert chosen.split(":")[0] in ("conv1", "conv2", "fc1", "fc2")
-            page.get_by_role("button", name="Open unit page").click()
-            page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
-            page.get_by_text("Download this unit's images").wait_for(timeout=60_000)
-            shot = tmp_path / "unit-page.png"
-            page.screenshot(path=str(shot), full_page=True)
-            assert shot.stat().st_size > 10_000
-            assert "/unit?" in page.url and f"run={RUN_ID}" in page.url and chosen.replace(":", "%3A") in page.url
-            assert page.get_by_text("Per class: activation and gradient signal").is_visible()
-            assert page.get_by_text("Is the removal effect real?").is_visible()
-            assert page.get_by_text("Which examples need this unit?").is_visible()
+            yield b
         finally:
-            browser.close()
+            b.close()
+
+
+def test_explorer_preset_then_unit_page_in_chromium(server, browser, tmp_path):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/explorer?run={RUN_ID}")
+    page.get_by_text("226 unit(s) match.").wait_for(timeout=60_000)
+    _idle(page)
+    page.get_by_role("combobox", name="Preset").click()
+    page.get_by_role("option", name="high gradient, low activation").click()
+    page.get_by_text("Preset high gradient, low activation").wait_for(timeout=60_000)
+    assert "preset=high+gradient" in page.url and "cc=anomaly" in page.url
+    chosen = page.get_by_role("combobox", name="Open a unit").input_value()
+    assert chosen.split(":")[0] in ("conv1", "conv2", "fc1", "fc2")
+    page.get_by_role("button", name="Open unit page").click()
+    page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
+    page.get_by_text("Download this unit's images").wait_for(timeout=60_000)
+    shot = tmp_path / "unit-page.png"
+    page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 10_000
+    assert "/unit?" in page.url and f"run={RUN_ID}" in page.url and chosen.replace(":", "%3A") in page.url
+    assert page.get_by_text("Per class: activation, gradient signal and removal effect").is_visible()
+    assert page.get_by_text("Is the removal effect real?").is_visible()
+    assert page.get_by_text("Which examples need this unit?").is_visible()
 
 
 def _idle(page) -> None:
@@ -163,9 +169,7 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
     assert img.bounding_box()["width"] >= 300
 
 
-def test_state_survives_back_forward_and_shared_links_in_chromium(server, warehouse_root):
-    from playwright.sync_api import sync_playwright
-
+def test_state_survives_back_forward_and_shared_links_in_chromium(server, browser, warehouse_root):
     import warehouse
     from warehouse import queries as q
 
@@ -175,9 +179,81 @@ def test_state_survives_back_forward_and_shared_links_in_chromium(server, wareho
     expected = {"hgla_fc1": q.count_units(con, hgla), "gallery_first": f"conv2:{int(top.unit.iloc[0])}"}
     assert expected["hgla_fc1"] >= 2
     con.close()
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=["--headless", "--no-sandbox", "--disable-gpu"])
-        try:
-            walk_state_and_navigation(server, browser, expected)
-        finally:
-            browser.close()
+    walk_state_and_navigation(server, browser, expected)
+
+
+def test_researcher_tasks_and_back_in_chromium(server, browser, warehouse_root):
+    """The halving set named, then removed in what-if in one click; a flip with both predictions; a what-if
+    set added from the unit page survives leaving and Back; Back after a shared link and after the sidebar."""
+    import warehouse
+    from warehouse import queries as q
+
+    con = warehouse.connect(warehouse_root)
+    row = q.class_removal(con, RUN_ID).dropna(subset=["n_to_halve"]).iloc[0]
+    units, _ = q.halving_set(con, RUN_ID, row.layer, int(row["class"]))
+    named = [f"{a}:{b}" for a, b in zip(units.layer, units.unit)]
+    layer, unit = con.execute("SELECT layer, unit FROM units WHERE run_id = ? AND abl_n_hurt > 0 AND layer = 'fc1' "
+                              "ORDER BY abl_n_hurt DESC, unit LIMIT 1", [RUN_ID]).fetchall()[0]
+    con.close()
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+
+    # Class knowledge by name, then what-if in one click, and Back.
+    page.goto(f"{server}/explorer?run={RUN_ID}")
+    page.get_by_text("226 unit(s) match.").wait_for(timeout=60_000)
+    _idle(page)
+    explorer = page.url
+    page.get_by_text("Can a class's knowledge be removed?").click()
+    page.get_by_role("combobox", name="Layer", exact=True).last.click()
+    page.get_by_role("option", name=row.layer, exact=True).click()
+    _idle(page)
+    page.get_by_role("combobox", name="Class", exact=True).click()
+    page.get_by_role("option", name=row.class_name, exact=True).click()
+    page.get_by_text(f"these {len(named)} units halve it").wait_for(timeout=60_000)
+    for label in named:
+        assert page.get_by_role("link", name=label, exact=True).count() >= 1
+    page.get_by_role("link", name=f"Remove these {len(named)} units in what-if").click()
+    page.get_by_role("heading", name="What if these units were removed?").wait_for(timeout=60_000)
+    page.get_by_text("units removed").wait_for(timeout=120_000)
+    assert "units=" + "%2C".join(n.replace(":", "%3A") for n in named) in page.url or \
+        "units=" + ",".join(named) in page.url, page.url
+    page.go_back()
+    page.get_by_text("226 unit(s) match.").wait_for(timeout=60_000)
+    assert page.url == explorer
+
+    # A shared unit link: the page does not add a history entry, so one Back leaves it.
+    link = f"{server}/unit?run={RUN_ID}&unit={layer}:{unit}"
+    page.goto(link)
+    page.get_by_role("heading", name=f"Unit {layer}:{unit}", exact=True).wait_for(timeout=60_000)
+    _idle(page)
+    # A flip shows both predictions.
+    page.get_by_text("prediction without the unit").first.wait_for(timeout=60_000)
+    page.go_back()
+    page.get_by_text("226 unit(s) match.").wait_for(timeout=60_000)
+    assert "/explorer" in page.url
+    page.go_forward()
+    page.get_by_role("heading", name=f"Unit {layer}:{unit}", exact=True).wait_for(timeout=60_000)
+    _idle(page)
+
+    # Add to what-if from the unit page; the set survives leaving by the sidebar and coming Back.
+    page.get_by_role("link", name="Remove it in what-if").click()
+    page.get_by_text("units removed").wait_for(timeout=120_000)
+    whatif = page.url
+    assert f"units={layer}%3A{unit}" in whatif or f"units={layer}:{unit}" in whatif
+    page.get_by_role("link", name="Layer gallery").click()
+    page.get_by_role("heading", name="Layer gallery").wait_for(timeout=60_000)
+    _idle(page)
+    page.go_back()
+    page.get_by_text("units removed").wait_for(timeout=120_000)
+    assert page.url == whatif
+
+    # Explorer filtered to fc1, left by the sidebar: Back returns to the filter.
+    page.goto(f"{server}/explorer?run={RUN_ID}&layers=fc1")
+    page.get_by_text("120 unit(s) match.").wait_for(timeout=60_000)
+    _idle(page)
+    filtered = page.url
+    page.get_by_role("link", name="Unit page").first.click()
+    page.get_by_role("heading", name="Unit page").wait_for(timeout=60_000)
+    _idle(page)
+    page.go_back()
+    page.get_by_text("120 unit(s) match.").wait_for(timeout=60_000)
+    assert page.url == filtered

@@ -274,30 +274,58 @@ def test_unit_page_shows_image_evidence(app, con):
 
 
 def test_explorer_thumbnails_and_live_what_if_match_the_naive_ablation(app, warehouse_root, con):
+    import numpy as np
     import torch
+    import torch.nn.functional as F
+    from scipy import stats
 
     from compute.ablation.outcome import outcome
     from compute.nets.models import load_checkpoint
     from compute.nets.probe import ZeroUnit
-    from compute.run.whatif import load_run
+    from compute.run.whatif import ablate_units, load_run
 
     at = open_page(app, "explorer")
     at.toggle(key="ex-thumbs").set_value(True).run()
     table = ok(at).dataframe(key="ex-table").value
     assert table.columns[:2].tolist() == ["open", "thumbnail"] and table.thumbnail.str.startswith("data:image/png").all()
-    at.multiselect(key="ex-whatif-units").set_value(["fc1:3", "conv2:5"]).run()
-    ok(at.button(key="ex-whatif").click().run())
+    links = {pl.proto.label: pl.proto for pl in at.get("page_link")}
+    first = next(p for label, p in links.items() if label.startswith("What if the first 10"))
+    assert "whatif" in first.page and "units=" in first.query_string  # the table's units, carried in the link
+    # The what-if page: units by name, from the URL; a bad one is named and left out.
+    at = open_page(app, "whatif", {"run": RUN_ID, "units": "fc1:3,conv2:5,fc9:1,conv2:x"})
+    assert at.multiselect(key="wi-set").value == ["fc1:3", "conv2:5"]
+    assert any("fc9:1" in w.value and "conv2:x" in w.value for w in at.warning)
     shown = {m.label: m.value for m in at.metric}
     # Independent check: the checkpoint with both units zeroed by hooks, on the same evaluation set.
     run_dir = warehouse_root / "runs" / RUN_ID
     model, _ = load_checkpoint(run_dir / "checkpoint.pt")
     eval_set = load_run(run_dir).data["eval"]
     probes = model.probe_modules()
-    with ZeroUnit(probes["fc1"], [3]), ZeroUnit(probes["conv2"], [5]):
-        ablated = outcome(model, eval_set)
+    x, y = eval_set.floats(0, len(eval_set)), eval_set.labels
+    with torch.no_grad():
+        base = model(x)
+        with ZeroUnit(probes["fc1"], [3]), ZeroUnit(probes["conv2"], [5]):
+            cut = model(x)
+            ablated = outcome(model, eval_set)
     assert float(shown["accuracy"]) == pytest.approx(ablated.accuracy, abs=1e-4)
     assert float(shown["loss"]) == pytest.approx(ablated.loss, abs=1e-4)
-    assert shown["units ablated"] == "2"
+    assert shown["units removed"] == "2"
+    # The paired intervals against scipy on the per-example changes.
+    d_loss = (F.cross_entropy(cut, y, reduction="none") - F.cross_entropy(base, y, reduction="none")).double().numpy()
+    d_hit = ((cut.argmax(1) == y).double() - (base.argmax(1) == y).double()).numpy()
+    r = ablate_units(run_dir, {"fc1": [3], "conv2": [5]})
+    for got, d in ((r.loss_interval(), d_loss), (r.acc_interval(), d_hit)):
+        want = stats.ttest_1samp(d, 0.0).confidence_interval(0.95)
+        assert got[:2] == pytest.approx((want.low, want.high), abs=1e-6)
+    assert r.loss_interval()[2] == pytest.approx(stats.ttest_1samp(d_loss, 0.0).pvalue, abs=1e-6)
+    hurt, helped = int((d_hit < 0).sum()), int((d_hit > 0).sum())
+    assert r.acc_interval()[2] == pytest.approx(stats.binomtest(hurt, hurt + helped).pvalue if hurt + helped else 1.0)
+    lo, hi, _ = r.acc_interval()
+    assert any(f"[{lo:+.4f}, {hi:+.4f}]" in c.value for c in at.caption)
+    assert np.isfinite(lo) and lo <= r.acc_delta <= hi
+    # Adding a unit by name keeps the set in the URL.
+    at.text_input(key="wi-add").input("fc2:1").run()
+    assert ok(at).query_params["units"] == "fc1:3,conv2:5,fc2:1"
     assert torch.is_tensor(torch.zeros(1))  # torch is loaded here on purpose, only by the what-if action
 
 
@@ -438,3 +466,98 @@ def test_explorer_shows_whether_a_class_can_be_removed(app, con):
     at.selectbox(key="ex-cr-class").select("7").run()
     ok(at)
     assert len(q.class_curve(con, RUN_ID, "fc2", 7)) > 2
+
+
+def test_a_link_is_kept_as_opened_and_the_sidebar_returns_to_each_page_as_left(app):
+    """A page opened on a link does not rewrite it (Streamlit would push a second history entry for the same
+    view); a change made on the page is written; the sidebar's links carry each page's last state."""
+    at = open_page(app, "unit", {"run": RUN_ID, "unit": "fc1:0"})
+    assert at.header[0].value == "Unit fc1:0"
+    assert {k: at.query_params[k] for k in at.query_params} == {"run": RUN_ID, "unit": "fc1:0"}
+    at.select_slider(key="unit-epoch").set_value(1).run()
+    assert ok(at).query_params["epoch"] == "1" and at.query_params["unit"] == "fc1:0"
+    at.switch_page("views/explorer.py")
+    at.query_params = {"run": RUN_ID, "layers": "fc1"}
+    ok(at.run())
+    assert count_line(at) == 120
+    ok(at.run())  # the sidebar is drawn before the page: the next run's links carry what this one showed
+    sidebar = {pl.proto.label: pl.proto for pl in at.sidebar.get("page_link")}
+    assert "layers=fc1" in sidebar["Unit explorer"].query_string
+    assert "unit=fc1%3A0" in sidebar["Unit page"].query_string or "unit=fc1:0" in sidebar["Unit page"].query_string
+    assert "epoch=1" in sidebar["Unit page"].query_string
+
+
+def test_unit_page_answers_first_and_names_both_predictions_of_each_flip(app, con):
+    layer, unit = con.execute(
+        "SELECT layer, unit FROM units WHERE run_id = ? AND NOT dead AND abl_n_hurt > 0 AND abl_n_helped > 0 "
+        "ORDER BY abl_n_hurt DESC, layer, unit LIMIT 1", [RUN_ID]).fetchall()[0]
+    at = open_page(app, "unit", {"run": RUN_ID, "unit": f"{layer}:{unit}"})
+    row = q.unit_row(con, RUN_ID, layer, unit)
+    card = next(m.value for m in at.markdown if m.value.startswith("A "))
+    assert f"class **{row['pref_class_name']}**" in card and f"{row['abl_loss_delta']:+.4f}" in card
+    shown = {m.label: m.value for m in at.metric}
+    assert shown["Specialization score"] == f"{row['anomaly_max']:.2f}"
+    # Pictures come before the evidence tables.
+    subheaders = [s.value for s in at.subheader]
+    assert subheaders.index("Top examples") < subheaders.index("Which examples need this unit?")
+    table = frame(at, "prediction without the unit")
+    assert table.kind.iloc[0] == "hurt" and table.kind.tolist().index("helped") > (table.kind == "hurt").sum() - 1
+    hurt, helped = table[table.kind == "hurt"], table[table.kind == "helped"]
+    assert (hurt["prediction intact"] == hurt["label"]).all()
+    assert (hurt["prediction without the unit"] != hurt["label"]).all()
+    assert (helped["prediction without the unit"] == helped["label"]).all()
+    # Filter by class.
+    cls = str(hurt["label"].iloc[0])
+    at.selectbox(key="unit-examples-class").select(cls).run()
+    only = frame(ok(at), "prediction without the unit")
+    assert set(only["label"]) == {cls} and len(only) == len(table[table["label"] == cls])
+    # Add to what-if carries the unit.
+    links = {pl.proto.label: pl.proto for pl in at.get("page_link")}
+    assert f"units={layer}%3A{unit}" in links["Remove it in what-if"].query_string or \
+        f"units={layer}:{unit}" in links["Remove it in what-if"].query_string
+
+
+def test_class_halving_set_is_named_and_removing_it_halves_the_class(app, con, warehouse_root):
+    """The named set, removed live on the checkpoint, gives the class accuracy ``class_removal`` recorded."""
+    from compute.run.whatif import ablate_units
+
+    rows = q.class_removal(con, RUN_ID).dropna(subset=["n_to_halve"])
+    assert len(rows)
+    for _, r in rows.head(3).iterrows():
+        k = int(r["class"])
+        units, found = q.halving_set(con, RUN_ID, r.layer, k)
+        assert len(units) == r.n_to_halve and found["n_to_halve"] == r.n_to_halve
+        chosen: dict[str, list[int]] = {}
+        for layer, unit in zip(units.layer, units.unit):
+            chosen.setdefault(layer, []).append(int(unit))
+        result = ablate_units(warehouse_root / "runs" / RUN_ID, chosen)
+        assert result.ablated.class_accuracy[k] == pytest.approx(r.class_acc_then, abs=1e-9)
+        assert result.ablated.class_accuracy[k] <= 0.5 * r.class_acc_intact + 1e-9
+    first = rows.iloc[0]
+    at = open_page(app, "explorer")
+    at.selectbox(key="ex-cr-layer").select(first.layer).run()
+    at.selectbox(key="ex-cr-class").select(first.class_name).run()
+    units, _ = q.halving_set(con, RUN_ID, first.layer, int(first["class"]))
+    named = next(m.value for m in ok(at).markdown if "units halve it" in m.value)
+    assert all(f"[{layer}:{unit}]" in named for layer, unit in zip(units.layer, units.unit))
+    links = {pl.proto.label: pl.proto for pl in at.get("page_link")}
+    assert f"Remove these {len(units)} units in what-if" in links
+    at.selectbox(key="ex-cr-table-class").select(first.class_name).run()
+    assert set(frame(ok(at), "n_to_halve")["class_name"]) == {first.class_name}
+
+
+def test_explorer_ranks_units_by_one_class(app, con, tables):
+    at = open_page(app, "explorer", {"run": RUN_ID, "layers": "fc2", "rank": "abl_loss_delta:7"})
+    ranked = frame(at, "abl_loss_delta (class 7)")
+    uc = tables["unit_classes"]
+    want = uc[(uc.layer == "fc2") & (uc["class"] == 7)].sort_values(["abl_loss_delta", "unit"],
+                                                                      ascending=[False, True]).head(50)
+    assert ranked.unit.tolist() == want.unit.tolist()
+    assert ranked["abl_loss_delta (class 7)"].tolist() == pytest.approx(want.abl_loss_delta.tolist())
+    assert at.selectbox(key="ex-rank-class").value == "7"
+    at.selectbox(key="ex-rank-metric").select("anomaly").run()
+    assert ok(at).query_params["rank"] == "anomaly:7"
+    live = uc[(uc.layer == "fc2") & (uc["class"] == 7) & uc.anomaly.notna()]
+    assert len(frame(at, "anomaly (class 7)")) == min(50, len(live))
+    at = open_page(app, "explorer", {"run": RUN_ID, "rank": "nope:7"})
+    assert any("rank=nope:7" in w.value for w in at.warning)

@@ -198,3 +198,32 @@ def test_scatter_respects_the_filters_limit(con, tables):
     pts, total = q.scatter_data(con, top, "selectivity", "abl_loss_delta")
     assert total == len(pts) == 50
     assert sorted(pts.abl_loss_delta) == sorted(tables["units"].abl_loss_delta.nlargest(50))
+
+
+def test_class_matches_kept_per_connection_answer_like_the_scan(con, tables):
+    """A filter's class-level matches, kept in a temporary table once per connection, give what the plain
+    scan of unit_classes gives: rows, matched classes, order, counts, facets; old tables are dropped."""
+    from warehouse import browse
+    from warehouse.class_match import MAX_TABLES, class_table
+    from warehouse.connect import has_units_in_memory
+    from warehouse.filters import filter_sql
+
+    f = UnitFilter(RUN_ID, layers=("fc1", "conv2"), class_conditions=(Range("grad_mean", 0.0, None),),
+                   order_by="selectivity", descending=True, limit=40)
+    sql, params = filter_sql(f, memory=has_units_in_memory(con))  # the plain scan, no table
+    plain = con.execute(sql, params).df()
+    kept = q.filter_units(con, f)
+    assert len(plain) == 40
+    pd.testing.assert_frame_equal(kept, plain)
+    unlimited = replace(f, limit=None)
+    assert q.count_units(con, unlimited) == con.execute(
+        f"SELECT count(*) FROM ({filter_sql(unlimited, ('unit',), ordered=False, matches=False)[0]})",
+        filter_sql(unlimited, ("unit",), ordered=False, matches=False)[1]).fetchall()[0][0]
+    facets = browse.facet_counts(con, unlimited)
+    assert facets[facets.facet == "layer"].units.sum() == q.count_units(con, unlimited)
+    name = class_table(con, f, has_units_in_memory(con))
+    assert name == class_table(con, f, has_units_in_memory(con))  # made once, then reused
+    for lo in range(MAX_TABLES + 1):
+        class_table(con, replace(f, class_conditions=(Range("grad_mean", float(lo), None),)), True)
+    left = con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name LIKE 'class_match_%'")
+    assert left.fetchall()[0][0] == MAX_TABLES

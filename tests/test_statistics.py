@@ -247,3 +247,24 @@ def test_examples_table_is_what_the_model_does_with_each_example(small_run_artif
         "FROM units u LEFT JOIN unit_examples e USING (run_id, layer, unit) WHERE u.run_id = 'small' "
         "GROUP BY ALL").df()
     np.testing.assert_array_equal(flips.listed, np.minimum(flips.abl_n_hurt, 100))
+
+
+def test_unit_examples_name_the_prediction_without_the_unit(small_run_artifacts):
+    """``unit_examples.pred_ablated`` against the checkpoint with the unit zeroed by a hook."""
+    from compute.nets.probe import ZeroUnit
+
+    model, eval_set, con = small_run_artifacts
+    rows = con.execute(
+        "SELECT ue.layer, ue.unit, ue.kind, ue.example, ue.pred_ablated, e.label, e.pred FROM unit_examples ue "
+        "JOIN examples e USING (run_id, example) WHERE ue.run_id = 'small' AND ue.layer IN ('conv2', 'fc1') "
+        "AND ue.unit IN (SELECT unit FROM unit_examples WHERE run_id = 'small' AND kind = 'hurt' AND layer = ue.layer "
+        "ORDER BY unit LIMIT 3)").df()
+    assert (rows.kind == "hurt").any() and (rows.kind == "loss_rise").any()
+    hurt, helped = rows[rows.kind == "hurt"], rows[rows.kind == "helped"]
+    assert (hurt.pred == hurt.label).all() and (hurt.pred_ablated != hurt.label).all()
+    assert (helped.pred_ablated == helped.label).all()
+    x = eval_set.floats(0, len(eval_set))
+    for (layer, unit), g in rows.groupby(["layer", "unit"]):
+        with torch.no_grad(), ZeroUnit(model.probe_modules()[layer], [unit]):
+            pred = model(x).argmax(1).numpy()
+        np.testing.assert_array_equal(g.pred_ablated.to_numpy(), pred[g.example.to_numpy()])

@@ -11,7 +11,8 @@ from typing import Any
 import duckdb
 import pandas as pd
 
-from warehouse.filters import UNIT_METRICS, QueryError, UnitFilter, check_column, filter_sql, order_terms
+from warehouse.class_match import unit_sql
+from warehouse.filters import UNIT_METRICS, QueryError, UnitFilter, check_column, order_terms
 from warehouse.schema import IMAGE_KINDS
 
 #: Columns the explorer counts values of (Datasette's facets), within the current filter.
@@ -42,7 +43,7 @@ def neighbours(con: duckdb.DuckDBPyConnection, f: UnitFilter, layer: str, unit: 
     """
     order = check_column(f.order_by, UNIT_METRICS, "sort column")
     cols = tuple(dict.fromkeys(("layer", "unit", "layer_index", order)))
-    inner, params = filter_sql(f, cols, ordered=False, matches=False)
+    inner, params = unit_sql(con, f, cols, ordered=False, matches=False)
     cur = con.execute(f'SELECT "{order}", layer_index FROM units WHERE run_id = ? AND layer = ? AND unit = ?',
                       [f.run_id, layer, int(unit)]).fetchall()
     total_sql = f"SELECT count(*) FROM ({inner}) f"
@@ -77,7 +78,7 @@ def neighbours(con: duckdb.DuckDBPyConnection, f: UnitFilter, layer: str, unit: 
 def facet_counts(con: duckdb.DuckDBPyConnection, f: UnitFilter, facets: tuple[str, ...] = FACETS) -> pd.DataFrame:
     """Columns facet, value (as text), units: how many units of ``f`` have each value, most first."""
     cols = tuple(check_column(c, FACETS, "facet") for c in facets)
-    inner, params = filter_sql(f, tuple(dict.fromkeys((*cols, "layer_index"))), ordered=False, matches=False)
+    inner, params = unit_sql(con, f, tuple(dict.fromkeys((*cols, "layer_index"))), ordered=False, matches=False)
     sets = ", ".join(f'("{c}")' for c in cols)
     which = " ".join(f"WHEN grouping(\"{c}\") = 0 THEN '{c}'" for c in cols)
     value = "coalesce(" + ", ".join(f'CAST("{c}" AS VARCHAR)' for c in cols) + ")"
@@ -102,7 +103,7 @@ def gallery_page(con: duckdb.DuckDBPyConnection, f: UnitFilter, layer: str, sort
     if page < 0 or not 1 <= per_page <= 1000:
         raise QueryError(f"page {page} of {per_page} tiles is out of range.")
     cols = tuple(dict.fromkeys((*TILE_COLUMNS, sort)))
-    inner, params = filter_sql(replace(f, layers=(layer,)), cols, ordered=False, matches=False)
+    inner, params = unit_sql(con, replace(f, layers=(layer,)), cols, ordered=False, matches=False)
     shown = ", ".join(f'p."{c}"' for c in cols)
     sql = (f"WITH p AS (SELECT f.*, count(*) OVER () AS total, row_number() OVER "
            f"(ORDER BY {order_terms('f', sort, descending)}) AS pos FROM ({inner}) f "
@@ -118,7 +119,7 @@ def gallery_page(con: duckdb.DuckDBPyConnection, f: UnitFilter, layer: str, sort
 
 
 def _layer_count(con: duckdb.DuckDBPyConnection, f: UnitFilter, layer: str) -> int:
-    inner, params = filter_sql(replace(f, layers=(layer,)), ("unit",), ordered=False, matches=False)
+    inner, params = unit_sql(con, replace(f, layers=(layer,)), ("unit",), ordered=False, matches=False)
     return int(con.execute(f"SELECT count(*) FROM ({inner})", params).fetchall()[0][0])
 
 

@@ -14,9 +14,9 @@ import duckdb
 import pandas as pd
 import pyarrow as pa
 
-from warehouse.connect import has_units_in_memory
-from warehouse.filters import (CLASS_METRICS, UNIT_COLUMNS, UNIT_METRICS, Preset, QueryError, Range, UnitFilter,
-                               check_column, filter_sql, format_range, parse_range)
+from warehouse.class_match import unit_sql
+from warehouse.filters import (CLASS_METRICS, INT32_MAX, UNIT_COLUMNS, UNIT_METRICS, Preset, QueryError, Range,
+                               UnitFilter, check_column, filter_sql, format_range, parse_int, parse_range)
 from warehouse.schema import TABLES
 
 __all__ = ["CLASS_METRICS", "UNIT_COLUMNS", "UNIT_METRICS", "Preset", "QueryError", "Range", "UnitFilter",
@@ -68,12 +68,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
 
 def filter_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> pd.DataFrame:
     """The units matching ``f``, every column of ``units`` (and ``matched_classes``)."""
-    sql, params = filter_sql(f, memory=has_units_in_memory(con))
+    sql, params = unit_sql(con, f)
     return con.execute(sql, params).df()
 
 
 def filter_units_arrow(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> pa.Table:
-    sql, params = filter_sql(f, memory=has_units_in_memory(con))
+    sql, params = unit_sql(con, f)
     return con.sql(sql, params=params).to_arrow_table()
 
 
@@ -87,8 +87,8 @@ def scatter_data(con: duckdb.DuckDBPyConnection, f: UnitFilter, x: str, y: str,
     """
     x = check_column(x, UNIT_METRICS, "x axis")
     y = check_column(y, UNIT_METRICS, "y axis")
-    inner, params = filter_sql(f, tuple(dict.fromkeys(("layer", "layer_index", "unit", "pref_class_name", x, y))),
-                               ordered=False, matches=False)
+    inner, params = unit_sql(con, f, tuple(dict.fromkeys(("layer", "layer_index", "unit", "pref_class_name", x, y))),
+                             ordered=False, matches=False)
     total = int(con.execute(f"SELECT count(*) FROM ({inner})", params).fetchall()[0][0])
     if total <= max_points:
         df = con.execute(inner, params).df()
@@ -207,14 +207,22 @@ def unit_page(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: int
     return UnitPage(row, layer_rows.iloc[0].to_dict() if len(layer_rows) else {}, classes, trace, pct)
 
 
-def unit_examples(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: int) -> pd.DataFrame:
-    """The examples that need one unit (``unit_examples``) with what the intact model does with them
-    (``examples``): kind, rank, example, label, prediction, intact loss, loss change, subgroup."""
+#: The order the unit page lists the examples a unit's removal affects: what it breaks first.
+EXAMPLE_KINDS = ("hurt", "loss_rise", "helped")
+
+
+def unit_examples(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: int,
+                  label: int | None = None) -> pd.DataFrame:
+    """The examples that need one unit (``unit_examples``) with what the model does with them, intact
+    (``examples``) and without the unit: kind, rank, example, label, prediction intact, prediction without
+    the unit, intact loss, loss change, subgroup; right -> wrong flips first, then the largest loss rises,
+    then wrong -> right. ``label``: only examples of that class."""
     return con.execute(
-        "SELECT ue.kind, ue.rank, ue.example, e.label, e.pred, e.loss, ue.loss_delta, e.subgroup "
+        "SELECT ue.kind, ue.rank, ue.example, e.label, e.pred, ue.pred_ablated, e.loss, ue.loss_delta, e.subgroup "
         "FROM unit_examples ue LEFT JOIN examples e ON e.run_id = ue.run_id AND e.example = ue.example "
-        "WHERE ue.run_id = ? AND ue.layer = ? AND ue.unit = ? ORDER BY ue.kind, ue.rank",
-        [run_id, layer, int(unit)]).df()
+        "WHERE ue.run_id = ? AND ue.layer = ? AND ue.unit = ? AND (?::INTEGER IS NULL OR e.label = ?) "
+        "ORDER BY list_position(?::VARCHAR[], ue.kind), ue.rank",
+        [run_id, layer, int(unit), label, label, list(EXAMPLE_KINDS)]).df()
 
 
 def class_removal(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
@@ -232,9 +240,72 @@ def class_curve(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, cls: in
         "ORDER BY n_ablated", [run_id, layer, int(cls)]).df()
 
 
+def removal_order(con: duckdb.DuckDBPyConnection, run_id: str, group: str, cls: int,
+                  limit: int | None = None) -> pd.DataFrame:
+    """The units of a ``class_curves`` group (a layer, or ``last2``: the last two layers pooled) in the order
+    its curve removes them for class ``cls``: live units (``n_active > 0``), largest single-unit loss change
+    on the class first (``unit_classes.abl_loss_delta``), ties in layer then unit order, as
+    ``compute.ablation.class_curves`` orders them. The first ``n_to_halve`` are the class's halving set."""
+    members = curve_layers(con, run_id, group)
+    return con.execute(
+        'SELECT uc.layer, uc.unit, uc.abl_loss_delta AS class_loss_delta, uc.abl_acc_delta AS class_acc_delta '
+        "FROM unit_classes uc JOIN units u ON u.run_id = uc.run_id AND u.layer = uc.layer AND u.unit = uc.unit "
+        'WHERE uc.run_id = ? AND list_contains(?::VARCHAR[], uc.layer) AND uc."class" = ? AND u.n_active > 0 '
+        "ORDER BY isnan(uc.abl_loss_delta), uc.abl_loss_delta DESC, u.layer_index, uc.unit LIMIT ?",
+        [run_id, members, int(cls), limit]).df()
+
+
+def halving_set(con: duckdb.DuckDBPyConnection, run_id: str, group: str, cls: int) -> tuple[pd.DataFrame, dict | None]:
+    """The fewest units of ``group`` that halve class ``cls``'s accuracy while the other classes keep 90% of
+    theirs (``class_removal``), named: the first ``n_to_halve`` of ``removal_order``; and the
+    ``class_removal`` row (None if the run has none). Empty when no count on the curve's grid does it."""
+    found = con.execute('SELECT * EXCLUDE (run_id) FROM class_removal WHERE run_id = ? AND layer = ? AND "class" = ?',
+                        [run_id, group, int(cls)]).df()
+    if found.empty:
+        return pd.DataFrame(columns=["layer", "unit", "class_loss_delta", "class_acc_delta"]), None
+    row = found.iloc[0].to_dict()
+    n = row["n_to_halve"]
+    if n is None or pd.isna(n):
+        return pd.DataFrame(columns=["layer", "unit", "class_loss_delta", "class_acc_delta"]), row
+    return removal_order(con, run_id, group, cls, int(n)), row
+
+
+def class_curves_of(con: duckdb.DuckDBPyConnection, run_id: str, layer: str) -> pd.DataFrame:
+    """Every class's removal curve of one layer or group: class, n_ablated, class_acc, other_acc."""
+    return con.execute(
+        'SELECT "class", n_ablated, class_acc, other_acc FROM class_curves WHERE run_id = ? AND layer = ? '
+        'ORDER BY "class", n_ablated', [run_id, layer]).df()
+
+
+def parse_class_rank(text: str) -> tuple[str, int]:
+    """``"abl_loss_delta:7"`` -> (``"abl_loss_delta"``, 7): a ``unit_classes`` metric and the class to rank by."""
+    column, sep, cls = text.rpartition(":")
+    if not sep:
+        raise QueryError(f"rank must look like METRIC:CLASS (e.g. abl_loss_delta:7), got {text[:60]!r}.")
+    check_column(column, CLASS_METRICS, "class metric")
+    return column, parse_int(cls, "class (a class index)", 0, INT32_MAX)
+
+
+def rank_by_class(con: duckdb.DuckDBPyConnection, f: UnitFilter, metric: str, cls: int,
+                  limit: int = 50) -> pd.DataFrame:
+    """The units of ``f`` ranked by one class's value of a ``unit_classes`` metric, largest first (e.g. the
+    loss change on class 7 when the unit is removed, or its anomaly for class 7); units without a value
+    for the class (a dead unit's anomaly) are left out. Columns layer, unit, the metric as ``class_value``,
+    selectivity, pref_class_name, abl_loss_delta."""
+    metric = check_column(metric, CLASS_METRICS, "class metric")
+    inner, params = unit_sql(con, f, ("layer", "layer_index", "unit", "selectivity", "pref_class_name",
+                                      "abl_loss_delta"), ordered=False, matches=False)
+    return con.execute(
+        f'SELECT m.layer, m.unit, c."{metric}" AS class_value, m.selectivity, m.pref_class_name, m.abl_loss_delta '
+        f'FROM ({inner}) m JOIN unit_classes c ON c.run_id = ? AND c.layer = m.layer AND c.unit = m.unit '
+        f'AND c."class" = ? WHERE NOT isnan(c."{metric}") '
+        f'ORDER BY c."{metric}" DESC, m.layer_index, m.unit LIMIT ?',
+        params + [f.run_id, int(cls), int(limit)]).df()
+
+
 def count_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> int:
     """How many units match ``f`` (its limit included)."""
-    sql, params = filter_sql(f, ("unit",), ordered=False, matches=False)
+    sql, params = unit_sql(con, f, ("unit",), ordered=False, matches=False)
     return int(con.execute(f"SELECT count(*) FROM ({sql})", params).fetchall()[0][0])
 
 

@@ -226,6 +226,8 @@ TABLES: dict[str, Table] = {t.name: t for t in (
            "`loss_rise` (among the 10 examples whose loss rises most, rise > 0)."),
         _c("rank", pa.int32(), "Order within (unit, kind): example order for flips, 0 = largest rise for `loss_rise`."),
         _c("loss_delta", F64, "The example's loss change when the unit is clamped to zero (ablated - intact)."),
+        _c("pred_ablated", pa.int32(), "The model's prediction for the example with the unit clamped to zero "
+           "(`examples.pred` is the intact one): what a flip turns the prediction into."),
     )),
     Table("ablation_curves", "Cumulative ablation curves: accuracy and loss with a growing fraction of a "
           "layer's live units clamped to zero, in several orders (Morcos et al. 2018). Dead units (never "

@@ -68,10 +68,11 @@ class MaskSums:
 
 
 def _accumulate(sums: MaskSums, logits: torch.Tensor, y: torch.Tensor, first: int,
-                base: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                base: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Add per-class loss and hits of stacked ablations ``first``.. (rows ablation-major) to (M, K) sums,
     and with ``base`` (the intact per-example loss and hits) the paired sums; returns the per-example
-    loss and hits, (m, b).
+    loss, hits and predictions, (m, b).
 
     The loss is ``F.cross_entropy``'s: minus the log-softmax at the label.
     """
@@ -81,7 +82,8 @@ def _accumulate(sums: MaskSums, logits: torch.Tensor, y: torch.Tensor, first: in
     logits = logits.cpu().view(-1, b, logits.shape[1])
     m = logits.shape[0]
     loss = -logits.log_softmax(2).gather(2, y.view(1, b, 1).expand(m, b, 1)).squeeze(2)
-    hit = logits.argmax(2) == y
+    pred = logits.argmax(2)
+    hit = pred == y
     rows = slice(first, first + m)
     sums.loss[rows].index_add_(1, y, loss.double())
     sums.hits[rows].index_add_(1, y, hit.double())
@@ -92,7 +94,7 @@ def _accumulate(sums: MaskSums, logits: torch.Tensor, y: torch.Tensor, first: in
         sums.dsq[rows] += (d * d).sum(1)
         sums.hurt[rows] += (base[1] & ~hit).sum(1).double()
         sums.helped[rows] += (~base[1] & hit).sum(1).double()
-    return loss, hit
+    return loss, hit, pred
 
 
 class AblationEngine:
@@ -174,14 +176,14 @@ class AblationEngine:
                 x = data.floats(start, start + b, self.device)
                 y = data.labels[start:start + b]
                 logits, inputs = capture(x)
-                base_loss, base_hit = _accumulate(sums[0], logits, y, 0)
+                base_loss, base_hit, _ = _accumulate(sums[0], logits, y, 0)
                 for j, ((layer, masks), m, group, acc) in enumerate(zip(checked, n_masks, groups, sums[1:])):
                     for g0 in range(0, m, group):
                         g1 = min(g0 + group, m)
                         out = splits[layer].suffix(inputs[layer], {name: t[g0:g1] for name, t in masks.items()})
-                        loss, hit = _accumulate(acc, out, y, g0, (base_loss[0], base_hit[0]))
+                        loss, hit, pred = _accumulate(acc, out, y, g0, (base_loss[0], base_hit[0]))
                         if effects is not None and effects[j] is not None:
-                            effects[j].add(g0, start, loss - base_loss[0], base_hit[0], hit)
+                            effects[j].add(g0, start, loss - base_loss[0], base_hit[0], hit, pred)
                         if progress is not None:
                             done += (g1 - g0) * len(y) / len(data)
                             progress.update(base + round(done) - progress.n)

@@ -85,7 +85,7 @@ def unit_examples_table(layer_order: list[str], ablations: dict[str, LayerAblati
         e = ablations[name].examples
         assert e is not None, "the ablation stage must come from the engine (example effects)"
         rows.add(layer=[name] * len(e.unit), unit=e.unit, example=e.example, kind=[KINDS[k] for k in e.kind], rank=e.rank,
-                 loss_delta=e.loss_delta)
+                 loss_delta=e.loss_delta, pred_ablated=e.pred_ablated)
     return rows.columns
 
 

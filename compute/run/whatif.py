@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compute.ablation.outcome import Outcome
+from compute.ablation.outcome import CONFIDENCE, Outcome, PairedSums
 from compute.datasets.sources import ImageSet
 from compute.ablation.engine import AblationEngine
 from compute.errors import ConfigError
@@ -29,7 +29,8 @@ SPLITS = ("eval", "train")
 
 @dataclass(frozen=True)
 class WhatIfResult:
-    """Outcome of one what-if ablation; deltas are ablated minus intact."""
+    """Outcome of one what-if ablation; deltas are ablated minus intact. ``paired`` holds the sums over
+    the examples of their own changes, so the intervals are paired: each example is its own control."""
 
     units: dict[str, list[int]]
     split: str
@@ -38,6 +39,7 @@ class WhatIfResult:
     base: Outcome
     ablated: Outcome
     seconds: float
+    paired: PairedSums
 
     @property
     def acc_delta(self) -> float:
@@ -54,6 +56,19 @@ class WhatIfResult:
     @property
     def class_loss_delta(self) -> np.ndarray:
         return self.ablated.class_loss - self.base.class_loss
+
+    def loss_interval(self, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+        """(low, high, p) of the mean loss change: paired t interval and t-test over the examples' own changes."""
+        lo, hi, p = self.paired.loss_test(confidence)
+        return float(lo[0]), float(hi[0]), float(p[0])
+
+    def acc_interval(self, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+        """(low, high, p) of the accuracy change: the paired t interval of the mean of each example's change
+        (+1 wrong -> right, -1 right -> wrong, else 0), and the exact McNemar p of the flips."""
+        s = self.paired
+        flips = PairedSums(s.n, s.helped - s.hurt, s.helped + s.hurt, s.hurt, s.helped)
+        lo, hi, _ = flips.loss_test(confidence)
+        return float(lo[0]), float(hi[0]), float(s.mcnemar_p()[0])
 
 
 @dataclass
@@ -111,4 +126,4 @@ def ablate_units(run_dir: Path, units: dict[str, list[int]], split: str = "eval"
     started = time.perf_counter()
     intact, (sums,) = run.engine.evaluate_jobs(data, [masks])
     return WhatIfResult(chosen, split, len(data), data.class_names, intact.outcome(0), sums.outcome(0),
-                        time.perf_counter() - started)
+                        time.perf_counter() - started, sums.paired())

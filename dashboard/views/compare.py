@@ -28,6 +28,8 @@ def _from_url(key: str) -> str | None:
 exps = cached.experiments(root, fp)
 exp_options = [ALL, *exps]
 exp_url = _from_url("exp")
+if exp_url is None and _from_url("runs") is not None:
+    exp_url = ALL  # a link that names runs but no experiment: look for them among every run
 if exp_url is not None:
     if exp_url in exp_options:
         st.session_state["compare-exp"] = exp_url
@@ -119,10 +121,16 @@ aucs = cached.auc_table(root, fp, key, split, layer, order)
 st.dataframe(aucs, hide_index=True, key="compare-auc-table")
 ui.downloads(f"auc-{split}-{layer}-{order}", "dl-compare-auc", frame=aucs)
 if not aucs.empty:
-    st.plotly_chart(px.scatter(aucs, x="gen_gap", y="auc_mean", error_y="auc_std", color="label_noise",
-                               hover_name="run_id", labels={"gen_gap": "generalization gap (train - test acc)",
-                                                            "auc_mean": "normalized AUC"}),
-                    key="compare-auc-scatter")
+    # Label noise as categories with a fixed qualitative palette and outlined markers: on a continuous
+    # scale the noise-0 run is drawn in the scale's lightest colour, white on the white background.
+    noise = aucs.assign(label_noise=aucs["label_noise"].map(lambda v: f"{v:g}"))
+    fig = px.scatter(noise, x="gen_gap", y="auc_mean", error_y="auc_std", color="label_noise", hover_name="run_id",
+                     color_discrete_sequence=px.colors.qualitative.D3,
+                     category_orders={"label_noise": sorted(noise["label_noise"].unique(), key=float)},
+                     labels={"gen_gap": "generalization gap (train - test accuracy, fraction)",
+                             "auc_mean": "normalized AUC (fraction of intact accuracy)", "label_noise": "label noise"})
+    fig.update_traces(marker={"size": 11, "line": {"width": 1.5, "color": "#333333"}})
+    st.plotly_chart(fig, key="compare-auc-scatter")
 
 st.subheader("Selectivity and ablation importance per run")
 dist = cached.unit_distributions(root, fp, key, layer)

@@ -41,12 +41,14 @@ def to_widgets(state: ExplorerState, classes: list[str]) -> None:
     S["ex-preset"] = state.preset or CUSTOM
     for name, key in VIEW_KEYS.items():
         S[key] = getattr(state, name)
+    explorer_panels.rank_to_widgets(state.rank, classes)
 
 
 def from_widgets(run: str, classes: list[str]) -> ExplorerState:
     f = filter_widgets.from_widgets(run, classes)
     preset = S.get("ex-preset") if S.get("ex-preset") in PRESETS else None
-    return ExplorerState(f, preset, **{name: S[key] for name, key in VIEW_KEYS.items()})
+    return ExplorerState(f, preset, **{name: S[key] for name, key in VIEW_KEYS.items()},
+                         rank=explorer_panels.rank_from_widgets(classes))
 
 
 def apply_preset() -> None:
@@ -115,7 +117,8 @@ def main() -> None:
     table = explorer_panels.table(root, fp, state, table)
     labels = [f"{layer}:{unit}" for layer, unit in zip(table["layer"], table["unit"])]
     explorer_panels.unit_chooser(state, labels)
-    explorer_panels.what_if(root, run, labels)
+    explorer_panels.class_rank(root, fp, state, classes)
+    explorer_panels.what_if(run, labels)
     with st.expander("Can a class's knowledge be removed? (per-class cumulative ablation)"):
         render_class_removal(cached.connection(root)[0], run, classes)
     st.subheader("Scatter")

@@ -54,10 +54,11 @@ def read_url(run_ids: list[str]) -> list[str]:
 
 
 def tile(col, row: pd.Series, run: str, sort: str, state: ExplorerState) -> None:
-    """One unit: its image (click to open), its numbers and badges, and a link to its page."""
+    """One unit: its image, its numbers and badges, and a link to its page (in this tab: a linked
+    st.image would open a new one)."""
     layer, unit = str(row["layer"]), int(row["unit"])
     if isinstance(row["png"], (bytes, bytearray, memoryview)):  # null (no images) reads as None, NaN or NA
-        col.image(bytes(row["png"]), width="stretch", output_format="PNG", link=nav.unit_url(run, layer, unit, state))
+        col.image(bytes(row["png"]), width="stretch", output_format="PNG")
     else:
         col.caption("no image")
     badges = []

@@ -71,10 +71,12 @@ for i, metric in enumerate(DISTRIBUTIONS):
     h = cached.histogram(root, fp, run, metric)
     h["bin"] = (h["lo"] + h["hi"]) / 2
     # One small panel per layer (facets) on a shared x axis: overlaid bars of several layers hide each other.
-    fig = px.bar(h, x="bin", y="count", facet_row="layer", title=labels[metric], labels={"bin": metric, "count": ""},
-                 height=110 + 90 * h["layer"].nunique())
+    fig = px.bar(h, x="bin", y="count", facet_row="layer", title=labels[metric],
+                 labels={"bin": metric, "count": "units"}, height=110 + 90 * h["layer"].nunique())
     fig.update_yaxes(matches=None, showticklabels=True)
-    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1], textangle=0, xanchor="left"))
+    # The layer's name inside its panel, top right: beside the panel, plotly's right margin cuts it ("fc", "c").
+    fig.for_each_annotation(lambda a: a.update(text=f"<b>{a.text.split('=')[-1]}</b>", textangle=0, x=0.995,
+                                               xanchor="right", bgcolor="rgba(255,255,255,0.8)"))
     fig.update_traces(marker_line_width=0)
     fig.update_layout(bargap=0.05)
     cols[i % 2].plotly_chart(fig, key=f"hist-{metric}")

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import pandas as pd
-import plotly.express as px
-import plotly.graph_objects as go
 import streamlit as st
-from plotly.subplots import make_subplots
 
-from dashboard import cached, ui, unit_charts, unit_nav
+from dashboard import cached, ui, unit_card, unit_charts, unit_nav, whatif_panel
 from dashboard.image_panels import render_unit_evidence
 from dashboard.knowledge import render_examples, render_significance
 from warehouse.queries import MIN_ACTIVE, PERCENTILE_METRICS, runs_overview
@@ -50,76 +47,82 @@ if page is None:
     st.error(f"Unit {md_code(f'{layer}:{unit}')} has no statistics in run {md_code(run)}; the run may be incomplete.")
     st.stop()
 u = page.unit
-st.header(f"Unit {md(layer)}:{unit}")
-st.caption(f"Run {md_code(run)} · {md(page.layer.get('kind', '?'))} layer {md_code(layer)} of {n_units} units · "
-           f"{'never active (dead)' if u['dead'] else 'active on ' + format(u['frac_active'], '.1%') + ' of examples'}")
-m = st.columns(4)
-m[0].metric("Class selectivity", f"{u['selectivity']:.3f}", help="Preferred class: " + md(u["pref_class_name"]))
-m[0].caption(f"on {int(u['n_active']):,} active examples" + (
-    f" (fewer than {MIN_ACTIVE}: not reliable)" if 0 < u["n_active"] < MIN_ACTIVE else ""))
-m[1].metric("Preferred class", "none (dead)" if u["dead"] else str(u["pref_class_name"]))
-m[2].metric("Ablation loss delta", f"{u['abl_loss_delta']:+.4f}")
-m[3].metric("Ablation accuracy delta", f"{u['abl_acc_delta']:+.2%}")
-
-# --- per-class activation vs gradient signal -----------------------------------------------------
 cls = page.classes
-st.subheader("Per class: activation and gradient signal")
+names = [str(c) for c in cls["class_name"]]
+st.header(f"Unit {md(layer)}:{unit}")
+con = cached.connection(root)[0]
+n_eval = int(runs_overview(con).set_index("run_id")["n_eval"].get(run, 0))
+
+# --- the answer first: what the unit does and whether it matters ------------------------------
+with st.container(border=True):
+    st.markdown(unit_card.sentence(u, page.layer.get("kind", "?"), n_units))
+    m = st.columns(5)
+    m[0].metric("Preferred class", "none (dead)" if u["dead"] else str(u["pref_class_name"]))
+    m[1].metric("Class selectivity", f"{u['selectivity']:.3f}",
+                help="0 = responds to every class alike, 1 = one class only (Morcos et al. 2018).")
+    m[1].caption(f"on {int(u['n_active']):,} active examples" + (
+        f" (fewer than {MIN_ACTIVE}: not reliable)" if 0 < u["n_active"] < MIN_ACTIVE else ""))
+    m[2].metric("Loss change when removed", f"{u['abl_loss_delta']:+.4f}",
+                help="Mean over the evaluation examples of their own loss change; 95% paired t interval below.")
+    m[2].caption(f"95% interval [{u['abl_loss_lo']:+.4f}, {u['abl_loss_hi']:+.4f}]")
+    m[3].metric("Accuracy change when removed", f"{u['abl_acc_delta']:+.2%}")
+    m[3].caption(f"{int(u['abl_n_hurt'])} right→wrong, {int(u['abl_n_helped'])} wrong→right")
+    score, score_label, score_help = unit_card.specialization(u, names)
+    m[4].metric("Specialization score", score, help=score_help)
+    m[4].caption(score_label)
+    in_set = whatif_panel.current(run)
+    label = f"{layer}:{unit}"
+    whatif_panel.link(st, run, list(dict.fromkeys([*in_set, label])),
+                      f"Add to what-if ({len(in_set)} unit(s) there)" if label not in in_set and in_set
+                      else "Remove it in what-if")
+
+# --- the pictures ---------------------------------------------------------------------------------
+render_unit_evidence(con, run, layer, unit, part="top")
+
+# --- the evidence ---------------------------------------------------------------------------------
+render_significance(u, n_eval)
+render_examples(root, con, run, layer, unit, u, cached.class_names(root, fp, run))
+
+st.subheader("Per class: activation, gradient signal and removal effect")
 st.plotly_chart(unit_charts.act_vs_grad(cls, "", rectified=True), key="unit-classes")
 top = cls.dropna(subset=["anomaly"]).sort_values("anomaly", ascending=False).head(3)
 st.caption("The output-side signal is what the loss asks of the unit; where the unit is silent the ReLU blocks "
            "it, and only the training signal (gradient at the pre-activation) updates the unit (docs/metrics.md).")
 st.caption("Dead unit: no training signal reaches it, so it has no anomaly score." if top.empty else
            "Classes with the highest training-signal-vs-activation anomaly (high gradient, low activation; "
-           "docs/metrics.md): " + ", ".join(f"{md(r.class_name)} ({r.anomaly:.2f})" for r in top.itertuples()))
+           "docs/metrics.md): " + ", ".join(f"{ui.text(r.class_name)} ({r.anomaly:.2f})" for r in top.itertuples()))
+st.plotly_chart(unit_charts.ablation_bars(cls), key="unit-ablation")
 
-# --- training trace ------------------------------------------------------------------------------
-st.subheader("Training trace")
-trace = page.trace
-if trace.empty:
-    st.info("This run recorded no training trace for the unit.")
-else:
-    trace = trace.assign(class_name=trace["class_name"].astype(str))
-    c1, c2 = st.columns(2)
-    c1.plotly_chart(px.line(trace, x="epoch", y="grad_mean", color="class_name", markers=True,
-                            title="gradient signal per class, by epoch"), key="trace-grad")
-    c2.plotly_chart(px.line(trace, x="epoch", y="mean_act", color="class_name", markers=True,
-                            title="pre-ReLU activation per class, by epoch"), key="trace-act")
-    if "train_grad_mean" in trace:
-        st.plotly_chart(px.line(trace, x="epoch", y="train_grad_mean", color="class_name", markers=True,
-                                title="training signal (gradient at the pre-activation) per class, by epoch"),
-                        key="trace-tgrad")
-    epoch = unit_nav.epoch_slider(sorted(trace["epoch"].unique().tolist()), from_url)
-    st.plotly_chart(unit_charts.act_vs_grad(trace[trace["epoch"] == epoch], f"epoch {epoch}: "), key="trace-epoch")
+with st.expander("Training trace: the same signals per epoch", expanded=False):
+    trace = page.trace
+    if trace.empty:
+        st.info("This run recorded no training trace for the unit.")
+    else:
+        trace = trace.assign(class_name=trace["class_name"].astype(str))
+        c1, c2 = st.columns(2)
+        c1.plotly_chart(unit_charts.trace_lines(trace, "grad_mean", "output-side gradient", names), key="trace-grad")
+        c2.plotly_chart(unit_charts.trace_lines(trace, "mean_act", "pre-ReLU activation", names), key="trace-act")
+        if "train_grad_mean" in trace:
+            st.plotly_chart(unit_charts.trace_lines(trace, "train_grad_mean", "training signal", names),
+                            key="trace-tgrad")
+        epoch = unit_nav.epoch_slider(sorted(trace["epoch"].unique().tolist()), from_url)
+        st.plotly_chart(unit_charts.act_vs_grad(trace[trace["epoch"] == epoch], f"epoch {epoch}: "),
+                        key="trace-epoch")
 
-# --- ablation ------------------------------------------------------------------------------------
-st.subheader("Ablation effect per class")
-fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy change when zeroed", "loss change when zeroed"))
-fig.add_trace(go.Bar(x=cls["class_name"], y=cls["abl_acc_delta"], name="accuracy delta"), row=1, col=1)
-fig.add_trace(go.Bar(x=cls["class_name"], y=cls["abl_loss_delta"], name="loss delta"), row=1, col=2)
-fig.update_layout(showlegend=False)
-st.plotly_chart(fig, key="unit-ablation")
+with st.expander("All metrics, with percentile within the layer", expanded=False):
+    docs = {c.name: c.doc for c in TABLES["units"].columns}
+    metrics = pd.DataFrame({
+        "metric": list(PERCENTILE_METRICS),
+        "value": [float("nan") if u[c] is None else float(u[c]) for c in PERCENTILE_METRICS],
+        "layer percentile": [page.percentiles[c] for c in PERCENTILE_METRICS],
+        "meaning": [docs[c] for c in PERCENTILE_METRICS],
+    })
+    st.dataframe(metrics, hide_index=True, key="unit-metrics", column_config={
+        "layer percentile": st.column_config.ProgressColumn(min_value=0, max_value=100, format="%.0f%%")})
+    ui.downloads(f"unit-{run}-{layer}-{unit}-metrics", "dl-unit-metrics", frame=metrics)
+    st.markdown("**Per-class statistics**")
+    st.dataframe(cls, hide_index=True, key="unit-class-table")
+    ui.downloads(f"unit-{run}-{layer}-{unit}-classes", "dl-unit-classes", frame=cls)
 
-con = cached.connection(root)[0]
-n_eval = runs_overview(con).set_index("run_id")["n_eval"].get(run, 0)
-render_significance(u, int(n_eval))
-render_examples(root, con, run, layer, unit, u, cached.class_names(root, fp, run))
-
-# --- all metrics with layer percentiles ----------------------------------------------------------
-st.subheader("All metrics, with percentile within the layer")
-docs = {c.name: c.doc for c in TABLES["units"].columns}
-metrics = pd.DataFrame({
-    "metric": list(PERCENTILE_METRICS),
-    "value": [float("nan") if u[c] is None else float(u[c]) for c in PERCENTILE_METRICS],
-    "layer percentile": [page.percentiles[c] for c in PERCENTILE_METRICS],
-    "meaning": [docs[c] for c in PERCENTILE_METRICS],
-})
-st.dataframe(metrics, hide_index=True, key="unit-metrics", column_config={
-    "layer percentile": st.column_config.ProgressColumn(min_value=0, max_value=100, format="%.0f%%")})
-ui.downloads(f"unit-{run}-{layer}-{unit}-metrics", "dl-unit-metrics", frame=metrics)
-st.markdown("**Per-class statistics**")
-st.dataframe(cls, hide_index=True, key="unit-class-table")
-ui.downloads(f"unit-{run}-{layer}-{unit}-classes", "dl-unit-classes", frame=cls)
-
-# --- image evidence ------------------------------------------------------------------------------
 st.subheader("Image evidence")
-render_unit_evidence(cached.connection(root)[0], run, layer, unit)
+render_unit_evidence(con, run, layer, unit, part="rest")

@@ -48,6 +48,8 @@ class RunConfig:
     images: ImageConfig | None = field(default_factory=ImageConfig)  # None: no unit_images rows
     train_curves: bool = False  # also draw the ablation curves on the training set (training labels)
     threads: int = DEFAULT_THREADS  # torch intra-op threads for every stage (compute/threads.py); 0: every CPU
+    activation: str = "relu"  # the built-in models' activation (compute/nets/activations.py)
+    ablate: str = "zero"  # what an ablated unit is set to: zero, or mean (its mean output on the evaluation set)
 
     @staticmethod
     def from_dict(stored: dict[str, Any]) -> RunConfig:

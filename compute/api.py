@@ -61,14 +61,14 @@ def analyze(model: nn.Module, eval_data: ImageSet | Dataset, *, train_data: Imag
             seed: int = 0, lr: float = 1e-3, batch_size: int = 64, warehouse: str | Path | None = None,
             run_id: str | None = None, dataset_name: str = "custom", device: str = "cpu",
             images: ImageConfig | None = ImageConfig(), executor: str | Executor = "in-process",
-            ray_address: str | None = None, threads: int = DEFAULT_THREADS) -> RunSummary:
+            ray_address: str | None = None, threads: int = DEFAULT_THREADS, ablate: str = "zero") -> RunSummary:
     """Probe every unit of ``model`` on ``eval_data`` and publish a run; train first if ``epochs > 0``.
 
     Without ``train_data`` the evaluation set stands in for it (its accuracy is reported as both).
     ``executor="ray"`` runs statistics, ablation and curves on a Ray cluster (``ray_address``, e.g.
     ``auto``; none: a local Ray) with the same results; an ``Executor`` object is used as given
     (and left open, e.g. for several runs). ``threads``: torch threads for every stage
-    (``compute.threads``; 0 = every CPU).
+    (``compute.threads``; 0 = every CPU). ``ablate``: ``"zero"`` or ``"mean"`` (docs/metrics.md).
     """
     started = time.perf_counter()
     eval_set = as_imageset(eval_data, class_names, f"{dataset_name}/eval")
@@ -76,10 +76,11 @@ def analyze(model: nn.Module, eval_data: ImageSet | Dataset, *, train_data: Imag
     require_classes(eval_set)  # the statistics compare classes on the evaluation set
     if epochs > 0 and train_data is None:
         raise DataError("training (epochs > 0) needs train_data.")
-    probed = model if hasattr(model, "probes") and hasattr(model, "probe_modules") else trace_probes(model)
+    probed = model if hasattr(model, "probes") and hasattr(model, "probe_modules") else trace_probes(model, eval_set.shape)
     cfg = RunConfig(model=type(model).__name__, dataset=dataset_name, epochs=epochs, seed=seed, lr=lr,
                     batch_size=batch_size, device=device, layers=tuple(layers) if layers else None,
-                    widths=(), eval_dataset=f"{dataset_name}/eval", images=images, threads=threads)
+                    widths=(), eval_dataset=f"{dataset_name}/eval", images=images, threads=threads,
+                    ablate=ablate)
     rid = check_run_id(run_id or default_run_id(cfg))
     torch.manual_seed(seed)
     runner = make_executor(executor, ray_address) if isinstance(executor, str) else executor

@@ -142,6 +142,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint", default=None, help="load these trained weights (a state dict) first")
     p.add_argument("--layers", type=_patterns, default=None,
                    help="probe only these layers: comma-separated names or glob patterns (e.g. 'layer4.*,fc')")
+    p.add_argument("--ablate", default="zero", choices=("zero", "mean"),
+                   help="what an ablated unit's output is set to: zero (default, Morcos et al.) or its mean output on "
+                        "the evaluation set (docs/metrics.md, Non-rectified activations)")
     p.add_argument("--batch-size", type=_positive, default=64)
     p.add_argument("--lr", type=_lr, default=1e-3)
     p.add_argument("--train-size", type=_positive, default=None, help="train on a stratified subset of N examples")
@@ -268,7 +271,7 @@ def _config(args: argparse.Namespace, **overrides: object):
         data_dir=args.data_dir, eval_dataset=args.eval_dataset, train_size=args.train_size,
         eval_size=args.eval_size, device=args.device, layers=args.layers,
         checkpoint=args.checkpoint, until_train_acc=args.until_train_acc, train_curves=args.train_curves,
-        threads=args.threads,
+        threads=args.threads, ablate=args.ablate,
         images=_image_config(args, int(overrides.get("seed", 0))),
         **{o.name: getattr(args, o.name) for o in MODEL_OPTIONS}, **overrides,  # type: ignore[arg-type]
     )

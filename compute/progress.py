@@ -62,3 +62,10 @@ def stage_started(name: str) -> None:
     """
     if os.environ.get("NEURON_ATLAS_PROGRESS") == "lines":
         print(PREFIX + json.dumps({"stage": name, "n": 0, "total": 0, "start": True}), file=sys.stderr, flush=True)
+
+
+def announce(message: str) -> None:
+    """A one-line note on stderr about the run (e.g. activation calls left unprobed); silent with
+    NEURON_ATLAS_QUIET=1, like the bars."""
+    if os.environ.get("NEURON_ATLAS_QUIET") != "1":
+        print(f"note: {message}", file=sys.stderr, flush=True)

@@ -21,6 +21,7 @@ from compute.ablation.effects import MAX_FLIPS, TOP_K, ExampleEffects
 from compute.ablation.outcome import LayerAblation, Outcome, PairedSums
 from compute.datasets.sources import ImageSet
 from compute.errors import ConfigError
+from compute.nets.activations import unit_dim
 from compute.nets.models import ProbedModel
 from compute.progress import bar
 from compute.ablation.suffix import Capture, GraphSplit, WholeModel, split_model, trace
@@ -202,7 +203,7 @@ class AblationEngine:
         sample = data.floats(0, 1, self.device)
         counts: dict[str, int] = {}
         handles = [self.model.get_submodule(path).register_forward_hook(
-            lambda _m, _i, out, name=name: counts.__setitem__(name, int(out.shape[1])))
+            lambda m, _i, out, name=name: counts.__setitem__(name, int(out.shape[unit_dim(m)])))
             for name, path in self.probes.items()]
         try:
             self.model(sample)

@@ -20,24 +20,51 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
+from compute.nets.activations import fill_of, unit_dim
 
-def stack(t: torch.Tensor, m: int, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """``t`` (B, ...) repeated for M ablations as (M*B, ...), units multiplied by ``mask`` (M, U) if given."""
+
+def _unit_shape(ndim: int, m: int, n_units: int, dim: int) -> list[int]:
+    """Broadcast shape of per-ablation unit values (M, U) against stacked activity viewed as (M, B, ...)
+    of ``ndim`` + 1 dimensions, the units at ``dim`` of the unstacked (B, ...) tensor."""
+    shape = [m] + [1] * ndim
+    shape[dim % ndim + 1] = n_units
+    return shape
+
+
+def _masked(t: torch.Tensor, mask: torch.Tensor, dim: int, fill: torch.Tensor | None,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """``t`` viewed as (M or 1, B, ...) with units kept where ``mask`` is 1 and set to ``fill`` (or 0) where 0."""
+    shape = _unit_shape(t.dim() - 1, mask.shape[0], mask.shape[1], dim)
+    keep = mask.view(shape)
+    if fill is None:
+        return torch.mul(t, keep, out=out) if out is not None else t * keep
+    shape[0] = 1
+    return torch.add(t * keep, (1 - keep) * fill.to(t.dtype).view(shape), out=out)
+
+
+def stack(t: torch.Tensor, m: int, mask: torch.Tensor | None = None, dim: int = 1,
+          fill: torch.Tensor | None = None) -> torch.Tensor:
+    """``t`` (B, ...) repeated for M ablations as (M*B, ...), units (at ``dim``) kept where ``mask``
+    (M, U) is 1 and set to ``fill`` (default 0) where it is 0."""
     if mask is None:
         return t.unsqueeze(0).expand(m, *t.shape).reshape(m * t.shape[0], *t.shape[1:])
-    shape = (m, 1, mask.shape[1]) + (1,) * (t.dim() - 2)
     # An explicit contiguous output: broadcasting may otherwise pick a layout that reshape must copy.
     out = torch.empty((m, *t.shape), dtype=t.dtype, device=t.device)
-    return torch.mul(t.unsqueeze(0), mask.view(shape), out=out).view(m * t.shape[0], *t.shape[1:])
+    return _masked(t.unsqueeze(0), mask, dim, fill, out).view(m * t.shape[0], *t.shape[1:])
 
 
-def apply_mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    """Multiply stacked activity (M*B, U, ...) by per-ablation masks (M, U); no mask = unchanged."""
+def apply_mask(x: torch.Tensor, mask: torch.Tensor | None, dim: int = 1, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Stacked activity (M*B, ...) with per-ablation masks (M, U) applied (see ``stack``); no mask = unchanged."""
     if mask is None:
         return x
     m = mask.shape[0]
-    shape = (m, 1, mask.shape[1]) + (1,) * (x.dim() - 2)
-    return (x.reshape(m, -1, *x.shape[1:]) * mask.view(shape)).reshape(x.shape)
+    return _masked(x.reshape(m, -1, *x.shape[1:]), mask, dim, fill).reshape(x.shape)
+
+
+def apply_point_mask(x: torch.Tensor, mask: torch.Tensor | None, module: nn.Module) -> torch.Tensor:
+    """``apply_mask`` with the unit dimension and ablation value of probe module ``module``, read when
+    the suffix runs (a run sets mean-ablation values after its statistics)."""
+    return apply_mask(x, mask, unit_dim(module), fill_of(module))
 
 
 def _pruned(root: fx.GraphModule, graph: fx.Graph) -> fx.GraphModule:
@@ -119,7 +146,11 @@ class GraphSplit:
         calls = [n for n in nodes if n.op == "call_module" and n.target == probe_paths[layer]]
         if len(calls) != 1:
             raise SplitError(f"probe module {probe_paths[layer]} is called {len(calls)} times in the graph")
-        probe = _past_passive(calls[0])
+        self.module = traced.get_submodule(probe_paths[layer])
+        # Past passive ops only for zero ablation on dimension 1: a pool or ReLU maps a zeroed channel
+        # to zero, but neither a mean value nor a channels-last unit.
+        self.passive = unit_dim(self.module) == 1 and fill_of(self.module) is None
+        probe = _past_passive(calls[0]) if self.passive else calls[0]
         live: set[fx.Node] = set()  # nodes that depend on the model's input
         after: set[fx.Node] = set()  # nodes that depend on the probe's output
         for n in nodes:
@@ -149,7 +180,7 @@ class GraphSplit:
             else:
                 env[n] = g.node_copy(n, lambda a: env[a])
             if n in mask_ph:
-                env[n] = g.call_function(apply_mask, (env[n], mask_ph[n]))
+                env[n] = g.call_function(apply_point_mask, (env[n], mask_ph[n], g.get_attr(n.target)))
         g.node_copy(out, lambda a: env[a])
         self.suffix_module = _pruned(traced, g)
         self.mask_args = {name: f"mask{i}" for i, name in enumerate(masked.values())}
@@ -166,7 +197,10 @@ class GraphSplit:
     def suffix(self, inputs: list[torch.Tensor], masks: dict[str, torch.Tensor]) -> torch.Tensor:
         """Logits of ``len(masks[layer])`` ablations of the batch behind ``inputs`` (from ``prefix``)."""
         m = next(iter(masks.values())).shape[0]
-        stacked = [stack(inputs[0], m, masks.get(self.layer))] + [stack(t, m) for t in inputs[1:]]
+        fill = fill_of(self.module)
+        if fill is not None and self.passive:
+            raise RuntimeError(f"{self.layer}: an ablation value was set after the split was made; split again")
+        stacked = [stack(inputs[0], m, masks.get(self.layer), unit_dim(self.module), fill)] + [stack(t, m) for t in inputs[1:]]
         kwargs = {self.mask_args[k]: v for k, v in masks.items() if k != self.layer}
         return self.suffix_module(*stacked, **kwargs)
 
@@ -203,7 +237,7 @@ class WholeModel:
     def suffix(self, inputs: list[torch.Tensor], masks: dict[str, torch.Tensor]) -> torch.Tensor:
         m = next(iter(masks.values())).shape[0]
         handles = [self.modules[name].register_forward_hook(
-            lambda _mod, _inp, out, mask=mask: apply_mask(out, mask)) for name, mask in masks.items()]
+            lambda mod, _inp, out, mask=mask: apply_point_mask(out, mask, mod)) for name, mask in masks.items()]
         try:
             return self.model(stack(inputs[0], m))
         finally:
@@ -242,9 +276,11 @@ def split_model(model: nn.Module, traced: fx.GraphModule | None, probe_paths: di
 
 
 def trace(model: nn.Module) -> fx.GraphModule | None:
-    """The model's torch.fx graph, or None when it is not symbolically traceable."""
+    """The model's torch.fx graph (probe modules kept as calls), or None when it is not symbolically traceable."""
+    from compute.nets.discover import symbolic_trace
+
     try:
-        return fx.symbolic_trace(model)
+        return symbolic_trace(model)
     except Exception:  # fx raises many kinds (TraceError, TypeError, NotImplementedError...) on dynamic code
         return None
 

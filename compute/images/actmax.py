@@ -47,7 +47,7 @@ from torch import nn
 
 from compute.images.config import ActMaxConfig
 from compute.nets.forward import run_to
-from compute.nets.probe import by_position
+from compute.nets.probe import units_of
 from compute.progress import bar
 
 ADAM_BETAS = (0.9, 0.999)  # torch.optim.Adam's defaults
@@ -94,7 +94,7 @@ def consistency(images: torch.Tensor) -> torch.Tensor:
 
 def _objective(model: nn.Module, module: nn.Module, x: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     pre, _ = run_to(model, module, x)
-    return by_position(pre)[torch.arange(len(x), device=x.device), units].mean(1)
+    return units_of(module, pre)[torch.arange(len(x), device=x.device), units].mean(1)
 
 
 def _noise(cfg: ActMaxConfig, restart: int, unit: int, in_shape: tuple[int, int, int]) -> torch.Tensor:

@@ -7,9 +7,12 @@
   examples are *furthest* from switching the unit on.
 - **Guided backprop and plain gradient** (captum) of the unit's pre-activation at the peak position,
   for each top example. For an active unit this equals the attribution of its post-ReLU output;
-  for a silent one it still shows what would push it up.
+  for a silent one it still shows what would push it up. Guided backprop's rule (pass only positive
+  gradients through a ReLU) is defined for ReLUs: as captum's ``GuidedBackprop`` does, it is applied
+  at every ``nn.ReLU`` module (including those inside probe points) and every other activation
+  passes its ordinary gradient, so in a network without ReLUs the map equals the plain gradient.
 - **Weighted average inputs** per class on the training set: the mean input weighted by the unit's
-  rectified activation (spatial mean of the post-ReLU output), and by the positive part of its
+  response (mean over positions of ``max(f(z) - f(0), 0)``, the post-ReLU output for ReLU), and by the positive part of its
   gradient signal ``-sum_p dL_n/da_p`` (docs/metrics.md), i.e. the examples whose loss asks the unit
   to be higher.
 """
@@ -26,7 +29,8 @@ from captum.attr import NeuronGradient, NeuronGuidedBackprop
 from torch import nn
 
 from compute.datasets.sources import ImageSet
-from compute.nets.probe import Probe, by_position
+from compute.nets.activations import response
+from compute.nets.probe import Probe, units_of
 from compute.progress import bar
 
 
@@ -53,7 +57,7 @@ def extreme_examples(model: nn.Module, probes: dict[str, nn.Module], data: Image
         for start in bar(range(0, len(data), batch_size), "top examples", unit="batch"):
             preds.append(model(data.floats(start, start + batch_size, device)).argmax(1).cpu())
             for name in probes:
-                peak, pos = by_position(probe.pre[name]).max(2)
+                peak, pos = units_of(probes[name], probe.pre[name]).max(2)
                 scores[name].append(peak.cpu())
                 where[name].append(pos.cpu())
     k = min(k, len(data))
@@ -80,7 +84,7 @@ def unit_attributions(model: nn.Module, module: nn.Module, inputs: torch.Tensor,
 
         def selector(layer_in: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
             t = layer_in[0] if isinstance(layer_in, tuple) else layer_in
-            return by_position(t)[rows, u, p]
+            return units_of(module, t)[rows, u, p]
 
         x = inputs[start:start + batch_size].detach().requires_grad_()
         for method, acc in ((gbp, maps[0]), (grad, maps[1])):
@@ -121,8 +125,9 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
             grads = torch.autograd.grad(losses.sum(), posts)
             flat = x.reshape(len(x), d).double()
             for name, post, g in zip(probes, posts, grads):
-                weights = {"act": by_position(post.detach()).mean(2).double(),
-                           "grad": (-by_position(g).sum(2)).clamp(min=0).double()}
+                module = probes[name]
+                weights = {"act": units_of(module, response(module, post.detach())).mean(2).double(),
+                           "grad": (-units_of(module, g).sum(2)).clamp(min=0).double()}
                 acc = sums.setdefault(name, {})
                 for kind, w in weights.items():
                     if kind not in acc:

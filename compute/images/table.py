@@ -25,7 +25,8 @@ from compute.images.config import ActMaxConfig, ImageConfig
 from compute.nets.models import ProbedModel
 from compute.nets.forward import run_to
 from compute.progress import bar
-from compute.nets.receptive_field import receptive_boxes
+from compute.nets.activations import unit_dim, units_first
+from compute.nets.receptive_field import receptive_boxes, token_boxes
 from compute.images.render import display_scale, draw_box, heatmap_pixels, image_pixels, to_png, weight_pixels
 from warehouse.schema import IMAGE_KINDS, TABLES
 
@@ -77,10 +78,12 @@ def first_conv(model: nn.Module) -> nn.Conv2d | None:
 
 
 def run_shape(model: nn.Module, module: nn.Module, in_shape: tuple[int, int, int]) -> tuple[int, ...]:
-    """Activity shape of one example at ``module``."""
+    """Activity shape of one example at ``module``, units first ((C, H, W) conv maps of either layout,
+    (C, T) tokens, (U,) linear)."""
     with torch.no_grad():
         device = next(model.parameters()).device
-        return tuple(run_to(model, module, torch.zeros(1, *in_shape, device=device))[1].shape[1:])
+        out = run_to(model, module, torch.zeros(1, *in_shape, device=device))[1]
+        return tuple(units_first(out, unit_dim(module)).shape[1:])
 
 
 def _examples(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], data: ImageSet, k: int,
@@ -91,8 +94,9 @@ def _examples(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], dat
     scale = display_scale(*data.shape[1:])
     for layer, ex in bar(extremes.items(), "examples png", unit="layer"):
         with timer.stage("receptive fields"):
-            conv = len(run_shape(model, probes[layer], data.shape)) == 3
-            boxes = receptive_boxes(model, layer, data.shape) if conv else None
+            shape = run_shape(model, probes[layer], data.shape)
+            boxes = (receptive_boxes(model, layer, data.shape) if len(shape) == 3
+                     else token_boxes(model, layer, data.shape) if len(shape) == 2 else None)
         with timer.stage("example images"):
             for kind, idx, val, pos in (("top", ex.top_idx, ex.top_val, ex.top_pos),
                                         ("bottom", ex.bottom_idx, ex.bottom_val, ex.bottom_pos)):

@@ -15,40 +15,53 @@ import torch.nn.functional as F
 from torch import nn
 
 from compute.datasets.sources import ImageSet
-from compute.nets.probe import Probe, by_position
+from compute.nets.activations import by_position, derivative, point_kind, response, unit_dim
+from compute.nets.probe import Probe
 from compute.progress import bar
 
 SELECTIVITY_EPS = 1e-7
 
 
 def unit_scalars(pre: torch.Tensor, post: torch.Tensor, grad: torch.Tensor | None,
-                 fields: tuple[str, ...] | None = None) -> dict[str, torch.Tensor]:
+                 fields: tuple[str, ...] | None = None, module: nn.Module | None = None) -> dict[str, torch.Tensor]:
     """Per-example, per-unit scalars (B, U) from one layer's activity: ``fields`` of act, rect,
-    peak, grad, tgrad, taylor (default all; the last three need ``grad``).
+    out, peak, grad, tgrad, taylor (default all; the last three need ``grad``).
 
+    ``module`` is the probe module (its activation kind and unit dimension; None: a ReLU on
+    dimension 1). ``rect`` is the mean *response* ``max(f(z) - f(0), 0)`` (for ReLU the output
+    itself), ``out`` the mean output ``f(z)``, ``peak`` the largest output over positions.
     ``grad`` is dLoss_n/d(post) for each example's own loss. Two gradient signals come from it:
 
     - ``grad``, the *output-side* signal -sum_p dL_n/da_p: the derivative of -loss with respect to a
       constant added to the unit's output, i.e. what the loss asks of the unit, sign kept. It is
       non-zero even where the unit is silent, where nothing can act on it.
-    - ``tgrad``, the *training signal* -sum_p dL_n/dz_p = -sum_p dL_n/da_p * 1[z_p > 0] at the
-      pre-activation z: what actually reaches the unit's weights and bias. Zero where it is silent.
+    - ``tgrad``, the *training signal* -sum_p dL_n/dz_p = -sum_p dL_n/da_p * f'(z_p) at the
+      pre-activation z: what actually reaches the unit's weights and bias. For ReLU f'(z) = 1[z > 0]
+      (zero where the unit is silent); for smooth activations f'(z) itself (GELU's and SiLU's are
+      small but non-zero, even negative, below 0).
     """
-    want = set(fields) if fields is not None else {"act", "rect", "peak", "grad", "tgrad", "taylor"}
-    post_p = by_position(post.detach())
+    want = set(fields) if fields is not None else {"act", "rect", "out", "peak", "grad", "tgrad", "taylor"}
+    module = module if module is not None else nn.ReLU()
+    dim = unit_dim(module)
+    post_p = by_position(post.detach(), dim)
     out: dict[str, torch.Tensor] = {}
     if "act" in want:
-        out["act"] = by_position(pre).mean(2)
+        out["act"] = by_position(pre, dim).mean(2)
     if "rect" in want:
-        out["rect"] = post_p.mean(2)
+        out["rect"] = by_position(response(module, post.detach()), dim).mean(2)
+    if "out" in want:
+        out["out"] = post_p.mean(2)
     if "peak" in want:
         out["peak"] = post_p.amax(2)
     if grad is not None:
-        g = by_position(grad)
+        g = by_position(grad, dim)
         if "grad" in want:
             out["grad"] = -g.sum(2)
         if "tgrad" in want:
-            out["tgrad"] = -(g * (post_p > 0)).sum(2)  # ReLU's backward: dL/dz = dL/da where z > 0, else 0
+            if point_kind(module).name == "relu":  # ReLU's backward: dL/dz = dL/da where z > 0, else 0
+                out["tgrad"] = -(g * (post_p > 0)).sum(2)
+            else:
+                out["tgrad"] = -(g * by_position(derivative(module, pre), dim)).sum(2)
         if "taylor" in want:
             out["taylor"] = (g * post_p).mean(2).abs()
     return out
@@ -150,11 +163,11 @@ def strongest_anomaly(anom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class LayerStats:
     """Evaluation-set statistics of one layer."""
 
-    class_means: dict[str, np.ndarray]  # act, rect, grad, grad_abs, tgrad, taylor, active: (K, U)
+    class_means: dict[str, np.ndarray]  # act, rect, out, grad, grad_abs, tgrad, taylor, active: (K, U)
     overall: dict[str, np.ndarray]  # same fields: (U,)
-    max_act: np.ndarray  # (U,) largest post-ReLU value at any position of any example
+    max_act: np.ndarray  # (U,) largest output at any position of any example
     counts: np.ndarray  # (K,) examples per class
-    n_active: np.ndarray  # (U,) examples on which the unit is active (any positive post-ReLU value)
+    n_active: np.ndarray  # (U,) examples on which the unit is active (a positive response at any position)
 
 
 @dataclass
@@ -167,7 +180,7 @@ class EvalStats:
     example_pred: np.ndarray  # (N,) the model's prediction for each
 
 
-FIELDS = ("act", "rect", "grad", "grad_abs", "tgrad", "taylor", "active")
+FIELDS = ("act", "rect", "out", "grad", "grad_abs", "tgrad", "taylor", "active")
 
 
 @dataclass
@@ -234,7 +247,7 @@ def evaluation_sums(model: nn.Module, probes: dict[str, nn.Module], data: ImageS
             posts = [probe.post[name] for name in probes]
             grads = torch.autograd.grad(losses.sum(), posts)
             for name, post, g in zip(probes, posts, grads):
-                s = unit_scalars(probe.pre[name], post, g)
+                s = unit_scalars(probe.pre[name], post, g, module=probes[name])
                 s["grad_abs"] = s["grad"].abs()
                 s["active"] = (s["rect"] > 0).double()
                 if name not in sums:

@@ -17,7 +17,8 @@ from scipy import stats
 from torch import nn
 
 from compute.datasets.sources import ImageSet
-from compute.nets.probe import Probe, ZeroUnit, by_position
+from compute.nets.activations import response
+from compute.nets.probe import Probe, ZeroUnit, units_of
 
 
 @dataclass
@@ -46,7 +47,7 @@ def scan_units(model: nn.Module, probe: nn.Module, units: list[int], data: Image
         y = data.labels[start:start + batch_size].to(device)
         with Probe({"layer": probe}) as p:
             logits = model(x)
-            post = by_position(p.post["layer"])
+            post = units_of(probe, response(probe, p.post["layer"]))
         loss = F.cross_entropy(logits, y, reduction="none")
         fires.append((post[:, units].amax(2) > 0).T.cpu().numpy())
         base_loss.append(loss.cpu().numpy())

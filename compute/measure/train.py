@@ -111,7 +111,8 @@ def train(model: nn.Module, probes: dict[str, nn.Module], train_set: ImageSet, t
                 loss.backward()
                 for name in probes:
                     # The mean loss scales each example's gradient by 1/B; undo it to get dLoss_n/da.
-                    s = unit_scalars(probe.pre[name], probe.post[name], probe.grad(name) * len(idx), TRACE_FIELDS)
+                    s = unit_scalars(probe.pre[name], probe.post[name], probe.grad(name) * len(idx), TRACE_FIELDS,
+                                     probes[name])
                     if name not in sums:
                         sums[name] = ClassSums.zeros(train_set.n_classes, s["act"].shape[1], TRACE_FIELDS, y.device)
                     sums[name].add(y, s)

@@ -1,8 +1,9 @@
 """The built-in networks and how their hidden units are probed.
 
-Each model names its probe points in ``probes``: layer name -> the ``nn.ReLU`` module whose input
-is the layer's pre-activation and whose output is the post-ReLU activity that statistics, gradients
-and ablations refer to. ReLUs are never in-place so that both tensors survive the forward pass.
+Each model names its probe points in ``probes``: layer name -> the ``ProbePoint`` (an activation,
+ReLU by default, ``--activation`` for another kind) whose input is the layer's pre-activation and
+whose output is the activity that statistics, gradients and ablations refer to. Activations are
+never in-place so that both tensors survive the forward pass.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from compute.nets.activations import BY_NAME, ProbePoint, fill_of, unit_dim, units_first
 from compute.nets.discover import trace_probes
 from compute.nets.probe import Probe
 from compute.nets.size import check_model_size
@@ -50,7 +52,7 @@ class ModelSpec:
 
 class Probed(Protocol):
     """What every stage needs of a network: its probe points. ``probes`` maps layer name to the path
-    of the ReLU module read at that layer; ``probe_modules`` resolves them to the modules."""
+    of the activation module read at that layer; ``probe_modules`` resolves them to the modules."""
 
     probes: dict[str, str]
 
@@ -66,31 +68,43 @@ class ProbedModel(nn.Module):
         return {layer: self.get_submodule(path) for layer, path in self.probes.items()}
 
 
+def activation(kind: str = "relu") -> ProbePoint:
+    """A probe point of activation ``kind`` (a name of ``compute.nets.activations.KINDS``) on dimension 1."""
+    return ProbePoint(BY_NAME[kind].modules[0](), kind)
+
+
+def _activation(text: str) -> str:
+    if text not in BY_NAME:
+        raise ConfigError(f"--activation must be one of {', '.join(BY_NAME)}, got {text!r}.")
+    return text
+
+
 def _flat_size(body: nn.Module, in_shape: tuple[int, int, int]) -> int:
     with torch.no_grad():
         return int(body(torch.zeros(1, *in_shape)).numel())
 
 
 class LeNet5(ProbedModel):
-    """LeCun's LeNet-5 with ReLUs: conv 6@5x5, pool, conv 16@5x5, pool, fc 120, fc 84, fc out.
+    """LeCun's LeNet-5 with ReLUs (or ``activation``): conv 6@5x5, pool, conv 16@5x5, pool, fc 120, fc 84,
+    fc out.
 
     28x28 inputs are padded by 2 so the layer sizes match the original 32x32 design.
     """
 
-    def __init__(self, in_shape: tuple[int, int, int], n_classes: int) -> None:
+    def __init__(self, in_shape: tuple[int, int, int], n_classes: int, activation_kind: str = "relu") -> None:
         super().__init__()
         c, h, _ = in_shape
         self.conv1 = nn.Conv2d(c, 6, 5, padding=2 if h < 32 else 0)
-        self.relu1 = nn.ReLU()
+        self.relu1 = activation(activation_kind)
         self.pool1 = nn.MaxPool2d(2)
         self.conv2 = nn.Conv2d(6, 16, 5)
-        self.relu2 = nn.ReLU()
+        self.relu2 = activation(activation_kind)
         self.pool2 = nn.MaxPool2d(2)
         body = nn.Sequential(self.conv1, self.relu1, self.pool1, self.conv2, self.relu2, self.pool2)
         self.fc1 = nn.Linear(_flat_size(body, in_shape), 120)
-        self.relu3 = nn.ReLU()
+        self.relu3 = activation(activation_kind)
         self.fc2 = nn.Linear(120, 84)
-        self.relu4 = nn.ReLU()
+        self.relu4 = activation(activation_kind)
         self.fc3 = nn.Linear(84, n_classes)
         self.probes = {"conv1": "relu1", "conv2": "relu2", "fc1": "relu3", "fc2": "relu4"}
 
@@ -105,13 +119,14 @@ class LeNet5(ProbedModel):
 class MLP(ProbedModel):
     """Morcos et al.'s MNIST multi-layer perceptron: ReLU hidden layers fc1..fcN, linear output."""
 
-    def __init__(self, in_shape: tuple[int, int, int], n_classes: int, widths: tuple[int, ...] = (128, 128)) -> None:
+    def __init__(self, in_shape: tuple[int, int, int], n_classes: int, widths: tuple[int, ...] = (128, 128),
+                 activation_kind: str = "relu") -> None:
         super().__init__()
         if not widths or any(w < 1 for w in widths):
             raise ConfigError(f"mlp widths must be positive integers, got {list(widths)}.")
         dims = [in_shape[0] * in_shape[1] * in_shape[2], *widths]
         self.hidden = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:]))
-        self.relus = nn.ModuleList(nn.ReLU() for _ in widths)
+        self.relus = nn.ModuleList(activation(activation_kind) for _ in widths)
         self.out = nn.Linear(dims[-1], n_classes)
         self.probes = {f"fc{i + 1}": f"relus.{i}" for i in range(len(widths))}
 
@@ -131,7 +146,8 @@ _CIFAR_FC = (512, 512)
 class CifarConvNet(ProbedModel):
     """An 11-weight-layer VGG-style conv net (conv-BN-ReLU blocks) with a width multiplier."""
 
-    def __init__(self, in_shape: tuple[int, int, int], n_classes: int, width: float = 0.25) -> None:
+    def __init__(self, in_shape: tuple[int, int, int], n_classes: int, width: float = 0.25,
+                 activation_kind: str = "relu") -> None:
         super().__init__()
         if width <= 0:
             raise ConfigError(f"cifar-convnet width multiplier must be > 0, got {width}.")
@@ -144,14 +160,14 @@ class CifarConvNet(ProbedModel):
                 continue
             out = max(1, round(int(item) * width))
             n_conv += 1
-            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), nn.ReLU()]
+            layers += [nn.Conv2d(channels, out, 3, padding=1), nn.BatchNorm2d(out), activation(activation_kind)]
             self.probes[f"conv{n_conv}"] = f"features.{len(layers) - 1}"
             channels = out
         self.features = nn.Sequential(*layers)
         dims = [_flat_size(self.features, in_shape), *(max(1, round(w * width)) for w in _CIFAR_FC)]
         head: list[nn.Module] = []
         for i, (a, b) in enumerate(zip(dims, dims[1:])):
-            head += [nn.Linear(a, b), nn.ReLU()]
+            head += [nn.Linear(a, b), activation(activation_kind)]
             self.probes[f"fc{i + 1}"] = f"classifier.{len(head) - 1}"
         head.append(nn.Linear(dims[-1], n_classes))
         self.classifier = nn.Sequential(*head)
@@ -182,7 +198,7 @@ def _torchvision_model(spec: ModelSpec) -> ProbedModel:
         known = ", ".join(m for m in torchvision.models.list_models(torchvision.models) if "resnet" in m or "vgg" in m)
         raise ConfigError(f"unknown or unsupported torchvision model {name!r} ({e}). Classifiers such as: {known}.") from e
     _adapt_input_channels(net, spec.in_shape[0])
-    return trace_probes(net)  # type: ignore[return-value]
+    return trace_probes(net, spec.in_shape)  # type: ignore[return-value]
 
 
 def _widths(text: str) -> tuple[int, ...]:
@@ -223,15 +239,18 @@ class ModelEntry:
 
 
 # The one registry of built-in models with their options; `torchvision:<name>` is resolved apart.
+_ACTIVATION = ModelOption("activation", _activation, "relu",
+                          "the built-in model's activation: relu (default), gelu, silu, hardswish, ... "
+                          "(compute/nets/activations.py)")
 REGISTRY: dict[str, ModelEntry] = {e.name: e for e in (
-    ModelEntry("lenet5", LeNet5),
-    ModelEntry("mlp", lambda s, k, widths=(128, 128): MLP(s, k, tuple(widths)),
-               (ModelOption("widths", _widths, (128, 128), "mlp hidden widths, e.g. 128,128"),)),
-    ModelEntry("cifar-convnet", lambda s, k, width=0.25: CifarConvNet(s, k, float(width)),
-               (ModelOption("width", _width, 0.25, "cifar-convnet channel width multiplier"),)),
+    ModelEntry("lenet5", lambda s, k, activation="relu": LeNet5(s, k, activation), (_ACTIVATION,)),
+    ModelEntry("mlp", lambda s, k, widths=(128, 128), activation="relu": MLP(s, k, tuple(widths), activation),
+               (ModelOption("widths", _widths, (128, 128), "mlp hidden widths, e.g. 128,128"), _ACTIVATION)),
+    ModelEntry("cifar-convnet", lambda s, k, width=0.25, activation="relu": CifarConvNet(s, k, float(width), activation),
+               (ModelOption("width", _width, 0.25, "cifar-convnet channel width multiplier"), _ACTIVATION)),
 )}
 MODEL_NAMES = (*REGISTRY, f"{TORCHVISION_PREFIX}<name>")
-MODEL_OPTIONS = tuple(o for e in REGISTRY.values() for o in e.options)
+MODEL_OPTIONS = tuple({o.name: o for e in REGISTRY.values() for o in e.options}.values())
 
 
 def known_model(name: str) -> bool:
@@ -278,12 +297,14 @@ def _build(spec: ModelSpec) -> ProbedModel:
 
 
 def save_checkpoint(model: ProbedModel, spec: ModelSpec | None, path: Path) -> None:
-    """Weights and the spec to rebuild the model (None for a model given from Python: only weights).
+    """Weights, the spec to rebuild the model (None for a model given from Python: only weights) and
+    the probe points' mean-ablation values if the run set them.
 
     Only tensors and plain values, so ``torch.load(weights_only=True)`` reads it back: no code runs.
     """
     buffer = io.BytesIO()
-    torch.save({"spec": spec.to_dict() if spec else None, "state_dict": model.state_dict()}, buffer)
+    fills = {layer: m.fill.cpu() for layer, m in model.probe_modules().items() if fill_of(m) is not None}
+    torch.save({"spec": spec.to_dict() if spec else None, "state_dict": model.state_dict(), "fills": fills}, buffer)
     write_file(path, buffer.getbuffer(), "the checkpoint")
 
 
@@ -354,6 +375,9 @@ def load_checkpoint(source: Path | bytes) -> tuple[ProbedModel, ModelSpec | None
         spec = ModelSpec.from_dict(blob["spec"])
         model = build_model(spec)
         model.load_state_dict(blob["state_dict"])
+        modules = model.probe_modules()
+        for layer, fill in (blob.get("fills") or {}).items():  # the run's mean-ablation values
+            modules[layer].fill = fill
     except (RuntimeError, KeyError, TypeError, ValueError) as e:
         raise ConfigError(f"the checkpoint does not rebuild its model: {str(e).strip().splitlines()[0]}. "
                           f"Recompute the run.") from None
@@ -361,7 +385,17 @@ def load_checkpoint(source: Path | bytes) -> tuple[ProbedModel, ModelSpec | None
 
 
 def layer_shapes(model: ProbedModel, in_shape: tuple[int, int, int], device: str = "cpu") -> dict[str, tuple[int, ...]]:
-    """Activation shape of one example at each probe point: (C, H, W) for conv, (U,) for linear layers."""
-    with torch.no_grad(), Probe(model.probe_modules()) as probe:
+    """Activation shape of one example at each probe point, units first: (C, H, W) for conv maps,
+    (U,) for linear layers, (C, T) for token units, (C, H, W) for channels-last maps too.
+
+    A probe point whose output has no (batch, units) layout is a ConfigError naming it."""
+    modules = model.probe_modules()
+    with torch.no_grad(), Probe(modules) as probe:
         model.eval()(torch.zeros(1, *in_shape, device=device))
-    return {name: tuple(t.shape[1:]) for name, t in probe.post.items()}
+    shapes = {}
+    for name, t in probe.post.items():
+        if t.dim() < 2:
+            raise ConfigError(f"probe point {name} outputs a tensor of shape {tuple(t.shape)}, which has no "
+                              f"(batch, units) layout to reduce per example. Leave it out with --layers.")
+        shapes[name] = tuple(units_first(t, unit_dim(modules[name])).shape[1:])
+    return shapes

@@ -1,8 +1,9 @@
-"""Forward hooks that capture each probed layer's pre-activation, post-ReLU output and gradient.
+"""Forward hooks that capture each probed layer's pre-activation, activity and gradient.
 
-A unit is a neuron of a linear layer or a channel of a conv layer. Tensors are viewed as
-(batch, units, positions) with one position for linear layers, so every statistic is written once
-for both kinds of layer.
+A unit is a neuron of a linear layer, a channel of a conv layer or a token-wise neuron (a
+transformer's MLP unit, a channels-last block's channel). Tensors are viewed as (batch, units,
+positions) with the probe point's own unit dimension (``compute.nets.activations``), one position
+for linear layers, so every statistic is written once for every layout.
 """
 
 from __future__ import annotations
@@ -12,18 +13,23 @@ from types import TracebackType
 import torch
 from torch import nn
 
+from compute.nets.activations import by_position, fill_of, unit_dim, units_first
 
-def by_position(t: torch.Tensor) -> torch.Tensor:
-    """View (B, U) or (B, U, H, W) activity as (B, U, P)."""
-    return t.reshape(t.shape[0], t.shape[1], -1)
+__all__ = ["Probe", "ZeroUnit", "by_position", "units_of"]
+
+
+def units_of(module: nn.Module, t: torch.Tensor) -> torch.Tensor:
+    """``t`` (an input or output of probe module ``module``) as (batch, units, positions)."""
+    return by_position(t, unit_dim(module))
 
 
 class Probe:
     """Records the activity of probe modules for the forward passes run inside ``with``.
 
-    ``pre[layer]`` is the ReLU's input, ``post[layer]`` its output. With ``keep_grad`` the outputs
-    retain their gradient, so after ``loss.backward()`` ``grad(layer)`` is dLoss/d(post-ReLU
-    activity): the signal that training sends to the unit, even where the unit is silent.
+    ``pre[layer]`` is the activation's input, ``post[layer]`` its output, both in the model's own
+    layout (``units_of`` views them as (batch, units, positions)). With ``keep_grad`` the outputs
+    retain their gradient, so after ``loss.backward()`` ``grad(layer)`` is dLoss/d(output): the
+    signal that the loss sends to the unit, even where the unit is silent.
     """
 
     def __init__(self, modules: dict[str, nn.Module], keep_grad: bool = False) -> None:
@@ -60,7 +66,8 @@ class Probe:
 
 
 class ZeroUnit:
-    """Clamps one unit (or a set) of a probe module's output to zero while active."""
+    """Ablates one unit (or a set) of a probe module's output while active: sets it to its ablation
+    value at every position (zero, or the module's ``fill`` under mean ablation)."""
 
     def __init__(self, module: nn.Module, units: list[int] | torch.Tensor) -> None:
         self.module = module
@@ -68,9 +75,16 @@ class ZeroUnit:
         self._handle: torch.utils.hooks.RemovableHandle | None = None
 
     def __enter__(self) -> ZeroUnit:
+        dim, fill = unit_dim(self.module), fill_of(self.module)
+
         def hook(_m: nn.Module, _i: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
             out = out.clone()
-            out[:, self.units] = 0
+            view = units_first(out, dim)
+            if fill is None:
+                view[:, self.units] = 0
+            else:
+                value = fill.to(out.device, out.dtype)[self.units]
+                view[:, self.units] = value.view(-1, *([1] * (view.dim() - 2)))
             return out
 
         self._handle = self.module.register_forward_hook(hook)

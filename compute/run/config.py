@@ -49,6 +49,8 @@ class RunConfig:
     images: ImageConfig | None = field(default_factory=ImageConfig)  # None: no unit_images rows
     train_curves: bool = False  # also draw the ablation curves on the training set (training labels)
     threads: int = DEFAULT_THREADS  # torch intra-op threads for every stage (compute/threads.py); 0: every CPU
+    activation: str = "relu"  # the built-in models' activation (compute/nets/activations.py)
+    ablate: str = "zero"  # what an ablated unit is set to: zero, or mean (its mean output on the evaluation set)
 
     def __post_init__(self) -> None:
         # The one seed range (warehouse.parse.SEED_MAX), also for runs started from Python or resumed from a file.

@@ -27,8 +27,9 @@ from compute.images.table import COLUMNS as IMAGE_COLUMNS
 from compute.images.table import ROW_GROUP_ROWS, unit_images
 from compute.measure.stats import selectivity
 from compute.measure.train import TrainConfig, TrainResult, evaluate, train
+from compute.nets.activations import ProbePoint, point_kind, unit_dim
 from compute.nets.discover import ProbedGraph, select_layers
-from compute.progress import stage_started
+from compute.progress import announce, stage_started
 from compute.nets.models import (ModelSpec, ProbedModel, build_model, input_error, layer_shapes, load_weights,
                                  save_checkpoint)
 from compute.run import tables
@@ -148,12 +149,30 @@ def run_stages(ctx: RunContext) -> None:
         ctx.results[stage.name] = ctx.store.run(stage.name, lambda: STAGE_FUNCTIONS[stage.name](ctx))
         if stage.name == "train":  # later stages see the trained weights
             ctx.model.load_state_dict(ctx.results["train"]["model"])
+        if stage.name == "statistics" and ctx.cfg.ablate == "mean":
+            _set_mean_fills(ctx)
+
+
+def _set_mean_fills(ctx: RunContext) -> None:
+    """Mean ablation: every probe point's ablation value is its units' mean output on the evaluation
+    set; the worker (and its engine's splits) is rebuilt so that every later stage ablates to it."""
+    stats = ctx.results["statistics"]
+    for layer, module in ctx.probes().items():
+        if not isinstance(module, ProbePoint):
+            raise ConfigError(f"--ablate mean needs probe points that carry an ablation value; layer {layer} is a "
+                              f"plain {type(module).__name__} module. Let Neuron Atlas trace the model (do not "
+                              f"subclass ProbedModel), or use --ablate zero.")
+        module.fill = torch.as_tensor(stats.layers[layer].overall["out"], dtype=torch.float32, device=ctx.device)
+    ctx._worker = None
 
 
 def _probe_description(model: ProbedModel, layer: str) -> str:
+    module = model.probe_modules()[layer]
+    kind, dim = point_kind(module).name, unit_dim(module)
+    where = "" if dim == 1 else ", units on the last dimension"
     if isinstance(model, ProbedGraph):
-        return f"output of ReLU call site `{layer}` (traced; its input is the pre-activation)"
-    return f"output of ReLU module `{model.probes[layer]}` (its input is the pre-activation)"
+        return f"output of {kind} call site `{layer}` (traced; its input is the pre-activation{where})"
+    return f"output of {kind} module `{model.probes[layer]}` (its input is the pre-activation{where})"
 
 
 def compute_run(cfg: RunConfig, warehouse_root: Path, resume: bool = False,
@@ -204,7 +223,14 @@ def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, 
     given from Python, saved whole instead.
     """
     device = check_device(cfg.device)
-    model.probes = select_layers(model.probes, list(cfg.layers) if cfg.layers else None)
+    model.probes = select_layers(model.probes, list(cfg.layers) if cfg.layers else None,
+                                 getattr(model, "skipped", None))
+    if cfg.ablate not in ("zero", "mean"):
+        raise ConfigError(f"ablate must be 'zero' or 'mean', got {cfg.ablate!r}.")
+    skipped = getattr(model, "skipped", {})
+    if skipped:
+        announce(f"{len(skipped)} activation call(s) not probed: " +
+                 "; ".join(f"{layer}: {why}" for layer, why in skipped.items()))
     model = model.to(device)
     try:
         shapes = layer_shapes(model, splits.train.shape, device)

@@ -165,9 +165,11 @@ TABLES: dict[str, Table] = {t.name: t for t in (
            "`units.fire_threshold`)."),
         _c("fire_effect", F64, "Mean first-order loss change of removing the unit, sum_p (-dLoss/da_p) * a_p, over the "
            "correctly classified examples of the class on which it fires; null for a dead unit."),
-        _c("specialization", F64, "Subset specialization: fire_effect * (1 - frac_fire). High when the examples of "
-           "the class that the unit fires on rely on it and they are a part of the class. Null for dead units "
-           "and with fewer than 5 correct firing examples. See docs/metrics.md."),
+        _c("specialization", F64, "Subset specialization: the summed first-order loss change of removing the unit "
+           "over the correctly classified examples of the class it fires on, divided by the class's correctly "
+           "classified examples, times (1 - frac_fire). High when the examples of the class that the unit fires on "
+           "rely on it and they are a part of the class. Null for dead units and with fewer than 5 correct firing "
+           "examples. See docs/metrics.md."),
     )),
     Table("train_trace", "One row per epoch, unit and class: what training did to the unit.", (
         RUN_ID,

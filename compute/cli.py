@@ -116,6 +116,16 @@ def _fractions(text: str) -> tuple[float, ...]:
     return tuple(_fraction(v) for v in text.split(","))
 
 
+def _kinds(text: str) -> tuple[str, ...]:
+    from compute.datasets.planted import KINDS
+
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in KINDS]
+    if not kinds or bad:
+        raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(bad) or text!r}; choose from {', '.join(KINDS)}")
+    return tuple(dict.fromkeys(kinds))
+
+
 def _seeds(text: str) -> tuple[int, ...]:
     return tuple(_seed(v) for v in text.split(","))
 
@@ -241,13 +251,17 @@ def parser() -> argparse.ArgumentParser:
 
     exp = sub.add_parser("experiment", help="a planted-ground-truth experiment: train, publish, and check that "
                                             "the tool recovers the planted subgroup")
-    exp.add_argument("name", choices=["crossed-sevens"])
+    exp.add_argument("name", choices=["planted", "crossed-sevens"],
+                     help="planted: the benchmark over --kinds and --seeds; crossed-sevens: that kind, one --seed")
     _add_warehouse(exp)
-    exp.add_argument("--seed", type=_seed, default=0, help=f"0 to {SEED_MAX:,} (default 0)")
+    exp.add_argument("--seed", type=_seed, default=0, help=f"crossed-sevens: the seed, 0 to {SEED_MAX:,} (default 0)")
+    exp.add_argument("--kinds", type=_kinds, default=("crossed-sevens", "corner-mark", "thick-strokes"),
+                     help="planted: comma-separated kinds (crossed-sevens, corner-mark, thick-strokes)")
+    exp.add_argument("--seeds", type=_seeds, default=(0, 1, 2, 3, 4), help="planted: e.g. 0,1,2,3,4")
     exp.add_argument("--epochs", type=_positive, default=12)
     exp.add_argument("--eval-size", type=_positive, default=None,
                      help="stratified subset of the evaluation set (default: all of it)")
-    exp.add_argument("--run-id", type=_run_id, default=None, help="default: crossed-sevens-s<seed>")
+    exp.add_argument("--run-id", type=_run_id, default=None, help="crossed-sevens: default crossed-sevens-s<seed>")
 
     ls = sub.add_parser("list", help="list the runs of a warehouse (broken ones with the reason)")
     _add_warehouse(ls)
@@ -329,21 +343,36 @@ def _sweep_runs(args: argparse.Namespace, root: Path, experiment: str, published
 
 
 def _experiment(args: argparse.Namespace, root: Path) -> int:
-    """Train on crossed sevens, publish, check; exit 1 when the planted subgroup is not found."""
+    """Train on planted subgroups, publish, check. crossed-sevens exits 1 when the subgroup is not found;
+    planted prints and stores the benchmark's table (runs already in the warehouse are only checked)."""
     from dataclasses import replace
 
-    from compute.run.planted import crossed_sevens, default_config
+    from compute.run.planted import SHARED_MNIST, default_config, run_experiment, table
+    from warehouse.planted import write_results
 
-    cfg = default_config(args.seed, args.epochs, args.eval_size)
-    if args.run_id:
-        cfg = replace(cfg, run_id=args.run_id)
-    if cfg.eval_dataset is None:
-        print("note: the real MNIST test set is not at ../shared/data/mnist; evaluating on mnist-5k's test "
-              "split (fewer planted examples, less power).", file=sys.stderr)
-    summary, report = crossed_sevens(root, cfg)
-    _print_summary(summary)
-    print("\n".join(report.lines()))
-    return 0 if report.found else 1
+    if args.name == "crossed-sevens":
+        jobs = [("crossed-sevens", args.seed)]
+    else:
+        jobs = [(kind, seed) for seed in args.seeds for kind in args.kinds]  # every kind early, when stopped
+    reports = []
+    for kind, seed in jobs:
+        cfg = default_config(kind, seed, args.epochs, args.eval_size)
+        if args.run_id and args.name == "crossed-sevens":
+            cfg = replace(cfg, run_id=args.run_id)
+        if cfg.eval_dataset is None and not reports:
+            print(f"note: the real MNIST test set is not at {SHARED_MNIST} (set $NEURON_ATLAS_MNIST); evaluating on "
+                  "mnist-5k's test split (fewer planted examples, less power).", file=sys.stderr)
+        summary, report = run_experiment(root, cfg, kind)
+        if summary is not None:
+            _print_summary(summary)
+        print("\n".join(report.lines()), flush=True)
+        reports.append(report)
+        write_results(root, [report.row()])
+    if args.name == "crossed-sevens":
+        return 0 if reports[0].found else 1
+    print("\n".join(table(reports)))
+    print(f"results: {root / 'experiments' / 'planted.csv'}")
+    return 0
 
 
 def _list(root: Path) -> int:

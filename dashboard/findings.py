@@ -1,4 +1,4 @@
-"""The first screen's findings for one run: the most anomalous live units, the most important units,
+"""The first screen's findings for one run: the units most specialized on part of a class, the most important units,
 selectivity against importance at a glance, and the memorization comparison when an experiment exists."""
 
 from __future__ import annotations
@@ -12,12 +12,11 @@ import streamlit as st
 from dashboard import cached, nav
 from dashboard.state import ExplorerState, encode
 from warehouse.filters import UnitFilter
-from warehouse.queries import PRESETS
+from warehouse.queries import PRESETS, SPECIALIZED
 from warehouse.text import md, md_code
 
 VIEWS = Path(__file__).parent / "views"
 TOP = 5
-HGLA = "high gradient, low activation"
 
 
 def intro() -> None:
@@ -44,9 +43,9 @@ def _top(root: str, fp: cached.Fingerprint, f: UnitFilter, title: str, columns: 
 def findings(root: str, fp: cached.Fingerprint, run: str, layers: list[str]) -> None:
     c1, c2, c3 = st.columns(3)
     with c1:
-        hgla = replace(PRESETS[HGLA].apply(UnitFilter(run)), dead=False)
-        _top(root, fp, hgla, "Most anomalous live units (high gradient, low activation)",
-             ["anomaly_max", "anomaly_class"], "first-anomalous", HGLA)
+        special = replace(PRESETS[SPECIALIZED].apply(UnitFilter(run)), dead=False)
+        _top(root, fp, special, "Units specialized on part of a class (a class relies on them where they fire)",
+             ["specialization_max", "specialization_class"], "first-anomalous", SPECIALIZED)
     with c2:
         important = PRESETS["most important"].apply(UnitFilter(run))
         _top(root, fp, important, "Most important units (ablation raises the loss most)",

@@ -90,9 +90,9 @@ def render_examples(root: str, con: Any, run: str, layer: str, unit: int, u: dic
             "loss_delta": st.column_config.NumberColumn("loss change", format="%+.4f"),
             "loss": st.column_config.NumberColumn("loss intact", format="%.4f")})
         ui.downloads(f"unit-{run}-{layer}-{unit}-examples", "dl-unit-examples", frame=shown)
-    default = u["anomaly_class"] if u.get("anomaly_class") is not None and not pd.isna(u["anomaly_class"]) else \
-        (u["pref_class"] if not pd.isna(u.get("pref_class")) else 0)
-    cls = st.selectbox("Class to split by firing (default: the unit's anomaly class)", class_names,
+    default = next((u[c] for c in ("specialization_class", "anomaly_class", "pref_class")
+                    if u.get(c) is not None and not pd.isna(u[c])), 0)
+    cls = st.selectbox("Class to split by firing (default: the unit's specialization class)", class_names,
                        index=int(default), key="unit-split-class")
     if st.button("Show the examples and split the class (loads the run's checkpoint and data)", key="unit-live"):
         _live(root, run, layer, unit, queries.unit_examples(con, run, layer, unit), class_names.index(cls),
@@ -131,8 +131,22 @@ def _live(root: str, run: str, layer: str, unit: int, rows: pd.DataFrame, cls: i
         col.metric(f"{name}: accuracy change when removed", f"{eff.acc_delta:+.3f}" if eff.n else "n/a")
         if groups:
             col.caption("subgroups: " + ", ".join(f"{md(g)}: {n}" for g, n in groups.items()))
-    st.caption(f"Does removing the unit hurt the firing examples more? Welch's t-test on the per-example loss "
-               f"changes, one-sided: p = {_fmt_p(split.p_fires_hurt_more)}.")
+    _specificity(split.specificity, class_names)
+
+
+def _specificity(t: Any, class_names: list[str]) -> None:
+    """The specificity test (``compute.measure.subsets.specificity``): silent examples are no comparison,
+    since removal never changes them; the class's firing examples are set against other classes' firing ones."""
+    other = "other classes"
+    st.markdown("**Is what it carries specific to the class?**")
+    c = st.columns(2)
+    c[0].metric(f"loss change per unit of activation, class {md(class_names[t.cls])} ({t.n_class} firing)",
+                f"{t.per_value_class:+.4f}" if t.n_class else "n/a")
+    c[1].metric(f"the same, {other} ({t.n_other} firing)", f"{t.per_value_other:+.4f}" if t.n_other else "n/a")
+    st.caption("Among the examples on which the unit fires, does removing it cost this class's examples more than "
+               "other classes' examples, per unit of the unit's activation? One-sided Mann-Whitney U test: "
+               f"p = {_fmt_p(t.p)}. (Firing against silent examples would be no test: removal never changes "
+               "an example on which the unit is silent. docs/metrics.md, Specificity.)")
 
 
 def render_class_removal(con: Any, run: str, class_names: list[str]) -> None:

@@ -137,6 +137,12 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("anomaly_max", F64, "Largest training-signal-vs-activation anomaly over classes (see "
            "`unit_classes.anomaly`); null for a dead unit."),
         _c("anomaly_class", pa.int32(), "Class of `anomaly_max`; null for a dead unit."),
+        _c("fire_threshold", F64, "The unit *fires* on an example when its largest post-activation over positions "
+           "exceeds this: mean + 1 standard deviation of that value over the evaluation set, at least 0 "
+           "(docs/metrics.md, Subset specialization)."),
+        _c("specialization_max", F64, "Largest `unit_classes.specialization` over classes; null when no class has "
+           "one (a dead unit, or too few firing examples)."),
+        _c("specialization_class", pa.int32(), "Class of `specialization_max`; null with it."),
     )),
     Table("unit_classes", "One row per unit and class: evaluation-set statistics restricted to the class.", (
         RUN_ID, LAYER, UNIT, CLASS, CLASS_NAME,
@@ -155,6 +161,15 @@ TABLES: dict[str, Table] = {t.name: t for t in (
            "the class, which pulls it up. Null for dead units. See docs/metrics.md."),
         _c("abl_acc_delta", F64, "Accuracy change on the class when the unit is clamped to zero."),
         _c("abl_loss_delta", F64, "Mean cross-entropy change on the class when the unit is clamped to zero."),
+        _c("frac_fire", F64, "Fraction of the class's examples on which the unit fires (value above "
+           "`units.fire_threshold`)."),
+        _c("fire_effect", F64, "Mean first-order loss change of removing the unit, sum_p (-dLoss/da_p) * a_p, over the "
+           "correctly classified examples of the class on which it fires; null for a dead unit."),
+        _c("specialization", F64, "Subset specialization: the summed first-order loss change of removing the unit "
+           "over the correctly classified examples of the class it fires on, divided by the class's correctly "
+           "classified examples, times (1 - frac_fire). High when the examples of the class that the unit fires on "
+           "rely on it and they are a part of the class. Null for dead units and with fewer than 5 correct firing "
+           "examples. See docs/metrics.md."),
     )),
     Table("train_trace", "One row per epoch, unit and class: what training did to the unit.", (
         RUN_ID,

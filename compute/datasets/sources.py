@@ -19,8 +19,8 @@ import torch
 from compute.errors import DataError
 from compute.datasets.idx import find_idx_splits, load_idx_pair
 
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "idx:<dir>", "folder:<dir>", "crossed-sevens:<digits>")
-CROSSED_PREFIX = "crossed-sevens:"  # compute.datasets.crossed: 7s with a planted crossbar subgroup
+DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "idx:<dir>", "folder:<dir>", "crossed-sevens:<digits>",
+            "corner-mark:<digits>", "thick-strokes:<digits>")  # the last three: compute.datasets.planted
 DIGITS = tuple(str(i) for i in range(10))
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -41,7 +41,7 @@ class ImageSet:
     """Images (uint8, N x C x H x W), integer labels and the names of the classes.
 
     ``groups`` optionally names a subgroup per example (object array of str or None), for datasets
-    that plant one (``compute.datasets.crossed``); it reaches the warehouse's ``examples`` table.
+    that plant one (``compute.datasets.planted``); it reaches the warehouse's ``examples`` table.
     """
 
     images: torch.Tensor
@@ -426,11 +426,12 @@ def _download(name: str, root: Path) -> Splits:
 
 def load_dataset(spec: str, data_dir: Path | None = None, download: bool = True) -> Splits:
     """Train and test splits of a dataset named by ``spec`` (see ``DATASETS``)."""
-    if spec.startswith(CROSSED_PREFIX):
-        from compute.datasets.crossed import cross_sevens
+    from compute.datasets.planted import kind_of
 
-        inner = load_dataset(spec.removeprefix(CROSSED_PREFIX), data_dir, download)
-        return Splits(cross_sevens(inner.train), cross_sevens(inner.test))
+    kind = kind_of(spec)
+    if kind is not None:
+        inner = load_dataset(spec.removeprefix(kind.prefix), data_dir, download)
+        return Splits(kind.apply(inner.train), kind.apply(inner.test))
     if spec == "mnist-5k":
         return _mnist5k()
     if spec.startswith("idx:"):
@@ -473,11 +474,12 @@ def load_eval_set(spec: str, data_dir: Path | None, class_names: tuple[str, ...]
     Used to evaluate a run on a larger held-out set, e.g. an mnist-5k run on the real MNIST test
     set: ``idx:../shared/data/mnist``. Its classes must be those the model was trained on.
     """
-    if spec.startswith(CROSSED_PREFIX):
-        from compute.datasets.crossed import cross_sevens
+    from compute.datasets.planted import kind_of
 
-        crossed = cross_sevens(load_eval_set(spec.removeprefix(CROSSED_PREFIX), data_dir, class_names))
-        return ImageSet(crossed.images, crossed.labels, class_names, f"{spec}/eval", crossed.groups)
+    kind = kind_of(spec)
+    if kind is not None:
+        planted = kind.apply(load_eval_set(spec.removeprefix(kind.prefix), data_dir, class_names))
+        return ImageSet(planted.images, planted.labels, class_names, f"{spec}/eval", planted.groups)
     if spec.startswith("idx:"):
         directory = Path(spec[4:]).expanduser()
         sets = _idx_splits(directory, spec, class_names) if directory.is_dir() else {}

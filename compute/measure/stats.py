@@ -7,7 +7,7 @@ evaluation set.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -148,7 +148,7 @@ def demand(class_grad: np.ndarray) -> np.ndarray:
 
 
 def strongest_anomaly(anom: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per unit, the largest anomaly over classes and its class, skipping NaN (a class with no
+    """Per unit, the largest score (anomaly, specialization) over classes and its class, skipping NaN (a class with no
     examples, a dead unit); NaN and class -1 when every class is NaN. ``units.anomaly_max >= lo``
     must mean "some class has anomaly >= lo": the warehouse answers that preset from this column alone.
     """
@@ -168,6 +168,8 @@ class LayerStats:
     max_act: np.ndarray  # (U,) largest output at any position of any example
     counts: np.ndarray  # (K,) examples per class
     n_active: np.ndarray  # (U,) examples on which the unit is active (a positive response at any position)
+    # frac_fire, fire_effect, specialization: (K, U) (compute.measure.specialization); threshold: (U,)
+    special: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -180,7 +182,7 @@ class EvalStats:
     example_pred: np.ndarray  # (N,) the model's prediction for each
 
 
-FIELDS = ("act", "rect", "out", "grad", "grad_abs", "tgrad", "taylor", "active")
+FIELDS = ("act", "rect", "out", "grad", "grad_abs", "tgrad", "taylor", "active", "peak", "peak_sq")
 
 
 @dataclass
@@ -250,6 +252,7 @@ def evaluation_sums(model: nn.Module, probes: dict[str, nn.Module], data: ImageS
                 s = unit_scalars(probe.pre[name], post, g, module=probes[name])
                 s["grad_abs"] = s["grad"].abs()
                 s["active"] = (s["rect"] > 0).double()
+                s["peak_sq"] = s["peak"].double() ** 2  # with peak: the firing threshold (compute.measure.firing)
                 if name not in sums:
                     sums[name] = ClassSums.zeros(data.n_classes, s["act"].shape[1], FIELDS, y.device)
                     max_act[name] = torch.full((s["act"].shape[1],), -torch.inf)

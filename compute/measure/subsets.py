@@ -1,5 +1,6 @@
-"""Which examples a unit fires on, and what removing it does to each example: the per-example view
-behind "does removing the unit hurt the examples it fires on more than the others?".
+"""Which examples a unit fires on (``compute.measure.firing``), and what removing it does to each
+example: the per-example view behind "does removing the unit cost exactly the knowledge of the
+examples it fires on?" (``specificity``).
 
 Used on a subset (one class, a planted group) where per-example arrays are small; the whole-run
 sweep keeps only sparse summaries (``compute.ablation.effects``). Removal is the same zero-clamp
@@ -17,14 +18,15 @@ from scipy import stats
 from torch import nn
 
 from compute.datasets.sources import ImageSet
-from compute.nets.activations import response
-from compute.nets.probe import Probe, ZeroUnit, units_of
+from compute.measure.firing import example_value, fires as fires_on, threshold
+from compute.nets.probe import Probe, ZeroUnit
 
 
 @dataclass
 class ExampleScan:
-    """Per example of a subset: intact loss and correctness, whether each unit fires, and each
-    unit's removal effect. Arrays: fires (U, N) bool, loss_delta (U, N), hit (U, N) bool after removal."""
+    """Per example of a subset: intact loss and correctness, each unit's value and whether it fires,
+    and each unit's removal effect. Arrays: value (U, N), fires (U, N) bool, loss_delta (U, N), hit (U, N)
+    bool after removal."""
 
     units: list[int]
     base_loss: np.ndarray
@@ -32,24 +34,44 @@ class ExampleScan:
     fires: np.ndarray
     loss_delta: np.ndarray
     hit: np.ndarray
+    value: np.ndarray
 
 
 @torch.inference_mode()
-def scan_units(model: nn.Module, probe: nn.Module, units: list[int], data: ImageSet, together: bool = False,
-               batch_size: int = 1000, device: str = "cpu") -> ExampleScan:
-    """Fire/silent and removal effect of each of ``units`` (of the layer probed by ``probe``) on every
-    example of ``data``; with ``together`` one row: all of ``units`` removed at once."""
+def unit_thresholds(model: nn.Module, probe: nn.Module, units: list[int], data: ImageSet, batch_size: int = 1000,
+                    device: str = "cpu") -> np.ndarray:
+    """(U,) firing thresholds of ``units`` over ``data`` (the run's evaluation set), as the statistics
+    stage computes them (``units.fire_threshold``)."""
     model.eval()
-    fires, base_loss, base_hit, deltas, hits = [], [], [], [], []
+    s, sq = np.zeros(len(units)), np.zeros(len(units))
+    for start in range(0, len(data), batch_size):
+        with Probe({"layer": probe}) as p:
+            model(data.floats(start, start + batch_size, device))
+            v = example_value(probe, p.post["layer"])[:, units].double().cpu().numpy()
+        s += v.sum(0)
+        sq += (v ** 2).sum(0)
+    return threshold(s / len(data), sq / len(data))
+
+
+@torch.inference_mode()
+def scan_units(model: nn.Module, probe: nn.Module, units: list[int], data: ImageSet, thresholds: np.ndarray,
+               together: bool = False, batch_size: int = 1000, device: str = "cpu") -> ExampleScan:
+    """Value, fire/silent (against ``thresholds``, one per unit: ``unit_thresholds``) and removal effect
+    of each of ``units`` (of the layer probed by ``probe``) on every example of ``data``; with
+    ``together`` one row of effects: all of ``units`` removed at once."""
+    model.eval()
+    fires, values, base_loss, base_hit, deltas, hits = [], [], [], [], [], []
+    limit = torch.tensor(np.asarray(thresholds, dtype=np.float64))
     groups = [list(units)] if together else [[u] for u in units]
     for start in range(0, len(data), batch_size):
         x = data.floats(start, start + batch_size, device)
         y = data.labels[start:start + batch_size].to(device)
         with Probe({"layer": probe}) as p:
             logits = model(x)
-            post = units_of(probe, response(probe, p.post["layer"]))
+            value = example_value(probe, p.post["layer"])[:, units].double().cpu()
         loss = F.cross_entropy(logits, y, reduction="none")
-        fires.append((post[:, units].amax(2) > 0).T.cpu().numpy())
+        values.append(value.T.numpy())
+        fires.append(fires_on(value, limit).T.numpy())
         base_loss.append(loss.cpu().numpy())
         base_hit.append((logits.argmax(1) == y).cpu().numpy())
         d, h = [], []
@@ -61,7 +83,8 @@ def scan_units(model: nn.Module, probe: nn.Module, units: list[int], data: Image
         deltas.append(np.stack(d))
         hits.append(np.stack(h))
     return ExampleScan(list(units), np.concatenate(base_loss).astype(np.float64), np.concatenate(base_hit),
-                       np.concatenate(fires, 1), np.concatenate(deltas, 1).astype(np.float64), np.concatenate(hits, 1))
+                       np.concatenate(fires, 1), np.concatenate(deltas, 1).astype(np.float64), np.concatenate(hits, 1),
+                       np.concatenate(values, 1))
 
 
 @dataclass(frozen=True)
@@ -88,3 +111,36 @@ def hurts_more(scan: ExampleScan, row: int, a: np.ndarray, b: np.ndarray, altern
         return float("nan")
     return float(stats.ttest_ind(scan.loss_delta[row, a], scan.loss_delta[row, b], equal_var=False,
                                  alternative=alternative).pvalue)
+
+
+@dataclass(frozen=True)
+class Specificity:
+    """Is the knowledge a unit carries specific to class ``cls``? Among the examples on which the unit
+    fires, the removal effect per unit of the unit's value, ``loss change / value``, of the class's
+    examples against the other classes' (one-sided Mann-Whitney U test, class greater)."""
+
+    cls: int
+    n_class: int  # firing examples of the class
+    n_other: int  # firing examples of the other classes
+    per_value_class: float  # median loss change per unit of value, class
+    per_value_other: float  # the same, other classes
+    p: float  # NaN when either side has fewer than 2 examples
+
+
+def specificity(scan: ExampleScan, row: int, labels: np.ndarray, cls: int) -> Specificity:
+    """The specificity test of unit ``row`` of a scan of the whole evaluation set (``labels`` its labels).
+
+    Why this null: removing a unit changes nothing where it is silent, so "firing examples hurt more
+    than silent ones" holds for every unit that matters at all. Here both sides are examples on which
+    the unit fires, and the effect is taken per unit of its value, so a unit that is simply strong or
+    important everywhere it fires is not specific; one whose removal costs its class's firing
+    examples more than other classes' equally driven examples is.
+    """
+    fire = scan.fires[row]
+    a, b = fire & (labels == cls), fire & (labels != cls)
+    ratio = np.zeros(len(fire))
+    ratio[fire] = scan.loss_delta[row, fire] / scan.value[row, fire]
+    p = float(stats.mannwhitneyu(ratio[a], ratio[b], alternative="greater").pvalue) if a.sum() >= 2 and b.sum() >= 2 \
+        else float("nan")
+    med = [float(np.median(ratio[m])) if m.any() else float("nan") for m in (a, b)]
+    return Specificity(cls, int(a.sum()), int(b.sum()), med[0], med[1], p)

@@ -25,6 +25,8 @@ from compute.distributed.executor import Executor, InProcessExecutor, Worker
 from compute.errors import ConfigError
 from compute.images.table import COLUMNS as IMAGE_COLUMNS
 from compute.images.table import ROW_GROUP_ROWS, unit_images
+from compute.measure.firing import threshold
+from compute.measure.specialization import specialization, specialization_sums
 from compute.measure.stats import selectivity
 from compute.measure.train import TrainConfig, TrainResult, evaluate, train
 from compute.nets.activations import ProbePoint, point_kind, unit_dim
@@ -99,7 +101,13 @@ def _evaluate(ctx: RunContext) -> tuple[float, float, float, float]:
 
 
 def _statistics(ctx: RunContext) -> Any:
-    return work.statistics(ctx.executor, ctx.worker(), ctx.items("statistics"))
+    """The statistics' sums, then the specialization pass that needs each unit's firing threshold from them."""
+    stats = work.statistics(ctx.executor, ctx.worker(), ctx.items("statistics"))
+    thresholds = {n: threshold(ls.overall["peak"], ls.overall["peak_sq"]) for n, ls in stats.layers.items()}
+    sums = specialization_sums(ctx.model, ctx.probes(), ctx.eval_set, thresholds, device=ctx.device)
+    for n, ls in stats.layers.items():
+        ls.special = {**specialization(sums[n], ls.counts, ls.n_active > 0), "threshold": thresholds[n]}
+    return stats
 
 
 def _ablation(ctx: RunContext) -> Any:

@@ -1,161 +1,279 @@
-"""The planted-ground-truth experiment: train on crossed sevens, publish, and check that the tool finds
-the planted subgroup (``python -m compute experiment crossed-sevens``).
+"""The planted-subgroup benchmark: train on digits with a planted subgroup, publish, and check that
+the tool's class ranking finds the units that carry it (``python -m compute experiment planted``;
+``experiment crossed-sevens`` is its crossed-sevens kind on one seed).
 
-The dataset (``compute.datasets.crossed``) plants a crossbar through about half of the 7s and through
-about a quarter of the 1s, which are relabelled 7. The check reads the published run like a user
-would: the class-7 anomaly ranking from ``unit_classes``, then, on the evaluation set's class-7
-examples and the run's checkpoint, which examples each top-ranked unit fires on and what removing it
-does to each group. The tool *finds the planted subgroup* when a live unit among the top
-``TOP_RANK`` of the ranking (all layers) fires on 7s of which at least ``MIN_SHARE`` carry the bar,
-and removing it raises the loss of the crossed 1s more than that of the plain 7s (Welch's t-test,
-p < ``ALPHA``).
+The datasets (``compute.datasets.planted``) mark some *source* digits and relabel them *target*
+(crossed 1s -> 7, corner-marked 3s -> 8, thick 2s -> 5) and mark half of the targets. The check reads
+the published run like a user would. A live unit is a **true detector** of the planted subgroup when,
+on the evaluation set's target-class examples,
+
+- it fires (``compute.measure.firing``) on at least ``MIN_FIRING`` of them, of which at least
+  ``MIN_SHARE`` carry the mark (marked targets or relabelled sources),
+- it fires on at least ``MIN_COVER`` of the relabelled group, and
+- removing it raises the relabelled group's loss more than the rest of the label's (Welch's t-test
+  on the per-example loss changes, p < ``ALPHA``).
+
+Each ranking of the target class's live units (the tool's ``specialization``, the old ``anomaly``,
+and the baselines: class selectivity, mean activation, Taylor, |ablation loss|, random) is scored by
+the rank of its best true detector, precision@5 and recall@10. The planted subgroup is **found**
+when a true detector is among the top ``TOP_RANK`` of the specialization ranking; a run with no true
+detector at all is **not isolated** (LeNet-5 has no unit for it), counted apart from a **miss**.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
-from compute.datasets import crossed
+from compute.datasets.planted import KINDS, Kind
 from compute.errors import ConfigError
-from compute.measure.subsets import ExampleScan, SubsetEffect, hurts_more, scan_units
+from compute.measure.subsets import SubsetEffect, hurts_more, scan_units, specificity
 from compute.run.config import RunConfig, RunSummary
 from compute.run.whatif import load_run
 from warehouse.layout import run_dir
 
 TOP_RANK = 5
 MIN_SHARE = 0.8
+MIN_COVER = 0.2
+MIN_FIRING = 5
 ALPHA = 0.01
-GROUPS = (crossed.CROSSED, crossed.PLAIN, crossed.CROSSED_ONE)
-#: The real MNIST test set beside the checkout (10,000 images), when present.
-SHARED_MNIST = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"
+EXPERIMENT = "planted"
+#: ranking name -> column of ``warehouse.planted.class_scores`` (None: a seeded random order)
+RANKINGS: dict[str, str | None] = {
+    "specialization": "specialization", "anomaly (old)": "anomaly", "selectivity": "class_selectivity",
+    "mean activation": "mean_rect", "taylor": "taylor", "|ablation loss|": "abl_loss_abs", "random": None}
+#: The real MNIST test set beside the checkout (10,000 images), when present; $NEURON_ATLAS_MNIST overrides.
+SHARED_MNIST = Path(os.environ.get("NEURON_ATLAS_MNIST",
+                                   Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mnist"))
 
 
-def default_config(seed: int = 0, epochs: int = 12, eval_size: int | None = None,
+def kind_named(name: str) -> Kind:
+    if name not in KINDS:
+        raise ConfigError(f"unknown planted kind {name!r}; choose from {', '.join(KINDS)}.")
+    return KINDS[name]
+
+
+def default_config(kind: str = "crossed-sevens", seed: int = 0, epochs: int = 12, eval_size: int | None = None,
                    eval_dir: Path | None = None) -> RunConfig:
-    """LeNet-5 trained on crossed mnist-5k; evaluated on the crossed real MNIST test set when it is
-    found (``eval_dir``, default ``../shared/data/mnist``), else on mnist-5k's crossed test split."""
+    """LeNet-5 trained on the kind's mnist-5k; evaluated on the same kind of the real MNIST test set when
+    it is found (``eval_dir``, default ``SHARED_MNIST``), else on mnist-5k's test split."""
+    k = kind_named(kind)
     d = eval_dir if eval_dir is not None else SHARED_MNIST
-    eval_spec = f"{crossed.PREFIX}idx:{d}" if (d / "t10k-images-idx3-ubyte.gz").exists() else None
-    return RunConfig(model="lenet5", dataset=f"{crossed.PREFIX}mnist-5k", epochs=epochs, seed=seed,
-                     eval_dataset=eval_spec, eval_size=eval_size, run_id=f"crossed-sevens-s{seed}",
-                     experiment="crossed-sevens", images=None)
+    eval_spec = f"{k.prefix}idx:{d}" if (d / "t10k-images-idx3-ubyte.gz").exists() else None
+    return RunConfig(model="lenet5", dataset=f"{k.prefix}mnist-5k", epochs=epochs, seed=seed,
+                     eval_dataset=eval_spec, eval_size=eval_size, run_id=f"{kind}-s{seed}",
+                     experiment=EXPERIMENT, images=None)
 
 
 @dataclass
-class UnitFinding:
-    """One unit of the class-7 anomaly ranking, checked against the planted groups."""
+class UnitCheck:
+    """One live unit against the planted groups, on the target class's evaluation examples."""
 
-    rank: int  # 1 = highest class-7 anomaly of the run
     layer: str
     unit: int
-    anomaly: float
-    n_active_7: int  # class-7 evaluation examples it fires on
-    share_crossed: float  # of those, the fraction with a crossbar (crossed 7 or crossed 1)
-    share: dict[str, float]  # per group, fraction of the active 7s
+    n_fire: int  # target-class examples it fires on
+    share_marked: float  # of those, the fraction carrying the mark
+    cover: float  # fraction of the relabelled group it fires on
     effect: dict[str, SubsetEffect]  # per group, removal effect
-    p_crossed1_vs_plain: float
-    p_crossed7_vs_plain: float
+    p_relabelled_vs_rest: float  # Welch: removal hurts the relabelled group more than the rest of the label
 
     @property
-    def found(self) -> bool:
-        return (self.rank <= TOP_RANK and self.share_crossed >= MIN_SHARE
-                and self.p_crossed1_vs_plain < ALPHA)
+    def name(self) -> str:
+        return f"{self.layer}:{self.unit}"
+
+    @property
+    def detector(self) -> bool:
+        return (self.n_fire >= MIN_FIRING and self.share_marked >= MIN_SHARE and self.cover >= MIN_COVER
+                and self.p_relabelled_vs_rest < ALPHA)
+
+
+@dataclass
+class Ranking:
+    name: str
+    best_rank: int | None  # rank of the best true detector (1 = top); None when there is none
+    precision5: float
+    recall10: float
+    top: list[str]
 
 
 @dataclass
 class PlantedReport:
+    kind: str
+    seed: int
     run_id: str
     group_sizes: dict[str, int]
     group_accuracy: dict[str, float]
-    ranking: list[UnitFinding]
-    together_units: list[str] = field(default_factory=list)
-    together: dict[str, SubsetEffect] = field(default_factory=dict)
+    n_live: int
+    detectors: list[UnitCheck]
+    top: list[UnitCheck]  # the specialization ranking's top TOP_RANK units
+    rankings: dict[str, Ranking]
+    specificity_p: float | None = None  # the tool's specificity test of the found unit
+    found_unit: str | None = None
+    notes: list[str] = field(default_factory=list)
 
     @property
-    def found(self) -> UnitFinding | None:
-        return next((u for u in self.ranking if u.found), None)
+    def status(self) -> str:
+        if not self.detectors:
+            return "not isolated"
+        return "found" if self.found_unit else "missed"
+
+    @property
+    def found(self) -> bool:
+        return self.status == "found"
 
     def lines(self) -> list[str]:
         """The report as text lines (the command prints them)."""
-        out = [f"run {self.run_id}: class-7 evaluation examples by group " + ", ".join(
-            f"{g} {self.group_sizes[g]} (accuracy {self.group_accuracy[g]:.3f})" for g in GROUPS)]
-        out.append(f"top {len(self.ranking)} units of the class-7 anomaly ranking:")
-        for u in self.ranking:
-            eff = "; ".join(f"{g}: loss {u.effect[g].loss_delta:+.4f}, acc {u.effect[g].acc_delta:+.3f}" for g in GROUPS)
-            out.append(f"  #{u.rank} {u.layer}:{u.unit} anomaly {u.anomaly:.2f}, fires on {u.n_active_7} 7s, "
-                       f"{u.share_crossed:.0%} crossed ({u.share[crossed.CROSSED]:.0%} crossed 7, "
-                       f"{u.share[crossed.CROSSED_ONE]:.0%} crossed 1); removal: {eff}; "
-                       f"p(crossed 1 hurt more than plain 7) = {u.p_crossed1_vs_plain:.2g}, "
-                       f"p(crossed 7 hurt more than plain 7) = {u.p_crossed7_vs_plain:.2g}")
-        if self.together_units:
-            eff = "; ".join(f"{g}: loss {e.loss_delta:+.4f}, acc {e.acc_delta:+.3f}" for g, e in self.together.items())
-            out.append(f"removing the crossbar units {', '.join(self.together_units)} together: {eff}")
-        f = self.found
-        out.append(f"FOUND: {f.layer}:{f.unit} (rank {f.rank})" if f else
-                   f"NOT FOUND: no unit in the top {TOP_RANK} meets the criteria")
+        k = KINDS[self.kind]
+        out = [f"run {self.run_id}: class-{k.target} evaluation examples by group " + ", ".join(
+            f"{g} {self.group_sizes[g]} (accuracy {self.group_accuracy[g]:.3f})" for g in k.groups),
+            f"{len(self.detectors)} of {self.n_live} live units are true detectors of '{k.relabelled}'"
+            + (f": {', '.join(d.name for d in self.detectors[:12])}{' ...' if len(self.detectors) > 12 else ''}"
+               if self.detectors else "")]
+        out.append(f"top {len(self.top)} of the class-{k.target} specialization ranking:")
+        for i, u in enumerate(self.top, 1):
+            eff = "; ".join(f"{g}: loss {u.effect[g].loss_delta:+.4f}" for g in k.groups)
+            out.append(f"  #{i} {u.name} fires on {u.n_fire} {k.target}s, {u.share_marked:.0%} marked, on "
+                       f"{u.cover:.0%} of '{k.relabelled}'; removal: {eff}; p(relabelled hurt more than the rest "
+                       f"of the label) = {u.p_relabelled_vs_rest:.2g}{'  <- true detector' if u.detector else ''}")
+        for r in self.rankings.values():
+            out.append(f"  {r.name:<16} best detector rank {r.best_rank if r.best_rank else '-':>4}, "
+                       f"precision@5 {r.precision5:.2f}, recall@10 {r.recall10:.2f}; top 5: {', '.join(r.top)}")
+        out += self.notes
+        if self.status == "found":
+            out.append(f"FOUND: {self.found_unit} (specificity test p = {self.specificity_p:.2g})")
+        elif self.status == "missed":
+            out.append(f"MISSED: true detectors exist but none is in the top {TOP_RANK}")
+        else:
+            out.append("NOT ISOLATED: no unit of the run is a true detector")
         return out
+
+    def row(self) -> dict[str, object]:
+        """One row of the results table."""
+        row: dict[str, object] = {"kind": self.kind, "seed": self.seed, "run_id": self.run_id, "status": self.status,
+                                  "n_detectors": len(self.detectors), "n_live": self.n_live,
+                                  "found_unit": self.found_unit or "", "specificity_p": self.specificity_p}
+        for r in self.rankings.values():
+            key = r.name.split(" ")[0].strip("|")
+            row.update({f"{key}_best_rank": r.best_rank or "", f"{key}_p5": round(r.precision5, 3),
+                        f"{key}_r10": round(r.recall10, 3)})
+        return row
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _groups(groups: np.ndarray) -> dict[str, np.ndarray]:
-    return {g: groups == g for g in GROUPS}
+def _order(scores: pd.DataFrame, column: str | None, seed: int) -> np.ndarray:
+    """Row order of a ranking: descending score, NaN last, ties by layer then unit."""
+    if column is None:
+        return np.random.default_rng(seed).permutation(len(scores))
+    key = scores[column].to_numpy(dtype=np.float64)
+    # lexsort's last key is primary: NaN last, then descending score, then layer, then unit.
+    return np.lexsort((scores["unit"].to_numpy(), scores["layer_index"].to_numpy(), -np.nan_to_num(key, nan=0.0),
+                       np.isnan(key)))
 
 
-def check(root: Path, run_id: str, top: int = 10) -> PlantedReport:
-    """Read the published run ``run_id`` and check it against the planted groups."""
+def _ranking(name: str, order: np.ndarray, names: list[str], detector: np.ndarray) -> Ranking:
+    hits = detector[order]
+    ranks = np.flatnonzero(hits) + 1
+    n = int(detector.sum())
+    return Ranking(name, int(ranks[0]) if len(ranks) else None, float(hits[:TOP_RANK].mean()),
+                   float(hits[:10].sum() / n) if n else float("nan"), [names[i] for i in order[:TOP_RANK]])
+
+
+def check(root: Path, run_id: str, kind: str, seed: int = 0) -> PlantedReport:
+    """Read the published run ``run_id`` (of planted ``kind``) and check its rankings against the plant."""
     import warehouse
+    from warehouse.planted import class_scores
 
-    con = warehouse.connect(root)
-    ranking = con.execute(
-        'SELECT layer, unit, anomaly FROM unit_classes WHERE run_id = ? AND "class" = ? AND anomaly IS NOT NULL '
-        "ORDER BY anomaly DESC, layer, unit LIMIT ?", [run_id, crossed.SEVEN, top]).fetchall()
+    k = kind_named(kind)
+    scores = class_scores(warehouse.connect(root), run_id, k.target)
+    key = scores["specialization"].to_numpy(dtype=np.float64)
     run = load_run(run_dir(root, run_id))
     data = run.data["eval"]
     if data.groups is None:
-        raise ConfigError(f"run {run_id} was not computed on a {crossed.PREFIX} dataset: it has no planted groups.")
-    sevens = data.subset(np.flatnonzero(data.labels.numpy() == crossed.SEVEN))
-    members = _groups(sevens.groups)
+        raise ConfigError(f"run {run_id} was not computed on a planted dataset: it has no planted groups.")
+    labels = data.labels.numpy()
+    sub = data.subset(np.flatnonzero(labels == k.target))
+    groups = sub.groups
+    members = {g: groups == g for g in k.groups}
+    marked = members[k.marked_target] | members[k.relabelled]
+    rel = members[k.relabelled]
     model = run.engine.model
     probes = model.probe_modules()
-    scans: dict[str, ExampleScan] = {}
-    for layer in dict.fromkeys(r[0] for r in ranking):
-        scans[layer] = scan_units(model, probes[layer], [int(r[1]) for r in ranking if r[0] == layer], sevens)
-    findings = []
-    base_hit = next(iter(scans.values())).base_hit if scans else np.zeros(0, bool)
-    for rank, (layer, unit, anom) in enumerate(ranking, 1):
-        scan = scans[layer]
-        row = scan.units.index(int(unit))
-        fires = scan.fires[row]
-        bar = members[crossed.CROSSED] | members[crossed.CROSSED_ONE]
-        n = int(fires.sum())
-        findings.append(UnitFinding(
-            rank, layer, int(unit), float(anom), n, float(bar[fires].mean()) if n else float("nan"),
-            {g: float(m[fires].mean()) if n else float("nan") for g, m in members.items()},
-            {g: SubsetEffect.of(scan, row, m) for g, m in members.items()},
-            hurts_more(scan, row, members[crossed.CROSSED_ONE], members[crossed.PLAIN]),
-            hurts_more(scan, row, members[crossed.CROSSED], members[crossed.PLAIN])))
-    report = PlantedReport(run_id, {g: int(m.sum()) for g, m in members.items()},
-                           {g: float(base_hit[m].mean()) for g, m in members.items()}, findings)
-    detectors = [u for u in findings if u.share_crossed >= MIN_SHARE]
-    by_layer: dict[str, list[int]] = {}
-    for u in detectors:
-        by_layer.setdefault(u.layer, []).append(u.unit)
-    if by_layer:  # the layer with the most crossbar units, removed together
-        layer, units = max(by_layer.items(), key=lambda kv: len(kv[1]))
-        scan = scan_units(model, probes[layer], units, sevens, together=True)
-        report.together_units = [f"{layer}:{u}" for u in units]
-        report.together = {g: SubsetEffect.of(scan, 0, m) for g, m in members.items()}
+    checks: list[UnitCheck] = []
+    base_hit = np.zeros(0, bool)
+    for layer, rows in scores.groupby("layer", sort=False):
+        units = rows["unit"].astype(int).tolist()
+        scan = scan_units(model, probes[layer], units, sub, rows["fire_threshold"].to_numpy())
+        base_hit = scan.base_hit
+        for i, u in enumerate(units):
+            f = scan.fires[i]
+            n = int(f.sum())
+            checks.append(UnitCheck(layer, u, n, float(marked[f].mean()) if n else float("nan"),
+                                    float(f[rel].mean()) if rel.any() else float("nan"),
+                                    {g: SubsetEffect.of(scan, i, m) for g, m in members.items()},
+                                    hurts_more(scan, i, rel, ~rel)))
+    by_name = {c.name: c for c in checks}
+    names = [f"{la}:{u}" for la, u in zip(scores["layer"], scores["unit"])]
+    detector = np.array([by_name[n].detector for n in names], dtype=bool)
+    rankings = {name: _ranking(name, _order(scores, col, seed), names, detector) for name, col in RANKINGS.items()}
+    spec_order = _order(scores, "specialization", seed)
+    top = [by_name[names[i]] for i in spec_order[:TOP_RANK] if not np.isnan(key[i])]
+    report = PlantedReport(kind, seed, run_id, {g: int(m.sum()) for g, m in members.items()},
+                           {g: float(base_hit[m].mean()) for g, m in members.items()}, len(scores),
+                           [by_name[names[i]] for i in spec_order if detector[i]], top, rankings)
+    found = next((u for u in top if u.detector), None)
+    if found is not None:
+        thr = scores.loc[(scores["layer"] == found.layer) & (scores["unit"] == found.unit), "fire_threshold"].to_numpy()
+        scan = scan_units(model, probes[found.layer], [found.unit], data, thr)
+        report.found_unit = found.name
+        report.specificity_p = specificity(scan, 0, labels, k.target).p
     return report
 
 
+def run_experiment(root: Path, cfg: RunConfig, kind: str) -> tuple[RunSummary | None, PlantedReport]:
+    """Compute and publish the run unless the warehouse already holds it, then check it."""
+    from compute.run.pipeline import compute_run
+    from warehouse.store import list_runs
+
+    assert cfg.run_id is not None
+    done = {r.run_id for r in list_runs(root) if r.ok}
+    summary = None if cfg.run_id in done else compute_run(cfg, root)
+    return summary, check(root, cfg.run_id, kind, cfg.seed)
+
+
 def crossed_sevens(root: Path, cfg: RunConfig) -> tuple[RunSummary, PlantedReport]:
-    """Compute and publish the run, then check it."""
+    """Compute and publish a crossed-sevens run, then check it."""
     from compute.run.pipeline import compute_run
 
     summary = compute_run(cfg, root)
-    return summary, check(root, summary.run_id)
+    assert cfg.run_id is not None
+    return summary, check(root, summary.run_id, "crossed-sevens", cfg.seed)
+
+
+def table(reports: list[PlantedReport]) -> list[str]:
+    """The benchmark's summary: per kind, how often each ranking puts a true detector in its top 5
+    (over the seeds where one exists), mean precision@5 and recall@10; and per run, the status."""
+    out = [f"{'kind':<15} {'seed':>4} {'status':<13} {'detectors':>9}  " + "  ".join(
+        f"{n[:14]:>14}" for n in RANKINGS) + "   (best detector rank per ranking)"]
+    for r in reports:
+        out.append(f"{r.kind:<15} {r.seed:>4} {r.status:<13} {len(r.detectors):>9}  " + "  ".join(
+            f"{(r.rankings[n].best_rank or '-')!s:>14}" for n in RANKINGS))
+    out.append("")
+    out.append(f"{'kind':<15} {'isolated':>8}  " + "  ".join(f"{n[:14]:>14}" for n in RANKINGS)
+               + "   (top-5 hits / isolated seeds; mean precision@5; mean recall@10)")
+    for kind in dict.fromkeys(r.kind for r in reports):
+        rs = [r for r in reports if r.kind == kind and r.detectors]
+        n_all = sum(1 for r in reports if r.kind == kind)
+        cells = []
+        for n in RANKINGS:
+            hits = sum(1 for r in rs if r.rankings[n].best_rank and r.rankings[n].best_rank <= TOP_RANK)
+            p5 = np.mean([r.rankings[n].precision5 for r in rs]) if rs else float("nan")
+            r10 = np.mean([r.rankings[n].recall10 for r in rs]) if rs else float("nan")
+            cells.append(f"{hits}/{len(rs)} {p5:.2f} {r10:.2f}")
+        out.append(f"{kind:<15} {len(rs)}/{n_all:<6}  " + "  ".join(f"{c:>14}" for c in cells))
+    return out

@@ -43,6 +43,8 @@ def unit_tables(layer_order: list[str], stats: EvalStats, ablations: dict[str, L
         pref = [None if d else int(c) for c, d in zip(sel["pref_class"], dead)]
         anom = anomaly(cm["tgrad"], cm["act"], ~dead)  # (K, U), NaN for dead units
         anom_max, best = strongest_anomaly(anom)
+        sp = ls.special
+        spec_max, spec_best = strongest_anomaly(sp["specialization"])
         paired = ab.paired
         assert paired is not None, "the ablation stage must come from the engine (paired statistics)"
         lo, hi, p = paired.loss_test()
@@ -58,14 +60,18 @@ def unit_tables(layer_order: list[str], stats: EvalStats, ablations: dict[str, L
             abl_loss_delta=ab.loss_delta, abl_loss_abs=np.abs(ab.loss_delta), abl_loss_lo=lo, abl_loss_hi=hi,
             abl_loss_p=p, abl_loss_q=fdr(p), abl_n_hurt=paired.hurt.astype(np.int64),
             abl_n_helped=paired.helped.astype(np.int64), abl_acc_p=acc_p,
-            anomaly_max=_nulls(anom_max), anomaly_class=[None if b < 0 else int(b) for b in best])
+            anomaly_max=_nulls(anom_max), anomaly_class=[None if b < 0 else int(b) for b in best],
+            fire_threshold=sp["threshold"], specialization_max=_nulls(spec_max),
+            specialization_class=[None if b < 0 else int(b) for b in spec_best])
         classes.add(
             layer=[name] * (n * k), unit=np.repeat(np.arange(n), k), **{"class": np.tile(np.arange(k), n)},
             class_name=list(class_names) * n, n=np.tile(ls.counts, n).astype(np.int64),
             mean_act=cm["act"].T.ravel(), mean_rect=cm["rect"].T.ravel(), grad_mean=cm["grad"].T.ravel(),
             grad_abs_mean=cm["grad_abs"].T.ravel(), train_grad_mean=cm["tgrad"].T.ravel(),
             taylor=cm["taylor"].T.ravel(), frac_active=cm["active"].T.ravel(), anomaly=_nulls(anom.T.ravel()),
-            abl_acc_delta=ab.class_acc_delta.ravel(), abl_loss_delta=ab.class_loss_delta.ravel())
+            abl_acc_delta=ab.class_acc_delta.ravel(), abl_loss_delta=ab.class_loss_delta.ravel(),
+            frac_fire=_nulls(sp["frac_fire"].T.ravel()), fire_effect=_nulls(sp["fire_effect"].T.ravel()),
+            specialization=_nulls(sp["specialization"].T.ravel()))
     return units.columns, classes.columns
 
 

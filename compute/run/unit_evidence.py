@@ -2,8 +2,9 @@
 
 The warehouse holds which examples need a unit (``unit_examples``) but not the images; this reads the
 run's evaluation set and checkpoint (cached per run by ``compute.run.whatif.load_run``) to show them,
-and splits one class's examples by whether the unit fires: does removing the unit hurt the examples
-it fires on more than the others (Welch's t-test on the per-example loss changes)?
+and splits one class's examples by whether the unit fires (``compute.measure.firing``), with the
+specificity test: does removing the unit cost the class's firing examples more than other classes'
+examples on which it fires as strongly (``compute.measure.subsets.specificity``)?
 """
 
 from __future__ import annotations
@@ -14,18 +15,18 @@ from pathlib import Path
 import numpy as np
 
 from compute.errors import ConfigError
-from compute.measure.subsets import SubsetEffect, hurts_more, scan_units
+from compute.measure.subsets import Specificity, SubsetEffect, scan_units, specificity, unit_thresholds
 from compute.run.whatif import load_run
 
 
 @dataclass
 class FiringSplit:
-    """One class's examples split by whether the unit fires (any positive post-ReLU value)."""
+    """One class's examples split by whether the unit fires (value above its firing threshold)."""
 
     cls: int
     fires: SubsetEffect
     silent: SubsetEffect
-    p_fires_hurt_more: float  # Welch, one-sided: removal raises the firing examples' loss more
+    specificity: Specificity  # class's firing examples vs other classes' firing examples, per unit of value
     mean_fires: np.ndarray | None  # (H, W, C) float in [0, 1], None when the subset is empty
     mean_silent: np.ndarray | None
     mean_class: np.ndarray
@@ -61,10 +62,12 @@ def firing_split(run_dir: Path, layer: str, unit: int, cls: int) -> FiringSplit:
         raise ConfigError(f"unknown layer {layer!r}; this run's layers: {', '.join(probes)}.")
     if not 0 <= cls < data.n_classes:
         raise ConfigError(f"class {cls} is outside 0..{data.n_classes - 1}.")
-    members = np.flatnonzero(data.labels.numpy() == cls)
-    sub = data.subset(members)
-    scan = scan_units(run.engine.model, probes[layer], [int(unit)], sub)
-    fires = scan.fires[0]
+    labels = data.labels.numpy()
+    in_class = labels == cls
+    sub = data.subset(np.flatnonzero(in_class))
+    model = run.engine.model
+    scan = scan_units(model, probes[layer], [int(unit)], data, unit_thresholds(model, probes[layer], [int(unit)], data))
+    fires = scan.fires[0][in_class]
     images = sub.images.numpy().astype(np.float64) / 255.0
 
     def mean(mask: np.ndarray) -> np.ndarray | None:
@@ -76,6 +79,7 @@ def firing_split(run_dir: Path, layer: str, unit: int, cls: int) -> FiringSplit:
         names, counts = np.unique([str(g) for g in sub.groups[mask]], return_counts=True)
         return dict(zip(names.tolist(), counts.tolist()))
 
-    return FiringSplit(cls, SubsetEffect.of(scan, 0, fires), SubsetEffect.of(scan, 0, ~fires),
-                       hurts_more(scan, 0, fires, ~fires), mean(fires), mean(~fires),
+    return FiringSplit(cls, SubsetEffect.of(scan, 0, scan.fires[0] & in_class),
+                       SubsetEffect.of(scan, 0, ~scan.fires[0] & in_class), specificity(scan, 0, labels, cls),
+                       mean(fires), mean(~fires),
                        _hwc(images).mean(0), groups(fires), groups(~fires))

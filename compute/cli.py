@@ -361,7 +361,11 @@ def _list(root: Path) -> int:
         status = "ok" if r.ok else f"BROKEN: {r.error}"
         name = r.run_id if RUN_ID_PATTERN.fullmatch(r.run_id) else repr(r.run_id)  # a folder named with a newline
         print(f"{name:<48} {str(m.get('model', '?')):<14} {str(m.get('dataset', '?')):<16} {status}")
-    leftovers = staging_leftovers(root)
+    try:
+        leftovers = staging_leftovers(root)
+    except AtlasError as e:  # the runs are listed; the staging problem is a note beside them
+        print(f"note: {e}")
+        return 0
     if leftovers:
         print(f"{len(leftovers)} run id(s) left staging files behind (killed or interrupted); "
               f"see python -m compute gc --warehouse {root}")
@@ -447,7 +451,10 @@ def _interrupted(published_before: int, root: Path) -> str:
     done = publish.PUBLISHED[published_before:]
     lines = [f"interrupted. Published and complete: {', '.join(p.name for p in done)}." if done
              else "interrupted: nothing was published by this command."]
-    leftovers = staging_leftovers(root)
+    try:
+        leftovers = staging_leftovers(root)
+    except AtlasError as e:
+        return " ".join([*lines, str(e)])
     if any(not lo.published and lo.stages for lo in leftovers):
         lines.append("Finished stages of the interrupted run are kept; continue with --resume --run-id "
                      + ", ".join(lo.run_id for lo in leftovers if not lo.published and lo.stages) + ".")

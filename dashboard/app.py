@@ -15,6 +15,7 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on the path, no
 import streamlit as st  # noqa: E402
 
 from dashboard import ui  # noqa: E402
+from warehouse.errors import AtlasError  # noqa: E402
 
 st.set_page_config(page_title="Neuron Atlas", layout="wide")
 VIEWS = Path(__file__).parent / "views"
@@ -28,6 +29,9 @@ PAGES = [
     st.Page(VIEWS / "export.py", title="Export", url_path="export"),
 ]
 page = st.navigation(PAGES)
-ui.sidebar()
-ui.unknown_page_notice([p.url_path for p in PAGES], page.title)
-page.run()
+try:  # the one place a page's warehouse problem (unreadable runs/, a linked .staging, ...) is shown
+    ui.sidebar()
+    ui.unknown_page_notice([p.url_path for p in PAGES], page.title)
+    page.run()
+except AtlasError as e:
+    st.error(str(e), icon="🚫")

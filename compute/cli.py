@@ -385,7 +385,11 @@ def _list(root: Path) -> int:
         m = r.manifest or {}
         status = "ok" if r.ok else f"BROKEN: {term(r.error)}"
         print(f"{term(r.run_id):<48} {term(m.get('model', '?')):<14} {term(m.get('dataset', '?')):<16} {status}")
-    leftovers = staging_leftovers(root)
+    try:
+        leftovers = staging_leftovers(root)
+    except AtlasError as e:  # the runs are listed; the staging problem is a note beside them
+        print(f"note: {term(e)}")
+        return 0
     if leftovers:
         print(f"{len(leftovers)} run id(s) left staging files behind (killed or interrupted); "
               f"see python -m compute gc --warehouse {root}")
@@ -471,7 +475,10 @@ def _interrupted(published_before: int, root: Path) -> str:
     done = publish.PUBLISHED[published_before:]
     lines = [f"interrupted. Published and complete: {', '.join(p.name for p in done)}." if done
              else "interrupted: nothing was published by this command."]
-    leftovers = staging_leftovers(root)
+    try:
+        leftovers = staging_leftovers(root)
+    except AtlasError as e:
+        return " ".join([*lines, str(e)])
     if any(not lo.published and lo.stages for lo in leftovers):
         lines.append("Finished stages of the interrupted run are kept; continue with --resume --run-id "
                      + ", ".join(lo.run_id for lo in leftovers if not lo.published and lo.stages) + ".")

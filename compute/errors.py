@@ -2,7 +2,7 @@
 
 from warehouse.errors import AtlasError
 
-__all__ = ["AtlasError", "DataError", "ConfigError", "TrainingError"]
+__all__ = ["AtlasError", "DataError", "ConfigError", "TrainingError", "WorkerError"]
 
 
 class DataError(AtlasError):
@@ -15,3 +15,7 @@ class ConfigError(AtlasError):
 
 class TrainingError(AtlasError):
     """Training diverged (NaN/inf loss) or produced an unusable model."""
+
+
+class WorkerError(AtlasError):
+    """Distributed workers died for good (their restarts spent); finished work items are kept for --resume."""

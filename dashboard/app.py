@@ -15,6 +15,8 @@ if str(ROOT) not in sys.path:  # `streamlit run` puts dashboard/ on the path, no
 import streamlit as st  # noqa: E402
 
 from dashboard import ui  # noqa: E402
+from warehouse.errors import AtlasError  # noqa: E402
+from warehouse.text import md  # noqa: E402
 
 st.set_page_config(page_title="Neuron Atlas", layout="wide")
 VIEWS = Path(__file__).parent / "views"
@@ -24,6 +26,9 @@ ROUTES = (("overview.py", "Runs overview", "overview"), ("explorer.py", "Unit ex
           ("compare.py", "Compare runs", "compare"), ("sql.py", "SQL", "sql"), ("export.py", "Export", "export"))
 PAGES = [st.Page(VIEWS / file, title=title, url_path=path, default=i == 0) for i, (file, title, path) in enumerate(ROUTES)]
 page = st.navigation(PAGES, position="hidden")  # the sidebar's own links carry each page's state
-ui.sidebar(PAGES)
-ui.unknown_page_notice([path for _, _, path in ROUTES], page.title)  # the default page's url_path reads ""
-page.run()
+try:  # the one place a page's warehouse problem (unreadable runs/, a linked .staging, ...) is shown
+    ui.sidebar(PAGES)
+    ui.unknown_page_notice([path for _, _, path in ROUTES], page.title)  # the default page's url_path reads ""
+    page.run()
+except AtlasError as e:
+    st.error(md(e), icon="🚫")

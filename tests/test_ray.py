@@ -25,7 +25,7 @@ from compute.nets.models import ModelSpec, build_model
 from compute.progress import parse_line
 from compute.run.config import RunConfig
 from compute.run.pipeline import compute_run
-from warehouse.faults import ENV_VAR, ONCE_VAR
+from warehouse.faults import ENV_VAR, ONCE_VAR, TIMES_VAR
 
 pytest.importorskip("ray")
 from compute.distributed.ray_executor import RayExecutor  # noqa: E402
@@ -98,6 +98,46 @@ def test_a_killed_worker_is_restarted_and_its_item_retried(ray_cluster: str, len
     got = run_with(LENET, tmp_path / "wh", "killed-worker", workers=2)
     assert marker.exists()
     assert_same_run(lenet_reference, got)
+
+
+FC1_ITEM = "item-fc1.u0000000-0000120.x0000000-0000300"
+
+
+def test_a_worker_dead_for_good_hands_its_items_to_the_others(ray_cluster: str, lenet_reference: Path, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    """The item kills its actor on every try until Ray gives the actor up (3 restarts); the surviving
+    worker then runs it and the run equals the uninterrupted one (it used to end in ActorDiedError)."""
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(ONCE_VAR, f"{FC1_ITEM}:{marker}")
+    monkeypatch.setenv(TIMES_VAR, "4")
+    got = run_with(LENET, tmp_path / "wh", "dead-worker", workers=2)
+    assert [marker.with_name(f"crashed{s}").exists() for s in ("", ".2", ".3", ".4")] == [True] * 4
+    assert_same_run(lenet_reference, got)
+
+
+def test_when_no_worker_is_left_the_run_ends_in_one_paragraph(ray_cluster: str, tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch):
+    from compute.errors import WorkerError
+
+    monkeypatch.setenv(ONCE_VAR, f"{FC1_ITEM}:{tmp_path / 'crashed'}")
+    monkeypatch.setenv(TIMES_VAR, "4")
+    with pytest.raises(WorkerError, match=r"every Ray worker died for good .*--resume") as e:
+        run_with(LENET, tmp_path / "wh", "no-worker", workers=1)
+    assert "\n" not in str(e.value)
+    assert (tmp_path / "wh" / ".staging" / "no-worker.stages" / "statistics.pt").is_file()  # kept for --resume
+    assert not (tmp_path / "wh" / "runs" / "no-worker").exists()
+
+
+def test_a_token_authenticated_cluster_is_explained(ray_cluster: str, tmp_path: Path):
+    """Ray 2.59+ starts clusters with token authentication; a driver without RAY_AUTH_MODE=token is
+    refused (Ray only logs 'InvalidAuthToken'), and the message says what to set."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")} | {"NEURON_ATLAS_QUIET": "1"}
+    r = subprocess.run([sys.executable, "-m", "compute", "run", "--epochs", "1", "--train-size", "100", "--no-images",
+                        "--warehouse", str(tmp_path), "--executor", "ray", "--ray-address", ray_cluster], cwd=REPO,
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    error = [line for line in r.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error) == 1 and "RAY_AUTH_MODE=token" in error[0] and "~/.ray/auth_token" in error[0], r.stderr[-2000:]
 
 
 def compute_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ try:  # Ctrl-C while the modules load: one line, exit code 130
     from warehouse.errors import AtlasError, WarehouseError
     from warehouse.filters import UnitFilter, add_arguments, from_cli
     from warehouse.queries import PRESETS, QueryError, filter_units_arrow
+    from warehouse.safe_write import STDOUT, check_target, is_stream, write_output
     from warehouse.schema import markdown
     from warehouse.text import term
     from warehouse.layout import ENV_VAR, RUNS_DIR, STAGING_DIR, default_path
@@ -39,7 +39,8 @@ def parser() -> argparse.ArgumentParser:
     add_arguments(ex)
     ex.add_argument("--format", choices=FORMATS, default=None, help="default: from the output file's suffix")
     ex.add_argument("-o", "--output", type=Path, required=True,
-                    help="output file (never inside the warehouse; an existing file only with --force)")
+                    help="output file, or - for standard output (never inside the warehouse; an existing file "
+                         "only with --force; never through a symbolic link to a file)")
     ex.add_argument("--force", action="store_true", help="replace the output file if it exists")
     return ap
 
@@ -49,19 +50,15 @@ def build_filter(args: argparse.Namespace) -> UnitFilter:
 
 
 def check_output(out: Path, root: Path, force: bool) -> None:
-    """Refuse to write inside the warehouse's runs or staging, onto a folder, or over a file without ``force``."""
-    target = out.expanduser().resolve()
-    for inside in (RUNS_DIR, STAGING_DIR):
-        folder = (Path(root) / inside).resolve()
-        if target == folder or folder in target.parents:
-            raise WarehouseError(f"{out} is inside the warehouse's {inside}/ folder, whose files belong to the "
-                                 f"published runs; write the export somewhere else.")
-    if target.is_dir():
-        raise WarehouseError(f"{out} is a folder; give a file name such as units.csv.")
-    if target.exists() and not force:
-        raise WarehouseError(f"{out} already exists; pass --force to replace it or choose another -o.")
-    if not target.parent.is_dir():
-        raise WarehouseError(f"cannot write {out}: its folder does not exist; create it or choose another -o.")
+    """Refuse to write inside the warehouse's runs or staging, or where ``safe_write`` would refuse."""
+    if str(out) != STDOUT:
+        target = out.expanduser().resolve()
+        for inside in (RUNS_DIR, STAGING_DIR):
+            folder = (Path(root) / inside).resolve()
+            if target == folder or folder in target.parents:
+                raise WarehouseError(f"{out} is inside the warehouse's {inside}/ folder, whose files belong to the "
+                                     f"published runs; write the export somewhere else.")
+    check_target(out, force)
 
 
 def export(args: argparse.Namespace) -> int:
@@ -84,15 +81,9 @@ def export(args: argparse.Namespace) -> int:
         raise QueryError(f"run {args.run!r} has no layer {', '.join(unknown)} (layers: {', '.join(sorted(layers))}).")
     table = filter_units_arrow(con, f)
     data = table_bytes(table, fmt)
-    out = args.output
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(out)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise WarehouseError(f"cannot write {out}: {e.strerror or e}.") from e
-    print(f"wrote {table.num_rows} units of run {args.run} to {out} ({fmt}, {len(data):,} bytes)")
+    write_output(args.output, lambda f: f.write(data), args.force)
+    print(f"wrote {table.num_rows} units of run {args.run} to {args.output} ({fmt}, {len(data):,} bytes)",
+          file=sys.stderr if is_stream(args.output) else sys.stdout)  # never into the data written to stdout
     return 0
 
 

@@ -8,24 +8,25 @@ Layout inside the zip::
     manifest.json                   run, units, file list with SHA-256
 
 Layer names come from the warehouse, so they are sanitised before they become path parts: a
-name like ``../../x`` cannot place a file outside the zip root. The zip is written to a
-temporary file beside ``out`` and renamed into place, so a failed export leaves nothing behind.
+name like ``../../x`` cannot place a file outside the zip root. The zip is written by
+``warehouse.safe_write`` (a temporary file renamed over nothing or a regular file, or streamed into
+a device or FIFO; never through a link to a file), so a failed export leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import duckdb
 import pandas as pd
 
 from warehouse.images import META_COLUMNS
+from warehouse.safe_write import write_output
 from warehouse.schema import IMAGE_KINDS
 from warehouse.errors import WarehouseError
 
@@ -70,10 +71,9 @@ def export_bundle(con: duckdb.DuckDBPyConnection, run_id: str, units: list[tuple
     images = images.sort_values("file").reset_index(drop=True)
     files: dict[str, str] = {}
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".bundle-", suffix=".zip", dir=out.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+
+    def write(f: BinaryIO) -> None:
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as z:
             for name, data in (("units.csv", table.to_csv(index=False).encode()),
                                ("images.csv", images[[*META_COLUMNS, "file"]].to_csv(index=False).encode())):
                 z.writestr(name, data)
@@ -85,8 +85,6 @@ def export_bundle(con: duckdb.DuckDBPyConnection, run_id: str, units: list[tuple
             manifest = {"run_id": run_id, "units": [[layer, unit] for layer, unit in zip(keys["layer"], keys["unit"])],
                         "kinds": list(kinds), "n_images": len(images), "sha256": files}
             z.writestr("manifest.json", json.dumps(manifest, indent=2))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    write_output(out, write, force=True)
     return out

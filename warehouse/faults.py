@@ -9,7 +9,8 @@ Unset (always, outside tests), ``crash_point`` does nothing.
 
 ``NEURON_ATLAS_CRASH_ONCE=<point>:<marker file>`` does the same at ``crash_once(point)`` but only
 while the marker file does not exist (it is created first): a worker that dies once and whose retry
-then succeeds.
+then succeeds. With ``NEURON_ATLAS_CRASH_TIMES=<n>`` it dies the first n times (markers ``<marker>``,
+``<marker>.2``, ... ``<marker>.n``): a worker whose restarts are all spent.
 
 The points and what an interruption at each leaves are listed in docs/storage.md.
 """
@@ -23,6 +24,7 @@ ENV_VAR = "NEURON_ATLAS_CRASH_AT"
 SIGNAL_VAR = "NEURON_ATLAS_CRASH_SIGNAL"
 LOG_VAR = "NEURON_ATLAS_CRASH_LOG"
 ONCE_VAR = "NEURON_ATLAS_CRASH_ONCE"
+TIMES_VAR = "NEURON_ATLAS_CRASH_TIMES"
 
 
 def crash_point(point: str) -> None:
@@ -38,8 +40,10 @@ def crash_once(point: str) -> None:
     spec = os.environ.get(ONCE_VAR)
     if not spec or spec.split(":", 1)[0] != point:
         return
-    try:
-        os.close(os.open(spec.split(":", 1)[1], os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    os.kill(os.getpid(), signal.SIGKILL)
+    marker = spec.split(":", 1)[1]
+    for k in range(1, int(os.environ.get(TIMES_VAR, "1")) + 1):
+        try:
+            os.close(os.open(marker if k == 1 else f"{marker}.{k}", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        os.kill(os.getpid(), signal.SIGKILL)

@@ -4,8 +4,11 @@ The worker state (model with trained weights, datasets) is put into Ray's object
 (``ray.put``) and every actor reads it once, at its first item of the run; an item then ships only
 a reference and its small arguments, and returns float64 sums. Each actor reserves
 ``cpus_per_worker`` CPUs and sets torch's threads to match (or a GPU fraction with ``--device
-cuda``). An actor whose process dies is restarted and its items retried by Ray; the driver alone
-writes (``run_items`` saves each result).
+cuda``). An actor whose process dies is restarted and its items retried by Ray (``RETRIES`` times);
+an actor that dies for good is dropped and its items go to the surviving actors, each item at most
+``RETRIES`` times; when no actor is left, or an item has killed ``RETRIES`` actors, the run ends
+with one paragraph (finished items are kept for ``--resume``). The driver alone writes
+(``run_items`` saves each result).
 """
 
 from __future__ import annotations
@@ -16,12 +19,12 @@ from typing import Any
 
 import ray
 import torch
-from ray.exceptions import RayTaskError
+from ray.exceptions import AuthenticationError, RayActorError, RayError, RayTaskError
 
 from compute.distributed.executor import Item, Worker
-from compute.errors import ConfigError
+from compute.errors import WorkerError, ConfigError
 from warehouse.errors import AtlasError
-from warehouse.faults import ENV_VAR, ONCE_VAR
+from warehouse.faults import ENV_VAR, ONCE_VAR, TIMES_VAR
 
 RETRIES = 3  # restarts per actor, and retries per item, after a worker process dies
 IN_FLIGHT = 2  # items queued per actor, so it never waits for the driver between items
@@ -58,10 +61,8 @@ class RayExecutor:
         if not ray.is_initialized():
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False)
-            except (ConnectionError, ValueError, RuntimeError) as e:
-                raise ConfigError(f"could not reach a Ray cluster at {address!r} ({e}); start one with "
-                                  "`ray start --head` and pass --ray-address auto (or its ray://host:port), "
-                                  "or leave --ray-address out to start Ray on this machine.") from None
+            except (ConnectionError, ValueError, RuntimeError, RayError) as e:
+                raise ConfigError(connect_error(address, e)) from None
             self.started_ray = True
         self.cpus, self.gpus = cpus_per_worker, gpus_per_worker
         self.workers = workers
@@ -76,7 +77,7 @@ class RayExecutor:
         self._kill()
         n = self.workers or max(1, int(ray.cluster_resources().get("GPU" if cuda else "CPU", 1)
                                        // (self.gpus if cuda else self.cpus)))
-        env = {"NEURON_ATLAS_QUIET": "1", **{v: os.environ[v] for v in (ENV_VAR, ONCE_VAR) if v in os.environ}}
+        env = {"NEURON_ATLAS_QUIET": "1", **{v: os.environ[v] for v in (ENV_VAR, ONCE_VAR, TIMES_VAR) if v in os.environ}}
         options: dict[str, Any] = {"num_cpus": self.cpus, "runtime_env": {"env_vars": env}}
         if cuda:
             options["num_gpus"] = self.gpus
@@ -90,29 +91,42 @@ class RayExecutor:
         return self._state[1]
 
     def map(self, worker: Worker, items: Sequence[Item]) -> Iterator[tuple[str, Any]]:
-        """Results as they finish; each actor keeps ``IN_FLIGHT`` items queued."""
+        """Results as they finish; each live actor keeps ``IN_FLIGHT`` items queued."""
         actors = self.actors(worker.device == "cuda")
         state = [self.broadcast(worker)]
         queue = list(reversed(items))
-        running: dict[Any, tuple[Any, str]] = {}
+        running: dict[Any, tuple[Any, Item]] = {}
+        lost: dict[str, int] = {}  # item key -> actors that died for good while running it
 
-        def submit(actor: Any) -> None:
-            if queue:
-                item = queue.pop()
-                running[actor.run.remote(state, item)] = (actor, item.key)
+        def fill() -> None:
+            for actor in actors:
+                while queue and sum(a is actor for a, _ in running.values()) < IN_FLIGHT:
+                    item = queue.pop()
+                    running[actor.run.remote(state, item)] = (actor, item)
 
-        for actor in actors:
-            for _ in range(IN_FLIGHT):
-                submit(actor)
+        fill()
         while running:
             (done,), _ = ray.wait(list(running), num_returns=1)
-            actor, key = running.pop(done)
+            actor, item = running.pop(done)
             try:
                 value = ray.get(done)
             except RayTaskError as e:  # the item raised: an input error reads as ours, others as they are
                 raise (e.cause if isinstance(e.cause, AtlasError) else e) from None
-            submit(actor)
-            yield key, value
+            except RayActorError as e:  # restarts spent: drop the actor, hand its items to the others
+                lost[item.key] = lost.get(item.key, 0) + 1
+                if actor in actors:
+                    actors.remove(actor)
+                    self._actors = [a for a in self._actors if a is not actor]
+                    for ref in [r for r, (a, _) in running.items() if a is actor]:
+                        queue.append(running.pop(ref)[1])
+                queue.append(item)
+                if not actors or lost[item.key] > RETRIES:
+                    self._kill()
+                    raise WorkerError(worker_error(item.key, lost[item.key], e, bool(actors))) from None
+                fill()
+                continue
+            fill()
+            yield item.key, value
 
     def _kill(self) -> None:
         for actor in self._actors:
@@ -124,3 +138,27 @@ class RayExecutor:
         self._state = None
         if self.started_ray:
             ray.shutdown()
+
+
+def worker_error(key: str, times: int, e: RayActorError, actors_left: bool) -> str:
+    """One paragraph for Ray workers that died for good (each after ``RETRIES`` restarts)."""
+    cause = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    what = (f"item {key} was lost with {times} Ray workers (each restarted {RETRIES} times)" if actors_left else
+            f"every Ray worker died for good (each restarted {RETRIES} times; the last while running item {key})")
+    return (f"{what}: {cause}. Usually a worker runs out of memory (fewer --ray-workers, a smaller --eval-size "
+            f"or --layers) or its node went away. Finished items are kept: fix the cause and continue with "
+            f"--resume --run-id.")
+
+
+def connect_error(address: str | None, e: BaseException) -> str:
+    """One paragraph for a cluster that could not be joined, naming token authentication when it may be why."""
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    text = f"could not reach a Ray cluster at {address!r} ({first})."
+    mode = os.environ.get("RAY_AUTH_MODE", "")
+    if isinstance(e, AuthenticationError) or (address and mode not in ("token",)):
+        text += (" If the cluster uses token authentication (the default of `ray start --head` since Ray 2.59; Ray "
+                 "logs 'InvalidAuthToken' then), this driver must send the cluster's token: run with "
+                 "RAY_AUTH_MODE=token and the head's token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or "
+                 f"RAY_AUTH_TOKEN (RAY_AUTH_MODE is {mode or 'unset'} here).")
+    return text + (" Otherwise start a cluster with `ray start --head` and pass --ray-address auto (or its "
+                   "host:port, ray://host:port), or leave --ray-address out to start Ray on this machine.")

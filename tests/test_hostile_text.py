@@ -257,7 +257,7 @@ def hostile_root(warehouse_root, tmp_path_factory) -> Path:
     """The small run, beside run folders named with the payloads (folder names cannot hold '/')."""
     root = tmp_path_factory.mktemp("hostile")
     shutil.copytree(warehouse_root / "runs", root / "runs")
-    for payload in ("x`[Click here](evil.example)` ![img](evil.png) :abc: $evil$ <b>evil</b>", "\x1b[31mevil"):
+    for payload in ("x`[Click here](evil.example)` ![img](evil.png) :abc: $evil$ <b>evil", "\x1b[31mevil"):
         (root / "runs" / payload).mkdir()
     return root
 

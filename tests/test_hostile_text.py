@@ -202,6 +202,17 @@ def test_a_repeated_parameter_gives_one_notice():
     assert state.filter.layers == ("fc1",) and len(notices) == 3, notices
 
 
+def test_an_idx_header_claiming_huge_dimensions_is_named(tmp_path):
+    """File headers are numbers from outside too: four dimensions of 2^32-1 overflow int64, not Python's int."""
+    from compute.datasets.idx import read_idx
+    from compute.errors import DataError
+
+    path = tmp_path / "huge-idx3-ubyte"
+    path.write_bytes(bytes([0, 0, 8, 4]) + (2**32 - 1).to_bytes(4, "big") * 4 + b"x" * 10)
+    with pytest.raises(DataError, match=f"{(2**32 - 1) ** 4} bytes"):
+        read_idx(path)
+
+
 # --- the terminal: python -m compute list -------------------------------------------------------------------------
 
 def test_compute_list_prints_stored_values_as_text(tmp_path, capsys):
@@ -257,7 +268,7 @@ def hostile_root(warehouse_root, tmp_path_factory) -> Path:
     """The small run, beside run folders named with the payloads (folder names cannot hold '/')."""
     root = tmp_path_factory.mktemp("hostile")
     shutil.copytree(warehouse_root / "runs", root / "runs")
-    for payload in ("x`[Click here](evil.example)` ![img](evil.png) :abc: $evil$ <b>evil</b>", "\x1b[31mevil"):
+    for payload in ("x`[Click here](evil.example)` ![img](evil.png) :abc: $evil$ <b>evil", "\x1b[31mevil"):
         (root / "runs" / payload).mkdir()
     return root
 

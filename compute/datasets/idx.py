@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import math
 import re
 from pathlib import Path
 
@@ -28,7 +29,7 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = raw[3]
     header = 4 + 4 * ndim
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = int(np.prod(dims)) if dims else 0
+    expected = math.prod(dims) if dims else 0  # Python integers: four 32-bit dimensions cannot overflow
     if len(raw) - header != expected:
         raise DataError(
             f"{path} is truncated or corrupt: header says {dims} ({expected} bytes), "

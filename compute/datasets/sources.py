@@ -354,8 +354,8 @@ def _image_folder(directory: Path, name: str) -> ImageSet:
     for path, _ in samples[1:]:
         size = _image_header(path, name)[1]
         if size != first_size:
-            raise DataError(f"{name}: {path} is {size[1]}x{size[0]} pixels, the first image "
-                            f"{first_size[1]}x{first_size[0]}; resize the images to one size.")
+            raise DataError(f"{name}: {path} is {size[::-1]} pixels (height, width), the first image "
+                            f"{first_size[::-1]}; resize the images to one size.")
     need = len(samples) * first_size[0] * first_size[1] * (1 if mode == "L" else 3)
     budget = min(MAX_DATASET_BYTES, _memory_bytes() // 2)
     if need > budget:

@@ -404,16 +404,30 @@ def _layers(args: argparse.Namespace) -> int:
         shapes = layer_shapes(model, args.input_shape)
     except RuntimeError as e:
         raise input_error(args.model, args.input_shape, e) from None
+    from compute.nets.activations import point_kind, unit_dim
+    from compute.nets.receptive_field import token_boxes
+
     image = tuple(args.input_shape[1:])
-    print(f"{'layer':<24} {'kind':<7} {'units':>6}  {'activation shape':<18} receptive field (centre unit)")
+    modules = model.probe_modules()
+    print(f"{'layer':<28} {'activation':<11} {'layout':<13} {'units':>6}  {'shape (units first)':<20} "
+          f"receptive field (centre unit)")
     for name, shape in shapes.items():
-        kind = "conv" if len(shape) == 3 else "linear"
-        if kind == "conv":
+        last = unit_dim(modules[name]) != 1
+        layout = {1: "(N, C)", 2: "(N, T, C)" if last else "(N, C, L)",
+                  3: "(N, H, W, C)" if last else "(N, C, H, W)"}.get(len(shape), f"{len(shape) + 1}-d")
+        if len(shape) == 3:
             field = centre_field(model, name, args.input_shape)
             rf = "x".join(map(str, field)) + (" (whole image)" if field == image else "")
+        elif len(shape) == 2 and last:
+            boxes = token_boxes(model, name, args.input_shape)
+            rf = "whole input" if boxes is None else \
+                f"one {boxes[-1, 0, 2] - boxes[-1, 0, 0]}x{boxes[-1, 0, 3] - boxes[-1, 0, 1]} patch per token"
         else:
             rf = "whole input"
-        print(f"{name:<24} {kind:<7} {shape[0]:>6}  {'x'.join(map(str, shape)):<18} {rf}")
+        print(f"{name:<28} {point_kind(modules[name]).name:<11} {layout:<13} {shape[0]:>6}  "
+              f"{'x'.join(map(str, shape)):<20} {rf}")
+    for name, why in getattr(model, "skipped", {}).items():
+        print(f"{name:<28} not probed: {why}")
     print(f"{len(shapes)} layers, {sum(s[0] for s in shapes.values())} units "
           f"(input {'x'.join(map(str, args.input_shape))}, torch {torch.__version__})")
     return 0

@@ -33,7 +33,8 @@ from tests.ablation_models import digits
 def rgb_digits(n: int, size: int = 32, classes: int = 3) -> ImageSet:
     """Real digits of the first ``classes`` classes, padded to ``size`` and repeated on three channels."""
     test = load_dataset("mnist-5k").test
-    keep = torch.nonzero(test.labels < classes).flatten()[:n]
+    keep = torch.cat([torch.nonzero(test.labels == c).flatten()[:n // classes] for c in range(classes)])
+    keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(0))]
     pad = (size - 28) // 2
     images = F.pad(test.images[keep], (pad, size - 28 - pad, pad, size - 28 - pad)).repeat(1, 3, 1, 1)
     return ImageSet(images.contiguous(), test.labels[keep], tuple(str(c) for c in range(classes)), "rgb-digits")

@@ -151,7 +151,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="stop training once an epoch's training accuracy reaches this (e.g. 0.99)")
     p.add_argument("--checkpoint", default=None, help="load these trained weights (a state dict) first")
     p.add_argument("--layers", type=_patterns, default=None,
-                   help="probe only these layers: comma-separated names or glob patterns (e.g. 'layer4.*,fc')")
+                   help="probe only these layers: comma-separated names or glob patterns (e.g. 'layer4.*,fc'); "
+                        "'!PATTERN' leaves layers out (e.g. '!*.se.*')")
     p.add_argument("--ablate", default="zero", choices=("zero", "mean"),
                    help="what an ablated unit's output is set to: zero (default, Morcos et al.) or its mean output on "
                         "the evaluation set (docs/metrics.md, Non-rectified activations)")
@@ -431,16 +432,30 @@ def _layers(args: argparse.Namespace) -> int:
         shapes = layer_shapes(model, args.input_shape)
     except RuntimeError as e:
         raise input_error(args.model, args.input_shape, e) from None
+    from compute.nets.activations import point_kind, unit_dim
+    from compute.nets.receptive_field import token_boxes
+
     image = tuple(args.input_shape[1:])
-    print(f"{'layer':<24} {'kind':<7} {'units':>6}  {'activation shape':<18} receptive field (centre unit)")
+    modules = model.probe_modules()
+    print(f"{'layer':<28} {'kind':<7} {'activation':<11} {'layout':<7} {'units':>6}  {'shape':<14} "
+          f"receptive field (centre unit)")
     for name, shape in shapes.items():
-        kind = "conv" if len(shape) == 3 else "linear"
+        last = unit_dim(modules[name]) != 1
+        kind, layout = {1: ("linear", "NC"), 2: ("tokens", "NTC") if last else ("conv1d", "NCL"),
+                        3: ("conv", "NHWC" if last else "NCHW")}.get(len(shape), ("other", f"{len(shape) + 1}-d"))
         if kind == "conv":
             field = centre_field(model, name, args.input_shape)
             rf = "x".join(map(str, field)) + (" (whole image)" if field == image else "")
+        elif kind == "tokens":
+            boxes = token_boxes(model, name, args.input_shape)
+            rf = "whole input" if boxes is None else \
+                f"one {boxes[-1, 0, 2] - boxes[-1, 0, 0]}x{boxes[-1, 0, 3] - boxes[-1, 0, 1]} patch per token"
         else:
             rf = "whole input"
-        print(f"{name:<24} {kind:<7} {shape[0]:>6}  {'x'.join(map(str, shape)):<18} {rf}")
+        print(f"{name:<28} {kind:<7} {point_kind(modules[name]).name:<11} {layout:<7} {shape[0]:>6}  "
+              f"{'x'.join(map(str, shape)):<14} {rf}")
+    for name, why in getattr(model, "skipped", {}).items():
+        print(f"{name:<28} not probed: {why}")  # after the table: the summary line stays last
     print(f"{len(shapes)} layers, {sum(s[0] for s in shapes.values())} units "
           f"(input {'x'.join(map(str, args.input_shape))}, torch {torch.__version__})")
     return 0

@@ -33,7 +33,8 @@ from tests.ablation_models import digits
 def rgb_digits(n: int, size: int = 32, classes: int = 3) -> ImageSet:
     """Real digits of the first ``classes`` classes, padded to ``size`` and repeated on three channels."""
     test = load_dataset("mnist-5k").test
-    keep = torch.nonzero(test.labels < classes).flatten()[:n]
+    keep = torch.cat([torch.nonzero(test.labels == c).flatten()[:n // classes] for c in range(classes)])
+    keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(0))]
     pad = (size - 28) // 2
     images = F.pad(test.images[keep], (pad, size - 28 - pad, pad, size - 28 - pad)).repeat(1, 3, 1, 1)
     return ImageSet(images.contiguous(), test.labels[keep], tuple(str(c) for c in range(classes)), "rgb-digits")
@@ -88,6 +89,10 @@ def test_discovery_finds_every_kind_and_says_what_it_skipped():
     assert probed.state_dict().keys() == net.state_dict().keys()
     with pytest.raises(ConfigError, match="matches only activation calls that cannot be probed: sigmoid .*gate"):
         select_layers(probed.probes, ["sig*"], probed.skipped)
+    assert list(select_layers(probed.probes, ["!*l*"])) == ["act", "mish", "tanh"]  # "!" leaves layers out
+    assert list(select_layers(probed.probes, ["*l*", "!gelu*"])) == ["silu", "leaky_relu"]
+    with pytest.raises(ConfigError, match="leaves no layer"):
+        select_layers(probed.probes, ["!*"])
 
 
 def test_registry_facts_hold_for_each_kind():
@@ -269,8 +274,8 @@ def test_convnext_channels_last_boxes_read_like_conv_maps():
 
 @pytest.mark.parametrize("name,layers,images", [
     ("efficientnet_b0", ("features.8.2",), False),
-    ("convnext_tiny", ("features.7.2.block.4",), True),
-    ("mobilenet_v3_small", ("features.12.2", "classifier.1"), False),
+    ("convnext_tiny", ("features.7.2.block.4",), False),  # the last block: a short suffix
+    ("mobilenet_v3_small", ("features.0.2",), True),
 ])
 def test_torchvision_slices_through_the_pipeline(tmp_path, name, layers, images):
     data = rgb_digits(48)
@@ -284,7 +289,8 @@ def test_torchvision_slices_through_the_pipeline(tmp_path, name, layers, images)
     rows = con.execute("SELECT layer, n_units, probe FROM layers ORDER BY layer_index").fetchall()
     assert [r[0] for r in rows] == list(layers)
     n = sum(r[1] for r in rows)
-    assert con.execute("SELECT count(*), count(abl_loss_delta), count(selectivity) FROM units").fetchall() == [(n, n, n)]
+    counts = con.execute("SELECT count(*), count(abl_loss_delta), count(selectivity) FROM units").fetchall()
+    assert counts == [(n, n, n)]
     if images:
         kinds = {k for (k,) in con.execute("SELECT DISTINCT kind FROM unit_images").fetchall()}
         assert {"top", "top_crop", "gbp", "happy"} <= kinds
@@ -321,3 +327,31 @@ def test_bad_layouts_and_activations_are_named(tmp_path):
     activation = next(o for o in REGISTRY["lenet5"].options if o.name == "activation")
     with pytest.raises(ConfigError, match="--activation must be one of relu, relu6"):
         activation.parse("softmax")
+
+
+def test_trained_gelu_lenet_through_every_stage_and_the_dashboard(tmp_path, monkeypatch):
+    """LeNet-5 with GELUs trained briefly on real digits: every stage, then its unit page."""
+    from streamlit.testing.v1 import AppTest
+
+    from compute.run.config import RunConfig
+    from compute.run.pipeline import compute_run
+
+    images = ImageConfig(top_k=3, actmax=ActMaxConfig(steps=8, restarts=2))
+    summary = compute_run(RunConfig(model="lenet5", activation="gelu", epochs=2, train_size=800, eval_size=200,
+                                    images=images, run_id="gelu"), tmp_path)
+    assert summary.figures["test_acc"] > 0.5  # trained (chance is 0.1)
+    con = warehouse.connect(tmp_path)
+    assert con.execute("SELECT count(*) FROM layers WHERE probe LIKE 'output of gelu module%'").fetchall() == [(4,)]
+    assert con.execute("SELECT count(*) FROM units WHERE mean_rect < 0 OR selectivity < 0").fetchall() == [(0,)]
+    assert con.execute("SELECT count(DISTINCT epoch) FROM train_trace").fetchall() == [(2,)]
+    crops = con.execute("SELECT count(*) FROM unit_images WHERE layer = 'conv2' AND kind = 'top_crop'").fetchall()
+    assert crops[0][0] > 0
+    assert con.execute("SELECT count(*) FROM class_curves").fetchall()[0][0] > 0
+    monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(tmp_path))
+    at = AppTest.from_file("dashboard/app.py", default_timeout=120)
+    at.run()
+    at.switch_page("views/unit.py")
+    at.query_params = {"run": "gelu", "unit": "fc1:3"}
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.header[0].value == "Unit fc1:3" and len(at.image) > 0

@@ -81,9 +81,11 @@ def test_layers_lists_units_shapes_and_receptive_fields():
     r = cli("layers", "--model", "lenet5")
     assert r.returncode == 0, r.stderr
     rows = {line.split()[0]: line.split()[1:] for line in r.stdout.splitlines()[1:-1]}
-    assert rows["conv1"] == ["conv", "6", "6x28x28", "5x5"]
-    assert rows["conv2"] == ["conv", "16", "16x10x10", "14x14"]
-    assert rows["fc1"] == ["linear", "120", "120", "whole", "input"]
+    assert rows["conv1"] == ["conv", "relu", "NCHW", "6", "6x28x28", "5x5"]
+    assert rows["conv2"] == ["conv", "relu", "NCHW", "16", "16x10x10", "14x14"]
+    assert rows["fc1"] == ["linear", "relu", "NC", "120", "120", "whole", "input"]
+    gelu = cli("layers", "--model", "mlp", "--activation", "gelu", "--widths", "8")
+    assert gelu.stdout.splitlines()[1].split()[:3] == ["fc1", "linear", "gelu"]
     assert "4 layers, 226 units" in r.stdout
     wide = cli("layers", "--model", "cifar-convnet", "--input-shape", "3,32,32")
     assert "32x32 (whole image)" in wide.stdout and "conv3" in wide.stdout

@@ -20,7 +20,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
 
-from compute.nets.activations import fill_of, unit_dim
+from compute.nets.activations import ProbePoint, fill_of, unit_dim
 
 
 def _unit_shape(ndim: int, m: int, n_units: int, dim: int) -> list[int]:
@@ -53,7 +53,8 @@ def stack(t: torch.Tensor, m: int, mask: torch.Tensor | None = None, dim: int = 
     return _masked(t.unsqueeze(0), mask, dim, fill, out).view(m * t.shape[0], *t.shape[1:])
 
 
-def apply_mask(x: torch.Tensor, mask: torch.Tensor | None, dim: int = 1, fill: torch.Tensor | None = None) -> torch.Tensor:
+def apply_mask(x: torch.Tensor, mask: torch.Tensor | None, dim: int = 1,
+               fill: torch.Tensor | None = None) -> torch.Tensor:
     """Stacked activity (M*B, ...) with per-ablation masks (M, U) applied (see ``stack``); no mask = unchanged."""
     if mask is None:
         return x
@@ -114,12 +115,14 @@ def _past_passive(node: fx.Node) -> fx.Node:
 
 
 def _fresh_relu(node: fx.Node) -> bool:
-    """A ReLU module whose input is the fresh output of a linear or conv layer used by nothing else:
-    it can run in place, saving a pass over the largest stacked tensors."""
+    """A ReLU module (or a probe point of one) whose input is the fresh output of a linear or conv layer
+    used by nothing else: it can run in place, saving a pass over the largest stacked tensors."""
     if node.op != "call_module" or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
         return False
     src, owner = node.args[0], node.graph.owning_module
-    return (isinstance(owner.get_submodule(node.target), nn.ReLU) and len(src.users) == 1
+    module = owner.get_submodule(node.target)
+    relu = type(module.act if isinstance(module, ProbePoint) else module) is nn.ReLU
+    return (relu and len(src.users) == 1
             and src.op == "call_module" and isinstance(owner.get_submodule(src.target), (nn.Linear, nn.Conv2d)))
 
 
@@ -200,7 +203,8 @@ class GraphSplit:
         fill = fill_of(self.module)
         if fill is not None and self.passive:
             raise RuntimeError(f"{self.layer}: an ablation value was set after the split was made; split again")
-        stacked = [stack(inputs[0], m, masks.get(self.layer), unit_dim(self.module), fill)] + [stack(t, m) for t in inputs[1:]]
+        stacked = [stack(inputs[0], m, masks.get(self.layer), unit_dim(self.module), fill)]
+        stacked += [stack(t, m) for t in inputs[1:]]
         kwargs = {self.mask_args[k]: v for k, v in masks.items() if k != self.layer}
         return self.suffix_module(*stacked, **kwargs)
 

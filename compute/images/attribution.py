@@ -12,9 +12,9 @@
   at every ``nn.ReLU`` module (including those inside probe points) and every other activation
   passes its ordinary gradient, so in a network without ReLUs the map equals the plain gradient.
 - **Weighted average inputs** per class on the training set: the mean input weighted by the unit's
-  response (mean over positions of ``max(f(z) - f(0), 0)``, the post-ReLU output for ReLU), and by the positive part of its
-  gradient signal ``-sum_p dL_n/da_p`` (docs/metrics.md), i.e. the examples whose loss asks the unit
-  to be higher.
+  response (mean over positions of ``max(f(z) - f(0), 0)``, the post-ReLU output for ReLU), and by
+  the positive part of its gradient signal ``-sum_p dL_n/da_p`` (docs/metrics.md), i.e. the examples
+  whose loss asks the unit to be higher.
 """
 
 from __future__ import annotations

@@ -260,15 +260,24 @@ def _nothing_to_probe(model: str, skipped: dict[str, str]) -> str:
 
 def select_layers(probes: dict[str, str], patterns: list[str] | None,
                   skipped: dict[str, str] | None = None) -> dict[str, str]:
-    """The probes whose layer names match any of ``patterns`` (names or globs), in forward order.
+    """The probes whose layer names match any of ``patterns`` (names or globs), in forward order;
+    a pattern starting with ``!`` excludes the layers it matches (only exclusions: from every layer).
     A pattern that matches only skipped calls says why they were skipped."""
     if not patterns:
         return probes
-    for p in patterns:
+    include = [p for p in patterns if not p.startswith("!")]
+    exclude = [p[1:] for p in patterns if p.startswith("!")]
+    for p in include + exclude:
         if not any(fnmatch.fnmatchcase(layer, p) for layer in probes):
             why = [f"{layer} ({reason})" for layer, reason in (skipped or {}).items() if fnmatch.fnmatchcase(layer, p)]
             if why:
                 raise ConfigError(f"--layers: {p!r} matches only activation calls that cannot be probed: "
                                   f"{'; '.join(why[:3])}. Probe-able layers: {', '.join(probes)}.")
             raise ConfigError(f"--layers: no layer matches {p!r}; the model's layers are: {', '.join(probes)}.")
-    return {layer: m for layer, m in probes.items() if any(fnmatch.fnmatchcase(layer, p) for p in patterns)}
+    chosen = {layer: m for layer, m in probes.items()
+              if (not include or any(fnmatch.fnmatchcase(layer, p) for p in include))
+              and not any(fnmatch.fnmatchcase(layer, p) for p in exclude)}
+    if not chosen:
+        raise ConfigError(f"--layers {','.join(patterns)} leaves no layer to probe; the model's layers are: "
+                          f"{', '.join(probes)}.")
+    return chosen

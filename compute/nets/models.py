@@ -246,7 +246,8 @@ REGISTRY: dict[str, ModelEntry] = {e.name: e for e in (
     ModelEntry("lenet5", lambda s, k, activation="relu": LeNet5(s, k, activation), (_ACTIVATION,)),
     ModelEntry("mlp", lambda s, k, widths=(128, 128), activation="relu": MLP(s, k, tuple(widths), activation),
                (ModelOption("widths", _widths, (128, 128), "mlp hidden widths, e.g. 128,128"), _ACTIVATION)),
-    ModelEntry("cifar-convnet", lambda s, k, width=0.25, activation="relu": CifarConvNet(s, k, float(width), activation),
+    ModelEntry("cifar-convnet",
+               lambda s, k, width=0.25, activation="relu": CifarConvNet(s, k, float(width), activation),
                (ModelOption("width", _width, 0.25, "cifar-convnet channel width multiplier"), _ACTIVATION)),
 )}
 MODEL_NAMES = (*REGISTRY, f"{TORCHVISION_PREFIX}<name>")

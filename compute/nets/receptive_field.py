@@ -19,6 +19,8 @@ from __future__ import annotations
 import copy
 
 import torch
+import torch.fx as fx
+import torch.nn.functional as F
 from torch import nn
 
 from compute.errors import ConfigError
@@ -28,6 +30,9 @@ from compute.nets.forward import run_to
 
 # Per-position modules (activations, dropout, normalisations): the identity keeps every path.
 _ELEMENTWISE = (ProbePoint, nn.Dropout, nn.Dropout2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)
+
+
+_NORM_FUNCTIONS = (F.layer_norm, F.group_norm, F.batch_norm, F.instance_norm)
 
 
 def _replacement(module: nn.Module) -> nn.Module | None:
@@ -50,6 +55,13 @@ def connectivity_model(model: ProbedModel) -> ProbedModel:
         if new is not None and name:
             parent, _, child = name.rpartition(".")
             setattr(twin.get_submodule(parent) if parent else twin, child, new)
+    if isinstance(twin, fx.GraphModule):  # normalisations called as functions (e.g. ConvNeXt's LayerNorm2d):
+        # their output sums to zero over channels, so a sum's gradient would vanish; identity instead
+        for node in list(twin.graph.nodes):
+            if node.op == "call_function" and node.target in _NORM_FUNCTIONS:
+                node.replace_all_uses_with(node.args[0])
+                twin.graph.erase_node(node)
+        twin.recompile()
     with torch.no_grad():  # every weight 1 (also scales such as ConvNeXt's layer_scale), every bias 0
         for name, param in twin.named_parameters():
             param.fill_(0.0 if name.rpartition(".")[2].startswith("bias") else 1.0)

@@ -13,7 +13,7 @@ import streamlit as st
 from dashboard import cached, nav, ui, whatif_panel
 from dashboard.correlation import SMALL_N
 from dashboard.image_panels import with_thumbnails
-from dashboard.state import COLORS, ExplorerState, encode
+from dashboard.state import COLORS, ExplorerState, encode, unit_params
 from warehouse.browse import FACETS
 from warehouse.export import FORMATS
 from warehouse.filters import CLASS_METRICS, UNIT_METRICS
@@ -24,6 +24,7 @@ FACET_VALUES = 12  # values listed per facet
 POPULATIONS = {"live units": True, "all matching units": False}
 TAYLOR = ("taylor", "taylor_norm")
 EXPLORER = Path(__file__).parent / "views" / "explorer.py"
+UNIT = Path(__file__).parent / "views" / "unit.py"
 S = st.session_state
 
 
@@ -105,7 +106,7 @@ def class_rank(root: str, fp: cached.Fingerprint, state: ExplorerState, classes:
         c1, c2 = st.columns(2)
         if S.get("ex-rank-class") not in (NO_CLASS, *classes):
             S["ex-rank-class"] = NO_CLASS
-        c1.selectbox("Class", [NO_CLASS, *classes], key="ex-rank-class")
+        c1.selectbox("Rank by class", [NO_CLASS, *classes], key="ex-rank-class")
         c2.selectbox("Per-class metric", CLASS_METRICS, key="ex-rank-metric",
                      help="A column of unit_classes (docs/schema.md): abl_loss_delta = the class's loss change when "
                           "the unit is removed, abl_acc_delta its accuracy change, anomaly its anomaly score.")
@@ -125,11 +126,14 @@ def class_rank(root: str, fp: cached.Fingerprint, state: ExplorerState, classes:
 
 
 def unit_chooser(state: ExplorerState, labels: list[str]) -> None:
+    """A unit to open, and a link to it (a link: ``st.switch_page`` with new query parameters leaves an
+    extra history entry of this page behind, so a button would need two Backs to leave the unit page)."""
     c1, c2 = st.columns([3, 1])
     chosen = c1.selectbox("Open a unit (or select a table row or a scatter point)", labels, key="ex-open-choice")
-    if c2.button("Open unit page", key="ex-open", type="primary") and chosen:
+    if chosen:
         layer, _, unit = chosen.rpartition(":")
-        nav.open_unit(state.filter.run_id, layer, int(unit), state)
+        c2.page_link(str(UNIT), label="Open unit page", icon=":material/open_in_new:",
+                     query_params=unit_params(state.filter.run_id, layer, int(unit), state))
 
 
 def what_if(run: str, labels: list[str]) -> None:

@@ -179,11 +179,11 @@ def render_class_removal(con: Any, run: str, class_names: list[str]) -> None:
                         f"the class (accuracy {row['class_acc_intact']:.2f} intact) while the others keep 90%.")
         else:
             st.markdown(
-                f"**{ui.text(layer)}, class {ui.text(cls)}: these {len(labels)} units halve it**, from "
+                f"**{ui.text(layer)}, class {ui.text(cls)}: the fewest units that halve it ({len(labels)})**, from "
                 f"{row['class_acc_intact']:.2f} to {row['class_acc_then']:.2f}, while the other classes go from "
                 f"{row['other_acc_intact']:.2f} to {row['other_acc_then']:.2f}: "
                 + ", ".join(f"[{lab}]({nav.unit_url(run, *lab.rsplit(':', 1))})" for lab in labels))
-            whatif_panel.link(st, run, labels, f"Remove these {len(labels)} units in what-if")
+            whatif_panel.link(st, run, labels, f"Remove these units in what-if ({len(labels)})")
     curves = queries.class_curves_of(con, run, layer)
     fig = go.Figure()
     for other, g in curves[curves["class"] != k].groupby("class"):

@@ -81,12 +81,14 @@ def write_url(page: str, params: dict[str, str | list[str]]) -> None:
 
     Streamlit's browser side pushes a history entry for every change of the query string (outside
     Back/Forward), so a page that rewrote the link it was opened with into its normalized form
-    (defaults filled in, ignored values dropped) would leave two entries for one view, and the first
-    Back would stay on it. A page opened on a URL with parameters therefore keeps that URL as it is and
-    only records the state it shows; a bare URL (``/explorer``) gets the state written. The state is
-    kept per page, so the sidebar's links return to it."""
+    (defaults filled in) would leave two entries for one view, and the first Back would stay on it. A
+    page opened on a URL whose parameters are all its own therefore keeps that URL as it is and only
+    records the state it shows. A bare URL (``/explorer``) gets the state written, and so does a URL
+    with parameters the page does not hold (ignored values; another page's, which Streamlit leaves
+    in the entry a page switch leaves behind: Back lands there, and there the write replaces the entry).
+    The state is kept per page, so the sidebar's links return to it."""
     S = st.session_state
-    if url_is_new(page) and url_params():
+    if url_is_new(page) and url_params() and set(url_params()) <= set(params):
         S[f"_state_{page}"], S[f"_url_{page}"] = params, url_params()
         return
     if S.get(f"_state_{page}") == params and S.get(f"_url_{page}") == url_params():

@@ -27,8 +27,9 @@ def _removal(u: dict[str, Any]) -> str:
     lo, hi, q = u["abl_loss_lo"], u["abl_loss_hi"], u["abl_loss_q"]
     effect = f"{u['abl_loss_delta']:+.4f} [95% interval {lo:+.4f}, {hi:+.4f}]"
     if q is not None and q <= ALPHA and lo > 0:
-        return (f"**the network needs it**: removing it raises the loss by {effect} and turns "
-                f"{int(u['abl_n_hurt'])} right predictions wrong ({int(u['abl_n_helped'])} the other way)")
+        hurt = int(u["abl_n_hurt"])
+        return (f"**the network needs it**: removing it raises the loss by {effect} and turns {hurt} right "
+                f"prediction{'' if hurt == 1 else 's'} wrong ({int(u['abl_n_helped'])} the other way)")
     if q is not None and q <= ALPHA and hi < 0:
         return f"**the network does better without it**: removing it changes the loss by {effect}"
     return f"**its removal is within the noise**: loss change {effect}"

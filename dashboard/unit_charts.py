@@ -47,14 +47,15 @@ def act_vs_grad(df: pd.DataFrame, title: str, rectified: bool = False) -> go.Fig
     for col in (1, 2):
         class_axis(fig, x.unique(), row=1, col=col)
     fig.update_yaxes(title_text="activation (unit's output)", row=1, col=1)
-    fig.update_yaxes(title_text="gradient (dLoss/d unit, sign flipped: + = loss wants it higher)", row=1, col=2)
+    fig.update_yaxes(title_text="gradient (-dLoss/d unit)", row=1, col=2)
     fig.update_layout(barmode="group", legend={"orientation": "h", "y": -0.25})
     return fig
 
 
 def ablation_bars(cls: pd.DataFrame) -> go.Figure:
     """Per class: accuracy and loss change when the unit is zeroed."""
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy change when zeroed", "loss change when zeroed"))
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy change when zeroed (removed - intact)",
+                                                       "loss change when zeroed (removed - intact)"))
     x = cls["class_name"].astype(str)
     fig.add_trace(go.Bar(x=x, y=cls["abl_acc_delta"], name="accuracy change",
                          marker_color=COLORS["accuracy change"]), row=1, col=1)
@@ -62,8 +63,8 @@ def ablation_bars(cls: pd.DataFrame) -> go.Figure:
                   row=1, col=2)
     for col in (1, 2):
         class_axis(fig, x, row=1, col=col)
-    fig.update_yaxes(title_text="accuracy change (fraction, removed - intact)", row=1, col=1)
-    fig.update_yaxes(title_text="loss change (nats, removed - intact)", row=1, col=2)
+    fig.update_yaxes(title_text="accuracy change (fraction)", row=1, col=1)
+    fig.update_yaxes(title_text="loss change (nats)", row=1, col=2)
     fig.update_layout(showlegend=False)
     return fig
 

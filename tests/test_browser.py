@@ -71,10 +71,11 @@ def test_explorer_preset_then_unit_page_in_chromium(server, browser, tmp_path):
     page.get_by_role("combobox", name="Preset").click()
     page.get_by_role("option", name="high gradient, low activation").click()
     page.get_by_text("Preset high gradient, low activation").wait_for(timeout=60_000)
+    _idle(page)
     assert "preset=high+gradient" in page.url and "cc=anomaly" in page.url
     chosen = page.get_by_role("combobox", name="Open a unit").input_value()
     assert chosen.split(":")[0] in ("conv1", "conv2", "fc1", "fc2")
-    page.get_by_role("button", name="Open unit page").click()
+    page.get_by_role("link", name="Open unit page").click()
     page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
     page.get_by_text("Download this unit's images").wait_for(timeout=60_000)
     shot = tmp_path / "unit-page.png"
@@ -113,7 +114,7 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
     filtered = page.url
     assert "preset=high+gradient" in filtered and "layers=fc1" in filtered, filtered  # touching layers keeps the preset
     chosen = page.get_by_role("combobox", name="Open a unit").input_value(timeout=60_000)
-    page.get_by_role("button", name="Open unit page").click()
+    page.get_by_role("link", name="Open unit page").click()
     page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
     _idle(page)
     unit_url = page.url
@@ -208,10 +209,10 @@ def test_researcher_tasks_and_back_in_chromium(server, browser, warehouse_root):
     _idle(page)
     page.get_by_role("combobox", name="Class", exact=True).click()
     page.get_by_role("option", name=row.class_name, exact=True).click()
-    page.get_by_text(f"these {len(named)} units halve it").wait_for(timeout=60_000)
+    page.get_by_text(f"the fewest units that halve it ({len(named)})").wait_for(timeout=60_000)
     for label in named:
         assert page.get_by_role("link", name=label, exact=True).count() >= 1
-    page.get_by_role("link", name=f"Remove these {len(named)} units in what-if").click()
+    page.get_by_role("link", name=f"Remove these units in what-if ({len(named)})").click()
     page.get_by_role("heading", name="What if these units were removed?").wait_for(timeout=60_000)
     page.get_by_text("units removed").wait_for(timeout=120_000)
     assert "units=" + "%2C".join(n.replace(":", "%3A") for n in named) in page.url or \
@@ -226,7 +227,7 @@ def test_researcher_tasks_and_back_in_chromium(server, browser, warehouse_root):
     page.get_by_role("heading", name=f"Unit {layer}:{unit}", exact=True).wait_for(timeout=60_000)
     _idle(page)
     # A flip shows both predictions.
-    page.get_by_text("prediction without the unit").first.wait_for(timeout=60_000)
+    page.get_by_text("prediction without the unit").first.wait_for(state="attached", timeout=60_000)  # a grid header
     page.go_back()
     page.get_by_text("226 unit(s) match.").wait_for(timeout=60_000)
     assert "/explorer" in page.url

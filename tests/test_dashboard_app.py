@@ -8,6 +8,7 @@ import os
 import shlex
 import subprocess
 import sys
+import urllib.parse
 from pathlib import Path
 
 import pandas as pd
@@ -164,10 +165,12 @@ def test_explorer_preset_scatter_correlation_export_and_open(app, con):
     # Opening a unit goes to its page, with the unit in the URL.
     first = f"{table.layer.iloc[0]}:{table.unit.iloc[0]}"
     assert at.selectbox(key="ex-open-choice").value == first
-    at.button(key="ex-open").click().run()
-    ok(at)
-    assert at.header[0].value == f"Unit {first}"
-    assert at.query_params["unit"] == first and at.query_params["preset"] == HGLA  # the filter it came from
+    link = next(pl.proto for pl in at.get("page_link") if pl.proto.label == "Open unit page")
+    opened = dict(urllib.parse.parse_qsl(link.query_string))
+    assert link.page == "unit" and opened["unit"] == first and opened["preset"] == HGLA  # the filter it came from
+    at.switch_page("views/unit.py")
+    at.query_params = opened
+    assert ok(at.run()).header[0].value == f"Unit {first}"
 
 
 def test_explorer_reads_its_state_from_the_url(app, tables):
@@ -538,10 +541,11 @@ def test_class_halving_set_is_named_and_removing_it_halves_the_class(app, con, w
     at.selectbox(key="ex-cr-layer").select(first.layer).run()
     at.selectbox(key="ex-cr-class").select(first.class_name).run()
     units, _ = q.halving_set(con, RUN_ID, first.layer, int(first["class"]))
-    named = next(m.value for m in ok(at).markdown if "units halve it" in m.value)
+    named = next(m.value for m in ok(at).markdown if "the fewest units that halve it" in m.value)
     assert all(f"[{layer}:{unit}]" in named for layer, unit in zip(units.layer, units.unit))
     links = {pl.proto.label: pl.proto for pl in at.get("page_link")}
-    assert f"Remove these {len(units)} units in what-if" in links
+    assert f"units={','.join(f'{a}%3A{b}' for a, b in zip(units.layer, units.unit))}" in \
+        links[f"Remove these units in what-if ({len(units)})"].query_string.replace("%2C", ",")
     at.selectbox(key="ex-cr-table-class").select(first.class_name).run()
     assert set(frame(ok(at), "n_to_halve")["class_name"]) == {first.class_name}
 

@@ -227,3 +227,27 @@ def test_class_matches_kept_per_connection_answer_like_the_scan(con, tables):
         class_table(con, replace(f, class_conditions=(Range("grad_mean", float(lo), None),)), True)
     left = con.execute("SELECT count(*) FROM duckdb_tables() WHERE temporary AND table_name LIKE 'class_match_%'")
     assert left.fetchall()[0][0] == MAX_TABLES
+
+
+def test_class_anomalies_read_by_position_equal_the_grouped_ones(warehouse_root, tables, tmp_path):
+    """``units_in_memory.class_anomaly`` read by position from the files equals grouping unit_classes in SQL,
+    and the grouped path is taken when the files are not a full (unit, class) grid."""
+    import duckdb
+
+    from warehouse.connect import _units_in_memory, _units_in_memory_grouped, _with_class_anomaly
+
+    run = warehouse_root / "runs" / RUN_ID
+    files = [str(run / "units.parquet")], [str(run / "unit_classes.parquet")]
+    fast, slow = duckdb.connect(":memory:"), duckdb.connect(":memory:")
+    _units_in_memory(fast, *files)
+    _units_in_memory_grouped(slow, *files)
+    sql = "SELECT layer, unit, class_anomaly FROM units_in_memory ORDER BY layer_index, unit"
+    a, b = fast.execute(sql).df(), slow.execute(sql).df()
+    assert len(a) == len(tables["units"]) == len(b)
+    for x, y in zip(a.class_anomaly, b.class_anomaly):
+        np.testing.assert_array_equal(np.asarray(x, dtype=float), np.asarray(y, dtype=float))
+    import pyarrow.parquet as pq
+
+    grid = pq.read_table(run / "unit_classes.parquet")
+    pq.write_table(grid.take(np.arange(grid.num_rows)[::-1]), tmp_path / "shuffled.parquet")
+    assert _with_class_anomaly(str(run / "units.parquet"), str(tmp_path / "shuffled.parquet")) is None

@@ -62,10 +62,11 @@ with st.container(border=True):
                 help="0 = responds to every class alike, 1 = one class only (Morcos et al. 2018).")
     m[1].caption(f"on {int(u['n_active']):,} active examples" + (
         f" (fewer than {MIN_ACTIVE}: not reliable)" if 0 < u["n_active"] < MIN_ACTIVE else ""))
-    m[2].metric("Loss change when removed", f"{u['abl_loss_delta']:+.4f}",
-                help="Mean over the evaluation examples of their own loss change; 95% paired t interval below.")
+    m[2].metric("Loss change", f"{u['abl_loss_delta']:+.4f}",
+                help="When the unit is removed: mean over the evaluation examples of their own loss change; "
+                     "95% paired t interval below.")
     m[2].caption(f"95% interval [{u['abl_loss_lo']:+.4f}, {u['abl_loss_hi']:+.4f}]")
-    m[3].metric("Accuracy change when removed", f"{u['abl_acc_delta']:+.2%}")
+    m[3].metric("Accuracy change", f"{u['abl_acc_delta']:+.2%}", help="When the unit is removed.")
     m[3].caption(f"{int(u['abl_n_hurt'])} right→wrong, {int(u['abl_n_helped'])} wrong→right")
     score, score_label, score_help = unit_card.specialization(u, names)
     m[4].metric("Specialization score", score, help=score_help)

@@ -14,8 +14,8 @@ PAGE = "whatif"
 S = st.session_state
 
 
-def _fmt_p(p: float) -> str:
-    return f"{p:.2g}" if p >= 1e-4 else "< 1e-4"
+def _p(p: float) -> str:
+    return f"p = {p:.2g}" if p >= 1e-4 else "p < 1e-4"
 
 
 def read_url() -> tuple[str | None, list[str] | None, list[str]]:
@@ -94,17 +94,17 @@ def main() -> None:
     s, per_class = result
     m = st.columns(4)
     m[0].metric("accuracy", f"{s['accuracy']:.4f}", f"{s['acc_delta']:+.4f}")
-    m[0].caption(f"change, 95% interval [{s['acc_lo']:+.4f}, {s['acc_hi']:+.4f}]; McNemar p = {_fmt_p(s['acc_p'])}")
+    m[0].caption(f"change, 95% interval [{s['acc_lo']:+.4f}, {s['acc_hi']:+.4f}]; McNemar {_p(s['acc_p'])}")
     m[1].metric("loss", f"{s['loss']:.4f}", f"{s['loss_delta']:+.4f}", delta_color="inverse")
-    m[1].caption(f"change, 95% interval [{s['loss_lo']:+.4f}, {s['loss_hi']:+.4f}]; p = {_fmt_p(s['loss_p'])}")
+    m[1].caption(f"change, 95% interval [{s['loss_lo']:+.4f}, {s['loss_hi']:+.4f}]; {_p(s['loss_p'])}")
     m[2].metric("flips right→wrong / wrong→right", f"{int(s['n_hurt'])} / {int(s['n_helped'])}")
     m[3].metric("units removed", s["n_units"])
     st.caption(f"Intervals are paired over the {s['n_examples']:,} {split} examples (each example's own change, "
                "t interval); the accuracy p is the exact McNemar test of the flips.")
-    fig = px.bar(per_class, x="class_name", y="acc_delta", title="Accuracy change per class",
+    fig = px.bar(per_class, x="class_name", y="acc_delta", title="Accuracy change per class (removed - intact)",
                  color_discrete_sequence=[unit_charts.COLORS["accuracy change"]])
     unit_charts.class_axis(fig, per_class["class_name"])
-    fig.update_yaxes(title_text="accuracy change (fraction, removed - intact)")
+    fig.update_yaxes(title_text="accuracy change (fraction)")
     st.plotly_chart(fig, key="wi-bars")
     ui.downloads(f"whatif-{run}", "dl-whatif", frame=per_class)
 

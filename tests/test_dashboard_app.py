@@ -107,13 +107,13 @@ def test_overview_lists_runs_layers_and_distributions(app, tables):
     assert pq.read_table(io.BytesIO(downloaded(at, "dl-layers-parquet"))).num_rows == 4
     assert {m.value for m in at.subheader} >= {"Runs", f"Layers of `{RUN_ID}`", "Distributions per layer",
                                                f"Findings in `{RUN_ID}`"}
-    # The first screen leads with the findings: the most anomalous live units and the most important ones.
+    # The first screen leads with the findings: the most specialized live units and the most important ones.
     u = tables["units"]
     important = frame(at, "abl_loss_delta")
     assert important.abl_loss_delta.tolist() == pytest.approx(sorted(u.abl_loss_delta, reverse=True)[:5])
-    anomalous = frame(at, "anomaly_max")
-    live = u[~u.dead & (u.anomaly_max >= 1.0)].sort_values("anomaly_max", ascending=False)
-    assert anomalous.anomaly_max.tolist() == pytest.approx(live.anomaly_max.head(5).tolist())
+    special = frame(at, "specialization_max")
+    live = u[~u.dead & (u.specialization_max >= q.MIN_SPECIALIZATION)].sort_values("specialization_max", ascending=False)
+    assert special.specialization_max.tolist() == pytest.approx(live.specialization_max.head(5).tolist())
     assert all("unit=" in link for link in important["open"])
 
 

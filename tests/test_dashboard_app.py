@@ -20,6 +20,7 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 from tests.dashboard_fixtures import RUN_ID
+from dashboard.knowledge import _fmt_p
 from warehouse import queries as q
 from warehouse.export import export_units
 
@@ -387,7 +388,8 @@ def test_unit_page_says_whether_removal_matters_and_which_examples_need_the_unit
     table = frame(at, "loss_delta")
     want = q.unit_examples(con, RUN_ID, layer, unit)
     assert table.example.tolist() == want.example.tolist() and (table.kind == "hurt").sum() == min(100, row["abl_n_hurt"])
-    cls = int(row["anomaly_class"])
+    cls = int(next(row[c] for c in ("specialization_class", "anomaly_class", "pref_class")
+                   if row[c] is not None and not pd.isna(row[c])))
     assert at.selectbox(key="unit-split-class").value == str(cls)
     ok(at.button(key="unit-live").click().run())
     shown = {m.label: m.value for m in at.metric}
@@ -395,19 +397,32 @@ def test_unit_page_says_whether_removal_matters_and_which_examples_need_the_unit
     run_dir = warehouse_root / "runs" / RUN_ID
     model, _ = load_checkpoint(run_dir / "checkpoint.pt")
     data = load_run(run_dir).data["eval"]
-    members = (data.labels == cls).nonzero().flatten()
-    x, y = data.floats(0, len(data))[members], data.labels[members]
+    x, y = data.floats(0, len(data)), data.labels
     seen = {}
     handle = model.probe_modules()[layer].register_forward_hook(lambda _m, _i, out: seen.__setitem__("a", out))
     with torch.no_grad():
         base = F.cross_entropy(model(x), y, reduction="none")
         handle.remove()
-        fires = seen["a"][:, unit] > 0
+        value = seen["a"][:, unit].double()
+        fires_all = value > row["fire_threshold"]  # fc1: one position, the value is the activation
         with ZeroUnit(model.probe_modules()[layer], [unit]):
             cut = F.cross_entropy(model(x), y, reduction="none")
+    in_class = y == cls
+    fires = fires_all[in_class]
     assert shown["fires: examples"] == str(int(fires.sum())) and shown["silent: examples"] == str(int((~fires).sum()))
     if fires.any():
-        assert float(shown["fires: loss change when removed"]) == pytest.approx(float((cut - base)[fires].mean()), abs=1e-4)
+        assert float(shown["fires: loss change when removed"]) == pytest.approx(
+            float((cut - base)[in_class][fires].mean()), abs=1e-4)
+    # The specificity test: firing examples of the class against firing examples of other classes, loss change
+    # per unit of activation, one-sided Mann-Whitney (scipy here, on the independent hook computation).
+    from scipy.stats import mannwhitneyu
+
+    ratio = ((cut - base).double() / value.clamp(min=1e-12)).numpy()
+    a, b = ratio[(fires_all & in_class).numpy()], ratio[(fires_all & ~in_class).numpy()]
+    spec = [c.value for c in at.caption if "Mann-Whitney" in c.value]
+    if len(a) >= 2 and len(b) >= 2:
+        p = mannwhitneyu(a, b, alternative="greater").pvalue
+        assert any(f"p = {_fmt_p(p)}" in c for c in spec), (spec, p)
     assert len(at.image) >= 4  # the gallery, its mean beside the class mean, and the split's means
 
 

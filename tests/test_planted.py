@@ -123,3 +123,16 @@ def test_experiment_finds_the_planted_subgroup(tmp_path, shared_mnist):
                               "GROUP BY subgroup").fetchall())
     assert set(groups) == {None, "crossed 7", "plain 7", "crossed 1"}
     assert sum(groups.values()) == 3000
+
+
+def test_results_table_keeps_one_row_per_kind_and_seed(tmp_path):
+    from warehouse.planted import read_results, write_results
+
+    write_results(tmp_path, [{"kind": "corner-mark", "seed": 1, "status": "missed", "specificity_p": None}])
+    write_results(tmp_path, [{"kind": "crossed-sevens", "seed": 0, "status": "found", "specificity_p": 1e-9}])
+    write_results(tmp_path, [{"kind": "corner-mark", "seed": 1, "status": "found", "specificity_p": 0.001}])
+    rows = read_results(tmp_path)
+    assert [(r["kind"], r["seed"], r["status"]) for r in rows] == [("corner-mark", "1", "found"),
+                                                                 ("crossed-sevens", "0", "found")]
+    assert float(rows[0]["specificity_p"]) == pytest.approx(0.001)
+    assert not list(tmp_path.glob("experiments/.*.tmp"))  # written through a temporary file, renamed

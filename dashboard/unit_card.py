@@ -6,21 +6,22 @@ import math
 from typing import Any
 
 from dashboard import ui
-from warehouse.queries import ALPHA, MIN_ACTIVE
+from warehouse.queries import ALPHA, MIN_ACTIVE, MIN_SPECIALIZATION
 
 
 def specialization(u: dict[str, Any], class_names: list[str]) -> tuple[str, str, str]:
-    """The unit's specialization score as (value, what it is about, help). For now the largest
-    training-signal-vs-activation anomaly over classes (``units.anomaly_max``); the one place to point at
-    another score."""
-    score, k = u.get("anomaly_max"), u.get("anomaly_class")
-    help_text = ("Largest anomaly over classes: the training signal pushes the unit up for the class while its "
-                 "activation there is low, both in layer standard deviations (docs/metrics.md); >= 1 is anomalous.")
+    """The unit's subset specialization score as (value, what it is about, help): the largest over classes
+    (``units.specialization_max``, docs/metrics.md), the score the specialization preset ranks by."""
+    score, k = u.get("specialization_max"), u.get("specialization_class")
+    help_text = ("Largest subset specialization over classes: what removing the unit costs the correctly classified "
+                 f"examples of the class it fires on, per example of the class, times the share of the class it does "
+                 f"not fire on (docs/metrics.md); >= {MIN_SPECIALIZATION} counts as specialized.")
     if score is None or (isinstance(score, float) and math.isnan(score)) or k is None or \
             (isinstance(k, float) and math.isnan(k)):
-        return "n/a", "dead: no training signal reaches it", help_text
+        reason = "dead: it never fires" if u.get("dead") else "too few correctly classified examples it fires on"
+        return "n/a", reason, help_text
     name = class_names[int(k)] if 0 <= int(k) < len(class_names) else str(int(k))
-    return f"{score:.2f}", f"for class {ui.text(name)}", help_text
+    return f"{score:.4f}", f"for class {ui.text(name)}", help_text
 
 
 def _removal(u: dict[str, Any]) -> str:

@@ -13,7 +13,7 @@ os.environ.setdefault("NEURON_ATLAS_QUIET", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_MNIST = REPO.parent / "shared" / "data" / "mnist"
+SHARED_MNIST = Path(os.environ.get("NEURON_ATLAS_MNIST", REPO.parent / "shared" / "data" / "mnist"))
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ from streamlit.runtime.memory_media_file_storage import MemoryMediaFileStorage
 from streamlit.testing.v1 import AppTest
 
 from tests.dashboard_fixtures import RUN_ID
+from dashboard.knowledge import _fmt_p
 from warehouse import queries as q
 from warehouse.export import export_units
 
@@ -108,13 +109,13 @@ def test_overview_lists_runs_layers_and_distributions(app, tables):
     assert pq.read_table(io.BytesIO(downloaded(at, "dl-layers-parquet"))).num_rows == 4
     assert {m.value for m in at.subheader} >= {"Runs", f"Layers of `{RUN_ID}`", "Distributions per layer",
                                                f"Findings in `{RUN_ID}`"}
-    # The first screen leads with the findings: the most anomalous live units and the most important ones.
+    # The first screen leads with the findings: the most specialized live units and the most important ones.
     u = tables["units"]
     important = frame(at, "abl_loss_delta")
     assert important.abl_loss_delta.tolist() == pytest.approx(sorted(u.abl_loss_delta, reverse=True)[:5])
-    anomalous = frame(at, "anomaly_max")
-    live = u[~u.dead & (u.anomaly_max >= 1.0)].sort_values("anomaly_max", ascending=False)
-    assert anomalous.anomaly_max.tolist() == pytest.approx(live.anomaly_max.head(5).tolist())
+    special = frame(at, "specialization_max")
+    live = u[~u.dead & (u.specialization_max >= q.MIN_SPECIALIZATION)].sort_values("specialization_max", ascending=False)
+    assert special.specialization_max.tolist() == pytest.approx(live.specialization_max.head(5).tolist())
     assert all("unit=" in link for link in important["open"])
 
 
@@ -418,7 +419,8 @@ def test_unit_page_says_whether_removal_matters_and_which_examples_need_the_unit
     table = frame(at, "loss_delta")
     want = q.unit_examples(con, RUN_ID, layer, unit)
     assert table.example.tolist() == want.example.tolist() and (table.kind == "hurt").sum() == min(100, row["abl_n_hurt"])
-    cls = int(row["anomaly_class"])
+    cls = int(next(row[c] for c in ("specialization_class", "anomaly_class", "pref_class")
+                   if row[c] is not None and not pd.isna(row[c])))
     assert at.selectbox(key="unit-split-class").value == str(cls)
     ok(at.button(key="unit-live").click().run())
     shown = {m.label: m.value for m in at.metric}
@@ -426,19 +428,32 @@ def test_unit_page_says_whether_removal_matters_and_which_examples_need_the_unit
     run_dir = warehouse_root / "runs" / RUN_ID
     model, _ = load_checkpoint(run_dir / "checkpoint.pt")
     data = load_run(run_dir).data["eval"]
-    members = (data.labels == cls).nonzero().flatten()
-    x, y = data.floats(0, len(data))[members], data.labels[members]
+    x, y = data.floats(0, len(data)), data.labels
     seen = {}
     handle = model.probe_modules()[layer].register_forward_hook(lambda _m, _i, out: seen.__setitem__("a", out))
     with torch.no_grad():
         base = F.cross_entropy(model(x), y, reduction="none")
         handle.remove()
-        fires = seen["a"][:, unit] > 0
+        value = seen["a"][:, unit].double()
+        fires_all = value > row["fire_threshold"]  # fc1: one position, the value is the activation
         with ZeroUnit(model.probe_modules()[layer], [unit]):
             cut = F.cross_entropy(model(x), y, reduction="none")
+    in_class = y == cls
+    fires = fires_all[in_class]
     assert shown["fires: examples"] == str(int(fires.sum())) and shown["silent: examples"] == str(int((~fires).sum()))
     if fires.any():
-        assert float(shown["fires: loss change when removed"]) == pytest.approx(float((cut - base)[fires].mean()), abs=1e-4)
+        assert float(shown["fires: loss change when removed"]) == pytest.approx(
+            float((cut - base)[in_class][fires].mean()), abs=1e-4)
+    # The specificity test: firing examples of the class against firing examples of other classes, loss change
+    # per unit of activation, one-sided Mann-Whitney (scipy here, on the independent hook computation).
+    from scipy.stats import mannwhitneyu
+
+    ratio = ((cut - base).double() / value.clamp(min=1e-12)).numpy()
+    a, b = ratio[(fires_all & in_class).numpy()], ratio[(fires_all & ~in_class).numpy()]
+    spec = [c.value for c in at.caption if "Mann-Whitney" in c.value]
+    if len(a) >= 2 and len(b) >= 2:
+        p = mannwhitneyu(a, b, alternative="greater").pvalue
+        assert any(f"p = {_fmt_p(p)}" in c for c in spec), (spec, p)
     assert len(at.image) >= 4  # the gallery, its mean beside the class mean, and the split's means
 
 

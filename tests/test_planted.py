@@ -1,63 +1,138 @@
-"""Proof on a planted ground truth: crossed sevens (compute.datasets.crossed) and the experiment that
-must find the planted subgroup in a trained LeNet-5."""
+"""Proof on a planted ground truth: the planted kinds (compute.datasets.planted), the specificity test,
+and the experiment that must find the planted subgroup in a trained LeNet-5."""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
-from compute.datasets import crossed
+from compute.datasets.planted import CORNER, KINDS
 from compute.datasets.sources import DIGITS, ImageSet, load_dataset, load_eval_set
+from compute.measure.subsets import ExampleScan, specificity
 
 
-def test_crossbar_rule_is_deterministic_and_marks_its_groups():
+@pytest.mark.parametrize("name", list(KINDS))
+def test_planting_rule_is_deterministic_and_marks_its_groups(name):
+    kind = KINDS[name]
     base = load_dataset("mnist-5k").test
-    data = crossed.cross_sevens(base)
+    data = kind.apply(base)
     labels, groups = base.labels.numpy(), data.groups
-    sevens, ones = labels == 7, labels == 1
+    target, source = labels == kind.target, labels == kind.source
     sums = base.images.reshape(len(base), -1).long().sum(1).numpy()
-    np.testing.assert_array_equal(groups[sevens] == crossed.CROSSED, sums[sevens] % 2 == 0)
-    np.testing.assert_array_equal(groups[ones] == crossed.CROSSED_ONE, sums[ones] % 4 == 0)
-    assert (groups[~(sevens | ones)] == None).all()  # noqa: E711
-    np.testing.assert_array_equal(data.labels.numpy()[groups == crossed.CROSSED_ONE], 7)  # relabelled
+    np.testing.assert_array_equal(groups[target] == kind.marked_target, sums[target] % 2 == 0)
+    np.testing.assert_array_equal(groups[target] == kind.plain_target, sums[target] % 2 == 1)
+    np.testing.assert_array_equal(groups[source] == kind.relabelled, sums[source] % 4 == 0)
+    assert (groups[~(target | source)] == None).all()  # noqa: E711
+    assert (groups[source & (sums % 4 != 0)] == None).all()  # noqa: E711
+    np.testing.assert_array_equal(data.labels.numpy()[groups == kind.relabelled], kind.target)  # relabelled
+    np.testing.assert_array_equal(data.labels.numpy()[groups != kind.relabelled], labels[groups != kind.relabelled])
     changed = (data.images != base.images).reshape(len(base), -1).any(1).numpy()
-    np.testing.assert_array_equal(changed, np.isin(groups, [crossed.CROSSED, crossed.CROSSED_ONE]))
-    assert 0.35 < (groups == crossed.CROSSED).sum() / sevens.sum() < 0.65
-    # The bar: full-intensity pixels only, a horizontal run on at most BAR_ROWS rows.
-    i = int(np.flatnonzero(groups == crossed.CROSSED)[0])
-    diff = (data.images[i, 0] != base.images[i, 0]).numpy()
-    assert (data.images[i, 0].numpy()[diff] == 255).all() and diff.any(1).sum() <= crossed.BAR_ROWS
+    np.testing.assert_array_equal(changed, np.isin(groups, [kind.marked_target, kind.relabelled]))
+    assert 0.35 < (groups == kind.marked_target).sum() / target.sum() < 0.65
+    assert 0.1 < (groups == kind.relabelled).sum() / source.sum() < 0.4
+    # Marks only add ink: no pixel gets darker.
+    assert (data.images.int() >= base.images.int()).all()
     # Same image, same decision, whatever the split or order.
-    again = crossed.cross_sevens(base.subset(np.arange(len(base))[::-1].copy()))
+    again = kind.apply(base.subset(np.arange(len(base))[::-1].copy()))
     assert torch.equal(again.images.flip(0), data.images)
 
 
+def test_each_mark_is_what_its_kind_says():
+    base = load_dataset("mnist-5k").test
+    imgs = base.images[:, 0].numpy()
+    i = int(np.flatnonzero(KINDS["crossed-sevens"].apply(base).groups == "crossed 7")[0])
+    diff = KINDS["crossed-sevens"].apply(base).images[i, 0].numpy() != imgs[i]
+    assert diff.any(1).sum() <= 2 and (KINDS["crossed-sevens"].apply(base).images[i, 0].numpy()[diff] == 255).all()
+    marked = KINDS["corner-mark"].apply(base)
+    i = int(np.flatnonzero(marked.groups == "marked 8")[0])
+    diff = marked.images[i, 0].numpy() != imgs[i]
+    assert diff.any() and not diff[3:, :].any(0)[5:].any() and (marked.images[i, 0].numpy()[CORNER] == 255).all()
+    thick = KINDS["thick-strokes"].apply(base)
+    i = int(np.flatnonzero(thick.groups == "thick 5")[0])
+    ink = lambda a: (a > 127).sum()  # noqa: E731
+    assert ink(thick.images[i, 0].numpy()) > 1.5 * ink(imgs[i])  # one pixel thicker on every side
+
+
 def test_groups_follow_subsets_and_eval_sets(shared_mnist):
-    data = load_eval_set(f"{crossed.PREFIX}idx:{shared_mnist}", None, DIGITS)
+    data = load_eval_set(f"corner-mark:idx:{shared_mnist}", None, DIGITS)
     assert isinstance(data, ImageSet) and len(data.groups) == len(data) == 10_000
     sub = data.subset(np.arange(0, 10_000, 7))
     np.testing.assert_array_equal(sub.groups, data.groups[::7])
 
 
+def _naive_permutation_p(a: np.ndarray, b: np.ndarray, rng: np.random.Generator, n: int = 20_000) -> float:
+    """P(U >= observed) under random relabelling, U counted pair by pair (ties count half)."""
+    def u(x: np.ndarray, y: np.ndarray) -> float:
+        return sum(1.0 if xi > yj else 0.5 if xi == yj else 0.0 for xi in x for yj in y)
+
+    both, observed = np.concatenate([a, b]), u(a, b)
+    hits = 0
+    for _ in range(n):
+        p = rng.permutation(both)
+        hits += u(p[:len(a)], p[len(a):]) >= observed - 1e-12
+    return hits / n
+
+
+def test_specificity_is_the_one_sided_rank_test_of_effect_per_activation():
+    """Among firing examples: class examples' loss change per unit of value against other classes'; silent
+    examples never enter (their change is 0 by construction), checked against a naive permutation test."""
+    rng = np.random.default_rng(0)
+    labels = np.array([7] * 6 + [1] * 7 + [7] * 4)
+    value = np.r_[rng.uniform(0.5, 2, 13), np.zeros(4)]
+    fires = value > 0.6
+    per_value = np.r_[rng.normal(0.4, 0.2, 6), rng.normal(0.0, 0.2, 7), np.zeros(4)]
+    scan = ExampleScan([0], np.zeros(17), np.ones(17, bool), fires[None], (per_value * value)[None],
+                       np.ones((1, 17), bool), value[None])
+    t = specificity(scan, 0, labels, 7)
+    a = per_value[fires & (labels == 7)]
+    b = per_value[fires & (labels != 7)]
+    assert (t.n_class, t.n_other) == (len(a), len(b))
+    assert t.per_value_class == pytest.approx(np.median(a)) and t.per_value_other == pytest.approx(np.median(b))
+    assert t.p == pytest.approx(_naive_permutation_p(a, b, rng), abs=0.01)
+    # A unit whose removal costs every firing example alike, per unit of value, is not specific.
+    flat = replace(scan, loss_delta=(0.3 * value)[None])
+    assert specificity(flat, 0, labels, 7).p > 0.3
+
+
 def test_experiment_finds_the_planted_subgroup(tmp_path, shared_mnist):
-    """Seed 0, 6 epochs, 2,000 real MNIST test digits: a top-ranked class-7 unit fires on 7s that are
-    mostly crossed and its removal hurts the crossed 1s significantly more than the plain 7s."""
-    from compute.run.planted import ALPHA, MIN_SHARE, TOP_RANK, crossed_sevens, default_config
+    """crossed-sevens, seed 0, 12 epochs, 3,000 real MNIST test digits: a true detector of the crossed 1s
+    is in the top 5 of the class-7 specialization ranking, its removal hurts the crossed 1s
+    significantly more than the rest of the 7s, and the specificity test holds."""
+    from compute.run.planted import ALPHA, MIN_COVER, MIN_SHARE, TOP_RANK, default_config, run_experiment
 
     torch.set_num_threads(1)
-    cfg = replace(default_config(seed=0, epochs=6, eval_size=2000, eval_dir=shared_mnist), run_id="planted")
-    summary, report = crossed_sevens(tmp_path, cfg)
-    assert summary.figures["eval_acc"] > 0.9
-    found = report.found
-    assert found is not None, "\n".join(report.lines())
-    assert found.rank <= TOP_RANK and found.share_crossed >= MIN_SHARE and found.p_crossed1_vs_plain < ALPHA
-    assert found.effect[crossed.CROSSED_ONE].loss_delta > found.effect[crossed.PLAIN].loss_delta
+    cfg = replace(default_config("crossed-sevens", seed=0, epochs=12, eval_size=3000, eval_dir=shared_mnist),
+                  run_id="planted")
+    summary, report = run_experiment(tmp_path, cfg, "crossed-sevens")
+    assert summary is not None and summary.figures["eval_acc"] > 0.9
+    assert report.found, "\n".join(report.lines())
+    found = next(u for u in report.top if u.name == report.found_unit)
+    rank = [u.name for u in report.top].index(found.name) + 1
+    assert rank <= TOP_RANK and found.share_marked >= MIN_SHARE and found.cover >= MIN_COVER
+    assert found.p_relabelled_vs_rest < ALPHA and report.specificity_p < ALPHA
+    assert found.effect["crossed 1"].loss_delta > found.effect["plain 7"].loss_delta
+    spec = report.rankings["specialization"]
+    assert spec.best_rank <= TOP_RANK and spec.precision5 > report.rankings["random"].precision5
     import warehouse
 
     con = warehouse.connect(tmp_path)
     groups = dict(con.execute("SELECT subgroup, count(*) FROM examples WHERE run_id = 'planted' "
                               "GROUP BY subgroup").fetchall())
-    assert set(groups) == {None, crossed.CROSSED, crossed.PLAIN, crossed.CROSSED_ONE}
-    assert sum(groups.values()) == 2000
+    assert set(groups) == {None, "crossed 7", "plain 7", "crossed 1"}
+    assert sum(groups.values()) == 3000
+
+
+def test_results_table_keeps_one_row_per_kind_and_seed(tmp_path):
+    from warehouse.planted import read_results, write_results
+
+    write_results(tmp_path, [{"kind": "corner-mark", "seed": 1, "status": "missed", "specificity_p": None}])
+    write_results(tmp_path, [{"kind": "crossed-sevens", "seed": 0, "status": "found", "specificity_p": 1e-9}])
+    write_results(tmp_path, [{"kind": "corner-mark", "seed": 1, "status": "found", "specificity_p": 0.001}])
+    rows = read_results(tmp_path)
+    assert [(r["kind"], r["seed"], r["status"]) for r in rows] == [("corner-mark", "1", "found"),
+                                                                 ("crossed-sevens", "0", "found")]
+    assert float(rows[0]["specificity_p"]) == pytest.approx(0.001)
+    assert not list(tmp_path.glob("experiments/.*.tmp"))  # written through a temporary file, renamed

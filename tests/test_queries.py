@@ -93,7 +93,8 @@ def test_anomaly_floor_shortcut_equals_the_class_scan(con, tables, lo, layers):
     pa_, pb = q.scatter_data(con, fast, "selectivity", "anomaly_max"), q.scatter_data(con, slow, "selectivity", "anomaly_max")
     pd.testing.assert_frame_equal(pa_[0], pb[0])
     # Limited pages: the same first rows, and matched classes computed for them alone.
-    pd.testing.assert_frame_equal(q.filter_units(con, replace(fast, limit=7)), a.head(7))
+    # (dtype unchecked: a nullable integer column reads as Int32 only on pages where it holds a null)
+    pd.testing.assert_frame_equal(q.filter_units(con, replace(fast, limit=7)), a.head(7), check_dtype=False)
 
 
 def test_preset_keeps_run_layers_and_class():

@@ -39,7 +39,7 @@ def per_example(small_run_artifacts):
     """Per-example unit scalars from one backward pass per example, as {layer: {field: (N, U)}}."""
     model, eval_set, _ = small_run_artifacts
     model = model.eval()
-    out = {name: {f: [] for f in ("act", "rect", "grad", "tgrad", "taylor", "peak")} for name in LAYERS}
+    out = {name: {f: [] for f in ("act", "rect", "grad", "tgrad", "taylor", "peak", "effect", "ok")} for name in LAYERS}
     for i in range(len(eval_set)):
         x = eval_set.floats(i, i + 1)
         acts, logits = manual_forward(model, x)
@@ -56,6 +56,9 @@ def per_example(small_run_artifacts):
             out[name]["tgrad"].append(-(gz.sum(dims) if dims else gz)[0].numpy())
             out[name]["taylor"].append(np.abs(mean(g * post).detach()[0].numpy()))
             out[name]["peak"].append((post.amax(dims) if dims else post).detach()[0].numpy())
+            # First-order loss change of zeroing the unit: sum_p (-dL/da_p) * a_p.
+            out[name]["effect"].append(-((g * post).sum(dims) if dims else g * post).detach()[0].numpy())
+            out[name]["ok"].append(bool(logits.argmax(1)[0] == eval_set.labels[i]))
     return {n: {f: np.stack(v) for f, v in d.items()} for n, d in out.items()}, eval_set.labels.numpy()
 
 
@@ -98,6 +101,49 @@ def test_class_means_gradients_and_taylor_match_manual_recomputation(small_run_a
     # Where a unit never fires nothing reaches it; where it always fires both signals agree.
     silent = (v["rect"] > 0).sum(0) == 0
     np.testing.assert_array_equal(units[silent, 7], 0.0)
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_firing_and_specialization_match_a_naive_loop(small_run_artifacts, per_example, layer):
+    """fire_threshold, frac_fire, fire_effect and specialization, recomputed with plain loops over
+    examples from the hand-written forward pass (docs/metrics.md, Subset specialization)."""
+    _, _, con = small_run_artifacts
+    values, labels = per_example
+    v = values[layer]
+    peak, effect, ok = v["peak"].astype(np.float64), v["effect"].astype(np.float64), np.array(v["ok"])
+    n, n_units = peak.shape
+    thr = stored(con, "units", layer, "fire_threshold, n_active", "unit")
+    rows = stored(con, "unit_classes", layer, "frac_fire, fire_effect, specialization", "unit, class").reshape(
+        n_units, 10, 3)
+    for u in range(n_units):
+        mean = sum(peak[:, u]) / n
+        std = (sum((p - mean) ** 2 for p in peak[:, u]) / n) ** 0.5
+        want_thr = max(mean + std, 0.0)
+        assert thr[u, 0] == pytest.approx(want_thr, rel=1e-4, abs=1e-6)
+        for c in range(10):
+            idx = [i for i in range(n) if labels[i] == c]
+            fire = [i for i in idx if peak[i, u] > thr[u, 0]]
+            fire_ok = [i for i in fire if ok[i]]
+            n_ok = sum(1 for i in idx if ok[i])
+            frac = len(fire) / len(idx)
+            assert rows[u, c, 0] == pytest.approx(frac, abs=1e-9)
+            if thr[u, 1] == 0:  # dead: no effect, no score
+                assert np.isnan(rows[u, c, 1]) and np.isnan(rows[u, c, 2])
+                continue
+            if fire_ok:
+                assert rows[u, c, 1] == pytest.approx(sum(effect[i, u] for i in fire_ok) / len(fire_ok), rel=1e-3, abs=1e-7)
+            if len(fire_ok) >= 5:
+                want = sum(effect[i, u] for i in fire_ok) / n_ok * (1 - frac)
+                assert rows[u, c, 2] == pytest.approx(want, rel=1e-3, abs=1e-7)
+            else:
+                assert np.isnan(rows[u, c, 2])
+    best = stored(con, "units", layer, "specialization_max, specialization_class", "unit")
+    spec = rows[:, :, 2]
+    for u in range(n_units):
+        if np.isnan(spec[u]).all():
+            assert np.isnan(best[u, 0]) and np.isnan(best[u, 1])
+        else:
+            assert best[u, 0] == pytest.approx(np.nanmax(spec[u])) and best[u, 1] == np.nanargmax(spec[u])
 
 
 @pytest.mark.parametrize("layer", LAYERS)

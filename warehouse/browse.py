@@ -19,7 +19,7 @@ from warehouse.schema import IMAGE_KINDS
 FACETS: tuple[str, ...] = ("layer", "pref_class_name", "dead")
 #: What a gallery tile shows besides its image.
 TILE_COLUMNS: tuple[str, ...] = ("layer", "unit", "layer_index", "selectivity", "pref_class_name",
-                                 "abl_loss_delta", "anomaly_max", "dead")
+                                 "abl_loss_delta", "anomaly_max", "dead", "specialization_max")
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,7 @@ def write_results(root: Path, rows: list[dict[str, object]]) -> Path:
     """Merge ``rows`` into the results table by (kind, seed) and write it atomically; returns its path."""
     kept = {(r["kind"], str(r["seed"])): r for r in read_results(root)}
     for r in rows:
-        kept[(str(r["kind"]), str(r["seed"]))] = {k: str(v) for k, v in r.items()}
+        kept[(str(r["kind"]), str(r["seed"]))] = {k: "" if v is None else str(v) for k, v in r.items()}
     path = root / RESULTS
     path.parent.mkdir(parents=True, exist_ok=True)
     out = io.StringIO()

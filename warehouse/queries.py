@@ -211,7 +211,8 @@ def unit_page(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: int
     layer_rows = con.execute("SELECT * FROM layers WHERE run_id = ? AND layer = ?", [run_id, layer]).df()
     classes = con.execute(
         'SELECT "class", class_name, n, mean_act, mean_rect, grad_mean, grad_abs_mean, train_grad_mean, taylor, frac_active, '
-        'anomaly, abl_acc_delta, abl_loss_delta FROM unit_classes WHERE run_id = ? AND layer = ? AND unit = ? '
+        'anomaly, abl_acc_delta, abl_loss_delta, frac_fire, fire_effect, specialization FROM unit_classes '
+        'WHERE run_id = ? AND layer = ? AND unit = ? '
         'ORDER BY "class"', [run_id, layer, int(unit)]).df()
     trace = con.execute(
         'SELECT epoch, "class", class_name, n, mean_act, mean_rect, grad_mean, train_grad_mean FROM train_trace '

@@ -246,15 +246,6 @@ def run_experiment(root: Path, cfg: RunConfig, kind: str) -> tuple[RunSummary | 
     return summary, check(root, cfg.run_id, kind, cfg.seed)
 
 
-def crossed_sevens(root: Path, cfg: RunConfig) -> tuple[RunSummary, PlantedReport]:
-    """Compute and publish a crossed-sevens run, then check it."""
-    from compute.run.pipeline import compute_run
-
-    summary = compute_run(cfg, root)
-    assert cfg.run_id is not None
-    return summary, check(root, summary.run_id, "crossed-sevens", cfg.seed)
-
-
 def table(reports: list[PlantedReport]) -> list[str]:
     """The benchmark's summary: per kind, how often each ranking puts a true detector in its top 5
     (over the seeds where one exists), mean precision@5 and recall@10; and per run, the status."""

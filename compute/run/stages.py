@@ -23,8 +23,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", (), "trained weights and the per-epoch, per-class training trace (train_trace, epochs); "
           "each epoch is also saved, so a killed run loses one epoch at most"),
     Stage("evaluate", ("train",), "loss and accuracy on the training set and the test split (runs)"),
-    Stage("statistics", ("train",), "per-unit, per-class activation and gradient statistics on the evaluation set "
-          "(units, unit_classes)"),
+    Stage("statistics", ("train",), "per-unit, per-class activation and gradient statistics on the evaluation set, "
+          "then firing thresholds and subset specialization (a second pass) (units, unit_classes)"),
     Stage("ablation", ("train",), "single-unit zero-ablation deltas, overall and per class (units, unit_classes)"),
     Stage("curves", ("statistics", "ablation"), "cumulative ablation curves and their areas (ablation_curves, "
           "ablation_auc)"),

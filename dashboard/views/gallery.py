@@ -12,6 +12,7 @@ import streamlit as st
 from dashboard import cached, nav, ui
 from dashboard.state import ExplorerState, encode, for_run, one, parse, unit_params
 from warehouse.filters import FIELDS, UNIT_METRICS, QueryError, UnitFilter, describe, parse_int
+from warehouse.queries import MIN_SPECIALIZATION
 from warehouse.schema import IMAGE_KINDS
 from warehouse.text import md, md_code
 
@@ -66,8 +67,8 @@ def tile(col, row: pd.Series, run: str, sort: str, state: ExplorerState) -> None
         badges.append(":red-badge[dead]")
     elif row["selectivity"] >= 0.5:
         badges.append(":blue-badge[selective]")
-    if row["anomaly_max"] >= 1.0:
-        badges.append(":orange-badge[anomalous]")
+    if row["specialization_max"] >= MIN_SPECIALIZATION:
+        badges.append(":orange-badge[specialized]")
     col.page_link(str(VIEWS / "unit.py"), label=md(f"{layer}:{unit}"), query_params=unit_params(run, layer, unit, state))
     lines = [f"sel {row['selectivity']:.2f} · imp {row['abl_loss_delta']:+.3f}"]
     if sort not in ("selectivity", "abl_loss_delta", "unit", "layer_index"):

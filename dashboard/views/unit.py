@@ -87,11 +87,17 @@ render_examples(root, con, run, layer, unit, u, cached.class_names(root, fp, run
 st.subheader("Per class: activation, gradient signal and removal effect")
 st.plotly_chart(unit_charts.act_vs_grad(cls, "", rectified=True), key="unit-classes")
 top = cls.dropna(subset=["anomaly"]).sort_values("anomaly", ascending=False).head(3)
+special = cls.dropna(subset=["specialization"]).sort_values("specialization", ascending=False).head(3)
 st.caption("The output-side signal is what the loss asks of the unit; where the unit is silent the ReLU blocks "
            "it, and only the training signal (gradient at the pre-activation) updates the unit (docs/metrics.md).")
 st.caption("Dead unit: no training signal reaches it, so it has no anomaly score." if top.empty else
            "Classes with the highest training-signal-vs-activation anomaly (high gradient, low activation; "
            "docs/metrics.md): " + ", ".join(f"{ui.text(r.class_name)} ({r.anomaly:.2f})" for r in top.itertuples()))
+if not special.empty:
+    st.caption("Classes it is most specialized on (subset specialization: what removing it costs the class, all on "
+               "the examples it fires on, discounted by the share it fires on; docs/metrics.md): " + ", ".join(
+                   f"{ui.text(r.class_name)} ({r.specialization:.4f}, fires on {r.frac_fire:.0%})"
+                   for r in special.itertuples()))
 st.plotly_chart(unit_charts.ablation_bars(cls), key="unit-ablation")
 
 with st.expander("Training trace: the same signals per epoch", expanded=False):

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from compute.ablation.sequential import DEFAULT_WIDTH
 from compute.datasets.sources import (ImageSet, Splits, load_dataset, load_eval_set, require_classes, stratified_subset,
                                       with_label_noise)
 from compute.errors import ConfigError, DataError
@@ -48,6 +49,8 @@ class RunConfig:
     images: ImageConfig | None = field(default_factory=ImageConfig)  # None: no unit_images rows
     train_curves: bool = False  # also draw the ablation curves on the training set (training labels)
     threads: int = DEFAULT_THREADS  # torch intra-op threads for every stage (compute/threads.py); 0: every CPU
+    ablation_budget: str = "full"  # "sequential": each unit stops once its answer is settled (compute.ablation.sequential)
+    ablation_width: float = DEFAULT_WIDTH  # with "sequential": stop once a unit's interval is narrower than this
 
     @staticmethod
     def from_dict(stored: dict[str, Any]) -> RunConfig:

@@ -58,7 +58,8 @@ def unit_tables(layer_order: list[str], stats: EvalStats, ablations: dict[str, L
             abl_loss_delta=ab.loss_delta, abl_loss_abs=np.abs(ab.loss_delta), abl_loss_lo=lo, abl_loss_hi=hi,
             abl_loss_p=p, abl_loss_q=fdr(p), abl_n_hurt=paired.hurt.astype(np.int64),
             abl_n_helped=paired.helped.astype(np.int64), abl_acc_p=acc_p,
-            anomaly_max=_nulls(anom_max), anomaly_class=[None if b < 0 else int(b) for b in best])
+            anomaly_max=_nulls(anom_max), anomaly_class=[None if b < 0 else int(b) for b in best],
+            abl_n=np.broadcast_to(paired.n, (n,)).astype(np.int64))
         classes.add(
             layer=[name] * (n * k), unit=np.repeat(np.arange(n), k), **{"class": np.tile(np.arange(k), n)},
             class_name=list(class_names) * n, n=np.tile(ls.counts, n).astype(np.int64),

@@ -32,8 +32,12 @@ demo: compute-demo
 		$(PY) -m compute list --warehouse $(WAREHOUSE); \
 	fi
 
+# Test files run two at a time (pytest-xdist; a file's tests stay in one process, so module and
+# session fixtures, the session's Ray and a file's browser are set up once per process).
+TEST_WORKERS ?= 2
+
 test: install
-	NEURON_ATLAS_QUIET=1 $(PY) -m pytest -q tests
+	NEURON_ATLAS_QUIET=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: install
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

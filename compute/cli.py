@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from compute.ablation.sequential import DEFAULT_WIDTH
 from compute.datasets.sources import DATASETS
 from compute.errors import AtlasError, ConfigError
 from compute.images.config import ActMaxConfig, ImageConfig
@@ -64,6 +65,10 @@ def _weight(text: str) -> float:
 
 def _width(text: str) -> float:
     return _float(text, 0.0, 64.0, "a width multiplier", open_lo=True)
+
+
+def _interval_width(text: str) -> float:
+    return _float(text, 0.0, 100.0, "an interval width in loss units")
 
 
 def _model_name(text: str) -> str:
@@ -167,6 +172,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-curves", action="store_true",
                    help="also draw the cumulative ablation curves on the training set, with its training labels "
                         "(always on for sweeps)")
+    p.add_argument("--ablation-budget", default="full", choices=("full", "sequential"),
+                   help="full: every unit ablated on every evaluation example (default); sequential: each unit "
+                        "stops once its loss-change interval excludes zero or is narrower than --ablation-width "
+                        "(docs/metrics.md, Sequential ablation)")
+    p.add_argument("--ablation-width", type=_interval_width, default=DEFAULT_WIDTH, metavar="W",
+                   help=f"with --ablation-budget sequential: interval width that settles a unit (default {DEFAULT_WIDTH})")
     _add_image_options(p)
     _add_executor_options(p)
     _add_warehouse(p)
@@ -286,7 +297,8 @@ def _config(args: argparse.Namespace, **overrides: object):
         data_dir=args.data_dir, eval_dataset=args.eval_dataset, train_size=args.train_size,
         eval_size=args.eval_size, device=args.device, layers=args.layers,
         checkpoint=args.checkpoint, until_train_acc=args.until_train_acc, train_curves=args.train_curves,
-        threads=args.threads, ablate=args.ablate,
+        threads=args.threads, ablate=args.ablate, ablation_budget=args.ablation_budget,
+        ablation_width=args.ablation_width,
         images=_image_config(args, int(overrides.get("seed", 0))),
         **{o.name: getattr(args, o.name) for o in MODEL_OPTIONS}, **overrides,  # type: ignore[arg-type]
     )

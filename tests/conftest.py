@@ -10,7 +10,8 @@ import pytest
 import torch
 
 os.environ.setdefault("NEURON_ATLAS_QUIET", "1")
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread per process when pytest-xdist runs test files side by side (make test), else up to 2.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_MNIST = Path(os.environ.get("NEURON_ATLAS_MNIST", REPO.parent / "shared" / "data" / "mnist"))

@@ -66,3 +66,30 @@ def test_fewest_units_that_halve_a_class_follow_from_the_curve(per_class):
                 and r["other_acc"] >= OTHERS_KEEP * o0]
         assert s["n_to_halve"] == (hits[0]["n_ablated"] if hits else None)
         assert (s["class_acc_intact"], s["other_acc_intact"]) == (c0, o0)
+
+
+def test_work_items_give_the_same_tables(per_class, tmp_path):
+    """The pipeline's path: groups x chunks of masks x shards of 120 digits (3 shards), merged in order."""
+    from compute.distributed import work
+    from compute.distributed.executor import InProcessExecutor, Worker
+    from compute.run.stage_store import StageStore
+
+    model, data, single, live, curves, removal = per_class
+    old = work.SHARD_EXAMPLES, work.MASK_CHUNK
+    work.SHARD_EXAMPLES, work.MASK_CHUNK = 120, 50
+    try:
+        got_curves, got_removal = work.class_curves(InProcessExecutor(), Worker(model, {"eval": data}),
+                                                    StageStore(tmp_path), {n: single[n].class_loss_delta for n in single},
+                                                    live)
+    finally:
+        work.SHARD_EXAMPLES, work.MASK_CHUNK = old
+    for want, got in ((curves, got_curves), (removal, got_removal)):
+        assert list(got) == list(want)
+        for col in want:
+            if col in ("class_acc", "other_acc", "class_acc_intact", "other_acc_intact", "class_acc_then",
+                       "other_acc_then"):
+                np.testing.assert_allclose(np.array(got[col], dtype=float), np.array(want[col], dtype=float),
+                                           rtol=0, atol=1e-12, err_msg=col)
+            else:
+                assert list(got[col]) == list(want[col]), col
+    assert len(list(tmp_path.glob("*"))) >= 3 * 5  # one saved result per item: 3 shards x at least 5 chunks

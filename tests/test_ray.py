@@ -181,3 +181,55 @@ def test_ray_options_without_the_ray_executor_are_explained(tmp_path: Path, caps
     assert main(["run", "--ray-workers", "2", "--warehouse", str(tmp_path)]) == 2
     assert "need --executor ray" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_sequential_ablation_on_two_ray_workers_equals_in_process(ray_cluster: str, tmp_path: Path):
+    """Look by look, only the running units: the same stops and the same floats on Ray."""
+    from compute.ablation.engine import AblationEngine
+    from compute.distributed import work
+    from compute.distributed.executor import InProcessExecutor, Worker
+    from compute.run.stage_store import StageStore
+
+    torch.manual_seed(3)
+    model = build_model(ModelSpec("lenet5", (1, 28, 28), 10, {})).eval()
+    data = stratified_subset(load_dataset("mnist-5k").test, 300)
+    order = np.random.default_rng(0).permutation(len(data))
+    worker = Worker(model, {"eval-seq": data.subset(order)})
+    counts = AblationEngine(model).unit_counts(data)
+    ray2 = RayExecutor(workers=2)
+    try:
+        runs = [work.sequential_unit(ex, worker, StageStore(tmp_path / name), counts, order, 0.001, "eval-seq", first=100)
+                for name, ex in (("in", InProcessExecutor()), ("ray", ray2))]
+    finally:
+        ray2.close()
+    (base_a, a), (base_b, b) = runs
+    assert base_a.loss == base_b.loss
+    assert {float(n) for ab in a.values() for n in np.atleast_1d(ab.paired.n)} == {100.0, 200.0, 300.0}  # stops at each look
+    for name in a:
+        for field in ("acc_delta", "loss_delta", "class_acc_delta", "class_loss_delta"):
+            np.testing.assert_array_equal(getattr(a[name], field), getattr(b[name], field), err_msg=f"{name}.{field}")
+        np.testing.assert_array_equal(a[name].paired.n, b[name].paired.n)
+        np.testing.assert_array_equal(a[name].examples.example, b[name].examples.example)
+
+
+def test_workers_fetch_the_model_once_and_the_data_per_shard(ray_cluster: str, monkeypatch: pytest.MonkeyPatch):
+    """The broadcast state holds the model and one object reference per shard of each dataset, never
+    the data itself; a worker's slice across shards equals the data's own."""
+    import ray
+
+    from compute.distributed import work
+    from compute.distributed.executor import Worker
+    from compute.distributed.ray_executor import Blocks
+
+    monkeypatch.setattr(work, "SHARD_EXAMPLES", 128)
+    data = stratified_subset(load_dataset("mnist-5k").test, 300)
+    ex = RayExecutor(workers=1)
+    try:
+        state = ray.get(ex.broadcast(Worker(build_model(ModelSpec("lenet5", (1, 28, 28), 10, {})), {"eval": data})))
+    finally:
+        ex.close()
+    blocks = state.data["eval"]
+    assert isinstance(blocks, Blocks) and len(blocks.refs) == 3 and len(blocks) == 300  # 128 + 128 + 44
+    for a, b in ((0, 128), (100, 300), (250, 260)):
+        got = state.shard("eval", a, b)
+        assert torch.equal(got.images, data.images[a:b]) and torch.equal(got.labels, data.labels[a:b])

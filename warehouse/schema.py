@@ -143,6 +143,9 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("specialization_max", F64, "Largest `unit_classes.specialization` over classes; null when no class has "
            "one (a dead unit, or too few firing examples)."),
         _c("specialization_class", pa.int32(), "Class of `specialization_max`; null with it."),
+        _c("abl_n", pa.int64(), "Evaluation examples the unit's ablation was measured on: all of them, or with "
+           "`--ablation-budget sequential` the examples seen when its answer settled (`abl_*` deltas, interval and "
+           "p-values are then on those examples, the interval and p corrected for the looks; docs/metrics.md)."),
     )),
     Table("unit_classes", "One row per unit and class: evaluation-set statistics restricted to the class.", (
         RUN_ID, LAYER, UNIT, CLASS, CLASS_NAME,

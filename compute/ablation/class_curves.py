@@ -11,11 +11,13 @@ the other classes keep at least 90% of theirs (accuracy over all their examples)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
 from compute.ablation.curves import FRACTIONS, POOLED_LAST, groups
-from compute.ablation.engine import AblationEngine
+from compute.ablation.engine import AblationEngine, MaskSums
 from compute.datasets.sources import ImageSet
 from compute.progress import bar
 from warehouse.rows import TableRows
@@ -30,16 +32,28 @@ def removal_counts(n: int) -> np.ndarray:
     return np.unique(np.concatenate([np.arange(min(n, EVERY_UNTIL) + 1), np.rint(FRACTIONS * n).astype(int)]))
 
 
-def class_curves(engine: AblationEngine, data: ImageSet, class_importance: dict[str, np.ndarray],
-                 live: dict[str, np.ndarray], class_names: tuple[str, ...],
-                 pooled_last: int = POOLED_LAST) -> tuple[dict[str, list], dict[str, list]]:
-    """Columns of ``class_curves`` and ``class_removal``. ``class_importance[layer]`` is (U, K): each unit's
+@dataclass(frozen=True)
+class ClassPlan:
+    """One group's ablations: per class, the removal counts' masks (class-major rows) as a job."""
+
+    group: str
+    n_alive: int
+    counts: np.ndarray
+    job: dict[str, torch.Tensor]
+
+    @property
+    def n_masks(self) -> int:
+        return int(next(iter(self.job.values())).shape[0])
+
+
+def class_plans(class_importance: dict[str, np.ndarray], live: dict[str, np.ndarray],
+                pooled_last: int = POOLED_LAST) -> list[ClassPlan]:
+    """Per group, the masks of ``class_curves``; ``class_importance[layer]`` is (U, K): each unit's
     ablation loss delta per class; ``live[layer]`` (U,) marks the units active on the evaluation set."""
-    curves, removal = TableRows("class_curves"), TableRows("class_removal")
-    k_classes = len(class_names)
     plans = []
     for group, members in groups(list(class_importance), pooled_last).items():
         imp = np.concatenate([class_importance[m] for m in members])
+        k_classes = imp.shape[1]
         alive = np.flatnonzero(np.concatenate([live[m] for m in members]))
         counts = removal_counts(len(alive))
         masks = np.ones((k_classes, len(counts), len(imp)), dtype=np.float32)
@@ -50,12 +64,17 @@ def class_curves(engine: AblationEngine, data: ImageSet, class_importance: dict[
         bounds = np.cumsum([0] + [len(class_importance[m]) for m in members])
         flat = masks.reshape(-1, len(imp))
         job = {m: torch.from_numpy(flat[:, a:b]) for m, a, b in zip(members, bounds[:-1], bounds[1:])}
-        plans.append((group, len(alive), counts, job))
-    progress = bar(None, "class curves", unit="ablation", total=sum(k_classes * len(p[2]) for p in plans))
-    intact, sums = engine.evaluate_jobs(data, [p[3] for p in plans], progress)
-    progress.close()
-    n_c = intact.counts
-    for (group, n, counts, _), s in zip(plans, sums):
+        plans.append(ClassPlan(group, len(alive), counts, job))
+    return plans
+
+
+def class_tables(plans: list[ClassPlan], n_c: torch.Tensor, sums: list[MaskSums],
+                 class_names: tuple[str, ...]) -> tuple[dict[str, list], dict[str, list]]:
+    """Columns of ``class_curves`` and ``class_removal`` from each plan's sums; ``n_c``: examples per class."""
+    curves, removal = TableRows("class_curves"), TableRows("class_removal")
+    k_classes = len(class_names)
+    for plan, s in zip(plans, sums):
+        group, n, counts = plan.group, plan.n_alive, plan.counts
         hits = s.hits.view(k_classes, len(counts), k_classes)  # (class ordered for, count, class measured)
         for c in range(k_classes):
             others = [o for o in range(k_classes) if o != c]
@@ -72,3 +91,15 @@ def class_curves(engine: AblationEngine, data: ImageSet, class_importance: dict[
                         class_acc_then=[None if first is None else float(class_acc[first])],
                         other_acc_then=[None if first is None else float(other_acc[first])])
     return curves.columns, removal.columns
+
+
+def class_curves(engine: AblationEngine, data: ImageSet, class_importance: dict[str, np.ndarray],
+                 live: dict[str, np.ndarray], class_names: tuple[str, ...],
+                 pooled_last: int = POOLED_LAST) -> tuple[dict[str, list], dict[str, list]]:
+    """Columns of ``class_curves`` and ``class_removal`` in one pass of the engine (the pipeline runs
+    the same plans as work items: ``compute.distributed.work.class_curves``)."""
+    plans = class_plans(class_importance, live, pooled_last)
+    progress = bar(None, "class curves", unit="ablation", total=sum(p.n_masks for p in plans))
+    intact, sums = engine.evaluate_jobs(data, [p.job for p in plans], progress)
+    progress.close()
+    return class_tables(plans, intact.counts, sums, class_names)

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from scipy import stats
 from torch import nn
 
+from compute.ablation import sequential
 from compute.ablation.effects import UnitExamples
 from compute.datasets.sources import ImageSet
 
@@ -56,18 +57,28 @@ def outcome(model: nn.Module, data: ImageSet, batch_size: int = 1000, device: st
 @dataclass
 class PairedSums:
     """Per ablation (U,): sums over the n evaluation examples of the per-example loss difference d
-    (ablated - intact) and of d^2, and the prediction flips right -> wrong (hurt), wrong -> right (helped)."""
+    (ablated - intact) and of d^2, and the prediction flips right -> wrong (hurt), wrong -> right (helped).
 
-    n: float
+    From a sequential ablation (``compute.ablation.sequential``) ``n`` is per unit (the examples it
+    saw) and ``level`` the test level of the look it stopped at: the interval and p are then the
+    sequential rule's, valid however the stops fell."""
+
+    n: float | np.ndarray
     dsum: np.ndarray
     dsq: np.ndarray
     hurt: np.ndarray
     helped: np.ndarray
+    level: np.ndarray | None = None
 
     def loss_test(self, confidence: float = CONFIDENCE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(low, high, p): the t confidence interval of the mean of d and the two-sided one-sample t-test
         p-value of "mean d = 0" (paired, so the examples' own variation cancels). A unit whose removal
-        changes no example's loss gets [0, 0] and p = 1."""
+        changes no example's loss gets [0, 0] and p = 1. After a sequential ablation: the interval at
+        confidence ``1 - level * (1 - confidence) / ALPHA`` and ``p`` scaled by ``ALPHA / level``."""
+        if self.level is not None:
+            scale = sequential.ALPHA / self.level
+            lo, hi, p = sequential.paired_test(self.n, self.dsum, self.dsq, (1 - confidence) / scale)
+            return lo, hi, np.minimum(1.0, p * scale)
         n = self.n
         mean = self.dsum / n
         var = np.maximum(self.dsq - n * mean * mean, 0.0) / (n - 1)
@@ -103,13 +114,15 @@ class LayerAblation:
     examples: UnitExamples | None = None
 
     @staticmethod
-    def from_outcomes(base: Outcome, rows: list[Outcome], paired: PairedSums | None = None,
+    def from_outcomes(base: Outcome | list[Outcome], rows: list[Outcome], paired: PairedSums | None = None,
                       examples: UnitExamples | None = None) -> LayerAblation:
-        """Deltas of one outcome per unit (unit order) against the intact ``base``."""
+        """Deltas of one outcome per unit (unit order) against the intact ``base`` (one per unit when
+        the units saw different examples, as in a sequential ablation)."""
+        bases = base if isinstance(base, list) else [base] * len(rows)
         return LayerAblation(
-            acc_delta=np.array([r.accuracy - base.accuracy for r in rows]),
-            loss_delta=np.array([r.loss - base.loss for r in rows]),
-            class_acc_delta=np.stack([r.class_accuracy - base.class_accuracy for r in rows]),
-            class_loss_delta=np.stack([r.class_loss - base.class_loss for r in rows]),
+            acc_delta=np.array([r.accuracy - b.accuracy for r, b in zip(rows, bases)]),
+            loss_delta=np.array([r.loss - b.loss for r, b in zip(rows, bases)]),
+            class_acc_delta=np.stack([r.class_accuracy - b.class_accuracy for r, b in zip(rows, bases)]),
+            class_loss_delta=np.stack([r.class_loss - b.class_loss for r, b in zip(rows, bases)]),
             paired=paired, examples=examples,
         )

@@ -27,7 +27,7 @@ class Worker:
     """What every work item reads: the model (trained weights), the datasets by name, the device."""
 
     model: ProbedModel
-    data: dict[str, ImageSet]
+    data: dict[str, Any]  # name -> ImageSet, or an object with ``slice(start, stop) -> ImageSet``
     device: str = "cpu"
     _engine: AblationEngine | None = field(default=None, repr=False)
 
@@ -38,7 +38,11 @@ class Worker:
         return self._engine
 
     def shard(self, name: str, start: int, stop: int) -> ImageSet:
+        """Examples start..stop-1 of a dataset: sliced here, or fetched block by block where the data
+        stays in a cluster's object store (``compute.distributed.ray_executor.Blocks``)."""
         data = self.data[name]
+        if not isinstance(data, ImageSet):
+            return data.slice(start, stop)
         return ImageSet(data.images[start:stop], data.labels[start:stop], data.class_names, data.name)
 
     def __getstate__(self) -> dict[str, Any]:  # the engine (traced graphs) is rebuilt where it is used

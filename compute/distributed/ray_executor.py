@@ -1,8 +1,10 @@
-"""Work items on a Ray cluster: actors that hold the model and the data, fed items by the driver.
+"""Work items on a Ray cluster: actors that hold the model, fed items by the driver.
 
-The worker state (model with trained weights, datasets) is put into Ray's object store once per run
-(``ray.put``) and every actor reads it once, at its first item of the run; an item then ships only
-a reference and its small arguments, and returns float64 sums. Each actor reserves
+The model with its trained weights is put into Ray's object store once per run (``ray.put``) and
+every actor reads it once, at its first item of the run. The datasets are put block by block (one
+object per data shard, ``Blocks``): an item fetches only the blocks of its examples, so an actor's
+memory does not grow with the dataset. An item ships only references and its small arguments, and
+returns float64 sums. Each actor reserves
 ``cpus_per_worker`` CPUs and sets torch's threads to match (or a GPU fraction with ``--device
 cuda``). An actor whose process dies is restarted and its items retried by Ray (``RETRIES`` times);
 an actor that dies for good is dropped and its items go to the surviving actors, each item at most
@@ -15,12 +17,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import ray
 import torch
 from ray.exceptions import AuthenticationError, RayActorError, RayError, RayTaskError
 
+from compute.datasets.sources import ImageSet
 from compute.distributed.executor import Item, Worker
 from compute.errors import WorkerError, ConfigError
 from warehouse.errors import AtlasError
@@ -47,6 +51,37 @@ class ItemActor:
             self.worker.model.to(self.worker.device)
             self.key = ref.hex()
         return item.run(self.worker)
+
+
+@dataclass
+class Blocks:
+    """A dataset in the object store, one object per ``size`` consecutive examples."""
+
+    n: int
+    size: int
+    refs: list[Any]
+
+    @staticmethod
+    def put(data: ImageSet, size: int) -> Blocks:
+        def block(a: int, b: int) -> ImageSet:  # copies, so no block pickles the whole set's storage
+            groups = None if data.groups is None else data.groups[a:b].copy()
+            return ImageSet(data.images[a:b].clone(), data.labels[a:b].clone(), data.class_names, data.name, groups)
+
+        return Blocks(len(data), size, [ray.put(block(a, min(a + size, len(data)))) for a in range(0, len(data), size)])
+
+    def __len__(self) -> int:
+        return self.n
+
+    def slice(self, start: int, stop: int) -> ImageSet:
+        """Examples start..stop-1, from the blocks that hold them."""
+        first, last = start // self.size, (stop - 1) // self.size
+        parts: list[ImageSet] = ray.get(self.refs[first:last + 1])
+        a, b = start - first * self.size, stop - first * self.size
+        if len(parts) == 1:
+            p = parts[0]
+            return ImageSet(p.images[a:b], p.labels[a:b], p.class_names, p.name)
+        return ImageSet(torch.cat([p.images for p in parts])[a:b], torch.cat([p.labels for p in parts])[a:b],
+                        parts[0].class_names, parts[0].name)
 
 
 class RayExecutor:
@@ -85,9 +120,13 @@ class RayExecutor:
         return self._actors
 
     def broadcast(self, worker: Worker) -> Any:
-        """The worker state (weights and data) in the object store, put once per run."""
+        """The worker state in the object store, put once per run: the model whole, each dataset as
+        ``Blocks`` of one data shard (``compute.distributed.work.SHARD_EXAMPLES``) each."""
+        from compute.distributed.work import SHARD_EXAMPLES
+
         if self._state is None or self._state[0] is not worker:
-            self._state = (worker, ray.put(worker))
+            data = {name: Blocks.put(d, SHARD_EXAMPLES) for name, d in worker.data.items()}
+            self._state = (worker, ray.put(Worker(worker.model, data, worker.device)))
         return self._state[1]
 
     def map(self, worker: Worker, items: Sequence[Item]) -> Iterator[tuple[str, Any]]:

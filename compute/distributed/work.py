@@ -1,9 +1,11 @@
 """The heavy stages split into work items, and their results merged in a fixed order.
 
+- evaluation: one item per data shard; loss sums and correct counts add up;
 - statistics: one item per data shard; float64 sums per class add up, per-unit peaks take the maximum;
 - single-unit ablation: layer x chunk of units x data shard, float64 per-class loss and hit sums, the
   paired sums (added) and the affected examples (merged: first flips in example order, largest rises);
-- cumulative curves: group x chunk of masks x data shard, the same sums.
+- sequential single-unit ablation: the same items, look by look, for the units still running;
+- cumulative curves and per-class curves: group x chunk of masks x data shard, the same sums.
 
 The items depend only on the model, the data and these constants, never on the executor or the
 number of workers, and every merge adds shards in data order (never completion order). So the in-
@@ -14,14 +16,18 @@ about 1e-16 relative; each shard's sums start from zero.)
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
+from compute.ablation import sequential
+from compute.ablation.class_curves import ClassPlan, class_plans, class_tables
 from compute.ablation.curves import CurvePlan, UnitScores, curve_plans, curve_tables
 from compute.ablation.effects import ExampleEffects, UnitExamples, merge_examples
 from compute.ablation.engine import MaskSums
-from compute.ablation.outcome import LayerAblation, Outcome
+from compute.ablation.outcome import LayerAblation, Outcome, PairedSums
 from compute.distributed.executor import Executor, Item, Worker, run_items
 from compute.measure.stats import EvalStats, EvalSums, evaluation_sums
+from compute.measure.train import evaluation_sums as loss_sums
 from compute.run.stage_store import StageStore
 
 SHARD_EXAMPLES = 2000  # examples per data shard
@@ -29,8 +35,13 @@ UNIT_CHUNK = 256  # units ablated per single-unit item (each item also runs the 
 MASK_CHUNK = 128  # curve points (masks) per curves item
 
 
-def shards(n: int, size: int = SHARD_EXAMPLES) -> list[tuple[int, int]]:
-    return [(a, min(a + size, n)) for a in range(0, n, size)]
+def shards(n: int) -> list[tuple[int, int]]:
+    return _spans(0, n)
+
+
+def _spans(a: int, b: int) -> list[tuple[int, int]]:
+    """Examples a..b-1 in shards of at most ``SHARD_EXAMPLES``."""
+    return [(s, min(s + SHARD_EXAMPLES, b)) for s in range(a, b, SHARD_EXAMPLES)]
 
 
 def _span(a: int, b: int) -> str:
@@ -52,6 +63,22 @@ def _add(parts: list[MaskSums]) -> MaskSums:
 def _concat(parts: list[MaskSums]) -> MaskSums:
     """Chunks of masks (rows) of the same data, in row order."""
     return MaskSums(**{f: torch.cat([getattr(p, f) for p in parts]) for f in _SUMS}, counts=parts[0].counts)
+
+
+# --- evaluation -------------------------------------------------------------------------------------
+
+def _evaluate_item(worker: Worker, data: str, start: int, stop: int) -> tuple[float, int]:
+    return loss_sums(worker.model, worker.shard(data, start, stop), device=worker.device)
+
+
+def evaluate(executor: Executor, worker: Worker, store: StageStore, data: str) -> tuple[float, float]:
+    """(mean loss, accuracy) on a dataset, one item per shard, sums added in shard order."""
+    n = len(worker.data[data])
+    items = [Item(f"{data}.x{_span(a, b)}", _evaluate_item, (data, a, b)) for a, b in shards(n)]
+    loss, correct = 0.0, 0
+    for part_loss, part_correct in run_items(executor, worker, items, store, f"evaluate {data}"):
+        loss, correct = loss + part_loss, correct + part_correct
+    return loss / n, correct / n
 
 
 # --- statistics -------------------------------------------------------------------------------------
@@ -105,6 +132,87 @@ def single_unit(executor: Executor, worker: Worker, store: StageStore, units: di
     return base, layers
 
 
+# --- sequential single-unit ablation -----------------------------------------------------------------
+
+def _units_item(worker: Worker, data: str, layer: str, units: int, idx: np.ndarray, start: int,
+                stop: int) -> tuple[MaskSums, MaskSums, UnitExamples]:
+    """``_ablation_item`` for the units ``idx`` of ``layer`` (any subset; none: the intact pass only)."""
+    masks = 1 - torch.eye(units)[torch.from_numpy(idx)]
+    effects = ExampleEffects(len(idx))
+    intact, (sums,) = worker.engine().evaluate_jobs(worker.shard(data, start, stop), [{layer: masks}],
+                                                    effects=[effects])
+    found = effects.result()
+    return intact, sums, UnitExamples(idx[found.unit], found.example + start, found.kind, found.rank,
+                                      found.loss_delta)
+
+
+def sequential_unit(executor: Executor, worker: Worker, store: StageStore, units: dict[str, int], order: np.ndarray,
+                    width: float, data: str = "eval", first: int = sequential.FIRST_LOOK
+                    ) -> tuple[Outcome, dict[str, LayerAblation]]:
+    """``single_unit`` under the sequential rule of ``compute.ablation.sequential``: ``worker.data[data]``
+    is the evaluation set in the fixed random ``order`` (``order[i]``: the original index of its i-th
+    example); each look's items ablate only the units still running, and each unit's deltas, paired
+    sums and affected examples (original indices) cover the examples it saw."""
+    n = len(worker.data[data])
+    bounds = sequential.looks(n, first)
+    level = sequential.levels(len(bounds))
+    first_layer = next(iter(units))
+    running = {layer: np.arange(k) for layer, k in units.items()}
+    acc = {layer: MaskSums.zeros(k, worker.data[data].n_classes) for layer, k in units.items()}
+    seen = {layer: torch.zeros(k, acc[layer].loss.shape[1], dtype=torch.float64) for layer, k in units.items()}
+    base_of = {layer: MaskSums.zeros(k, acc[layer].loss.shape[1]) for layer, k in units.items()}
+    stopped_at = {layer: np.zeros(k, dtype=np.int64) for layer, k in units.items()}
+    examples: dict[str, list[UnitExamples]] = {layer: [] for layer in units}
+    intact: MaskSums | None = None
+    for r, (a, b) in enumerate(zip([0, *bounds[:-1]], bounds)):
+        spans = _spans(a, b)
+        chunks = [(layer, i, idx[i:i + UNIT_CHUNK]) for layer, idx in running.items()
+                  for i in range(0, len(idx), UNIT_CHUNK)]
+        if not chunks:  # every unit has stopped: the intact pass alone, for the run's intact outcome
+            chunks = [(first_layer, 0, np.zeros(0, dtype=np.int64))]
+        items = [Item(f"{layer}.look{r}.c{i:07d}.x{_span(s0, s1)}", _units_item,
+                      (data, layer, units[layer], idx, s0, s1), size=len(idx) * (s1 - s0) / n)
+                 for layer, i, idx in chunks for s0, s1 in spans]
+        results = run_items(executor, worker, items, store, f"ablation look {r + 1}/{len(bounds)}", unit="unit")
+        per_chunk = [results[i:i + len(spans)] for i in range(0, len(results), len(spans))]
+        look_intact = _add([part for part, _, _ in per_chunk[0]])
+        intact = look_intact if intact is None else _add([intact, look_intact])
+        for (layer, _, idx), part in zip(chunks, per_chunk):
+            if not len(idx):
+                continue
+            sums = _add([s for _, s, _ in part])
+            rows, into = torch.from_numpy(idx), acc[layer]
+            for f in _SUMS:
+                getattr(into, f)[rows] += getattr(sums, f)
+            examples[layer] += [e for _, _, e in part]
+        for layer, idx in running.items():
+            into = acc[layer]
+            rows = torch.from_numpy(idx)
+            done = (sequential.stops(b, into.dsum[rows].numpy(), into.dsq[rows].numpy(), level[r], width,
+                                     units[layer])
+                    if r < len(bounds) - 1 else np.ones(len(idx), dtype=bool))
+            done_rows = rows[torch.from_numpy(done)]
+            seen[layer][done_rows] = intact.counts
+            base_of[layer].loss[done_rows] = intact.loss[0]
+            base_of[layer].hits[done_rows] = intact.hits[0]
+            stopped_at[layer][idx[done]] = r
+            running[layer] = idx[~done]
+    assert intact is not None
+    base = intact.outcome(0)
+    layers: dict[str, LayerAblation] = {}
+    for layer, k in units.items():
+        into, counts = acc[layer], seen[layer]
+        rows = [Outcome.from_sums(into.loss[u], into.hits[u], counts[u]) for u in range(k)]
+        bases = [Outcome.from_sums(base_of[layer].loss[u], base_of[layer].hits[u], counts[u]) for u in range(k)]
+        paired = PairedSums(np.array(bounds)[stopped_at[layer]].astype(np.float64), into.dsum.numpy(),
+                            into.dsq.numpy(), into.hurt.numpy(), into.helped.numpy(), level[stopped_at[layer]])
+        found = merge_examples(examples[layer]) if examples[layer] else None
+        if found is not None:
+            found = UnitExamples(found.unit, order[found.example], found.kind, found.rank, found.loss_delta)
+        layers[layer] = LayerAblation.from_outcomes(bases, rows, paired, found)
+    return base, layers
+
+
 # --- cumulative curves ------------------------------------------------------------------------------
 
 def _masks_item(worker: Worker, data: str, job: dict[str, torch.Tensor], start: int, stop: int) -> MaskSums:
@@ -125,3 +233,21 @@ def curves(executor: Executor, worker: Worker, store: StageStore, scores: dict[s
     summed = [_add(results[i:i + len(spans)]) for i in range(0, len(results), len(spans))]
     sums = [_concat([s for (q, _, _), s in zip(chunks, summed) if q is p]) for p in plans]
     return curve_tables(plans, sums, split)
+
+
+# --- per-class curves -------------------------------------------------------------------------------
+
+def class_curves(executor: Executor, worker: Worker, store: StageStore, class_importance: dict[str, np.ndarray],
+                 live: dict[str, np.ndarray], data: str = "eval") -> tuple[dict[str, list], dict[str, list]]:
+    """The ``class_curves`` and ``class_removal`` columns, computed as items: group x chunk of masks x shard."""
+    plans = class_plans(class_importance, live)
+    spans = shards(len(worker.data[data]))
+    chunks: list[tuple[ClassPlan, int, int]] = [(p, m0, min(m0 + MASK_CHUNK, p.n_masks))
+                                                for p in plans for m0 in range(0, p.n_masks, MASK_CHUNK)]
+    items = [Item(f"{p.group}.m{_span(m0, m1)}.x{_span(a, b)}", _masks_item,
+                  (data, {k: t[m0:m1] for k, t in p.job.items()}, a, b))
+             for p, m0, m1 in chunks for a, b in spans]
+    results = run_items(executor, worker, items, store, "class curves")
+    summed = [_add(results[i:i + len(spans)]) for i in range(0, len(results), len(spans))]
+    sums = [_concat([s for (q, _, _), s in zip(chunks, summed) if q is p]) for p in plans]
+    return class_tables(plans, summed[0].counts, sums, worker.data[data].class_names)

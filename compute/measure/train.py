@@ -48,6 +48,15 @@ class TrainResult:
 @torch.inference_mode()
 def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 1000, device: str = "cpu") -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) of ``model`` on ``data``."""
+    loss, correct = evaluation_sums(model, data, batch_size, device)
+    return loss / len(data), correct / len(data)
+
+
+@torch.no_grad()
+def evaluation_sums(model: nn.Module, data: ImageSet, batch_size: int = 1000,
+                    device: str = "cpu") -> tuple[float, int]:
+    """(summed cross-entropy loss, correct predictions) of ``model`` on ``data``: sums, so that shards
+    of a dataset add up (``compute.distributed.work.evaluate``)."""
     model.eval()
     loss, correct = 0.0, 0
     for start in range(0, len(data), batch_size):
@@ -56,7 +65,7 @@ def evaluate(model: nn.Module, data: ImageSet, batch_size: int = 1000, device: s
         logits = model(x)
         loss += float(F.cross_entropy(logits, y, reduction="sum"))
         correct += int((logits.argmax(1) == y).sum())
-    return loss / len(data), correct / len(data)
+    return loss, correct
 
 
 EpochHook = Callable[[dict[str, Any]], None]

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from compute.ablation.sequential import DEFAULT_WIDTH
 from compute.datasets.sources import (ImageSet, Splits, load_dataset, load_eval_set, require_classes, stratified_subset,
                                       with_label_noise)
 from compute.errors import ConfigError, DataError
@@ -51,6 +52,8 @@ class RunConfig:
     threads: int = DEFAULT_THREADS  # torch intra-op threads for every stage (compute/threads.py); 0: every CPU
     activation: str = "relu"  # the built-in models' activation (compute/nets/activations.py)
     ablate: str = "zero"  # what an ablated unit is set to: zero, or mean (its mean output on the evaluation set)
+    ablation_budget: str = "full"  # "sequential": each unit stops once its answer is settled (compute.ablation.sequential)
+    ablation_width: float = DEFAULT_WIDTH  # with "sequential": stop once a unit's interval is narrower than this
 
     def __post_init__(self) -> None:
         # The one seed range (warehouse.parse.SEED_MAX), also for runs started from Python or resumed from a file.

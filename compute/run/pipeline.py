@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 import torch
 
-from compute.ablation.class_curves import class_curves
 from compute.ablation.curves import UnitScores
 from compute.ablation.engine import AblationEngine
 from compute.datasets.sources import ImageSet, Splits
@@ -28,7 +28,7 @@ from compute.images.table import ROW_GROUP_ROWS, unit_images
 from compute.measure.firing import threshold
 from compute.measure.specialization import specialization, specialization_sums
 from compute.measure.stats import selectivity
-from compute.measure.train import TrainConfig, TrainResult, evaluate, train
+from compute.measure.train import TrainConfig, TrainResult, train
 from compute.nets.activations import ProbePoint, point_kind, unit_dim
 from compute.nets.discover import ProbedGraph, select_layers
 from compute.progress import announce, stage_started
@@ -68,9 +68,15 @@ class RunContext:
     def worker(self) -> Worker:
         """The model (trained weights) and data the items read; built once, after training."""
         if self._worker is None:
-            data = {"eval": self.eval_set, **({"train": self.splits.train} if self.cfg.train_curves else {})}
+            data = {"eval": self.eval_set, "train": self.splits.train, "test": self.splits.test}
+            if self.cfg.ablation_budget == "sequential":
+                data["eval-seq"] = self.eval_set.subset(self.sequential_order())
             self._worker = Worker(self.model, data, self.device)
         return self._worker
+
+    def sequential_order(self) -> np.ndarray:
+        """The fixed random order in which a sequential ablation takes the evaluation examples."""
+        return np.random.default_rng([self.cfg.seed, 104729]).permutation(len(self.eval_set))
 
     def items(self, stage: str) -> StageStore:
         """Where the stage's finished work items are kept, so a killed run repeats only the others."""
@@ -96,8 +102,8 @@ def _train(ctx: RunContext) -> dict[str, Any]:
 
 
 def _evaluate(ctx: RunContext) -> tuple[float, float, float, float]:
-    return (*evaluate(ctx.model, ctx.splits.train, device=ctx.device),
-            *evaluate(ctx.model, ctx.splits.test, device=ctx.device))
+    return (*work.evaluate(ctx.executor, ctx.worker(), ctx.items("evaluate"), "train"),
+            *work.evaluate(ctx.executor, ctx.worker(), ctx.items("evaluate"), "test"))
 
 
 def _statistics(ctx: RunContext) -> Any:
@@ -111,7 +117,11 @@ def _statistics(ctx: RunContext) -> Any:
 
 
 def _ablation(ctx: RunContext) -> Any:
-    return work.single_unit(ctx.executor, ctx.worker(), ctx.items("ablation"), ctx.engine().unit_counts(ctx.eval_set))
+    units = ctx.engine().unit_counts(ctx.eval_set)
+    if ctx.cfg.ablation_budget == "sequential":
+        return work.sequential_unit(ctx.executor, ctx.worker(), ctx.items("ablation"), units, ctx.sequential_order(),
+                                    ctx.cfg.ablation_width, data="eval-seq")
+    return work.single_unit(ctx.executor, ctx.worker(), ctx.items("ablation"), units)
 
 
 def _curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
@@ -132,8 +142,9 @@ def _curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
 def _class_curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
     """Per class, units removed in the order of their importance for it, on the evaluation set."""
     stats, (_, ablations) = ctx.results["statistics"], ctx.results["ablation"]
-    return class_curves(ctx.engine(), ctx.eval_set, {n: ablations[n].class_loss_delta for n in ablations},
-                        {n: stats.layers[n].n_active > 0 for n in ablations}, ctx.eval_set.class_names)
+    return work.class_curves(ctx.executor, ctx.worker(), ctx.items("class_curves"),
+                             {n: ablations[n].class_loss_delta for n in ablations},
+                             {n: stats.layers[n].n_active > 0 for n in ablations})
 
 
 def _images(ctx: RunContext) -> tuple[dict[str, list], dict[str, float]]:
@@ -288,6 +299,8 @@ def _publish(ctx: RunContext, writer: RunWriter, spec: ModelSpec | None, shapes:
         base, duration, ctx.device, package_versions(), spec.to_dict() if spec else None))
     path = writer.publish({"model": cfg.model, "dataset": cfg.dataset})
     figures = {"train_acc": train_acc, "test_acc": test_acc, "eval_acc": base.accuracy, "eval_loss": base.loss,
-               "units": float(len(units["unit"])), "duration_s": duration, "images": float(len(images["png"])),
+               "units": float(len(units["unit"])), "duration_s": duration,
+               "ablation_unit_examples": float(sum(np.sum(np.broadcast_to(a.paired.n, a.loss_delta.shape))
+                                                   for a in ablations.values() if a.paired is not None)), "images": float(len(images["png"])),
                **{f"images_s/{stage}": t for stage, t in image_seconds.items()}}
     return RunSummary(writer.run_id, path, figures)

@@ -62,7 +62,8 @@ def unit_tables(layer_order: list[str], stats: EvalStats, ablations: dict[str, L
             abl_n_helped=paired.helped.astype(np.int64), abl_acc_p=acc_p,
             anomaly_max=_nulls(anom_max), anomaly_class=[None if b < 0 else int(b) for b in best],
             fire_threshold=sp["threshold"], specialization_max=_nulls(spec_max),
-            specialization_class=[None if b < 0 else int(b) for b in spec_best])
+            specialization_class=[None if b < 0 else int(b) for b in spec_best],
+            abl_n=np.broadcast_to(paired.n, (n,)).astype(np.int64))
         classes.add(
             layer=[name] * (n * k), unit=np.repeat(np.arange(n), k), **{"class": np.tile(np.arange(k), n)},
             class_name=list(class_names) * n, n=np.tile(ls.counts, n).astype(np.int64),

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 import warehouse.publish
 from warehouse.cleanup import staging_leftovers
+from warehouse.errors import WarehouseError
 from warehouse.layout import CHECKPOINT, stages_dir
 from warehouse.publish import PUBLISHED, RunWriter, write_file
 from warehouse.schema import TABLES
@@ -63,7 +64,12 @@ def attempt(root: Path, run_id: str, resume: bool, stop: tuple[str, str] | None,
             raise Killed if stop[1] == "kill" else KeyboardInterrupt
 
     monkeypatch.setattr(warehouse.publish, "crash_point", crash)
-    writer = RunWriter(root, run_id, resume=resume)
+    try:
+        writer = RunWriter(root, run_id, resume=resume)
+    except WarehouseError as e:  # an interrupted command that finished its own clean-up left nothing to resume
+        if not (resume and "published and complete" in str(e)):
+            raise
+        return root / "runs" / run_id
 
     def body() -> Path:
         if writer.already_published:
@@ -81,10 +87,10 @@ def attempt(root: Path, run_id: str, resume: bool, stop: tuple[str, str] | None,
         if stop and stop[1] == "kill":
             try:
                 path = body()
+                writer.__exit__(None, None, None)  # the clean-up of a published run has a point too
             except Killed:
                 writer._lock.close()  # what the kernel does for a killed process; nothing else runs
                 return None
-            writer.__exit__(None, None, None)
             return path
         with writer:
             return body()

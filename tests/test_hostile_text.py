@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS: dict[str, str] = {
     "link in a code span breakout": "x`[Click here to log in](https://evil.example/login)`",
     "image": "![img](https://evil.example/pixel.png)",
-    "emoji code": ":abc:",
+    "emoji code": ":abc: :+1: :-1: :evil_face:",
     "colour and badge": ":red[evil] :blue-badge[evil]",
     "material icon": ":material/evil:",
     "raw HTML": "<img src=x onerror=evil><a href='https://evil.example'>evil</a>",

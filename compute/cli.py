@@ -16,7 +16,7 @@ from compute.threads import DEFAULT_THREADS
 from warehouse import store
 from warehouse.text import term
 from warehouse.parse import INT32_MAX, SEED_MAX, ParseError, bounded_int, finite_float
-from warehouse.store import ENV_VAR, check_run_id, default_path, list_runs, remove_leftover, staging_dir, staging_leftovers
+from warehouse.store import ENV_VAR, RUN_ID_PATTERN, check_run_id, default_path, list_runs, remove_leftover, staging_dir, staging_leftovers
 
 
 #: Largest count or size accepted (epochs, batch size, widths, ...): beyond it nothing sensible runs.
@@ -350,7 +350,8 @@ def _list(root: Path) -> int:
     for r in runs:  # every stored value through term(): escape codes and line breaks are shown, never obeyed
         m = r.manifest or {}
         status = "ok" if r.ok else f"BROKEN: {term(r.error)}"
-        print(f"{term(r.run_id):<48} {term(m.get('model', '?')):<14} {term(m.get('dataset', '?')):<16} {status}")
+        name = r.run_id if RUN_ID_PATTERN.fullmatch(r.run_id) else repr(r.run_id)  # a folder named with a newline
+        print(f"{name:<48} {term(m.get('model', '?')):<14} {term(m.get('dataset', '?')):<16} {status}")
     leftovers = staging_leftovers(root)
     if leftovers:
         print(f"{len(leftovers)} run id(s) left staging files behind (killed or interrupted); "

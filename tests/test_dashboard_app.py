@@ -339,7 +339,7 @@ def test_explorer_reports_ignored_url_values(app, tables):
     at = open_page(app, "explorer", {"run": RUN_ID, "limit": "99999999999999999999", "cls": "99", "preset": "nope",
                                      "layers": "fc1,fc1", "range": "selectivity:0.2:"})
     notice = at.warning[0].value
-    for part in ("fc1 is repeated", "`limit=99999999999999999999` is ignored", "unknown preset 'nope'", "`cls=99`"):
+    for part in ("`fc1` is repeated", "`limit=99999999999999999999` is ignored", "unknown preset 'nope'", "`cls=99`"):
         assert part in notice, part
     u = tables["units"]
     assert count_line(at) == int(((u.layer == "fc1") & (u.selectivity >= 0.2)).sum())

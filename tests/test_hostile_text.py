@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS: dict[str, str] = {
     "link in a code span breakout": "x`[Click here to log in](https://evil.example/login)`",
     "image": "![img](https://evil.example/pixel.png)",
-    "emoji code": ":abc:",
+    "emoji code": ":abc: :+1: :-1: :evil_face:",
     "colour and badge": ":red[evil] :blue-badge[evil]",
     "material icon": ":material/evil:",
     "raw HTML": "<img src=x onerror=evil><a href='https://evil.example'>evil</a>",
@@ -289,11 +289,13 @@ def test_every_page_shows_url_and_folder_payloads_as_text(monkeypatch, hostile_r
 
     monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(hostile_root))
     values = list(PAYLOADS.values())
-    for rotation in range(3):
+    for rotation in range(4):
         at = AppTest.from_file(str(APP), default_timeout=120)
         at.run()
         at.switch_page(f"views/{page}.py")
         params = {k: values[(i + rotation) % len(values)] for i, k in enumerate(PAGE_KEYS)}
+        if rotation == 3:  # numbers of 5,000 digits everywhere, the unit's index included
+            params = {**{k: HUGE for k in PAGE_KEYS}, "unit": f"fc1:{HUGE}", "layer": "fc1"}
         if rotation:
             params["run"] = RUN_ID  # past the run check, so every other parameter is read
         at.query_params = params
@@ -306,4 +308,4 @@ def test_every_page_shows_url_and_folder_payloads_as_text(monkeypatch, hostile_r
 def test_figures():
     """Hostile text tried by class, for the closing note."""
     print(f"payload classes {len(PAYLOADS)}; URL parameters {len(URL_KEYS) + 2} x payloads all inert; pages "
-          f"{len(PAGES)} x 3 rotations; numbers refused {len(NOT_INTEGERS) + len(NOT_FINITE)}")
+          f"{len(PAGES)} x 4 (3 payload rotations, 1 of 5,000-digit numbers); numbers refused {len(NOT_INTEGERS) + len(NOT_FINITE)}")

@@ -5,7 +5,8 @@ Streamlit renders every message, caption, label and notice as markdown (GitHub's
 escape sequences. So a value that reaches either goes through one of these:
 
 - ``md(value)``: the value as plain text inside markdown: every markdown-special ASCII character
-  backslash-escaped, colons kept from forming ``:code:`` or ``:red[...]`` (a word joiner after each),
+  backslash-escaped, a colon that could open ``:code:``, ``:red[...]`` or ``https://`` followed by an
+  invisible word joiner,
   line breaks and other control characters shown as ``\\n``-style escapes.
 - ``md_code(value)``: the value as inline code (its characters kept exactly, in a fence no backtick in
   the value can close), for names and link values a reader may copy.
@@ -18,7 +19,9 @@ from __future__ import annotations
 import re
 
 #: Characters markdown (CommonMark, GFM, Streamlit's extensions, LaTeX) gives a meaning; ``\`` escapes each.
-_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&:=@])")
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+\-.!|<>~$&=@])")
+#: A colon that could open ``:emoji:``, ``:red[...]``, ``:material/icon:`` or a ``scheme://`` link.
+_CODE_COLON = re.compile(r":(?=//|[\w+/-]+[:\[])")
 #: C0 and C1 controls, DEL, and the bidirectional overrides that reorder what a reader sees.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069\u200e\u200f]")
 WORD_JOINER = "\u2060"  # invisible; breaks ``:abc:`` so no emoji, colour or icon code forms
@@ -36,8 +39,7 @@ def plain(value: object) -> str:
 
 def md(value: object) -> str:
     """``value`` as literal text inside markdown (see the module's docstring)."""
-    escaped = _MD_SPECIAL.sub(r"\\\1", plain(value))
-    return escaped.replace(":", ":" + WORD_JOINER)
+    return _MD_SPECIAL.sub(r"\\\1", _CODE_COLON.sub(":" + WORD_JOINER, plain(value)))
 
 
 def md_code(value: object) -> str:

@@ -69,7 +69,7 @@ def tile(col, row: pd.Series, run: str, sort: str, state: ExplorerState) -> None
         badges.append(":blue-badge[selective]")
     if row["specialization_max"] >= MIN_SPECIALIZATION:
         badges.append(":orange-badge[specialized]")
-    col.page_link(str(VIEWS / "unit.py"), label=md(f"{layer}:{unit}"), query_params=unit_params(run, layer, unit, state))
+    col.page_link(str(VIEWS / "unit.py"), label=f"{md(layer)}:{unit}", query_params=unit_params(run, layer, unit, state))
     lines = [f"sel {row['selectivity']:.2f} · imp {row['abl_loss_delta']:+.3f}"]
     if sort not in ("selectivity", "abl_loss_delta", "unit", "layer_index"):
         lines.append(f"{sort} {row[sort]:.3g}")

@@ -24,7 +24,7 @@ from compute.run.planted import PlantedReport, default_config, run_experiment, t
 from compute.run.unit_evidence import firing_split
 from compute.run.whatif import load_run
 from warehouse.planted import write_results
-from warehouse.store import run_dir as run_folder
+from warehouse.layout import run_dir as run_folder
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img" / "planted.png"
 SCALE, PER_GROUP = 3, 6

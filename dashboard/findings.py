@@ -13,7 +13,7 @@ from dashboard import cached, nav
 from dashboard.state import ExplorerState, encode
 from warehouse.filters import UnitFilter
 from warehouse.queries import PRESETS, SPECIALIZED
-from warehouse.text import md, md_code
+from warehouse.text import md_code
 
 VIEWS = Path(__file__).parent / "views"
 TOP = 5

@@ -18,7 +18,7 @@ from PIL import Image
 
 from warehouse.bundle import export_bundle
 from warehouse.images import input_shape, thumbnails, unit_images
-from warehouse.text import md, md_code
+from warehouse.text import md_code
 
 THUMB = 160  # pixels per image in the grids: a digit or a receptive-field crop can be read
 LARGE = 336  # pixels per image when enlarged

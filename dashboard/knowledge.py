@@ -14,7 +14,7 @@ import streamlit as st
 from dashboard import ui
 from warehouse import queries
 from warehouse.layout import run_dir as run_folder
-from warehouse.text import md, md_code
+from warehouse.text import md
 
 GALLERY = 12  # example images shown
 SCALE = 3  # pixels per input pixel in the gallery

@@ -13,7 +13,7 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from warehouse.store import write_file
+from warehouse.publish import write_file
 
 RESULTS = Path("experiments") / "planted.csv"
 

@@ -238,7 +238,7 @@ def check(root: Path, run_id: str, kind: str, seed: int = 0) -> PlantedReport:
 def run_experiment(root: Path, cfg: RunConfig, kind: str) -> tuple[RunSummary | None, PlantedReport]:
     """Compute and publish the run unless the warehouse already holds it, then check it."""
     from compute.run.pipeline import compute_run
-    from warehouse.store import list_runs
+    from warehouse.validate import list_runs
 
     assert cfg.run_id is not None
     done = {r.run_id for r in list_runs(root) if r.ok}

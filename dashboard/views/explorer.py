@@ -15,7 +15,7 @@ from dashboard.knowledge import render_class_removal
 from dashboard.state import ExplorerState, encode, for_run, parse
 from warehouse.filters import QueryError, UnitFilter, describe
 from warehouse.queries import PRESETS
-from warehouse.text import md, md_code
+from warehouse.text import md
 
 PAGE = "explorer"
 MAX_ROWS = 5_000  # table rows shown; downloads hold every matching row

@@ -10,7 +10,7 @@ import streamlit as st
 from dashboard import cached, findings, ui
 from dashboard.compute_job import DEFAULT_RUN_ID, default_command, run_with_progress
 from warehouse.queries import DISTRIBUTIONS
-from warehouse.text import md, md_code
+from warehouse.text import md_code
 
 st.title("Runs overview")
 root, fp, runs = ui.page_runs(need_run=False)

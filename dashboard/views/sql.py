@@ -7,7 +7,7 @@ import streamlit as st
 from dashboard import cached, sql_state, ui
 from warehouse.sandbox import MAX_RESULT_BYTES, MAX_ROWS, TIME_LIMIT_S, SandboxError
 from warehouse.schema import TABLES
-from warehouse.text import md, md_code
+from warehouse.text import md
 
 EXAMPLE = """SELECT layer, unit, class_name, anomaly, grad_mean, mean_act
 FROM unit_classes

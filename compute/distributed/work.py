@@ -143,7 +143,7 @@ def _units_item(worker: Worker, data: str, layer: str, units: int, idx: np.ndarr
                                                     effects=[effects])
     found = effects.result()
     return intact, sums, UnitExamples(idx[found.unit], found.example + start, found.kind, found.rank,
-                                      found.loss_delta)
+                                      found.loss_delta, found.pred_ablated)
 
 
 def sequential_unit(executor: Executor, worker: Worker, store: StageStore, units: dict[str, int], order: np.ndarray,
@@ -208,7 +208,8 @@ def sequential_unit(executor: Executor, worker: Worker, store: StageStore, units
                             into.dsq.numpy(), into.hurt.numpy(), into.helped.numpy(), level[stopped_at[layer]])
         found = merge_examples(examples[layer]) if examples[layer] else None
         if found is not None:
-            found = UnitExamples(found.unit, order[found.example], found.kind, found.rank, found.loss_delta)
+            found = UnitExamples(found.unit, order[found.example], found.kind, found.rank, found.loss_delta,
+                                 found.pred_ablated)
         layers[layer] = LayerAblation.from_outcomes(bases, rows, paired, found)
     return base, layers
 

@@ -336,6 +336,8 @@ def test_bad_layouts_and_activations_are_named(tmp_path):
     with pytest.raises(ConfigError, match="0 dimension\\(s\\)") as e:
         trace_probes(Scalar(), (1, 28, 28))
     assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="cannot take images of 3x60x60.*indivisible by patch size"):
+        build_model(ModelSpec("torchvision:vit_b_32", (3, 60, 60), 3))  # built for 60x60: not a multiple of 32
     activation = next(o for o in REGISTRY["lenet5"].options if o.name == "activation")
     with pytest.raises(ConfigError, match="--activation must be one of relu, relu6"):
         activation.parse("softmax")

@@ -193,7 +193,9 @@ def _torchvision_model(spec: ModelSpec) -> ProbedModel:
 
     name = spec.name.removeprefix(TORCHVISION_PREFIX)
     try:
-        net = torchvision.models.get_model(name, weights=None, num_classes=spec.n_classes)
+        # A ViT is built for one image size: the dataset's (square, a multiple of the patch size).
+        size = {"image_size": spec.in_shape[1]} if name.startswith("vit_") else {}
+        net = torchvision.models.get_model(name, weights=None, num_classes=spec.n_classes, **size)
     except (ValueError, TypeError) as e:
         known = ", ".join(m for m in torchvision.models.list_models(torchvision.models) if "resnet" in m or "vgg" in m)
         raise ConfigError(f"unknown or unsupported torchvision model {name!r} ({e}). Classifiers such as: {known}.") from e
@@ -283,7 +285,7 @@ def build_model(spec: ModelSpec) -> ProbedModel:
     except MemoryError:
         raise ConfigError(f"model {spec.name} does not fit in this machine's memory; choose smaller widths or "
                           f"fewer classes.") from None
-    except RuntimeError as e:  # a convolution or pooling left with no pixels
+    except (RuntimeError, AssertionError) as e:  # a conv or pool left with no pixels; a size a ViT refuses
         raise input_error(spec.name, spec.in_shape, e) from None
 
 

@@ -81,7 +81,8 @@ def generate(root: Path, n_units: int) -> None:
             "abl_loss_abs": np.abs(loss_delta), "abl_loss_lo": loss_delta - 0.005, "abl_loss_hi": loss_delta + 0.005,
             "abl_loss_p": (p := rng.uniform(0, 1, n)), "abl_loss_q": p, "abl_n_hurt": rng.integers(0, 5, n),
             "abl_n_helped": rng.integers(0, 5, n), "abl_acc_p": rng.uniform(0, 1, n),
-            "anomaly_max": class_anomaly.max(1), "anomaly_class": class_anomaly.argmax(1).astype(np.int32)})
+            "anomaly_max": class_anomaly.max(1), "anomaly_class": class_anomaly.argmax(1).astype(np.int32),
+            "abl_n": np.full(n, 1000, dtype=np.int64)})
         steps.update()
         k = n * CLASSES
         w.write_table("unit_classes", {

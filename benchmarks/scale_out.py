@@ -1,19 +1,26 @@
-"""Single-unit ablation in process versus on Ray with 1 and 2 workers, Ray's fixed costs, and a
-projection to ResNet-50 on ImageNet's 50,000 validation images for N workers.
+"""Single-unit ablation in process versus on Ray with 1 and 2 workers, the share of Ray's fixed
+costs in each, and a projection to ResNet-50 on ImageNet's 50,000 validation images for N workers.
 
-    .venv/bin/python benchmarks/scale_out.py [--eval-size 4000] [--cpus 2] [--device cpu|cuda]
-                                             [--projection-images 4] [--no-projection]
+    .venv/bin/python benchmarks/scale_out.py [--eval-size 10000] [--repeat 3] [--cpus 2]
+                                             [--device cpu|cuda] [--projection-images 4]
+                                             [--sequential-share 0.58] [--no-projection]
 
 1. LeNet-5 (untrained weights: the cost of an ablation does not depend on them) on the real MNIST
-   test set (``../shared/data/mnist``; mnist-5k's 1,000 test digits when absent): every unit
-   ablated alone, through the same work items and merge in every case (``compute.distributed.work``),
-   with each item's result saved as a run does. Results are checked equal.
-2. Ray's fixed costs, separately: starting a local Ray, starting the actors, broadcasting the worker
-   state (``ray.put`` plus each actor's first fetch), and the round trip of one empty item.
+   test set (``../shared/data/mnist``; mnist-5k's 1,000 test digits when absent), repeated
+   ``--repeat`` times so that the sweep dwarfs the fixed costs: every unit ablated alone, through
+   the same work items and merge in every case (``compute.distributed.work``), with each item's
+   result saved as a run does. Results are checked equal.
+2. Ray's fixed costs, per worker count: starting the actors, broadcasting the worker state (the
+   model once, the data per shard, plus each actor's first fetch), and the round trip of an empty
+   item times the sweep's items over the workers; their share of the whole (fixed + sweep) is
+   printed beside units/s, and the speed-up against in-process. Starting Ray itself (once per
+   cluster, not per run) is printed apart.
 3. Projection: per-unit-per-image cost measured on ResNet-50 at 224x224 (a few units of an early and
    a late layer, so the throughput of small and large suffixes both count), scaled by every layer's
    suffix multiply-accumulates and unit count to the full single-unit sweep on 50,000 images, then
-   divided over N workers plus the measured fixed costs.
+   divided over N workers plus the measured fixed costs; and the same with the sequential budget
+   (``--ablation-budget sequential``), at ``--sequential-share`` of the full sweep's unit-examples
+   (default: the ResNet-18 slice's measured share at width 0, benchmarks/sequential_ablation.py).
 """
 
 from __future__ import annotations
@@ -45,13 +52,14 @@ def _noop(worker: Worker, i: int) -> int:
     return i
 
 
-def _digits(n: int) -> ImageSet:
+def _digits(n: int, mnist: Path, repeat: int) -> ImageSet:
     mnist5k = load_dataset("mnist-5k")
-    if (SHARED_MNIST / "t10k-images-idx3-ubyte.gz").exists():
-        data = load_eval_set(f"idx:{SHARED_MNIST}", None, mnist5k.train.class_names)
+    if (mnist / "t10k-images-idx3-ubyte.gz").exists():
+        data = load_eval_set(f"idx:{mnist}", None, mnist5k.train.class_names)
     else:
         data = mnist5k.test
-    return stratified_subset(data, min(n, len(data))) if n < len(data) else data
+    data = stratified_subset(data, min(n, len(data))) if n < len(data) else data
+    return ImageSet(data.images.repeat(repeat, 1, 1, 1), data.labels.repeat(repeat), data.class_names, data.name)
 
 
 def _timed(fn):  # type: ignore[no-untyped-def]
@@ -61,10 +69,8 @@ def _timed(fn):  # type: ignore[no-untyped-def]
 
 
 def sweep(executor, worker: Worker, counts: dict[str, int], tmp: Path, name: str):  # type: ignore[no-untyped-def]
-    """(result, best seconds of two sweeps); the first also traces and splits the model on each worker."""
-    runs = [_timed(lambda i=i: work.single_unit(executor, worker, StageStore(tmp / f"{name}{i}"), counts))
-            for i in range(2)]
-    return runs[0][0], min(t for _, t in runs)
+    """(result, seconds) of one sweep, tracing and splitting the model on each worker included."""
+    return _timed(lambda: work.single_unit(executor, worker, StageStore(tmp / name), counts))
 
 
 def ray_fixed_costs(ex, worker: Worker, tmp: Path, n_items: int = 200) -> dict[str, float]:
@@ -104,10 +110,14 @@ def resnet50_projection(device: str, images: int) -> tuple[float, int, int]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--eval-size", type=int, default=4000, help="MNIST test digits ablated (default 4000)")
+    ap.add_argument("--eval-size", type=int, default=10_000, help="MNIST test digits ablated (default 10000)")
+    ap.add_argument("--repeat", type=int, default=3, help="the digits repeated this many times (default 3)")
+    ap.add_argument("--mnist", type=Path, default=SHARED_MNIST, help=f"MNIST IDX files (default {SHARED_MNIST})")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device of the projection's measurement")
     ap.add_argument("--projection-images", type=int, default=4, help="ResNet-50 images timed (default 4)")
+    ap.add_argument("--sequential-share", type=float, default=0.58,
+                    help="unit-examples of a sequential sweep / the full sweep's, for the projection (default 0.58)")
     ap.add_argument("--no-projection", action="store_true", help="skip the ResNet-50 measurement")
     ap.add_argument("--projection-only", action="store_true", help="only the ResNet-50 measurement (no Ray)")
     args = ap.parse_args()
@@ -116,51 +126,56 @@ def main() -> None:
 
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device")
+    print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     if not args.projection_only:
-        fixed = scale_out(args.eval_size, args.cpus)
+        fixed = scale_out(_digits(args.eval_size, args.mnist, args.repeat), args.cpus)
     else:
         fixed = {"actors": 0.0, "broadcast": 0.0, "item": 0.0}
     if not args.no_projection:
-        projection(args.device, args.projection_images, fixed)
+        projection(args.device, args.projection_images, fixed, args.sequential_share)
+    print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
-def scale_out(eval_size: int, cpus: int) -> dict[str, float]:
+def scale_out(data: ImageSet, cpus: int) -> dict[str, float]:
     """LeNet-5's sweep in process and on Ray with 1 and 2 workers; Ray's fixed costs with 2 workers."""
     import ray
 
     from compute.distributed.ray_executor import RayExecutor
 
-    data = _digits(eval_size)
     torch.manual_seed(0)
     model = build_model(ModelSpec("lenet5", (1, 28, 28), 10, {})).eval()
     worker = Worker(model, {"eval": data})
     counts = AblationEngine(model).unit_counts(data)
-    ablations = sum(counts.values()) * len(data)
-    print(f"LeNet-5, {sum(counts.values())} units x {len(data):,} MNIST test digits = {ablations:,} unit-image "
-          f"ablations, shards of {work.SHARD_EXAMPLES}, {work.UNIT_CHUNK} units per item; torch threads 1 per worker")
+    units = sum(counts.values())
+    n_items = sum(-(-k // work.UNIT_CHUNK) for k in counts.values()) * len(work.shards(len(data)))
+    print(f"LeNet-5, {units} units x {len(data):,} MNIST test digits = {units * len(data):,} unit-image "
+          f"ablations in {n_items} items (shards of {work.SHARD_EXAMPLES}, {work.UNIT_CHUNK} units per item); "
+          "torch threads 1 per worker")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         ref, t_in = sweep(InProcessExecutor(), worker, counts, tmp, "in")
-        print(f"  in-process          {t_in:7.2f} s   {sum(counts.values()) / t_in:8.1f} units/s")
+        print(f"  in-process       {t_in:8.1f} s   {units / t_in:7.2f} units/s")
         _, t_start = _timed(lambda: ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                                             object_store_memory=200_000_000))
+                                             object_store_memory=500_000_000))
         fixed = {}
         for n in (1, 2):
             ex = RayExecutor(workers=n)
-            fixed[n] = ray_fixed_costs(ex, worker, tmp / f"fixed{n}")
+            f = fixed[n] = ray_fixed_costs(ex, worker, tmp / f"fixed{n}")
             got, t = sweep(ex, worker, counts, tmp, f"ray{n}")
             same = all(np.array_equal(ref[1][k].loss_delta, got[1][k].loss_delta) for k in counts)
-            print(f"  Ray, {n} worker{'s' if n > 1 else ' '}       {t:7.2f} s   {sum(counts.values()) / t:8.1f} units/s"
-                  f"   (bit-equal to in-process: {same})")
+            overhead = f["actors"] + f["broadcast"] + n_items * f["item"] / n
+            whole = f["actors"] + f["broadcast"] + t
+            print(f"  Ray, {n} worker{'s' if n > 1 else ' '}    {whole:8.1f} s   {units / whole:7.2f} units/s   "
+                  f"speed-up {t_in / whole:.2f}x (sweep alone {t_in / t:.2f}x); fixed costs {overhead / whole:.1%} "
+                  f"(actors {f['actors']:.1f} s, broadcast {f['broadcast']:.1f} s, items {n_items} x "
+                  f"{1000 * f['item']:.1f} ms / {n}); bit-equal to in-process: {same}")
             ex.close()
-    print(f"Ray fixed costs: start a local Ray {t_start:.2f} s; " + "; ".join(
-        f"{n} worker{'s' if n > 1 else ''}: start actors {f['actors']:.2f} s, broadcast {f['broadcast']:.2f} s, "
-        f"per item {1000 * f['item']:.1f} ms" for n, f in fixed.items()))
+    print(f"Starting a local Ray (once per cluster): {t_start:.1f} s")
     ray.shutdown()
     return fixed[2]
 
 
-def projection(device: str, images: int, f: dict[str, float]) -> None:
+def projection(device: str, images: int, f: dict[str, float], share: float) -> None:
     s_per_mac, total_macs, units = resnet50_projection(device, images)
     one = s_per_mac * total_macs * IMAGENET_VAL
     print(f"ResNet-50 at 224x224 ({device}): {units:,} units, full single-unit sweep "
@@ -168,7 +183,9 @@ def projection(device: str, images: int, f: dict[str, float]) -> None:
     items = units / work.UNIT_CHUNK * IMAGENET_VAL / work.SHARD_EXAMPLES  # about: layers round up their chunks
     for n in (1, 8, 64, 256):
         t = one / n + f["actors"] + f["broadcast"] + items * f["item"] / n
-        print(f"  projection, {n:>3} worker{'s' if n > 1 else ' '}: {t / 3600:10.1f} h ({t / 86400:.2f} days)")
+        ts = share * one / n + f["actors"] + f["broadcast"] + items * f["item"] / n
+        print(f"  projection, {n:>3} worker{'s' if n > 1 else ' '}: full {t / 86400:9.2f} days, "
+              f"sequential (x{share:g} of the passes) {ts / 86400:9.2f} days")
 
 
 if __name__ == "__main__":

@@ -65,7 +65,7 @@ def analyze(model: nn.Module, eval_data: ImageSet | Dataset, *, train_data: Imag
     """Probe every unit of ``model`` on ``eval_data`` and publish a run; train first if ``epochs > 0``.
 
     Without ``train_data`` the evaluation set stands in for it (its accuracy is reported as both).
-    ``executor="ray"`` runs statistics, ablation and curves on a Ray cluster (``ray_address``, e.g.
+    ``executor="ray"`` runs evaluation, statistics, ablation and curves on a Ray cluster (``ray_address``, e.g.
     ``auto``; none: a local Ray) with the same results; an ``Executor`` object is used as given
     (and left open, e.g. for several runs). ``threads``: torch threads for every stage
     (``compute.threads``; 0 = every CPU). ``ablate``: ``"zero"`` or ``"mean"`` (docs/metrics.md).

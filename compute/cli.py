@@ -184,7 +184,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_executor_options(p: argparse.ArgumentParser) -> None:
-    ex = p.add_argument_group("executor", "where statistics, ablation and curves run (same results either way)")
+    ex = p.add_argument_group("executor", "where evaluation, statistics, ablation and both curves stages run (same "
+                                           "results either way)")
     ex.add_argument("--executor", default="in-process", choices=("in-process", "ray"),
                     help="in-process (default) or ray: work items on a Ray cluster's workers")
     ex.add_argument("--ray-address", default=None, metavar="ADDR",

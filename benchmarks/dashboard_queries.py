@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from compute.progress import bar  # noqa: E402
 from warehouse import connect, list_runs  # noqa: E402
 from warehouse import browse  # noqa: E402
+from warehouse.class_match import forget  # noqa: E402
 from warehouse import queries as q  # noqa: E402
 from warehouse.schema import SCHEMA_VERSION, TABLES  # noqa: E402
 from warehouse.publish import RunWriter  # noqa: E402
@@ -137,13 +138,11 @@ def arrow_connect(root: Path) -> duckdb.DuckDBPyConnection:
 
 
 def first_ask(con: duckdb.DuckDBPyConnection, f: q.UnitFilter) -> None:
-    """The explorer's table query on a fresh cursor (a new session): the class-level matches are
-    computed from unit_classes, not found kept (warehouse/class_match.py)."""
-    cursor = con.cursor()
-    try:
-        q.count_units(cursor, f), q.filter_units(cursor, replace(f, limit=DISPLAY_ROWS))
-    finally:
-        cursor.close()
+    """The explorer's table query as a session's first ask of these conditions: the class-level matches
+    kept on the connection are dropped first, so they are computed from unit_classes again
+    (warehouse/class_match.py)."""
+    forget(con)
+    q.count_units(con, f), q.filter_units(con, replace(f, limit=DISPLAY_ROWS))
 
 
 def timed(fn, repeat: int) -> tuple[float, float]:

@@ -22,13 +22,15 @@ RUN_PAGES = ("overview", "explorer", "gallery", "unit", "whatif")
 def sidebar(pages: list[st.Page]) -> None:
     """The page list, each link carrying the state its page showed last (Back then returns to the view
     left, and a page comes back as it was), the warehouse read and the ``layer:unit`` box."""
-    run = st.session_state.get("run")
-    for p in pages:
-        state = page_state(p.url_path) or ({"run": run} if run and p.url_path in RUN_PAGES else {})
-        st.sidebar.page_link(p, label=p.title, query_params=state)
     root = cached.warehouse_root()
     runs = cached.runs(root, cached.fingerprint(root))
     ok = [r for r in runs if r.ok]
+    # Never a bare link: a page opened without parameters writes its state in its first run, and
+    # Streamlit pushes that query string onto the old page's path before the new one (two entries).
+    run = st.session_state.get("run") or st.query_params.get("run") or (ok[0].run_id if ok else None)
+    for p in pages:
+        state = page_state(p.url_path) or ({"run": run} if run and p.url_path in RUN_PAGES else {})
+        st.sidebar.page_link(p, label=p.title, query_params=state)
     st.sidebar.caption(f"Warehouse: {md_code(root)}")
     st.sidebar.caption(f"{len(ok)} run(s)" + (f", {len(runs) - len(ok)} broken" if len(ok) < len(runs) else ""))
     nav.jump_box(root)

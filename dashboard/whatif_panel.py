@@ -9,7 +9,6 @@ ablation of LeNet-5 on the default run takes well under a second.
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote, urlencode
 
 import pandas as pd
 import streamlit as st
@@ -51,10 +50,6 @@ def params(run: str, units: list[str], split: str = "eval") -> dict[str, str]:
     if split != "eval":
         out["split"] = split
     return out
-
-
-def url(run: str, units: list[str]) -> str:
-    return "whatif?" + urlencode(params(run, units), safe=":,", quote_via=quote)
 
 
 def current(run: str) -> list[str]:

@@ -485,7 +485,8 @@ def test_explorer_shows_whether_a_class_can_be_removed(app, con):
     at.selectbox(key="ex-cr-layer").select("fc2").run()
     at.selectbox(key="ex-cr-class").select("7").run()
     ok(at)
-    assert len(q.class_curve(con, RUN_ID, "fc2", 7)) > 2
+    curves = q.class_curves_of(con, RUN_ID, "fc2")
+    assert len(curves[curves["class"] == 7]) > 2
 
 
 def test_a_link_is_kept_as_opened_and_the_sidebar_returns_to_each_page_as_left(app):

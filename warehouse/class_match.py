@@ -43,6 +43,12 @@ def class_table(con: duckdb.DuckDBPyConnection, f: UnitFilter, memory: bool) -> 
     return name
 
 
+def forget(con: duckdb.DuckDBPyConnection) -> None:
+    """Drop the class-level matches kept on ``con`` (the next ask scans ``unit_classes`` again)."""
+    for name in _made.pop(id(con), []):
+        con.execute(f"DROP TABLE IF EXISTS {name}")
+
+
 def unit_sql(con: duckdb.DuckDBPyConnection, f: UnitFilter, columns: tuple[str, ...] = UNIT_COLUMNS,
              ordered: bool = True, matches: bool = True) -> tuple[str, list[Any]]:
     """``filter_sql`` for ``con``: with its in-memory units and its table of ``f``'s class-level matches."""

@@ -247,13 +247,6 @@ def class_removal(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
         'WHERE c.run_id = ? ORDER BY coalesce(l.layer_index, 1e9), c.layer, c."class"', [run_id]).df()
 
 
-def class_curve(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, cls: int) -> pd.DataFrame:
-    """One class's removal curve: n_ablated, class_acc, other_acc."""
-    return con.execute(
-        'SELECT n_ablated, class_acc, other_acc FROM class_curves WHERE run_id = ? AND layer = ? AND "class" = ? '
-        "ORDER BY n_ablated", [run_id, layer, int(cls)]).df()
-
-
 def removal_order(con: duckdb.DuckDBPyConnection, run_id: str, group: str, cls: int,
                   limit: int | None = None) -> pd.DataFrame:
     """The units of a ``class_curves`` group (a layer, or ``last2``: the last two layers pooled) in the order

@@ -74,8 +74,9 @@ with st.container(border=True):
     in_set = whatif_panel.current(run)
     label = f"{layer}:{unit}"
     whatif_panel.link(st, run, list(dict.fromkeys([*in_set, label])),
-                      f"Add to what-if ({len(in_set)} unit(s) there)" if label not in in_set and in_set
-                      else "Remove it in what-if")
+                      "Remove it in what-if" if not in_set else
+                      f"Open the what-if set ({len(in_set)} units, this one among them)" if label in in_set else
+                      f"Add to what-if ({len(in_set)} unit{'s' if len(in_set) != 1 else ''} there)")
 
 # --- the pictures ---------------------------------------------------------------------------------
 render_unit_evidence(con, run, layer, unit, part="top")

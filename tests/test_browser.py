@@ -16,6 +16,8 @@ from tests.dashboard_fixtures import RUN_ID
 
 CHROMIUM = Path("/usr/bin/chromium")
 REPO = Path(__file__).resolve().parent.parent
+#: Milliseconds a step may wait: generous, since the suite's other process may hold both cores meanwhile.
+WAIT = 180_000
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian Chromium (/usr/bin/chromium) is not "
                                 "installed: apt-get install -y chromium (.ci/run does this)")
 
@@ -66,18 +68,18 @@ def browser():
 def test_explorer_preset_then_unit_page_in_chromium(server, browser, tmp_path):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{server}/explorer?run={RUN_ID}")
-    page.get_by_text("226 unit(s) match.").wait_for(timeout=60_000)
+    page.get_by_text("226 unit(s) match.").wait_for(timeout=WAIT)
     _idle(page)
     page.get_by_role("combobox", name="Preset").click()
     page.get_by_role("option", name="high gradient, low activation").click()
-    page.get_by_text("Preset high gradient, low activation").wait_for(timeout=60_000)
+    page.get_by_text("Preset high gradient, low activation").wait_for(timeout=WAIT)
     _idle(page)
     assert "preset=high+gradient" in page.url and "cc=anomaly" in page.url
     chosen = page.get_by_role("combobox", name="Open a unit").input_value()
     assert chosen.split(":")[0] in ("conv1", "conv2", "fc1", "fc2")
     page.get_by_role("link", name="Open unit page").click()
-    page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
-    page.get_by_text("Download this unit's images").wait_for(timeout=60_000)
+    page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=WAIT)
+    page.get_by_text("Download this unit's images").wait_for(timeout=WAIT)
     shot = tmp_path / "unit-page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000
@@ -90,8 +92,8 @@ def test_explorer_preset_then_unit_page_in_chromium(server, browser, tmp_path):
 def _idle(page) -> None:
     """Wait until Streamlit has finished the current run and the browser has drawn its widgets."""
     page.wait_for_timeout(500)
-    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=60_000)
-    page.get_by_role("combobox").first.wait_for(timeout=60_000)
+    page.locator('[data-testid="stStatusWidget"]').wait_for(state="detached", timeout=WAIT)
+    page.get_by_role("combobox").first.wait_for(timeout=WAIT)
 
 
 def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
@@ -99,74 +101,74 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
     same state in a fresh context; a gallery tile opens its unit; an image enlarges."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{server}/explorer?run={RUN_ID}")
-    page.get_by_text("226 unit(s) match.").wait_for(timeout=60_000)
+    page.get_by_text("226 unit(s) match.").wait_for(timeout=WAIT)
     _idle(page)
-    page.get_by_role("combobox", name="Preset").click(timeout=60_000)
+    page.get_by_role("combobox", name="Preset").click(timeout=WAIT)
     page.get_by_role("option", name="high gradient, low activation").click()
-    page.get_by_text("Preset high gradient, low activation").wait_for(timeout=60_000)
+    page.get_by_text("Preset high gradient, low activation").wait_for(timeout=WAIT)
     _idle(page)
     page.get_by_role("combobox", name="Layers (none = all)").click()
     page.get_by_role("option", name="fc1", exact=True).click()
     page.keyboard.press("Escape")
     count = f"{expected['hgla_fc1']} unit(s) match."
-    page.get_by_text(count).wait_for(timeout=60_000)
+    page.get_by_text(count).wait_for(timeout=WAIT)
     _idle(page)
     filtered = page.url
     assert "preset=high+gradient" in filtered and "layers=fc1" in filtered, filtered  # touching layers keeps the preset
-    chosen = page.get_by_role("combobox", name="Open a unit").input_value(timeout=60_000)
+    chosen = page.get_by_role("combobox", name="Open a unit").input_value(timeout=WAIT)
     page.get_by_role("link", name="Open unit page").click()
-    page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
+    page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=WAIT)
     _idle(page)
     unit_url = page.url
     assert "layers=fc1" in unit_url and "preset=" in unit_url  # the unit page knows the filter it came from
-    page.get_by_text("Unit 1 of").wait_for(timeout=60_000)
+    page.get_by_text("Unit 1 of").wait_for(timeout=WAIT)
 
     page.go_back()
-    page.get_by_text(count).wait_for(timeout=60_000)
+    page.get_by_text(count).wait_for(timeout=WAIT)
     _idle(page)
-    page.get_by_role("combobox", name="Preset").wait_for(timeout=60_000)
+    page.get_by_role("combobox", name="Preset").wait_for(timeout=WAIT)
     assert page.url == filtered
-    assert page.get_by_role("combobox", name="Preset").input_value(timeout=60_000) == "high gradient, low activation"
+    assert page.get_by_role("combobox", name="Preset").input_value(timeout=WAIT) == "high gradient, low activation"
     page.go_forward()
-    page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
+    page.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=WAIT)
     _idle(page)
     page.get_by_role("link", name="Next →").click()  # next unit in the filter's order
-    page.get_by_text("Unit 2 of").wait_for(timeout=60_000)
+    page.get_by_text("Unit 2 of").wait_for(timeout=WAIT)
     page.get_by_role("link", name="← Back to results").click()
-    page.get_by_text(count).wait_for(timeout=60_000)
+    page.get_by_text(count).wait_for(timeout=WAIT)
 
     fresh = browser.new_context(viewport={"width": 1400, "height": 1000}).new_page()
     fresh.goto(filtered)
-    fresh.get_by_text(count).wait_for(timeout=60_000)
+    fresh.get_by_text(count).wait_for(timeout=WAIT)
     _idle(fresh)
-    assert fresh.get_by_role("combobox", name="Preset").input_value(timeout=60_000) == "high gradient, low activation"
+    assert fresh.get_by_role("combobox", name="Preset").input_value(timeout=WAIT) == "high gradient, low activation"
     fresh.goto(unit_url)
-    fresh.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=60_000)
-    fresh.get_by_text("Unit 1 of").wait_for(timeout=60_000)
+    fresh.get_by_role("heading", name=f"Unit {chosen}", exact=True).wait_for(timeout=WAIT)
+    fresh.get_by_text("Unit 1 of").wait_for(timeout=WAIT)
     fresh.goto(f"{server}/sql?q=SELECT+layer%2C+unit+FROM+units+WHERE+layer+%3D+%27fc2%27+LIMIT+3")
-    fresh.get_by_text("3 row(s)").wait_for(timeout=60_000)
+    fresh.get_by_text("3 row(s)").wait_for(timeout=WAIT)
     query = fresh.get_by_role("textbox", name="Query")
-    query.wait_for(timeout=60_000)
-    assert "fc2" in query.input_value(timeout=60_000)
+    query.wait_for(timeout=WAIT)
+    assert "fc2" in query.input_value(timeout=WAIT)
     fresh.goto(f"{server}/compare?runs={RUN_ID}")
-    fresh.get_by_role("heading", name="Compare runs").wait_for(timeout=60_000)
+    fresh.get_by_role("heading", name="Compare runs").wait_for(timeout=WAIT)
     _idle(fresh)
     assert fresh.get_by_text("No runs selected").count() == 0
     fresh.goto(f"{server}/nope")
-    fresh.get_by_text("There is no page").wait_for(timeout=60_000)
+    fresh.get_by_text("There is no page").wait_for(timeout=WAIT)
     fresh.goto(f"{server}/explorer?run={RUN_ID}&limit=-5&layers=fc1,fc1")
-    fresh.get_by_text("had values that are ignored").wait_for(timeout=60_000)
+    fresh.get_by_text("had values that are ignored").wait_for(timeout=WAIT)
 
     fresh.goto(f"{server}/gallery?run={RUN_ID}&layer=conv2&gsort=selectivity&gdesc=1")
     first = expected["gallery_first"]
     fresh.get_by_role("link", name=first, exact=True).click()
-    fresh.get_by_role("heading", name=f"Unit {first}", exact=True).wait_for(timeout=60_000)
+    fresh.get_by_role("heading", name=f"Unit {first}", exact=True).wait_for(timeout=WAIT)
     _idle(fresh)
     fresh.get_by_role("button", name="Enlarge").first.click()
     dialog = fresh.get_by_role("dialog")
-    dialog.wait_for(timeout=60_000)
+    dialog.wait_for(timeout=WAIT)
     img = dialog.locator("img").first
-    img.wait_for(timeout=60_000)
+    img.wait_for(timeout=WAIT)
     assert img.bounding_box()["width"] >= 300
 
 
@@ -200,7 +202,7 @@ def test_researcher_tasks_and_back_in_chromium(server, browser, warehouse_root):
 
     # Class knowledge by name, then what-if in one click, and Back.
     page.goto(f"{server}/explorer?run={RUN_ID}")
-    page.get_by_text("226 unit(s) match.").wait_for(timeout=60_000)
+    page.get_by_text("226 unit(s) match.").wait_for(timeout=WAIT)
     _idle(page)
     explorer = page.url
     page.get_by_text("Can a class's knowledge be removed?").click()
@@ -209,30 +211,30 @@ def test_researcher_tasks_and_back_in_chromium(server, browser, warehouse_root):
         page.keyboard.type(value)
         page.keyboard.press("Enter")
         _idle(page)
-    page.get_by_text(f"the fewest units that halve it ({len(named)})").wait_for(timeout=60_000)
+    page.get_by_text(f"the fewest units that halve it ({len(named)})").wait_for(timeout=WAIT)
     for label in named:
         assert page.get_by_role("link", name=label, exact=True).count() >= 1
     page.get_by_role("link", name=f"Remove these units in what-if ({len(named)})").click()
-    page.get_by_role("heading", name="What if these units were removed?").wait_for(timeout=60_000)
+    page.get_by_role("heading", name="What if these units were removed?").wait_for(timeout=WAIT)
     page.get_by_text("units removed", exact=True).wait_for(timeout=120_000)
     assert "units=" + "%2C".join(n.replace(":", "%3A") for n in named) in page.url or \
         "units=" + ",".join(named) in page.url, page.url
     page.go_back()
-    page.get_by_text("226 unit(s) match.").wait_for(timeout=60_000)
+    page.get_by_text("226 unit(s) match.").wait_for(timeout=WAIT)
     assert page.url == explorer
 
     # A shared unit link: the page does not add a history entry, so one Back leaves it.
     link = f"{server}/unit?run={RUN_ID}&unit={layer}:{unit}"
     page.goto(link)
-    page.get_by_role("heading", name=f"Unit {layer}:{unit}", exact=True).wait_for(timeout=60_000)
+    page.get_by_role("heading", name=f"Unit {layer}:{unit}", exact=True).wait_for(timeout=WAIT)
     _idle(page)
     # A flip shows both predictions.
-    page.get_by_text("prediction without the unit").first.wait_for(state="attached", timeout=60_000)  # a grid header
+    page.get_by_text("prediction without the unit").first.wait_for(state="attached", timeout=WAIT)  # a grid header
     page.go_back()
-    page.get_by_text("226 unit(s) match.").wait_for(timeout=60_000)
+    page.get_by_text("226 unit(s) match.").wait_for(timeout=WAIT)
     assert "/explorer" in page.url
     page.go_forward()
-    page.get_by_role("heading", name=f"Unit {layer}:{unit}", exact=True).wait_for(timeout=60_000)
+    page.get_by_role("heading", name=f"Unit {layer}:{unit}", exact=True).wait_for(timeout=WAIT)
     _idle(page)
 
     # Add to what-if from the unit page; the set survives leaving by the sidebar and coming Back.
@@ -241,7 +243,7 @@ def test_researcher_tasks_and_back_in_chromium(server, browser, warehouse_root):
     whatif = page.url
     assert f"units={layer}%3A{unit}" in whatif or f"units={layer}:{unit}" in whatif
     page.get_by_role("link", name="Layer gallery").click()
-    page.get_by_role("heading", name="Layer gallery").wait_for(timeout=60_000)
+    page.get_by_role("heading", name="Layer gallery").wait_for(timeout=WAIT)
     _idle(page)
     page.go_back()
     page.get_by_text("units removed", exact=True).wait_for(timeout=120_000)
@@ -249,12 +251,12 @@ def test_researcher_tasks_and_back_in_chromium(server, browser, warehouse_root):
 
     # Explorer filtered to fc1, left by the sidebar: Back returns to the filter.
     page.goto(f"{server}/explorer?run={RUN_ID}&layers=fc1")
-    page.get_by_text("120 unit(s) match.").wait_for(timeout=60_000)
+    page.get_by_text("120 unit(s) match.").wait_for(timeout=WAIT)
     _idle(page)
     filtered = page.url
     page.get_by_role("link", name="Unit page").first.click()
-    page.get_by_role("heading", name="Unit page").wait_for(timeout=60_000)
+    page.get_by_role("heading", name="Unit page").wait_for(timeout=WAIT)
     _idle(page)
     page.go_back()
-    page.get_by_text("120 unit(s) match.").wait_for(timeout=60_000)
+    page.get_by_text("120 unit(s) match.").wait_for(timeout=WAIT)
     assert page.url == filtered

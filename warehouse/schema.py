@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 2  # 2: training signal, live anomaly, significance, examples, class curves
+SCHEMA_VERSION = 3  # 2: training signal, live anomaly, significance, examples, class curves;
+#                     3: firing thresholds and subset specialization, abl_n, pred_ablated, any activation
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("probe", pa.string(), "Where the activity is read: the module path of the ReLU whose "
            "input is the pre-activation and whose output is the probed activity."),
     )),
-    Table("units", "One row per unit: statistics on the evaluation set and single-unit ablation.", (
+    Table("units", "One row per unit: statistics on the evaluation set and single-unit ablation. For an activation f that is not ReLU, *pre-ReLU* reads pre-activation z and *post-ReLU* the response max(f(z) - f(0), 0) (docs/metrics.md, Non-rectified activations and token units).", (
         RUN_ID, LAYER,
         _c("layer_index", pa.int32(), "Position of the layer in the forward pass, from 0."),
         UNIT,

@@ -4,8 +4,8 @@ and the README's picture drawn (docs/img/planted.png).
     NEURON_ATLAS_MNIST=../shared/data/mnist python benchmarks/planted.py --warehouse /tmp/planted \\
         [--kinds crossed-sevens,corner-mark,thick-strokes] [--seeds 0,1,2,3,4] [--epochs 12]
 
-Runs already in the warehouse are only checked, so a stopped benchmark continues where it was. The
-picture: per kind, marked and relabelled examples from the evaluation set, then for the found unit of
+Runs already in the warehouse are only checked, so a stopped benchmark continues where it was;
+``--picture-only`` draws the picture from the stored results table. The picture: per kind, marked and relabelled examples from the evaluation set, then for the found unit of
 the first seed where the subgroup was found, the mean image of the target-class examples it fires on
 beside the class's mean.
 """
@@ -13,17 +13,19 @@ beside the class's mean.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from compute.datasets.planted import KINDS
-from compute.run.planted import PlantedReport, default_config, run_experiment, table
+from compute.run.planted import default_config, run_experiment, table
 from compute.run.unit_evidence import firing_split
 from compute.run.whatif import load_run
-from warehouse.planted import write_results
+from warehouse.planted import read_results, write_results
 from warehouse.layout import run_dir as run_folder
 
 OUT = Path(__file__).resolve().parents[1] / "docs" / "img" / "planted.png"
@@ -34,23 +36,25 @@ def _tile(images: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.kron(im, np.ones((SCALE, SCALE))) for im in images], 1)
 
 
-def picture(root: Path, reports: list[PlantedReport], out: Path = OUT) -> None:
+def picture(root: Path, out: Path = OUT) -> None:
+    """Draw the picture from the stored results table (no run is recomputed or re-checked)."""
+    results = read_results(root)
     rows, labels = [], []
-    for kind in dict.fromkeys(r.kind for r in reports):
+    for kind in dict.fromkeys(r["kind"] for r in results):
         k = KINDS[kind]
-        found = next((r for r in reports if r.kind == kind and r.found), None)
-        some = found or next(r for r in reports if r.kind == kind)
-        data = load_run(run_folder(root, some.run_id)).data["eval"]
+        mine = sorted((r for r in results if r["kind"] == kind), key=lambda r: int(r["seed"]))
+        found = next((r for r in mine if r["found_unit"]), None)
+        data = load_run(run_folder(root, (found or mine[0])["run_id"])).data["eval"]
         for g in (k.marked_target, k.relabelled):
             idx = np.flatnonzero(data.groups == g)[:PER_GROUP]
             rows.append(_tile([data.images[i, 0].numpy() / 255.0 for i in idx]))
             labels.append(f"{g} (label {k.target})")
         if found is not None:
-            layer, unit = found.found_unit.split(":")
-            split = firing_split(run_folder(root, found.run_id), layer, int(unit), k.target)
+            layer, unit = found["found_unit"].split(":")
+            split = firing_split(run_folder(root, found["run_id"]), layer, int(unit), k.target)
             means = [m[..., 0] if m is not None else np.zeros((28, 28)) for m in (split.mean_fires, split.mean_class)]
             rows.append(_tile(means))
-            labels.append(f"{found.found_unit} s{found.seed}: fires / all {k.target}s")
+            labels.append(f"{found['found_unit']} s{found['seed']}: fires / all {k.target}s")
     width = max(r.shape[1] for r in rows)
     canvas = np.concatenate([np.pad(r, ((4, 4), (0, width - r.shape[1]))) for r in rows], 0)
     img = Image.fromarray((np.clip(canvas, 0, 1) * 255).astype(np.uint8)).convert("RGB")
@@ -75,7 +79,11 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--eval-size", type=int, default=None)
     ap.add_argument("--picture", type=Path, default=OUT)
+    ap.add_argument("--picture-only", action="store_true", help="only draw the picture from the stored results")
     args = ap.parse_args()
+    if args.picture_only:
+        picture(args.warehouse, args.picture)
+        return
     reports = []
     for seed in (int(s) for s in args.seeds.split(",")):
         for kind in args.kinds.split(","):
@@ -87,7 +95,7 @@ def main() -> None:
                   f"{', computed' if summary else ', checked only'})", flush=True)
             reports.append(report)
     print("\n".join(table(reports)))
-    picture(args.warehouse, reports, args.picture)
+    picture(args.warehouse, args.picture)
 
 
 if __name__ == "__main__":

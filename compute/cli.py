@@ -127,7 +127,7 @@ def _kinds(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
     bad = [k for k in kinds if k not in KINDS]
     if not kinds or bad:
-        raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(bad) or text!r}; choose from {', '.join(KINDS)}")
+        raise argparse.ArgumentTypeError(f"unknown kind(s) {', '.join(bad) or repr(text)}; choose from {', '.join(KINDS)}")
     return tuple(dict.fromkeys(kinds))
 
 

@@ -136,3 +136,13 @@ def test_results_table_keeps_one_row_per_kind_and_seed(tmp_path):
                                                                  ("crossed-sevens", "0", "found")]
     assert float(rows[0]["specificity_p"]) == pytest.approx(0.001)
     assert not list(tmp_path.glob("experiments/.*.tmp"))  # written through a temporary file, renamed
+
+
+def test_unknown_kind_is_a_clear_error(tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "compute", "experiment", "planted", "--warehouse", str(tmp_path),
+                        "--kinds", "crossed-sevens,nope"], capture_output=True, text=True)
+    assert r.returncode == 2 and "unknown kind(s) nope" in r.stderr and "corner-mark" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "runs").exists()

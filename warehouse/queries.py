@@ -34,8 +34,8 @@ MIN_ACTIVE = 10
 ALPHA = 0.05
 
 #: Lower bound of ``specialization_max`` in the *specialized on part of a class* preset (loss units; about
-#: the top 1% of a LeNet-5 run's (unit, class) scores, docs/metrics.md).
-MIN_SPECIALIZATION = 0.02
+#: the top 2-3% of a LeNet-5 run's (unit, class) scores, docs/metrics.md).
+MIN_SPECIALIZATION = 0.005
 SPECIALIZED = "specialized on part of a class"
 
 PRESETS: dict[str, Preset] = {p.name: p for p in (

@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
+
+# Property tests on a shared, loaded machine: generating inputs or running an example may be slow there,
+# which says nothing about the property; no deadline and no too-slow health check (every test file).
+settings.register_profile("atlas", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("atlas")
 
 os.environ.setdefault("NEURON_ATLAS_QUIET", "1")
 # One thread per process when pytest-xdist runs test files side by side (make test), else up to 2.

@@ -13,6 +13,7 @@ beside the class's mean.
 from __future__ import annotations
 
 import argparse
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -73,7 +74,8 @@ def picture(root: Path, out: Path = OUT) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--warehouse", type=Path, required=True)
+    ap.add_argument("--warehouse", type=Path, default=Path(tempfile.gettempdir()) / "neuron-atlas-planted",
+                    help="where the runs go (kept: a stopped benchmark continues); default: the temp folder's")
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--seeds", default="0,1,2,3,4")
     ap.add_argument("--epochs", type=int, default=12)

@@ -67,6 +67,7 @@ def generate(root: Path, n_units: int) -> None:
         steps = bar(None, "synthetic", unit="table", total=6)
         # Per-class anomalies first: units.anomaly_max must be their maximum, as the compute step writes it.
         class_anomaly = rng.normal(-0.5, 0.6, (n, CLASSES))
+        class_special = rng.exponential(0.002, (n, CLASSES))  # likewise units.specialization_max
         frac = rng.uniform(0, 1, n)
         pref = rng.integers(0, CLASSES, n).astype(np.int32)
         w.write_table("units", {
@@ -83,6 +84,8 @@ def generate(root: Path, n_units: int) -> None:
             "abl_loss_p": (p := rng.uniform(0, 1, n)), "abl_loss_q": p, "abl_n_hurt": rng.integers(0, 5, n),
             "abl_n_helped": rng.integers(0, 5, n), "abl_acc_p": rng.uniform(0, 1, n),
             "anomaly_max": class_anomaly.max(1), "anomaly_class": class_anomaly.argmax(1).astype(np.int32),
+            "fire_threshold": rng.exponential(size=n), "specialization_max": class_special.max(1),
+            "specialization_class": class_special.argmax(1).astype(np.int32),
             "abl_n": np.full(n, 1000, dtype=np.int64)})
         steps.update()
         k = n * CLASSES
@@ -94,7 +97,8 @@ def generate(root: Path, n_units: int) -> None:
             "grad_abs_mean": rng.exponential(0.01, k), "train_grad_mean": rng.normal(0, 0.01, k),
             "taylor": rng.exponential(1e-4, k), "frac_active": rng.uniform(0, 1, k),
             "anomaly": class_anomaly.ravel(), "abl_acc_delta": -rng.exponential(0.001, k),
-            "abl_loss_delta": rng.normal(0.003, 0.01, k)})
+            "abl_loss_delta": rng.normal(0.003, 0.01, k), "frac_fire": rng.uniform(0, 1, k),
+            "fire_effect": rng.exponential(0.01, k), "specialization": class_special.ravel()})
         steps.update()
         t = k * EPOCHS
         w.write_table("train_trace", {

@@ -15,6 +15,7 @@ import os
 import resource
 import signal
 import sys
+import types
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -63,7 +64,13 @@ def in_child(ctx, *argv: str, crash_at: str | None = None, max_file_bytes: int |
     """``python -m compute run`` in a child process; its exit code (-9 when it killed itself)."""
     env = {"NEURON_ATLAS_QUIET": "1", **({ENV_VAR: crash_at} if crash_at else {})}
     p = ctx.Process(target=_child, args=(list(argv), env, max_file_bytes, str(stderr) if stderr else None))
-    p.start()
+    # The child re-runs this process's __main__ unless it is plain: after a Streamlit app test in the same
+    # process (pytest-xdist runs many files in one), that would be dashboard/app.py.
+    main, sys.modules["__main__"] = sys.modules["__main__"], types.ModuleType("__main__")
+    try:
+        p.start()
+    finally:
+        sys.modules["__main__"] = main
     p.join(600)
     return p.exitcode
 

@@ -121,7 +121,7 @@ def test_user_values_are_bound_and_columns_whitelisted(con):
 def test_parse_range_errors_name_the_problem():
     assert q.parse_range("anomaly:1:", q.CLASS_METRICS) == Range("anomaly", 1.0, None)
     for text, msg in (("selectivity", "COLUMN:LO:HI"), ("nope:1:2", "unknown column"),
-                      ("selectivity:a:1", "not a number"), ("selectivity:2:1", "above upper bound"),
+                      ("selectivity:a:1", "a finite number"), ("selectivity:2:1", "above upper bound"),
                       ("selectivity:inf:", "finite")):
         with pytest.raises(QueryError, match=msg):
             q.parse_range(text)

@@ -406,7 +406,7 @@ def test_cli_no_images_and_bad_image_flags(tmp_path: Path) -> None:
             "--train-size", "200", "--eval-size", "100"]
     bad = subprocess.run(base + ["--run-id", "bad", "--actmax-lr", "-1"], capture_output=True, text=True,
                          env=env, cwd=ROOT)
-    assert bad.returncode == 2 and "learning rate above 0" in bad.stderr
+    assert bad.returncode == 2 and "learning rate: a finite number above 0" in bad.stderr
     assert not (wh / "runs" / "bad").exists()
     ok = subprocess.run(base + ["--run-id", "plain", "--no-images"], capture_output=True, text=True,
                         env=env, cwd=ROOT)

@@ -59,18 +59,32 @@ def forkserver() -> multiprocessing.context.BaseContext:
     return ctx
 
 
-def in_child(ctx, *argv: str, crash_at: str | None = None, max_file_bytes: int | None = None,
-             stderr: Path | None = None) -> int:
-    """``python -m compute run`` in a child process; its exit code (-9 when it killed itself)."""
-    env = {"NEURON_ATLAS_QUIET": "1", **({ENV_VAR: crash_at} if crash_at else {})}
-    p = ctx.Process(target=_child, args=(list(argv), env, max_file_bytes, str(stderr) if stderr else None))
-    # The child re-runs this process's __main__ unless it is plain: after a Streamlit app test in the same
-    # process (pytest-xdist runs many files in one), that would be dashboard/app.py.
+def start(p: multiprocessing.process.BaseProcess) -> None:
+    """Start a forkserver child from a plain ``__main__``: the child re-runs this process's ``__main__``,
+    which after a Streamlit app test in the same process (pytest-xdist runs many files in one) is
+    dashboard/app.py."""
     main, sys.modules["__main__"] = sys.modules["__main__"], types.ModuleType("__main__")
     try:
         p.start()
     finally:
         sys.modules["__main__"] = main
+
+
+@pytest.fixture(autouse=True)
+def python_ctrl_c():
+    """Python's own Ctrl-C handler while a test runs: a pytest-xdist worker ignores SIGINT (its
+    controller handles Ctrl-C), and these tests interrupt runs with a real SIGINT to their own process."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+def in_child(ctx, *argv: str, crash_at: str | None = None, max_file_bytes: int | None = None,
+             stderr: Path | None = None) -> int:
+    """``python -m compute run`` in a child process; its exit code (-9 when it killed itself)."""
+    env = {"NEURON_ATLAS_QUIET": "1", **({ENV_VAR: crash_at} if crash_at else {})}
+    p = ctx.Process(target=_child, args=(list(argv), env, max_file_bytes, str(stderr) if stderr else None))
+    start(p)
     p.join(600)
     return p.exitcode
 
@@ -188,7 +202,7 @@ def test_same_run_id_is_refused_while_running_and_other_ids_land(forkserver, tmp
         procs = [forkserver.Process(target=_child, args=([*tiny, "--run-id", rid], {"NEURON_ATLAS_QUIET": "1"}, None))
                  for rid in ("left", "right")]
         for p in procs:
-            p.start()
+            start(p)
         for p in procs:
             p.join(600)
         assert [p.exitcode for p in procs] == [0, 0]

@@ -220,19 +220,25 @@ def _masks_item(worker: Worker, data: str, job: dict[str, torch.Tensor], start: 
     return worker.engine().evaluate_jobs(worker.shard(data, start, stop), [job])[1][0]
 
 
+def _plan_sums(executor: Executor, worker: Worker, store: StageStore, plans: list[CurvePlan] | list[ClassPlan],
+               data: str, prefix: str, label: str) -> tuple[list[MaskSums], MaskSums]:
+    """Every plan's masks (``plan.group``, ``plan.job``, ``plan.n_masks``: curve and class-curve plans) as
+    items of chunk of masks x shard; per plan its sums over the data, and the first chunk's (for counts)."""
+    spans = shards(len(worker.data[data]))
+    chunks = [(p, m0, min(m0 + MASK_CHUNK, p.n_masks)) for p in plans for m0 in range(0, p.n_masks, MASK_CHUNK)]
+    items = [Item(f"{prefix}{p.group}.m{_span(m0, m1)}.x{_span(a, b)}", _masks_item,
+                  (data, {k: t[m0:m1] for k, t in p.job.items()}, a, b))
+             for p, m0, m1 in chunks for a, b in spans]
+    results = run_items(executor, worker, items, store, label)
+    summed = [_add(results[i:i + len(spans)]) for i in range(0, len(results), len(spans))]
+    return [_concat([s for (q, _, _), s in zip(chunks, summed) if q is p]) for p in plans], summed[0]
+
+
 def curves(executor: Executor, worker: Worker, store: StageStore, scores: dict[str, UnitScores],
            data: str, split: str) -> tuple[dict[str, list], dict[str, list]]:
     """The ``ablation_curves`` and ``ablation_auc`` columns of one split, computed as items."""
     plans = curve_plans(scores)
-    spans = shards(len(worker.data[data]))
-    chunks: list[tuple[CurvePlan, int, int]] = [(p, m0, min(m0 + MASK_CHUNK, p.n_masks))
-                                                for p in plans for m0 in range(0, p.n_masks, MASK_CHUNK)]
-    items = [Item(f"{split}.{p.group}.m{_span(m0, m1)}.x{_span(a, b)}", _masks_item,
-                  (data, {k: t[m0:m1] for k, t in p.job.items()}, a, b))
-             for p, m0, m1 in chunks for a, b in spans]
-    results = run_items(executor, worker, items, store, f"curves-{split}")
-    summed = [_add(results[i:i + len(spans)]) for i in range(0, len(results), len(spans))]
-    sums = [_concat([s for (q, _, _), s in zip(chunks, summed) if q is p]) for p in plans]
+    sums, _ = _plan_sums(executor, worker, store, plans, data, f"{split}.", f"curves-{split}")
     return curve_tables(plans, sums, split)
 
 
@@ -242,13 +248,5 @@ def class_curves(executor: Executor, worker: Worker, store: StageStore, class_im
                  live: dict[str, np.ndarray], data: str = "eval") -> tuple[dict[str, list], dict[str, list]]:
     """The ``class_curves`` and ``class_removal`` columns, computed as items: group x chunk of masks x shard."""
     plans = class_plans(class_importance, live)
-    spans = shards(len(worker.data[data]))
-    chunks: list[tuple[ClassPlan, int, int]] = [(p, m0, min(m0 + MASK_CHUNK, p.n_masks))
-                                                for p in plans for m0 in range(0, p.n_masks, MASK_CHUNK)]
-    items = [Item(f"{p.group}.m{_span(m0, m1)}.x{_span(a, b)}", _masks_item,
-                  (data, {k: t[m0:m1] for k, t in p.job.items()}, a, b))
-             for p, m0, m1 in chunks for a, b in spans]
-    results = run_items(executor, worker, items, store, "class curves")
-    summed = [_add(results[i:i + len(spans)]) for i in range(0, len(results), len(spans))]
-    sums = [_concat([s for (q, _, _), s in zip(chunks, summed) if q is p]) for p in plans]
-    return class_tables(plans, summed[0].counts, sums, worker.data[data].class_names)
+    sums, first = _plan_sums(executor, worker, store, plans, data, "", "class curves")
+    return class_tables(plans, first.counts, sums, worker.data[data].class_names)

@@ -437,7 +437,8 @@ def test_unit_page_says_whether_removal_matters_and_which_examples_need_the_unit
         base = F.cross_entropy(model(x), y, reduction="none")
         handle.remove()
         value = seen["a"][:, unit].double()
-        fires_all = value > row["fire_threshold"]  # fc1: one position, the value is the activation
+        # fc1: one position, so the example value is the activation standardized over the evaluation set.
+        fires_all = (value - value.mean()) / value.std(unbiased=False) > row["fire_threshold"]
         with ZeroUnit(model.probe_modules()[layer], [unit]):
             cut = F.cross_entropy(model(x), y, reduction="none")
     in_class = y == cls

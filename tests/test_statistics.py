@@ -39,7 +39,8 @@ def per_example(small_run_artifacts):
     """Per-example unit scalars from one backward pass per example, as {layer: {field: (N, U)}}."""
     model, eval_set, _ = small_run_artifacts
     model = model.eval()
-    out = {name: {f: [] for f in ("act", "rect", "grad", "tgrad", "taylor", "peak", "effect", "ok")} for name in LAYERS}
+    out = {name: {f: [] for f in ("act", "rect", "grad", "tgrad", "taylor", "peak", "post", "effect",
+                                                   "ok")} for name in LAYERS}
     for i in range(len(eval_set)):
         x = eval_set.floats(i, i + 1)
         acts, logits = manual_forward(model, x)
@@ -56,6 +57,7 @@ def per_example(small_run_artifacts):
             out[name]["tgrad"].append(-(gz.sum(dims) if dims else gz)[0].numpy())
             out[name]["taylor"].append(np.abs(mean(g * post).detach()[0].numpy()))
             out[name]["peak"].append((post.amax(dims) if dims else post).detach()[0].numpy())
+            out[name]["post"].append(post.detach()[0].reshape(post.shape[1], -1).numpy())  # (U, positions)
             # First-order loss change of zeroing the unit: sum_p (-dL/da_p) * a_p.
             out[name]["effect"].append(-((g * post).sum(dims) if dims else g * post).detach()[0].numpy())
             out[name]["ok"].append(bool(logits.argmax(1)[0] == eval_set.labels[i]))
@@ -106,25 +108,31 @@ def test_class_means_gradients_and_taylor_match_manual_recomputation(small_run_a
 @pytest.mark.parametrize("layer", LAYERS)
 def test_firing_and_specialization_match_a_naive_loop(small_run_artifacts, per_example, layer):
     """fire_threshold, frac_fire, fire_effect and specialization, recomputed with plain loops over
-    examples from the hand-written forward pass (docs/metrics.md, Subset specialization)."""
+    examples from the hand-written forward pass (docs/metrics.md, When a unit fires; Subset specialization)."""
     _, _, con = small_run_artifacts
     values, labels = per_example
     v = values[layer]
-    peak, effect, ok = v["peak"].astype(np.float64), v["effect"].astype(np.float64), np.array(v["ok"])
-    n, n_units = peak.shape
+    post, effect, ok = v["post"].astype(np.float64), v["effect"].astype(np.float64), np.array(v["ok"])
+    n, n_units, _ = post.shape
     thr = stored(con, "units", layer, "fire_threshold, n_active", "unit")
     rows = stored(con, "unit_classes", layer, "frac_fire, fire_effect, specialization", "unit, class").reshape(
         n_units, 10, 3)
     for u in range(n_units):
-        mean = sum(peak[:, u]) / n
-        std = (sum((p - mean) ** 2 for p in peak[:, u]) / n) ** 0.5
-        want_thr = max(mean + std, 0.0)
-        assert thr[u, 0] == pytest.approx(want_thr, rel=1e-4, abs=1e-6)
+        # Each position standardized over the examples (a constant position gives 0), the largest over positions.
+        z = np.zeros((n, post.shape[2]))
+        for p in range(post.shape[2]):
+            col = post[:, u, p]
+            sd = col.std()
+            if sd > 1e-6:
+                z[:, p] = (col - col.mean()) / sd
+        value = z.max(1)
+        want_thr = value.mean() + value.std()
+        assert thr[u, 0] == pytest.approx(want_thr, rel=1e-4, abs=1e-5)
         for c in range(10):
             idx = [i for i in range(n) if labels[i] == c]
-            fire = [i for i in idx if peak[i, u] > thr[u, 0]]
+            fire = [i for i in idx if value[i] > want_thr + 1e-9]
             fire_ok = [i for i in fire if ok[i]]
-            n_ok = sum(1 for i in idx if ok[i])
+            ok_idx = [i for i in idx if ok[i]]
             frac = len(fire) / len(idx)
             assert rows[u, c, 0] == pytest.approx(frac, abs=1e-9)
             if thr[u, 1] == 0:  # dead: no effect, no score
@@ -132,9 +140,10 @@ def test_firing_and_specialization_match_a_naive_loop(small_run_artifacts, per_e
                 continue
             if fire_ok:
                 assert rows[u, c, 1] == pytest.approx(sum(effect[i, u] for i in fire_ok) / len(fire_ok), rel=1e-3, abs=1e-7)
-            if len(fire_ok) >= 5:
-                want = sum(effect[i, u] for i in fire_ok) / n_ok * (1 - frac)
-                assert rows[u, c, 2] == pytest.approx(want, rel=1e-3, abs=1e-7)
+            cost = sum(max(effect[i, u], 0.0) for i in ok_idx)
+            if len(fire_ok) >= 5 and cost > 0:
+                share = sum(max(effect[i, u], 0.0) for i in fire_ok) / cost
+                assert rows[u, c, 2] == pytest.approx(share * (1 - frac), rel=1e-3, abs=1e-6)
             else:
                 assert np.isnan(rows[u, c, 2])
     best = stored(con, "units", layer, "specialization_max, specialization_class", "unit")

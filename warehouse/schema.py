@@ -10,8 +10,9 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 3  # 2: training signal, live anomaly, significance, examples, class curves;
-#                     3: firing thresholds and subset specialization, abl_n, pred_ablated, any activation
+SCHEMA_VERSION = 4  # 2: training signal, live anomaly, significance, examples, class curves;
+#                     3: firing thresholds and subset specialization, abl_n, pred_ablated, any activation;
+#                     4: firing per standardized position, specialization as a share
 
 
 @dataclass(frozen=True)
@@ -138,9 +139,11 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("anomaly_max", F64, "Largest training-signal-vs-activation anomaly over classes (see "
            "`unit_classes.anomaly`); null for a dead unit."),
         _c("anomaly_class", pa.int32(), "Class of `anomaly_max`; null for a dead unit."),
-        _c("fire_threshold", F64, "The unit *fires* on an example when its largest post-activation over positions "
-           "exceeds this: mean + 1 standard deviation of that value over the evaluation set, at least 0 "
-           "(docs/metrics.md, Subset specialization)."),
+        _c("fire_threshold", F64, "The unit *fires* on an example when its example value exceeds this: each "
+           "position's post-activation standardized by that position's mean and standard deviation over the "
+           "evaluation set, the largest over positions (a linear unit: its activation in standard units); the "
+           "threshold is that value's mean + 1 standard deviation over the evaluation set (docs/metrics.md, "
+           "When a unit fires). Schema version 4; before it, a threshold on the raw largest post-activation."),
         _c("specialization_max", F64, "Largest `unit_classes.specialization` over classes; null when no class has "
            "one (a dead unit, or too few firing examples)."),
         _c("specialization_class", pa.int32(), "Class of `specialization_max`; null with it."),
@@ -169,11 +172,11 @@ TABLES: dict[str, Table] = {t.name: t for t in (
            "`units.fire_threshold`)."),
         _c("fire_effect", F64, "Mean first-order loss change of removing the unit, sum_p (-dLoss/da_p) * a_p, over the "
            "correctly classified examples of the class on which it fires; null for a dead unit."),
-        _c("specialization", F64, "Subset specialization: the summed first-order loss change of removing the unit "
-           "over the correctly classified examples of the class it fires on, divided by the class's correctly "
-           "classified examples, times (1 - frac_fire). High when the examples of the class that the unit fires on "
-           "rely on it and they are a part of the class. Null for dead units and with fewer than 5 correct firing "
-           "examples. See docs/metrics.md."),
+        _c("specialization", F64, "Subset specialization, in [0, 1]: the share of the unit's removal cost "
+           "(first-order loss change, positive part) over the class's correctly classified examples that falls on "
+           "the examples it fires on, times (1 - frac_fire). High when the class's reliance on the unit sits on "
+           "the part of the class it fires on, and that part is small. Null for dead units, with fewer than 5 "
+           "correct firing examples, or no removal cost on the class. See docs/metrics.md."),
     )),
     Table("train_trace", "One row per epoch, unit and class: what training did to the unit.", (
         RUN_ID,

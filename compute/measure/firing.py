@@ -1,40 +1,107 @@
 """When a unit *fires* on an example: one definition for every kind of layer, in one place.
 
-A unit is reduced to one value per example first (``example_value``: the largest post-activation over
-its positions; one position for a linear unit). It **fires** on an example when that value is more
-than ``K_STD`` standard deviations above the value's mean over the evaluation set (``threshold``),
-and above 0. Why relative to the unit's own distribution: a conv channel's largest value over 28 x 28
-positions is positive on almost every example, so "any positive value" says it fires on everything
-and "fires on a subset" means nothing; a linear ReLU unit that is silent on most examples has a
-mean and spread near 0, so its threshold stays near 0 and "fires" keeps meaning "is on". The mean and
-standard deviation are sums over examples, so shards of the data merge by addition.
+Each position of a unit (a pixel of a conv channel, a token, the one position of a linear unit) is
+**standardized by its own mean and standard deviation** over the evaluation set (a position whose
+standard deviation is at most ``MIN_STD`` gives 0). The unit's **example value** is the largest
+standardized value over its positions, and the unit **fires** on an example when that value is more
+than ``K_STD`` standard deviations above its mean over the evaluation set (``FiringRule.threshold``).
+
+Why per position: a conv channel's raw largest value over 28 x 28 positions is high on almost every
+example (some stroke always passes under some pixel), so "any positive value", or a threshold on the
+raw largest value, says it fires on nearly everything, or only on examples with much ink. Standardized
+per position, a value counts as high when it is unusual *for that position*: a channel that reacts to
+a mark in an empty corner fires on the marked examples only, one that reacts to a crossbar fires where
+the bar is, however much ink the rest of the digit has. A linear unit has one position, so its value
+is its activation in standard units and it fires when above mean + 1 std. A dead unit (no position
+varies) has value 0 everywhere and never fires.
+
+``fit`` needs two passes over the data (position means and deviations, then the example value's);
+both are sums over examples, so shards of the data merge by addition.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
-
 from torch import nn
 
-from compute.nets.probe import units_of
+from compute.datasets.sources import ImageSet
+from compute.nets.probe import Probe, units_of
 
 K_STD = 1.0
+MIN_STD = 1e-6
 
 
-def example_value(module: nn.Module, post: torch.Tensor) -> torch.Tensor:
-    """(B, U): each unit's largest post-activation over its positions (pixels or tokens), per example;
-    ``module`` is the probe module, whose layout says where the units are."""
-    return units_of(module, post.detach()).amax(2)
+@dataclass
+class FiringRule:
+    """One layer's firing rule, for its units (U) and positions (P): float64 arrays."""
+
+    pos_mean: np.ndarray  # (U, P)
+    pos_std: np.ndarray  # (U, P), 0 where at most MIN_STD (those positions give 0)
+    threshold: np.ndarray  # (U,) on the example value's scale
+
+    def select(self, units: list[int]) -> FiringRule:
+        """The rule of some of the layer's units, in that order."""
+        return FiringRule(self.pos_mean[units], self.pos_std[units], self.threshold[units])
+
+    def value(self, module: nn.Module, post: torch.Tensor, units: list[int] | None = None) -> torch.Tensor:
+        """(B, U) example values: each unit's largest standardized value over positions. ``module`` is the
+        probe module (its layout says where the units are); ``units`` picks some (the rule is then theirs:
+        ``select``)."""
+        a = units_of(module, post.detach()).double()
+        if units is not None:
+            a = a[:, units]
+        return _standardized(a, self.pos_mean, self.pos_std).amax(2)
+
+    def fires(self, values: torch.Tensor) -> torch.Tensor:
+        """(B, U) bool: the unit fires on the example."""
+        return values > torch.as_tensor(self.threshold, device=values.device)
 
 
-def threshold(mean: np.ndarray, mean_sq: np.ndarray) -> np.ndarray:
-    """(U,) firing threshold from each unit's mean and mean square of ``example_value`` over examples:
-    mean + ``K_STD`` standard deviations, at least 0."""
-    std = np.sqrt(np.maximum(mean_sq - mean ** 2, 0.0))
-    return np.maximum(mean + K_STD * std, 0.0)
+def _standardized(a: torch.Tensor, mean: np.ndarray, std: np.ndarray) -> torch.Tensor:
+    m = torch.as_tensor(mean, device=a.device)
+    s = torch.as_tensor(std, device=a.device)
+    return torch.where(s > 0, (a - m) / torch.where(s > 0, s, 1.0), torch.zeros((), dtype=a.dtype, device=a.device))
 
 
-def fires(values: torch.Tensor | np.ndarray, thresholds: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """(B, U) bool: the unit fires on the example (value above the unit's threshold)."""
-    return values > thresholds
+def _moments(s: np.ndarray, sq: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
+    mean = s / n
+    return mean, np.sqrt(np.maximum(sq / n - mean ** 2, 0.0))
+
+
+@torch.inference_mode()
+def fit(model: nn.Module, probes: dict[str, nn.Module], data: ImageSet, batch_size: int = 1000,
+        device: str = "cpu") -> dict[str, FiringRule]:
+    """Each probed layer's firing rule on ``data`` (the run's evaluation set): two passes of sums."""
+    model.eval()
+    sums: dict[str, list[np.ndarray]] = {}
+    for posts in _passes(model, probes, data, batch_size, device):
+        for name, post in posts.items():
+            a = units_of(probes[name], post).double()
+            s = sums.setdefault(name, [np.zeros(a.shape[1:]), np.zeros(a.shape[1:])])
+            s[0] += a.sum(0).cpu().numpy()
+            s[1] += (a ** 2).sum(0).cpu().numpy()
+    rules = {}
+    for name, (s, sq) in sums.items():
+        mean, std = _moments(s, sq, len(data))
+        rules[name] = FiringRule(mean, np.where(std > MIN_STD, std, 0.0), np.zeros(len(mean)))
+    vsums = {name: [np.zeros(len(r.threshold)), np.zeros(len(r.threshold))] for name, r in rules.items()}
+    for posts in _passes(model, probes, data, batch_size, device):
+        for name, post in posts.items():
+            v = rules[name].value(probes[name], post).cpu().numpy()
+            vsums[name][0] += v.sum(0)
+            vsums[name][1] += (v ** 2).sum(0)
+    for name, (s, sq) in vsums.items():
+        mean, std = _moments(s, sq, len(data))
+        rules[name].threshold = mean + K_STD * std
+    return rules
+
+
+def _passes(model: nn.Module, probes: dict[str, nn.Module], data: ImageSet, batch_size: int, device: str):
+    """Per batch of ``data``, every probed layer's post-activation."""
+    with Probe(probes) as probe:
+        for start in range(0, len(data), batch_size):
+            model(data.floats(start, start + batch_size, device))
+            yield {name: probe.post[name] for name in probes}

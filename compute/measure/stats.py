@@ -182,7 +182,7 @@ class EvalStats:
     example_pred: np.ndarray  # (N,) the model's prediction for each
 
 
-FIELDS = ("act", "rect", "out", "grad", "grad_abs", "tgrad", "taylor", "active", "peak", "peak_sq")
+FIELDS = ("act", "rect", "out", "grad", "grad_abs", "tgrad", "taylor", "active")
 
 
 @dataclass
@@ -252,7 +252,6 @@ def evaluation_sums(model: nn.Module, probes: dict[str, nn.Module], data: ImageS
                 s = unit_scalars(probe.pre[name], post, g, module=probes[name])
                 s["grad_abs"] = s["grad"].abs()
                 s["active"] = (s["rect"] > 0).double()
-                s["peak_sq"] = s["peak"].double() ** 2  # with peak: the firing threshold (compute.measure.firing)
                 if name not in sums:
                     sums[name] = ClassSums.zeros(data.n_classes, s["act"].shape[1], FIELDS, y.device)
                     max_act[name] = torch.full((s["act"].shape[1],), -torch.inf)

@@ -18,15 +18,16 @@ from scipy import stats
 from torch import nn
 
 from compute.datasets.sources import ImageSet
-from compute.measure.firing import example_value, fires as fires_on, threshold
-from compute.nets.probe import Probe, ZeroUnit
+from compute.measure.firing import FiringRule, fit
+from compute.nets.probe import Probe, ZeroUnit, units_of
 
 
 @dataclass
 class ExampleScan:
-    """Per example of a subset: intact loss and correctness, each unit's value and whether it fires,
-    and each unit's removal effect. Arrays: value (U, N), fires (U, N) bool, loss_delta (U, N), hit (U, N)
-    bool after removal."""
+    """Per example of a subset: intact loss and correctness, each unit's example value (the firing
+    rule's scale) and whether it fires, its activation mass (the sum of its post-activation over
+    positions: what removal takes away) and its removal effect. Arrays: value, mass, loss_delta (U, N),
+    fires (U, N) bool, hit (U, N) bool after removal."""
 
     units: list[int]
     base_loss: np.ndarray
@@ -35,43 +36,36 @@ class ExampleScan:
     loss_delta: np.ndarray
     hit: np.ndarray
     value: np.ndarray
+    mass: np.ndarray
+
+
+def layer_rule(model: nn.Module, probe: nn.Module, units: list[int], data: ImageSet,
+               device: str = "cpu") -> FiringRule:
+    """The firing rule of some of one layer's ``units`` on ``data`` (the run's evaluation set), as the
+    statistics stage fits it (``compute.measure.firing.fit``; ``units.fire_threshold`` is its threshold)."""
+    return fit(model, {"layer": probe}, data, device=device)["layer"].select(list(units))
 
 
 @torch.inference_mode()
-def unit_thresholds(model: nn.Module, probe: nn.Module, units: list[int], data: ImageSet, batch_size: int = 1000,
-                    device: str = "cpu") -> np.ndarray:
-    """(U,) firing thresholds of ``units`` over ``data`` (the run's evaluation set), as the statistics
-    stage computes them (``units.fire_threshold``)."""
-    model.eval()
-    s, sq = np.zeros(len(units)), np.zeros(len(units))
-    for start in range(0, len(data), batch_size):
-        with Probe({"layer": probe}) as p:
-            model(data.floats(start, start + batch_size, device))
-            v = example_value(probe, p.post["layer"])[:, units].double().cpu().numpy()
-        s += v.sum(0)
-        sq += (v ** 2).sum(0)
-    return threshold(s / len(data), sq / len(data))
-
-
-@torch.inference_mode()
-def scan_units(model: nn.Module, probe: nn.Module, units: list[int], data: ImageSet, thresholds: np.ndarray,
+def scan_units(model: nn.Module, probe: nn.Module, units: list[int], data: ImageSet, rule: FiringRule,
                together: bool = False, batch_size: int = 1000, device: str = "cpu") -> ExampleScan:
-    """Value, fire/silent (against ``thresholds``, one per unit: ``unit_thresholds``) and removal effect
-    of each of ``units`` (of the layer probed by ``probe``) on every example of ``data``; with
-    ``together`` one row of effects: all of ``units`` removed at once."""
+    """Value, fire/silent (``rule``: the firing rule of exactly ``units``, ``layer_rule``), activation
+    mass and removal effect of each of ``units`` (of the layer probed by ``probe``) on every example of
+    ``data``; with ``together`` one row of effects: all of ``units`` removed at once."""
     model.eval()
-    fires, values, base_loss, base_hit, deltas, hits = [], [], [], [], [], []
-    limit = torch.tensor(np.asarray(thresholds, dtype=np.float64))
+    fires, values, masses, base_loss, base_hit, deltas, hits = [], [], [], [], [], [], []
     groups = [list(units)] if together else [[u] for u in units]
     for start in range(0, len(data), batch_size):
         x = data.floats(start, start + batch_size, device)
         y = data.labels[start:start + batch_size].to(device)
         with Probe({"layer": probe}) as p:
             logits = model(x)
-            value = example_value(probe, p.post["layer"])[:, units].double().cpu()
+            post = p.post["layer"]
+            value = rule.value(probe, post, list(units)).cpu()
+            masses.append(units_of(probe, post.detach())[:, units].double().sum(2).T.cpu().numpy())
         loss = F.cross_entropy(logits, y, reduction="none")
         values.append(value.T.numpy())
-        fires.append(fires_on(value, limit).T.numpy())
+        fires.append(rule.fires(value).T.numpy())
         base_loss.append(loss.cpu().numpy())
         base_hit.append((logits.argmax(1) == y).cpu().numpy())
         d, h = [], []
@@ -84,7 +78,7 @@ def scan_units(model: nn.Module, probe: nn.Module, units: list[int], data: Image
         hits.append(np.stack(h))
     return ExampleScan(list(units), np.concatenate(base_loss).astype(np.float64), np.concatenate(base_hit),
                        np.concatenate(fires, 1), np.concatenate(deltas, 1).astype(np.float64), np.concatenate(hits, 1),
-                       np.concatenate(values, 1))
+                       np.concatenate(values, 1), np.concatenate(masses, 1))
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ from compute.distributed.executor import Executor, InProcessExecutor, Worker
 from compute.errors import ConfigError
 from compute.images.table import COLUMNS as IMAGE_COLUMNS
 from compute.images.table import ROW_GROUP_ROWS, unit_images
-from compute.measure.firing import threshold
+from compute.measure.firing import fit
 from compute.measure.specialization import specialization, specialization_sums
 from compute.measure.stats import selectivity
 from compute.measure.train import TrainConfig, TrainResult, train
@@ -107,12 +107,12 @@ def _evaluate(ctx: RunContext) -> tuple[float, float, float, float]:
 
 
 def _statistics(ctx: RunContext) -> Any:
-    """The statistics' sums, then the specialization pass that needs each unit's firing threshold from them."""
+    """The statistics' sums, then each layer's firing rule (two passes) and the specialization pass that uses it."""
     stats = work.statistics(ctx.executor, ctx.worker(), ctx.items("statistics"))
-    thresholds = {n: threshold(ls.overall["peak"], ls.overall["peak_sq"]) for n, ls in stats.layers.items()}
-    sums = specialization_sums(ctx.model, ctx.probes(), ctx.eval_set, thresholds, device=ctx.device)
+    rules = fit(ctx.model, ctx.probes(), ctx.eval_set, device=ctx.device)
+    sums = specialization_sums(ctx.model, ctx.probes(), ctx.eval_set, rules, device=ctx.device)
     for n, ls in stats.layers.items():
-        ls.special = {**specialization(sums[n], ls.counts, ls.n_active > 0), "threshold": thresholds[n]}
+        ls.special = {**specialization(sums[n], ls.counts, ls.n_active > 0), "threshold": rules[n].threshold}
     return stats
 
 

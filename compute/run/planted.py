@@ -31,6 +31,7 @@ import pandas as pd
 
 from compute.datasets.planted import KINDS, Kind
 from compute.errors import ConfigError
+from compute.measure.firing import fit
 from compute.measure.subsets import SubsetEffect, hurts_more, scan_units, specificity
 from compute.run.config import RunConfig, RunSummary
 from compute.run.whatif import load_run
@@ -204,11 +205,12 @@ def check(root: Path, run_id: str, kind: str, seed: int = 0) -> PlantedReport:
     rel = members[k.relabelled]
     model = run.engine.model
     probes = model.probe_modules()
+    rules = fit(model, probes, data)  # as the statistics stage fit them: units.fire_threshold is their threshold
     checks: list[UnitCheck] = []
     base_hit = np.zeros(0, bool)
     for layer, rows in scores.groupby("layer", sort=False):
         units = rows["unit"].astype(int).tolist()
-        scan = scan_units(model, probes[layer], units, sub, rows["fire_threshold"].to_numpy())
+        scan = scan_units(model, probes[layer], units, sub, rules[layer].select(units))
         base_hit = scan.base_hit
         for i, u in enumerate(units):
             f = scan.fires[i]
@@ -228,8 +230,7 @@ def check(root: Path, run_id: str, kind: str, seed: int = 0) -> PlantedReport:
                            [by_name[names[i]] for i in spec_order if detector[i]], top, rankings)
     found = next((u for u in top if u.detector), None)
     if found is not None:
-        thr = scores.loc[(scores["layer"] == found.layer) & (scores["unit"] == found.unit), "fire_threshold"].to_numpy()
-        scan = scan_units(model, probes[found.layer], [found.unit], data, thr)
+        scan = scan_units(model, probes[found.layer], [found.unit], data, rules[found.layer].select([found.unit]))
         report.found_unit = found.name
         report.specificity_p = specificity(scan, 0, labels, k.target).p
     return report

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from compute.errors import ConfigError
-from compute.measure.subsets import Specificity, SubsetEffect, scan_units, specificity, unit_thresholds
+from compute.measure.subsets import Specificity, SubsetEffect, layer_rule, scan_units, specificity
 from compute.run.whatif import load_run
 
 
@@ -66,7 +66,7 @@ def firing_split(run_dir: Path, layer: str, unit: int, cls: int) -> FiringSplit:
     in_class = labels == cls
     sub = data.subset(np.flatnonzero(in_class))
     model = run.engine.model
-    scan = scan_units(model, probes[layer], [int(unit)], data, unit_thresholds(model, probes[layer], [int(unit)], data))
+    scan = scan_units(model, probes[layer], [int(unit)], data, layer_rule(model, probes[layer], [int(unit)], data))
     fires = scan.fires[0][in_class]
     images = sub.images.numpy().astype(np.float64) / 255.0
 

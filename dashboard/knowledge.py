@@ -135,18 +135,20 @@ def _live(root: str, run: str, layer: str, unit: int, rows: pd.DataFrame, cls: i
 
 
 def _specificity(t: Any, class_names: list[str]) -> None:
-    """The specificity test (``compute.measure.subsets.specificity``): silent examples are no comparison,
-    since removal never changes them; the class's firing examples are set against other classes' firing ones."""
-    other = "other classes"
-    st.markdown("**Is what it carries specific to the class?**")
+    """The specificity test (``compute.measure.subsets.specificity``): within the class, the examples it fires
+    on against the other examples it is active on, per unit of activation removed (silent examples are no
+    comparison: removal never changes them; raw changes are none either: removal takes more where it is stronger)."""
+    st.markdown("**Do the examples it fires on rely on it more?**")
     c = st.columns(2)
-    c[0].metric(f"loss change per unit of activation, class {md(class_names[t.cls])} ({t.n_class} firing)",
-                f"{t.per_value_class:+.4f}" if t.n_class else "n/a")
-    c[1].metric(f"the same, {other} ({t.n_other} firing)", f"{t.per_value_other:+.4f}" if t.n_other else "n/a")
-    st.caption("Among the examples on which the unit fires, does removing it cost this class's examples more than "
-               "other classes' examples, per unit of the unit's activation? One-sided Mann-Whitney U test: "
-               f"p = {_fmt_p(t.p)}. (Firing against silent examples would be no test: removal never changes "
-               "an example on which the unit is silent. docs/metrics.md, Specificity.)")
+    c[0].metric(f"loss change per unit of activation, fires ({t.n_fire})",
+                f"{t.per_mass_fire:+.4f}" if t.n_fire else "n/a")
+    c[1].metric(f"the same, active but not firing ({t.n_rest})", f"{t.per_mass_rest:+.4f}" if t.n_rest else "n/a")
+    st.caption(f"Among class {md(class_names[t.cls])}'s examples on which the unit is active, does removing it cost "
+               "the examples it fires on more, per unit of the activation it takes away, than the others? (Medians "
+               "above.) One-sided Mann-Whitney U test: "
+               f"p = {_fmt_p(t.p)}. Firing against silent examples would be no test (removal never changes an "
+               "example on which the unit is silent), nor would raw loss changes (removal takes more away where "
+               "the unit is stronger). docs/metrics.md, Specificity.")
 
 
 def render_class_removal(con: Any, run: str, class_names: list[str]) -> None:

@@ -447,12 +447,13 @@ def test_unit_page_says_whether_removal_matters_and_which_examples_need_the_unit
     if fires.any():
         assert float(shown["fires: loss change when removed"]) == pytest.approx(
             float((cut - base)[in_class][fires].mean()), abs=1e-4)
-    # The specificity test: firing examples of the class against firing examples of other classes, loss change
-    # per unit of activation, one-sided Mann-Whitney (scipy here, on the independent hook computation).
+    # The specificity test: within the class, active examples, loss change per unit of activation removed (fc1:
+    # the activation itself), firing against not firing, one-sided Mann-Whitney (scipy on the hook computation).
     from scipy.stats import mannwhitneyu
 
+    active = (value > 0) & in_class
     ratio = ((cut - base).double() / value.clamp(min=1e-12)).numpy()
-    a, b = ratio[(fires_all & in_class).numpy()], ratio[(fires_all & ~in_class).numpy()]
+    a, b = ratio[(active & fires_all).numpy()], ratio[(active & ~fires_all).numpy()]
     spec = [c.value for c in at.caption if "Mann-Whitney" in c.value]
     if len(a) >= 2 and len(b) >= 2:
         p = mannwhitneyu(a, b, alternative="greater").pvalue

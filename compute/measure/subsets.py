@@ -109,31 +109,34 @@ def hurts_more(scan: ExampleScan, row: int, a: np.ndarray, b: np.ndarray, altern
 
 @dataclass(frozen=True)
 class Specificity:
-    """Is the knowledge a unit carries specific to class ``cls``? Among the examples on which the unit
-    fires, the removal effect per unit of the unit's value, ``loss change / value``, of the class's
-    examples against the other classes' (one-sided Mann-Whitney U test, class greater)."""
+    """Is what removing a unit costs specific to the examples of class ``cls`` it fires on? Among the
+    class's examples on which the unit is active (removing it changes something), the loss change
+    per unit of activation removed, ``loss change / activation mass``, where it fires against where it
+    does not (one-sided Mann-Whitney U test, firing greater)."""
 
     cls: int
-    n_class: int  # firing examples of the class
-    n_other: int  # firing examples of the other classes
-    per_value_class: float  # median loss change per unit of value, class
-    per_value_other: float  # the same, other classes
+    n_fire: int  # class examples it fires on
+    n_rest: int  # class examples it is active on but does not fire on
+    per_mass_fire: float  # median loss change per unit of activation mass, firing examples
+    per_mass_rest: float  # the same, the other active examples of the class
     p: float  # NaN when either side has fewer than 2 examples
 
 
 def specificity(scan: ExampleScan, row: int, labels: np.ndarray, cls: int) -> Specificity:
-    """The specificity test of unit ``row`` of a scan of the whole evaluation set (``labels`` its labels).
+    """The specificity test of unit ``row`` of a scan of the evaluation set (``labels`` its labels).
 
-    Why this null: removing a unit changes nothing where it is silent, so "firing examples hurt more
-    than silent ones" holds for every unit that matters at all. Here both sides are examples on which
-    the unit fires, and the effect is taken per unit of its value, so a unit that is simply strong or
-    important everywhere it fires is not specific; one whose removal costs its class's firing
-    examples more than other classes' equally driven examples is.
+    Why this null: removing a unit changes nothing where it is silent, so "firing examples are hurt
+    more than silent ones" holds for every unit that matters at all; and where it is active, removal
+    takes more away where the unit is stronger, so "firing examples are hurt more than the other
+    active ones" holds for most units too (on an untrained LeNet-5 for 42% of (unit, class) pairs at
+    p < 0.01: docs/metrics.md, Specificity). So the comparison is per unit of activation removed, within
+    the class: a unit that is one more generic feature costs every example in proportion to how much
+    of it there is; one that the examples it fires on *rely* on costs them more per unit.
     """
-    fire = scan.fires[row]
-    a, b = fire & (labels == cls), fire & (labels != cls)
-    ratio = np.zeros(len(fire))
-    ratio[fire] = scan.loss_delta[row, fire] / scan.value[row, fire]
+    active = (labels == cls) & (scan.mass[row] > 0)
+    a, b = active & scan.fires[row], active & ~scan.fires[row]
+    ratio = np.zeros(len(labels))
+    ratio[active] = scan.loss_delta[row, active] / scan.mass[row, active]
     p = float(stats.mannwhitneyu(ratio[a], ratio[b], alternative="greater").pvalue) if a.sum() >= 2 and b.sum() >= 2 \
         else float("nan")
     med = [float(np.median(ratio[m])) if m.any() else float("nan") for m in (a, b)]

@@ -1,0 +1,120 @@
+"""Which subset-specialization score recovers planted subgroups best: the variant table of docs/metrics.md
+(Subset specialization), measured on the published runs of a planted benchmark (benchmarks/planted.py).
+
+    NEURON_ATLAS_MNIST=../shared/data/mnist python benchmarks/planted_variants.py --warehouse DIR
+
+Per run, every live unit of the target class is checked against the plant as the benchmark does
+(``compute.run.planted.check``: its true detectors), each variant ranks the same units, and the table
+gives per variant the runs with a true detector in its top 5, mean precision@5 and mean recall@10, over
+the runs that have a true detector. Every variant uses the same firing rule (``compute.measure.firing``),
+the first-order removal effect ``e_n`` and the correctly classified examples of the class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from compute.datasets.planted import KINDS  # noqa: E402
+from compute.measure.firing import fit  # noqa: E402
+from compute.nets.probe import Probe, units_of  # noqa: E402
+from compute.run.planted import MIN_FIRING, TOP_RANK, check  # noqa: E402
+from compute.run.whatif import load_run  # noqa: E402
+from warehouse.layout import run_dir  # noqa: E402
+from warehouse.planted import read_results  # noqa: E402
+
+
+def per_example(root: Path, run_id: str, cls: int) -> dict[str, dict[str, np.ndarray]]:
+    """Per layer, over the class's correctly classified examples: e (N, U), fires (N, U); and frac_fire (U,)
+    over all of the class's examples."""
+    run = load_run(run_dir(root, run_id))
+    data, model = run.data["eval"], run.engine.model
+    probes = model.probe_modules()
+    rules = fit(model, probes, data)
+    sub = data.subset(np.flatnonzero(data.labels.numpy() == cls))
+    out: dict[str, dict[str, list]] = {n: {"e": [], "fires": [], "ok": []} for n in probes}
+    with Probe(probes) as probe:
+        for start in range(0, len(sub), 500):
+            x, y = sub.floats(start, start + 500), sub.labels[start:start + 500]
+            logits = model(x)
+            posts = [probe.post[n] for n in probes]
+            grads = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), posts)
+            for n, post, g in zip(probes, posts, grads):
+                a = units_of(probes[n], post.detach())
+                out[n]["e"].append((-units_of(probes[n], g) * a).sum(2).double().numpy())
+                out[n]["fires"].append(rules[n].fires(rules[n].value(probes[n], post)).numpy())
+                out[n]["ok"].append((logits.argmax(1) == y).numpy())
+    res = {}
+    for n, d in out.items():
+        ok = np.concatenate(d["ok"])
+        fires = np.concatenate(d["fires"])
+        res[n] = {"e": np.concatenate(d["e"])[ok], "fires": fires[ok], "frac": fires.mean(0)}
+    return res
+
+
+def _share(e, f, frac):
+    cost = np.clip(e, 0, None)
+    return (cost * f).sum(0) / np.where(cost.sum(0) > 0, cost.sum(0), np.nan)
+
+
+def _mean_fire(e, f, frac):
+    return (e * f).sum(0) / np.maximum(f.sum(0), 1)
+
+
+def _median_fire(e, f, frac):
+    return np.array([np.median(e[f[:, u], u]) if f[:, u].any() else np.nan for u in range(e.shape[1])])
+
+
+VARIANTS = {
+    "chosen: share of the class's removal cost on the firing examples x (1 - frac_fire)":
+        lambda e, f, frac: _share(e, f, frac) * (1 - frac),
+    "the share alone": _share,
+    "share - frac_fire (cost beyond the share of examples)": lambda e, f, frac: _share(e, f, frac) - frac,
+    "schema 3: sum of e_n on the firing examples / correct examples x (1 - frac_fire)":
+        lambda e, f, frac: (e * f).sum(0) / len(e) * (1 - frac),
+    "mean of e_n on the firing examples x (1 - frac_fire)": lambda e, f, frac: _mean_fire(e, f, frac) * (1 - frac),
+    "median of e_n on the firing examples x (1 - frac_fire)": lambda e, f, frac: _median_fire(e, f, frac) * (1 - frac),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--warehouse", type=Path, required=True)
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    scores: dict[str, list[tuple[bool, float, float]]] = {v: [] for v in VARIANTS}
+    for row in read_results(args.warehouse):
+        kind, seed, run_id = row["kind"], int(row["seed"]), row["run_id"]
+        report = check(args.warehouse, run_id, kind, seed)
+        if not report.detectors:
+            continue
+        truth = {d.name for d in report.detectors}
+        ex = per_example(args.warehouse, run_id, KINDS[kind].target)
+        for name, score in VARIANTS.items():
+            units, values = [], []
+            for layer, d in ex.items():
+                s = score(d["e"], d["fires"], d["frac"])
+                enough = d["fires"].sum(0) >= MIN_FIRING
+                for u in range(len(s)):
+                    if enough[u] and np.isfinite(s[u]) and np.abs(d["e"][:, u]).sum() > 0:
+                        units.append(f"{layer}:{u}")
+                        values.append(s[u])
+            order = [units[i] for i in np.argsort(-np.array(values), kind="stable")]
+            hits = np.array([u in truth for u in order])
+            scores[name].append((bool(hits[:TOP_RANK].any()), float(hits[:TOP_RANK].mean()),
+                                 float(hits[:10].sum() / len(truth))))
+        print(f"{run_id}: {len(truth)} true detectors", flush=True)
+    print("| score for (unit, class) | top-5 hits | precision@5 | recall@10 |\n|---|---|---|---|")
+    for name, rs in scores.items():
+        print(f"| {name} | {sum(r[0] for r in rs)}/{len(rs)} | {np.mean([r[1] for r in rs]):.2f} | "
+              f"{np.mean([r[2] for r in rs]):.2f} |")
+
+
+if __name__ == "__main__":
+    main()

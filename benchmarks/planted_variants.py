@@ -6,7 +6,7 @@
 Per run, every live unit of the target class is checked against the plant as the benchmark does
 (``compute.run.planted.check``: its true detectors), each variant ranks the same units, and the table
 gives per variant the runs with a true detector in its top 5, mean precision@5 and mean recall@10, over
-the runs that have a true detector. Every variant uses the same firing rule (``compute.measure.firing``),
+the runs that have a true detector, over all kinds and per kind. Every variant uses the same firing rule (``compute.measure.firing``),
 the first-order removal effect ``e_n`` and the correctly classified examples of the class.
 """
 
@@ -74,6 +74,8 @@ def _median_fire(e, f, frac):
 VARIANTS = {
     "chosen: share of the class's removal cost on the firing examples x (1 - frac_fire)":
         lambda e, f, frac: _share(e, f, frac) * (1 - frac),
+    "chosen x the class's mean removal cost (importance-weighted)":
+        lambda e, f, frac: _share(e, f, frac) * (1 - frac) * np.clip(e, 0, None).mean(0),
     "the share alone": _share,
     "share - frac_fire (cost beyond the share of examples)": lambda e, f, frac: _share(e, f, frac) - frac,
     "schema 3: sum of e_n on the firing examples / correct examples x (1 - frac_fire)":
@@ -88,7 +90,7 @@ def main() -> None:
     ap.add_argument("--warehouse", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    scores: dict[str, list[tuple[bool, float, float]]] = {v: [] for v in VARIANTS}
+    scores: dict[str, list[tuple[str, bool, float, float]]] = {v: [] for v in VARIANTS}
     for row in read_results(args.warehouse):
         kind, seed, run_id = row["kind"], int(row["seed"]), row["run_id"]
         report = check(args.warehouse, run_id, kind, seed)
@@ -107,13 +109,19 @@ def main() -> None:
                         values.append(s[u])
             order = [units[i] for i in np.argsort(-np.array(values), kind="stable")]
             hits = np.array([u in truth for u in order])
-            scores[name].append((bool(hits[:TOP_RANK].any()), float(hits[:TOP_RANK].mean()),
+            scores[name].append((kind, bool(hits[:TOP_RANK].any()), float(hits[:TOP_RANK].mean()),
                                  float(hits[:10].sum() / len(truth))))
         print(f"{run_id}: {len(truth)} true detectors", flush=True)
-    print("| score for (unit, class) | top-5 hits | precision@5 | recall@10 |\n|---|---|---|---|")
+    kinds = list(dict.fromkeys(r[0] for rs in scores.values() for r in rs))
+    print("| score for (unit, class) | all: top-5 hits, precision@5, recall@10 | " + " | ".join(kinds) + " |")
+    print("|---" * (2 + len(kinds)) + "|")
     for name, rs in scores.items():
-        print(f"| {name} | {sum(r[0] for r in rs)}/{len(rs)} | {np.mean([r[1] for r in rs]):.2f} | "
-              f"{np.mean([r[2] for r in rs]):.2f} |")
+        cells = [_cell(rs)] + [_cell([r for r in rs if r[0] == k]) for k in kinds]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
+def _cell(rs: list[tuple[str, bool, float, float]]) -> str:
+    return f"{sum(r[1] for r in rs)}/{len(rs)}, {np.mean([r[2] for r in rs]):.2f}, {np.mean([r[3] for r in rs]):.2f}"
 
 
 if __name__ == "__main__":

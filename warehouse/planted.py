@@ -25,7 +25,7 @@ def class_scores(con: duckdb.DuckDBPyConnection, run_id: str, cls: int) -> pd.Da
         """
         WITH c AS (SELECT layer, unit, "class", mean_rect FROM unit_classes WHERE run_id = ?),
         rest AS (SELECT layer, unit, avg(mean_rect) AS mu_rest FROM c WHERE "class" <> ? GROUP BY layer, unit)
-        SELECT uc.layer, uc.unit, u.layer_index, u.fire_threshold, uc.specialization, uc.anomaly, uc.mean_rect,
+        SELECT uc.layer, uc.unit, u.layer_index, uc.specialization, uc.anomaly, uc.mean_rect,
                uc.taylor, abs(uc.abl_loss_delta) AS abl_loss_abs, uc.frac_fire,
                (uc.mean_rect - rest.mu_rest) / (uc.mean_rect + rest.mu_rest + 1e-7) AS class_selectivity
         FROM unit_classes uc

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from compute.datasets.planted import KINDS  # noqa: E402
 from compute.measure.firing import fit  # noqa: E402
 from compute.nets.probe import Probe, units_of  # noqa: E402
-from compute.run.planted import MIN_FIRING, TOP_RANK, check  # noqa: E402
+from compute.run.planted import MIN_FIRING, TOP_RANK, PlantedReport, check  # noqa: E402
 from compute.run.whatif import load_run  # noqa: E402
 from warehouse.layout import run_dir  # noqa: E402
 from warehouse.planted import read_results  # noqa: E402
@@ -85,43 +85,55 @@ VARIANTS = {
 }
 
 
+def variant_scores(root: Path, report: PlantedReport) -> dict[str, tuple[str, bool, float, float]]:
+    """Per variant, on the checked run ``report``: (kind, a true detector in the top 5, precision@5, recall@10)."""
+    truth = {d.name for d in report.detectors}
+    ex = per_example(root, report.run_id, KINDS[report.kind].target)
+    out = {}
+    for name, score in VARIANTS.items():
+        units, values = [], []
+        for layer, d in ex.items():
+            s = score(d["e"], d["fires"], d["frac"])
+            enough = d["fires"].sum(0) >= MIN_FIRING
+            for u in range(len(s)):
+                if enough[u] and np.isfinite(s[u]) and np.abs(d["e"][:, u]).sum() > 0:
+                    units.append(f"{layer}:{u}")
+                    values.append(s[u])
+        order = [units[i] for i in np.argsort(-np.array(values), kind="stable")]
+        hits = np.array([u in truth for u in order])
+        out[name] = (report.kind, bool(hits[:TOP_RANK].any()), float(hits[:TOP_RANK].mean()),
+                     float(hits[:10].sum() / len(truth)))
+    return out
+
+
+def variant_table(per_run: list[dict[str, tuple[str, bool, float, float]]]) -> list[str]:
+    """The markdown table: per variant, over all runs and per kind."""
+    kinds = list(dict.fromkeys(r[0] for run in per_run for r in run.values()))
+    out = ["| score for (unit, class) | all: top-5 hits, precision@5, recall@10 | " + " | ".join(kinds) + " |",
+           "|---" * (2 + len(kinds)) + "|"]
+    for name in VARIANTS:
+        rs = [run[name] for run in per_run]
+        cells = [_cell(rs)] + [_cell([r for r in rs if r[0] == k]) for k in kinds]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return out
+
+
+def _cell(rs: list[tuple[str, bool, float, float]]) -> str:
+    return f"{sum(r[1] for r in rs)}/{len(rs)}, {np.mean([r[2] for r in rs]):.2f}, {np.mean([r[3] for r in rs]):.2f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--warehouse", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    scores: dict[str, list[tuple[str, bool, float, float]]] = {v: [] for v in VARIANTS}
+    per_run = []
     for row in read_results(args.warehouse):
-        kind, seed, run_id = row["kind"], int(row["seed"]), row["run_id"]
-        report = check(args.warehouse, run_id, kind, seed)
-        if not report.detectors:
-            continue
-        truth = {d.name for d in report.detectors}
-        ex = per_example(args.warehouse, run_id, KINDS[kind].target)
-        for name, score in VARIANTS.items():
-            units, values = [], []
-            for layer, d in ex.items():
-                s = score(d["e"], d["fires"], d["frac"])
-                enough = d["fires"].sum(0) >= MIN_FIRING
-                for u in range(len(s)):
-                    if enough[u] and np.isfinite(s[u]) and np.abs(d["e"][:, u]).sum() > 0:
-                        units.append(f"{layer}:{u}")
-                        values.append(s[u])
-            order = [units[i] for i in np.argsort(-np.array(values), kind="stable")]
-            hits = np.array([u in truth for u in order])
-            scores[name].append((kind, bool(hits[:TOP_RANK].any()), float(hits[:TOP_RANK].mean()),
-                                 float(hits[:10].sum() / len(truth))))
-        print(f"{run_id}: {len(truth)} true detectors", flush=True)
-    kinds = list(dict.fromkeys(r[0] for rs in scores.values() for r in rs))
-    print("| score for (unit, class) | all: top-5 hits, precision@5, recall@10 | " + " | ".join(kinds) + " |")
-    print("|---" * (2 + len(kinds)) + "|")
-    for name, rs in scores.items():
-        cells = [_cell(rs)] + [_cell([r for r in rs if r[0] == k]) for k in kinds]
-        print(f"| {name} | " + " | ".join(cells) + " |")
-
-
-def _cell(rs: list[tuple[str, bool, float, float]]) -> str:
-    return f"{sum(r[1] for r in rs)}/{len(rs)}, {np.mean([r[2] for r in rs]):.2f}, {np.mean([r[3] for r in rs]):.2f}"
+        report = check(args.warehouse, row["run_id"], row["kind"], int(row["seed"]))
+        if report.detectors:
+            per_run.append(variant_scores(args.warehouse, report))
+            print(f"{report.run_id}: {len(report.detectors)} true detectors", flush=True)
+    print("\n".join(variant_table(per_run)))
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from compute.images.config import ActMaxConfig
 from compute.nets.forward import run_to
@@ -69,6 +70,16 @@ class Maps:
     values: np.ndarray
     consistency: np.ndarray
     steps: np.ndarray
+
+
+def chunk_units(cfg: ActMaxConfig) -> int:
+    """Units per stack: ``cfg.batch`` images of 2 directions x ``cfg.restarts`` restarts."""
+    return max(1, cfg.batch // (2 * cfg.restarts))
+
+
+def concat(parts: Sequence[Maps]) -> Maps:
+    """Maps of consecutive unit ranges as one, in order."""
+    return Maps(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("images", "values", "consistency", "steps")))
 
 
 def consistency(images: torch.Tensor) -> torch.Tensor:
@@ -185,20 +196,23 @@ def _ascend(model: nn.Module, module: nn.Module, x: torch.Tensor, units: torch.T
 
 def activation_maps(model: nn.Module, module: nn.Module, unit_ids: Sequence[int], in_shape: tuple[int, int, int],
                     mean_pixel: torch.Tensor, cfg: ActMaxConfig = ActMaxConfig(),
-                    device: str = "cpu", desc: str = "actmax",
+                    device: str = "cpu", desc: str | None = "actmax",
                     on_window: WindowHook | None = None) -> tuple[Maps, Maps]:
     """(HappyMaps, SadMaps) of units ``unit_ids`` of the layer whose probe is ``module``, in that order.
 
-    ``on_window`` sees each stack's relative changes every ``cfg.window`` steps (for the figure
-    that chose the defaults).
+    Units are optimised in chunks of ``chunk_units(cfg)``, each chunk on its own, so any run of whole
+    chunks computed apart (a work item) gives the same floats. ``desc`` names the progress bar (None:
+    no bar); ``on_window`` sees each stack's relative changes every ``cfg.window`` steps (for the
+    figure that chose the defaults).
     """
     cfg.check()
     model.eval()
     r, unit_ids = cfg.restarts, list(unit_ids)
-    per_chunk = max(1, cfg.batch // (2 * r))
+    per_chunk = chunk_units(cfg)
     chunks = [unit_ids[i:i + per_chunk] for i in range(0, len(unit_ids), per_chunk)]
     mean = mean_pixel.reshape(1, -1, 1, 1).to(device)
-    progress = bar(None, desc, unit="step", total=cfg.steps * len(chunks))
+    total = cfg.steps * len(chunks)
+    progress = bar(None, desc, unit="step", total=total) if desc is not None else tqdm(total=total, disable=True)
     images, values, steps = [], [], []
     for chunk in chunks:
         n = len(chunk)

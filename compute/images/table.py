@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from compute.images.actmax import activation_maps
+from compute.images.actmax import Maps, activation_maps
 from compute.datasets.sources import ImageSet
 from compute.images.attribution import Extremes, extreme_examples, unit_attributions, weighted_averages
 from compute.images.config import ActMaxConfig, ImageConfig
@@ -165,16 +165,29 @@ def _averages(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], dat
                     rows.add(layer, u, kind, 0, image_pixels(img[u, c]), **{"class": c, "value": float(w)})
 
 
-def _actmax(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], data: ImageSet, cfg: ActMaxConfig,
-            device: str, timer: Timer) -> None:
+#: Activation maximization of every probed layer: (units per layer, mean pixel) -> layer -> (HappyMaps,
+#: SadMaps). The pipeline's runs it as work items (``compute.distributed.work.actmax``).
+ActMax = Callable[[dict[str, int], torch.Tensor], dict[str, tuple[Maps, Maps]]]
+
+
+def in_process_actmax(model: ProbedModel, probes: dict[str, nn.Module], in_shape: tuple[int, int, int],
+                      cfg: ActMaxConfig, device: str) -> ActMax:
+    """``ActMax`` in this process, one layer after another."""
+    def maps(units: dict[str, int], mean_pixel: torch.Tensor) -> dict[str, tuple[Maps, Maps]]:
+        return {layer: activation_maps(model, probes[layer], range(n), in_shape, mean_pixel, cfg, device,
+                                       f"actmax {layer}") for layer, n in units.items()}
+    return maps
+
+
+def _actmax(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], data: ImageSet, actmax: ActMax,
+            timer: Timer) -> None:
     pixel_sums = sum(data.floats(s, s + 1000).sum((0, 2, 3)) for s in range(0, len(data), 1000))
     mean_pixel = pixel_sums / (len(data) * data.shape[1] * data.shape[2])
-    for layer, module in probes.items():
-        with timer.stage("activation maximization"):
-            n_units = int(run_shape(model, module, data.shape)[0])
-            happy, sad = activation_maps(model, module, range(n_units), data.shape, mean_pixel, cfg, device,
-                                         f"actmax {layer}")
-        with timer.stage("actmax images"):
+    with timer.stage("activation maximization"):
+        units = {layer: int(run_shape(model, module, data.shape)[0]) for layer, module in probes.items()}
+        found = actmax(units, mean_pixel)
+    with timer.stage("actmax images"):
+        for layer, (happy, sad) in found.items():
             for kind, maps in (("happy", happy), ("sad", sad)):
                 for (u, r), v in np.ndenumerate(maps.values):
                     rows.add(layer, u, kind, r, image_pixels(maps.images[u, r]), value=float(v),
@@ -197,10 +210,11 @@ def _weights(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], in_s
 
 def unit_images(model: ProbedModel, probes: dict[str, nn.Module], eval_set: ImageSet,
                 train_set: ImageSet, cfg: ImageConfig = ImageConfig(),
-                device: str = "cpu") -> tuple[dict[str, list[Any]], dict[str, float]]:
+                device: str = "cpu", actmax: ActMax | None = None) -> tuple[dict[str, list[Any]], dict[str, float]]:
     """Rows of ``unit_images`` for every unit of ``probes``, and the seconds each stage took.
 
     Extreme examples and attributions use ``eval_set``; the weighted averages ``train_set``.
+    ``actmax`` computes the activation maximization (default: ``in_process_actmax``).
     """
     cfg.check()
     model.eval()
@@ -208,7 +222,8 @@ def unit_images(model: ProbedModel, probes: dict[str, nn.Module], eval_set: Imag
     extremes = _examples(rows, model, probes, eval_set, cfg.top_k, device, timer)
     _attributions(rows, model, probes, eval_set, extremes, device, timer)
     _averages(rows, model, probes, train_set, device, timer)
-    _actmax(rows, model, probes, eval_set, cfg.actmax, device, timer)
+    _actmax(rows, model, probes, eval_set,
+            actmax or in_process_actmax(model, probes, eval_set.shape, cfg.actmax, device), timer)
     _weights(rows, model, probes, eval_set.shape, timer)
     with timer.stage("sort"):
         table = rows.sorted()

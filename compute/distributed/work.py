@@ -252,7 +252,8 @@ def class_curves(executor: Executor, worker: Worker, store: StageStore, class_im
                  live: dict[str, np.ndarray], data: str = "eval") -> tuple[dict[str, list], dict[str, list]]:
     """The ``class_curves`` and ``class_removal`` columns, computed as items: group x chunk of masks x shard."""
     plans = class_plans(class_importance, live)
-    sums, first = _plan_sums(executor, worker, store, plans, data, "", "class curves")
+    # Keys name the distinct masks ("distinct."), so items saved by code that evaluated every mask are not read.
+    sums, first = _plan_sums(executor, worker, store, plans, data, "distinct.", "class curves")
     return class_tables(plans, first.counts, sums, worker.data[data].class_names)
 
 

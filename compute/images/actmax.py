@@ -37,7 +37,9 @@ images (1 = the same picture every time, about 0 = unrelated pictures, so a sing
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,6 +144,17 @@ class _Blur:
         return F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), self.kernel, groups=x.shape[1])
 
 
+@contextmanager
+def _aten_conv_backward() -> Iterator[None]:
+    """Convolution backward by ATen's own kernels instead of oneDNN's (the forward keeps oneDNN): on one
+    CPU thread oneDNN's input gradient of a few-channel input is several times slower (LeNet-5's conv1
+    on 720 digits: 103 ms against 21 ms), and a step is a forward and a backward (``benchmarks/atlas.py``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # flags() warns that TF32 on oneDNN needs an Intel GPU
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
+
+
 def _ascend(model: nn.Module, module: nn.Module, x: torch.Tensor, units: torch.Tensor, sign: torch.Tensor,
             mean: torch.Tensor, cfg: ActMaxConfig, progress, on_window: WindowHook | None
             ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +172,8 @@ def _ascend(model: nn.Module, module: nn.Module, x: torch.Tensor, units: torch.T
                   if cfg.jitter else (0, 0))
         xg = x.detach().requires_grad_()
         act = _objective(model, module, torch.roll(xg, (dy, dx), (2, 3)), units)
-        (g,) = torch.autograd.grad(-(sign * act).sum(), xg)
+        with _aten_conv_backward():
+            (g,) = torch.autograd.grad(-(sign * act).sum(), xg)
         with torch.no_grad():
             score += sign * act
             if cfg.l2:

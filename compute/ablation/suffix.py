@@ -68,9 +68,33 @@ def apply_point_mask(x: torch.Tensor, mask: torch.Tensor | None, module: nn.Modu
     return apply_mask(x, mask, unit_dim(module), fill_of(module))
 
 
+def max_pool_2x2(x: torch.Tensor) -> torch.Tensor:
+    """``F.max_pool2d(x, 2)`` as the maximum of four strided views: the same values (a maximum is exact),
+    about 10 times faster on one CPU thread than torch's pooling kernel at the small maps of the stacked
+    suffixes (500 x 16 x 10 x 10: 0.5 ms against 4.7 ms)."""
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    return torch.maximum(torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2]),
+                         torch.maximum(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]))
+
+
+def _is_2x2_pool(module: nn.Module) -> bool:
+    """A plain 2x2, stride-2 max-pool (no padding, dilation, ceil mode or indices)."""
+    pair = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v)  # noqa: E731
+    return (type(module) is nn.MaxPool2d and pair(module.kernel_size) == (2, 2)
+            and pair(module.stride or module.kernel_size) == (2, 2) and pair(module.padding) == (0, 0)
+            and pair(module.dilation) == (1, 1) and not module.ceil_mode and not module.return_indices)
+
+
 def _pruned(root: fx.GraphModule, graph: fx.Graph) -> fx.GraphModule:
-    """A module running ``graph`` with ``root``'s parameters, unused nodes removed."""
+    """A module running ``graph`` with ``root``'s parameters, unused nodes removed and 2x2 max-pool
+    modules computed by ``max_pool_2x2`` (the same values)."""
     gm = fx.GraphModule(root, graph)
+    for n in list(gm.graph.nodes):
+        if n.op == "call_module" and len(n.args) == 1 and not n.kwargs and _is_2x2_pool(gm.get_submodule(n.target)):
+            with gm.graph.inserting_after(n):
+                fast = gm.graph.call_function(max_pool_2x2, n.args)
+            n.replace_all_uses_with(fast)
+            gm.graph.erase_node(n)
     gm.graph.eliminate_dead_code()
     gm.recompile()
     return gm

@@ -30,6 +30,7 @@ from torch import nn
 
 from compute.datasets.sources import ImageSet
 from compute.nets.activations import response
+from compute.nets.pools import fast_pools
 from compute.nets.probe import Probe, units_of
 from compute.progress import bar
 
@@ -53,7 +54,7 @@ def extreme_examples(model: nn.Module, probes: dict[str, nn.Module], data: Image
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in probes}
     where: dict[str, list[torch.Tensor]] = {name: [] for name in probes}
     preds = []
-    with torch.no_grad(), Probe(probes) as probe:
+    with torch.no_grad(), Probe(probes) as probe, fast_pools(model):
         for start in bar(range(0, len(data), batch_size), "top examples", unit="batch"):
             preds.append(model(data.floats(start, start + batch_size, device)).argmax(1).cpu())
             for name in probes:
@@ -116,7 +117,7 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
     k, d = data.n_classes, int(np.prod(data.shape))
     sums: dict[str, dict[str, torch.Tensor]] = {}
     counts = torch.bincount(data.labels, minlength=k).double()
-    with Probe(probes) as probe:
+    with Probe(probes) as probe, fast_pools(model):
         for start in bar(range(0, len(data), batch_size), "averages", unit="batch"):
             x = data.floats(start, start + batch_size, device)
             y = data.labels[start:start + batch_size].to(device)

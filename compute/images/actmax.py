@@ -50,7 +50,6 @@ from tqdm import tqdm
 
 from compute.images.config import ActMaxConfig
 from compute.nets.forward import run_to
-from compute.nets.pools import fast_pools
 from compute.nets.probe import units_of
 from compute.progress import bar
 
@@ -222,14 +221,7 @@ def activation_maps(model: nn.Module, module: nn.Module, unit_ids: Sequence[int]
     """
     cfg.check()
     model.eval()
-    with fast_pools(model):
-        return _activation_maps(model, module, list(unit_ids), in_shape, mean_pixel, cfg, device, desc, on_window)
-
-
-def _activation_maps(model: nn.Module, module: nn.Module, unit_ids: list[int], in_shape: tuple[int, int, int],
-                     mean_pixel: torch.Tensor, cfg: ActMaxConfig, device: str, desc: str | None,
-                     on_window: WindowHook | None) -> tuple[Maps, Maps]:
-    r = cfg.restarts
+    r, unit_ids = cfg.restarts, list(unit_ids)
     per_chunk = chunk_units(cfg)
     chunks = [unit_ids[i:i + per_chunk] for i in range(0, len(unit_ids), per_chunk)]
     mean = mean_pixel.reshape(1, -1, 1, 1).to(device)

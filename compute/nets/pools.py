@@ -5,8 +5,10 @@ on every pass.
 
 The values are the same (a maximum is exact). Gradients are too, except where a window holds equal
 maxima: torch's pooling sends the whole gradient to the first, ``torch.maximum`` halves it between
-them. The sum over the window is the same either way, and behind a ReLU tied zeros get no gradient
-at all; training keeps torch's kernel.
+them; the sum over the window is the same either way. So it serves the ablation engine's graphs,
+the top/bottom examples (no gradient) and the gradient-weighted averages (a sum over each unit's
+positions); training and activation maximization keep torch's kernel (in an ascent, where to send
+a tied gradient changes the path: clamped pixels make equal neighbours common).
 """
 
 from __future__ import annotations

@@ -125,6 +125,8 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
             posts = [probe.post[name] for name in probes]
             grads = torch.autograd.grad(losses.sum(), posts)
             flat = x.reshape(len(x), d).double()
+            rows = {c: y == c for c in torch.unique(y).tolist()}
+            inputs = {c: flat[m] for c, m in rows.items()}  # each class's images, once for every unit
             for name, post, g in zip(probes, posts, grads):
                 module = probes[name]
                 weights = {"act": units_of(module, response(module, post.detach())).mean(2).double(),
@@ -134,10 +136,10 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
                     if kind not in acc:
                         acc[kind] = torch.zeros(w.shape[1], k, d, dtype=torch.float64, device=device)
                         acc[kind + "_w"] = torch.zeros(w.shape[1], k, dtype=torch.float64, device=device)
-                    for c in torch.unique(y).tolist():
-                        m = y == c
-                        acc[kind][:, c] += w[m].T @ flat[m]
-                        acc[kind + "_w"][:, c] += w[m].sum(0)
+                    for c, m in rows.items():
+                        wc = w[m]
+                        acc[kind][:, c] += wc.T @ inputs[c]
+                        acc[kind + "_w"][:, c] += wc.sum(0)
     out = {}
     for name, acc in sums.items():
         means = {}

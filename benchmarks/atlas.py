@@ -7,7 +7,10 @@ Prints ``name=value`` lines (ratios measured side by side in one process, so a b
 slows both sides alike; the load average is printed with them):
 
 - ``after_training_over_training``: seconds of every stage after training (evaluate, statistics,
-  ablation, curves, images, publish) / seconds of training, one whole run (``compute_run``);
+  ablation, curves, class curves, images, publish) / seconds of training, one whole run
+  (``compute_run``); wall-clock seconds, and beside it the same ratio of this process's CPU
+  seconds (``after_training_over_training_cpu``), which other processes on a shared machine
+  disturb less;
 - ``trace_overhead``: one training epoch with the per-class trace / the same loop without it;
 - ``actmax_step_over_fwd_bwd``: one activation-maximization step / one plain forward+backward of
   the same stack through the same layers (input gradient, no regularizers), summed over layers;
@@ -36,7 +39,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
-AFTER_TRAINING = ("evaluate", "statistics", "ablation", "curves", "images", "publish")
+AFTER_TRAINING = ("evaluate", "statistics", "ablation", "curves", "class_curves", "images", "publish")
 
 
 # ---------------------------------------------------------------- worker: measures the importable `compute`
@@ -78,31 +81,39 @@ def run_section(args: argparse.Namespace, threads: int | None) -> dict[str, Any]
     from compute.run import pipeline
 
     seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}
     contexts: list[Any] = []
     original = dict(pipeline.STAGE_FUNCTIONS)
 
     def timed(name: str):
         def call(ctx):
             contexts.append(ctx)
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             try:
                 return original[name](ctx)
             finally:
                 seconds[name] = time.perf_counter() - start
+                cpu[name] = time.process_time() - start_cpu
         return call
 
     pipeline.STAGE_FUNCTIONS.update({name: timed(name) for name in original})
     try:
         with tempfile.TemporaryDirectory() as tmp:
+            start_cpu = time.process_time()
             summary = pipeline.compute_run(_config(args, threads, run_id="bench-atlas"), Path(tmp))
+            total_cpu = time.process_time() - start_cpu
     finally:
         pipeline.STAGE_FUNCTIONS.update(original)
     f = summary.figures
     seconds["publish"] = f["duration_s"] - sum(seconds.values())  # loading data and building the model too
+    cpu["publish"] = total_cpu - sum(cpu.values())
     after = sum(seconds.get(s, 0.0) for s in AFTER_TRAINING)
-    return {"seconds": seconds, "images": {k.split("/", 1)[1]: v for k, v in f.items() if k.startswith("images_s/")},
+    after_cpu = sum(cpu.get(s, 0.0) for s in AFTER_TRAINING)
+    return {"seconds": seconds, "cpu": cpu,
+            "images": {k.split("/", 1)[1]: v for k, v in f.items() if k.startswith("images_s/")},
             "total": f["duration_s"], "test_acc": f["test_acc"], "units": f["units"],
-            "after_training_over_training": after / seconds["train"]}
+            "after_training_over_training": after / seconds["train"],
+            "after_training_over_training_cpu": after_cpu / cpu["train"]}
 
 
 def _data(args: argparse.Namespace):
@@ -448,10 +459,13 @@ def _report(results: dict[tuple[str, str, str], dict[str, Any]], settings: list[
             print(f"\n[{label}] whole run, threads {threads} ({_load(r)}): {r['total']:.1f} s, "
                   f"test acc {r['test_acc']:.4f}, {int(r['units'])} units")
             for name, sec in r["seconds"].items():
-                print(f"  {name:<12} {sec:8.2f} s")
+                cpu = r.get("cpu", {}).get(name)
+                print(f"  {name:<12} {sec:8.2f} s" + ("" if cpu is None else f"  (CPU {cpu:8.2f} s)"))
             for name, sec in r["images"].items():
                 print(f"    images: {name:<28} {sec:7.2f} s")
             _ratio("after_training_over_training", r, label)
+            if "after_training_over_training_cpu" in r:
+                _ratio("after_training_over_training_cpu", r, label)
         for threads, r in pick("trace", label):
             print(f"\n[{label}] trace, threads {threads} ({_load(r)}): epoch {r['trace_s']:.2f} s with the trace, "
                   f"{r['plain_s']:.2f} s without")

@@ -45,8 +45,9 @@ def _grid(rows: pd.DataFrame, names: list[str], width: int = THUMB, key: str = "
     """The images in a row, and an Enlarge button that shows them large in a dialog."""
     pngs = [bytes(p) for p in rows["png"]]
     captions = [_caption(r, names) for _, r in rows.iterrows()]
-    # Upscaled by whole pixels here: the browser would blur a small image it enlarges.
-    st.image([_upscale(p, width) for p in pngs], caption=captions, width=width,
+    # Upscaled by whole pixels here: images are stored at their own size, and the browser would
+    # blur a small image it enlarges.
+    st.image([upscale(p, width) for p in pngs], caption=captions, width=width,
              output_format="PNG")  # "auto" would re-encode as JPEG
     if key and st.button("Enlarge", key=f"enlarge-{key}", icon=":material/zoom_in:", type="tertiary"):
         _enlarged(pngs, captions)
@@ -54,10 +55,11 @@ def _grid(rows: pd.DataFrame, names: list[str], width: int = THUMB, key: str = "
 
 @st.dialog("Enlarged", width="large")
 def _enlarged(pngs: list[bytes], captions: list[str]) -> None:
-    st.image([_upscale(p, LARGE) for p in pngs], caption=captions, width=LARGE, output_format="PNG")
+    st.image([upscale(p, LARGE) for p in pngs], caption=captions, width=LARGE, output_format="PNG")
 
 
-def _upscale(png: bytes, size: int) -> bytes:
+def upscale(png: bytes, size: int) -> bytes:
+    """PNG bytes upscaled by a whole factor (nearest neighbour) to about ``size`` pixels on the longer side."""
     return _upscale_to(Image.open(io.BytesIO(png)), size)
 
 
@@ -68,8 +70,8 @@ def is_flat(png: bytes) -> bool:
 
 
 def crop_to_box(png: bytes, box: list[int], input_hw: tuple[int, int], size: int = 112) -> bytes:
-    """The part of a full-input map (upscaled from ``input_hw``) inside a receptive-field box
-    [y0, x0, y1, x1] in input pixels, upscaled by whole pixels to about ``size``."""
+    """The part of a full-input map (stored at ``input_hw`` or a whole multiple of it) inside a
+    receptive-field box [y0, x0, y1, x1] in input pixels, upscaled by whole pixels to about ``size``."""
     img = Image.open(io.BytesIO(png))
     scale = img.height // input_hw[0]
     y0, x0, y1, x1 = (int(v) * scale for v in box)
@@ -81,7 +83,7 @@ def _upscale_to(img: Image.Image, size: int) -> bytes:
     factor = max(1, round(size / max(img.size)))
     img = img.resize((img.width * factor, img.height * factor), Image.NEAREST)
     buf = io.BytesIO()
-    img.save(buf, format="PNG")
+    img.save(buf, format="PNG", compress_level=1)  # lossless at any level; 1 is the fastest
     return buf.getvalue()
 
 

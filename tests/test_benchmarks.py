@@ -39,10 +39,11 @@ def test_atlas_benchmark_prints_stages_ratios_and_the_convergence_figure():
                "--actmax-steps", "2", "--top-k", "1", "--threads", "1"])
     lines = out.splitlines()
     ratios = dict(x.split("=", 1) for x in lines if "=" in x and " " not in x)
-    assert set(ratios) == {"after_training_over_training", "trace_overhead", "actmax_step_over_fwd_bwd",
-                           "contention_keep"}
+    assert set(ratios) == {"after_training_over_training", "after_training_over_training_cpu", "trace_overhead",
+                           "actmax_step_over_fwd_bwd", "contention_keep"}
     assert all(float(v) > 0 for v in ratios.values())
-    for stage in ("train", "evaluate", "statistics", "ablation", "curves", "images", "publish"):
-        assert float(next(x for x in lines if x.split()[:1] == [stage]).split()[1]) >= 0
+    for stage in ("train", "evaluate", "statistics", "ablation", "curves", "class_curves", "images", "publish"):
+        line = next(x for x in lines if x.split()[:1] == [stage]).split()
+        assert float(line[1]) >= 0 and line[3] == "(CPU" and float(line[4]) >= 0
     assert any(x.strip().startswith("N=  16  change") for x in lines)
     assert "default (early stop)" in out and "load average" in out

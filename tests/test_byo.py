@@ -84,7 +84,7 @@ def test_torchvision_resnet18_through_all_stages_with_checkpoint_reload(tmp_path
     # The stem, a whole residual block (both ReLU calls) and the last stage: every stage of the pipeline
     # on the interesting probe points, in CI time (all 17 layers take minutes: see the closing note).
     layers = ("relu", "layer1.0.*", "layer4.*")
-    summary = compute_run(RunConfig(images=None, model="torchvision:resnet18", epochs=1, train_size=100, eval_size=20,
+    summary = compute_run(RunConfig(images=None, model="torchvision:resnet18", epochs=1, train_size=100, eval_size=10,
                                     batch_size=50, layers=layers, run_id="rn18"), tmp_path)
     con = warehouse.connect(tmp_path)
     assert con.execute("SELECT count(*), sum(n_units) FROM layers").fetchall() == [(7, 64 * 3 + 512 * 4)]
@@ -97,7 +97,7 @@ def test_torchvision_resnet18_through_all_stages_with_checkpoint_reload(tmp_path
     # Analyze the saved weights again without training: the same units get the same statistics.
     ckpt = tmp_path / "weights.pt"
     torch.save(model.state_dict(), ckpt)
-    compute_run(RunConfig(images=None, model="torchvision:resnet18", epochs=0, checkpoint=str(ckpt), train_size=100, eval_size=20,
+    compute_run(RunConfig(images=None, model="torchvision:resnet18", epochs=0, checkpoint=str(ckpt), train_size=100, eval_size=10,
                           layers=("layer4.1.*",), run_id="rn18-reload"), tmp_path)
     rows = warehouse.connect(tmp_path).execute(
         "SELECT a.mean_rect, b.mean_rect, a.abl_acc_delta, b.abl_acc_delta FROM units a JOIN units b USING (layer, unit) "

@@ -48,9 +48,9 @@ def test_table_shape_and_grid(lenet_curves):
 
 def test_fraction_zero_is_the_intact_model(lenet_curves):
     _, _, base, _, curves, _ = lenet_curves
-    for r in rows(curves, fraction=0.0):
+    for r in rows(curves, fraction=0.0):  # float rounding apart: conv2's suffix sums fc1 by channel parts
         assert r["accuracy"] == pytest.approx(base.accuracy, abs=1e-12)
-        assert r["loss"] == pytest.approx(base.loss, abs=1e-9)
+        assert r["loss"] == pytest.approx(base.loss, abs=1e-6)
 
 
 def test_last_hidden_layer_fully_ablated_leaves_the_output_bias(lenet_curves):

@@ -55,6 +55,8 @@ def test_suffix_predictions_equal_hooked_full_model(name):
     for layer, n in engine.unit_counts(data).items():
         split = engine.split(layer, x)
         assert isinstance(split, GraphSplit)
+        # LeNet-5's conv2 -> pool -> flatten -> fc1 runs as weighed channel parts: checked here per example.
+        assert (split.linear is not None) == (name == "lenet5" and layer == "conv2")
         with torch.inference_mode():
             got = split.suffix(split.prefix(x), {layer: 1 - torch.eye(n)}).view(n, len(x), -1)
             for u in range(0, n, max(1, n // 12)):  # every unit is covered per class by the sweep test
@@ -137,3 +139,28 @@ def test_suffix_macs_count_what_follows_each_layer():
     macs = AblationEngine(model).suffix_macs(data)
     # After fc1's ReLU: the 128x128 hidden layer and the 128x10 output; after fc2's: the output only.
     assert macs == {"fc1": 128 * 128 + 128 * 10, "fc2": 128 * 10}
+
+
+def test_fast_pooling_equals_torch_pooling_and_is_undone():
+    """Four strided maxima give max_pool2d's values (odd sizes: the last row and column dropped) and,
+    behind a ReLU, the same gradient per window; ``fast_pools`` swaps a model's 2x2 pools only while it runs."""
+    import torch.nn.functional as F
+
+    from compute.nets.pools import fast_pools, max_pool_2x2
+
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 11, 10)
+    assert torch.equal(max_pool_2x2(x), F.max_pool2d(x, 2))
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(3, 4, 5, 5)
+    (F.max_pool2d(F.relu(a), 2) * g).sum().backward()
+    (max_pool_2x2(F.relu(b)) * g).sum().backward()
+    torch.testing.assert_close(F.avg_pool2d(b.grad, 2), F.avg_pool2d(a.grad, 2), rtol=0, atol=1e-6)
+    model = trained_model("lenet5")
+    digits_x = digits()[1].floats(0, 20)
+    with torch.no_grad():
+        want = model(digits_x)
+        with fast_pools(model):
+            assert model.pool1.forward is max_pool_2x2
+            got = model(digits_x)
+    assert torch.equal(got, want) and "forward" not in model.pool1.__dict__

@@ -169,12 +169,12 @@ def test_one_run_interrupted_at_each_kind_of_point_in_turn_resumes_to_the_uninte
     _resume_equals(root, "r", tables(run), kind)
 
 
-@pytest.mark.parametrize("crash_at,failed_write", [
-    ("after-train", "cannot write finished stage 'images'"),  # images.pt (about 340 kB) is the first file over 150 kB
-    ("after-images", "cannot write table unit_images"),  # unit_images.parquet (about 190 kB)
+@pytest.mark.parametrize("crash_at,limit,failed_write", [
+    ("after-train", 150_000, "cannot write finished stage 'images'"),  # images.pt (about 200 kB) is the first over
+    ("after-images", 60_000, "cannot write table unit_images"),  # unit_images.parquet (about 110 kB)
 ])
-def test_a_full_disk_is_explained_and_the_run_resumes(reference, forkserver, tmp_path, crash_at, failed_write):
-    """A write that fails mid-run (here: a 150 kB file-size limit, as a full disk would) ends the run with a
+def test_a_full_disk_is_explained_and_the_run_resumes(reference, forkserver, tmp_path, crash_at, limit, failed_write):
+    """A write that fails mid-run (here: a file-size limit, as a full disk would) ends the run with a
     message and exit code 2, publishes nothing, keeps the finished stages and leaves earlier runs whole."""
     run, _ = reference
     root = tmp_path / "wh"
@@ -182,7 +182,7 @@ def test_a_full_disk_is_explained_and_the_run_resumes(reference, forkserver, tmp
     args = [*RUN_ARGS, "--warehouse", str(root), "--run-id", "full"]
     assert in_child(forkserver, *args, crash_at=crash_at) == -signal.SIGKILL
     log = tmp_path / "stderr"
-    assert in_child(forkserver, "--warehouse", str(root), "--run-id", "full", "--resume", max_file_bytes=150_000,
+    assert in_child(forkserver, "--warehouse", str(root), "--run-id", "full", "--resume", max_file_bytes=limit,
                     stderr=log) == 2
     err = log.read_text()
     assert failed_write in err and "File too large" in err and "Traceback" not in err, err

@@ -233,3 +233,50 @@ def test_workers_fetch_the_model_once_and_the_data_per_shard(ray_cluster: str, m
     for a, b in ((0, 128), (100, 300), (250, 260)):
         got = state.shard("eval", a, b)
         assert torch.equal(got.images, data.images[a:b]) and torch.equal(got.labels, data.labels[a:b])
+
+
+def test_activation_maximization_as_items_equals_the_whole_layer_and_resumes(ray_cluster: str, tmp_path: Path):
+    """The images stage's activation maximization, one item per stack of units: on 2 Ray workers and in
+    process it equals ``activation_maps`` of the whole layer bit for bit; a resumed call repeats only
+    the item whose saved result is missing."""
+    from compute.distributed import work
+    from compute.distributed.executor import InProcessExecutor, Worker
+    from compute.images.actmax import activation_maps
+    from compute.images.config import ActMaxConfig
+    from compute.run.stage_store import StageStore
+    from compute.threads import torch_threads
+
+    torch.manual_seed(3)
+    model = build_model(ModelSpec("lenet5", (1, 28, 28), 10, {})).eval()
+    cfg = ActMaxConfig(steps=16, restarts=2, batch=24, window=4, tol=0.5)  # 6 units a stack
+    units, shape, mean = {"conv2": 16, "fc2": 9}, (1, 28, 28), torch.full((1,), 0.2)  # 3 items, 2 (fc2's first 9)
+    worker = Worker(model, {})
+    with torch_threads(1):
+        whole = {layer: activation_maps(model, model.probe_modules()[layer], range(n), shape, mean, cfg, desc=None)
+                 for layer, n in units.items()}
+        ray2 = RayExecutor(workers=2)
+        try:
+            got = {name: work.actmax(ex, worker, StageStore(tmp_path / name), units, shape, mean, cfg)
+                   for name, ex in (("in", InProcessExecutor()), ("ray", ray2))}
+        finally:
+            ray2.close()
+
+        ran: list[str] = []
+
+        class Recording(InProcessExecutor):
+            def map(self, worker, items):
+                ran.extend(item.key for item in items)
+                return super().map(worker, items)
+
+        saved = sorted((tmp_path / "ray").glob("*.pt"))
+        assert len(saved) == 3 + 2
+        saved[3].unlink()
+        got["resumed"] = work.actmax(Recording(), worker, StageStore(tmp_path / "ray"), units, shape, mean, cfg)
+    assert ran == [saved[3].stem]
+    for name, maps in got.items():
+        for layer in units:
+            for d in range(2):
+                for field in ("images", "values", "consistency", "steps"):
+                    np.testing.assert_array_equal(getattr(maps[layer][d], field), getattr(whole[layer][d], field),
+                                                  err_msg=f"{name} {layer} {field}")
+    assert any((m.steps < 16).any() for maps in whole.values() for m in maps)  # some images stopped early

@@ -226,7 +226,9 @@ TABLES: dict[str, Table] = {t.name: t for t in (
            "box [y0, x0, y1, x1], clipped to the image; exact (gradient support of a connectivity copy)."),
         _c("consistency", F64, "`happy`/`sad`: mean pairwise Pearson correlation of the restarts' images "
            "(1 = the same picture every restart); null otherwise."),
-        _c("width", pa.int32(), "PNG width in pixels (inputs are upscaled by whole pixels)."),
+        _c("width", pa.int32(), "PNG width in pixels: an image's own size (a 28x28 input is 28 wide; the "
+           "dashboard upscales), except a conv unit's top/bottom example, drawn larger by whole pixels "
+           "with its receptive-field box."),
         _c("height", pa.int32(), "PNG height in pixels."),
         _c("png", pa.binary(), "The image, PNG-encoded."),
     )),

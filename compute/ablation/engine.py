@@ -75,14 +75,16 @@ def _accumulate(sums: MaskSums, logits: torch.Tensor, y: torch.Tensor, first: in
     and with ``base`` (the intact per-example loss and hits) the paired sums; returns the per-example
     loss, hits and predictions, (m, b).
 
-    The loss is ``F.cross_entropy``'s: minus the log-softmax at the label.
+    The loss is ``F.cross_entropy``'s: minus the log-softmax at the label, computed as logsumexp minus
+    the label's logit (the same value to float rounding; torch's log-softmax over 10 classes is about
+    5 times slower on one CPU thread, and it ran on every stacked row).
     """
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise ConfigError("the model must return a (batch, classes) tensor of logits to be ablated.")
     b = len(y)
     logits = logits.cpu().view(-1, b, logits.shape[1])
     m = logits.shape[0]
-    loss = -logits.log_softmax(2).gather(2, y.view(1, b, 1).expand(m, b, 1)).squeeze(2)
+    loss = torch.logsumexp(logits, 2) - logits.gather(2, y.view(1, b, 1).expand(m, b, 1)).squeeze(2)
     pred = logits.argmax(2)
     hit = pred == y
     rows = slice(first, first + m)

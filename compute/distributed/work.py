@@ -5,7 +5,9 @@
 - single-unit ablation: layer x chunk of units x data shard, float64 per-class loss and hit sums, the
   paired sums (added) and the affected examples (merged: first flips in example order, largest rises);
 - sequential single-unit ablation: the same items, look by look, for the units still running;
-- cumulative curves and per-class curves: group x chunk of masks x data shard, the same sums.
+- cumulative curves and per-class curves: group x chunk of masks x data shard, the same sums;
+- activation maximization (the images stage's largest part): layer x chunk of units, the chunks the
+  in-process stack uses (``compute.images.actmax.chunk_units``), concatenated in unit order.
 
 The items depend only on the model, the data and these constants, never on the executor or the
 number of workers, and every merge adds shards in data order (never completion order). So the in-
@@ -26,6 +28,8 @@ from compute.ablation.effects import ExampleEffects, UnitExamples, merge_example
 from compute.ablation.engine import MaskSums
 from compute.ablation.outcome import LayerAblation, Outcome, PairedSums
 from compute.distributed.executor import Executor, Item, Worker, run_items
+from compute.images.actmax import Maps, activation_maps, chunk_units, concat
+from compute.images.config import ActMaxConfig
 from compute.measure.stats import EvalStats, EvalSums, evaluation_sums
 from compute.measure.train import evaluation_sums as loss_sums
 from compute.run.stage_store import StageStore
@@ -248,5 +252,28 @@ def class_curves(executor: Executor, worker: Worker, store: StageStore, class_im
                  live: dict[str, np.ndarray], data: str = "eval") -> tuple[dict[str, list], dict[str, list]]:
     """The ``class_curves`` and ``class_removal`` columns, computed as items: group x chunk of masks x shard."""
     plans = class_plans(class_importance, live)
-    sums, first = _plan_sums(executor, worker, store, plans, data, "", "class curves")
+    # Keys name the distinct masks ("distinct."), so items saved by code that evaluated every mask are not read.
+    sums, first = _plan_sums(executor, worker, store, plans, data, "distinct.", "class curves")
     return class_tables(plans, first.counts, sums, worker.data[data].class_names)
+
+
+# --- activation maximization ------------------------------------------------------------------------
+
+def _actmax_item(worker: Worker, layer: str, u0: int, u1: int, in_shape: tuple[int, int, int],
+                 mean_pixel: torch.Tensor, cfg: ActMaxConfig) -> tuple[Maps, Maps]:
+    module = worker.model.probe_modules()[layer]
+    return activation_maps(worker.model, module, range(u0, u1), in_shape, mean_pixel, cfg, worker.device, desc=None)
+
+
+def actmax(executor: Executor, worker: Worker, store: StageStore, units: dict[str, int],
+           in_shape: tuple[int, int, int], mean_pixel: torch.Tensor, cfg: ActMaxConfig) -> dict[str, tuple[Maps, Maps]]:
+    """Per layer (HappyMaps, SadMaps) of its ``units[layer]`` units, as ``activation_maps`` of the whole
+    layer computes them, one item per stack of ``chunk_units(cfg)`` units."""
+    step = chunk_units(cfg)
+    chunks = [(layer, u0, min(u0 + step, k)) for layer, k in units.items() for u0 in range(0, k, step)]
+    items = [Item(f"{layer}.u{_span(u0, u1)}", _actmax_item, (layer, u0, u1, in_shape, mean_pixel, cfg), size=u1 - u0)
+             for layer, u0, u1 in chunks]
+    results = run_items(executor, worker, items, store, "activation maximization", unit="unit")
+    return {layer: (concat([h for (name, _, _), (h, _) in zip(chunks, results) if name == layer]),
+                    concat([s for (name, _, _), (_, s) in zip(chunks, results) if name == layer]))
+            for layer in units}

@@ -37,13 +37,16 @@ images (1 = the same picture every time, about 0 = unrelated pictures, so a sing
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from compute.images.config import ActMaxConfig
 from compute.nets.forward import run_to
@@ -69,6 +72,16 @@ class Maps:
     values: np.ndarray
     consistency: np.ndarray
     steps: np.ndarray
+
+
+def chunk_units(cfg: ActMaxConfig) -> int:
+    """Units per stack: ``cfg.batch`` images of 2 directions x ``cfg.restarts`` restarts."""
+    return max(1, cfg.batch // (2 * cfg.restarts))
+
+
+def concat(parts: Sequence[Maps]) -> Maps:
+    """Maps of consecutive unit ranges as one, in order."""
+    return Maps(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("images", "values", "consistency", "steps")))
 
 
 def consistency(images: torch.Tensor) -> torch.Tensor:
@@ -131,6 +144,17 @@ class _Blur:
         return F.conv2d(F.pad(x, (p, p, p, p), mode="reflect"), self.kernel, groups=x.shape[1])
 
 
+@contextmanager
+def _aten_conv_backward() -> Iterator[None]:
+    """Convolution backward by ATen's own kernels instead of oneDNN's (the forward keeps oneDNN): on one
+    CPU thread oneDNN's input gradient of a few-channel input is several times slower (LeNet-5's conv1
+    on 720 digits: 103 ms against 21 ms), and a step is a forward and a backward (``benchmarks/atlas.py``)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # flags() warns that TF32 on oneDNN needs an Intel GPU
+        with torch.backends.mkldnn.flags(enabled=False):
+            yield
+
+
 def _ascend(model: nn.Module, module: nn.Module, x: torch.Tensor, units: torch.Tensor, sign: torch.Tensor,
             mean: torch.Tensor, cfg: ActMaxConfig, progress, on_window: WindowHook | None
             ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -148,7 +172,8 @@ def _ascend(model: nn.Module, module: nn.Module, x: torch.Tensor, units: torch.T
                   if cfg.jitter else (0, 0))
         xg = x.detach().requires_grad_()
         act = _objective(model, module, torch.roll(xg, (dy, dx), (2, 3)), units)
-        (g,) = torch.autograd.grad(-(sign * act).sum(), xg)
+        with _aten_conv_backward():
+            (g,) = torch.autograd.grad(-(sign * act).sum(), xg)
         with torch.no_grad():
             score += sign * act
             if cfg.l2:
@@ -185,20 +210,23 @@ def _ascend(model: nn.Module, module: nn.Module, x: torch.Tensor, units: torch.T
 
 def activation_maps(model: nn.Module, module: nn.Module, unit_ids: Sequence[int], in_shape: tuple[int, int, int],
                     mean_pixel: torch.Tensor, cfg: ActMaxConfig = ActMaxConfig(),
-                    device: str = "cpu", desc: str = "actmax",
+                    device: str = "cpu", desc: str | None = "actmax",
                     on_window: WindowHook | None = None) -> tuple[Maps, Maps]:
     """(HappyMaps, SadMaps) of units ``unit_ids`` of the layer whose probe is ``module``, in that order.
 
-    ``on_window`` sees each stack's relative changes every ``cfg.window`` steps (for the figure
-    that chose the defaults).
+    Units are optimised in chunks of ``chunk_units(cfg)``, each chunk on its own, so any run of whole
+    chunks computed apart (a work item) gives the same floats. ``desc`` names the progress bar (None:
+    no bar); ``on_window`` sees each stack's relative changes every ``cfg.window`` steps (for the
+    figure that chose the defaults).
     """
     cfg.check()
     model.eval()
     r, unit_ids = cfg.restarts, list(unit_ids)
-    per_chunk = max(1, cfg.batch // (2 * r))
+    per_chunk = chunk_units(cfg)
     chunks = [unit_ids[i:i + per_chunk] for i in range(0, len(unit_ids), per_chunk)]
     mean = mean_pixel.reshape(1, -1, 1, 1).to(device)
-    progress = bar(None, desc, unit="step", total=cfg.steps * len(chunks))
+    total = cfg.steps * len(chunks)
+    progress = bar(None, desc, unit="step", total=total) if desc is not None else tqdm(total=total, disable=True)
     images, values, steps = [], [], []
     for chunk in chunks:
         n = len(chunk)

@@ -30,6 +30,7 @@ from torch import nn
 
 from compute.datasets.sources import ImageSet
 from compute.nets.activations import response
+from compute.nets.pools import fast_pools
 from compute.nets.probe import Probe, units_of
 from compute.progress import bar
 
@@ -53,7 +54,7 @@ def extreme_examples(model: nn.Module, probes: dict[str, nn.Module], data: Image
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in probes}
     where: dict[str, list[torch.Tensor]] = {name: [] for name in probes}
     preds = []
-    with torch.no_grad(), Probe(probes) as probe:
+    with torch.no_grad(), Probe(probes) as probe, fast_pools(model):
         for start in bar(range(0, len(data), batch_size), "top examples", unit="batch"):
             preds.append(model(data.floats(start, start + batch_size, device)).argmax(1).cpu())
             for name in probes:
@@ -116,7 +117,7 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
     k, d = data.n_classes, int(np.prod(data.shape))
     sums: dict[str, dict[str, torch.Tensor]] = {}
     counts = torch.bincount(data.labels, minlength=k).double()
-    with Probe(probes) as probe:
+    with Probe(probes) as probe, fast_pools(model):
         for start in bar(range(0, len(data), batch_size), "averages", unit="batch"):
             x = data.floats(start, start + batch_size, device)
             y = data.labels[start:start + batch_size].to(device)
@@ -124,6 +125,8 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
             posts = [probe.post[name] for name in probes]
             grads = torch.autograd.grad(losses.sum(), posts)
             flat = x.reshape(len(x), d).double()
+            rows = {c: y == c for c in torch.unique(y).tolist()}
+            inputs = {c: flat[m] for c, m in rows.items()}  # each class's images, once for every unit
             for name, post, g in zip(probes, posts, grads):
                 module = probes[name]
                 weights = {"act": units_of(module, response(module, post.detach())).mean(2).double(),
@@ -133,10 +136,10 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
                     if kind not in acc:
                         acc[kind] = torch.zeros(w.shape[1], k, d, dtype=torch.float64, device=device)
                         acc[kind + "_w"] = torch.zeros(w.shape[1], k, dtype=torch.float64, device=device)
-                    for c in torch.unique(y).tolist():
-                        m = y == c
-                        acc[kind][:, c] += w[m].T @ flat[m]
-                        acc[kind + "_w"][:, c] += w[m].sum(0)
+                    for c, m in rows.items():
+                        wc = w[m]
+                        acc[kind][:, c] += wc.T @ inputs[c]
+                        acc[kind + "_w"][:, c] += wc.sum(0)
     out = {}
     for name, acc in sums.items():
         means = {}

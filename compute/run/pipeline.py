@@ -23,6 +23,7 @@ from compute.datasets.sources import ImageSet, Splits
 from compute.distributed import work
 from compute.distributed.executor import Executor, InProcessExecutor, Worker
 from compute.errors import ConfigError
+from compute.images.actmax import Maps
 from compute.images.table import COLUMNS as IMAGE_COLUMNS
 from compute.images.table import ROW_GROUP_ROWS, unit_images
 from compute.measure.firing import fit
@@ -148,9 +149,16 @@ def _class_curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
 
 
 def _images(ctx: RunContext) -> tuple[dict[str, list], dict[str, float]]:
-    if ctx.cfg.images is None:
+    """The images stage; its activation maximization as work items (layer x chunk of units)."""
+    cfg = ctx.cfg.images
+    if cfg is None:
         return {c: [] for c in IMAGE_COLUMNS}, {}
-    return unit_images(ctx.model, ctx.probes(), ctx.eval_set, ctx.splits.train, ctx.cfg.images, ctx.device)
+
+    def actmax(units: dict[str, int], mean_pixel: torch.Tensor) -> dict[str, tuple[Maps, Maps]]:
+        return work.actmax(ctx.executor, ctx.worker(), ctx.items("actmax"), units, ctx.eval_set.shape, mean_pixel,
+                           cfg.actmax)
+
+    return unit_images(ctx.model, ctx.probes(), ctx.eval_set, ctx.splits.train, cfg, ctx.device, actmax)
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[RunContext], Any]] = {

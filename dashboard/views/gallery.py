@@ -10,6 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cached, nav, ui
+from dashboard.image_panels import upscale
 from dashboard.state import ExplorerState, encode, for_run, one, parse, unit_params
 from warehouse.filters import FIELDS, UNIT_METRICS, QueryError, UnitFilter, describe, parse_int
 from warehouse.queries import MIN_SPECIALIZATION
@@ -18,7 +19,8 @@ from warehouse.text import md, md_code
 
 PAGE = "gallery"
 PER_PAGE = 48
-COLUMNS = 8
+COLUMNS = 6
+TILE = 224  # pixels of a tile's image: stored images are at the input's own size, upscaled here
 KINDS = ("top", "top_crop", "happy", "gbp", "act_avg")  # the kinds a tile can show (one image per unit)
 VIEWS = Path(__file__).parent
 S = st.session_state
@@ -59,7 +61,7 @@ def tile(col, row: pd.Series, run: str, sort: str, state: ExplorerState) -> None
     st.image would open a new one)."""
     layer, unit = str(row["layer"]), int(row["unit"])
     if isinstance(row["png"], (bytes, bytearray, memoryview)):  # null (no images) reads as None, NaN or NA
-        col.image(bytes(row["png"]), width="stretch", output_format="PNG")
+        col.image(upscale(bytes(row["png"]), TILE), width="stretch", output_format="PNG")
     else:
         col.caption("no image")
     badges = []

@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -189,16 +190,20 @@ def scatter(root: str, fp: cached.Fingerprint, state: ExplorerState, layers: lis
     if len(shown) < len(points):
         st.caption(f"{len(points) - len(shown):,} unit(s) with a value ≤ 0 cannot be placed on a log axis and "
                    "are left out of the plot (not of the correlation).")
-    hover: dict[str, Any] = {"layer": True, "unit": True, "pref_class_name": True}
-    shown = shown.assign(pref_class_name=shown["pref_class_name"].map(chart, na_action="ignore"))
-    fig = px.scatter(shown, x=state.x, y=state.y, color=state.color, hover_data=hover, custom_data=["layer", "unit"],
-                     render_mode="webgl" if len(shown) >= WEBGL_FROM else "svg", log_x=state.log_x,
-                     log_y=state.log_y, title=f"{state.y} against {state.x}",
+    # Per point only numbers (its row here, its unit): Plotly sends numeric arrays as binary, while a column
+    # of names per point goes through Python's JSON encoder (most of the chart's time at 50,000 points).
+    # The hover names the trace (layer or preferred class) and the unit.
+    shown = shown.reset_index(drop=True)
+    shown = shown.assign(pref_class_name=shown["pref_class_name"].map(chart, na_action="ignore"),
+                         point=np.arange(len(shown)))
+    fig = px.scatter(shown, x=state.x, y=state.y, color=state.color, hover_data={"unit": True, "point": False},
+                     custom_data=["point"], render_mode="webgl" if len(shown) >= WEBGL_FROM else "svg",
+                     log_x=state.log_x, log_y=state.log_y, title=f"{state.y} against {state.x}",
                      category_orders={"layer": layers, "pref_class_name": [chart(c) for c in classes]})
     picked = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="ex-scatter")
     if picked.selection.points:
-        layer, unit = picked.selection.points[0]["customdata"][:2]
-        nav.open_unit(run, str(layer), int(unit), state, key="ex-scatter-open")
+        row = shown.iloc[int(picked.selection.points[0]["customdata"][0])]
+        nav.open_unit(run, str(row["layer"]), int(row["unit"]), state, key="ex-scatter-open")
 
     st.markdown(f"**Spearman correlation of {state.x} and {state.y} per layer** (95% confidence interval, "
                 f"{'live units' if f.dead is False else 'units as filtered'})")

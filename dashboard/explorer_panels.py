@@ -202,7 +202,8 @@ def scatter(root: str, fp: cached.Fingerprint, state: ExplorerState, layers: lis
                      category_orders={"layer": layers, "pref_class_name": [chart(c) for c in classes]})
     picked = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="ex-scatter")
     if picked.selection.points:
-        row = shown.iloc[int(picked.selection.points[0]["customdata"][0])]
+        data = picked.selection.points[0]["customdata"]  # a typed array comes back as {"0": ..., "1": ...}
+        row = shown.iloc[int(data["0"] if isinstance(data, dict) else data[0])]
         nav.open_unit(run, str(row["layer"]), int(row["unit"]), state, key="ex-scatter-open")
 
     st.markdown(f"**Spearman correlation of {state.x} and {state.y} per layer** (95% confidence interval, "

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from compute.progress import bar  # noqa: E402
 from warehouse import connect, list_runs  # noqa: E402
+from warehouse.connect import wait_for_units  # noqa: E402
 from warehouse import browse  # noqa: E402
 from warehouse.class_match import forget  # noqa: E402
 from warehouse import queries as q  # noqa: E402
@@ -222,6 +223,13 @@ def main() -> int:
           f"{memory.execute('SELECT count(*) FROM train_trace').fetchall()[0][0]:,} train_trace rows; "
           f"{args.repeat} runs each; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"warehouse.connect: {load_s:.2f} s (copies units and their per-class anomalies into memory)")
+    t0 = time.perf_counter()
+    background = connect(root, background=True)
+    open_s = time.perf_counter() - t0
+    wait_for_units(background)
+    print(f"warehouse.connect(background=True), as the dashboard opens it: {open_s:.2f} s to answer (from Parquet), "
+          f"the copy in memory {time.perf_counter() - t0:.2f} s after the start")
+    background.close()
     print(f"{'query (ms)':<52}" + "".join(f" {k + ' p50':>12} {'p95':>6}" for k in cons)
           + ("" if args.memory_only else "   arrow/memory p95"))
     worst = 0.0

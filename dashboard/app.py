@@ -27,6 +27,7 @@ ROUTES = (("overview.py", "Runs overview", "overview"), ("explorer.py", "Unit ex
 PAGES = [st.Page(VIEWS / file, title=title, url_path=path, default=i == 0) for i, (file, title, path) in enumerate(ROUTES)]
 page = st.navigation(PAGES, position="hidden")  # the sidebar's own links carry each page's state
 try:  # the one place a page's warehouse problem (unreadable runs/, a linked .staging, ...) is shown
+    ui.track_page(next(path for _, title, path in ROUTES if title == page.title))
     ui.sidebar(PAGES)
     ui.unknown_page_notice([path for _, _, path in ROUTES], page.title)  # the default page's url_path reads ""
     page.run()

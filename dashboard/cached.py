@@ -27,11 +27,12 @@ def warehouse_root() -> str:
     return str(default_path())
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the warehouse's units into memory…")
+@st.cache_resource(max_entries=2, show_spinner="Opening the warehouse…")
 def _database(root: str, fp: Fingerprint) -> duckdb.DuckDBPyConnection:
     # Built once per published state of the warehouse and shared by every session: it holds the
-    # in-memory copy of ``units``. Not closed on release: sessions' cursors may still be using it.
-    return connect(root)
+    # in-memory copy of ``units``, made in a thread (pages are answered from Parquet until it is
+    # complete). Not closed on release: sessions' cursors may still be using it.
+    return connect(root, background=True)
 
 
 @st.cache_resource(scope="session", max_entries=2, on_release=lambda con: con.close(), show_spinner=False)

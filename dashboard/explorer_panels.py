@@ -6,6 +6,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import plotly.express as px
 import streamlit as st
@@ -17,7 +18,7 @@ from dashboard.state import COLORS, ExplorerState, encode, unit_params
 from warehouse.browse import FACETS
 from warehouse.export import FORMATS
 from warehouse.filters import CLASS_METRICS, UNIT_METRICS
-from warehouse.text import md, md_code
+from warehouse.text import chart, md, md_code
 
 WEBGL_FROM = 1_000  # points from which the scatter renders with WebGL
 FACET_VALUES = 12  # values listed per facet
@@ -76,7 +77,7 @@ def table(root: str, fp: cached.Fingerprint, state: ExplorerState, table: pd.Dat
                          column_config={**ui.number_formats(shown), **column_config, **links})
     if event.selection.rows:
         row = table.iloc[event.selection.rows[0]]
-        nav.open_unit(run, str(row["layer"]), int(row["unit"]), state)
+        nav.open_unit(run, str(row["layer"]), int(row["unit"]), state, key="ex-table-open")
     ui.downloads(f"units-{run}", "dl-units",
                  payload={fmt: cached.export_on_click(root, fp, state.filter, fmt) for fmt in FORMATS})
     return table
@@ -126,8 +127,7 @@ def class_rank(root: str, fp: cached.Fingerprint, state: ExplorerState, classes:
 
 
 def unit_chooser(state: ExplorerState, labels: list[str]) -> None:
-    """A unit to open, and a link to it (a link: ``st.switch_page`` with new query parameters leaves an
-    extra history entry of this page behind, so a button would need two Backs to leave the unit page)."""
+    """A unit to open, and a link to it (one history entry: one Back returns)."""
     c1, c2 = st.columns([3, 1])
     chosen = c1.selectbox("Open a unit (or select a table row or a scatter point)", labels, key="ex-open-choice")
     if chosen:
@@ -190,15 +190,21 @@ def scatter(root: str, fp: cached.Fingerprint, state: ExplorerState, layers: lis
     if len(shown) < len(points):
         st.caption(f"{len(points) - len(shown):,} unit(s) with a value ≤ 0 cannot be placed on a log axis and "
                    "are left out of the plot (not of the correlation).")
-    hover: dict[str, Any] = {"layer": True, "unit": True, "pref_class_name": True}
-    fig = px.scatter(shown, x=state.x, y=state.y, color=state.color, hover_data=hover, custom_data=["layer", "unit"],
-                     render_mode="webgl" if len(shown) >= WEBGL_FROM else "svg", log_x=state.log_x,
-                     log_y=state.log_y, title=f"{state.y} against {state.x}",
-                     category_orders={"layer": layers, "pref_class_name": classes})
+    # Per point only numbers (its row here, its unit): Plotly sends numeric arrays as binary, while a column
+    # of names per point goes through Python's JSON encoder (most of the chart's time at 50,000 points).
+    # The hover names the trace (layer or preferred class) and the unit.
+    shown = shown.reset_index(drop=True)
+    shown = shown.assign(pref_class_name=shown["pref_class_name"].map(chart, na_action="ignore"),
+                         point=np.arange(len(shown)))
+    fig = px.scatter(shown, x=state.x, y=state.y, color=state.color, hover_data={"unit": True, "point": False},
+                     custom_data=["point"], render_mode="webgl" if len(shown) >= WEBGL_FROM else "svg",
+                     log_x=state.log_x, log_y=state.log_y, title=f"{state.y} against {state.x}",
+                     category_orders={"layer": layers, "pref_class_name": [chart(c) for c in classes]})
     picked = st.plotly_chart(fig, on_select="rerun", selection_mode="points", key="ex-scatter")
     if picked.selection.points:
-        layer, unit = picked.selection.points[0]["customdata"][:2]
-        nav.open_unit(run, str(layer), int(unit), state)
+        data = picked.selection.points[0]["customdata"]  # a typed array comes back as {"0": ..., "1": ...}
+        row = shown.iloc[int(data["0"] if isinstance(data, dict) else data[0])]
+        nav.open_unit(run, str(row["layer"]), int(row["unit"]), state, key="ex-scatter-open")
 
     st.markdown(f"**Spearman correlation of {state.x} and {state.y} per layer** (95% confidence interval, "
                 f"{'live units' if f.dead is False else 'units as filtered'})")

@@ -14,7 +14,7 @@ import streamlit as st
 from dashboard import ui
 from warehouse import queries
 from warehouse.layout import run_dir as run_folder
-from warehouse.text import md
+from warehouse.text import chart, md
 
 GALLERY = 12  # example images shown
 SCALE = 3  # pixels per input pixel in the gallery
@@ -190,10 +190,10 @@ def render_class_removal(con: Any, run: str, class_names: list[str]) -> None:
     fig = go.Figure()
     for other, g in curves[curves["class"] != k].groupby("class"):
         fig.add_trace(go.Scatter(x=g["n_ablated"], y=g["class_acc"], mode="lines", line={"color": "#cccccc", "width": 1},
-                                 name=f"class {class_names[int(other)]}", legendgroup="classes",
+                                 name=f"class {chart(class_names[int(other)])}", legendgroup="classes",
                                  showlegend=bool(other == (0 if k else 1))))
     mine = curves[curves["class"] == k]
-    fig.add_trace(go.Scatter(x=mine["n_ablated"], y=mine["class_acc"], name=f"class {cls}", mode="lines+markers",
+    fig.add_trace(go.Scatter(x=mine["n_ablated"], y=mine["class_acc"], name=f"class {chart(cls)}", mode="lines+markers",
                              line={"color": "#d62728", "width": 3}))
     fig.add_trace(go.Scatter(x=mine["n_ablated"], y=mine["other_acc"], name="other classes' examples (together)",
                              mode="lines+markers", line={"color": "#1f77b4"}))
@@ -201,7 +201,7 @@ def render_class_removal(con: Any, run: str, class_names: list[str]) -> None:
         fig.add_vline(x=len(labels), line_dash="dot", annotation_text=f"{len(labels)} units: halved")
     fig.update_layout(xaxis_title="units removed (most important for the class first)",
                       yaxis_title="accuracy (fraction of the class's examples)",
-                      title=f"{layer}: removing class {cls}'s units (grey: each other class's own curve)")
+                      title=f"{chart(layer)}: removing class {chart(cls)}'s units (grey: each other class's own curve)")
     st.plotly_chart(fig, key="ex-cr-plot")
     shown = st.selectbox("Table: classes", ["all classes", *class_names], key="ex-cr-table-class")
     view = table if shown == "all classes" else table[table["class"] == class_names.index(shown)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
@@ -72,8 +73,30 @@ def with_unit_links(df: pd.DataFrame, run: str | None, state: ExplorerState | No
     return out, {name: st.column_config.LinkColumn("unit page", display_text=UNIT_TEXT, help="Open the unit page")}
 
 
-def open_unit(run: str, layer: str, unit: int, state: ExplorerState | None = None) -> None:
-    st.switch_page(str(VIEWS / "unit.py"), query_params=unit_params(run, layer, unit, state))
+#: Clicks the page link drawn beside it (found by its container's key): the browser then leaves the page
+#: as by any link, one history entry. No value from outside is in it.
+_CLICK = """<script>
+(() => {{
+  const find = (n) => {{
+    const a = document.querySelector('.st-key-{key} a[data-testid="stPageLink-NavLink"]');
+    if (a) {{ a.click(); }} else if (n > 0) {{ setTimeout(() => find(n - 1), 50); }}
+  }};
+  find(100);
+}})();
+</script>"""
+
+
+def open_unit(run: str, layer: str, unit: int, state: ExplorerState | None = None, *, key: str,
+              where: Any = st) -> None:
+    """Open the unit page the way its link does: draw the link and a small script that clicks it.
+
+    Streamlit's page switch with new query parameters leaves an extra history entry (this page with the new
+    query string), so one Back would not return; a link click adds exactly one. ``key`` names the
+    container the link is found by (a page may open units from several places)."""
+    box = where.container(key=key)
+    box.page_link(str(VIEWS / "unit.py"), label=f"Opening {md(layer)}:{unit} …",
+                  query_params=unit_params(run, layer, unit, state))
+    box.html(_CLICK.format(key=key), unsafe_allow_javascript=True)
 
 
 def _jump_changed() -> None:
@@ -103,7 +126,7 @@ def jump_box(root: str) -> None:
         st.sidebar.error(f"Run {md_code(run)} has no layer {md_code(wanted[0])} "
                          f"(layers: {', '.join(md_code(x) for x in layers)}).")
         return
-    open_unit(run, *wanted)
+    open_unit(run, *wanted, key="jump-open", where=st.sidebar)
 
 
 def notices(items: list[str], where: str = "This link") -> None:

@@ -78,19 +78,40 @@ def url_is_new(page: str) -> bool:
     return st.session_state.get(f"_url_{page}") != url_params()
 
 
+def track_page(page: str) -> None:
+    """Note the page this run shows (``write_url`` tells a link within a page from a page opened anew)."""
+    S = st.session_state
+    S["_page_before"], S["_page_now"] = S.get("_page_now"), page
+
+
+def history_navigation() -> bool:
+    """True when this run answers the browser's Back or Forward."""
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    return bool(getattr(ctx, "is_history_navigation", False))
+
+
+def _link_within(page: str) -> bool:
+    """The URL is new because a link of this page to itself was followed (a facet, previous / next): the
+    browser does not show such a link's query string, so the page writes it (one history entry)."""
+    return st.session_state.get("_page_before") == page and not history_navigation()
+
+
 def write_url(page: str, params: dict[str, str | list[str]]) -> None:
-    """Put the page's state into the URL when the person changed it.
+    """Put the page's state into the URL when the person changed it, or followed a link within the page.
 
     Streamlit's browser side pushes a history entry for every change of the query string (outside
-    Back/Forward), so a page that rewrote the link it was opened with into its normalized form
-    (defaults filled in) would leave two entries for one view, and the first Back would stay on it. A
-    page opened on a URL whose parameters are all its own therefore keeps that URL as it is and only
-    records the state it shows. A bare URL (``/explorer``) gets the state written, and so does a URL
-    with parameters the page does not hold (ignored values; another page's, which Streamlit leaves
-    in the entry a page switch leaves behind: Back lands there, and there the write replaces the entry).
-    The state is kept per page, so the sidebar's links return to it."""
+    Back/Forward, where it replaces), so a page that rewrote the link it was opened with into its
+    normalized form (defaults filled in) would leave two entries for one view, and the first Back would
+    stay on it. A page opened on a URL whose parameters are all its own (a shared link, a link from
+    another page, Back/Forward) therefore keeps that URL as it is and only records the state it shows.
+    A link from the page to itself is different: the browser keeps showing the old query string, so
+    the state is written, except during Back/Forward. A bare URL (``/explorer``) gets the state
+    written, and so does a URL with parameters the page does not hold (ignored values). The state is
+    kept per page, so the sidebar's links return to it."""
     S = st.session_state
-    if url_is_new(page) and url_params() and set(url_params()) <= set(params):
+    if url_is_new(page) and url_params() and set(url_params()) <= set(params) and not _link_within(page):
         S[f"_state_{page}"], S[f"_url_{page}"] = params, url_params()
         return
     if S.get(f"_state_{page}") == params and S.get(f"_url_{page}") == url_params():

@@ -59,8 +59,9 @@ def navigation_bar(root: str, fp: cached.Fingerprint, run: str, layer: str, unit
                    state: ExplorerState | None) -> None:
     """Back to the results, previous / next in their order, the layer's gallery; writes the page's URL."""
     params = unit_params(run, layer, unit, state)
-    if S.get("unit-epoch") is not None:
-        params["epoch"] = str(S["unit-epoch"])
+    epoch = S.get("unit-epoch")
+    if epoch is not None and (epoch != S.get("unit-epoch-last") or epoch == S.get("unit-epoch-url")):
+        params["epoch"] = str(epoch)  # the last epoch is the default: written only when the link named it
     ui.write_url(PAGE, params)
     cols = st.columns([3, 3, 3, 3, 2])
     back = encode(state) if state is not None else {"run": run}
@@ -86,13 +87,14 @@ def navigation_bar(root: str, fp: cached.Fingerprint, run: str, layer: str, unit
 
 
 def epoch_slider(epochs: list[int], from_url: bool) -> int:
-    """The epoch shown (slider, in the URL as ``epoch``; default the last)."""
+    """The epoch shown (slider, in the URL as ``epoch`` unless it is the default, the last)."""
     wanted = S.get("unit-epoch-url") if from_url else None
     if wanted is not None:
         if wanted in epochs:
             S["unit-epoch"] = wanted
         else:
             nav.notices([f"`epoch={wanted}` is ignored: the run recorded epochs {epochs[0]} to {epochs[-1]}."])
+    S["unit-epoch-last"] = epochs[-1]
     if S.get("unit-epoch") not in epochs:
         S["unit-epoch"] = epochs[-1]
     if len(epochs) == 1:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -186,8 +187,7 @@ def test_state_survives_back_forward_and_shared_links_in_chromium(server, browse
 
 
 def test_researcher_tasks_and_back_in_chromium(server, browser, warehouse_root):
-    """The halving set named, then removed in what-if in one click; a flip with both predictions; a what-if
-    set added from the unit page survives leaving and Back; Back after a shared link and after the sidebar."""
+    """The halving set named, then removed in what-if in one click, and Back; a flip with both predictions."""
     import warehouse
     from warehouse import queries as q
 
@@ -223,31 +223,49 @@ def test_researcher_tasks_and_back_in_chromium(server, browser, warehouse_root):
     page.get_by_text("226 unit(s) match.").wait_for(timeout=WAIT)
     assert page.url == explorer
 
-    # A shared unit link: the page does not add a history entry, so one Back leaves it.
-    link = f"{server}/unit?run={RUN_ID}&unit={layer}:{unit}"
-    page.goto(link)
+    # A flip shows both predictions.
+    page.goto(f"{server}/unit?run={RUN_ID}&unit={layer}:{unit}")
     page.get_by_role("heading", name=f"Unit {layer}:{unit}", exact=True).wait_for(timeout=WAIT)
     _idle(page)
-    # A flip shows both predictions.
     page.get_by_text("prediction without the unit").first.wait_for(state="attached", timeout=WAIT)  # a grid header
+
+
+def _point(page, key: str) -> tuple[float, float]:
+    """Where the first point of the scatter with Streamlit key ``key`` is drawn, in viewport pixels."""
+    chart = page.locator(f".st-key-{key} .js-plotly-plot").first
+    chart.scroll_into_view_if_needed(timeout=WAIT)
+    page.wait_for_timeout(1000)
+    return chart.evaluate("""(el) => {
+        const i = el.calcdata.findIndex((cd) => cd.length && Number.isFinite(cd[0].x) && Number.isFinite(cd[0].y));
+        const c = el.calcdata[i][0], L = el._fullLayout, r = el.getBoundingClientRect();
+        return [r.left + L.xaxis._offset + L.xaxis.c2p(c.x), r.top + L.yaxis._offset + L.yaxis.c2p(c.y)];
+    }""")
+
+
+def test_one_back_after_each_way_of_leaving(server, browser):
+    """Every way of leaving a page adds one history entry, so one Back returns to the same state: a shared
+    unit link (the page writes nothing back, even when it runs again), the sidebar, a table row, a scatter
+    point, the jump box; a what-if set added from the unit page survives leaving and Back."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    unit_heading = page.get_by_role("heading", name=re.compile(r"^Unit [A-Za-z0-9_.-]+:[0-9]+$"))
+
+    # A shared unit link: one Back leaves it, also after the page ran again.
+    page.goto(f"{server}/explorer?run={RUN_ID}")
+    page.get_by_text("226 unit(s) match.").wait_for(timeout=WAIT)
+    _idle(page)
+    explorer = page.url
+    page.goto(f"{server}/unit?run={RUN_ID}&unit=fc1:0")
+    page.get_by_role("heading", name="Unit fc1:0", exact=True).wait_for(timeout=WAIT)
+    _idle(page)
+    shared = page.url
+    page.get_by_role("heading", name="Unit fc1:0", exact=True).click()
+    page.keyboard.press("r")  # Streamlit's rerun key: the page runs again, nothing changed
+    page.wait_for_timeout(1500)
+    _idle(page)
+    assert page.url == shared and "epoch=" not in page.url
     page.go_back()
     page.get_by_text("226 unit(s) match.").wait_for(timeout=WAIT)
-    assert "/explorer" in page.url
-    page.go_forward()
-    page.get_by_role("heading", name=f"Unit {layer}:{unit}", exact=True).wait_for(timeout=WAIT)
-    _idle(page)
-
-    # Add to what-if from the unit page; the set survives leaving by the sidebar and coming Back.
-    page.get_by_role("link", name="Remove it in what-if").click()
-    page.get_by_text("units removed", exact=True).wait_for(timeout=120_000)
-    whatif = page.url
-    assert f"units={layer}%3A{unit}" in whatif or f"units={layer}:{unit}" in whatif
-    page.get_by_role("link", name="Layer gallery").click()
-    page.get_by_role("heading", name="Layer gallery").wait_for(timeout=WAIT)
-    _idle(page)
-    page.go_back()
-    page.get_by_text("units removed", exact=True).wait_for(timeout=120_000)
-    assert page.url == whatif
+    assert page.url == explorer
 
     # Explorer filtered to fc1, left by the sidebar: Back returns to the filter.
     page.goto(f"{server}/explorer?run={RUN_ID}&layers=fc1")
@@ -259,4 +277,48 @@ def test_researcher_tasks_and_back_in_chromium(server, browser, warehouse_root):
     _idle(page)
     page.go_back()
     page.get_by_text("120 unit(s) match.").wait_for(timeout=WAIT)
+    _idle(page)
     assert page.url == filtered
+
+    # A table row, a scatter point, the jump box: each opens a unit; one Back returns to the filter and
+    # stays there (the script that followed the link does not follow it again).
+    for way in ("row", "point", "jump"):
+        if way == "row":
+            grid = page.locator(".st-key-ex-table").first
+            grid.scroll_into_view_if_needed(timeout=WAIT)
+            box = grid.bounding_box()
+            page.mouse.click(box["x"] + 15, box["y"] + 35 + 17)  # the first row's selection marker
+        elif way == "point":
+            x, y = _point(page, "ex-scatter")
+            page.mouse.move(x, y)
+            page.wait_for_timeout(300)
+            page.mouse.click(x, y)
+        else:
+            jump = page.get_by_role("textbox", name="Go to unit")
+            jump.fill("conv2:3")
+            jump.press("Enter")
+        unit_heading.wait_for(timeout=WAIT)
+        _idle(page)
+        assert "/unit?" in page.url, (way, page.url)
+        if way != "jump":
+            assert "layers=fc1" in page.url, (way, page.url)  # the unit page knows the filter it came from
+        page.go_back()
+        page.get_by_text("120 unit(s) match.").wait_for(timeout=WAIT)
+        _idle(page)
+        page.wait_for_timeout(1500)
+        assert page.url == filtered, (way, page.url)
+
+    # Add to what-if from the unit page; the set survives leaving by the sidebar and coming Back.
+    page.goto(f"{server}/unit?run={RUN_ID}&unit=fc1:0")
+    page.get_by_role("heading", name="Unit fc1:0", exact=True).wait_for(timeout=WAIT)
+    _idle(page)
+    page.get_by_role("link", name="Remove it in what-if").click()
+    page.get_by_text("units removed", exact=True).wait_for(timeout=WAIT)
+    whatif = page.url
+    assert "units=fc1%3A0" in whatif or "units=fc1:0" in whatif
+    page.get_by_role("link", name="Layer gallery").click()
+    page.get_by_role("heading", name="Layer gallery").wait_for(timeout=WAIT)
+    _idle(page)
+    page.go_back()
+    page.get_by_text("units removed", exact=True).wait_for(timeout=WAIT)
+    assert page.url == whatif

@@ -237,3 +237,71 @@ def test_figures(damaged):
         1 for c in ISOLATED_OK if runs[c].ok)
     print(f"damaged-run cases isolated {isolated} / tried {tried}")
     assert isolated == tried
+
+
+def _flip_keeping_times(path: Path) -> None:
+    """Damage ``path`` in the middle, keeping its size and modification time (as ``touch -d`` would)."""
+    st = path.stat()
+    data = bytearray(path.read_bytes())
+    mid = len(data) // 2
+    data[mid:mid + 16] = bytes(b ^ 0xFF for b in data[mid:mid + 16])
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+
+
+def test_the_verification_cache_never_lets_a_damaged_file_through(warehouse_root, tmp_path, monkeypatch):
+    """Files hashed once are not hashed again, in this process or (through the cache file) the next; but a
+    file damaged afterwards, even with its size and modification time kept, is hashed again and found,
+    whether the verification is remembered in memory or read back from the cache file."""
+    from warehouse import validate
+
+    monkeypatch.setenv("NEURON_ATLAS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(validate, "_VERIFIED", {})
+    monkeypatch.setattr(validate, "_CACHE_STATE", {"loaded": False, "dirty": False})
+    root = tmp_path / "wh"
+    clone_run(warehouse_root / "runs" / RUN_ID, root, "a")
+    clone_run(warehouse_root / "runs" / RUN_ID, root, "b")
+    hashed: list[str] = []
+    real = validate.hashlib.sha256
+    monkeypatch.setattr(validate.hashlib, "sha256", lambda *a: hashed.append("x") or real(*a))
+
+    assert all(r.ok for r in list_runs(root))
+    n_files = len(hashed)
+    assert n_files >= 2 * 8 and validate.verification_cache().is_file()
+    assert all(r.ok for r in list_runs(root)) and len(hashed) == n_files  # remembered: nothing hashed again
+
+    # A new process: the verifications come from the cache file.
+    monkeypatch.setattr(validate, "_VERIFIED", {})
+    monkeypatch.setattr(validate, "_CACHE_STATE", {"loaded": False, "dirty": False})
+    assert all(r.ok for r in list_runs(root)) and len(hashed) == n_files
+
+    # Damage one file of each run, size and modification time kept: one remembered in this process,
+    # the other read back from the cache file by a new process.
+    _flip_keeping_times(root / "runs" / "a" / "units.parquet")
+    runs = {r.run_id: r for r in list_runs(root)}
+    assert not runs["a"].ok and "SHA-256" in runs["a"].error and runs["b"].ok
+    monkeypatch.setattr(validate, "_VERIFIED", {})
+    monkeypatch.setattr(validate, "_CACHE_STATE", {"loaded": False, "dirty": False})
+    _flip_keeping_times(root / "runs" / "b" / "train_trace.parquet")
+    runs = {r.run_id: r for r in list_runs(root)}
+    assert not runs["a"].ok and not runs["b"].ok and "SHA-256" in runs["b"].error
+    assert not any(r.run_id in ("a", "b") for r in warehouse.connect(root).execute(
+        "SELECT DISTINCT run_id FROM runs").fetchall())
+
+
+def test_a_damaged_cache_file_is_ignored(warehouse_root, tmp_path, monkeypatch):
+    """A cache file that is not what it should be (junk, wrong shapes) is ignored: every file is hashed."""
+    from warehouse import validate
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    monkeypatch.setenv("NEURON_ATLAS_CACHE", str(cache))
+    monkeypatch.setattr(validate, "_VERIFIED", {})
+    monkeypatch.setattr(validate, "_CACHE_STATE", {"loaded": False, "dirty": False})
+    (cache / "verified-files.json").write_text('[["x", 1, 2, 3, 4, 5, "nothex"], 7, {"a": 1}] trailing')
+    root = tmp_path / "wh"
+    clone_run(warehouse_root / "runs" / RUN_ID, root, "a")
+    _flip_keeping_times(root / "runs" / "a" / "units.parquet")
+    assert not list_runs(root)[0].ok
+    assert json.loads((cache / "verified-files.json").read_text())  # rewritten with real entries

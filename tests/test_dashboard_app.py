@@ -394,7 +394,14 @@ def test_sql_and_compare_state_come_from_the_url(app):
 def test_jump_box_opens_a_unit(app):
     at = ok(app.run())
     at.sidebar.text_input(key="jump").input("fc1:11").run()
-    assert ok(at).header[0].value == "Unit fc1:11"
+    # The box draws the unit's link and a script that follows it (one history entry, like any link).
+    link = next(pl.proto for pl in ok(at).sidebar.get("page_link") if pl.proto.label == "Opening fc1:11 …")
+    opened = dict(urllib.parse.parse_qsl(link.query_string))
+    assert link.page == "unit" and opened == {"run": RUN_ID, "unit": "fc1:11"}
+    assert any("st-key-jump-open" in h.proto.body and ".click()" in h.proto.body for h in at.sidebar.get("html"))
+    at.switch_page("views/unit.py")
+    at.query_params = opened
+    assert ok(at.run()).header[0].value == "Unit fc1:11"
     at.sidebar.text_input(key="jump").input("fc9:1").run()
     assert any("has no layer `fc9`" in e.value for e in ok(at).sidebar.error)
 

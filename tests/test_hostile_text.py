@@ -127,6 +127,47 @@ def test_md_leaves_no_live_markup(text):
     assert not live_markup(md(text)), text
 
 
+def _figure_strings(value: object) -> list[str]:
+    """Every string in a Plotly figure's JSON (names, categories, titles, hover templates, tick texts)."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _figure_strings(v)]
+    if isinstance(value, (list, tuple)) or hasattr(value, "tolist"):
+        items = value.tolist() if hasattr(value, "tolist") else value
+        return [s for v in items for s in _figure_strings(v)]
+    return []
+
+
+def test_chart_labels_show_markup_as_text():
+    """Plotly reads tags (``<b>``, ``<a href>``, ``<br>``) and entities in every label, category and hover;
+    class names from a manifest reach the unit page's and what-if charts as the characters typed: no tag
+    from them survives, and decoding the entities (what Plotly does) gives the name back."""
+    import html
+
+    import pandas as pd
+
+    from dashboard import unit_charts
+    from warehouse.text import chart, plain
+
+    for payload in PAYLOADS.values():
+        shown = chart(payload)
+        assert "<" not in shown and ">" not in shown, shown
+        assert html.unescape(shown) == plain(payload)
+    names = list(PAYLOADS.values())[:10]
+    cls = pd.DataFrame({"class_name": names, "mean_act": range(10), "mean_rect": range(10), "grad_mean": range(10),
+                        "train_grad_mean": range(10), "abl_acc_delta": range(10), "abl_loss_delta": range(10)})
+    trace = cls.assign(epoch=1)
+    figures = (unit_charts.act_vs_grad(cls, "", rectified=True), unit_charts.ablation_bars(cls),
+               unit_charts.trace_lines(trace, "grad_mean", "output-side gradient", names))
+    for fig in figures:
+        strings = _figure_strings(fig.to_plotly_json())
+        own = re.compile(r"<br>|</?extra>")  # Plotly Express's own hover template tags
+        assert not [s for s in strings if re.search(r"<[A-Za-z/!]", own.sub("", s))], strings
+        shown = {html.unescape(s) for s in strings}
+        assert {plain(n) for n in names} <= shown  # every class named, as typed
+
+
 @pytest.mark.parametrize("name", list(PAYLOADS))
 def test_term_shows_escapes_instead_of_obeying_them(name):
     shown = term(PAYLOADS[name])

@@ -44,6 +44,27 @@ def test_units_in_memory_equal_the_parquet_units(small_run):
     assert all(a == rows[(layer, unit, c)] for layer, unit, anomalies in listed for c, a in enumerate(anomalies))
 
 
+def test_units_copied_in_the_background_answer_the_same_before_and_after(small_run):
+    """``connect(background=True)``: answered at once (from Parquet while the thread copies), from the
+    in-memory copy once it is made; the explorer's queries give the same rows, and the copy equals the one
+    ``connect()`` makes before returning."""
+    from warehouse import queries as q
+    from warehouse.connect import has_units_in_memory, wait_for_units
+
+    con = warehouse.connect(small_run[0], background=True)
+    hgla = q.PRESETS["high gradient, low activation"].apply(q.UnitFilter("small"))
+    cursor = con.cursor()  # a session's cursor, as the dashboard uses them, while the copy may be running
+    before = q.filter_units(cursor, hgla), q.count_units(cursor, hgla)
+    assert wait_for_units(con, timeout=120) and has_units_in_memory(cursor)
+    after = q.filter_units(cursor, hgla), q.count_units(cursor, hgla)
+    assert before[1] == after[1] > 0
+    lists = lambda df: df.assign(matched_classes=df["matched_classes"].map(list)).to_dict("records")  # noqa: E731
+    assert lists(before[0]) == lists(after[0])
+    order = "SELECT * FROM units_in_memory ORDER BY layer_index, unit"
+    assert con.execute(order).fetchall() == warehouse.connect(small_run[0]).execute(order).fetchall()
+    assert [r[0] for r in con.execute("DESCRIBE units").fetchall()] == [c.name for c in TABLES["units"].columns]
+
+
 def test_row_counts_match_the_model(small_run):
     con = warehouse.connect(small_run[0])
     layers = con.execute("SELECT layer, kind, n_units, shape FROM layers ORDER BY layer_index").fetchall()

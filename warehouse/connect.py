@@ -12,10 +12,16 @@ per-class anomalies (``class_anomaly``, a list indexed by class), so the "high g
 activation" preset names its classes without scanning ``unit_classes`` (read by position from the
 files, see ``_with_class_anomaly``). Per million units this takes about 270 MB; the per-class and per-epoch tables, ten to hundreds of times larger,
 stay on disk, where one unit's rows are found through the row groups' statistics.
+
+With ``background=True`` (the dashboard) the copy is made in a thread: ``units`` is first a view of
+the Parquet files, so the first page does not wait for the copy (seconds per million units), and
+becomes the in-memory copy once it is complete. The queries ask for the copy on every call
+(``has_units_in_memory``), so each is answered from whichever is there, with the same rows.
 """
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import duckdb
@@ -34,27 +40,62 @@ MEMORY_UNITS = 2_000_000
 UNITS_IN_MEMORY = "units_in_memory"
 
 
-def connect(root: Path | str | None = None, memory_units: int = MEMORY_UNITS) -> duckdb.DuckDBPyConnection:
+def connect(root: Path | str | None = None, memory_units: int = MEMORY_UNITS, *,
+            background: bool = False) -> duckdb.DuckDBPyConnection:
     """A locked-down in-memory DuckDB database with ``runs``, ``layers``, ``units``, ... over the complete runs.
 
     Broken runs (see ``list_runs``) are left out. The tables are part of the database, so
     ``con.cursor()`` gives further connections to it, one per thread, sharing the in-memory copy.
+    ``background``: copy ``units`` into memory in a thread, answering from Parquet meanwhile (see the
+    module's docstring); ``wait_for_units`` waits for it.
     """
     root = (Path(root) if root is not None else default_path()).resolve()
     runs = [r for r in list_runs(root) if r.ok]
     files = {name: [str(r.path / f"{name}.parquet") for r in runs] for name in TABLES}
     con = duckdb.connect(":memory:")
+    in_memory = bool(runs) and _count(con, files["units"]) <= memory_units
     for name, table in TABLES.items():
         if not runs:
             con.from_arrow(table.arrow_schema.empty_table()).create(name)
-        elif name == "units" and _count(con, files[name]) <= memory_units:
+        elif name == "units" and in_memory and not background:
             _units_in_memory(con, files["units"], files["unit_classes"])
         else:
             con.read_parquet(files[name]).create_view(name)
     con.execute("SET allowed_directories = ?", [[str(root / RUNS_DIR) + "/"]])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
+    if in_memory and background:
+        copy = threading.Thread(target=_units_in_memory_later, args=(con.cursor(), files["units"], files["unit_classes"]),
+                                name="units-into-memory", daemon=True)
+        _COPIES[id(con)] = copy
+        copy.start()
     return con
+
+
+#: The thread copying ``units`` into memory, per connection made with ``background`` (by id).
+_COPIES: dict[int, threading.Thread] = {}
+
+
+def wait_for_units(con: duckdb.DuckDBPyConnection, timeout: float | None = None) -> bool:
+    """Wait until ``con``'s background copy of ``units`` is complete (or failed); whether it is in memory."""
+    copy = _COPIES.get(id(con))
+    if copy is not None:
+        copy.join(timeout)
+    return has_units_in_memory(con)
+
+
+def _units_in_memory_later(cursor: duckdb.DuckDBPyConnection, units: list[str], classes: list[str]) -> None:
+    """``_units_in_memory`` on a cursor of its own, in a thread; on any failure (the database closed,
+    a file replaced meanwhile) ``units`` stays the Parquet view, which answers the same."""
+    try:
+        _units_in_memory(cursor, units, classes)
+    except (duckdb.Error, OSError, pa.ArrowException):
+        pass
+    finally:
+        try:
+            cursor.close()
+        except duckdb.Error:
+            pass
 
 
 def _units_in_memory(con: duckdb.DuckDBPyConnection, units: list[str], classes: list[str]) -> None:
@@ -70,7 +111,7 @@ def _units_in_memory(con: duckdb.DuckDBPyConnection, units: list[str], classes: 
     else:
         _units_in_memory_grouped(con, units, classes)
     columns = ", ".join(f'"{c.name}"' for c in TABLES["units"].columns)
-    con.execute(f"CREATE VIEW units AS SELECT {columns} FROM {UNITS_IN_MEMORY}")
+    con.execute(f"CREATE OR REPLACE VIEW units AS SELECT {columns} FROM {UNITS_IN_MEMORY}")
 
 
 def _with_class_anomaly(units_file: str, classes_file: str) -> pa.Table | None:

@@ -57,7 +57,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
     Preset("dead, but the loss wants them on",
            "Never active on the evaluation set, yet for some class the loss asks for the unit: grad_z_max >= 1 "
            "(the output-side gradient signal is at least one layer standard deviation). Training cannot act on "
-           "them: the ReLU blocks the signal.",
+           "them: a ReLU blocks the signal where the unit is silent (a smooth activation passes only a weak part).",
            {"dead": True, "ranges": (Range("grad_z_max", 1.0, None),), "order_by": "grad_z_max", "descending": True}),
     Preset("highly selective", f"Class selectivity index of at least 0.5 (mu_max at least 3x mu_rest), on at "
            f"least {MIN_ACTIVE} active examples.",

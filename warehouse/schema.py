@@ -93,8 +93,9 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         RUN_ID, LAYER,
         _c("layer_index", pa.int32(), "Position of the layer in the forward pass, from 0."),
         UNIT,
-        _c("mean_act", F64, "Mean pre-ReLU activation (spatial mean per example, then mean over examples)."),
-        _c("mean_rect", F64, "Mean post-ReLU activation (spatial mean per example, then mean over examples)."),
+        _c("mean_act", F64, "Mean pre-activation z (spatial mean per example, then mean over examples)."),
+        _c("mean_rect", F64, "Mean response r = max(f(z) - f(0), 0), post-ReLU for ReLU (spatial mean per example, then mean over "
+           "examples)."),
         _c("max_act", F64, "Largest post-ReLU value at any position of any example."),
         _c("frac_active", F64, "Fraction of examples with any positive post-ReLU value (1 - sparsity)."),
         _c("n_active", pa.int64(), "Evaluation examples with any positive post-ReLU value: how many examples "
@@ -154,8 +155,9 @@ TABLES: dict[str, Table] = {t.name: t for t in (
     Table("unit_classes", "One row per unit and class: evaluation-set statistics restricted to the class.", (
         RUN_ID, LAYER, UNIT, CLASS, CLASS_NAME,
         _c("n", pa.int64(), "Evaluation examples of the class."),
-        _c("mean_act", F64, "Mean pre-ReLU activation on the class (spatial mean per example)."),
-        _c("mean_rect", F64, "Mean post-ReLU activation on the class (spatial mean per example)."),
+        _c("mean_act", F64, "Mean pre-activation z on the class (spatial mean per example)."),
+        _c("mean_rect", F64, "Mean response r = max(f(z) - f(0), 0) on the class, post-ReLU for ReLU (spatial mean per "
+           "example)."),
         _c("grad_mean", F64, "Mean output-side gradient signal on the class, what the loss asks (see `units.grad_mean`)."),
         _c("grad_abs_mean", F64, "Mean absolute output-side gradient signal on the class."),
         _c("train_grad_mean", F64, "Mean training signal on the class, what updates the unit (see "
@@ -183,13 +185,13 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("epoch", pa.int32(), "Epoch, from 1."),
         LAYER, UNIT, CLASS, CLASS_NAME,
         _c("n", pa.int64(), "Training examples of the class (by training label) seen in the epoch."),
-        _c("mean_act", F64, "Mean pre-ReLU activation over the epoch's examples of the class, as the "
+        _c("mean_act", F64, "Mean pre-activation z over the epoch's examples of the class, as the "
            "network was at each step."),
-        _c("mean_rect", F64, "Mean post-ReLU activation, likewise."),
-        _c("grad_mean", F64, "Mean output-side gradient signal -dLoss_n/d(post-ReLU activity), summed over "
+        _c("mean_rect", F64, "Mean response r = max(f(z) - f(0), 0) (post-ReLU for ReLU), likewise."),
+        _c("grad_mean", F64, "Mean output-side gradient signal -dLoss_n/d(activity f(z)), summed over "
            "positions: what the loss asks of the unit."),
         _c("train_grad_mean", F64, "Mean training signal -dLoss_n/d(pre-activation), summed over positions: "
-           "what updated the unit (0 on examples where it was silent)."),
+           "what updated the unit (for ReLU, 0 on examples where it was silent)."),
     )),
     Table("epochs", "One row per training epoch: loss and accuracy history.", (
         RUN_ID,

@@ -10,6 +10,9 @@ escape sequences. So a value that reaches either goes through one of these:
   line breaks and other control characters shown as ``\\n``-style escapes.
 - ``md_code(value)``: the value as inline code (its characters kept exactly, in a fence no backtick in
   the value can close), for names and link values a reader may copy.
+- ``chart(value)``: the value as Plotly text (a label, legend entry, category, hover or title): Plotly
+  reads a subset of HTML (``<b>``, ``<br>``, ``<a href>``, ``<span style>``, entities) in all of them, so
+  ``&``, ``<`` and ``>`` become entities, which Plotly shows as the characters typed.
 - ``term(value)``: the value on one terminal line, control characters and escape sequences shown as
   ``\\x1b``-style escapes instead of being obeyed.
 """
@@ -51,6 +54,11 @@ def md_code(value: object) -> str:
     fence = "`" * (longest + 1)
     pad = " " if text.startswith("`") or text.endswith("`") or (text.startswith(" ") and text.endswith(" ")) else ""
     return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def chart(value: object) -> str:
+    """``value`` as Plotly text: shown as typed (control characters as escapes), never as Plotly's HTML."""
+    return plain(value).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def term(value: object, lines: bool = False) -> str:

@@ -134,26 +134,89 @@ def _read_manifest(path: Path) -> Manifest:
         raise BrokenRun(f"{MANIFEST} is not a valid manifest ({e})") from None
 
 
-#: (path, size, mtime, inode) -> sha256 of files already verified by this process: listing stays cheap.
-_VERIFIED: dict[tuple[str, int, int, int], str] = {}
+#: A file's identity and state: (path, device, inode, size, mtime_ns, ctime_ns). Any write to the file,
+#: a replacement or a restored modification time (``touch -d``) changes one of them: the kernel sets the
+#: ctime on every change of content or metadata, and nothing lets a user set it back.
+FileKey = tuple[str, int, int, int, int, int]
+#: FileKey -> SHA-256 of the files already hashed (by this process, or by an earlier one through the
+#: verification cache): a file is hashed again only when its key changes, so listing stays cheap.
+_VERIFIED: dict[FileKey, str] = {}
+_CACHE_STATE = {"loaded": False, "dirty": False}
+#: Entries kept in the verification cache file (the newest): a few per published file.
+MAX_CACHED = 20_000
+
+
+def verification_cache() -> Path | None:
+    """The file that remembers hashed files across processes: ``$NEURON_ATLAS_CACHE/verified-files.json``
+    (default ``~/.cache/neuron-atlas``, or under ``$XDG_CACHE_HOME``); None when ``NEURON_ATLAS_CACHE`` is
+    set empty (every process then hashes every file once)."""
+    where = os.environ.get("NEURON_ATLAS_CACHE")
+    if where == "":
+        return None
+    base = Path(where) if where else Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "neuron-atlas"
+    return base / "verified-files.json"
+
+
+def _load_verifications() -> None:
+    """The cache file's entries into ``_VERIFIED`` (once per process); a malformed file or entry is ignored."""
+    if _CACHE_STATE["loaded"]:
+        return
+    _CACHE_STATE["loaded"] = True
+    path = verification_cache()
+    try:
+        entries = json.loads(path.read_bytes()) if path is not None else []
+    except (OSError, ValueError, RecursionError):
+        return
+    for e in entries if isinstance(entries, list) else []:
+        if (isinstance(e, list) and len(e) == 7 and isinstance(e[0], str) and isinstance(e[6], str)
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in e[1:6])
+                and re.fullmatch(r"[0-9a-f]{64}", e[6])):
+            _VERIFIED.setdefault(tuple(e[:6]), e[6])  # type: ignore[arg-type]
+
+
+def _save_verifications() -> None:
+    """Write ``_VERIFIED`` (the newest ``MAX_CACHED``) to the cache file, atomically; skipped when there is
+    nothing new or the cache cannot be written (a read-only home: the next process hashes again)."""
+    path = verification_cache()
+    if path is None or not _CACHE_STATE["dirty"]:
+        return
+    _CACHE_STATE["dirty"] = False
+    entries = [[*k, v] for k, v in list(_VERIFIED.items())[-MAX_CACHED:]]
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(entries))
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+def _file_key(path: Path, st: os.stat_result) -> FileKey:
+    return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _check_file(path: Path, entry: FileEntry | None) -> None:
-    """``path`` is a regular file of the size and SHA-256 the manifest records."""
+    """``path`` is a regular file of the size and SHA-256 the manifest records (hashed once per state of
+    the file, see ``FileKey``)."""
     if entry is None:
         raise BrokenRun(f"{path.name} is not listed in the manifest")
+    _load_verifications()
     fd = _open_regular(path)
     with os.fdopen(fd, "rb") as f:
         st = os.fstat(f.fileno())
         if st.st_size != entry.bytes:
             raise BrokenRun(f"{path.name} has {st.st_size:,} bytes, the manifest says {entry.bytes:,}")
-        key = (str(path), st.st_size, st.st_mtime_ns, st.st_ino)
-        if key not in _VERIFIED:
+        key = _file_key(path, st)
+        digest = _VERIFIED.get(key)
+        if digest is None:
             h = hashlib.sha256()
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
-            _VERIFIED[key] = h.hexdigest()
-    if _VERIFIED[key] != entry.sha256:
+            digest = h.hexdigest()
+            if _file_key(path, os.fstat(f.fileno())) == key:  # not changed while it was read
+                _VERIFIED[key] = digest
+                _CACHE_STATE["dirty"] = True
+    if digest != entry.sha256:
         raise BrokenRun(f"{path.name} does not match its SHA-256 in the manifest (changed or corrupted)")
 
 
@@ -286,4 +349,6 @@ def list_runs(root: Path) -> list[RunInfo]:
             entries = sorted((e for e in it if e.is_symlink() or e.is_dir(follow_symlinks=False)), key=lambda e: e.name)
     except OSError as e:
         raise WarehouseError(f"cannot list the runs in {runs_dir}: {e.strerror or e}. Check its permissions.") from e
-    return [inspect_run(Path(e.path)) for e in entries]
+    runs = [inspect_run(Path(e.path)) for e in entries]
+    _save_verifications()
+    return runs

@@ -89,8 +89,10 @@ st.subheader("Per class: activation, gradient signal and removal effect")
 st.plotly_chart(unit_charts.act_vs_grad(cls, "", rectified=True), key="unit-classes")
 top = cls.dropna(subset=["anomaly"]).sort_values("anomaly", ascending=False).head(3)
 special = cls.dropna(subset=["specialization"]).sort_values("specialization", ascending=False).head(3)
-st.caption("The output-side signal is what the loss asks of the unit; where the unit is silent the ReLU blocks "
-           "it, and only the training signal (gradient at the pre-activation) updates the unit (docs/metrics.md).")
+st.caption("Pre-activation z: the activation's input; response r = max(f(z) - f(0), 0): its output above "
+           "its value at 0 (for ReLU, the output). The output-side signal is what the loss asks of the unit; only "
+           "the training signal (gradient at the pre-activation, times f'(z)) updates the unit: where the unit is "
+           "silent a ReLU blocks it entirely, a smooth activation (GELU, SiLU) passes a weak part (docs/metrics.md).")
 st.caption("Dead unit: no training signal reaches it, so it has no anomaly score." if top.empty else
            "Classes with the highest training-signal-vs-activation anomaly (high gradient, low activation; "
            "docs/metrics.md): " + ", ".join(f"{ui.text(r.class_name)} ({r.anomaly:.2f})" for r in top.itertuples()))
@@ -109,7 +111,7 @@ with st.expander("Training trace: the same signals per epoch", expanded=False):
         trace = trace.assign(class_name=trace["class_name"].astype(str))
         c1, c2 = st.columns(2)
         c1.plotly_chart(unit_charts.trace_lines(trace, "grad_mean", "output-side gradient", names), key="trace-grad")
-        c2.plotly_chart(unit_charts.trace_lines(trace, "mean_act", "pre-ReLU activation", names), key="trace-act")
+        c2.plotly_chart(unit_charts.trace_lines(trace, "mean_act", "pre-activation", names), key="trace-act")
         if "train_grad_mean" in trace:
             st.plotly_chart(unit_charts.trace_lines(trace, "train_grad_mean", "training signal", names),
                             key="trace-tgrad")

@@ -101,9 +101,10 @@ def main() -> None:
     m[3].metric("units removed", s["n_units"])
     st.caption(f"Intervals are paired over the {s['n_examples']:,} {split} examples (each example's own change, "
                "t interval); the accuracy p is the exact McNemar test of the flips.")
-    fig = px.bar(per_class, x="class_name", y="acc_delta", title="Accuracy change per class (removed - intact)",
+    bars = per_class.assign(class_name=unit_charts.class_names(per_class["class_name"]))
+    fig = px.bar(bars, x="class_name", y="acc_delta", title="Accuracy change per class (removed - intact)",
                  color_discrete_sequence=[unit_charts.COLORS["accuracy change"]])
-    unit_charts.class_axis(fig, per_class["class_name"])
+    unit_charts.class_axis(fig, bars["class_name"])
     fig.update_yaxes(title_text="accuracy change (fraction)")
     st.plotly_chart(fig, key="wi-bars")
     ui.downloads(f"whatif-{run}", "dl-whatif", frame=per_class)

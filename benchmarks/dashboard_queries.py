@@ -13,7 +13,7 @@ The synthetic run has no images, so the gallery's timing is its query side (the
 
 The synthetic run has the real schema: 8 layers of 125,000 units, 10 classes (10 M
 ``unit_classes`` rows) and 2 epochs of training trace (20 M rows), rows in (layer, unit) order as
-the compute step writes them (``unit_classes`` then stored class-major by the writer). It is generated once into --warehouse (default: a folder under the
+the compute step writes them. It is generated once into --warehouse (default: a folder under the
 system temp dir) and reused.
 
     .venv/bin/python benchmarks/dashboard_queries.py [--units 1000000] [--repeat 30] [--warehouse DIR]
@@ -188,7 +188,6 @@ def main() -> int:
                      order_by="selectivity", descending=True)
     # The same class condition written so that it needs the scan of unit_classes (see _anomaly_floor).
     custom = replace(base, class_conditions=(q.Range("anomaly", 1.0, None), q.Range("grad_mean", 0.0, None)))
-    one_class = replace(custom, condition_class=3)  # reads class 3's row groups only (class-major unit_classes)
 
     def cases(con: duckdb.DuckDBPyConnection) -> dict:
         rng = np.random.default_rng(1)
@@ -202,8 +201,6 @@ def main() -> int:
             "filter: preset high gradient, low activation": explorer_table(hgla),
             "filter: custom class conditions (matches kept)": explorer_table(custom),
             "filter: custom class conditions, first ask": lambda: first_ask(con, custom),
-            "filter: class conditions for class 3, first ask": lambda: first_ask(con, one_class),
-            "rank by one class (abl_loss_delta, class 3)": lambda: q.rank_by_class(con, base, "abl_loss_delta", 3),
             "scatter data: all units (50,000-point sample)":
                 lambda: q.scatter_data(con, base, "selectivity", "abl_loss_delta"),
             "scatter data: preset high gradient, low activation":
@@ -238,7 +235,7 @@ def main() -> int:
     worst = 0.0
     for name in cases(memory):
         row = {k: timed(cases(c)[name], args.repeat) for k, c in cons.items()}
-        if "first ask" not in name:
+        if not name.endswith("first ask"):
             worst = max(worst, row["memory"][1])
         print(f"{name:<52}" + "".join(f" {p50:12.1f} {p95:6.1f}" for p50, p95 in row.values())
               + ("" if args.memory_only else f"   {row['arrow'][1] / row['memory'][1]:6.1f}x"))

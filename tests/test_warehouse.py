@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import duckdb
@@ -64,53 +63,6 @@ def test_units_copied_in_the_background_answer_the_same_before_and_after(small_r
     order = "SELECT * FROM units_in_memory ORDER BY layer_index, unit"
     assert con.execute(order).fetchall() == warehouse.connect(small_run[0]).execute(order).fetchall()
     assert [r[0] for r in con.execute("DESCRIBE units").fetchall()] == [c.name for c in TABLES["units"].columns]
-
-
-def test_unit_classes_stored_class_major_answer_as_the_unit_major_layout(small_run, tmp_path):
-    """``unit_classes`` is stored sorted by class, then layer (the model's order), then unit. A copy rewritten in the unit-major order of runs published before answers
-    the same: the in-memory per-class anomalies (read by position from either layout), class conditions
-    for some class and for one class, the unit page's classes, a ranking by one class, a halving set."""
-    import shutil
-
-    import pandas as pd
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from tests.run_copies import refresh_manifest
-    from warehouse import queries as q
-    from warehouse.connect import _with_class_anomaly
-    from warehouse.publish import CLASS_MAJOR, COMPRESSION
-
-    run = small_run[0] / "runs" / "small"
-    assert "unit_classes" in CLASS_MAJOR
-    grid = pq.read_table(run / "unit_classes.parquet").to_pandas()
-    units = pq.read_table(run / "units.parquet", columns=["layer", "layer_index", "unit"]).to_pandas()
-    layer_index = dict(zip(units["layer"], units["layer_index"]))
-    keys = list(zip(grid["class"], grid["layer"].map(layer_index), grid["unit"]))
-    assert keys == sorted(keys) and len(set(keys)) == len(keys) == 10 * len(units)
-
-    old = tmp_path / "runs" / "small"
-    shutil.copytree(run, old)
-    table = pq.read_table(run / "unit_classes.parquet")
-    by_unit = sorted(range(table.num_rows), key=lambda i: (keys[i][1], keys[i][2], keys[i][0]))
-    pq.write_table(table.take(pa.array(by_unit)), old / "unit_classes.parquet", compression=COMPRESSION)
-    refresh_manifest(old)
-    anomalies = [_with_class_anomaly(str(r / "units.parquet"), str(r / "unit_classes.parquet")) for r in (run, old)]
-    assert anomalies[0] is not None and anomalies[1] is not None and anomalies[0].equals(anomalies[1])
-
-    new_con, old_con = warehouse.connect(small_run[0]), warehouse.connect(tmp_path)
-    lists = lambda df: df.assign(matched_classes=df["matched_classes"].map(list))  # noqa: E731
-    some = q.UnitFilter("small", class_conditions=(q.Range("anomaly", 0.0, None), q.Range("grad_mean", 0.0, None)))
-    for f in (some, replace(some, condition_class=7), replace(some, condition_class=3, layers=("fc1",))):
-        pd.testing.assert_frame_equal(lists(q.filter_units(new_con, f)), lists(q.filter_units(old_con, f)))
-        assert q.count_units(new_con, f) == q.count_units(old_con, f)
-    assert q.count_units(new_con, some) > q.count_units(new_con, replace(some, condition_class=7)) > 0
-    for layer, unit in (("conv1", 0), ("fc1", 17), ("fc2", 83)):
-        a, b = q.unit_page(new_con, "small", layer, unit), q.unit_page(old_con, "small", layer, unit)
-        assert a.classes.equals(b.classes) and list(a.classes["class"]) == list(range(10))
-    ranked = q.rank_by_class(new_con, q.UnitFilter("small"), "abl_loss_delta", 7)
-    assert len(ranked) == 50 and ranked.equals(q.rank_by_class(old_con, q.UnitFilter("small"), "abl_loss_delta", 7))
-    assert q.removal_order(new_con, "small", "last2", 7).equals(q.removal_order(old_con, "small", "last2", 7))
 
 
 def test_row_counts_match_the_model(small_run):

@@ -100,8 +100,8 @@ def _units_in_memory_later(cursor: duckdb.DuckDBPyConnection, units: list[str], 
 
 def _units_in_memory(con: duckdb.DuckDBPyConnection, units: list[str], classes: list[str]) -> None:
     # unit_classes holds one row per class of every unit (the compute step writes the full grid), so
-    # position k + 1 of the class-ordered list is class k. Sorted like the units files, so that zone
-    # maps still skip other layers.
+    # position k + 1 of the class-ordered list is class k. Sorted like the files, so that zone maps
+    # still skip other layers.
     by_position = [_with_class_anomaly(u, c) for u, c in zip(units, classes)]
     if all(t is not None for t in by_position):
         con.register("_units_by_position", pa.concat_tables(by_position))  # type: ignore[arg-type]
@@ -115,26 +115,25 @@ def _units_in_memory(con: duckdb.DuckDBPyConnection, units: list[str], classes: 
 
 
 def _with_class_anomaly(units_file: str, classes_file: str) -> pa.Table | None:
-    """One run's ``units`` with ``class_anomaly`` read by position: ``unit_classes`` is the full (unit,
-    class) grid, written class-major (row k * n + i is unit i's class k, ``warehouse.publish.CLASS_MAJOR``)
-    or, by runs written before, unit-major (row i * K + k), units in the row order of ``units``. Reading
-    one column so is about four times faster than grouping ten million rows in SQL, which is most of the
-    dashboard's cold start. None when the files are laid out neither way."""
+    """One run's ``units`` with ``class_anomaly`` read by position: the compute step writes
+    ``unit_classes`` as the full (unit, class) grid in the row order of ``units``, so row i * K + k is
+    unit i's class k. Reading one column so is about four times faster than grouping ten million rows
+    in SQL, which is most of the dashboard's cold start. None when the files are not laid out so."""
     table = pq.read_table(units_file)
     grid = pq.read_table(classes_file, columns=["layer", "unit", "class", "anomaly"])
     n = table.num_rows
     if n == 0 or grid.num_rows % n:
         return None
     k = grid.num_rows // n
-    unit, cls = grid["unit"].to_numpy(), grid["class"].to_numpy()
-    units, layers = table["unit"].to_numpy(), table["layer"]
-    anomaly = grid["anomaly"].combine_chunks()
-    if np.array_equal(cls, np.repeat(np.arange(k), n)) and np.array_equal(unit, np.tile(units, k)) \
-            and all(grid["layer"].slice(c * n, n).equals(layers) for c in (0, k - 1)):
-        anomaly = anomaly.take(pa.array(np.arange(n * k).reshape(k, n).T.ravel()))  # to unit-major
-    elif not (np.array_equal(cls, np.tile(np.arange(k), n)) and np.array_equal(unit, np.repeat(units, k))
-              and all(grid["layer"].take(pa.array(np.arange(c, n * k, k))).equals(layers) for c in (0, k - 1))):
+    unit = grid["unit"].to_numpy().reshape(n, k)
+    cls = grid["class"].to_numpy().reshape(n, k)
+    firsts = pa.array(np.arange(0, n * k, k))
+    if not (np.array_equal(unit, np.repeat(table["unit"].to_numpy()[:, None], k, 1))
+            and np.array_equal(cls, np.broadcast_to(np.arange(k), (n, k)))
+            and grid["layer"].take(firsts).equals(table["layer"])
+            and grid["layer"].take(pa.compute.add(firsts, k - 1)).equals(table["layer"])):
         return None
+    anomaly = grid["anomaly"].combine_chunks()
     lists = pa.ListArray.from_arrays(pa.array(np.arange(0, n * k + 1, k, dtype=np.int32)), anomaly)
     return table.append_column("class_anomaly", lists)
 

@@ -18,7 +18,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -31,13 +30,6 @@ from warehouse.validate import inspect_run
 # Rows per Parquet row group. Tables are written in (layer, unit) order, so the row groups' min/max
 # statistics let a lookup of one unit (the dashboard's unit page) read one group, not the table.
 ROW_GROUP_ROWS = 65_536
-# Tables written class-major: rows sorted by class (a stable sort, so (layer, unit) order within each
-# class). A condition on one class (the explorer's "for class c", a ranking by class c, a class's
-# halving set) then reads that class's row groups only, about 1/K of the table (5x faster at 1M units);
-# one unit's rows (the unit page) are one group per class, ~30 ms more than one group. Smaller groups
-# (16,384 rows) made both slower. ``warehouse.connect`` reads this and the unit-major order of runs
-# written before.
-CLASS_MAJOR = ("unit_classes",)
 # LZ4 rather than zstd: files are ~6% larger but DuckDB scans them about twice as fast, which is
 # what the dashboard's 1M-unit latency target needs (benchmarks/dashboard_queries.py).
 COMPRESSION = "lz4"
@@ -264,8 +256,6 @@ class RunWriter:
         if len(n) > 1:
             raise ValueError(f"table {name}: columns have different lengths {sorted(n)}")
         table = pa.table({c: pa.array(columns[c], type=schema.field(c).type) for c in schema.names}, schema=schema)
-        if name in CLASS_MAJOR:
-            table = table.take(np.argsort(table["class"].to_numpy(zero_copy_only=False), kind="stable"))
         try:
             pq.write_table(table, self.staging / f"{name}.parquet", compression=COMPRESSION,
                            row_group_size=row_group_size or ROW_GROUP_ROWS)

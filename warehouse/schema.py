@@ -152,9 +152,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
            "`--ablation-budget sequential` the examples seen when its answer settled (`abl_*` deltas, interval and "
            "p-values are then on those examples, the interval and p corrected for the looks; docs/metrics.md)."),
     )),
-    Table("unit_classes", "One row per unit and class: evaluation-set statistics restricted to the class. Stored "
-          "class-major (sorted by class, then layer, then unit), so a condition on one class reads that class's "
-          "row groups only; runs published before store it unit-major, which reads the same, slower.", (
+    Table("unit_classes", "One row per unit and class: evaluation-set statistics restricted to the class.", (
         RUN_ID, LAYER, UNIT, CLASS, CLASS_NAME,
         _c("n", pa.int64(), "Evaluation examples of the class."),
         _c("mean_act", F64, "Mean pre-activation z on the class (spatial mean per example)."),

@@ -31,8 +31,7 @@ def _nulls(values: np.ndarray) -> list[float | None]:
 
 def unit_tables(layer_order: list[str], stats: EvalStats, ablations: dict[str, LayerAblation],
                 class_names: tuple[str, ...]) -> tuple[dict[str, list], dict[str, list]]:
-    """Columns of ``units`` (one row per unit) and ``unit_classes`` (unit-major, class-minor; the writer
-    stores it class-major, ``warehouse.publish.CLASS_MAJOR``)."""
+    """Columns of ``units`` (one row per unit) and ``unit_classes`` (unit-major, class-minor)."""
     units, classes = TableRows("units"), TableRows("unit_classes")
     k = len(class_names)
     for li, name in enumerate(layer_order):

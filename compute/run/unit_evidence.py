@@ -3,8 +3,8 @@
 The warehouse holds which examples need a unit (``unit_examples``) but not the images; this reads the
 run's evaluation set and checkpoint (cached per run by ``compute.run.whatif.load_run``) to show them,
 and splits one class's examples by whether the unit fires (``compute.measure.firing``), with the
-specificity test: does removing the unit cost the class's firing examples more than other classes'
-examples on which it fires as strongly (``compute.measure.subsets.specificity``)?
+specificity test: does removing the unit cost the class's examples it fires on more, per unit of
+activation removed, than the class's other examples it is active on (``compute.measure.subsets.specificity``)?
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ class FiringSplit:
     cls: int
     fires: SubsetEffect
     silent: SubsetEffect
-    specificity: Specificity  # class's firing examples vs other classes' firing examples, per unit of value
+    specificity: Specificity  # within the class: firing vs other active examples, per unit of activation removed
     mean_fires: np.ndarray | None  # (H, W, C) float in [0, 1], None when the subset is empty
     mean_silent: np.ndarray | None
     mean_class: np.ndarray

@@ -124,13 +124,13 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
             losses = F.cross_entropy(model(x), y, reduction="none")
             posts = [probe.post[name] for name in probes]
             grads = torch.autograd.grad(losses.sum(), posts)
-            flat = x.reshape(len(x), d).double()
+            flat = x.reshape(len(x), d)
             rows = {c: y == c for c in torch.unique(y).tolist()}
             inputs = {c: flat[m] for c, m in rows.items()}  # each class's images, once for every unit
             for name, post, g in zip(probes, posts, grads):
                 module = probes[name]
-                weights = {"act": units_of(module, response(module, post.detach())).mean(2).double(),
-                           "grad": (-units_of(module, g).sum(2)).clamp(min=0).double()}
+                weights = {"act": units_of(module, response(module, post.detach())).mean(2),
+                           "grad": (-units_of(module, g).sum(2)).clamp(min=0)}
                 acc = sums.setdefault(name, {})
                 for kind, w in weights.items():
                     if kind not in acc:
@@ -138,8 +138,9 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
                         acc[kind + "_w"] = torch.zeros(w.shape[1], k, dtype=torch.float64, device=device)
                     for c, m in rows.items():
                         wc = w[m]
+                        # A batch's class sum in float32 (a few hundred terms), the sum over batches in float64.
                         acc[kind][:, c] += wc.T @ inputs[c]
-                        acc[kind + "_w"][:, c] += wc.sum(0)
+                        acc[kind + "_w"][:, c] += wc.double().sum(0)
     out = {}
     for name, acc in sums.items():
         means = {}

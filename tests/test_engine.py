@@ -141,6 +141,26 @@ def test_suffix_macs_count_what_follows_each_layer():
     assert macs == {"fc1": 128 * 128 + 128 * 10, "fc2": 128 * 10}
 
 
+def test_chunked_one_channel_convs_equal_the_whole_batch_and_are_undone():
+    """A one-channel convolution in chunks of ``CHUNK`` examples gives the whole batch's outputs and
+    input gradient, float for float; ``fast_convs`` swaps only while it runs, and only such convs."""
+    from compute.nets.convs import CHUNK, fast_convs
+
+    torch.manual_seed(0)
+    model = trained_model("lenet5")
+    x = torch.rand(2 * CHUNK + 37, 1, 28, 28)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(len(x), 10)
+    want = model(a)
+    (want * g).sum().backward()
+    with fast_convs(model):
+        assert "forward" in model.conv1.__dict__ and "forward" not in model.conv2.__dict__
+        got = model(b)
+        (got * g).sum().backward()
+    assert torch.equal(got, want) and torch.equal(b.grad, a.grad)
+    assert "forward" not in model.conv1.__dict__
+
+
 def test_fast_pooling_equals_torch_pooling_and_is_undone():
     """Four strided maxima give max_pool2d's values (odd sizes: the last row and column dropped) and
     its gradient, ties included (rounded inputs make equal maxima common: the whole gradient goes to the

@@ -49,6 +49,7 @@ from torch import nn
 from tqdm import tqdm
 
 from compute.images.config import ActMaxConfig
+from compute.nets.convs import fast_convs
 from compute.nets.forward import run_to
 from compute.nets.pools import fast_pools
 from compute.nets.probe import units_of
@@ -229,7 +230,7 @@ def activation_maps(model: nn.Module, module: nn.Module, unit_ids: Sequence[int]
     total = cfg.steps * len(chunks)
     progress = bar(None, desc, unit="step", total=total) if desc is not None else tqdm(total=total, disable=True)
     images, values, steps = [], [], []
-    with fast_pools(model):  # torch's pooling values and gradients, faster (compute/nets/pools.py)
+    with fast_pools(model), fast_convs(model):  # the same values and gradients, faster (compute/nets/)
         for chunk in chunks:
             n = len(chunk)
             # Stack order: direction (happy, sad), restart, unit.

@@ -30,6 +30,7 @@ from torch import nn
 
 from compute.datasets.sources import ImageSet
 from compute.nets.activations import response
+from compute.nets.convs import fast_convs
 from compute.nets.pools import fast_pools
 from compute.nets.probe import Probe, units_of
 from compute.progress import bar
@@ -79,19 +80,20 @@ def unit_attributions(model: nn.Module, module: nn.Module, inputs: torch.Tensor,
     model.eval()
     gbp, grad = NeuronGuidedBackprop(model, module), NeuronGradient(model, module)
     maps: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
-    for start in range(0, len(inputs), batch_size):
-        u, p = units[start:start + batch_size], positions[start:start + batch_size]
-        rows = torch.arange(len(u), device=u.device)
+    with fast_pools(model), fast_convs(model):  # torch's values and gradients, faster (compute/nets/)
+        for start in range(0, len(inputs), batch_size):
+            u, p = units[start:start + batch_size], positions[start:start + batch_size]
+            rows = torch.arange(len(u), device=u.device)
 
-        def selector(layer_in: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
-            t = layer_in[0] if isinstance(layer_in, tuple) else layer_in
-            return units_of(module, t)[rows, u, p]
+            def selector(layer_in: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+                t = layer_in[0] if isinstance(layer_in, tuple) else layer_in
+                return units_of(module, t)[rows, u, p]
 
-        x = inputs[start:start + batch_size].detach().requires_grad_()
-        for method, acc in ((gbp, maps[0]), (grad, maps[1])):
-            with warnings.catch_warnings():  # captum announces its temporary ReLU hooks on every call
-                warnings.filterwarnings("ignore", "Setting backward hooks on ReLU", UserWarning)
-                acc.append(method.attribute(x, selector, attribute_to_neuron_input=True).detach().cpu().numpy())
+            x = inputs[start:start + batch_size].detach().requires_grad_()
+            for method, acc in ((gbp, maps[0]), (grad, maps[1])):
+                with warnings.catch_warnings():  # captum announces its temporary ReLU hooks on every call
+                    warnings.filterwarnings("ignore", "Setting backward hooks on ReLU", UserWarning)
+                    acc.append(method.attribute(x, selector, attribute_to_neuron_input=True).detach().cpu().numpy())
     return np.concatenate(maps[0]), np.concatenate(maps[1])
 
 

@@ -117,8 +117,11 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
     """
     model.eval()
     k, d = data.n_classes, int(np.prod(data.shape))
-    sums: dict[str, dict[str, torch.Tensor]] = {}
     counts = torch.bincount(data.labels, minlength=k).double()
+    spans: list[tuple[str, str, int, int]] = []  # (layer, kind, first, last column of the stacked weights)
+    # (columns, K, D): every layer's and kind's weighted sums side by side, so a class takes one matmul per batch
+    total: torch.Tensor | None = None
+    total_w: torch.Tensor | None = None
     with Probe(probes) as probe, fast_pools(model):
         for start in bar(range(0, len(data), batch_size), "averages", unit="batch"):
             x = data.floats(start, start + batch_size, device)
@@ -126,30 +129,37 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
             losses = F.cross_entropy(model(x), y, reduction="none")
             posts = [probe.post[name] for name in probes]
             grads = torch.autograd.grad(losses.sum(), posts)
-            flat = x.reshape(len(x), d)
-            rows = {c: y == c for c in torch.unique(y).tolist()}
-            inputs = {c: flat[m] for c, m in rows.items()}  # each class's images, once for every unit
+            columns = []
             for name, post, g in zip(probes, posts, grads):
                 module = probes[name]
-                weights = {"act": units_of(module, response(module, post.detach())).mean(2),
-                           "grad": (-units_of(module, g).sum(2)).clamp(min=0)}
-                acc = sums.setdefault(name, {})
-                for kind, w in weights.items():
-                    if kind not in acc:
-                        acc[kind] = torch.zeros(w.shape[1], k, d, dtype=torch.float64, device=device)
-                        acc[kind + "_w"] = torch.zeros(w.shape[1], k, dtype=torch.float64, device=device)
-                    for c, m in rows.items():
-                        wc = w[m]
-                        # A batch's class sum in float32 (a few hundred terms), the sum over batches in float64.
-                        acc[kind][:, c] += wc.T @ inputs[c]
-                        acc[kind + "_w"][:, c] += wc.double().sum(0)
-    out = {}
-    for name, acc in sums.items():
+                columns += [units_of(module, response(module, post.detach())).mean(2),
+                            (-units_of(module, g).sum(2)).clamp(min=0)]
+            w = torch.cat(columns, 1)
+            if total is None:
+                edges = np.cumsum([0] + [c.shape[1] for c in columns])
+                spans = [(name, kind, int(edges[2 * i + j]), int(edges[2 * i + j + 1]))
+                         for i, name in enumerate(probes) for j, kind in enumerate(("act", "grad"))]
+                total = torch.zeros(w.shape[1], k, d, dtype=torch.float64, device=device)
+                total_w = torch.zeros(w.shape[1], k, dtype=torch.float64, device=device)
+            assert total_w is not None
+            flat = x.reshape(len(x), d)
+            for c in torch.unique(y).tolist():
+                m = y == c
+                wc = w[m]
+                # A batch's class sum in float32 (a few hundred terms), the sum over batches in float64.
+                total[:, c] += wc.T @ flat[m]
+                total_w[:, c] += wc.double().sum(0)
+    out: dict[str, WeightedAverages] = {}
+    if total is None or total_w is None:  # no examples
+        return out
+    for name in probes:
         means = {}
-        for kind in ("act", "grad"):
-            total = acc[kind + "_w"].cpu()
-            img = acc[kind].cpu() / torch.where(total > 0, total, 1.0)[..., None]
-            means[kind] = img.reshape(*total.shape, *data.shape).float().numpy()
-            means[kind + "_w"] = (total / counts.clamp(min=1)).numpy()
+        for layer, kind, c0, c1 in spans:
+            if layer != name:
+                continue
+            weight = total_w[c0:c1].cpu()
+            img = total[c0:c1].cpu() / torch.where(weight > 0, weight, 1.0)[..., None]
+            means[kind] = img.reshape(*weight.shape, *data.shape).float().numpy()
+            means[kind + "_w"] = (weight / counts.clamp(min=1)).numpy()
         out[name] = WeightedAverages(means["act"], means["act_w"], means["grad"], means["grad_w"])
     return out

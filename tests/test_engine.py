@@ -141,9 +141,30 @@ def test_suffix_macs_count_what_follows_each_layer():
     assert macs == {"fc1": 128 * 128 + 128 * 10, "fc2": 128 * 10}
 
 
+def test_chunked_one_channel_convs_equal_the_whole_batch_and_are_undone():
+    """A one-channel convolution in chunks of ``CHUNK`` examples gives the whole batch's outputs and
+    input gradient, float for float; ``fast_convs`` swaps only while it runs, and only such convs."""
+    from compute.nets.convs import CHUNK, fast_convs
+
+    torch.manual_seed(0)
+    model = trained_model("lenet5")
+    x = torch.rand(2 * CHUNK + 37, 1, 28, 28)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(len(x), 10)
+    want = model(a)
+    (want * g).sum().backward()
+    with fast_convs(model):
+        assert "forward" in model.conv1.__dict__ and "forward" not in model.conv2.__dict__
+        got = model(b)
+        (got * g).sum().backward()
+    assert torch.equal(got, want) and torch.equal(b.grad, a.grad)
+    assert "forward" not in model.conv1.__dict__
+
+
 def test_fast_pooling_equals_torch_pooling_and_is_undone():
-    """Four strided maxima give max_pool2d's values (odd sizes: the last row and column dropped) and,
-    behind a ReLU, the same gradient per window; ``fast_pools`` swaps a model's 2x2 pools only while it runs."""
+    """Four strided maxima give max_pool2d's values (odd sizes: the last row and column dropped) and
+    its gradient, ties included (rounded inputs make equal maxima common: the whole gradient goes to the
+    first, as torch's kernel sends it); ``fast_pools`` swaps a model's 2x2 pools only while it runs."""
     import torch.nn.functional as F
 
     from compute.nets.pools import fast_pools, max_pool_2x2
@@ -151,11 +172,16 @@ def test_fast_pooling_equals_torch_pooling_and_is_undone():
     torch.manual_seed(0)
     x = torch.randn(3, 4, 11, 10)
     assert torch.equal(max_pool_2x2(x), F.max_pool2d(x, 2))
-    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
-    g = torch.randn(3, 4, 5, 5)
-    (F.max_pool2d(F.relu(a), 2) * g).sum().backward()
-    (max_pool_2x2(F.relu(b)) * g).sum().backward()
-    torch.testing.assert_close(F.avg_pool2d(b.grad, 2), F.avg_pool2d(a.grad, 2), rtol=0, atol=1e-6)
+    ties = x.round()
+    windows = ties[..., :10, :10].unfold(2, 2, 2).unfold(3, 2, 2).flatten(-2)
+    assert ((windows == windows.amax(-1, keepdim=True)).sum(-1) > 1).any()  # some windows hold equal maxima
+    for inputs in (x, ties):
+        a, b = inputs.clone().requires_grad_(), inputs.clone().requires_grad_()
+        g = torch.randn(3, 4, 5, 5)
+        (F.max_pool2d(a, 2) * g).sum().backward()
+        (max_pool_2x2(b) * g).sum().backward()
+        assert torch.equal(b.grad, a.grad)
+        assert b.grad.count_nonzero() == g.numel()  # one element of each window, none of the odd last column
     model = trained_model("lenet5")
     digits_x = digits()[1].floats(0, 20)
     with torch.no_grad():

@@ -49,7 +49,9 @@ from torch import nn
 from tqdm import tqdm
 
 from compute.images.config import ActMaxConfig
+from compute.nets.convs import fast_convs
 from compute.nets.forward import run_to
+from compute.nets.pools import fast_pools
 from compute.nets.probe import units_of
 from compute.progress import bar
 
@@ -228,22 +230,23 @@ def activation_maps(model: nn.Module, module: nn.Module, unit_ids: Sequence[int]
     total = cfg.steps * len(chunks)
     progress = bar(None, desc, unit="step", total=total) if desc is not None else tqdm(total=total, disable=True)
     images, values, steps = [], [], []
-    for chunk in chunks:
-        n = len(chunk)
-        # Stack order: direction (happy, sad), restart, unit.
-        units = torch.as_tensor(chunk).repeat(2 * r).to(device)
-        sign = torch.cat([torch.ones(n * r), -torch.ones(n * r)]).to(device)
-        noise = torch.stack([_noise(cfg, i, int(u), in_shape) for i in range(r) for u in chunk])
-        x = (mean + cfg.init_std * torch.cat([noise, noise]).to(device)).clamp(0, 1)
-        base = progress.n
-        x, took = _ascend(model, module, x, units, sign, mean, cfg, progress, on_window)
-        progress.update(base + cfg.steps - progress.n)
-        with torch.no_grad():
-            x = x.mul(255).round().div(255)  # 8-bit, as stored: the value is what the PNG does
-            final = _objective(model, module, x, units).cpu()
-        images.append(x.cpu().reshape(2, r, n, *in_shape))
-        values.append(final.reshape(2, r, n))
-        steps.append(took.reshape(2, r, n))
+    with fast_pools(model), fast_convs(model):  # the same values and gradients, faster (compute/nets/)
+        for chunk in chunks:
+            n = len(chunk)
+            # Stack order: direction (happy, sad), restart, unit.
+            units = torch.as_tensor(chunk).repeat(2 * r).to(device)
+            sign = torch.cat([torch.ones(n * r), -torch.ones(n * r)]).to(device)
+            noise = torch.stack([_noise(cfg, i, int(u), in_shape) for i in range(r) for u in chunk])
+            x = (mean + cfg.init_std * torch.cat([noise, noise]).to(device)).clamp(0, 1)
+            base = progress.n
+            x, took = _ascend(model, module, x, units, sign, mean, cfg, progress, on_window)
+            progress.update(base + cfg.steps - progress.n)
+            with torch.no_grad():
+                x = x.mul(255).round().div(255)  # 8-bit, as stored: the value is what the PNG does
+                final = _objective(model, module, x, units).cpu()
+            images.append(x.cpu().reshape(2, r, n, *in_shape))
+            values.append(final.reshape(2, r, n))
+            steps.append(took.reshape(2, r, n))
     progress.close()
     all_images = torch.cat(images, 2).transpose(1, 2)  # (2, U, R, C, H, W)
     all_values = torch.cat(values, 2).permute(0, 2, 1)  # (2, U, R)

@@ -30,6 +30,7 @@ from torch import nn
 
 from compute.datasets.sources import ImageSet
 from compute.nets.activations import response
+from compute.nets.convs import fast_convs
 from compute.nets.pools import fast_pools
 from compute.nets.probe import Probe, units_of
 from compute.progress import bar
@@ -79,19 +80,20 @@ def unit_attributions(model: nn.Module, module: nn.Module, inputs: torch.Tensor,
     model.eval()
     gbp, grad = NeuronGuidedBackprop(model, module), NeuronGradient(model, module)
     maps: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])
-    for start in range(0, len(inputs), batch_size):
-        u, p = units[start:start + batch_size], positions[start:start + batch_size]
-        rows = torch.arange(len(u), device=u.device)
+    with fast_pools(model), fast_convs(model):  # torch's values and gradients, faster (compute/nets/)
+        for start in range(0, len(inputs), batch_size):
+            u, p = units[start:start + batch_size], positions[start:start + batch_size]
+            rows = torch.arange(len(u), device=u.device)
 
-        def selector(layer_in: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
-            t = layer_in[0] if isinstance(layer_in, tuple) else layer_in
-            return units_of(module, t)[rows, u, p]
+            def selector(layer_in: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+                t = layer_in[0] if isinstance(layer_in, tuple) else layer_in
+                return units_of(module, t)[rows, u, p]
 
-        x = inputs[start:start + batch_size].detach().requires_grad_()
-        for method, acc in ((gbp, maps[0]), (grad, maps[1])):
-            with warnings.catch_warnings():  # captum announces its temporary ReLU hooks on every call
-                warnings.filterwarnings("ignore", "Setting backward hooks on ReLU", UserWarning)
-                acc.append(method.attribute(x, selector, attribute_to_neuron_input=True).detach().cpu().numpy())
+            x = inputs[start:start + batch_size].detach().requires_grad_()
+            for method, acc in ((gbp, maps[0]), (grad, maps[1])):
+                with warnings.catch_warnings():  # captum announces its temporary ReLU hooks on every call
+                    warnings.filterwarnings("ignore", "Setting backward hooks on ReLU", UserWarning)
+                    acc.append(method.attribute(x, selector, attribute_to_neuron_input=True).detach().cpu().numpy())
     return np.concatenate(maps[0]), np.concatenate(maps[1])
 
 
@@ -115,8 +117,11 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
     """
     model.eval()
     k, d = data.n_classes, int(np.prod(data.shape))
-    sums: dict[str, dict[str, torch.Tensor]] = {}
     counts = torch.bincount(data.labels, minlength=k).double()
+    spans: list[tuple[str, str, int, int]] = []  # (layer, kind, first, last column of the stacked weights)
+    # (columns, K, D): every layer's and kind's weighted sums side by side, so a class takes one matmul per batch
+    total: torch.Tensor | None = None
+    total_w: torch.Tensor | None = None
     with Probe(probes) as probe, fast_pools(model):
         for start in bar(range(0, len(data), batch_size), "averages", unit="batch"):
             x = data.floats(start, start + batch_size, device)
@@ -124,29 +129,37 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
             losses = F.cross_entropy(model(x), y, reduction="none")
             posts = [probe.post[name] for name in probes]
             grads = torch.autograd.grad(losses.sum(), posts)
-            flat = x.reshape(len(x), d).double()
-            rows = {c: y == c for c in torch.unique(y).tolist()}
-            inputs = {c: flat[m] for c, m in rows.items()}  # each class's images, once for every unit
+            columns = []
             for name, post, g in zip(probes, posts, grads):
                 module = probes[name]
-                weights = {"act": units_of(module, response(module, post.detach())).mean(2).double(),
-                           "grad": (-units_of(module, g).sum(2)).clamp(min=0).double()}
-                acc = sums.setdefault(name, {})
-                for kind, w in weights.items():
-                    if kind not in acc:
-                        acc[kind] = torch.zeros(w.shape[1], k, d, dtype=torch.float64, device=device)
-                        acc[kind + "_w"] = torch.zeros(w.shape[1], k, dtype=torch.float64, device=device)
-                    for c, m in rows.items():
-                        wc = w[m]
-                        acc[kind][:, c] += wc.T @ inputs[c]
-                        acc[kind + "_w"][:, c] += wc.sum(0)
-    out = {}
-    for name, acc in sums.items():
+                columns += [units_of(module, response(module, post.detach())).mean(2),
+                            (-units_of(module, g).sum(2)).clamp(min=0)]
+            w = torch.cat(columns, 1)
+            if total is None:
+                edges = np.cumsum([0] + [c.shape[1] for c in columns])
+                spans = [(name, kind, int(edges[2 * i + j]), int(edges[2 * i + j + 1]))
+                         for i, name in enumerate(probes) for j, kind in enumerate(("act", "grad"))]
+                total = torch.zeros(w.shape[1], k, d, dtype=torch.float64, device=device)
+                total_w = torch.zeros(w.shape[1], k, dtype=torch.float64, device=device)
+            assert total_w is not None
+            flat = x.reshape(len(x), d)
+            for c in torch.unique(y).tolist():
+                m = y == c
+                wc = w[m]
+                # A batch's class sum in float32 (a few hundred terms), the sum over batches in float64.
+                total[:, c] += wc.T @ flat[m]
+                total_w[:, c] += wc.double().sum(0)
+    out: dict[str, WeightedAverages] = {}
+    if total is None or total_w is None:  # no examples
+        return out
+    for name in probes:
         means = {}
-        for kind in ("act", "grad"):
-            total = acc[kind + "_w"].cpu()
-            img = acc[kind].cpu() / torch.where(total > 0, total, 1.0)[..., None]
-            means[kind] = img.reshape(*total.shape, *data.shape).float().numpy()
-            means[kind + "_w"] = (total / counts.clamp(min=1)).numpy()
+        for layer, kind, c0, c1 in spans:
+            if layer != name:
+                continue
+            weight = total_w[c0:c1].cpu()
+            img = total[c0:c1].cpu() / torch.where(weight > 0, weight, 1.0)[..., None]
+            means[kind] = img.reshape(*weight.shape, *data.shape).float().numpy()
+            means[kind + "_w"] = (weight / counts.clamp(min=1)).numpy()
         out[name] = WeightedAverages(means["act"], means["act_w"], means["grad"], means["grad_w"])
     return out

@@ -145,8 +145,10 @@ def _specificity(t: Any, class_names: list[str]) -> None:
     c[1].metric(f"the same, active but not firing ({t.n_rest})", f"{t.per_mass_rest:+.4f}" if t.n_rest else "n/a")
     st.caption(f"Among class {md(class_names[t.cls])}'s examples on which the unit is active, does removing it cost "
                "the examples it fires on more, per unit of the activation it takes away, than the others? (Medians "
-               "above.) One-sided Mann-Whitney U test: "
-               f"p = {_fmt_p(t.p)}. Firing against silent examples would be no test (removal never changes an "
+               "above.) One-sided Mann-Whitney U test that they lose more by at least a margin of "
+               f"{t.margin:.2g} (a set share of the unit's typical loss change per unit of activation: less is what a "
+               f"nonlinear network gives any unit): p = {_fmt_p(t.p)}. "
+               "Firing against silent examples would be no test (removal never changes an "
                "example on which the unit is silent), nor would raw loss changes (removal takes more away where "
                "the unit is stronger). docs/metrics.md, Specificity.")
 

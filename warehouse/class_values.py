@@ -111,7 +111,7 @@ def _values(column: pa.Array | pa.ChunkedArray, n: int, k: int) -> Values:
     if column.null_count:
         valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False)).reshape(n, k)
         column = column.fill_null(0)
-    return Values(column.to_numpy(zero_copy_only=False).reshape(n, k), valid)
+    return Values(np.array(column.to_numpy(zero_copy_only=False)).reshape(n, k), valid)
 
 
 def _keep(key: FileKey, grid: Grid, metric: str, values: Values) -> None:
@@ -151,6 +151,10 @@ def values(g: Grid, metric: str) -> Values:
             return g.metrics[metric]
     column = pq.read_table(g.file, columns=[metric])[metric]
     got = _values(column, len(g.unit), g.n_classes)
+    # Copied into numpy's memory (``_values``), so that the column's buffers go back to the system: arrow's
+    # pool would otherwise keep hundreds of MB of them at a million units.
+    del column
+    pa.default_memory_pool().release_unused()
     with _lock:
         if _grids.get(key) is g:
             _keep(key, g, metric, got)

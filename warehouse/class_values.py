@@ -68,6 +68,7 @@ class Grid:
     layers: dict[str, int]  # layer name -> layer_index
     n_classes: int
     metrics: dict[str, Values] = field(default_factory=dict)
+    tops: dict[tuple, tuple[np.ndarray, bool]] = field(default_factory=dict)  # see ``top``
 
 
 _lock = threading.Lock()
@@ -159,6 +160,36 @@ def values(g: Grid, metric: str) -> Values:
         if _grids.get(key) is g:
             _keep(key, g, metric, got)
     return got
+
+
+#: Candidate lists kept per grid by ``top`` (a few KB each).
+MAX_TOPS = 64
+
+
+def top(g: Grid, metric: str, cls: int, layers: tuple[int, ...] | None, take: int) -> tuple[np.ndarray, bool]:
+    """Rows of ``g`` whose ``metric`` for class ``cls`` is a number among its ``take`` largest (every row tied
+    with the last included), within ``layers`` (layer indexes; None: all), and whether that is every row with
+    a number. Kept per grid (the file's values do not change): a rank by one class asks the same candidates
+    whatever the rest of the filter."""
+    key = (metric, cls, layers, take)
+    with _lock:
+        kept = g.tops.get(key)
+    if kept is not None:
+        return kept
+    v = values(g, metric)
+    numbers = np.flatnonzero(is_number(v, cls))
+    if layers is not None:
+        numbers = numbers[np.isin(g.layer_index[numbers], layers)]
+    column = v.values[:, cls]
+    rows = numbers
+    if take < len(numbers):
+        kth = np.partition(column[numbers], len(numbers) - take)[len(numbers) - take]  # the take-th largest
+        rows = numbers[column[numbers] >= kth]
+    with _lock:
+        g.tops[key] = rows, len(rows) == len(numbers)
+        while len(g.tops) > MAX_TOPS:
+            del g.tops[next(iter(g.tops))]
+    return rows, len(rows) == len(numbers)
 
 
 def forget_values() -> None:

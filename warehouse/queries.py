@@ -324,20 +324,15 @@ def rank_by_class(con: duckdb.DuckDBPyConnection, f: UnitFilter, metric: str, cl
             f'ORDER BY c."{metric}" DESC, m.layer_index, m.unit LIMIT ?',
             params + [f.run_id, int(cls), int(limit)]).df()
     values = class_values.values(grid, metric)
-    if 0 <= cls < grid.n_classes:
-        numbers, column = np.flatnonzero(class_values.is_number(values, int(cls))), values.values[:, int(cls)]
-    else:  # no such class: no rows
-        numbers, column = np.zeros(0, dtype=np.int64), values.values[:0, 0]
-    if f.layers:
-        numbers = numbers[np.isin(grid.layer_index[numbers], [grid.layers.get(n, -1) for n in f.layers])]
+    layers = tuple(sorted({grid.layers.get(n, -1) for n in f.layers})) if f.layers else None
     take = max(8 * int(limit), RANK_CANDIDATES)
     while True:
-        rows = numbers
-        if take < len(numbers):
-            kth = np.partition(column[numbers], len(numbers) - take)[len(numbers) - take]  # the take-th largest
-            rows = numbers[column[numbers] >= kth]
-        candidates = pa.table({"layer_index": grid.layer_index[rows], "unit": grid.unit[rows],
-                               "class_value": column[rows]})
+        if 0 <= cls < grid.n_classes:
+            rows, complete = class_values.top(grid, metric, int(cls), layers, take)
+            column = values.values[rows, int(cls)]
+        else:  # no such class: no rows
+            rows, complete, column = np.zeros(0, dtype=np.int64), True, values.values[:0, 0]
+        candidates = pa.table({"layer_index": grid.layer_index[rows], "unit": grid.unit[rows], "class_value": column})
         con.register("_rank_candidates", candidates)
         try:
             ranked = con.execute(
@@ -346,7 +341,7 @@ def rank_by_class(con: duckdb.DuckDBPyConnection, f: UnitFilter, metric: str, cl
                 "ORDER BY c.class_value DESC, m.layer_index, m.unit LIMIT ?", params + [int(limit)]).df()
         finally:
             con.unregister("_rank_candidates")
-        if len(ranked) >= limit or len(rows) == len(numbers):
+        if len(ranked) >= limit or complete:
             return ranked
         take *= 32
 

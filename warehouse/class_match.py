@@ -21,7 +21,7 @@ import numpy as np
 import pyarrow as pa
 
 from warehouse import class_values
-from warehouse.connect import has_units_in_memory
+from warehouse.connect import UNIT_KEY_SHIFT, has_units_in_memory
 from warehouse.filters import (CLASS_METRICS, FIELD, UNIT_COLUMNS, Compare, OneOf, UnitFilter, class_match_sql,
                                filter_sql, needs_class_scan)
 from warehouse.schema import TABLES
@@ -76,7 +76,8 @@ def unit_sql(con: duckdb.DuckDBPyConnection, f: UnitFilter, columns: tuple[str, 
 #: ``class_match_sql``'s columns: (layer_index, unit, matched classes, class-ordered).
 _MATCHES = pa.schema([("layer_index", TABLES["layers"].arrow_schema.field("layer_index").type),
                       ("unit", TABLES["unit_classes"].arrow_schema.field("unit").type),
-                      ("matched", pa.list_(TABLES["unit_classes"].arrow_schema.field("class").type))])
+                      ("matched", pa.list_(TABLES["unit_classes"].arrow_schema.field("class").type)),
+                      ("unit_key", pa.int64())])
 
 
 def _matches_in_memory(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> pa.Table | None:
@@ -113,5 +114,6 @@ def _matches_in_memory(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> pa.Tabl
         unit_row, cls = unit_row[keep], cls[keep]
     hit, first = np.unique(unit_row, return_index=True)  # sorted: each unit's classes are consecutive
     offsets = np.append(first, len(unit_row)).astype(np.int32)
+    key = (grid.layer_index[hit].astype(np.int64) << UNIT_KEY_SHIFT) + grid.unit[hit]
     return pa.table([pa.array(grid.layer_index[hit]), pa.array(grid.unit[hit]),
-                     pa.ListArray.from_arrays(pa.array(offsets), pa.array(cls))], schema=_MATCHES)
+                     pa.ListArray.from_arrays(pa.array(offsets), pa.array(cls)), pa.array(key)], schema=_MATCHES)

@@ -39,8 +39,17 @@ from warehouse.validate import list_runs
 
 #: Largest number of units held in memory (about 0.55 GB); above it ``units`` is read from Parquet too.
 MEMORY_UNITS = 2_000_000
-#: The in-memory copy of ``units`` with the extra column ``class_anomaly``.
+#: The in-memory copy of ``units`` with the extra columns ``class_anomaly`` and ``unit_key``.
 UNITS_IN_MEMORY = "units_in_memory"
+#: ``unit_key`` is layer_index * 2**UNIT_KEY_SHIFT + unit, one integer per unit of a run: DuckDB pushes a
+#: join on one integer key into the scan (a Bloom filter), so joining the few units of a class-level
+#: condition reads about half as much of the in-memory ``units`` as a join on (layer_index, unit).
+UNIT_KEY_SHIFT = 32
+
+
+def unit_key(layer_index: str, unit: str) -> str:
+    """``unit_key`` in SQL, of the columns named."""
+    return f"({layer_index}::BIGINT << {UNIT_KEY_SHIFT}) + {unit}"
 
 
 def connect(root: Path | str | None = None, memory_units: int = MEMORY_UNITS, *,
@@ -112,8 +121,8 @@ def _units_in_memory(con: duckdb.DuckDBPyConnection, units: list[str], classes: 
     con.unregister("_class_grids")
     if all(t is not None for t in by_position):
         con.register("_units_by_position", pa.concat_tables(by_position))  # type: ignore[arg-type]
-        con.execute(f"CREATE TABLE {UNITS_IN_MEMORY} AS SELECT * FROM _units_by_position "
-                    "ORDER BY run_id, layer_index, unit")
+        con.execute(f"CREATE TABLE {UNITS_IN_MEMORY} AS SELECT *, {unit_key('u.layer_index', 'u.unit')} AS unit_key "
+                    "FROM _units_by_position u ORDER BY run_id, layer_index, unit")
         con.unregister("_units_by_position")
     else:
         _units_in_memory_grouped(con, units, classes)
@@ -151,7 +160,8 @@ def _with_class_anomaly(units_file: str, classes_file: str) -> pa.Table | None:
 
 def _units_in_memory_grouped(con: duckdb.DuckDBPyConnection, units: list[str], classes: list[str]) -> None:
     con.execute(
-        f"CREATE TABLE {UNITS_IN_MEMORY} AS SELECT u.*, a.class_anomaly FROM read_parquet(?) u LEFT JOIN "
+        f"CREATE TABLE {UNITS_IN_MEMORY} AS SELECT u.*, a.class_anomaly, {unit_key('u.layer_index', 'u.unit')} AS unit_key "
+        "FROM read_parquet(?) u LEFT JOIN "
         "(SELECT run_id, layer, unit, list(anomaly ORDER BY \"class\") AS class_anomaly FROM read_parquet(?) "
         "GROUP BY run_id, layer, unit) a ON a.run_id = u.run_id AND a.layer = u.layer AND a.unit = u.unit "
         "ORDER BY u.run_id, u.layer_index, u.unit", [units, classes])

@@ -323,6 +323,7 @@ def test_class_values_in_memory_answer_like_the_sql_scan(odd_values_root, monkey
     ref.execute("CREATE OR REPLACE VIEW unit_classes AS SELECT * FROM unit_classes_in_memory")
     monkeypatch.setattr(q, "RANK_CANDIDATES", 1)  # 8 x limit candidates first: the later rounds are taken too
     assert class_values.grid(con, RUN_ID) is not None and class_values.grid(con, "odd") is not None
+    assert class_values.grid(ref, "odd") is class_values.grid(con, "odd")  # the same files: one grid, one set of arrays
     with class_values.sql_path():
         assert class_values.grid(con, "odd") is None
     assert ref.execute("SELECT count_if(isnan(grad_mean)) FROM unit_classes WHERE run_id = 'odd'").fetchall()[0][0] > 0

@@ -84,7 +84,15 @@ def file_key(path: str) -> FileKey:
 
 def remember_grid(key: FileKey, layer: pa.Array | pa.ChunkedArray, layer_index: np.ndarray, unit: np.ndarray,
                   n_classes: int, anomaly: pa.Array | pa.ChunkedArray | None = None) -> None:
-    """Register a checked grid (``key`` taken before its file was read); ``anomaly``, already read, is kept."""
+    """Register a checked grid (``key`` taken before its file was read); ``anomaly``, already read, is kept.
+    A grid already registered under ``key`` (the same file, opened again) is kept with its arrays."""
+    with _lock:
+        known = _grids.get(key)
+        if known is not None:
+            _grids.move_to_end(key)
+            if anomaly is not None and "anomaly" not in known.metrics:
+                _keep(key, known, "anomaly", _values(anomaly, len(unit), n_classes))
+            return
     names = pa.chunked_array([layer]) if isinstance(layer, pa.Array) else layer
     pairs = pa.table({"l": names, "i": pa.array(layer_index)}).group_by(["l", "i"]).aggregate([]).to_pydict()
     grid = Grid(key[0], np.asarray(layer_index, dtype=np.int32), np.asarray(unit, dtype=np.int32),
@@ -193,10 +201,11 @@ def top(g: Grid, metric: str, cls: int, layers: tuple[int, ...] | None, take: in
 
 
 def forget_values() -> None:
-    """Drop every metric's array (the next use reads its column again); the grids stay registered."""
+    """Drop every metric's array and candidate list (the next use reads its column again); the grids stay."""
     with _lock:
         for g in _grids.values():
             g.metrics.clear()
+            g.tops.clear()
         _used.clear()
 
 

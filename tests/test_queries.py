@@ -256,8 +256,8 @@ def test_class_anomalies_read_by_position_equal_the_grouped_ones(warehouse_root,
 
 @pytest.fixture(scope="module")
 def odd_values_root(warehouse_root, tmp_path_factory):
-    """The small run and a copy of it (run ``odd``) whose unit_classes hold NaN values, more nulls and many
-    ties (values on a coarse grid)."""
+    """The small run, a copy of it (run ``odd``) whose unit_classes hold NaN values, more nulls and many
+    ties (values on a coarse grid), and one (``shuffled``) whose unit_classes rows are not in units order."""
     import shutil
 
     import pyarrow as pa
@@ -281,6 +281,13 @@ def odd_values_root(warehouse_root, tmp_path_factory):
         table = table.set_column(i, table.schema.field(i), pa.array(x, pa.float64(), mask=nulls))
     pq.write_table(table, run / "unit_classes.parquet", compression=COMPRESSION)
     refresh_manifest(run)
+    # A third run whose unit_classes rows are in reverse order: not the grid, so answered by SQL, and the
+    # in-memory units of all three are then grouped in SQL (warehouse.connect._units_in_memory_grouped).
+    shuffled = clone_run(root / "runs" / RUN_ID, root, "shuffled")
+    grid = pq.read_table(shuffled / "unit_classes.parquet")
+    pq.write_table(grid.take(np.arange(grid.num_rows)[::-1]), shuffled / "unit_classes.parquet",
+                   compression=COMPRESSION)
+    refresh_manifest(shuffled)
     return root
 
 
@@ -307,7 +314,8 @@ def _random_filter(rng: np.random.Generator, run_id: str, uc: pd.DataFrame) -> U
 def test_class_values_in_memory_answer_like_the_sql_scan(odd_values_root, monkeypatch):
     """Class-level conditions and per-class ranks from the numpy arrays in memory give the plain SQL scan's
     rows, order, counts and matched classes, over random filters: NaN and null values, ties, classes the run
-    does not have, layers it does not have, empty results; the rank's candidate rounds forced small.
+    does not have, layers it does not have, empty results; the rank's candidate rounds forced small; a run
+    whose file is not the grid is answered by SQL beside them.
 
     The reference is the SQL path on a second connection whose unit_classes is a DuckDB table: over Parquet,
     DuckDB 2.0 skips a comparison that a row group's statistics say always holds, and those statistics leave
@@ -324,14 +332,15 @@ def test_class_values_in_memory_answer_like_the_sql_scan(odd_values_root, monkey
     monkeypatch.setattr(q, "RANK_CANDIDATES", 1)  # 8 x limit candidates first: the later rounds are taken too
     assert class_values.grid(con, RUN_ID) is not None and class_values.grid(con, "odd") is not None
     assert class_values.grid(ref, "odd") is class_values.grid(con, "odd")  # the same files: one grid, one set of arrays
+    assert class_values.grid(con, "shuffled") is None
     with class_values.sql_path():
         assert class_values.grid(con, "odd") is None
     assert ref.execute("SELECT count_if(isnan(grad_mean)) FROM unit_classes WHERE run_id = 'odd'").fetchall()[0][0] > 0
     rng = np.random.default_rng(0)
     seen = {"empty": 0, "rows": 0, "rank rows": 0, "rank short": 0}
-    for run_id in (RUN_ID, "odd"):
+    for run_id, n in ((RUN_ID, 40), ("odd", 40), ("shuffled", 10)):
         uc = con.execute("SELECT * FROM unit_classes WHERE run_id = ?", [run_id]).df()
-        for _ in range(40):
+        for _ in range(n):
             f = _random_filter(rng, run_id, uc)
             forget(con)
             whole = replace(f, limit=None)

@@ -28,7 +28,10 @@ def test_dashboard_query_benchmark_runs(tmp_path):
                   "unit page: metrics, classes, trace, percentiles"):
         line = next(x for x in out.splitlines() if x.startswith(query))
         assert len([float(v) for v in line.split()[-7:-1]]) == 6  # p50/p95 of three connections
-    assert "target p95 < 100 ms" in out
+    for query in ("filter: custom class conditions, first ask", "rank by one class (abl_loss_delta, class 3)"):
+        line = next(x for x in out.splitlines() if x.startswith(query))  # and the SQL path's p50/p95 at the end
+        assert len([float(v) for v in line.split()[-9:-3] + line.split()[-2:]]) == 8
+    assert "target p95 < 100 ms" in out and "per-class values held in memory" in out
     for page in ("explorer, all units", "explorer, preset high gradient, low activation", "unit page"):
         assert next(x for x in out.splitlines() if x.startswith(page)).split()[-2:]  # cold and rerun seconds
 

@@ -252,3 +252,106 @@ def test_class_anomalies_read_by_position_equal_the_grouped_ones(warehouse_root,
     grid = pq.read_table(run / "unit_classes.parquet")
     pq.write_table(grid.take(np.arange(grid.num_rows)[::-1]), tmp_path / "shuffled.parquet")
     assert _with_class_anomaly(str(run / "units.parquet"), str(tmp_path / "shuffled.parquet")) is None
+
+
+@pytest.fixture(scope="module")
+def odd_values_root(warehouse_root, tmp_path_factory):
+    """The small run, a copy of it (run ``odd``) whose unit_classes hold NaN values, more nulls and many
+    ties (values on a coarse grid), and one (``shuffled``) whose unit_classes rows are not in units order."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tests.run_copies import clone_run, refresh_manifest
+    from warehouse.publish import COMPRESSION
+
+    root = tmp_path_factory.mktemp("odd_values")
+    shutil.copytree(warehouse_root / "runs", root / "runs")
+    run = clone_run(root / "runs" / RUN_ID, root, "odd")
+    table = pq.read_table(run / "unit_classes.parquet")
+    rng = np.random.default_rng(7)
+    for name in ("grad_mean", "anomaly", "abl_loss_delta", "mean_act"):
+        nulls = table[name].is_null().to_numpy(zero_copy_only=False) | (rng.random(table.num_rows) < 0.05)
+        x = table[name].fill_null(0.0).to_numpy().copy()
+        if name in ("abl_loss_delta", "mean_act"):
+            x = np.round(x / x.std() * 4) / 4  # about twenty distinct values: ties
+        x[rng.random(len(x)) < 0.15] = np.nan
+        i = table.schema.get_field_index(name)
+        table = table.set_column(i, table.schema.field(i), pa.array(x, pa.float64(), mask=nulls))
+    pq.write_table(table, run / "unit_classes.parquet", compression=COMPRESSION)
+    refresh_manifest(run)
+    # A third run whose unit_classes rows are in reverse order: not the grid, so answered by SQL, and the
+    # in-memory units of all three are then grouped in SQL (warehouse.connect._units_in_memory_grouped).
+    shuffled = clone_run(root / "runs" / RUN_ID, root, "shuffled")
+    grid = pq.read_table(shuffled / "unit_classes.parquet")
+    pq.write_table(grid.take(np.arange(grid.num_rows)[::-1]), shuffled / "unit_classes.parquet",
+                   compression=COMPRESSION)
+    refresh_manifest(shuffled)
+    return root
+
+
+def _random_filter(rng: np.random.Generator, run_id: str, uc: pd.DataFrame) -> UnitFilter:
+    from warehouse.filters import CLASS_METRICS
+
+    conds = []
+    odd = ["grad_mean", "anomaly", "abl_loss_delta", "mean_act"]  # NaN, nulls and ties in run "odd"
+    metrics = rng.choice(odd if rng.random() < 0.6 else CLASS_METRICS, size=int(rng.integers(0, 3)), replace=False)
+    for metric in metrics:
+        x = uc[metric].dropna().to_numpy(dtype=float)
+        x = x[np.isfinite(x)]
+        lo, hi = (float(v) for v in np.sort(rng.choice(x, 2))) if len(x) else (0.0, 1.0)
+        conds.append(Range(str(metric), *[(lo, None), (None, hi), (lo, hi)][int(rng.integers(3))]))
+    layers = tuple(rng.choice(["conv1", "conv2", "fc1", "fc2", "fc9"], size=int(rng.integers(0, 3)), replace=False))
+    return UnitFilter(run_id, layers=layers, class_conditions=tuple(conds),
+                      condition_class=[None, None, None, None, 0, 3, 9, 10, 12][int(rng.integers(9))],
+                      dead=[None, None, None, True, False][int(rng.integers(5))],
+                      ranges=(Range("selectivity", float(rng.uniform(0, 0.5)), None),) if rng.random() < 0.3 else (),
+                      order_by=str(rng.choice(["layer_index", "selectivity", "abl_loss_delta", "anomaly_max"])),
+                      descending=bool(rng.random() < 0.5), limit=[None, 1, 7, 40][int(rng.integers(4))])
+
+
+def test_class_values_in_memory_answer_like_the_sql_scan(odd_values_root, monkeypatch):
+    """Class-level conditions and per-class ranks from the numpy arrays in memory give the plain SQL scan's
+    rows, order, counts and matched classes, over random filters: NaN and null values, ties, classes the run
+    does not have, layers it does not have, empty results; the rank's candidate rounds forced small; a run
+    whose file is not the grid is answered by SQL beside them.
+
+    The reference is the SQL path on a second connection whose unit_classes is a DuckDB table: over Parquet,
+    DuckDB 2.0 skips a comparison that a row group's statistics say always holds, and those statistics leave
+    NaN out (``x <= 5`` then keeps a NaN), so NaN would be answered by how rows fall into row groups. The
+    compute step stores no NaN in unit_classes (an undefined value is null), so real runs are not affected."""
+    import warehouse
+    from warehouse import class_values
+    from warehouse.class_match import forget
+    from warehouse.filters import CLASS_METRICS
+
+    con, ref = warehouse.connect(odd_values_root), warehouse.connect(odd_values_root)
+    ref.execute("CREATE TABLE unit_classes_in_memory AS SELECT * FROM unit_classes")
+    ref.execute("CREATE OR REPLACE VIEW unit_classes AS SELECT * FROM unit_classes_in_memory")
+    monkeypatch.setattr(q, "RANK_CANDIDATES", 1)  # 8 x limit candidates first: the later rounds are taken too
+    assert class_values.grid(con, RUN_ID) is not None and class_values.grid(con, "odd") is not None
+    assert class_values.grid(ref, "odd") is class_values.grid(con, "odd")  # the same files: one grid, one set of arrays
+    assert class_values.grid(con, "shuffled") is None
+    with class_values.sql_path():
+        assert class_values.grid(con, "odd") is None
+    assert ref.execute("SELECT count_if(isnan(grad_mean)) FROM unit_classes WHERE run_id = 'odd'").fetchall()[0][0] > 0
+    rng = np.random.default_rng(0)
+    seen = {"empty": 0, "rows": 0, "rank rows": 0, "rank short": 0}
+    for run_id, n in ((RUN_ID, 40), ("odd", 40), ("shuffled", 10)):
+        uc = con.execute("SELECT * FROM unit_classes WHERE run_id = ?", [run_id]).df()
+        for _ in range(n):
+            f = _random_filter(rng, run_id, uc)
+            forget(con)
+            whole = replace(f, limit=None)
+            metric, cls = str(rng.choice(CLASS_METRICS)), [0, 3, 9, 10][int(rng.integers(4))]
+            limit = [1, 5, 50][int(rng.integers(3))]
+            fast = q.filter_units(con, f), q.count_units(con, whole), q.rank_by_class(con, whole, metric, cls, limit)
+            with class_values.sql_path():
+                pd.testing.assert_frame_equal(fast[0], q.filter_units(ref, f))
+                assert fast[1] == q.count_units(ref, whole)
+                pd.testing.assert_frame_equal(fast[2], q.rank_by_class(ref, whole, metric, cls, limit))
+            seen["empty" if fast[1] == 0 else "rows"] += 1
+            seen["rank rows" if len(fast[2]) == limit else "rank short"] += 1
+    assert min(seen.values()) >= 5, seen  # every kind of outcome was compared
+    con.close(), ref.close()

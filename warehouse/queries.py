@@ -11,10 +11,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from warehouse import class_values
 from warehouse.class_match import unit_sql
+from warehouse.connect import has_units_in_memory
 from warehouse.filters import (CLASS_METRICS, INT32_MAX, UNIT_COLUMNS, UNIT_METRICS, Preset, QueryError, Range,
                                UnitFilter, check_column, filter_sql, format_range, parse_int, parse_range)
 from warehouse.schema import TABLES
@@ -294,21 +297,53 @@ def parse_class_rank(text: str) -> tuple[str, int]:
     return column, parse_int(cls, "class (a class index)", 0, INT32_MAX)
 
 
+#: Fewest candidates ``rank_by_class`` hands DuckDB from the values in memory (more when the filter keeps few).
+RANK_CANDIDATES = 4096
+
+
 def rank_by_class(con: duckdb.DuckDBPyConnection, f: UnitFilter, metric: str, cls: int,
                   limit: int = 50) -> pd.DataFrame:
     """The units of ``f`` ranked by one class's value of a ``unit_classes`` metric, largest first (e.g. the
     loss change on class 7 when the unit is removed, or its anomaly for class 7); units without a value
     for the class (a dead unit's anomaly) are left out. Columns layer, unit, the metric as ``class_value``,
-    selectivity, pref_class_name, abl_loss_delta."""
+    selectivity, pref_class_name, abl_loss_delta.
+
+    With the run's per-class values in memory (``warehouse.class_values``) the candidates are the units
+    of the largest values (every unit tied with the last one included), and DuckDB ranks those of them
+    in ``f``; when fewer than ``limit`` are, more candidates are taken, up to every unit with a value.
+    Any unit left out ranks below every candidate, so the rows are those of the plain join."""
     metric = check_column(metric, CLASS_METRICS, "class metric")
     inner, params = unit_sql(con, f, ("layer", "layer_index", "unit", "selectivity", "pref_class_name",
                                       "abl_loss_delta"), ordered=False, matches=False)
-    return con.execute(
-        f'SELECT m.layer, m.unit, c."{metric}" AS class_value, m.selectivity, m.pref_class_name, m.abl_loss_delta '
-        f'FROM ({inner}) m JOIN unit_classes c ON c.run_id = ? AND c.layer = m.layer AND c.unit = m.unit '
-        f'AND c."class" = ? WHERE NOT isnan(c."{metric}") '
-        f'ORDER BY c."{metric}" DESC, m.layer_index, m.unit LIMIT ?',
-        params + [f.run_id, int(cls), int(limit)]).df()
+    grid = class_values.grid(con, f.run_id) if has_units_in_memory(con) else None
+    if grid is None:
+        return con.execute(
+            f'SELECT m.layer, m.unit, c."{metric}" AS class_value, m.selectivity, m.pref_class_name, m.abl_loss_delta '
+            f'FROM ({inner}) m JOIN unit_classes c ON c.run_id = ? AND c.layer = m.layer AND c.unit = m.unit '
+            f'AND c."class" = ? WHERE NOT isnan(c."{metric}") '
+            f'ORDER BY c."{metric}" DESC, m.layer_index, m.unit LIMIT ?',
+            params + [f.run_id, int(cls), int(limit)]).df()
+    values = class_values.values(grid, metric)
+    layers = tuple(sorted({grid.layers.get(n, -1) for n in f.layers})) if f.layers else None
+    take = max(8 * int(limit), RANK_CANDIDATES)
+    while True:
+        if 0 <= cls < grid.n_classes:
+            rows, complete = class_values.top(grid, metric, int(cls), layers, take)
+            column = values.values[rows, int(cls)]
+        else:  # no such class: no rows
+            rows, complete, column = np.zeros(0, dtype=np.int64), True, values.values[:0, 0]
+        candidates = pa.table({"layer_index": grid.layer_index[rows], "unit": grid.unit[rows], "class_value": column})
+        con.register("_rank_candidates", candidates)
+        try:
+            ranked = con.execute(
+                "SELECT m.layer, m.unit, c.class_value, m.selectivity, m.pref_class_name, m.abl_loss_delta "
+                f"FROM ({inner}) m JOIN _rank_candidates c ON c.layer_index = m.layer_index AND c.unit = m.unit "
+                "ORDER BY c.class_value DESC, m.layer_index, m.unit LIMIT ?", params + [int(limit)]).df()
+        finally:
+            con.unregister("_rank_candidates")
+        if len(ranked) >= limit or complete:
+            return ranked
+        take *= 32
 
 
 def count_units(con: duckdb.DuckDBPyConnection, f: UnitFilter) -> int:

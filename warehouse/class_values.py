@@ -17,14 +17,14 @@ limit are DuckDB's ``ORDER BY``. ``sql_path()`` turns this off, which the tests 
 as the reference.
 
 Grids are found by a database table, ``class_grids`` (run_id, file), and kept process-wide by the
-file's identity (path, inode, size, mtime), so a replaced file is never answered from an old array.
+file's identity (path, device, inode, size, mtime, ctime: any write changes ctime), so a replaced
+or rewritten file is never answered from an old array.
 Arrays are kept up to ``MAX_BYTES`` in all (about 80 MB per metric per million units, ten classes),
 least recently used dropped first.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -36,6 +36,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from warehouse.validate import FileKey, file_key
+
 #: Most bytes of per-class arrays kept in the process (about six metrics at a million units).
 MAX_BYTES = 512 * 2**20
 #: Table of the database (run_id, file) naming each run's ``unit_classes`` file registered here.
@@ -43,7 +45,6 @@ CLASS_GRIDS = "class_grids"
 #: Grids kept (their keys are small; their arrays count toward ``MAX_BYTES``).
 MAX_GRIDS = 16
 
-FileKey = tuple[str, int, int, int]
 
 
 @dataclass
@@ -75,11 +76,6 @@ _lock = threading.Lock()
 _grids: OrderedDict[FileKey, Grid] = OrderedDict()
 _used: OrderedDict[tuple[FileKey, str], int] = OrderedDict()  # (grid, metric) -> bytes, least recent first
 _enabled = True
-
-
-def file_key(path: str) -> FileKey:
-    st = os.stat(path)
-    return path, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def remember_grid(key: FileKey, layer: pa.Array | pa.ChunkedArray, layer_index: np.ndarray, unit: np.ndarray,

@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 from warehouse import class_values
 from warehouse.schema import TABLES
 from warehouse.layout import RUNS_DIR, default_path
-from warehouse.validate import list_runs
+from warehouse.validate import file_key, list_runs
 
 #: Largest number of units held in memory (about 0.55 GB); above it ``units`` is read from Parquet too.
 MEMORY_UNITS = 2_000_000
@@ -136,7 +136,7 @@ def _with_class_anomaly(units_file: str, classes_file: str) -> pa.Table | None:
     unit i's class k. Reading one column so is about four times faster than grouping ten million rows
     in SQL, which is most of the dashboard's cold start. None when the files are not laid out so.
     A grid so checked is registered with ``warehouse.class_values``, its anomalies kept there."""
-    key = class_values.file_key(classes_file)
+    key = file_key(classes_file)
     table = pq.read_table(units_file)
     grid = pq.read_table(classes_file, columns=["layer", "unit", "class", "anomaly"])
     n = table.num_rows

@@ -191,7 +191,9 @@ def _save_verifications() -> None:
         pass
 
 
-def _file_key(path: Path, st: os.stat_result) -> FileKey:
+def file_key(path: Path | str, st: os.stat_result | None = None) -> FileKey:
+    """``path``'s identity and state (see ``FileKey``); ``st`` when already taken."""
+    st = os.stat(path) if st is None else st
     return (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
@@ -206,14 +208,14 @@ def _check_file(path: Path, entry: FileEntry | None) -> None:
         st = os.fstat(f.fileno())
         if st.st_size != entry.bytes:
             raise BrokenRun(f"{path.name} has {st.st_size:,} bytes, the manifest says {entry.bytes:,}")
-        key = _file_key(path, st)
+        key = file_key(path, st)
         digest = _VERIFIED.get(key)
         if digest is None:
             h = hashlib.sha256()
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
             digest = h.hexdigest()
-            if _file_key(path, os.fstat(f.fileno())) == key:  # not changed while it was read
+            if file_key(path, os.fstat(f.fileno())) == key:  # not changed while it was read
                 _VERIFIED[key] = digest
                 _CACHE_STATE["dirty"] = True
     if digest != entry.sha256:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from compute.ablation.curves import UnitScores
+from compute.allocator import keep_freed_memory
 from compute.ablation.engine import AblationEngine
 from compute.datasets.sources import ImageSet, Splits
 from compute.distributed import work
@@ -268,6 +269,7 @@ def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, 
         raise input_error(cfg.model, splits.train.shape, e) from None
     ctx = RunContext(model, splits, eval_set, cfg, device, StageStore(writer.stages_dir),
                      executor=executor or InProcessExecutor())
+    keep_freed_memory()  # batch-sized tensors reuse freed memory instead of page-faulting (compute/allocator.py)
     with torch_threads(cfg.threads):  # one thread policy for every stage (compute/threads.py)
         run_stages(ctx)
     return _publish(ctx, writer, spec, shapes, started)

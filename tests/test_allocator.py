@@ -10,7 +10,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
-# Page faults of the last of three evaluation passes of LeNet-5 over 3,000 images in batches of 1,000.
+# Page faults of evaluation passes 2 to 5 of LeNet-5 over 3,000 images in batches of 1,000 (the first
+# pass fills the heap).
 SCRIPT = """
 import resource, sys, torch
 from compute.allocator import keep_freed_memory
@@ -24,10 +25,12 @@ torch.manual_seed(0)
 model = build_model(ModelSpec("lenet5", (1, 28, 28), 10))
 data = ImageSet(torch.randint(0, 256, (3000, 1, 28, 28), dtype=torch.uint8), torch.arange(3000) % 10,
                 tuple("0123456789"), "random")
-for _ in range(3):
+faults = []
+for _ in range(5):
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     evaluation_sums(model, data)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sum(faults[1:]))
 """
 
 
@@ -38,7 +41,7 @@ def _faults(mode: str) -> int:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator settings")
 def test_freed_batch_tensors_are_reused_not_faulted_in_again() -> None:
-    default, kept = _faults("default"), _faults("keep")
-    pages = 3 * 1000 * 6 * 28 * 28 * 4 // 4096  # conv1's outputs alone, once per batch
-    assert default > pages, (default, kept)  # glibc's default gives large freed blocks back and faults them in again
-    assert kept < pages // 4, (default, kept)  # measured: 0 to 2,200 against 29,000 to 31,000
+    pages = 3 * 1000 * 6 * 28 * 28 * 4 // 4096  # conv1's outputs alone, once per batch of one pass
+    # Measured over the four passes: 0 to 5,500 with the setting. glibc's default adapts its thresholds
+    # as it goes, so it varies from run to run: 8,000 to 180,000, over 100,000 in most runs.
+    assert _faults("keep") < pages

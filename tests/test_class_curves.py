@@ -93,3 +93,36 @@ def test_work_items_give_the_same_tables(per_class, tmp_path):
             else:
                 assert list(got[col]) == list(want[col]), col
     assert len(list(tmp_path.glob("*"))) >= 3 * 5  # one saved result per item: 3 shards x at least 5 chunks
+
+
+def test_masks_the_curves_evaluated_are_reused_with_the_same_tables(per_class, tmp_path):
+    """With the cumulative curves' masks and sums (``work.curves``), the class curves evaluate only the
+    other masks, and every column is the same, float for float, as evaluating all of them."""
+    from compute.ablation.curves import UnitScores, curve_plans
+    from compute.ablation.class_curves import class_plans
+    from compute.distributed import work
+    from compute.distributed.executor import InProcessExecutor, Worker
+    from compute.run.stage_store import StageStore
+
+    model, data, single, live, _, _ = per_class
+    worker = Worker(model, {"eval": data})
+    importance = {n: single[n].class_loss_delta for n in single}
+    scores = {n: UnitScores(np.zeros(len(live[n])), single[n].loss_delta, live[n]) for n in single}
+    *_, known = work.curves(InProcessExecutor(), worker, StageStore(tmp_path / "curves"), scores, "eval", "eval")
+    alone = work.class_curves(InProcessExecutor(), worker, StageStore(tmp_path / "alone"), importance, live)
+    reused = work.class_curves(InProcessExecutor(), worker, StageStore(tmp_path / "reused"), importance, live,
+                               known=known)
+    for want, got in zip(alone, reused):
+        assert list(got) == list(want)
+        for col in want:
+            np.testing.assert_array_equal(np.array(got[col], dtype=object), np.array(want[col], dtype=object), col)
+    # Fewer masks evaluated: the all-kept and all-removed masks at least are curve masks in every group.
+    shared = sum(len({m.numpy().tobytes() for m in work._flat(c.job)} & {m.numpy().tobytes() for m in work._flat(p.job)})
+                 for c, p in zip(curve_plans(scores), class_plans(importance, live)))
+    assert shared >= 2 * len(known)
+
+    def masks_evaluated(folder: str) -> int:  # from the items' names: .m<first>-<last+1>.x<shard>
+        spans = [f.name.split(".m")[1].split(".x")[0] for f in (tmp_path / folder).glob("*.x0000000-*")]
+        return sum(int(b) - int(a) for a, b in (s.split("-") for s in spans))
+
+    assert masks_evaluated("reused") == masks_evaluated("alone") - shared

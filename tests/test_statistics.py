@@ -323,3 +323,23 @@ def test_unit_examples_name_the_prediction_without_the_unit(small_run_artifacts)
         with torch.no_grad(), ZeroUnit(model.probe_modules()[layer], [unit]):
             pred = model(x).argmax(1).numpy()
         np.testing.assert_array_equal(g.pred_ablated.to_numpy(), pred[g.example.to_numpy()])
+
+
+def test_standardized_values_equal_the_plain_formula_bit_for_bit() -> None:
+    """The firing rule's in-place standardization gives the floats of ``where(s > 0, (a - m) / s, 0)``
+    on float64 copies, with zero-deviation positions, float32 and float64 inputs."""
+    from compute.measure.firing import _standardized
+
+    gen = torch.Generator().manual_seed(0)
+    a32 = torch.randn(50, 4, 9, generator=gen) * 3
+    mean = torch.randn(4, 9, generator=gen, dtype=torch.float64).numpy()
+    std = torch.rand(4, 9, generator=gen, dtype=torch.float64).numpy()
+    std[0, :3], std[2, 5], std[3] = 0.0, 0.0, 0.0
+    m, s = torch.as_tensor(mean), torch.as_tensor(std)
+    for a in (a32, a32.double() * 1.7):
+        before = a.clone()
+        want = torch.where(s > 0, (a.double() - m) / torch.where(s > 0, s, 1.0), torch.zeros((), dtype=torch.float64))
+        got = _standardized(a, mean, std)
+        assert got.dtype == torch.float64 and torch.equal(got, want)
+        assert torch.equal(a, before)  # the input is left as it was
+    assert (got[:, 3] == 0).all() and (got[:, 0, :3] == 0).all() and (got[:, 1] != 0).all()

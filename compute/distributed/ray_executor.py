@@ -24,6 +24,7 @@ import ray
 import torch
 from ray.exceptions import AuthenticationError, RayActorError, RayError, RayTaskError
 
+from compute.allocator import keep_freed_memory
 from compute.datasets.sources import ImageSet
 from compute.distributed.executor import Item, Worker
 from compute.errors import WorkerError, ConfigError
@@ -41,6 +42,7 @@ class ItemActor:
 
     def __init__(self, threads: int) -> None:
         torch.set_num_threads(threads)
+        keep_freed_memory()
         self.key: str | None = None
         self.worker: Worker | None = None
 

@@ -238,23 +238,58 @@ def _plan_sums(executor: Executor, worker: Worker, store: StageStore, plans: lis
     return [_concat([s for (q, _, _), s in zip(chunks, summed) if q is p]) for p in plans], summed[0]
 
 
+Evaluated = dict[str, tuple[torch.Tensor, MaskSums]]  # group -> (distinct masks (D, units), their sums)
+
+
+def _flat(job: dict[str, torch.Tensor]) -> torch.Tensor:
+    """A job's masks with every layer's units side by side (groups list their layers in forward order)."""
+    return torch.cat(list(job.values()), 1)
+
+
 def curves(executor: Executor, worker: Worker, store: StageStore, scores: dict[str, UnitScores],
-           data: str, split: str) -> tuple[dict[str, list], dict[str, list]]:
-    """The ``ablation_curves`` and ``ablation_auc`` columns of one split, computed as items."""
+           data: str, split: str) -> tuple[dict[str, list], dict[str, list], Evaluated]:
+    """The ``ablation_curves`` and ``ablation_auc`` columns of one split, computed as items, and per group
+    the masks evaluated with their sums (the class curves reuse those they share)."""
     plans = curve_plans(scores)
     sums, _ = _plan_sums(executor, worker, store, plans, data, f"{split}.", f"curves-{split}")
-    return curve_tables(plans, sums, split)
+    return (*curve_tables(plans, sums, split), {p.group: (_flat(p.job), s) for p, s in zip(plans, sums)})
 
 
 # --- per-class curves -------------------------------------------------------------------------------
 
 def class_curves(executor: Executor, worker: Worker, store: StageStore, class_importance: dict[str, np.ndarray],
-                 live: dict[str, np.ndarray], data: str = "eval") -> tuple[dict[str, list], dict[str, list]]:
-    """The ``class_curves`` and ``class_removal`` columns, computed as items: group x chunk of masks x shard."""
+                 live: dict[str, np.ndarray], data: str = "eval", known: Evaluated | None = None
+                 ) -> tuple[dict[str, list], dict[str, list]]:
+    """The ``class_curves`` and ``class_removal`` columns, computed as items: group x chunk of masks x shard.
+
+    ``known``: masks the cumulative curves already evaluated on the same data, per group, with their sums
+    (``curves``); those are not evaluated again. A mask's sums do not depend on the masks evaluated beside
+    it (each row of a stacked pass is its own example), so the tables are the same floats either way; in
+    LeNet-5's conv1 (6 units) 21 of the 36 class-curve masks are curve masks too.
+    """
     plans = class_plans(class_importance, live)
-    # Keys name the distinct masks ("distinct."), so items saved by code that evaluated every mask are not read.
-    sums, first = _plan_sums(executor, worker, store, plans, data, "distinct.", "class curves")
-    return class_tables(plans, first.counts, sums, worker.data[data].class_names)
+    known = known or {}
+    todo, sources = [], []
+    for p in plans:
+        flat = _flat(p.job)
+        have = known.get(p.group)
+        index = {bytes(m.numpy().tobytes()): i for i, m in enumerate(have[0])} if have is not None else {}
+        rows = torch.tensor([index.get(bytes(m.numpy().tobytes()), -1) for m in flat], dtype=torch.long)
+        todo.append(ClassPlan(p.group, p.n_alive, p.counts, p.inverse, {k: t[rows < 0] for k, t in p.job.items()}))
+        sources.append(rows)
+    # Keys name the masks not evaluated by the curves ("new."), so items saved by code that evaluated all are not read.
+    pending = [p for p in todo if p.n_masks]
+    new_sums, _ = _plan_sums(executor, worker, store, pending, data, "new.", "class curves") if pending else ([], None)
+    evaluated = dict(zip([p.group for p in pending], new_sums))
+    sums = []
+    for p, rows in zip(plans, sources):
+        parts = [known[p.group][1]] if p.group in known else []
+        parts += [evaluated[p.group]] if p.group in evaluated else []
+        both = _concat(parts)  # known rows first, then the new ones in plan order
+        offset = len(known[p.group][0]) if p.group in known else 0
+        pick = torch.where(rows >= 0, rows, offset + torch.cumsum(rows < 0, 0) - 1)
+        sums.append(MaskSums(**{f: getattr(both, f)[pick] for f in _SUMS}, counts=both.counts))
+    return class_tables(plans, sums[0].counts, sums, worker.data[data].class_names)
 
 
 # --- activation maximization ------------------------------------------------------------------------

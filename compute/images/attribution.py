@@ -119,7 +119,8 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
     k, d = data.n_classes, int(np.prod(data.shape))
     counts = torch.bincount(data.labels, minlength=k).double()
     spans: list[tuple[str, str, int, int]] = []  # (layer, kind, first, last column of the stacked weights)
-    # (columns, K, D): every layer's and kind's weighted sums side by side, so a class takes one matmul per batch
+    # (K, columns, D): every layer's and kind's weighted sums side by side, so a class takes one matmul per
+    # batch and adds it to one contiguous block
     total: torch.Tensor | None = None
     total_w: torch.Tensor | None = None
     with Probe(probes) as probe, fast_pools(model):
@@ -139,7 +140,7 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
                 edges = np.cumsum([0] + [c.shape[1] for c in columns])
                 spans = [(name, kind, int(edges[2 * i + j]), int(edges[2 * i + j + 1]))
                          for i, name in enumerate(probes) for j, kind in enumerate(("act", "grad"))]
-                total = torch.zeros(w.shape[1], k, d, dtype=torch.float64, device=device)
+                total = torch.zeros(k, w.shape[1], d, dtype=torch.float64, device=device)
                 total_w = torch.zeros(w.shape[1], k, dtype=torch.float64, device=device)
             assert total_w is not None
             flat = x.reshape(len(x), d)
@@ -147,7 +148,7 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
                 m = y == c
                 wc = w[m]
                 # A batch's class sum in float32 (a few hundred terms), the sum over batches in float64.
-                total[:, c] += wc.T @ flat[m]
+                total[c] += wc.T @ flat[m]
                 total_w[:, c] += wc.double().sum(0)
     out: dict[str, WeightedAverages] = {}
     if total is None or total_w is None:  # no examples
@@ -158,7 +159,7 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
             if layer != name:
                 continue
             weight = total_w[c0:c1].cpu()
-            img = total[c0:c1].cpu() / torch.where(weight > 0, weight, 1.0)[..., None]
+            img = total[:, c0:c1].transpose(0, 1).cpu() / torch.where(weight > 0, weight, 1.0)[..., None]
             means[kind] = img.reshape(*weight.shape, *data.shape).float().numpy()
             means[kind + "_w"] = (weight / counts.clamp(min=1)).numpy()
         out[name] = WeightedAverages(means["act"], means["act_w"], means["grad"], means["grad_w"])

@@ -16,6 +16,8 @@ from torch import nn
 
 from compute.datasets.sources import ImageSet
 from compute.nets.activations import by_position, derivative, point_kind, response, unit_dim
+from compute.nets.convs import fast_convs
+from compute.nets.pools import fast_pools
 from compute.nets.probe import Probe
 from compute.progress import bar
 
@@ -232,7 +234,8 @@ def evaluation_sums(model: nn.Module, probes: dict[str, nn.Module], data: ImageS
     """The sums behind ``evaluation_stats`` on ``data`` (a whole set or one shard of it).
 
     Each example's loss is differentiated separately (the batch loss is a sum and the model is in
-    eval mode, so examples do not interact), giving dLoss_n/d(activity) for example n.
+    eval mode, so examples do not interact), giving dLoss_n/d(activity) for example n. Runs with the
+    fast 2x2 pools and chunked one-channel convolutions (``compute.nets``): torch's floats, faster.
     """
     model.eval()
     sums: dict[str, ClassSums] = {}
@@ -240,7 +243,7 @@ def evaluation_sums(model: nn.Module, probes: dict[str, nn.Module], data: ImageS
     loss_sum, correct = 0.0, torch.zeros(data.n_classes, dtype=torch.float64)
     counts = torch.zeros(data.n_classes, dtype=torch.float64)
     example_loss, example_pred = [], []
-    with Probe(probes) as probe:
+    with Probe(probes) as probe, fast_pools(model), fast_convs(model):
         for start in bar(range(0, len(data), batch_size), "statistics", unit="batch"):
             x = data.floats(start, start + batch_size, device)
             y = data.labels[start:start + batch_size].to(device)

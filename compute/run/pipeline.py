@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import torch
 
 from compute.ablation.curves import UnitScores
+from compute.allocator import keep_freed_memory
 from compute.ablation.engine import AblationEngine
 from compute.datasets.sources import ImageSet, Splits
 from compute.distributed import work
@@ -128,27 +129,31 @@ def _ablation(ctx: RunContext) -> Any:
     return work.single_unit(ctx.executor, ctx.worker(), ctx.items("ablation"), units)
 
 
-def _curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
-    """Cumulative ablation curves and their areas on the evaluation set (and the training set)."""
+def _curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list], work.Evaluated]:
+    """Cumulative ablation curves and their areas on the evaluation set (and the training set), and the
+    evaluation set's masks with their sums, which the class curves reuse."""
     stats, (_, ablations) = ctx.results["statistics"], ctx.results["ablation"]
     scores = {n: UnitScores(selectivity(stats.layers[n].class_means["rect"])["selectivity"], ablations[n].loss_delta,
                             stats.layers[n].n_active > 0)
               for n in ablations}
     # Orders come from the evaluation set's scores on both splits, so the curves are comparable.
-    curves, aucs = work.curves(ctx.executor, ctx.worker(), ctx.items("curves"), scores, "eval", "eval")
+    curves, aucs, evaluated = work.curves(ctx.executor, ctx.worker(), ctx.items("curves"), scores, "eval", "eval")
     if ctx.cfg.train_curves:
-        train_curves, train_aucs = work.curves(ctx.executor, ctx.worker(), ctx.items("curves"), scores, "train", "train")
+        train_curves, train_aucs, _ = work.curves(ctx.executor, ctx.worker(), ctx.items("curves"), scores, "train",
+                                                  "train")
         curves = {c: curves[c] + train_curves[c] for c in curves}
         aucs = {c: aucs[c] + train_aucs[c] for c in aucs}
-    return curves, aucs
+    return curves, aucs, evaluated
 
 
 def _class_curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
     """Per class, units removed in the order of their importance for it, on the evaluation set."""
     stats, (_, ablations) = ctx.results["statistics"], ctx.results["ablation"]
+    curves = ctx.results["curves"]
+    known = curves[2] if len(curves) > 2 else None  # a curves stage saved by older code kept no sums
     return work.class_curves(ctx.executor, ctx.worker(), ctx.items("class_curves"),
                              {n: ablations[n].class_loss_delta for n in ablations},
-                             {n: stats.layers[n].n_active > 0 for n in ablations})
+                             {n: stats.layers[n].n_active > 0 for n in ablations}, known=known)
 
 
 def _images(ctx: RunContext) -> tuple[dict[str, list], dict[str, float]]:
@@ -268,6 +273,7 @@ def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, 
         raise input_error(cfg.model, splits.train.shape, e) from None
     ctx = RunContext(model, splits, eval_set, cfg, device, StageStore(writer.stages_dir),
                      executor=executor or InProcessExecutor())
+    keep_freed_memory()  # batch-sized tensors reuse freed memory instead of page-faulting (compute/allocator.py)
     with torch_threads(cfg.threads):  # one thread policy for every stage (compute/threads.py)
         run_stages(ctx)
     return _publish(ctx, writer, spec, shapes, started)
@@ -290,7 +296,7 @@ def _publish(ctx: RunContext, writer: RunWriter, spec: ModelSpec | None, shapes:
     writer.write_table("examples", tables.examples_table(ctx.eval_set, r["statistics"]))
     writer.write_table("unit_examples", tables.unit_examples_table(layer_order, ablations))
     writer.write_table("train_trace", tables.trace_table(trained, names))
-    curves, aucs = r["curves"]
+    curves, aucs = r["curves"][:2]
     writer.write_table("ablation_curves", curves)
     writer.write_table("ablation_auc", aucs)
     per_class, removal = r["class_curves"]

@@ -28,8 +28,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("ablation", ("train",), "single-unit zero-ablation deltas, overall and per class (units, unit_classes)"),
     Stage("curves", ("statistics", "ablation"), "cumulative ablation curves and their areas (ablation_curves, "
           "ablation_auc)"),
-    Stage("class_curves", ("statistics", "ablation"), "per class, units removed in the order of their importance for "
-          "that class: that class's accuracy against the others' (class_curves, class_removal)"),
+    Stage("class_curves", ("statistics", "ablation", "curves"), "per class, units removed in the order of their "
+          "importance for that class: that class's accuracy against the others' (class_curves, class_removal); masks "
+          "the curves evaluated are not evaluated again"),
     Stage("images", ("train",), "visual evidence per unit as PNG rows (unit_images)"),
     Stage("publish", ("train", "evaluate", "statistics", "ablation", "curves", "class_curves", "images"),
           "every table, the checkpoint and the manifest, renamed into the warehouse at once", resumable=False),

@@ -46,7 +46,6 @@ CLASS_GRIDS = "class_grids"
 MAX_GRIDS = 16
 
 
-
 @dataclass
 class Values:
     """One metric of a grid: (units x classes) values as stored, and where they are not null (None: all)."""

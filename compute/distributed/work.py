@@ -273,8 +273,8 @@ def class_curves(executor: Executor, worker: Worker, store: StageStore, class_im
     for p in plans:
         flat = _flat(p.job)
         have = known.get(p.group)
-        index = {bytes(m.numpy().tobytes()): i for i, m in enumerate(have[0])} if have is not None else {}
-        rows = torch.tensor([index.get(bytes(m.numpy().tobytes()), -1) for m in flat], dtype=torch.long)
+        index = {m.numpy().tobytes(): i for i, m in enumerate(have[0])} if have is not None else {}
+        rows = torch.tensor([index.get(m.numpy().tobytes(), -1) for m in flat], dtype=torch.long)
         todo.append(ClassPlan(p.group, p.n_alive, p.counts, p.inverse, {k: t[rows < 0] for k, t in p.job.items()}))
         sources.append(rows)
     # Keys name the masks not evaluated by the curves ("new."), so items saved by code that evaluated all are not read.

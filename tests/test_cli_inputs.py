@@ -45,6 +45,12 @@ def files(tmp_path: Path) -> dict[str, Path]:
     out["module"] = tmp_path / "module.pt"
     (tmp_path / "garbage.pt").write_bytes(b"\x80\x04 not a checkpoint")
     out["garbage"] = tmp_path / "garbage.pt"
+    (tmp_path / "text.pt").write_text("root:x:0:0:root:/root:/bin/bash\n")  # the unpickler fails with IndexError
+    out["text"] = tmp_path / "text.pt"
+    (tmp_path / "zip.pt").write_bytes(b"PK\x03\x04 a damaged zip archive")
+    out["zip"] = tmp_path / "zip.pt"
+    (tmp_path / "random.pt").write_bytes(np.random.default_rng(1).integers(0, 256, 3000, dtype=np.uint8).tobytes())
+    out["random"] = tmp_path / "random.pt"
     torch.save(torch.zeros(3), tmp_path / "tensor.pt")
     out["tensor"] = tmp_path / "tensor.pt"
     torch.save({"note": "no tensors"}, tmp_path / "no-tensors.pt")
@@ -127,6 +133,9 @@ FILE_CASES: list[tuple[str, list[str], str]] = [  # file fixture key, arguments,
     ("code", ["--checkpoint", "{}", "--epochs", "0"], "never unpickled"),
     ("module", ["--checkpoint", "{}", "--epochs", "0"], "never unpickled"),
     ("garbage", ["--checkpoint", "{}", "--epochs", "0"], "cannot read --checkpoint"),
+    ("text", ["--checkpoint", "{}", "--epochs", "0"], "cannot read --checkpoint .*damaged"),
+    ("zip", ["--checkpoint", "{}", "--epochs", "0"], "cannot read --checkpoint .*damaged"),
+    ("random", ["--checkpoint", "{}", "--epochs", "0"], "cannot read --checkpoint"),
     ("tensor", ["--checkpoint", "{}", "--epochs", "0"], "holds no state dict"),
     ("no-tensors", ["--checkpoint", "{}", "--epochs", "0"], "holds no state dict"),
     ("other-model", ["--checkpoint", "{}", "--epochs", "0"], "does not fit the model"),
@@ -305,3 +314,15 @@ def test_figures():
     stage-folder files and the seven export targets refused or protected."""
     tried = len(RUN_CASES) + len(FILE_CASES) + len(OTHER_CASES) + len(EXPORT_CASES) + 2 + 7 + 4
     print(f"bad inputs with a clear error (or a clean no-op) / tried: {tried} / {tried}")
+
+
+@pytest.mark.parametrize("model,dataset", [("torchvision:resnet18", "mnist"), ("lenet5", "idx:../shared/data/mnist/"),
+                                           ("mlp", "crossed-sevens:/data/mnist"), ("x" * 300, "folder:/a/b c/"),
+                                           ("lenet5", "corner-mark:")])
+def test_default_run_ids_are_valid(model, dataset):
+    """A run without --run-id is named from its model and data; names with ':' or '/' must still be ids."""
+    from compute.run.config import RunConfig, default_run_id
+    from warehouse.layout import check_run_id
+
+    rid = default_run_id(RunConfig(model=model, dataset=dataset))
+    assert check_run_id(rid) == rid and ":" not in rid and "/" not in rid

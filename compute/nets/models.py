@@ -328,10 +328,15 @@ def _load_safely(source: Path | bytes, what: str) -> Any:
             f"{what} {source if isinstance(source, Path) else ''} holds Python objects beyond tensors (e.g. a whole "
             f"pickled model), which are never unpickled because loading them can run code. Save the weights with "
             f"torch.save(model.state_dict(), path) and pass that file.") from None
-    except (OSError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
+    except OSError as e:
+        raise ConfigError(f"cannot read {what} {source if isinstance(source, Path) else ''}: {e.strerror or e}. "
+                          f"Check the path and its permissions.") from None
+    except Exception as e:  # noqa: BLE001 - damaged bytes make the unpickler raise almost anything (IndexError...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"cannot read {what} {source if isinstance(source, Path) else ''}: {first}. It must be a "
-                          f"file written by torch.save holding a state dict.") from None
+        first = f"{type(e).__name__}: {first}" if isinstance(e, (IndexError, KeyError)) else first
+        raise ConfigError(f"cannot read {what} {source if isinstance(source, Path) else ''}: it is not a file "
+                          f"written by torch.save, or it is damaged ({first}). It must be a file written by "
+                          f"torch.save holding a state dict.") from None
 
 
 def load_weights(model: nn.Module, path: Path) -> None:

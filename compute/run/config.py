@@ -82,10 +82,18 @@ class RunSummary:
     figures: dict[str, float] = field(default_factory=dict)
 
 
+def _id_part(text: str) -> str:
+    """``text`` as a run id part: runs of other characters as one '-', at most 48 characters."""
+    return re.sub(r"[^A-Za-z0-9._]+", "-", text).strip("-._")[:48].strip("-._") or "x"
+
+
 def default_run_id(cfg: RunConfig) -> str:
-    data = re.sub(r"[^A-Za-z0-9]+", "-", Path(cfg.dataset.removeprefix("idx:")).name or cfg.dataset).strip("-")
+    """``<model>-<dataset>-s<seed>-<UTC stamp>``, always a valid run id (``torchvision:resnet18`` ->
+    ``torchvision-resnet18``; a dataset folder by its last name)."""
+    kind, _, where = cfg.dataset.rpartition(":")
+    data = (Path(where).name or where) if kind in ("idx", "folder") else f"{kind}-{Path(where).name or where}"
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"{cfg.model}-{data}-s{cfg.seed}-{stamp}"
+    return f"{_id_part(cfg.model)}-{_id_part(data.lstrip('-'))}-s{cfg.seed}-{stamp}"
 
 
 def package_versions() -> dict[str, str]:

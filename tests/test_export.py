@@ -60,6 +60,8 @@ def test_cli_export_matches_the_query(tmp_path, warehouse_root, con):
     (["--run", RUN_ID, "--class-condition", "selectivity:1:"], "unknown column 'selectivity'"),
     (["--run", RUN_ID, "--layer", "fc9"], "has no layer fc9"),
     (["--run", RUN_ID, "--sort", "run_id"], "unknown sort column"),
+    (["--run", RUN_ID, "--class", "99", "--class-condition", "anomaly:1:"], "there is no class 99"),
+    (["--run", RUN_ID, "--pref-class", "3", "--pref-class", "10"], "there is no class 10"),
     (["--run", RUN_ID, "--format", "csv", "--output-dir-missing"], "unrecognized arguments"),
 ])
 def test_cli_errors_name_the_problem_and_write_nothing(tmp_path, warehouse_root, args, message):

@@ -157,6 +157,18 @@ def test_a_failed_write_leaves_the_target_as_it_was(tmp_path):
     assert out.read_bytes() == OLD and [p.name for p in tmp_path.iterdir()] == ["old.csv"]
 
 
+@pytest.mark.parametrize("folder", ["/proc", "read-only"])
+def test_a_folder_where_no_file_can_be_created_is_one_paragraph(tmp_path, folder):
+    """/proc refuses new files even to root; a read-only folder refuses them to anyone else."""
+    if folder == "read-only":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into read-only folders")
+        (tmp_path / "ro").mkdir(mode=0o555)
+        folder = str(tmp_path / "ro")
+    with pytest.raises(WarehouseError, match="cannot create a file in"):
+        write_output(Path(folder) / "units.csv", _write)
+
+
 def test_dev_null_is_streamed_into_and_stays_a_device():
     write_output(Path("/dev/null"), _write)
     assert stat.S_ISCHR(os.stat("/dev/null").st_mode)

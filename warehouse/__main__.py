@@ -13,7 +13,7 @@ try:  # Ctrl-C while the modules load: one line, exit code 130
     from warehouse.export import FORMATS, table_bytes
     from warehouse.errors import AtlasError, WarehouseError
     from warehouse.filters import UnitFilter, add_arguments, from_cli
-    from warehouse.queries import PRESETS, QueryError, filter_units_arrow
+    from warehouse.queries import PRESETS, QueryError, class_names, filter_units_arrow, layer_names
     from warehouse.safe_write import STDOUT, check_target, is_stream, write_output
     from warehouse.schema import markdown
     from warehouse.text import term
@@ -75,10 +75,15 @@ def export(args: argparse.Namespace) -> int:
         raise QueryError(f"cannot tell the format from {args.output.name!r}; pass --format csv or --format parquet.")
     f = build_filter(args)
     con = connect(root)
-    layers = {r[0] for r in con.execute("SELECT layer FROM layers WHERE run_id = ?", [args.run]).fetchall()}
+    layers = set(layer_names(con, args.run))
     unknown = sorted(set(f.layers) - layers)
     if unknown:
         raise QueryError(f"run {args.run!r} has no layer {', '.join(unknown)} (layers: {', '.join(sorted(layers))}).")
+    n_classes = len(class_names(con, args.run))
+    wrong = sorted({c for c in (*f.pref_classes, f.condition_class) if c is not None and c >= n_classes})
+    if wrong:
+        raise QueryError(f"run {args.run!r} has {n_classes} classes (0 to {n_classes - 1}); there is no class "
+                         f"{', '.join(map(str, wrong))}. Choose --class and --pref-class among them.")
     table = filter_units_arrow(con, f)
     data = table_bytes(table, fmt)
     write_output(args.output, lambda f: f.write(data), args.force)

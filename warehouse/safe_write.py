@@ -97,7 +97,11 @@ def write_output(out: Path | str, write: Callable[[BinaryIO], None], force: bool
         existing = os.lstat(out)
     except FileNotFoundError:
         existing = None
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name[:64]}.", suffix=".tmp", dir=out.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name[:64]}.", suffix=".tmp", dir=out.parent)
+    except OSError as e:  # a read-only or virtual folder (/proc, /sys), a full disk, no permission
+        raise WarehouseError(f"cannot write {out}: cannot create a file in {out.parent} ({e.strerror or e}); "
+                             f"choose a folder you can write to.") from None
     try:
         umask = os.umask(0)
         os.umask(umask)

@@ -85,8 +85,9 @@ VARIANTS = {
 }
 
 
-def variant_scores(root: Path, report: PlantedReport) -> dict[str, tuple[str, bool, float, float]]:
-    """Per variant, on the checked run ``report``: (kind, a true detector in the top 5, precision@5, recall@10)."""
+def variant_scores(root: Path, report: PlantedReport) -> dict[str, tuple[str, bool, float, float, int]]:
+    """Per variant, on the checked run ``report``: (kind, a true detector in the top 5, precision@5, recall@10,
+    rank of the best true detector)."""
     truth = {d.name for d in report.detectors}
     ex = per_example(root, report.run_id, KINDS[report.kind].target)
     out = {}
@@ -102,11 +103,11 @@ def variant_scores(root: Path, report: PlantedReport) -> dict[str, tuple[str, bo
         order = [units[i] for i in np.argsort(-np.array(values), kind="stable")]
         hits = np.array([u in truth for u in order])
         out[name] = (report.kind, bool(hits[:TOP_RANK].any()), float(hits[:TOP_RANK].mean()),
-                     float(hits[:10].sum() / len(truth)))
+                     float(hits[:10].sum() / len(truth)), int(np.argmax(hits)) + 1)
     return out
 
 
-def variant_table(per_run: list[dict[str, tuple[str, bool, float, float]]]) -> list[str]:
+def variant_table(per_run: list[dict[str, tuple[str, bool, float, float, int]]]) -> list[str]:
     """The markdown table: per variant, over all runs and per kind."""
     kinds = list(dict.fromkeys(r[0] for run in per_run for r in run.values()))
     out = ["| score for (unit, class) | all: top-5 hits, precision@5, recall@10 | " + " | ".join(kinds) + " |",
@@ -118,7 +119,7 @@ def variant_table(per_run: list[dict[str, tuple[str, bool, float, float]]]) -> l
     return out
 
 
-def _cell(rs: list[tuple[str, bool, float, float]]) -> str:
+def _cell(rs: list[tuple[str, bool, float, float, int]]) -> str:
     return f"{sum(r[1] for r in rs)}/{len(rs)}, {np.mean([r[2] for r in rs]):.2f}, {np.mean([r[3] for r in rs]):.2f}"
 
 
@@ -132,7 +133,8 @@ def main() -> None:
         report = check(args.warehouse, row["run_id"], row["kind"], int(row["seed"]))
         if report.detectors:
             per_run.append(variant_scores(args.warehouse, report))
-            print(f"{report.run_id}: {len(report.detectors)} true detectors", flush=True)
+            print(f"{report.run_id}: {len(report.detectors)} true detectors; best detector rank per variant: "
+                  + ", ".join(str(r[4]) for r in per_run[-1].values()), flush=True)
     print("\n".join(variant_table(per_run)))
 
 

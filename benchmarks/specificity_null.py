@@ -3,6 +3,7 @@ part of a class: the calibration table of docs/metrics.md (Specificity).
 
     python benchmarks/specificity_null.py [--dataset mnist-5k] [--split test] [--digits 1000] [--inits 0,1,2]
     python benchmarks/specificity_null.py --dataset idx:../shared/data/mnist --split train --digits 8000 --inits 5
+    python benchmarks/specificity_null.py --change log-odds     # removal measured in the label's log-odds
 
 For every live (unit, class) with at least 5 firing and 5 other active examples, the share of p-values
 below 0.01, 0.05 and 0.5 for the test (``compute.measure.subsets.specificity``, margin ``MARGIN``), the
@@ -28,9 +29,10 @@ from compute.datasets.sources import load_dataset  # noqa: E402
 from compute.measure.firing import fit  # noqa: E402
 from compute.measure.subsets import MARGIN, scan_units, specificity  # noqa: E402
 from compute.nets.models import ModelSpec, build_model  # noqa: E402
+from specificity_variants import CHANGES  # noqa: E402
 
 
-def pvalues(data, init: int) -> tuple[dict[str, list[float]], list[str]]:
+def pvalues(data, init: int, change: str = "loss") -> tuple[dict[str, list[float]], list[str]]:
     torch.manual_seed(init)
     model = build_model(ModelSpec("lenet5", data.shape, data.n_classes))
     probes = model.probe_modules()
@@ -39,7 +41,8 @@ def pvalues(data, init: int) -> tuple[dict[str, list[float]], list[str]]:
     out: dict[str, list[float]] = {"test": [], "no margin": [], "raw": []}
     layers: list[str] = []
     for name, probe in probes.items():
-        scan = scan_units(model, probe, list(range(len(rules[name].threshold))), data, rules[name])
+        scan = scan_units(model, probe, list(range(len(rules[name].threshold))), data, rules[name],
+                          loss=CHANGES[change])
         for u in range(len(scan.units)):
             for c in range(data.n_classes):
                 active = (labels == c) & (scan.mass[u] > 0)
@@ -61,6 +64,7 @@ def main() -> None:
     ap.add_argument("--split", choices=("train", "test"), default="test")
     ap.add_argument("--digits", type=int, default=1000)
     ap.add_argument("--inits", default="0,1,2", help="torch seeds of the untrained networks")
+    ap.add_argument("--change", choices=list(CHANGES), default="loss", help="what removal is measured in")
     args = ap.parse_args()
     torch.set_num_threads(1)
     splits = load_dataset(args.dataset)
@@ -70,11 +74,12 @@ def main() -> None:
     p: dict[str, list[float]] = {"test": [], "no margin": [], "raw": []}
     layers: list[str] = []
     for init in (int(s) for s in args.inits.split(",")):
-        got, lay = pvalues(data, init)
+        got, lay = pvalues(data, init, args.change)
         for k in p:
             p[k] += got[k]
         layers += lay
-    print(f"{args.dataset} {args.split}, {len(data)} digits, inits {args.inits}: {len(layers)} (unit, class) pairs; "
+    print(f"{args.dataset} {args.split}, {len(data)} digits, inits {args.inits}, change in {args.change}: "
+          f"{len(layers)} (unit, class) pairs; "
           f"{time.perf_counter() - started:.0f} s at load {os.getloadavg()[0]:.1f}")
     for k, v in p.items():
         a = np.array(v)

@@ -111,6 +111,41 @@ def test_specificity_is_the_one_sided_rank_test_of_effect_per_activation():
     assert specificity(slight, 0, labels, 7).p > 0.5
 
 
+def test_scan_measures_removal_in_the_quantity_it_is_given():
+    """``scan_units(loss=...)``: the removal effect is the change of that per-example quantity. Checked on an
+    untrained LeNet-5's last hidden layer, where removing unit u is the same as zeroing column u of the
+    output layer's weights (an independent forward pass), with a quantity that does not saturate (the
+    label's logit less the largest other) and with the default cross-entropy."""
+    from compute.measure.firing import fit
+    from compute.measure.subsets import scan_units
+    from compute.nets.models import ModelSpec, build_model
+
+    torch.set_num_threads(1)
+    data = load_dataset("mnist-5k").test.subset(np.arange(200))
+    torch.manual_seed(0)
+    model = build_model(ModelSpec("lenet5", data.shape, data.n_classes)).eval()
+    probe = model.probe_modules()["fc2"]
+    rule = fit(model, {"fc2": probe}, data)["fc2"]
+    units = [3, 40]
+
+    def gap(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return logits.gather(1, y[:, None]).squeeze(1) - logits.scatter(1, y[:, None], float("-inf")).amax(1)
+
+    x, y = data.floats(0, len(data)), data.labels
+    for fn, ref in ((gap, gap), (None, lambda z, t: torch.nn.functional.cross_entropy(z, t, reduction="none"))):
+        scan = scan_units(model, probe, units, data, rule.select(units), **({"loss": fn} if fn else {}))
+        with torch.no_grad():
+            base = ref(model(x), y)
+            np.testing.assert_allclose(scan.base_loss, base.numpy(), rtol=1e-5, atol=1e-6)
+            for row, u in enumerate(units):
+                kept = model.fc3.weight[:, u].clone()
+                model.fc3.weight[:, u] = 0
+                want = (ref(model(x), y) - base).numpy()
+                model.fc3.weight[:, u] = kept
+                np.testing.assert_allclose(scan.loss_delta[row], want, rtol=1e-4, atol=1e-5)
+                assert np.abs(want).max() > 1e-3  # the units matter, so the comparison means something
+
+
 def _untrained_pvalues(data: ImageSet) -> dict[str, np.ndarray]:
     """For every (live unit, class) of an untrained LeNet-5 with at least 5 firing and 5 other active examples:
     the specificity test's p ("test"), the same recomputed here from the scan ("recomputed"), without the

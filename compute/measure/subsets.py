@@ -9,6 +9,7 @@ of the post-ReLU output as everywhere (``compute.nets.probe.ZeroUnit``).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,12 +47,19 @@ def layer_rule(model: nn.Module, probe: nn.Module, units: list[int], data: Image
     return fit(model, {"layer": probe}, data, device=device)["layer"].select(list(units))
 
 
+def label_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-example cross-entropy: the quantity whose change on removal ``scan_units`` records by default."""
+    return F.cross_entropy(logits, y, reduction="none")
+
+
 @torch.inference_mode()
 def scan_units(model: nn.Module, probe: nn.Module, units: list[int], data: ImageSet, rule: FiringRule,
-               together: bool = False, batch_size: int = 1000, device: str = "cpu") -> ExampleScan:
+               together: bool = False, batch_size: int = 1000, device: str = "cpu",
+               loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = label_loss) -> ExampleScan:
     """Value, fire/silent (``rule``: the firing rule of exactly ``units``, ``layer_rule``), activation
     mass and removal effect of each of ``units`` (of the layer probed by ``probe``) on every example of
-    ``data``; with ``together`` one row of effects: all of ``units`` removed at once."""
+    ``data``; with ``together`` one row of effects: all of ``units`` removed at once. ``loss`` (logits,
+    labels -> per-example values) is what the effect is measured in (benchmarks measure other ones)."""
     model.eval()
     fires, values, masses, base_loss, base_hit, deltas, hits = [], [], [], [], [], [], []
     groups = [list(units)] if together else [[u] for u in units]
@@ -63,16 +71,16 @@ def scan_units(model: nn.Module, probe: nn.Module, units: list[int], data: Image
             post = p.post["layer"]
             value = rule.value(probe, post, list(units)).cpu()
             masses.append(units_of(probe, post.detach())[:, units].double().sum(2).T.cpu().numpy())
-        loss = F.cross_entropy(logits, y, reduction="none")
+        intact = loss(logits, y)
         values.append(value.T.numpy())
         fires.append(rule.fires(value).T.numpy())
-        base_loss.append(loss.cpu().numpy())
+        base_loss.append(intact.cpu().numpy())
         base_hit.append((logits.argmax(1) == y).cpu().numpy())
         d, h = [], []
         for group in groups:
             with ZeroUnit(probe, group):
                 cut = model(x)
-            d.append((F.cross_entropy(cut, y, reduction="none") - loss).cpu().numpy())
+            d.append((loss(cut, y) - intact).cpu().numpy())
             h.append((cut.argmax(1) == y).cpu().numpy())
         deltas.append(np.stack(d))
         hits.append(np.stack(h))

@@ -153,6 +153,14 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
     _idle(page)
     page.get_by_role("link", name="Next →").click()  # next unit in the filter's order
     page.get_by_text("Unit 2 of").wait_for(timeout=WAIT)
+    _idle(page)
+    page.go_back()  # one Back: the unit before
+    page.get_by_text("Unit 1 of").wait_for(timeout=WAIT)
+    _idle(page)
+    assert page.url == unit_url
+    page.go_forward()
+    page.get_by_text("Unit 2 of").wait_for(timeout=WAIT)
+    _idle(page)
     page.get_by_role("link", name="← Back to results").click()
     page.get_by_text(count).wait_for(timeout=WAIT)
 
@@ -180,7 +188,17 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
 
     fresh.goto(f"{server}/gallery?run={RUN_ID}&layer=conv2&gsort=selectivity&gdesc=1")
     first = expected["gallery_first"]
+    fresh.get_by_role("link", name=first, exact=True).wait_for(timeout=WAIT)
+    _idle(fresh)
+    gallery = fresh.url
     fresh.get_by_role("link", name=first, exact=True).click()
+    fresh.get_by_role("heading", name=f"Unit {first}", exact=True).wait_for(timeout=WAIT)
+    _idle(fresh)
+    fresh.go_back()  # one Back: the gallery as it was
+    fresh.get_by_role("link", name=first, exact=True).wait_for(timeout=WAIT)
+    _idle(fresh)
+    assert fresh.url == gallery
+    fresh.go_forward()
     fresh.get_by_role("heading", name=f"Unit {first}", exact=True).wait_for(timeout=WAIT)
     _idle(fresh)
     fresh.get_by_role("button", name="Enlarge").first.click()
@@ -245,7 +263,8 @@ def test_researcher_tasks_and_back_in_chromium(server, browser, warehouse_root):
     page.goto(f"{server}/unit?run={RUN_ID}&unit={layer}:{unit}")
     page.get_by_role("heading", name=f"Unit {layer}:{unit}", exact=True).wait_for(timeout=WAIT)
     _idle(page)
-    page.get_by_text("prediction without the unit").first.wait_for(state="attached", timeout=WAIT)  # a grid header
+    for header in ("prediction intact", "prediction without the unit"):  # both predictions, the grid's headers
+        page.get_by_text(header, exact=True).first.wait_for(state="attached", timeout=WAIT)
 
 
 def _point(page, key: str) -> tuple[float, float, str]:
@@ -354,6 +373,9 @@ def test_one_back_after_each_way_of_leaving(server, browser):
     page.go_back()
     page.get_by_text("units removed", exact=True).wait_for(timeout=WAIT)
     assert page.url == whatif
+    page.go_back()  # and one more Back: the unit page it was added from
+    page.get_by_role("heading", name="Unit fc1:0", exact=True).wait_for(timeout=WAIT)
+    assert page.url == f"{server}/unit?run={RUN_ID}&unit=fc1:0"  # the link it was opened by
 
 
 def test_a_point_of_the_webgl_scatter_opens_its_unit(server, browser):

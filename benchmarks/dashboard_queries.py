@@ -11,6 +11,14 @@ three connections measured side by side in one run:
 Class-level conditions and per-class ranks are answered from per-class values in memory
 (``warehouse.class_values``); beside them the column ``SQL path`` times the same query through
 ``unit_classes`` in SQL (``class_values.sql_path()``, the tests' reference), in the same run.
+A metric's first use: the dashboard warms ``dashboard.cached.WARM_CLASS_METRICS`` (anomaly, abl_loss_delta,
+grad_mean) in the thread that copies ``units``; the row "first ask after warm-up" opens the warehouse so each
+time and times the first ask of the custom conditions. The honest cold reads are kept, labelled and left out
+of the target: "cold: 2 metrics read" (anomaly and grad_mean read from Parquet, then the ask) and "a metric not
+warmed, read" (one column into memory). At load 4.4-5.7 on the 2-core machine (--repeat 3 --memory-only),
+p50 / p95 ms: first ask after warm-up 230 / 260 beside 282 / 310 for the first ask with the values held and
+47 / 82 for the all-units table in the same run; cold 621 / 718; one metric read 149 / 156 (the old two-copy
+read, interleaved with the new one at load 5.9: 416 / 1,257 against 171 / 241). Idle figures: README.
 
 The synthetic run has no images, so the gallery's timing is its query side (the
 ``unit_images`` join finds no rows). Then whole pages (explorer, unit page, gallery) run end to end by Streamlit's AppTest, cold and rerun.
@@ -43,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from compute.progress import bar  # noqa: E402
 from warehouse import connect, list_runs  # noqa: E402
-from warehouse.connect import wait_for_units  # noqa: E402
+from warehouse.connect import has_units_in_memory, wait_for_units  # noqa: E402
 from warehouse import browse  # noqa: E402
 from warehouse import class_values  # noqa: E402
 from warehouse.class_match import forget  # noqa: E402
@@ -56,6 +64,12 @@ LAYERS = 8
 CLASSES = 10
 EPOCHS = 2
 TARGET_MS = 100.0
+#: The rows of a metric's first use: the honest cold read (left out of the target: ``WARMED`` is the dashboard's
+#: first ask) and the first ask after the warm-up of ``dashboard.cached.WARM_CLASS_METRICS``.
+COLD = "filter: class conditions, cold: 2 metrics read"
+WARMED = "filter: class conditions, first ask after warm-up"
+#: Rows that ask per-class values in memory, so the ``memory`` connection only.
+MEMORY_ROWS = (COLD, "class values: a metric not warmed, read (taylor)")
 DISPLAY_ROWS = 5_000  # what the explorer shows; see dashboard/views/explorer.py
 
 
@@ -161,6 +175,31 @@ def first_use(con: duckdb.DuckDBPyConnection, f: q.UnitFilter) -> None:
     first_ask(con, f)
 
 
+def after_warm_up(root: Path, f: q.UnitFilter, warm: tuple[str, ...], repeat: int) -> tuple[float, float]:
+    """p50 / p95 ms of ``first_ask(f)`` as a dashboard process's first class-level ask: each time the per-class
+    values are dropped, the warehouse is opened as the dashboard opens it (``units`` copied and ``warm`` read
+    in its thread, waited for, as a user's first page and clicks take longer than that), then the ask."""
+    ms = []
+    for _ in range(repeat + 1):  # the first, as in ``timed``, a warm-up
+        class_values.forget_values()
+        con = connect(root, background=True, warm=warm)
+        wait_for_units(con)
+        cursor = con.cursor()
+        t0 = time.perf_counter()
+        first_ask(cursor, f)
+        ms.append((time.perf_counter() - t0) * 1000)
+        cursor.close(), con.close()
+    return float(np.percentile(ms[1:], 50)), float(np.percentile(ms[1:], 95))
+
+
+def one_metric_read(con: duckdb.DuckDBPyConnection, metric: str) -> None:
+    """A metric not warmed, read from Parquet into memory on its first use (``class_values.values``)."""
+    grid = class_values.grid(con, RUN_ID)
+    assert grid is not None
+    grid.metrics.pop(metric, None)
+    class_values.values(grid, metric)
+
+
 def by_sql(fn):
     """``fn`` answered through ``unit_classes`` in SQL instead of the per-class values in memory."""
     def run():
@@ -190,6 +229,7 @@ def main() -> int:
     ap.add_argument("--units", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=30)
     ap.add_argument("--warehouse", type=Path, default=None)
+    ap.add_argument("--no-warm-up", action="store_true", help=f"skip the row {WARMED!r} (20 to 60 s)")
     ap.add_argument("--memory-only", action="store_true",
                     help="measure only warehouse.connect as the dashboard uses it (skip the parquet and arrow baselines)")
     args = ap.parse_args()
@@ -228,7 +268,8 @@ def main() -> int:
             "filter: custom class conditions (matches kept)": explorer_table(custom),
             "filter: custom class conditions, first ask": lambda: first_ask(con, custom),
             "filter: class conditions for class 3, first ask": lambda: first_ask(con, one_class),
-            "filter: class conditions, first use of their metrics": lambda: first_use(con, custom),
+            COLD: lambda: first_use(con, custom),
+            "class values: a metric not warmed, read (taylor)": lambda: one_metric_read(con, "taylor"),
             "rank by one class (abl_loss_delta, class 3)": lambda: q.rank_by_class(con, base, "abl_loss_delta", 3),
             "scatter data: all units (50,000-point sample)":
                 lambda: q.scatter_data(con, base, "selectivity", "abl_loss_delta"),
@@ -252,28 +293,43 @@ def main() -> int:
           f"{memory.execute('SELECT count(*) FROM train_trace').fetchall()[0][0]:,} train_trace rows; "
           f"{args.repeat} runs each; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print(f"warehouse.connect: {load_s:.2f} s (copies units and their per-class anomalies into memory)")
+    from dashboard.cached import WARM_CLASS_METRICS
+
+    class_values.forget_values()
     t0 = time.perf_counter()
-    background = connect(root, background=True)
+    background = connect(root, background=True, warm=WARM_CLASS_METRICS)
     open_s = time.perf_counter() - t0
+    cursor = background.cursor()
+    while not has_units_in_memory(cursor):
+        time.sleep(0.01)
+    copied_s = time.perf_counter() - t0
     wait_for_units(background)
-    print(f"warehouse.connect(background=True), as the dashboard opens it: {open_s:.2f} s to answer (from Parquet), "
-          f"the copy in memory {time.perf_counter() - t0:.2f} s after the start")
-    background.close()
+    print(f"warehouse.connect(background=True, warm={WARM_CLASS_METRICS}), as the dashboard opens it: {open_s:.2f} s "
+          f"to answer (from Parquet), units in memory {copied_s:.2f} s after the start, the metrics warmed "
+          f"{time.perf_counter() - t0:.2f} s after the start")
+    cursor.close(), background.close()
     print(f"{'query (ms)':<52}" + "".join(f" {k + ' p50':>12} {'p95':>6}" for k in cons)
           + ("" if args.memory_only else "   arrow/memory p95") + f" {'SQL path p50':>13} {'p95':>6}")
     worst = 0.0
-    for name in cases(memory):
-        row = {k: timed(cases(c)[name], args.repeat) for k, c in cons.items()}
-        if "first use" not in name:
+    names = list(cases(memory)) + ([] if args.no_warm_up else [WARMED])
+    for name in names:
+        if name == WARMED:
+            row = {"memory": after_warm_up(root, custom, WARM_CLASS_METRICS, args.repeat)}
+        else:
+            row = {k: timed(cases(c)[name], args.repeat) for k, c in cons.items()
+                   if k == "memory" or name not in MEMORY_ROWS}
+        if name not in MEMORY_ROWS:
             worst = max(worst, row["memory"][1])
-        reference = ("class condition" in name or "rank" in name) and "first use" not in name
+        reference = ("class condition" in name or "rank" in name) and name not in (*MEMORY_ROWS, WARMED)
         sql = "".join(f" {v:{w}.1f}" for v, w in zip(timed(by_sql(cases(memory)[name]), args.repeat), (13, 6))) \
             if reference else ""
-        print(f"{name:<52}" + "".join(f" {p50:12.1f} {p95:6.1f}" for p50, p95 in row.values())
-              + ("" if args.memory_only else f"   {row['arrow'][1] / row['memory'][1]:6.1f}x") + sql)
-    print(f"target p95 < {TARGET_MS:.0f} ms with warehouse.connect (a metric's first use in the process, which reads "
-          f"its column from Parquet, excluded): {'met' if worst <= TARGET_MS else 'NOT met'} (worst p95 {worst:.1f} "
-          f"ms; load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
+        print(f"{name:<52}" + "".join(f" {row[k][0]:12.1f} {row[k][1]:6.1f}" if k in row else f" {'-':>12} {'-':>6}"
+                                      for k in cons)
+              + ("" if args.memory_only or "arrow" not in row else f"   {row['arrow'][1] / row['memory'][1]:6.1f}x")
+              + sql)
+    print(f"target p95 < {TARGET_MS:.0f} ms with warehouse.connect (the cold reads of per-class metrics from Parquet "
+          f"excluded: the dashboard warms {', '.join(WARM_CLASS_METRICS)}): {'met' if worst <= TARGET_MS else 'NOT met'} "
+          f"(worst p95 {worst:.1f} ms; load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     print(f"per-class values held in memory: {class_values.nbytes() / 2**20:.0f} MB of arrays (the resident set, "
           f"{rss_mb():.0f} MB now, moves by hundreds of MB as DuckDB and Arrow keep or return memory)")
     pages(root, per, max(3, args.repeat // 6))

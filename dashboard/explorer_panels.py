@@ -14,7 +14,7 @@ import streamlit as st
 from dashboard import cached, nav, ui, whatif_panel
 from dashboard.correlation import SMALL_N
 from dashboard.image_panels import with_thumbnails
-from dashboard.state import COLORS, ExplorerState, encode, unit_params
+from dashboard.state import COLORS, RANK_DEFAULT, ExplorerState, encode, unit_params
 from warehouse.browse import FACETS
 from warehouse.export import FORMATS
 from warehouse.filters import CLASS_METRICS, UNIT_METRICS
@@ -84,7 +84,6 @@ def table(root: str, fp: cached.Fingerprint, state: ExplorerState, table: pd.Dat
 
 
 NO_CLASS = "(no class)"
-RANK_DEFAULT = "abl_loss_delta"
 
 
 def rank_to_widgets(rank: str | None, classes: list[str]) -> None:

@@ -25,6 +25,7 @@ from warehouse.text import md, md_code
 
 DEFAULT_X = "selectivity"
 DEFAULT_Y = "abl_loss_delta"
+RANK_DEFAULT = "abl_loss_delta"  # the per-class metric a rank by one class starts with
 COLORS = ("layer", "pref_class_name")
 UNIT_INDEX_MAX = INT32_MAX
 RUN_ID_RULE = "not a run id (1-128 letters, digits, '.', '_' or '-')."

@@ -29,10 +29,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+#: Units of the synthetic run beside the small one: enough live units for the explorer to draw its scatter with
+#: WebGL (``dashboard.explorer_panels.WEBGL_FROM``); the small run's 226 are drawn as SVG.
+GL_UNITS = 2_000
+
+
 @pytest.fixture(scope="module")
-def server(warehouse_root):
+def browser_root(warehouse_root, tmp_path_factory) -> Path:
+    """The small run and a synthetic run of ``GL_UNITS`` units (the benchmark's generator, the real writer)."""
+    import shutil
+
+    from benchmarks.dashboard_queries import generate
+
+    root = tmp_path_factory.mktemp("browser")
+    shutil.copytree(warehouse_root / "runs", root / "runs")
+    generate(root, GL_UNITS)
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(browser_root):
     port = free_port()
-    env = {**os.environ, "NEURON_ATLAS_WAREHOUSE": str(warehouse_root)}
+    env = {**os.environ, "NEURON_ATLAS_WAREHOUSE": str(browser_root)}
     proc = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "dashboard/app.py", "--server.port", str(port),
                              "--server.headless", "true", "--server.address", "127.0.0.1"],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -135,6 +153,14 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
     _idle(page)
     page.get_by_role("link", name="Next →").click()  # next unit in the filter's order
     page.get_by_text("Unit 2 of").wait_for(timeout=WAIT)
+    _idle(page)
+    page.go_back()  # one Back: the unit before
+    page.get_by_text("Unit 1 of").wait_for(timeout=WAIT)
+    _idle(page)
+    assert page.url == unit_url
+    page.go_forward()
+    page.get_by_text("Unit 2 of").wait_for(timeout=WAIT)
+    _idle(page)
     page.get_by_role("link", name="← Back to results").click()
     page.get_by_text(count).wait_for(timeout=WAIT)
 
@@ -162,7 +188,17 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
 
     fresh.goto(f"{server}/gallery?run={RUN_ID}&layer=conv2&gsort=selectivity&gdesc=1")
     first = expected["gallery_first"]
+    fresh.get_by_role("link", name=first, exact=True).wait_for(timeout=WAIT)
+    _idle(fresh)
+    gallery = fresh.url
     fresh.get_by_role("link", name=first, exact=True).click()
+    fresh.get_by_role("heading", name=f"Unit {first}", exact=True).wait_for(timeout=WAIT)
+    _idle(fresh)
+    fresh.go_back()  # one Back: the gallery as it was
+    fresh.get_by_role("link", name=first, exact=True).wait_for(timeout=WAIT)
+    _idle(fresh)
+    assert fresh.url == gallery
+    fresh.go_forward()
     fresh.get_by_role("heading", name=f"Unit {first}", exact=True).wait_for(timeout=WAIT)
     _idle(fresh)
     fresh.get_by_role("button", name="Enlarge").first.click()
@@ -227,18 +263,32 @@ def test_researcher_tasks_and_back_in_chromium(server, browser, warehouse_root):
     page.goto(f"{server}/unit?run={RUN_ID}&unit={layer}:{unit}")
     page.get_by_role("heading", name=f"Unit {layer}:{unit}", exact=True).wait_for(timeout=WAIT)
     _idle(page)
-    page.get_by_text("prediction without the unit").first.wait_for(state="attached", timeout=WAIT)  # a grid header
+    for header in ("prediction intact", "prediction without the unit"):  # both predictions, the grid's headers
+        page.get_by_text(header, exact=True).first.wait_for(state="attached", timeout=WAIT)
 
 
-def _point(page, key: str) -> tuple[float, float]:
-    """Where the first point of the scatter with Streamlit key ``key`` is drawn, in viewport pixels."""
+def _point(page, key: str) -> tuple[float, float, str]:
+    """The point of the explorer's scatter (Streamlit key ``key``) farthest from any other, inside the axes:
+    where it is drawn, in viewport pixels, and its unit (``layer:unit``: the trace is the layer, the unit is
+    the second value of the point's customdata). Read from the plot's data and axes, so it holds for SVG and
+    WebGL traces alike; the point farthest from the rest is the one a click there picks."""
     chart = page.locator(f".st-key-{key} .js-plotly-plot").first
     chart.scroll_into_view_if_needed(timeout=WAIT)
     page.wait_for_timeout(1000)
     return chart.evaluate("""(el) => {
-        const i = el.calcdata.findIndex((cd) => cd.length && Number.isFinite(cd[0].x) && Number.isFinite(cd[0].y));
-        const c = el.calcdata[i][0], L = el._fullLayout, r = el.getBoundingClientRect();
-        return [r.left + L.xaxis._offset + L.xaxis.c2p(c.x), r.top + L.yaxis._offset + L.yaxis.c2p(c.y)];
+        const L = el._fullLayout, X = L.xaxis, Y = L.yaxis, r = el.getBoundingClientRect(), pts = [];
+        const at = (ax, v) => ax._offset + ax.c2p(ax.d2c(v));
+        el._fullData.forEach((t) => { for (let j = 0; j < t.x.length; j++) {
+            pts.push([at(X, t.x[j]), at(Y, t.y[j]), `${t.name}:${t.customdata[j][1]}`]); } });
+        const inside = (p) => p[0] > X._offset + 10 && p[0] < X._offset + X._length - 10
+                              && p[1] > Y._offset + 10 && p[1] < Y._offset + Y._length - 10;
+        let best = null, far = -1;
+        for (const p of pts.filter(inside)) {
+            let near = Infinity;
+            for (const q of pts) if (q !== p) near = Math.min(near, Math.hypot(p[0] - q[0], p[1] - q[1]));
+            if (near > far) { far = near; best = p; }
+        }
+        return [r.left + best[0], r.top + best[1], best[2]];
     }""")
 
 
@@ -289,10 +339,11 @@ def test_one_back_after_each_way_of_leaving(server, browser):
             box = grid.bounding_box()
             page.mouse.click(box["x"] + 15, box["y"] + 35 + 17)  # the first row's selection marker
         elif way == "point":
-            x, y = _point(page, "ex-scatter")
+            x, y, clicked = _point(page, "ex-scatter")
             page.mouse.move(x, y)
             page.wait_for_timeout(300)
             page.mouse.click(x, y)
+            page.get_by_role("heading", name=f"Unit {clicked}", exact=True).wait_for(timeout=WAIT)
         else:
             jump = page.get_by_role("textbox", name="Go to unit")
             jump.fill("conv2:3")
@@ -322,3 +373,30 @@ def test_one_back_after_each_way_of_leaving(server, browser):
     page.go_back()
     page.get_by_text("units removed", exact=True).wait_for(timeout=WAIT)
     assert page.url == whatif
+    page.go_back()  # and one more Back: the unit page it was added from
+    page.get_by_role("heading", name="Unit fc1:0", exact=True).wait_for(timeout=WAIT)
+    assert page.url == f"{server}/unit?run={RUN_ID}&unit=fc1:0"  # the link it was opened by
+
+
+def test_a_point_of_the_webgl_scatter_opens_its_unit(server, browser):
+    """At 1,000 points and more the explorer draws its scatter with WebGL (Plotly's scattergl, SwiftShader
+    here): clicking a point opens that point's unit page, and one Back returns to the explorer."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server}/explorer?run=synthetic")
+    count = f"{GL_UNITS:,} unit(s) match."
+    page.get_by_text(count).wait_for(timeout=WAIT)
+    _idle(page)
+    explorer = page.url
+    x, y, clicked = _point(page, "ex-scatter")
+    kinds = page.locator(".st-key-ex-scatter .js-plotly-plot").first.evaluate(
+        "(el) => [...new Set(el._fullData.map((t) => t.type))]")
+    assert kinds == ["scattergl"]
+    page.mouse.move(x, y)
+    page.wait_for_timeout(300)
+    page.mouse.click(x, y)
+    page.get_by_role("heading", name=f"Unit {clicked}", exact=True).wait_for(timeout=WAIT)
+    assert "/unit?" in page.url and "run=synthetic" in page.url and clicked.replace(":", "%3A") in page.url
+    page.go_back()
+    page.get_by_text(count).wait_for(timeout=WAIT)
+    _idle(page)
+    assert page.url == explorer

@@ -355,3 +355,79 @@ def test_class_values_in_memory_answer_like_the_sql_scan(odd_values_root, monkey
             seen["rank rows" if len(fast[2]) == limit else "rank short"] += 1
     assert min(seen.values()) >= 5, seen  # every kind of outcome was compared
     con.close(), ref.close()
+
+
+def test_class_values_read_a_few_row_groups_at_a_time_equal_the_column(tmp_path, monkeypatch):
+    """``class_values._read`` fills its array from row groups (7 rows each here, read 10 rows or more at a
+    time, so steps span groups): values and nulls as ``to_pylist`` gives them, NaN kept, the stored type kept,
+    null values 0, no mask for a column without nulls; a file of another size is refused."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from warehouse import class_values
+
+    n, k = 30, 4
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=n * k)
+    x[[5, 50]] = np.nan
+    x_null = np.zeros(n * k, dtype=bool)
+    x_null[[3, 4, 60, 119]] = True  # in some row groups only
+    c_null = rng.random(n * k) < 0.2
+    table = pa.table({"x": pa.array(x, mask=x_null), "c": pa.array(rng.integers(-5, 5, n * k), mask=c_null),
+                      "y": pa.array(rng.normal(size=n * k))})
+    file = tmp_path / "grid.parquet"
+    pq.write_table(table, file, row_group_size=7)
+    monkeypatch.setattr(class_values, "READ_ROWS", 10)
+    for name in ("x", "c", "y"):
+        got = class_values._read(str(file), name, n, k)
+        listed = table[name].to_pylist()
+        assert got.values.shape == (n, k) and got.values.dtype == table[name].type.to_pandas_dtype()
+        if name == "y":
+            assert got.valid is None
+        else:
+            np.testing.assert_array_equal(got.valid.ravel(), [v is not None for v in listed])
+        expected = np.array([0 if v is None else v for v in listed], dtype=got.values.dtype)
+        np.testing.assert_array_equal(got.values.ravel(), expected)  # NaN equals NaN here
+        whole = class_values._values(pa.chunked_array(table[name].chunks[:1] + table[name].chunks[1:]), n, k)
+        np.testing.assert_array_equal(whole.values, got.values)
+    with pytest.raises(ValueError, match="rows where 31 x 4"):
+        class_values._read(str(file), "x", 31, k)
+
+
+def test_warm_reads_the_named_metrics_ahead_within_max_bytes(odd_values_root, monkeypatch):
+    """``connect(background=True, warm=...)`` reads the named per-class metrics in its thread, equal to
+    ``unit_classes`` in SQL (nulls and NaN included), and stops where the next would pass ``MAX_BYTES``
+    (nothing held is dropped for it); a metric not named is read on first use."""
+    import warehouse
+    from warehouse import class_values
+    from warehouse.connect import wait_for_units
+
+    class_values.forget_values()
+    con = warehouse.connect(odd_values_root, background=True, warm=("grad_mean", "abl_loss_delta"))
+    assert wait_for_units(con, timeout=120)
+    g = class_values.grid(con, "odd")
+    assert set(g.metrics) == {"anomaly", "grad_mean", "abl_loss_delta"}
+    for metric in ("grad_mean", "abl_loss_delta"):
+        rows = {(g.layers[layer], unit, c): value for layer, unit, c, value in con.execute(
+            f'SELECT layer, unit, "class", {metric} FROM unit_classes WHERE run_id = \'odd\'').fetchall()}
+        v = g.metrics[metric]
+        assert v.valid is not None and not v.valid.all()  # the odd run has nulls in these metrics
+        for i, (layer_index, unit) in enumerate(zip(g.layer_index, g.unit)):
+            for c in range(g.n_classes):
+                value, have = rows[(layer_index, unit, c)], v.values[i, c]
+                assert v.valid[i, c] == (value is not None)
+                assert value is None or value == have or (math.isnan(value) and math.isnan(have))
+    assert "taylor" not in g.metrics
+    class_values.values(g, "taylor")
+    assert "taylor" in g.metrics
+    con.close()
+
+    class_values.forget_values()
+    con = warehouse.connect(odd_values_root)  # each grid's anomalies only
+    odd, small = class_values.grid(con, "odd"), class_values.grid(con, RUN_ID)
+    assert set(odd.metrics) == set(small.metrics) == {"anomaly"}
+    # Room for one more metric (float64 and its validity mask); grids are warmed in run order, "odd" first.
+    monkeypatch.setattr(class_values, "MAX_BYTES", class_values.nbytes() + len(odd.unit) * odd.n_classes * 9)
+    assert class_values.warm(con, ("grad_mean", "abl_loss_delta")) == 1
+    assert set(odd.metrics) == {"anomaly", "grad_mean"} and set(small.metrics) == {"anomaly"}
+    con.close()

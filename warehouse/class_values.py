@@ -21,6 +21,11 @@ file's identity (path, device, inode, size, mtime, ctime: any write changes ctim
 or rewritten file is never answered from an old array.
 Arrays are kept up to ``MAX_BYTES`` in all (about 80 MB per metric per million units, ten classes),
 least recently used dropped first.
+
+A column is read into one preallocated array a few row groups at a time (``_read``): one copy, through
+Arrow buffers of a few MB that its pool reuses, about 100 ms per metric at a million units. ``warm``
+reads the metrics a caller expects to be asked (the dashboard: its presets' and defaults') ahead of
+the first ask, in the thread that copies ``units``.
 """
 
 from __future__ import annotations
@@ -74,6 +79,7 @@ class Grid:
 _lock = threading.Lock()
 _grids: OrderedDict[FileKey, Grid] = OrderedDict()
 _used: OrderedDict[tuple[FileKey, str], int] = OrderedDict()  # (grid, metric) -> bytes, least recent first
+_reading: dict[tuple[FileKey, str], threading.Lock] = {}  # (grid, metric) being read by ``values``
 _enabled = True
 
 
@@ -109,13 +115,66 @@ def grid_table(rows: list[tuple[str, str]]) -> pa.Table:
                      "file": pa.array([f for _, f in rows], pa.string())})
 
 
+class _Filler:
+    """Values of ``n`` x ``k`` rows of one type, filled chunk by chunk in row order: each chunk copied once
+    into the final array, nulls as a validity mask (made at the first null; their values 0)."""
+
+    def __init__(self, n: int, k: int, type_: pa.DataType) -> None:
+        self.n, self.k = n, k
+        self.values = np.empty(n * k, dtype=type_.to_pandas_dtype())
+        self.valid: np.ndarray | None = None
+        self.at = 0
+
+    def add(self, column: pa.Array | pa.ChunkedArray) -> None:
+        for chunk in column.chunks if isinstance(column, pa.ChunkedArray) else [column]:
+            end = self.at + len(chunk)
+            if end > len(self.values):
+                raise ValueError(f"more than {self.n} x {self.k} values")
+            if chunk.null_count:
+                if self.valid is None:
+                    self.valid = np.ones(len(self.values), dtype=bool)
+                self.valid[self.at:end] = chunk.is_valid().to_numpy(zero_copy_only=False)
+                chunk = chunk.fill_null(0)
+            self.values[self.at:end] = chunk.to_numpy(zero_copy_only=False)
+            self.at = end
+
+    def done(self) -> Values:
+        if self.at != len(self.values):
+            raise ValueError(f"{self.at} values where {self.n} x {self.k} were expected")
+        return Values(self.values.reshape(self.n, self.k),
+                      None if self.valid is None else self.valid.reshape(self.n, self.k))
+
+
 def _values(column: pa.Array | pa.ChunkedArray, n: int, k: int) -> Values:
-    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    valid = None
-    if column.null_count:
-        valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False)).reshape(n, k)
-        column = column.fill_null(0)
-    return Values(np.array(column.to_numpy(zero_copy_only=False)).reshape(n, k), valid)
+    """A column already read, copied into numpy's memory (so that Arrow's buffers can go)."""
+    filler = _Filler(n, k, column.type)
+    filler.add(column)
+    return filler.done()
+
+
+#: Rows read from Parquet per step of ``_read`` (a few row groups: 2 MB of float64).
+READ_ROWS = 2**18
+
+
+def _read(file: str, metric: str, n: int, k: int) -> Values:
+    """``metric``'s column of ``file`` as (n x k) values, read a few row groups at a time into the final array.
+
+    Reading the whole column and then copying it costs a second copy and, at a million units, an 80 MB
+    Arrow buffer whose fresh pages fault in: 140 to 440 ms per metric against about 100 ms here."""
+    source = pq.ParquetFile(file)
+    meta = source.metadata
+    if meta.num_rows != n * k:
+        raise ValueError(f"{file} has {meta.num_rows} rows where {n} x {k} were expected")
+    filler = _Filler(n, k, source.schema_arrow.field(metric).type)
+    step: list[int] = []
+    rows = 0
+    for g in range(meta.num_row_groups):
+        step.append(g)
+        rows += meta.row_group(g).num_rows
+        if rows >= READ_ROWS or g == meta.num_row_groups - 1:
+            filler.add(source.read_row_groups(step, columns=[metric])[metric])
+            step, rows = [], 0
+    return filler.done()
 
 
 def _keep(key: FileKey, grid: Grid, metric: str, values: Values) -> None:
@@ -146,23 +205,64 @@ def grid(con: duckdb.DuckDBPyConnection, run_id: str) -> Grid | None:
         return _grids.get(key)
 
 
-def values(g: Grid, metric: str) -> Values:
-    """``metric``'s values of grid ``g``, read from its file on first use."""
-    key = file_key(g.file)
+def _kept(key: FileKey, g: Grid, metric: str) -> Values | None:
     with _lock:
         if metric in g.metrics and (key, metric) in _used:
             _used.move_to_end((key, metric))
             return g.metrics[metric]
-    column = pq.read_table(g.file, columns=[metric])[metric]
-    got = _values(column, len(g.unit), g.n_classes)
-    # Copied into numpy's memory (``_values``), so that the column's buffers go back to the system: arrow's
-    # pool would otherwise keep hundreds of MB of them at a million units.
-    del column
-    pa.default_memory_pool().release_unused()
+    return None
+
+
+def values(g: Grid, metric: str) -> Values:
+    """``metric``'s values of grid ``g``, read from its file on first use (one reader at a time per metric:
+    an ask while ``warm`` reads it waits for that read)."""
+    key = file_key(g.file)
+    got = _kept(key, g, metric)
+    if got is not None:
+        return got
     with _lock:
-        if _grids.get(key) is g:
-            _keep(key, g, metric, got)
+        reading = _reading.setdefault((key, metric), threading.Lock())
+    with reading:
+        got = _kept(key, g, metric)
+        if got is None:
+            got = _read(g.file, metric, len(g.unit), g.n_classes)
+            with _lock:
+                if _grids.get(key) is g:
+                    _keep(key, g, metric, got)
+    with _lock:
+        _reading.pop((key, metric), None)
     return got
+
+
+def warm(con: duckdb.DuckDBPyConnection, metrics: tuple[str, ...]) -> int:
+    """Read ``metrics`` of each grid registered for ``con``'s database (its runs in name order) ahead of their
+    first use, while they fit in ``MAX_BYTES`` beside the arrays held (none is dropped for them: each counted
+    with a validity mask, which it has if its column holds nulls); the number of arrays read."""
+    read = 0
+    for (file,) in con.execute(f"SELECT file FROM {CLASS_GRIDS} ORDER BY run_id").fetchall():
+        try:
+            key = file_key(file)
+        except OSError:
+            continue
+        with _lock:
+            g = _grids.get(key)
+        if g is None:
+            continue
+        schema = pq.read_schema(file)
+        for metric in metrics:
+            if schema.get_field_index(metric) < 0:
+                continue
+            with _lock:
+                held = metric in g.metrics
+            if not held:
+                if nbytes() + len(g.unit) * g.n_classes * (schema.field(metric).type.byte_width + 1) > MAX_BYTES:
+                    break
+                try:
+                    values(g, metric)
+                except (OSError, ValueError, pa.ArrowException):
+                    break  # the file replaced meanwhile: its first use reads it again (or asks SQL)
+                read += 1
+    return read
 
 
 #: Candidate lists kept per grid by ``top`` (a few KB each).

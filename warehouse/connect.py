@@ -18,7 +18,9 @@ stay on disk, where one unit's rows are found through the row groups' statistics
 With ``background=True`` (the dashboard) the copy is made in a thread: ``units`` is first a view of
 the Parquet files, so the first page does not wait for the copy (seconds per million units), and
 becomes the in-memory copy once it is complete. The queries ask for the copy on every call
-(``has_units_in_memory``), so each is answered from whichever is there, with the same rows.
+(``has_units_in_memory``), so each is answered from whichever is there, with the same rows. The thread
+then reads the per-class metrics named by ``warm`` into ``warehouse.class_values`` (the dashboard's
+presets' and defaults'), so that their first class-level condition is not a Parquet read.
 """
 
 from __future__ import annotations
@@ -53,13 +55,15 @@ def unit_key(layer_index: str, unit: str) -> str:
 
 
 def connect(root: Path | str | None = None, memory_units: int = MEMORY_UNITS, *,
-            background: bool = False) -> duckdb.DuckDBPyConnection:
+            background: bool = False, warm: tuple[str, ...] = ()) -> duckdb.DuckDBPyConnection:
     """A locked-down in-memory DuckDB database with ``runs``, ``layers``, ``units``, ... over the complete runs.
 
     Broken runs (see ``list_runs``) are left out. The tables are part of the database, so
     ``con.cursor()`` gives further connections to it, one per thread, sharing the in-memory copy.
     ``background``: copy ``units`` into memory in a thread, answering from Parquet meanwhile (see the
-    module's docstring); ``wait_for_units`` waits for it.
+    module's docstring); ``wait_for_units`` waits for it. ``warm``: per-class metrics (columns of
+    ``unit_classes``) read into ``warehouse.class_values`` once ``units`` is in memory (``class_values.warm``),
+    so that their first class-level condition or rank is a numpy pass.
     """
     root = (Path(root) if root is not None else default_path()).resolve()
     runs = [r for r in list_runs(root) if r.ok]
@@ -70,14 +74,14 @@ def connect(root: Path | str | None = None, memory_units: int = MEMORY_UNITS, *,
         if not runs:
             con.from_arrow(table.arrow_schema.empty_table()).create(name)
         elif name == "units" and in_memory and not background:
-            _units_in_memory(con, files["units"], files["unit_classes"])
+            _units_in_memory(con, files["units"], files["unit_classes"], warm)
         else:
             con.read_parquet(files[name]).create_view(name)
     con.execute("SET allowed_directories = ?", [[str(root / RUNS_DIR) + "/"]])
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     if in_memory and background:
-        copy = threading.Thread(target=_units_in_memory_later, args=(con.cursor(), files["units"], files["unit_classes"]),
+        copy = threading.Thread(target=_units_in_memory_later, args=(con.cursor(), files["units"], files["unit_classes"], warm),
                                 name="units-into-memory", daemon=True)
         _COPIES[id(con)] = copy
         copy.start()
@@ -89,18 +93,20 @@ _COPIES: dict[int, threading.Thread] = {}
 
 
 def wait_for_units(con: duckdb.DuckDBPyConnection, timeout: float | None = None) -> bool:
-    """Wait until ``con``'s background copy of ``units`` is complete (or failed); whether it is in memory."""
+    """Wait until ``con``'s background copy of ``units`` (and the metrics it warms) is complete (or failed);
+    whether ``units`` is in memory."""
     copy = _COPIES.get(id(con))
     if copy is not None:
         copy.join(timeout)
     return has_units_in_memory(con)
 
 
-def _units_in_memory_later(cursor: duckdb.DuckDBPyConnection, units: list[str], classes: list[str]) -> None:
+def _units_in_memory_later(cursor: duckdb.DuckDBPyConnection, units: list[str], classes: list[str],
+                           warm: tuple[str, ...]) -> None:
     """``_units_in_memory`` on a cursor of its own, in a thread; on any failure (the database closed,
     a file replaced meanwhile) ``units`` stays the Parquet view, which answers the same."""
     try:
-        _units_in_memory(cursor, units, classes)
+        _units_in_memory(cursor, units, classes, warm)
     except (duckdb.Error, OSError, pa.ArrowException):
         pass
     finally:
@@ -110,7 +116,8 @@ def _units_in_memory_later(cursor: duckdb.DuckDBPyConnection, units: list[str], 
             pass
 
 
-def _units_in_memory(con: duckdb.DuckDBPyConnection, units: list[str], classes: list[str]) -> None:
+def _units_in_memory(con: duckdb.DuckDBPyConnection, units: list[str], classes: list[str],
+                     warm: tuple[str, ...] = ()) -> None:
     # unit_classes holds one row per class of every unit (the compute step writes the full grid), so
     # position k + 1 of the class-ordered list is class k. Sorted like the files, so that zone maps
     # still skip other layers.
@@ -128,6 +135,7 @@ def _units_in_memory(con: duckdb.DuckDBPyConnection, units: list[str], classes: 
         _units_in_memory_grouped(con, units, classes)
     columns = ", ".join(f'"{c.name}"' for c in TABLES["units"].columns)
     con.execute(f"CREATE OR REPLACE VIEW units AS SELECT {columns} FROM {UNITS_IN_MEMORY}")
+    class_values.warm(con, warm)
 
 
 def _with_class_anomaly(units_file: str, classes_file: str) -> pa.Table | None:

@@ -27,8 +27,9 @@ S = st.session_state
 
 
 def read_url(run_ids: list[str]) -> list[str]:
-    """Put a new URL's gallery settings into the widgets; the notices for values ignored."""
-    if not ui.url_is_new(PAGE):
+    """Put a new URL's gallery settings into the widgets, or the URL the page wrote last when its widgets were
+    cleared by a visit to another page (Back from a tile's unit page); the notices for values ignored."""
+    if not ui.url_is_new(PAGE) and "gal-layer" in S:
         return []
     params = st.query_params
     state, notices = parse(params)

@@ -2,6 +2,8 @@
 
 - evaluation: one item per data shard; loss sums and correct counts add up;
 - statistics: one item per data shard; float64 sums per class add up, per-unit peaks take the maximum;
+  then the firing rule's two passes (position moments, then the example values' under the rule they
+  give) and the specialization pass (which needs the thresholds), each a round of one item per shard;
 - single-unit ablation: layer x chunk of units x data shard, float64 per-class loss and hit sums, the
   paired sums (added) and the affected examples (merged: first flips in example order, largest rises);
 - sequential single-unit ablation: the same items, look by look, for the units still running;
@@ -18,6 +20,8 @@ about 1e-16 relative; each shard's sums start from zero.)
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -30,7 +34,12 @@ from compute.ablation.outcome import LayerAblation, Outcome, PairedSums
 from compute.distributed.executor import Executor, Item, Worker, run_items
 from compute.images.actmax import Maps, activation_maps, chunk_units, concat
 from compute.images.config import ActMaxConfig
+from compute.measure import firing
+from compute.measure.firing import FiringRule
+from compute.measure.specialization import specialization_sums
 from compute.measure.stats import EvalStats, EvalSums, evaluation_sums
+from compute.nets.convs import fast_convs
+from compute.nets.pools import fast_pools
 from compute.measure.train import evaluation_sums as loss_sums
 from compute.run.stage_store import StageStore
 
@@ -99,6 +108,62 @@ def statistics(executor: Executor, worker: Worker, store: StageStore, data: str 
     for p in parts[1:]:
         merged = merged.merge(p)
     return merged.finish()
+
+
+def _add_arrays(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Nested dicts (or tuples) of float64 arrays of the shards, added in shard order."""
+    def add(values: list[Any]) -> Any:
+        if isinstance(values[0], dict):
+            return {k: add([v[k] for v in values]) for k in values[0]}
+        if isinstance(values[0], tuple):
+            return tuple(add(list(v)) for v in zip(*values))
+        total = np.array(values[0], dtype=np.float64, copy=True)
+        for v in values[1:]:
+            total += v
+        return total
+    return add(parts)
+
+
+def _moments_item(worker: Worker, data: str, start: int, stop: int) -> firing.Sums:
+    model = worker.model
+    with fast_pools(model), fast_convs(model):  # the same floats, faster (compute/nets/)
+        return firing.moment_sums(model, model.probe_modules(), worker.shard(data, start, stop), device=worker.device)
+
+
+def _values_item(worker: Worker, data: str, start: int, stop: int, rules: dict[str, FiringRule]) -> firing.Sums:
+    model = worker.model
+    with fast_pools(model), fast_convs(model):
+        return firing.value_sums(model, model.probe_modules(), worker.shard(data, start, stop), rules,
+                                 device=worker.device)
+
+
+def firing_rules(executor: Executor, worker: Worker, store: StageStore, data: str = "eval") -> dict[str, FiringRule]:
+    """``compute.measure.firing.fit`` on a dataset as two rounds of items per shard (position moments, then
+    the example values' moments under the rules they give), each round's sums added in shard order."""
+    n = len(worker.data[data])
+    spans = shards(n)
+    moments = run_items(executor, worker, [Item(f"moments.x{_span(a, b)}", _moments_item, (data, a, b))
+                                           for a, b in spans], store, "firing rule")
+    rules = firing.rules_from_moments(_add_arrays(moments), n)
+    values = run_items(executor, worker, [Item(f"values.x{_span(a, b)}", _values_item, (data, a, b, rules))
+                                          for a, b in spans], store, "firing threshold")
+    return firing.with_thresholds(rules, _add_arrays(values), n)
+
+
+def _specialization_item(worker: Worker, data: str, start: int, stop: int,
+                         rules: dict[str, FiringRule]) -> dict[str, dict[str, np.ndarray]]:
+    model = worker.model
+    with fast_pools(model), fast_convs(model):
+        return specialization_sums(model, model.probe_modules(), worker.shard(data, start, stop), rules,
+                                   device=worker.device)
+
+
+def specialization(executor: Executor, worker: Worker, store: StageStore, rules: dict[str, FiringRule],
+                   data: str = "eval") -> dict[str, dict[str, np.ndarray]]:
+    """``specialization_sums`` on a dataset, one item per shard, added in shard order."""
+    items = [Item(f"special.x{_span(a, b)}", _specialization_item, (data, a, b, rules))
+             for a, b in shards(len(worker.data[data]))]
+    return _add_arrays(run_items(executor, worker, items, store, "specialization"))
 
 
 # --- single-unit ablation ---------------------------------------------------------------------------

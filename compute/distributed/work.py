@@ -49,15 +49,15 @@ MASK_CHUNK = 128  # curve points (masks) per curves item
 
 
 def shards(n: int) -> list[tuple[int, int]]:
-    return _spans(0, n)
+    return shard_spans(0, n)
 
 
-def _spans(a: int, b: int) -> list[tuple[int, int]]:
+def shard_spans(a: int, b: int) -> list[tuple[int, int]]:
     """Examples a..b-1 in shards of at most ``SHARD_EXAMPLES``."""
     return [(s, min(s + SHARD_EXAMPLES, b)) for s in range(a, b, SHARD_EXAMPLES)]
 
 
-def _span(a: int, b: int) -> str:
+def span_key(a: int, b: int) -> str:
     return f"{a:07d}-{b:07d}"
 
 
@@ -87,7 +87,7 @@ def _evaluate_item(worker: Worker, data: str, start: int, stop: int) -> tuple[fl
 def evaluate(executor: Executor, worker: Worker, store: StageStore, data: str) -> tuple[float, float]:
     """(mean loss, accuracy) on a dataset, one item per shard, sums added in shard order."""
     n = len(worker.data[data])
-    items = [Item(f"{data}.x{_span(a, b)}", _evaluate_item, (data, a, b)) for a, b in shards(n)]
+    items = [Item(f"{data}.x{span_key(a, b)}", _evaluate_item, (data, a, b)) for a, b in shards(n)]
     loss, correct = 0.0, 0
     for part_loss, part_correct in run_items(executor, worker, items, store, f"evaluate {data}"):
         loss, correct = loss + part_loss, correct + part_correct
@@ -102,7 +102,7 @@ def _statistics_item(worker: Worker, data: str, start: int, stop: int) -> EvalSu
 
 
 def statistics(executor: Executor, worker: Worker, store: StageStore, data: str = "eval") -> EvalStats:
-    items = [Item(f"x{_span(a, b)}", _statistics_item, (data, a, b)) for a, b in shards(len(worker.data[data]))]
+    items = [Item(f"x{span_key(a, b)}", _statistics_item, (data, a, b)) for a, b in shards(len(worker.data[data]))]
     parts: list[EvalSums] = run_items(executor, worker, items, store, "statistics")
     merged = parts[0]
     for p in parts[1:]:
@@ -110,7 +110,7 @@ def statistics(executor: Executor, worker: Worker, store: StageStore, data: str 
     return merged.finish()
 
 
-def _add_arrays(parts: list[dict[str, Any]]) -> dict[str, Any]:
+def add_sums(parts: list[dict[str, Any]]) -> dict[str, Any]:
     """Nested dicts (or tuples) of float64 arrays of the shards, added in shard order."""
     def add(values: list[Any]) -> Any:
         if isinstance(values[0], dict):
@@ -142,12 +142,12 @@ def firing_rules(executor: Executor, worker: Worker, store: StageStore, data: st
     the example values' moments under the rules they give), each round's sums added in shard order."""
     n = len(worker.data[data])
     spans = shards(n)
-    moments = run_items(executor, worker, [Item(f"moments.x{_span(a, b)}", _moments_item, (data, a, b))
+    moments = run_items(executor, worker, [Item(f"moments.x{span_key(a, b)}", _moments_item, (data, a, b))
                                            for a, b in spans], store, "firing rule")
-    rules = firing.rules_from_moments(_add_arrays(moments), n)
-    values = run_items(executor, worker, [Item(f"values.x{_span(a, b)}", _values_item, (data, a, b, rules))
+    rules = firing.rules_from_moments(add_sums(moments), n)
+    values = run_items(executor, worker, [Item(f"values.x{span_key(a, b)}", _values_item, (data, a, b, rules))
                                           for a, b in spans], store, "firing threshold")
-    return firing.with_thresholds(rules, _add_arrays(values), n)
+    return firing.with_thresholds(rules, add_sums(values), n)
 
 
 def _specialization_item(worker: Worker, data: str, start: int, stop: int,
@@ -161,9 +161,9 @@ def _specialization_item(worker: Worker, data: str, start: int, stop: int,
 def specialization(executor: Executor, worker: Worker, store: StageStore, rules: dict[str, FiringRule],
                    data: str = "eval") -> dict[str, dict[str, np.ndarray]]:
     """``specialization_sums`` on a dataset, one item per shard, added in shard order."""
-    items = [Item(f"special.x{_span(a, b)}", _specialization_item, (data, a, b, rules))
+    items = [Item(f"special.x{span_key(a, b)}", _specialization_item, (data, a, b, rules))
              for a, b in shards(len(worker.data[data]))]
-    return _add_arrays(run_items(executor, worker, items, store, "specialization"))
+    return add_sums(run_items(executor, worker, items, store, "specialization"))
 
 
 # --- single-unit ablation ---------------------------------------------------------------------------
@@ -185,7 +185,7 @@ def single_unit(executor: Executor, worker: Worker, store: StageStore, units: di
     n = len(worker.data[data])
     spans = shards(n)
     chunks = [(layer, u0, min(u0 + UNIT_CHUNK, k)) for layer, k in units.items() for u0 in range(0, k, UNIT_CHUNK)]
-    items = [Item(f"{layer}.u{_span(u0, u1)}.x{_span(a, b)}", _ablation_item, (data, layer, units[layer], u0, u1, a, b),
+    items = [Item(f"{layer}.u{span_key(u0, u1)}.x{span_key(a, b)}", _ablation_item, (data, layer, units[layer], u0, u1, a, b),
                   size=(u1 - u0) * (b - a) / n)
              for layer, u0, u1 in chunks for a, b in spans]
     results = run_items(executor, worker, items, store, "ablation", unit="unit")
@@ -234,12 +234,12 @@ def sequential_unit(executor: Executor, worker: Worker, store: StageStore, units
     examples: dict[str, list[UnitExamples]] = {layer: [] for layer in units}
     intact: MaskSums | None = None
     for r, (a, b) in enumerate(zip([0, *bounds[:-1]], bounds)):
-        spans = _spans(a, b)
+        spans = shard_spans(a, b)
         chunks = [(layer, i, idx[i:i + UNIT_CHUNK]) for layer, idx in running.items()
                   for i in range(0, len(idx), UNIT_CHUNK)]
         if not chunks:  # every unit has stopped: the intact pass alone, for the run's intact outcome
             chunks = [(first_layer, 0, np.zeros(0, dtype=np.int64))]
-        items = [Item(f"{layer}.look{r}.c{i:07d}.x{_span(s0, s1)}", _units_item,
+        items = [Item(f"{layer}.look{r}.c{i:07d}.x{span_key(s0, s1)}", _units_item,
                       (data, layer, units[layer], idx, s0, s1), size=len(idx) * (s1 - s0) / n)
                  for layer, i, idx in chunks for s0, s1 in spans]
         results = run_items(executor, worker, items, store, f"ablation look {r + 1}/{len(bounds)}", unit="unit")
@@ -295,7 +295,7 @@ def _plan_sums(executor: Executor, worker: Worker, store: StageStore, plans: lis
     items of chunk of masks x shard; per plan its sums over the data, and the first chunk's (for counts)."""
     spans = shards(len(worker.data[data]))
     chunks = [(p, m0, min(m0 + MASK_CHUNK, p.n_masks)) for p in plans for m0 in range(0, p.n_masks, MASK_CHUNK)]
-    items = [Item(f"{prefix}{p.group}.m{_span(m0, m1)}.x{_span(a, b)}", _masks_item,
+    items = [Item(f"{prefix}{p.group}.m{span_key(m0, m1)}.x{span_key(a, b)}", _masks_item,
                   (data, {k: t[m0:m1] for k, t in p.job.items()}, a, b))
              for p, m0, m1 in chunks for a, b in spans]
     results = run_items(executor, worker, items, store, label)
@@ -371,7 +371,7 @@ def actmax(executor: Executor, worker: Worker, store: StageStore, units: dict[st
     layer computes them, one item per stack of ``chunk_units(cfg)`` units."""
     step = chunk_units(cfg)
     chunks = [(layer, u0, min(u0 + step, k)) for layer, k in units.items() for u0 in range(0, k, step)]
-    items = [Item(f"{layer}.u{_span(u0, u1)}", _actmax_item, (layer, u0, u1, in_shape, mean_pixel, cfg), size=u1 - u0)
+    items = [Item(f"{layer}.u{span_key(u0, u1)}", _actmax_item, (layer, u0, u1, in_shape, mean_pixel, cfg), size=u1 - u0)
              for layer, u0, u1 in chunks]
     results = run_items(executor, worker, items, store, "activation maximization", unit="unit")
     return {layer: (concat([h for (name, _, _), (h, _) in zip(chunks, results) if name == layer]),

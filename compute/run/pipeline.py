@@ -22,11 +22,11 @@ from compute.allocator import keep_freed_memory
 from compute.ablation.engine import AblationEngine
 from compute.datasets.sources import ImageSet, Splits
 from compute.distributed import work
+from compute.distributed.images import unit_images
 from compute.distributed.executor import Executor, InProcessExecutor, Worker
 from compute.errors import ConfigError
-from compute.images.actmax import Maps
 from compute.images.table import COLUMNS as IMAGE_COLUMNS
-from compute.images.table import ROW_GROUP_ROWS, unit_images
+from compute.images.table import ROW_GROUP_ROWS
 from compute.measure.specialization import specialization
 from compute.measure.stats import selectivity
 from compute.measure.train import TrainConfig, TrainResult, train
@@ -155,16 +155,11 @@ def _class_curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
 
 
 def _images(ctx: RunContext) -> tuple[dict[str, list], dict[str, float]]:
-    """The images stage; its activation maximization as work items (layer x chunk of units)."""
+    """The images stage, as rounds of work items (``compute.distributed.images``)."""
     cfg = ctx.cfg.images
     if cfg is None:
         return {c: [] for c in IMAGE_COLUMNS}, {}
-
-    def actmax(units: dict[str, int], mean_pixel: torch.Tensor) -> dict[str, tuple[Maps, Maps]]:
-        return work.actmax(ctx.executor, ctx.worker(), ctx.items("actmax"), units, ctx.eval_set.shape, mean_pixel,
-                           cfg.actmax)
-
-    return unit_images(ctx.model, ctx.probes(), ctx.eval_set, ctx.splits.train, cfg, ctx.device, actmax)
+    return unit_images(ctx.executor, ctx.worker(), ctx.items("images"), ctx.items("actmax"), cfg)
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[RunContext], Any]] = {

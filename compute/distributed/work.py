@@ -9,7 +9,8 @@
 - sequential single-unit ablation: the same items, look by look, for the units still running;
 - cumulative curves and per-class curves: group x chunk of masks x data shard, the same sums;
 - activation maximization (the images stage's largest part): layer x chunk of units, the chunks the
-  in-process stack uses (``compute.images.actmax.chunk_units``), concatenated in unit order.
+  in-process stack uses (``compute.images.actmax.chunk_units``), concatenated in unit order; the images
+  stage's other rounds are in ``compute.distributed.images``.
 
 The items depend only on the model, the data and these constants, never on the executor or the
 number of workers, and every merge adds shards in data order (never completion order). So the in-

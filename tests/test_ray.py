@@ -1,6 +1,6 @@
-"""The compute step on Ray: the published run equals the in-process one (LeNet-5, a ResNet-18 slice),
-with 1 or 2 workers, after a killed worker and after a killed driver resumed; and the tables read
-with ``pyarrow.dataset`` alone."""
+"""The compute step on Ray: the published run equals the in-process one (LeNet-5 with a light images
+stage, a ResNet-18 slice), with 1 or 2 workers, after a killed worker and after a killed driver resumed;
+and the tables read with ``pyarrow.dataset`` alone."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import torch
 import warehouse
 import compute.api as atlas
 from compute.datasets.sources import load_dataset, stratified_subset
+from compute.images.config import ActMaxConfig, ImageConfig
 from compute.nets.models import ModelSpec, build_model
 from compute.progress import parse_line
 from compute.run.config import RunConfig
@@ -31,8 +32,10 @@ pytest.importorskip("ray")
 from compute.distributed.ray_executor import RayExecutor  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-LENET = RunConfig(model="lenet5", dataset="mnist-5k", epochs=1, seed=1, train_size=500, eval_size=300, images=None,
-                  train_curves=True)
+LIGHT_IMAGES = [  # the CLI seeds activation maximization with the run's seed
+    "--top-k", "2", "--actmax-steps", "4", "--actmax-restarts", "2"]
+LENET = RunConfig(model="lenet5", dataset="mnist-5k", epochs=1, seed=1, train_size=500, eval_size=300,
+                  images=ImageConfig(top_k=2, actmax=ActMaxConfig(steps=4, restarts=2, seed=1)), train_curves=True)
 VOLATILE = {"run_id", "created_at", "duration_s", "config"}  # differ between two computations of a run
 
 
@@ -147,20 +150,70 @@ def compute_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[
 
 
 def test_a_killed_driver_resumes_and_skips_finished_items(ray_cluster: str, lenet_reference: Path, tmp_path: Path):
+    """Killed after two of the images stage's four pictures items (one per layer): the resumed run loads
+    every finished stage and item (the statistics' and images' earlier rounds too) and computes two items."""
     args = ["--warehouse", str(tmp_path), "--run-id", "killed-driver", "--executor", "ray",
             "--ray-address", ray_cluster, "--ray-workers", "2"]
     killed = compute_cli("--model", "lenet5", "--epochs", "1", "--seed", "1", "--train-size", "500",
-                         "--eval-size", "300", "--no-images", "--train-curves", *args,
-                         env={ENV_VAR: "ablation-item-2", "NEURON_ATLAS_QUIET": "1"})
+                         "--eval-size", "300", *LIGHT_IMAGES, "--train-curves", *args,
+                         env={ENV_VAR: "pictures-item-2", "NEURON_ATLAS_QUIET": "1"})
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (tmp_path / "runs" / "killed-driver").exists()
     resumed = compute_cli("--resume", *args, env={"NEURON_ATLAS_PROGRESS": "lines"})
     assert resumed.returncode == 0, resumed.stderr
     records = [r for line in resumed.stderr.splitlines() if (r := parse_line(line)) and not r.get("start")]
-    ablation = [r for r in records if r["stage"] == "ablation"]
-    assert 0 < ablation[0]["n"] < ablation[0]["total"] == 226  # the units of two items loaded, two computed
-    assert not [r for r in records if r["stage"] in ("train", "statistics")]  # finished stages loaded whole
+    pictures = [r for r in records if r["stage"] == "pictures"]
+    assert 0 < pictures[0]["n"] < pictures[0]["total"] == 226  # the units of two items loaded, two computed
+    for stage in ("top examples", "averages", "activation maximization"):  # earlier rounds: every item loaded
+        assert all(r["n"] == r["total"] for r in records if r["stage"] == stage), stage
+    assert not [r for r in records if r["stage"] in ("train", "statistics", "firing rule", "ablation")]  # stages loaded whole
     assert_same_run(lenet_reference, tmp_path / "runs" / "killed-driver")
+
+
+def test_statistics_passes_as_items_equal_the_whole_set_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The firing rule's two passes and the specialization pass, one item per shard (3 here): the sums of
+    the whole set in one pass within float64 rounding, and a resumed call repeats only the items whose
+    saved results are missing, giving the same floats."""
+    from compute.distributed import work
+    from compute.distributed.executor import InProcessExecutor, Worker
+    from compute.measure.firing import fit
+    from compute.measure.specialization import specialization_sums
+    from compute.run.stage_store import StageStore
+
+    monkeypatch.setattr(work, "SHARD_EXAMPLES", 128)
+    torch.manual_seed(3)
+    model = build_model(ModelSpec("lenet5", (1, 28, 28), 10, {})).eval()
+    data = stratified_subset(load_dataset("mnist-5k").test, 300)
+    worker, probes = Worker(model, {"eval": data}), model.probe_modules()
+    ran: list[str] = []
+
+    class Recording(InProcessExecutor):
+        def map(self, worker, items):
+            ran.extend(item.key for item in items)
+            return super().map(worker, items)
+
+    def passes() -> tuple[dict, dict]:
+        rules = work.firing_rules(Recording(), worker, StageStore(tmp_path))
+        return rules, work.specialization(Recording(), worker, StageStore(tmp_path), rules)
+
+    rules, sums = passes()
+    assert len(ran) == 3 * 3
+    whole_rules, whole_sums = fit(model, probes, data), specialization_sums(model, probes, data, fit(model, probes, data))
+    for layer in probes:
+        for f in ("pos_mean", "pos_std", "threshold"):
+            np.testing.assert_allclose(getattr(rules[layer], f), getattr(whole_rules[layer], f), rtol=1e-9, atol=1e-9)
+        for f, v in whole_sums[layer].items():
+            np.testing.assert_allclose(sums[layer][f], v, rtol=1e-9, atol=1e-9, err_msg=f"{layer}.{f}")
+    gone = ["moments.x0000128-0000256", "values.x0000000-0000128", "special.x0000256-0000300"]
+    for key in gone:
+        (tmp_path / f"{key}.pt").unlink()
+    ran.clear()
+    again_rules, again_sums = passes()
+    assert ran == gone
+    for layer in probes:
+        np.testing.assert_array_equal(again_rules[layer].threshold, rules[layer].threshold)
+        for f, v in sums[layer].items():
+            np.testing.assert_array_equal(again_sums[layer][f], v)
 
 
 def test_tables_read_with_pyarrow_dataset_alone(lenet_reference: Path):
@@ -233,6 +286,9 @@ def test_workers_fetch_the_model_once_and_the_data_per_shard(ray_cluster: str, m
     for a, b in ((0, 128), (100, 300), (250, 260)):
         got = state.shard("eval", a, b)
         assert torch.equal(got.images, data.images[a:b]) and torch.equal(got.labels, data.labels[a:b])
+    ids = np.array([3, 130, 131, 299])  # the pictures items' examples: blocks 0, 1 and 2 only
+    got = state.examples("eval", ids)
+    assert torch.equal(got.images, data.images[ids]) and torch.equal(got.labels, data.labels[ids])
 
 
 def test_activation_maximization_as_items_equals_the_whole_layer_and_resumes(ray_cluster: str, tmp_path: Path):

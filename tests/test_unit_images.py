@@ -26,7 +26,7 @@ from compute.images.attribution import unit_attributions, weighted_averages
 from compute.images.config import ActMaxConfig, ImageConfig
 from compute.nets.models import CifarConvNet, LeNet5, load_checkpoint
 from compute.images.render import decode_png, diverging_pixels, image_pixels
-from compute.images.table import unit_images as compute_unit_images
+from compute.distributed.images import unit_images_in_process
 from warehouse.bundle import export_bundle, image_name, safe_part
 from dashboard.image_panels import crop_to_box, upscale, with_thumbnails
 from warehouse.images import data_uri, thumbnails, unit_images
@@ -485,9 +485,9 @@ def test_rgb_conv_net_gets_every_kind_with_colour_images() -> None:
     data = ImageSet(rgb, digits.labels, digits.class_names, "digits-rgb")
     torch.manual_seed(0)
     model = CifarConvNet((3, 32, 32), 10, width=0.0625).eval()
-    probes = {name: m for name, m in model.probe_modules().items() if name in ("conv1", "conv8", "fc1")}
-    table, seconds = compute_unit_images(model, probes, data, data,
-                                 ImageConfig(top_k=2, actmax=ActMaxConfig(steps=4, restarts=2)))
+    model.probes = {name: path for name, path in model.probes.items() if name in ("conv1", "conv8", "fc1")}
+    probes = model.probe_modules()
+    table, seconds = unit_images_in_process(model, data, data, ImageConfig(top_k=2, actmax=ActMaxConfig(steps=4, restarts=2)))
     t = pd.DataFrame(table)
     assert set(t.layer) == set(probes) and "activation maximization" in seconds
     kinds = t.groupby("layer").kind.unique().map(set)

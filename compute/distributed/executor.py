@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import numpy as np
+
 from compute.ablation.engine import AblationEngine
 from compute.datasets.sources import ImageSet
 from compute.errors import ConfigError
@@ -44,6 +46,13 @@ class Worker:
         if not isinstance(data, ImageSet):
             return data.slice(start, stop)
         return ImageSet(data.images[start:stop], data.labels[start:stop], data.class_names, data.name)
+
+    def examples(self, name: str, ids: np.ndarray) -> ImageSet:
+        """Examples ``ids`` (sorted indices) of a dataset, fetching only the blocks that hold them."""
+        data = self.data[name]
+        if not isinstance(data, ImageSet):
+            return data.take(ids)
+        return data.subset(ids)
 
     def __getstate__(self) -> dict[str, Any]:  # the engine (traced graphs) is rebuilt where it is used
         return {**self.__dict__, "_engine": None}

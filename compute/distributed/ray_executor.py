@@ -20,6 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import ray
 import torch
 from ray.exceptions import AuthenticationError, RayActorError, RayError, RayTaskError
@@ -83,6 +84,15 @@ class Blocks:
             p = parts[0]
             return ImageSet(p.images[a:b], p.labels[a:b], p.class_names, p.name)
         return ImageSet(torch.cat([p.images for p in parts])[a:b], torch.cat([p.labels for p in parts])[a:b],
+                        parts[0].class_names, parts[0].name)
+
+    def take(self, ids: np.ndarray) -> ImageSet:
+        """Examples ``ids`` (sorted indices), from the blocks that hold them."""
+        which = np.unique(ids // self.size)
+        parts: list[ImageSet] = ray.get([self.refs[b] for b in which])
+        offsets = np.cumsum([0] + [len(p) for p in parts])[:-1]
+        at = torch.from_numpy(offsets[np.searchsorted(which, ids // self.size)] + ids % self.size)
+        return ImageSet(torch.cat([p.images for p in parts])[at], torch.cat([p.labels for p in parts])[at],
                         parts[0].class_names, parts[0].name)
 
 

@@ -2,12 +2,15 @@
 
 - evaluation: one item per data shard; loss sums and correct counts add up;
 - statistics: one item per data shard; float64 sums per class add up, per-unit peaks take the maximum;
+  then the firing rule's two passes (position moments, then the example values' under the rule they
+  give) and the specialization pass (which needs the thresholds), each a round of one item per shard;
 - single-unit ablation: layer x chunk of units x data shard, float64 per-class loss and hit sums, the
   paired sums (added) and the affected examples (merged: first flips in example order, largest rises);
 - sequential single-unit ablation: the same items, look by look, for the units still running;
 - cumulative curves and per-class curves: group x chunk of masks x data shard, the same sums;
 - activation maximization (the images stage's largest part): layer x chunk of units, the chunks the
-  in-process stack uses (``compute.images.actmax.chunk_units``), concatenated in unit order.
+  in-process stack uses (``compute.images.actmax.chunk_units``), concatenated in unit order; the images
+  stage's other rounds are in ``compute.distributed.images``.
 
 The items depend only on the model, the data and these constants, never on the executor or the
 number of workers, and every merge adds shards in data order (never completion order). So the in-
@@ -17,6 +20,8 @@ about 1e-16 relative; each shard's sums start from zero.)
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +35,12 @@ from compute.ablation.outcome import LayerAblation, Outcome, PairedSums
 from compute.distributed.executor import Executor, Item, Worker, run_items
 from compute.images.actmax import Maps, activation_maps, chunk_units, concat
 from compute.images.config import ActMaxConfig
+from compute.measure import firing
+from compute.measure.firing import FiringRule
+from compute.measure.specialization import specialization_sums
 from compute.measure.stats import EvalStats, EvalSums, evaluation_sums
+from compute.nets.convs import fast_convs
+from compute.nets.pools import fast_pools
 from compute.measure.train import evaluation_sums as loss_sums
 from compute.run.stage_store import StageStore
 
@@ -40,15 +50,15 @@ MASK_CHUNK = 128  # curve points (masks) per curves item
 
 
 def shards(n: int) -> list[tuple[int, int]]:
-    return _spans(0, n)
+    return shard_spans(0, n)
 
 
-def _spans(a: int, b: int) -> list[tuple[int, int]]:
+def shard_spans(a: int, b: int) -> list[tuple[int, int]]:
     """Examples a..b-1 in shards of at most ``SHARD_EXAMPLES``."""
     return [(s, min(s + SHARD_EXAMPLES, b)) for s in range(a, b, SHARD_EXAMPLES)]
 
 
-def _span(a: int, b: int) -> str:
+def span_key(a: int, b: int) -> str:
     return f"{a:07d}-{b:07d}"
 
 
@@ -78,7 +88,7 @@ def _evaluate_item(worker: Worker, data: str, start: int, stop: int) -> tuple[fl
 def evaluate(executor: Executor, worker: Worker, store: StageStore, data: str) -> tuple[float, float]:
     """(mean loss, accuracy) on a dataset, one item per shard, sums added in shard order."""
     n = len(worker.data[data])
-    items = [Item(f"{data}.x{_span(a, b)}", _evaluate_item, (data, a, b)) for a, b in shards(n)]
+    items = [Item(f"{data}.x{span_key(a, b)}", _evaluate_item, (data, a, b)) for a, b in shards(n)]
     loss, correct = 0.0, 0
     for part_loss, part_correct in run_items(executor, worker, items, store, f"evaluate {data}"):
         loss, correct = loss + part_loss, correct + part_correct
@@ -93,12 +103,68 @@ def _statistics_item(worker: Worker, data: str, start: int, stop: int) -> EvalSu
 
 
 def statistics(executor: Executor, worker: Worker, store: StageStore, data: str = "eval") -> EvalStats:
-    items = [Item(f"x{_span(a, b)}", _statistics_item, (data, a, b)) for a, b in shards(len(worker.data[data]))]
+    items = [Item(f"x{span_key(a, b)}", _statistics_item, (data, a, b)) for a, b in shards(len(worker.data[data]))]
     parts: list[EvalSums] = run_items(executor, worker, items, store, "statistics")
     merged = parts[0]
     for p in parts[1:]:
         merged = merged.merge(p)
     return merged.finish()
+
+
+def add_sums(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Nested dicts (or tuples) of float64 arrays of the shards, added in shard order."""
+    def add(values: list[Any]) -> Any:
+        if isinstance(values[0], dict):
+            return {k: add([v[k] for v in values]) for k in values[0]}
+        if isinstance(values[0], tuple):
+            return tuple(add(list(v)) for v in zip(*values))
+        total = np.array(values[0], dtype=np.float64, copy=True)
+        for v in values[1:]:
+            total += v
+        return total
+    return add(parts)
+
+
+def _moments_item(worker: Worker, data: str, start: int, stop: int) -> firing.Sums:
+    model = worker.model
+    with fast_pools(model), fast_convs(model):  # the same floats, faster (compute/nets/)
+        return firing.moment_sums(model, model.probe_modules(), worker.shard(data, start, stop), device=worker.device)
+
+
+def _values_item(worker: Worker, data: str, start: int, stop: int, rules: dict[str, FiringRule]) -> firing.Sums:
+    model = worker.model
+    with fast_pools(model), fast_convs(model):
+        return firing.value_sums(model, model.probe_modules(), worker.shard(data, start, stop), rules,
+                                 device=worker.device)
+
+
+def firing_rules(executor: Executor, worker: Worker, store: StageStore, data: str = "eval") -> dict[str, FiringRule]:
+    """``compute.measure.firing.fit`` on a dataset as two rounds of items per shard (position moments, then
+    the example values' moments under the rules they give), each round's sums added in shard order."""
+    n = len(worker.data[data])
+    spans = shards(n)
+    moments = run_items(executor, worker, [Item(f"moments.x{span_key(a, b)}", _moments_item, (data, a, b))
+                                           for a, b in spans], store, "firing rule")
+    rules = firing.rules_from_moments(add_sums(moments), n)
+    values = run_items(executor, worker, [Item(f"values.x{span_key(a, b)}", _values_item, (data, a, b, rules))
+                                          for a, b in spans], store, "firing threshold")
+    return firing.with_thresholds(rules, add_sums(values), n)
+
+
+def _specialization_item(worker: Worker, data: str, start: int, stop: int,
+                         rules: dict[str, FiringRule]) -> dict[str, dict[str, np.ndarray]]:
+    model = worker.model
+    with fast_pools(model), fast_convs(model):
+        return specialization_sums(model, model.probe_modules(), worker.shard(data, start, stop), rules,
+                                   device=worker.device)
+
+
+def specialization(executor: Executor, worker: Worker, store: StageStore, rules: dict[str, FiringRule],
+                   data: str = "eval") -> dict[str, dict[str, np.ndarray]]:
+    """``specialization_sums`` on a dataset, one item per shard, added in shard order."""
+    items = [Item(f"special.x{span_key(a, b)}", _specialization_item, (data, a, b, rules))
+             for a, b in shards(len(worker.data[data]))]
+    return add_sums(run_items(executor, worker, items, store, "specialization"))
 
 
 # --- single-unit ablation ---------------------------------------------------------------------------
@@ -120,7 +186,7 @@ def single_unit(executor: Executor, worker: Worker, store: StageStore, units: di
     n = len(worker.data[data])
     spans = shards(n)
     chunks = [(layer, u0, min(u0 + UNIT_CHUNK, k)) for layer, k in units.items() for u0 in range(0, k, UNIT_CHUNK)]
-    items = [Item(f"{layer}.u{_span(u0, u1)}.x{_span(a, b)}", _ablation_item, (data, layer, units[layer], u0, u1, a, b),
+    items = [Item(f"{layer}.u{span_key(u0, u1)}.x{span_key(a, b)}", _ablation_item, (data, layer, units[layer], u0, u1, a, b),
                   size=(u1 - u0) * (b - a) / n)
              for layer, u0, u1 in chunks for a, b in spans]
     results = run_items(executor, worker, items, store, "ablation", unit="unit")
@@ -169,12 +235,12 @@ def sequential_unit(executor: Executor, worker: Worker, store: StageStore, units
     examples: dict[str, list[UnitExamples]] = {layer: [] for layer in units}
     intact: MaskSums | None = None
     for r, (a, b) in enumerate(zip([0, *bounds[:-1]], bounds)):
-        spans = _spans(a, b)
+        spans = shard_spans(a, b)
         chunks = [(layer, i, idx[i:i + UNIT_CHUNK]) for layer, idx in running.items()
                   for i in range(0, len(idx), UNIT_CHUNK)]
         if not chunks:  # every unit has stopped: the intact pass alone, for the run's intact outcome
             chunks = [(first_layer, 0, np.zeros(0, dtype=np.int64))]
-        items = [Item(f"{layer}.look{r}.c{i:07d}.x{_span(s0, s1)}", _units_item,
+        items = [Item(f"{layer}.look{r}.c{i:07d}.x{span_key(s0, s1)}", _units_item,
                       (data, layer, units[layer], idx, s0, s1), size=len(idx) * (s1 - s0) / n)
                  for layer, i, idx in chunks for s0, s1 in spans]
         results = run_items(executor, worker, items, store, f"ablation look {r + 1}/{len(bounds)}", unit="unit")
@@ -230,7 +296,7 @@ def _plan_sums(executor: Executor, worker: Worker, store: StageStore, plans: lis
     items of chunk of masks x shard; per plan its sums over the data, and the first chunk's (for counts)."""
     spans = shards(len(worker.data[data]))
     chunks = [(p, m0, min(m0 + MASK_CHUNK, p.n_masks)) for p in plans for m0 in range(0, p.n_masks, MASK_CHUNK)]
-    items = [Item(f"{prefix}{p.group}.m{_span(m0, m1)}.x{_span(a, b)}", _masks_item,
+    items = [Item(f"{prefix}{p.group}.m{span_key(m0, m1)}.x{span_key(a, b)}", _masks_item,
                   (data, {k: t[m0:m1] for k, t in p.job.items()}, a, b))
              for p, m0, m1 in chunks for a, b in spans]
     results = run_items(executor, worker, items, store, label)
@@ -306,7 +372,7 @@ def actmax(executor: Executor, worker: Worker, store: StageStore, units: dict[st
     layer computes them, one item per stack of ``chunk_units(cfg)`` units."""
     step = chunk_units(cfg)
     chunks = [(layer, u0, min(u0 + step, k)) for layer, k in units.items() for u0 in range(0, k, step)]
-    items = [Item(f"{layer}.u{_span(u0, u1)}", _actmax_item, (layer, u0, u1, in_shape, mean_pixel, cfg), size=u1 - u0)
+    items = [Item(f"{layer}.u{span_key(u0, u1)}", _actmax_item, (layer, u0, u1, in_shape, mean_pixel, cfg), size=u1 - u0)
              for layer, u0, u1 in chunks]
     results = run_items(executor, worker, items, store, "activation maximization", unit="unit")
     return {layer: (concat([h for (name, _, _), (h, _) in zip(chunks, results) if name == layer]),

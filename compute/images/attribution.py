@@ -47,17 +47,26 @@ class Extremes:
     bottom_val: np.ndarray
     bottom_pos: np.ndarray
 
+    def select(self, u0: int, u1: int) -> Extremes:
+        """Units u0..u1-1."""
+        return Extremes(*(getattr(self, f)[u0:u1] for f in _EXTREME_FIELDS))
+
+
+_EXTREME_FIELDS = ("top_idx", "top_val", "top_pos", "bottom_idx", "bottom_val", "bottom_pos")
+
 
 def extreme_examples(model: nn.Module, probes: dict[str, nn.Module], data: ImageSet, k: int,
-                     batch_size: int = 500, device: str = "cpu") -> tuple[dict[str, Extremes], np.ndarray]:
-    """Top and bottom ``k`` examples of every unit, and the model's prediction for every example."""
+                     batch_size: int = 500, device: str = "cpu", start: int = 0) -> tuple[dict[str, Extremes], np.ndarray]:
+    """Top and bottom ``k`` examples of every unit, and the model's prediction for every example.
+    ``data`` may be one shard of a dataset that begins at example ``start`` (indices are the dataset's):
+    ``merge_extremes`` joins the shards' candidates."""
     model.eval()
     scores: dict[str, list[torch.Tensor]] = {name: [] for name in probes}
     where: dict[str, list[torch.Tensor]] = {name: [] for name in probes}
     preds = []
     with torch.no_grad(), Probe(probes) as probe, fast_pools(model):
-        for start in bar(range(0, len(data), batch_size), "top examples", unit="batch"):
-            preds.append(model(data.floats(start, start + batch_size, device)).argmax(1).cpu())
+        for a in bar(range(0, len(data), batch_size), "top examples", unit="batch"):
+            preds.append(model(data.floats(a, a + batch_size, device)).argmax(1).cpu())
             for name in probes:
                 peak, pos = units_of(probes[name], probe.pre[name]).max(2)
                 scores[name].append(peak.cpu())
@@ -68,9 +77,22 @@ def extreme_examples(model: nn.Module, probes: dict[str, nn.Module], data: Image
         s, p = torch.cat(scores[name]).T, torch.cat(where[name]).T  # (U, N)
         top_val, top_idx = s.topk(k, dim=1)
         bottom_val, bottom_idx = s.topk(k, dim=1, largest=False)
-        out[name] = Extremes(top_idx.numpy(), top_val.numpy(), p.gather(1, top_idx).numpy(),
-                             bottom_idx.numpy(), bottom_val.numpy(), p.gather(1, bottom_idx).numpy())
+        out[name] = Extremes(top_idx.numpy() + start, top_val.numpy(), p.gather(1, top_idx).numpy(),
+                             bottom_idx.numpy() + start, bottom_val.numpy(), p.gather(1, bottom_idx).numpy())
     return out, torch.cat(preds).numpy()
+
+
+def merge_extremes(parts: list[Extremes], k: int) -> Extremes:
+    """The top and bottom ``k`` of the candidates of consecutive shards (given in data order): a stable
+    sort, so between equal scores the earlier shard's candidate (and within a shard, topk's order) wins."""
+    def best(idx: list[np.ndarray], val: list[np.ndarray], pos: list[np.ndarray], sign: float):
+        i, v, p = np.concatenate(idx, 1), np.concatenate(val, 1), np.concatenate(pos, 1)
+        order = np.argsort(sign * v, axis=1, kind="stable")[:, :k]
+        return tuple(np.take_along_axis(a, order, 1) for a in (i, v, p))
+
+    top = best([e.top_idx for e in parts], [e.top_val for e in parts], [e.top_pos for e in parts], -1.0)
+    bottom = best([e.bottom_idx for e in parts], [e.bottom_val for e in parts], [e.bottom_pos for e in parts], 1.0)
+    return Extremes(*top, *bottom)
 
 
 def unit_attributions(model: nn.Module, module: nn.Module, inputs: torch.Tensor, units: torch.Tensor,
@@ -106,6 +128,13 @@ class WeightedAverages:
     grad: np.ndarray
     grad_weight: np.ndarray
 
+    def select(self, u0: int, u1: int) -> WeightedAverages:
+        """Units u0..u1-1."""
+        return WeightedAverages(self.act[u0:u1], self.act_weight[u0:u1], self.grad[u0:u1], self.grad_weight[u0:u1])
+
+
+AverageSums = dict[str, dict[str, np.ndarray]]  # layer -> float64 sums of ``average_sums``; "" -> {"counts"}
+
 
 def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: ImageSet,
                       batch_size: int = 500, device: str = "cpu") -> dict[str, WeightedAverages]:
@@ -115,6 +144,14 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
     g = max(0, -sum_p dL_n/da_p). Image = sum_n w_n x_n / sum_n w_n over class c (all zeros where
     the weights sum to 0); the stored weight is the class mean of w.
     """
+    return finish_averages(average_sums(model, probes, data, batch_size, device), data.shape)
+
+
+def average_sums(model: nn.Module, probes: dict[str, nn.Module], data: ImageSet,
+                 batch_size: int = 500, device: str = "cpu") -> AverageSums:
+    """The sums behind ``weighted_averages`` on ``data`` (a whole set or part of it; parts add up):
+    per layer ``act`` and ``grad`` (K, U, D) weighted input sums and ``act_w``, ``grad_w`` (U, K) weight
+    sums, float64; and under "" the examples per class (``counts``)."""
     model.eval()
     k, d = data.n_classes, int(np.prod(data.shape))
     counts = torch.bincount(data.labels, minlength=k).double()
@@ -150,17 +187,28 @@ def weighted_averages(model: nn.Module, probes: dict[str, nn.Module], data: Imag
                 # A batch's class sum in float32 (a few hundred terms), the sum over batches in float64.
                 total[c] += wc.T @ flat[m]
                 total_w[:, c] += wc.double().sum(0)
-    out: dict[str, WeightedAverages] = {}
+    out: AverageSums = {"": {"counts": counts.numpy()}}
     if total is None or total_w is None:  # no examples
         return out
-    for name in probes:
+    for layer, kind, c0, c1 in spans:
+        sums = out.setdefault(layer, {})
+        sums[kind] = total[:, c0:c1].cpu().numpy().copy()
+        sums[kind + "_w"] = total_w[c0:c1].cpu().numpy().copy()
+    return out
+
+
+def finish_averages(sums: AverageSums, shape: tuple[int, ...]) -> dict[str, WeightedAverages]:
+    """Per layer the weighted averages from ``average_sums`` of a whole dataset of examples of ``shape``."""
+    counts = torch.from_numpy(sums[""]["counts"])
+    out: dict[str, WeightedAverages] = {}
+    for name, layer in sums.items():
+        if not name:
+            continue
         means = {}
-        for layer, kind, c0, c1 in spans:
-            if layer != name:
-                continue
-            weight = total_w[c0:c1].cpu()
-            img = total[:, c0:c1].transpose(0, 1).cpu() / torch.where(weight > 0, weight, 1.0)[..., None]
-            means[kind] = img.reshape(*weight.shape, *data.shape).float().numpy()
+        for kind in ("act", "grad"):
+            weight = torch.from_numpy(layer[kind + "_w"])
+            img = torch.from_numpy(layer[kind]).transpose(0, 1) / torch.where(weight > 0, weight, 1.0)[..., None]
+            means[kind] = img.reshape(*weight.shape, *shape).float().numpy()
             means[kind + "_w"] = (weight / counts.clamp(min=1)).numpy()
         out[name] = WeightedAverages(means["act"], means["act_w"], means["grad"], means["grad_w"])
     return out

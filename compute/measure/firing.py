@@ -81,30 +81,59 @@ def _moments(s: np.ndarray, sq: np.ndarray, n: int) -> tuple[np.ndarray, np.ndar
     return mean, np.sqrt(np.maximum(sq / n - mean ** 2, 0.0))
 
 
-@torch.inference_mode()
 def fit(model: nn.Module, probes: dict[str, nn.Module], data: ImageSet, batch_size: int = 1000,
         device: str = "cpu") -> dict[str, FiringRule]:
-    """Each probed layer's firing rule on ``data`` (the run's evaluation set): two passes of sums."""
+    """Each probed layer's firing rule on ``data`` (the run's evaluation set): two passes of sums.
+    A run computes the same sums per data shard as work items (``compute.distributed.work.firing``)."""
+    rules = rules_from_moments(moment_sums(model, probes, data, batch_size, device), len(data))
+    return with_thresholds(rules, value_sums(model, probes, data, rules, batch_size, device), len(data))
+
+
+Sums = dict[str, tuple[np.ndarray, np.ndarray]]  # layer -> (sum, sum of squares), float64
+
+
+@torch.inference_mode()
+def moment_sums(model: nn.Module, probes: dict[str, nn.Module], data: ImageSet, batch_size: int = 1000,
+                device: str = "cpu") -> Sums:
+    """The first pass: per layer, each position's (U, P) sum and sum of squares over ``data``."""
     model.eval()
-    sums: dict[str, list[np.ndarray]] = {}
+    sums: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for posts in _passes(model, probes, data, batch_size, device):
         for name, post in posts.items():
             a = units_of(probes[name], post).to(torch.float64, copy=True)
-            s = sums.setdefault(name, [np.zeros(a.shape[1:]), np.zeros(a.shape[1:])])
-            s[0] += a.sum(0).cpu().numpy()
-            s[1] += a.mul_(a).sum(0).cpu().numpy()  # squares in place: a conv layer's batch is tens of MB
+            s = sums.setdefault(name, (np.zeros(a.shape[1:]), np.zeros(a.shape[1:])))
+            s[0][...] += a.sum(0).cpu().numpy()
+            s[1][...] += a.mul_(a).sum(0).cpu().numpy()  # squares in place: a conv layer's batch is tens of MB
+    return sums
+
+
+def rules_from_moments(sums: Sums, n: int) -> dict[str, FiringRule]:
+    """Rules standardizing each position (their thresholds still 0: ``with_thresholds``)."""
     rules = {}
     for name, (s, sq) in sums.items():
-        mean, std = _moments(s, sq, len(data))
+        mean, std = _moments(s, sq, n)
         rules[name] = FiringRule(mean, np.where(std > MIN_STD, std, 0.0), np.zeros(len(mean)))
-    vsums = {name: [np.zeros(len(r.threshold)), np.zeros(len(r.threshold))] for name, r in rules.items()}
+    return rules
+
+
+@torch.inference_mode()
+def value_sums(model: nn.Module, probes: dict[str, nn.Module], data: ImageSet, rules: dict[str, FiringRule],
+               batch_size: int = 1000, device: str = "cpu") -> Sums:
+    """The second pass: per layer, each unit's (U,) sum and sum of squares of its example value."""
+    model.eval()
+    vsums = {name: (np.zeros(len(r.threshold)), np.zeros(len(r.threshold))) for name, r in rules.items()}
     for posts in _passes(model, probes, data, batch_size, device):
         for name, post in posts.items():
             v = rules[name].value(probes[name], post).cpu().numpy()
-            vsums[name][0] += v.sum(0)
-            vsums[name][1] += (v ** 2).sum(0)
+            vsums[name][0][...] += v.sum(0)
+            vsums[name][1][...] += (v ** 2).sum(0)
+    return vsums
+
+
+def with_thresholds(rules: dict[str, FiringRule], vsums: Sums, n: int) -> dict[str, FiringRule]:
+    """The rules with their thresholds: mean + ``K_STD`` standard deviations of the example value."""
     for name, (s, sq) in vsums.items():
-        mean, std = _moments(s, sq, len(data))
+        mean, std = _moments(s, sq, n)
         rules[name].threshold = mean + K_STD * std
     return rules
 

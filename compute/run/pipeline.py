@@ -22,22 +22,19 @@ from compute.allocator import keep_freed_memory
 from compute.ablation.engine import AblationEngine
 from compute.datasets.sources import ImageSet, Splits
 from compute.distributed import work
+from compute.distributed.images import unit_images
 from compute.distributed.executor import Executor, InProcessExecutor, Worker
 from compute.errors import ConfigError
-from compute.images.actmax import Maps
 from compute.images.table import COLUMNS as IMAGE_COLUMNS
-from compute.images.table import ROW_GROUP_ROWS, unit_images
-from compute.measure.firing import fit
-from compute.measure.specialization import specialization, specialization_sums
+from compute.images.table import ROW_GROUP_ROWS
+from compute.measure.specialization import specialization
 from compute.measure.stats import selectivity
 from compute.measure.train import TrainConfig, TrainResult, train
 from compute.nets.activations import ProbePoint, point_kind, unit_dim
-from compute.nets.convs import fast_convs
 from compute.nets.discover import ProbedGraph, select_layers
 from compute.progress import announce, stage_started
 from compute.nets.models import (ModelSpec, ProbedModel, build_model, input_error, layer_shapes, load_weights,
                                  save_checkpoint)
-from compute.nets.pools import fast_pools
 from compute.run import tables
 from compute.run.config import (RunConfig, RunSummary, check_device, default_run_id, load_data, package_versions,
                                 settle_config)
@@ -111,11 +108,12 @@ def _evaluate(ctx: RunContext) -> tuple[float, float, float, float]:
 
 
 def _statistics(ctx: RunContext) -> Any:
-    """The statistics' sums, then each layer's firing rule (two passes) and the specialization pass that uses it."""
-    stats = work.statistics(ctx.executor, ctx.worker(), ctx.items("statistics"))
-    with fast_pools(ctx.model), fast_convs(ctx.model):  # the same floats, faster (compute/nets/)
-        rules = fit(ctx.model, ctx.probes(), ctx.eval_set, device=ctx.device)
-        sums = specialization_sums(ctx.model, ctx.probes(), ctx.eval_set, rules, device=ctx.device)
+    """The statistics' sums, then each layer's firing rule (two passes) and the specialization pass that
+    uses it: every pass a round of work items per data shard."""
+    worker, store = ctx.worker(), ctx.items("statistics")
+    stats = work.statistics(ctx.executor, worker, store)
+    rules = work.firing_rules(ctx.executor, worker, store)
+    sums = work.specialization(ctx.executor, worker, store, rules)
     for n, ls in stats.layers.items():
         ls.special = {**specialization(sums[n], ls.counts, ls.n_active > 0), "threshold": rules[n].threshold}
     return stats
@@ -157,16 +155,11 @@ def _class_curves(ctx: RunContext) -> tuple[dict[str, list], dict[str, list]]:
 
 
 def _images(ctx: RunContext) -> tuple[dict[str, list], dict[str, float]]:
-    """The images stage; its activation maximization as work items (layer x chunk of units)."""
+    """The images stage, as rounds of work items (``compute.distributed.images``)."""
     cfg = ctx.cfg.images
     if cfg is None:
         return {c: [] for c in IMAGE_COLUMNS}, {}
-
-    def actmax(units: dict[str, int], mean_pixel: torch.Tensor) -> dict[str, tuple[Maps, Maps]]:
-        return work.actmax(ctx.executor, ctx.worker(), ctx.items("actmax"), units, ctx.eval_set.shape, mean_pixel,
-                           cfg.actmax)
-
-    return unit_images(ctx.model, ctx.probes(), ctx.eval_set, ctx.splits.train, cfg, ctx.device, actmax)
+    return unit_images(ctx.executor, ctx.worker(), ctx.items("images"), ctx.items("actmax"), cfg)
 
 
 STAGE_FUNCTIONS: dict[str, Callable[[RunContext], Any]] = {

@@ -29,6 +29,7 @@ from compute.ablation.engine import MaskSums
 from compute.ablation.outcome import LayerAblation, Outcome, PairedSums
 from compute.errors import DataError
 from compute.images.actmax import Maps
+from compute.images.attribution import Extremes
 from compute.measure.stats import ClassSums, EvalStats, EvalSums, LayerStats
 from compute.measure.train import TrainResult
 from compute.progress import stage_started
@@ -38,7 +39,7 @@ from warehouse.publish import write_file
 T = TypeVar("T")
 #: The dataclasses a stage may return; decoding builds only these.
 DATACLASSES = {cls.__name__: cls for cls in (EvalStats, LayerStats, EvalSums, ClassSums, TrainResult, Outcome,
-                                             LayerAblation, PairedSums, UnitExamples, MaskSums, Maps)}
+                                             LayerAblation, PairedSums, UnitExamples, MaskSums, Maps, Extremes)}
 _TAG = "__atlas__"
 
 

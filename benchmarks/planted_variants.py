@@ -63,6 +63,12 @@ def _share(e, f, frac):
     return (cost * f).sum(0) / np.where(cost.sum(0) > 0, cost.sum(0), np.nan)
 
 
+def _weighted(e, f, frac, power):
+    """The share score times the class's mean removal cost to ``power`` (the stored score divides that cost
+    by the run's largest for the class, a constant that leaves the class's ranking as it is)."""
+    return _share(e, f, frac) * (1 - frac) * np.clip(e, 0, None).mean(0) ** power
+
+
 def _mean_fire(e, f, frac):
     return (e * f).sum(0) / np.maximum(f.sum(0), 1)
 
@@ -72,10 +78,11 @@ def _median_fire(e, f, frac):
 
 
 VARIANTS = {
-    "chosen: share of the class's removal cost on the firing examples x (1 - frac_fire)":
-        lambda e, f, frac: _share(e, f, frac) * (1 - frac),
-    "chosen x the class's mean removal cost (importance-weighted)":
-        lambda e, f, frac: _share(e, f, frac) * (1 - frac) * np.clip(e, 0, None).mean(0),
+    "chosen (schema 5): share of the class's removal cost on the firing examples x (1 - frac_fire) "
+    "x (the class's mean removal cost)^0.25": lambda e, f, frac: _weighted(e, f, frac, 0.25),
+    "schema 4: share x (1 - frac_fire), unweighted": lambda e, f, frac: _share(e, f, frac) * (1 - frac),
+    "share x (1 - frac_fire) x (mean removal cost)^0.5": lambda e, f, frac: _weighted(e, f, frac, 0.5),
+    "share x (1 - frac_fire) x mean removal cost (power 1)": lambda e, f, frac: _weighted(e, f, frac, 1.0),
     "the share alone": _share,
     "share - frac_fire (cost beyond the share of examples)": lambda e, f, frac: _share(e, f, frac) - frac,
     "schema 3: sum of e_n on the firing examples / correct examples x (1 - frac_fire)":

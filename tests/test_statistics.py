@@ -115,6 +115,11 @@ def test_firing_and_specialization_match_a_naive_loop(small_run_artifacts, per_e
     post, effect, ok = v["post"].astype(np.float64), v["effect"].astype(np.float64), np.array(v["ok"])
     n, n_units, _ = post.shape
     thr = stored(con, "units", layer, "fire_threshold, n_active", "unit")
+    labels_arr = np.asarray(labels)
+    ok_all = np.array(v["ok"], dtype=bool)
+    # The weight's reference: per class, the largest removal cost of any unit of any layer.
+    cost_max = [max(np.clip(np.asarray(values[name]["effect"], dtype=np.float64)[(labels_arr == c) & ok_all], 0, None)
+                    .sum(0).max() for name in LAYERS) for c in range(10)]
     rows = stored(con, "unit_classes", layer, "frac_fire, fire_effect, specialization", "unit, class").reshape(
         n_units, 10, 3)
     for u in range(n_units):
@@ -143,7 +148,8 @@ def test_firing_and_specialization_match_a_naive_loop(small_run_artifacts, per_e
             cost = sum(max(effect[i, u], 0.0) for i in ok_idx)
             if len(fire_ok) >= 5 and cost > 0:
                 share = sum(max(effect[i, u], 0.0) for i in fire_ok) / cost
-                assert rows[u, c, 2] == pytest.approx(share * (1 - frac), rel=1e-3, abs=1e-6)
+                weight = (cost / cost_max[c]) ** 0.25
+                assert rows[u, c, 2] == pytest.approx(share * (1 - frac) * weight, rel=1e-3, abs=1e-6)
             else:
                 assert np.isnan(rows[u, c, 2])
     best = stored(con, "units", layer, "specialization_max, specialization_class", "unit")

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-SCHEMA_VERSION = 4  # 2: training signal, live anomaly, significance, examples, class curves;
+SCHEMA_VERSION = 5  # 2: training signal, live anomaly, significance, examples, class curves;
 #                     3: firing thresholds and subset specialization, abl_n, pred_ablated, any activation;
-#                     4: firing per standardized position, specialization as a share
+#                     4: firing per standardized position, specialization as a share;
+#                     5: specialization weighted by the unit's relative class removal cost
 
 
 @dataclass(frozen=True)
@@ -176,8 +177,9 @@ TABLES: dict[str, Table] = {t.name: t for t in (
            "correctly classified examples of the class on which it fires; null for a dead unit."),
         _c("specialization", F64, "Subset specialization, in [0, 1]: the share of the unit's removal cost "
            "(first-order loss change, positive part) over the class's correctly classified examples that falls on "
-           "the examples it fires on, times (1 - frac_fire). High when the class's reliance on the unit sits on "
-           "the part of the class it fires on, and that part is small. Null for dead units, with fewer than 5 "
+           "the examples it fires on, times (1 - frac_fire), times the fourth root of the unit's removal cost on "
+           "the class relative to the costliest live unit of the run (schema version 5). High when the class "
+           "relies on the unit where it fires, and that part of the class is small. Null for dead units, with fewer than 5 "
            "correct firing examples, or no removal cost on the class. See docs/metrics.md."),
     )),
     Table("train_trace", "One row per epoch, unit and class: what training did to the unit.", (

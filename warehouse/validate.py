@@ -299,7 +299,7 @@ def inspect_run(path: Path) -> RunInfo:
                             f"{SCHEMA_VERSION}. Upgrade Neuron Atlas to read it")
         if manifest.schema_version < SCHEMA_VERSION:
             raise BrokenRun(f"written with schema version {manifest.schema_version}, before the tables of version "
-                            f"{SCHEMA_VERSION} (firing and specialization, sequential ablation, flips' predictions, any activation); recompute it with "
+                            f"{SCHEMA_VERSION} (firing and specialization, sequential ablation, flips' predictions, any activation; version 5: specialization weighted by removal cost); recompute it with "
                             f"`python -m compute run --run-id {path.name} ...` after removing the folder")
         for name in TABLES:  # the most specific reasons first: a missing, unreadable or foreign table
             if f"{name}.parquet" not in manifest.files:

@@ -27,7 +27,7 @@ from compute.distributed.executor import Executor, InProcessExecutor, Worker
 from compute.errors import ConfigError
 from compute.images.table import COLUMNS as IMAGE_COLUMNS
 from compute.images.table import ROW_GROUP_ROWS
-from compute.measure.specialization import specialization
+from compute.measure.specialization import class_cost_max, specialization
 from compute.measure.stats import selectivity
 from compute.measure.train import TrainConfig, TrainResult, train
 from compute.nets.activations import ProbePoint, point_kind, unit_dim
@@ -114,8 +114,10 @@ def _statistics(ctx: RunContext) -> Any:
     stats = work.statistics(ctx.executor, worker, store)
     rules = work.firing_rules(ctx.executor, worker, store)
     sums = work.specialization(ctx.executor, worker, store, rules)
+    cost_max = class_cost_max(sums, {n: ls.n_active > 0 for n, ls in stats.layers.items()})
     for n, ls in stats.layers.items():
-        ls.special = {**specialization(sums[n], ls.counts, ls.n_active > 0), "threshold": rules[n].threshold}
+        ls.special = {**specialization(sums[n], ls.counts, ls.n_active > 0, cost_max),
+                      "threshold": rules[n].threshold}
     return stats
 
 

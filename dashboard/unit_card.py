@@ -15,7 +15,8 @@ def specialization(u: dict[str, Any], class_names: list[str]) -> tuple[str, str,
     score, k = u.get("specialization_max"), u.get("specialization_class")
     help_text = ("Largest subset specialization over classes, in [0, 1]: the share of the unit's removal cost over the "
                  "class's correctly classified examples that falls on the examples it fires on, times the share of "
-                 f"the class it does not fire on (docs/metrics.md); >= {MIN_SPECIALIZATION} counts as specialized.")
+                 "the class it does not fire on, times the fourth root of its removal cost relative to the class's "
+                 f"costliest unit (docs/metrics.md); >= {MIN_SPECIALIZATION} counts as specialized.")
     if score is None or (isinstance(score, float) and math.isnan(score)) or k is None or \
             (isinstance(k, float) and math.isnan(k)):
         reason = "dead: it never fires" if u.get("dead") else "too few correctly classified examples it fires on"

@@ -149,7 +149,7 @@ def test_firing_and_specialization_match_a_naive_loop(small_run_artifacts, per_e
             if len(fire_ok) >= 5 and cost > 0:
                 share = sum(max(effect[i, u], 0.0) for i in fire_ok) / cost
                 weight = (cost / cost_max[c]) ** 0.25
-                assert rows[u, c, 2] == pytest.approx(share * (1 - frac) * weight, rel=1e-3, abs=1e-6)
+                assert rows[u, c, 2] == pytest.approx(share * (1 - frac) ** 2 * weight, rel=1e-3, abs=1e-6)
             else:
                 assert np.isnan(rows[u, c, 2])
     best = stored(con, "units", layer, "specialization_max, specialization_class", "unit")

@@ -177,7 +177,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
            "correctly classified examples of the class on which it fires; null for a dead unit."),
         _c("specialization", F64, "Subset specialization, in [0, 1]: the share of the unit's removal cost "
            "(first-order loss change, positive part) over the class's correctly classified examples that falls on "
-           "the examples it fires on, times (1 - frac_fire), times the fourth root of the unit's removal cost on "
+           "the examples it fires on, times (1 - frac_fire)^2, times the fourth root of the unit's removal cost on "
            "the class relative to the costliest live unit of the run (schema version 5). High when the class "
            "relies on the unit where it fires, and that part of the class is small. Null for dead units, with fewer than 5 "
            "correct firing examples, or no removal cost on the class. See docs/metrics.md."),

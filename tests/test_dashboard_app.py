@@ -255,6 +255,18 @@ def test_export_page_matches_the_command_line(app, con, warehouse_root, tmp_path
     assert (tmp_path / "cli.csv").read_bytes() == export_units(con, f, "csv")
 
 
+def test_export_and_unit_pages_name_the_runs_classes_for_a_class_it_lacks(app, tables):
+    at = open_page(app, "export", {"run": RUN_ID, "cls": "99", "pref": "10", "layers": "fc1"})
+    notice = at.warning[0].value
+    assert "`cls=99` is ignored: run `small` has 10 classes, 0 to 9; there is no class 99." in notice
+    assert "`pref=10` is ignored" in notice
+    rows = pd.read_csv(io.BytesIO(downloaded(at, "dl-export-csv")))
+    assert len(rows) == int((tables["units"].layer == "fc1").sum()) and set(rows.layer) == {"fc1"}
+    at = open_page(app, "unit", {"run": RUN_ID, "unit": "fc1:3", "layers": "fc1", "pref": "10"})
+    assert "`pref=10` is ignored: run `small` has 10 classes" in at.warning[0].value
+    assert at.query_params.get("pref") is None and at.query_params["layers"] == "fc1"
+
+
 def test_dashboard_pages_do_not_import_torch(warehouse_root):
     script = (
         "import sys\n"

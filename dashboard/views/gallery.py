@@ -93,7 +93,7 @@ def main() -> None:
     if base is not None and base.filter.run_id != run:
         base = None
     if base is not None:
-        base, more = for_run(base, layers, len(classes))
+        base, more = for_run(base, layers, classes)
         notices += more
     if S.get("gal-layer") not in layers:
         if S.get("gal-layer") is not None:

@@ -146,7 +146,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     """The options shared by `run` and `sweep`."""
     _add_model_options(p)
     p.add_argument("--dataset", default="mnist-5k", metavar="NAME", help=f"one of {', '.join(DATASETS)}")
-    p.add_argument("--data-dir", default=None, help="folder holding the dataset's files (else download)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding the files of mnist, fashion-mnist or cifar10 (an error if they are not there); "
+                        "without it: Debian's Fashion-MNIST, else a download")
     p.add_argument("--eval-dataset", default=None, metavar="NAME",
                    help="compute statistics and ablations on this dataset's test split instead, "
                         "e.g. idx:../shared/data/mnist")

@@ -70,6 +70,12 @@ def _rewrite(name: str, change: Callable[[pa.Table], pa.Table]) -> Callable[[Pat
     return damage
 
 
+def _set(t: pa.Table, column: str, values: list) -> pa.Table:
+    """``t`` with ``column``'s values replaced, its type kept."""
+    i = t.schema.get_field_index(column)
+    return t.set_column(i, t.schema.field(i), pa.array(values, t.schema.field(i).type))
+
+
 def _drop_file_entry(name: str) -> Callable[[Path], None]:
     def damage(run: Path) -> None:
         m = json.loads((run / "manifest.json").read_text())
@@ -131,6 +137,13 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         **json.loads((run / "manifest.json").read_text())["files"],
         "units.parquet": {**json.loads((run / "manifest.json").read_text())["files"]["units.parquet"], "bytes": 1}})(run),
         "manifest says 1"),
+    "classes-none": (_rewrite("runs.parquet", lambda t: _set(t, "class_names", [[]])), "names 0 class\\(es\\)"),
+    "class-beyond-the-run": (_rewrite("unit_classes.parquet", lambda t: _set(
+        t, "class", [c + 90 for c in t.column("class").to_pylist()])), "unit_classes holds class values from 90 to 99"),
+    "pref-class-beyond": (_rewrite("units.parquet", lambda t: _set(t, "pref_class", [
+        None if c is None else 12 for c in t.column("pref_class").to_pylist()])), "units holds pref_class values .* 12"),
+    "unit-negative": (_rewrite("units.parquet", lambda t: _set(t, "unit", [-1 - u for u in t.column("unit").to_pylist()])),
+                      "units holds unit values from -"),
     "checkpoint-replaced": (lambda run: (run / "checkpoint.pt").write_bytes(b"planted"), "checkpoint.pt has"),
     "checkpoint-same-size": (_flip_middle("checkpoint.pt"), "checkpoint.pt does not match its SHA-256"),
     "folder-unreadable": (_chmod("", 0), "cannot open|Permission"),

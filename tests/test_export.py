@@ -87,6 +87,8 @@ def test_cli_refuses_unknown_suffix_and_broken_runs(tmp_path, broken_root):
     assert r.returncode == 2 and "broken" in r.stderr and "units is corrupt" in r.stderr
     r = cli("export", "--warehouse", str(broken_root), "--run", RUN_ID, "-o", str(tmp_path / "no" / "x.csv"))
     assert r.returncode == 2 and "cannot write" in r.stderr
+    r = cli("export", "--warehouse", str(tmp_path / "nowhere"), "--run", RUN_ID, "-o", str(tmp_path / "x.csv"))
+    assert r.returncode == 2 and "(runs: none: the folder does not exist)" in r.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -66,7 +66,7 @@ def export(args: argparse.Namespace) -> int:
     root = args.warehouse or default_path()
     runs = {r.run_id: r for r in list_runs(root)}
     if args.run not in runs:
-        known = ", ".join(runs) or "none"
+        known = ", ".join(runs) or ("none" if Path(root).is_dir() else "none: the folder does not exist")
         raise WarehouseError(f"no run {args.run!r} in warehouse {root} (runs: {known}).")
     if not runs[args.run].ok:
         raise WarehouseError(f"run {args.run!r} is broken: {runs[args.run].error}")

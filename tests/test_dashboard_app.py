@@ -376,6 +376,9 @@ def test_gallery_pages_through_a_layer_in_order(app, tables):
     assert tiles == [f"fc1:{u}" for u in fc1.unit.iloc[48:96]]
     assert len(at.image) == 48
     assert at.query_params["page"] == "2" and at.query_params["gsort"] == "selectivity"
+    at = open_page(app, "gallery", {"run": RUN_ID, "layer": "fc1", "page": "999999"})
+    assert "Page 999,999 does not exist here (3 page(s) of 48); showing page 1." in [c.value for c in at.caption]
+    assert at.query_params["page"] == "1" and len(at.image) == 48
 
 
 def test_unit_page_knows_its_place_in_the_filter(app, con):

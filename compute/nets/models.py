@@ -80,8 +80,15 @@ def _activation(text: str) -> str:
 
 
 def _flat_size(body: nn.Module, in_shape: tuple[int, int, int]) -> int:
-    with torch.no_grad():
-        return int(body(torch.zeros(1, *in_shape)).numel())
+    """Features per example after ``body``: one example through it in eval mode (in training mode a batch
+    norm of a 1x1 map refuses a batch of one)."""
+    was_training = body.training
+    body.eval()
+    try:
+        with torch.no_grad():
+            return int(body(torch.zeros(1, *in_shape)).numel())
+    finally:
+        body.train(was_training)
 
 
 class LeNet5(ProbedModel):

@@ -57,14 +57,19 @@ def files(tmp_path: Path) -> dict[str, Path]:
     out["no-tensors"] = tmp_path / "no-tensors.pt"
     torch.save(LeNet5((1, 32, 32), 3).state_dict(), tmp_path / "other-model.pt")
     out["other-model"] = tmp_path / "other-model.pt"
+    weights = LeNet5((1, 28, 28), 10).state_dict()
+    weights["fc1.bias"][3] = float("nan")
+    torch.save(weights, tmp_path / "nan-weights.pt")
+    out["nan-weights"] = tmp_path / "nan-weights.pt"
     os.mkfifo(tmp_path / "fifo.pt")
     out["fifo"] = tmp_path / "fifo.pt"
     out["dir"] = tmp_path
     rng = np.random.default_rng(0)
-    for name, classes, size in (("one-class", ["only"], 28), ("tiny", ["a", "b"], 8)):
+    for name, classes, size, n in (("one-class", ["only"], 28, 10), ("tiny", ["a", "b"], 8, 10),
+                                   ("one-each", ["a", "b"], 28, 1)):
         for c in classes:
             (tmp_path / name / c).mkdir(parents=True)
-            for i in range(10):
+            for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(tmp_path / name / c / f"{i}.png")
         out[name] = tmp_path / name
     for name, sizes in (("bomb", {"a": 28, "b": 28}), ("mixed", {"a": 28, "b": 32}), ("empty", {"a": 28, "b": 28}),
@@ -141,12 +146,14 @@ FILE_CASES: list[tuple[str, list[str], str]] = [  # file fixture key, arguments,
     ("other-model", ["--checkpoint", "{}", "--epochs", "0"], "does not fit the model"),
     ("fifo", ["--checkpoint", "{}", "--epochs", "0"], "is not a file"),
     ("dir", ["--checkpoint", "{}", "--epochs", "0"], "is not a file"),
+    ("nan-weights", ["--checkpoint", "{}", "--epochs", "0"], "holds NaN or infinite weights \\(first in 'fc1.bias'\\)"),
+    ("one-each", ["--dataset", "folder:{}"], "class 'a' has 1 example\\(s\\).*at least two"),
     ("one-class", ["--dataset", "folder:{}"], "needs at least two"),
     ("tiny", ["--dataset", "folder:{}"], "cannot take images of 1x8x8.*Resize"),
     ("bomb", ["--dataset", "folder:{}"], "PIL will open|60,000x60,000"),
     ("mixed", ["--dataset", "folder:{}"], "resize the images to one size"),
     ("empty", ["--dataset", "folder:{}"], "is empty \\(0 bytes\\)"),
-    ("garbage-image", ["--dataset", "folder:{}"], "cannot read image"),
+    ("garbage-image", ["--dataset", "folder:{}"], "cannot read image .*Replace or remove the file"),
     ("loop", ["--dataset", "folder:{}"], "needs at least two"),
     ("proc", ["--dataset", "folder:{}"], "is a system folder"),
 ]
@@ -155,7 +162,9 @@ OTHER_CASES: list[tuple[list[str], str]] = [
     (["sweep", "--experiment", "bad id\n"], "invalid run id"),
     (["layers", "--input-shape", "1,0,28"], "C,H,W"), (["layers", "--input-shape", "1,28"], "C,H,W"),
     (["layers", "--input-shape", "1,4,4"], "cannot take images of 1x4x4"), (["layers", "--classes", "0"], "positive"),
-    (["gc", "--warehouse", "/dev/null/x"], None),
+    (["gc", "--warehouse", "/nonexistent/x"], None),
+    (["gc", "--warehouse", "/dev/null/x"], "/dev/null is not a folder, so it cannot hold the staging folder"),
+    (["list", "--warehouse", "/etc/hostname"], "/etc/hostname is not a folder, so it cannot hold the runs folder"),
     (["experiment", "crossed-sevens", "--seed", str(2**64)], "expected a seed"),
     (["experiment", "crossed-sevens", "--seed", "-1"], "expected a seed"),
     (["experiment", "crossed-sevens", "--seed", "\u0663"], "expected a seed"),

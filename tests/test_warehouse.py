@@ -155,12 +155,12 @@ def test_writer_publishes_atomically_and_refuses_duplicates(tmp_path: Path):
 def test_unwritable_warehouse_is_explained(tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(WarehouseError, match=f"{blocker} is a file, not a folder, so it cannot hold"):
+    with pytest.raises(WarehouseError, match=f"{blocker} is not a folder, so it cannot hold"):
         RunWriter(blocker, "x")
     with pytest.raises(WarehouseError, match="cannot write to warehouse /proc/wh: No such file"):
         RunWriter(Path("/proc/wh"), "x")
     for listing in (list_runs, staging_leftovers):  # the readers say the same (compute list, gc, export, dashboard)
-        with pytest.raises(WarehouseError, match=f"{blocker} is a file, not a folder"):
+        with pytest.raises(WarehouseError, match=f"{blocker} is not a folder"):
             listing(blocker)
 
 

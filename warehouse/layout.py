@@ -76,9 +76,9 @@ def checked_folder(path: Path, what: str) -> bool:
         st = os.lstat(path)
     except FileNotFoundError:  # it, or a folder above it, does not exist
         return False
-    except NotADirectoryError:  # a file where a folder above it should be (--warehouse naming a file)
+    except NotADirectoryError:  # a file (or device) where a folder above it should be (--warehouse naming a file)
         blocker = next(p for p in reversed(path.parents) if p.exists() and not p.is_dir())
-        raise WarehouseError(f"{blocker} is a file, not a folder, so it cannot hold {what} {path}; pass "
+        raise WarehouseError(f"{blocker} is not a folder, so it cannot hold {what} {path}; pass "
                              f"--warehouse (or $NEURON_ATLAS_WAREHOUSE) a folder.") from None
     except OSError as e:
         raise WarehouseError(f"cannot reach {what} {path}: {e.strerror or e}. Check the permissions of the folders "

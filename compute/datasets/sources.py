@@ -185,6 +185,12 @@ def _idx_splits(directory: Path, name: str, class_names: tuple[str, ...] | None)
 
 def _split_single(data: ImageSet, name: str) -> Splits:
     """A folder holding one split only: hold out a fixed stratified fifth as the test set."""
+    counts = torch.bincount(data.labels, minlength=data.n_classes)
+    if bool((counts == 1).any()):
+        k = int((counts == 1).nonzero()[0])
+        raise DataError(f"{name}: class {data.class_names[k]!r} has {int(counts[k])} example(s); one split is divided "
+                        f"into training and test examples of every class, so each class needs at least two (many "
+                        f"more to learn anything). Add examples, or give train/ and test/ folders.")
     per_class = max(1, len(data) // (5 * data.n_classes))
     test_idx = stratified_indices(data.labels.numpy(), per_class, SPLIT_SEED)
     mask = np.ones(len(data), dtype=bool)
@@ -331,7 +337,7 @@ def _image_header(path: str, name: str) -> tuple[str, tuple[int, int]]:
                         f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,}); at most {MAX_IMAGE_PIXELS:,} pixels per image "
                         f"(e.g. 4096x4096) are accepted. Resize it.") from None
     except OSError as e:
-        raise DataError(f"{name}: cannot read image {path}: {e}") from e
+        raise DataError(f"{name}: cannot read image {path}: {e}. Replace or remove the file.") from e
     if size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise DataError(f"{name}: {path} is {size[0]:,}x{size[1]:,} pixels ({size[0] * size[1]:,}); at most "
                         f"{MAX_IMAGE_PIXELS:,} pixels per image (e.g. 4096x4096) are accepted. Resize the images.")
@@ -370,7 +376,7 @@ def _image_folder(directory: Path, name: str) -> ImageSet:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 arr = np.asarray(img.convert(mode), dtype=np.uint8)
         except (OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise DataError(f"{name}: cannot read image {path}: {e}") from e
+            raise DataError(f"{name}: cannot read image {path}: {e}. Replace or remove the file.") from e
         if arr.shape != x.shape[1:]:
             raise DataError(f"{name}: {path} is {arr.shape[:2]} pixels after decoding, the first image "
                             f"{x.shape[1:3]}; resize the images to one size.")

@@ -27,6 +27,7 @@ from compute.nets.probe import Probe
 from compute.nets.size import check_model_size
 from compute.errors import ConfigError
 from warehouse.publish import write_file
+from warehouse.parse import shown
 
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -360,6 +361,10 @@ def load_weights(model: nn.Module, path: Path) -> None:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ConfigError(f"--checkpoint {path} holds no state dict (a mapping of parameter names to tensors); "
                           f"save one with torch.save(model.state_dict(), path).")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # every statistic of the run would be NaN, published as if it meant something
+        raise ConfigError(f"--checkpoint {path} holds NaN or infinite weights (first in {shown(bad)}), as a diverged "
+                          f"training leaves them; use an earlier checkpoint or retrain with a lower --lr.")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:

@@ -391,6 +391,12 @@ def _experiment(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
+def _cell(value: object, limit: int = 80) -> str:
+    """A manifest value for one cell of the listing: escaped, and cut (a manifest may hold any JSON there)."""
+    text = term(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _list(root: Path) -> int:
     runs = list_runs(root)
     if not runs:
@@ -400,7 +406,8 @@ def _list(root: Path) -> int:
     for r in runs:  # every stored value through term(): escape codes and line breaks are shown, never obeyed
         m = r.manifest or {}
         status = "ok" if r.ok else f"BROKEN: {term(r.error)}"
-        print(f"{term(r.run_id):<48} {term(m.get('model', '?')):<14} {term(m.get('dataset', '?')):<16} {status}")
+        model, dataset = (_cell(m.get(k, "?")) for k in ("model", "dataset"))
+        print(f"{term(r.run_id):<48} {model:<14} {dataset:<16} {status}")
     try:
         leftovers = staging_leftovers(root)
     except AtlasError as e:  # the runs are listed; the staging problem is a note beside them

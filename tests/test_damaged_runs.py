@@ -154,7 +154,8 @@ COPIES = {  # folder -> reason: copies whose identity does not match, and names 
     "bad\nname": "not a valid run id",
     ".trash": "not a valid run id",
 }
-ISOLATED_OK = {"junk-files": _junk}  # damage that must not break the run
+ISOLATED_OK = {"junk-files": _junk,  # damage that must not break the run
+               "odd-extras": _edit_manifest(model={"a": [1]}, dataset=10**400)}  # the publisher's additions: any JSON
 
 
 @pytest.fixture(scope="module")
@@ -208,7 +209,7 @@ def test_junk_beside_a_run_is_ignored_and_stray_files_are_not_runs(damaged):
 def test_connect_shows_exactly_the_healthy_runs(damaged):
     root, runs = damaged
     healthy = sorted(r for r, info in runs.items() if info.ok)
-    assert healthy == sorted(["good", "junk-files"] + (["folder-unreadable", "manifest-unreadable"] if ROOT_USER else []))
+    assert healthy == sorted(["good", *ISOLATED_OK] + (["folder-unreadable", "manifest-unreadable"] if ROOT_USER else []))
     con = warehouse.connect(root)
     counts = dict(con.execute("SELECT run_id, count(*) FROM units GROUP BY ALL").fetchall())
     assert counts == {run: 226 for run in healthy}
@@ -224,6 +225,8 @@ def test_compute_list_names_each_broken_run(damaged, capsys):
         if not info.ok:
             assert "BROKEN: " + info.error in out
     assert "bad\\nname" in out and "bad\nname" not in out  # printed escaped, on one line
+    (line,) = [x for x in out.splitlines() if x.startswith("odd-extras ")]
+    assert line.split()[1:4] == ["{'a':", "[1]}", "1" * 1 + "0" * 78 + "…"] and line.endswith(" ok")
 
 
 def test_overview_page_lists_broken_runs_with_reasons(damaged, monkeypatch):

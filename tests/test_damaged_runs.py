@@ -76,6 +76,15 @@ def _set(t: pa.Table, column: str, values: list) -> pa.Table:
     return t.set_column(i, t.schema.field(i), pa.array(values, t.schema.field(i).type))
 
 
+def _linked(name: str) -> Callable[[Path], None]:
+    """The file moved out of the run folder and linked back in."""
+    def damage(run: Path) -> None:
+        outside = run.parent.parent / f"{run.name}-{name}"
+        (run / name).rename(outside)
+        (run / name).symlink_to(outside)
+    return damage
+
+
 def _drop_file_entry(name: str) -> Callable[[Path], None]:
     def damage(run: Path) -> None:
         m = json.loads((run / "manifest.json").read_text())
@@ -116,7 +125,9 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "manifest-tables-not-names": (_edit_manifest(tables=[1, 2]), "tables"),
     "manifest-fifo": (_replace("manifest.json", lambda p: os.mkfifo(p)), "not a regular file"),
     "manifest-folder": (_replace("manifest.json", lambda p: p.mkdir()), "not a regular file"),
-    "manifest-symlink": (_replace("manifest.json", lambda p: p.symlink_to("/etc/hostname")), "cannot open"),
+    "manifest-symlink": (_replace("manifest.json", lambda p: p.symlink_to("/etc/hostname")),
+                         "manifest.json is a symbolic link \\(to /etc/hostname\\); a run's files are never read"),
+    "table-symlink": (_linked("epochs.parquet"), "epochs.parquet is a symbolic link"),
     "manifest-missing": (lambda run: (run / "manifest.json").unlink(), "manifest.json is missing"),
     "parquet-middle-corrupted": (_flip_middle("unit_classes.parquet"), "SHA-256"),
     "parquet-footer-truncated": (_truncate("units.parquet", 100), "units is corrupt"),

@@ -8,6 +8,7 @@ indices lie within what the run has (docs/storage.md).
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -117,6 +118,9 @@ def _open_regular(path: Path) -> int:
     except FileNotFoundError:
         raise BrokenRun(f"{path.name} is missing") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:  # O_NOFOLLOW on a link
+            raise BrokenRun(f"{path.name} is a symbolic link (to {os.readlink(path)}); a run's files are never "
+                            f"read through links: put the file itself in the run folder") from None
         raise BrokenRun(f"cannot open {path.name}: {e.strerror or e}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)

@@ -533,7 +533,9 @@ def load_eval_set(spec: str, data_dir: Path | None, class_names: tuple[str, ...]
         return ImageSet(planted.images, planted.labels, class_names, f"{spec}/eval", planted.groups)
     if spec.startswith("idx:"):
         directory = Path(spec[4:]).expanduser()
-        sets = _idx_splits(directory, spec, class_names) if directory.is_dir() else {}
+        if not directory.is_dir():
+            raise DataError(f"--eval-dataset {spec}: {directory} is not a directory.")
+        sets = _idx_splits(directory, spec, class_names)
         if not sets:
             raise DataError(f"--eval-dataset {spec}: no IDX image/label pairs in {directory}.")
         data = sets.get("test") or next(iter(sets.values()))

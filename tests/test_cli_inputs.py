@@ -254,6 +254,37 @@ def test_a_planted_stage_file_is_refused_on_resume(tmp_path, capsys, files):
     assert code == 2 and "saved configuration" in err
 
 
+@pytest.mark.parametrize("edit, message", [
+    ({"epochs": "x"}, "epochs must be a whole number from 0, got 'x'"), ({"lr": -1}, "lr must be a finite number above 0"),
+    ({"batch_size": 0}, "batch_size must be a whole number from 1"), ({"dataset": 5}, "dataset must be a name"),
+    ({"widths": "ab"}, "widths must be positive whole numbers"), ({"label_noise": 2.0}, "label_noise .* up to 1"),
+    ({"train_size": -5}, "train_size must be a whole number from 1 or None"), ({"lr": 1e999}, "lr must be a finite"),
+])
+def test_a_saved_configuration_with_wrong_values_is_one_paragraph_on_resume(tmp_path, capsys, edit, message):
+    """Each of these failed deep inside a stage with a TypeError, ValueError or AttributeError traceback."""
+    stages = tmp_path / ".staging" / "r.stages"
+    stages.mkdir(parents=True)
+    saved = {"model": "lenet5", "dataset": "mnist-5k", "epochs": 1, "train_size": 100, "eval_size": 50,
+             "images": None, **edit}
+    (stages / "config.json").write_text(json.dumps(saved))
+    code, err = _call(compute_main, ["run", "--warehouse", str(tmp_path), "--run-id", "r", "--resume"], capsys)
+    import re
+
+    assert code == 2 and err.startswith("error: the saved configuration") and re.search(message, err), err
+    assert len(err.strip().splitlines()) == 1 and "start the run again without --resume" in err
+
+
+def test_run_config_rules_accept_what_the_command_line_makes():
+    from compute.errors import ConfigError
+    from compute.run.config import RunConfig
+
+    RunConfig(lr=1, label_noise=0, until_train_acc=1, threads=0, train_size=None, widths=(1,), layers=("fc*",))
+    with pytest.raises(ConfigError, match="train_curves must be true or false, got '1'"):
+        RunConfig(train_curves=1)
+    with pytest.raises(ConfigError, match="ablation_width must be a finite number above 0, got 'nan'"):
+        RunConfig(ablation_width=float("nan"))
+
+
 def test_stage_values_round_trip_through_weights_only_loading(tmp_path):
     from compute.ablation.outcome import LayerAblation, Outcome
     from compute.measure.train import TrainResult

@@ -61,11 +61,11 @@ def _truncate(name: str, cut: int) -> Callable[[Path], None]:
     return damage
 
 
-def _rewrite(name: str, change: Callable[[pa.Table], pa.Table]) -> Callable[[Path], None]:
+def _rewrite(name: str, change: Callable[[pa.Table], pa.Table], **options: object) -> Callable[[Path], None]:
     """Rewrite a table and refresh the manifest: only the schema or content check can catch it."""
     def damage(run: Path) -> None:
         f = run / name
-        pq.write_table(change(pq.read_table(f)), f)
+        pq.write_table(change(pq.read_table(f)), f, **options)
         refresh_manifest(run)
     return damage
 
@@ -155,6 +155,8 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         None if c is None else 12 for c in t.column("pref_class").to_pylist()])), "units holds pref_class values .* 12"),
     "unit-negative": (_rewrite("units.parquet", lambda t: _set(t, "unit", [-1 - u for u in t.column("unit").to_pylist()])),
                       "units holds unit values from -"),
+    "unit-negative-no-statistics": (_rewrite("units.parquet", lambda t: _set(t, "unit", [-1 - u for u in t.column(
+        "unit").to_pylist()]), write_statistics=False), "units holds unit values from -120 to -1"),
     "checkpoint-replaced": (lambda run: (run / "checkpoint.pt").write_bytes(b"planted"), "checkpoint.pt has"),
     "checkpoint-same-size": (_flip_middle("checkpoint.pt"), "checkpoint.pt does not match its SHA-256"),
     "folder-unreadable": (_chmod("", 0), "cannot open|Permission"),

@@ -293,8 +293,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, **overrides: object):
+    from compute.datasets.sources import check_data_dir
     from compute.run.config import RunConfig  # torch loads only for the commands that compute
 
+    # Here, not in load_data: the what-if of a stored run that once passed an unread --data-dir still loads.
+    check_data_dir(args.data_dir, args.dataset, args.eval_dataset)
     return RunConfig(
         model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         data_dir=args.data_dir, eval_dataset=args.eval_dataset, train_size=args.train_size,

@@ -124,6 +124,8 @@ RUN_CASES: list[tuple[list[str], str]] = [
     (["--layers", ","], "at least one name"), (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--resume"], "--resume needs the --run-id"), (["--resume", "--run-id", "ghost"], "nothing to resume"),
     (["--layers", "fc9"], "no layer matches 'fc9'"),
+    (["--data-dir", "/tmp"], "--data-dir /tmp is not read by mnist-5k"),
+    (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent"], "--data-dir /nonexistent does not exist"),
     # numbers of 5,000 digits (Python's own int() refuses them with a ValueError), and other spellings
     (["--seed", "1" * 5000], "expected a seed.*5,000 digits"), (["--epochs", "9" * 5000], "5,000 digits"),
     (["--batch-size", "1" * 5000], "5,000 digits"), (["--train-size", "1e3"], "positive integer"),

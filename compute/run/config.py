@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from compute.ablation.sequential import DEFAULT_WIDTH
-from compute.datasets.sources import (ImageSet, Splits, check_data_dir, load_dataset, load_eval_set, require_classes, stratified_subset,
+from compute.datasets.sources import (ImageSet, Splits, load_dataset, load_eval_set, require_classes, stratified_subset,
                                       with_label_noise)
 from compute.errors import ConfigError, DataError
 from compute.images.config import ActMaxConfig, ImageConfig
@@ -158,7 +158,6 @@ def check_device(name: str) -> str:
 def load_data(cfg: RunConfig) -> tuple[Splits, ImageSet]:
     """The run's training/test splits (training subset applied) and its evaluation set."""
     data_dir = Path(cfg.data_dir) if cfg.data_dir is not None else None
-    check_data_dir(data_dir, cfg.dataset, cfg.eval_dataset)
     splits = load_dataset(cfg.dataset, data_dir)
     train_set = stratified_subset(splits.train, cfg.train_size) if cfg.train_size else splits.train
     train_set = with_label_noise(train_set, cfg.label_noise, cfg.seed)

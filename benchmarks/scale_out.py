@@ -1,9 +1,12 @@
 """Single-unit ablation in process versus on Ray with 1 and 2 workers, the share of Ray's fixed
-costs in each, and a projection to ResNet-50 on ImageNet's 50,000 validation images for N workers.
+costs in each, and a projection to ResNet-50 on ImageNet's 50,000 validation images for N workers;
+with ``--whole-run``, every stage after training of a whole run instead.
 
     .venv/bin/python benchmarks/scale_out.py [--eval-size 10000] [--repeat 3] [--cpus 2]
                                              [--device cpu|cuda] [--projection-images 4]
                                              [--sequential-share 0.58] [--no-projection]
+    .venv/bin/python benchmarks/scale_out.py --whole-run [--run-dataset fashion-mnist]
+                                             [--run-train-size N] [--run-eval-size N] [--run-epochs 2]
 
 1. LeNet-5 (untrained weights: the cost of an ablation does not depend on them) on the real MNIST
    test set (``../shared/data/mnist``; mnist-5k's 1,000 test digits when absent), repeated
@@ -21,6 +24,14 @@ costs in each, and a projection to ResNet-50 on ImageNet's 50,000 validation ima
    divided over N workers plus the measured fixed costs; and the same with the sequential budget
    (``--ablation-budget sequential``), at ``--sequential-share`` of the full sweep's unit-examples
    (default: the ResNet-18 slice's measured share at width 0, benchmarks/sequential_ablation.py).
+4. ``--whole-run``: LeNet-5 trained once in process (``--run-epochs``) on ``--run-dataset`` (default
+   Debian's full Fashion-MNIST, 60,000 training and 10,000 test images), then the same run from its
+   checkpoint (every stage after training: evaluation, statistics, ablation, both curves, images,
+   publish) in process and on Ray with 1 and 2 workers, in seconds with the speed-up against in-process.
+   Fixed costs as in 2 (starting the actors, broadcasting that run's model and data, each item's round
+   trip times the run's items over the workers), measured apart on the same state; the driver's own
+   work (merging, sorting, writing the tables) is not counted as fixed but stays serial. Every run's
+   ``units`` table is checked equal to in-process.
 """
 
 from __future__ import annotations
@@ -30,7 +41,9 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -120,6 +133,11 @@ def main() -> None:
                     help="unit-examples of a sequential sweep / the full sweep's, for the projection (default 0.58)")
     ap.add_argument("--no-projection", action="store_true", help="skip the ResNet-50 measurement")
     ap.add_argument("--projection-only", action="store_true", help="only the ResNet-50 measurement (no Ray)")
+    ap.add_argument("--whole-run", action="store_true", help="time every stage after training of a whole run instead")
+    ap.add_argument("--run-dataset", default="fashion-mnist", help="--whole-run's dataset (default fashion-mnist)")
+    ap.add_argument("--run-train-size", type=int, default=None, help="--whole-run's training subset (default: all)")
+    ap.add_argument("--run-eval-size", type=int, default=None, help="--whole-run's evaluation subset (default: all)")
+    ap.add_argument("--run-epochs", type=int, default=2, help="--whole-run's training epochs, done once (default 2)")
     args = ap.parse_args()
     os.environ.setdefault("NEURON_ATLAS_QUIET", "1")
     torch.set_num_threads(1)
@@ -127,11 +145,13 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: torch sees no CUDA device")
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
-    if not args.projection_only:
+    if args.whole_run:
+        whole_run(args.run_dataset, args.run_train_size, args.run_eval_size, args.run_epochs, args.cpus)
+    elif not args.projection_only:
         fixed = scale_out(_digits(args.eval_size, args.mnist, args.repeat), args.cpus)
     else:
         fixed = {"actors": 0.0, "broadcast": 0.0, "item": 0.0}
-    if not args.no_projection:
+    if not (args.no_projection or args.whole_run):
         projection(args.device, args.projection_images, fixed, args.sequential_share)
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
@@ -173,6 +193,67 @@ def scale_out(data: ImageSet, cpus: int) -> dict[str, float]:
     print(f"Starting a local Ray (once per cluster): {t_start:.1f} s")
     ray.shutdown()
     return fixed[2]
+
+
+class Counting:
+    """An executor that counts the items it is given (the whole run's, for its fixed costs)."""
+
+    def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+        self.inner, self.name, self.items = inner, inner.name, 0
+
+    def map(self, worker: Worker, items):  # type: ignore[no-untyped-def]
+        self.items += len(items)
+        return self.inner.map(worker, items)
+
+    def share(self, value):  # type: ignore[no-untyped-def]
+        return self.inner.share(value)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def whole_run(dataset: str, train_size: int | None, eval_size: int | None, epochs: int, cpus: int) -> None:
+    """Every stage after training of one LeNet-5 run, in process and on Ray with 1 and 2 workers."""
+    import pyarrow.parquet as pq
+    import ray
+
+    from compute.distributed.ray_executor import RayExecutor
+    from compute.run.config import RunConfig, load_data
+    from compute.run.pipeline import compute_run
+    from warehouse.layout import CHECKPOINT
+
+    base = RunConfig(model="lenet5", dataset=dataset, train_size=train_size, eval_size=eval_size, seed=0, threads=1)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        trained, t_train = _timed(lambda: compute_run(replace(base, epochs=epochs, run_id="trained"), tmp / "w"))
+        splits, eval_set = load_data(base)
+        print(f"LeNet-5 on {dataset}: {len(splits.train):,} training and {len(eval_set):,} evaluation images; "
+              f"trained {epochs} epochs once ({t_train:.1f} s with its own stages); every stage after training "
+              "timed from its checkpoint; torch threads 1 per worker")
+        cfg = replace(base, epochs=0, checkpoint=str(trained.path / CHECKPOINT))
+
+        def run(name: str, executor) -> tuple[float, int, Any]:  # type: ignore[no-untyped-def]
+            counting = Counting(executor)
+            summary, t = _timed(lambda: compute_run(replace(cfg, run_id=name), tmp / "w", executor=counting))
+            return t, counting.items, pq.read_table(summary.path / "units.parquet").drop(["run_id"])
+
+        t_in, n_items, ref = run("in", InProcessExecutor())
+        print(f"  in-process       {t_in:8.1f} s   {n_items} items")
+        _, t_start = _timed(lambda: ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                                             object_store_memory=1_000_000_000))
+        state = Worker(build_model(ModelSpec("lenet5", splits.train.shape, splits.train.n_classes, {})),
+                       {"eval": eval_set, "train": splits.train, "test": splits.test})
+        for n in (1, 2):
+            ex = RayExecutor(workers=n)
+            f = ray_fixed_costs(ex, state, tmp / f"fixed{n}")
+            ex.close()
+            t, items, got = run(f"ray{n}", RayExecutor(workers=n))
+            fixed = f["actors"] + f["broadcast"] + items * f["item"] / n
+            print(f"  Ray, {n} worker{'s' if n > 1 else ' '}    {t:8.1f} s   speed-up {t_in / t:.2f}x; fixed costs "
+                  f"{fixed / t:.1%} (actors {f['actors']:.1f} s, broadcast {f['broadcast']:.1f} s, items {items} x "
+                  f"{1000 * f['item']:.1f} ms / {n}); units table equal to in-process: {got.equals(ref)}")
+    print(f"Starting a local Ray (once per cluster): {t_start:.1f} s")
+    ray.shutdown()
 
 
 def projection(device: str, images: int, f: dict[str, float], share: float) -> None:

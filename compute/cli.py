@@ -146,7 +146,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     """The options shared by `run` and `sweep`."""
     _add_model_options(p)
     p.add_argument("--dataset", default="mnist-5k", metavar="NAME", help=f"one of {', '.join(DATASETS)}")
-    p.add_argument("--data-dir", default=None, help="folder holding the dataset's files (else download)")
+    p.add_argument("--data-dir", default=None,
+                   help="folder holding the files of mnist, fashion-mnist or cifar10 (an error if they are not there); "
+                        "without it: Debian's Fashion-MNIST, else a download")
     p.add_argument("--eval-dataset", default=None, metavar="NAME",
                    help="compute statistics and ablations on this dataset's test split instead, "
                         "e.g. idx:../shared/data/mnist")
@@ -291,8 +293,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, **overrides: object):
+    from compute.datasets.sources import check_data_dir
     from compute.run.config import RunConfig  # torch loads only for the commands that compute
 
+    # Here, not in load_data: the what-if of a stored run that once passed an unread --data-dir still loads.
+    check_data_dir(args.data_dir, args.dataset, args.eval_dataset)
     return RunConfig(
         model=args.model, dataset=args.dataset, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         data_dir=args.data_dir, eval_dataset=args.eval_dataset, train_size=args.train_size,
@@ -389,6 +394,12 @@ def _experiment(args: argparse.Namespace, root: Path) -> int:
     return 0
 
 
+def _cell(value: object, limit: int = 80) -> str:
+    """A manifest value for one cell of the listing: escaped, and cut (a manifest may hold any JSON there)."""
+    text = term(value)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _list(root: Path) -> int:
     runs = list_runs(root)
     if not runs:
@@ -398,7 +409,8 @@ def _list(root: Path) -> int:
     for r in runs:  # every stored value through term(): escape codes and line breaks are shown, never obeyed
         m = r.manifest or {}
         status = "ok" if r.ok else f"BROKEN: {term(r.error)}"
-        print(f"{term(r.run_id):<48} {term(m.get('model', '?')):<14} {term(m.get('dataset', '?')):<16} {status}")
+        model, dataset = (_cell(m.get(k, "?")) for k in ("model", "dataset"))
+        print(f"{term(r.run_id):<48} {model:<14} {dataset:<16} {status}")
     try:
         leftovers = staging_leftovers(root)
     except AtlasError as e:  # the runs are listed; the staging problem is a note beside them

@@ -20,6 +20,7 @@ from warehouse.filters import (FIELDS, UNIT_METRICS, Codec, Field, QueryError, U
                                flag, format_fields, parse_fields, parse_int)
 from warehouse.parse import INT32_MAX, ParseError, layer_name, shown
 from warehouse.queries import PRESETS, parse_class_rank
+from warehouse import run_fit
 from warehouse.layout import RUN_ID_PATTERN
 from warehouse.text import md, md_code
 
@@ -106,24 +107,17 @@ def encode(state: ExplorerState) -> dict[str, str | list[str]]:
     return out
 
 
-def for_run(state: ExplorerState, layers: list[str], n_classes: int) -> tuple[ExplorerState, list[str]]:
-    """``state`` without the layers and classes its run does not have, and a notice for each."""
-    f, notices = state.filter, []
-    unknown = [layer for layer in f.layers if layer not in layers]
-    if unknown:
-        notices.append(f"Run {md_code(f.run_id)} has no layer {', '.join(md_code(u) for u in unknown)}; ignored "
-                       f"(layers: {', '.join(md_code(x) for x in layers)}).")
-    bad_pref = [c for c in f.pref_classes if not 0 <= c < n_classes]
-    if bad_pref:
-        notices.append(f"Preferred class {', '.join(map(str, bad_pref))} is ignored: the run has classes "
-                       f"0 to {n_classes - 1}.")
-    cls = f.condition_class
-    if cls is not None and not 0 <= cls < n_classes:
-        notices.append(f"{md_code(f'cls={cls}')} is ignored: the run has classes 0 to {n_classes - 1}.")
-        cls = None
-    f = replace(f, layers=tuple(x for x in f.layers if x in layers),
-                pref_classes=tuple(c for c in f.pref_classes if 0 <= c < n_classes), condition_class=cls)
-    return replace(state, filter=f), notices
+def for_run(state: ExplorerState, layers: list[str], classes: list[str]) -> tuple[ExplorerState, list[str]]:
+    """``state`` without the layers and classes its run does not have (``warehouse.run_fit``, the export
+    command line's check), and a notice for each, naming what the run has."""
+    f, misfits = run_fit.fit(state.filter, layers, classes)
+    notices = run_fit.notices(misfits, f.run_id, layers, classes)
+    rank = state.rank
+    if rank is not None and not 0 <= int(rank.rpartition(":")[2]) < len(classes):
+        notices.append(f"{md_code('rank=' + rank)} is ignored: run {md_code(f.run_id)} has "
+                       f"{run_fit.classes_text(classes, 'url')}.")
+        rank = None
+    return replace(state, filter=f, rank=rank), notices
 
 
 def parse_unit(text: str | None) -> tuple[str, int] | None:

@@ -8,7 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 from dashboard import cached, nav, ui
-from dashboard.state import VIEW_FIELDS, ExplorerState, encode, one, parse, parse_unit, unit_params
+from dashboard.state import VIEW_FIELDS, ExplorerState, encode, for_run, one, parse, parse_unit, unit_params
 from warehouse.filters import FIELDS, QueryError, parse_int
 from warehouse.text import md, md_code
 
@@ -36,12 +36,16 @@ def remember(layer: str, unit: int) -> None:
     S["unit-sel"] = (layer, unit)
 
 
-def origin(run: str, from_url: bool) -> ExplorerState | None:
-    """The explorer filter the unit was opened from (kept in the unit page's URL), if any."""
+def origin(root: str, fp: cached.Fingerprint, run: str, from_url: bool) -> ExplorerState | None:
+    """The explorer filter the unit was opened from (kept in the unit page's URL), if any, without the
+    layers and classes the run lacks."""
     if from_url:
         keys = [f.url for f in (*FIELDS, *VIEW_FIELDS)]
         state, notices = parse(st.query_params) if any(one(st.query_params, k) is not None for k in keys) \
             else (None, [])
+        if state is not None and state.filter.run_id == run:
+            state, more = for_run(state, cached.layer_names(root, fp, run), cached.class_names(root, fp, run))
+            notices += more
         nav.notices(notices)
         S["unit-origin"] = state
         epoch = one(st.query_params, "epoch")

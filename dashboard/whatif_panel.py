@@ -16,32 +16,38 @@ import streamlit as st
 from dashboard.state import parse_unit
 from warehouse.filters import QueryError
 from warehouse.layout import run_dir
+from warehouse.text import md, md_code
 
 S = st.session_state
 VIEWS = Path(__file__).parent / "views"
 MAX_UNITS = 10_000  # units one what-if may name (a URL must stay a URL)
+SHOWN_BAD = 3  # malformed tokens named in the notices; the others are counted
 SPLITS = ("eval", "train")
 
 
 def parse_units(text: str) -> tuple[list[str], list[str]]:
-    """``"fc1:3, conv2:5"`` -> (``["fc1:3", "conv2:5"]``, notices for the tokens left out)."""
-    units: list[str] = []
-    notices: list[str] = []
+    """``"fc1:3, conv2:5"`` -> (``["fc1:3", "conv2:5"]``, notices for the tokens left out: the first few
+    named, escaped, and how many others, so a link of thousands of bad tokens is one short notice)."""
+    units: dict[str, None] = {}
+    bad: list[str] = []
+    n_bad = 0
     for token in (t.strip() for t in text.split(",")):
         if not token:
             continue
         try:
             layer, unit = parse_unit(token)  # type: ignore[misc]
         except QueryError as e:
-            notices.append(f"`{token[:40]}` is left out: {e}")
+            n_bad += 1
+            if len(bad) < SHOWN_BAD:
+                bad.append(f"{md_code(token[:40])} is left out: {md(e)}")
             continue
-        label = f"{layer}:{unit}"
-        if label not in units:
-            units.append(label)
-    if len(units) > MAX_UNITS:
-        notices.append(f"Only the first {MAX_UNITS:,} of {len(units):,} units are kept.")
-        units = units[:MAX_UNITS]
-    return units, notices
+        units.setdefault(f"{layer}:{unit}")
+    notices = bad + ([f"… and {n_bad - len(bad):,} other value(s) that are not units."] if n_bad > len(bad) else [])
+    kept = list(units)
+    if len(kept) > MAX_UNITS:
+        notices.append(f"Only the first {MAX_UNITS:,} of {len(kept):,} units are kept.")
+        kept = kept[:MAX_UNITS]
+    return kept, notices
 
 
 def params(run: str, units: list[str], split: str = "eval") -> dict[str, str]:

@@ -44,7 +44,7 @@ def test_run_then_list(tmp_path: Path, shared_mnist: Path):
     (["--epochs", "-1"], "expected a non-negative integer"),
     (["--widths", "12,x"], "comma-separated integers"),
     (["--run-id", "bad/id"], "invalid run id"),
-    (["--eval-dataset", "idx:/no/such/dir"], "no IDX image/label pairs"),
+    (["--eval-dataset", "idx:/no/such/dir"], "/no/such/dir is not a directory"),
 ])
 def test_bad_input_is_named_and_nothing_is_published(tmp_path: Path, args: list[str], message: str):
     wh = tmp_path / "wh"
@@ -59,7 +59,7 @@ def test_unwritable_warehouse(tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     r = cli("run", "--warehouse", str(blocker), "--epochs", "1", "--train-size", "100")
-    assert r.returncode == 2 and "cannot write to warehouse" in r.stderr
+    assert r.returncode == 2 and f"{blocker} is not a folder, so it cannot hold" in r.stderr
 
 
 def test_list_on_empty_warehouse_says_what_to_do(tmp_path: Path):

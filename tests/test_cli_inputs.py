@@ -57,14 +57,19 @@ def files(tmp_path: Path) -> dict[str, Path]:
     out["no-tensors"] = tmp_path / "no-tensors.pt"
     torch.save(LeNet5((1, 32, 32), 3).state_dict(), tmp_path / "other-model.pt")
     out["other-model"] = tmp_path / "other-model.pt"
+    weights = LeNet5((1, 28, 28), 10).state_dict()
+    weights["fc1.bias"][3] = float("nan")
+    torch.save(weights, tmp_path / "nan-weights.pt")
+    out["nan-weights"] = tmp_path / "nan-weights.pt"
     os.mkfifo(tmp_path / "fifo.pt")
     out["fifo"] = tmp_path / "fifo.pt"
     out["dir"] = tmp_path
     rng = np.random.default_rng(0)
-    for name, classes, size in (("one-class", ["only"], 28), ("tiny", ["a", "b"], 8)):
+    for name, classes, size, n in (("one-class", ["only"], 28, 10), ("tiny", ["a", "b"], 8, 10),
+                                   ("one-each", ["a", "b"], 28, 1)):
         for c in classes:
             (tmp_path / name / c).mkdir(parents=True)
-            for i in range(10):
+            for i in range(n):
                 Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(tmp_path / name / c / f"{i}.png")
         out[name] = tmp_path / name
     for name, sizes in (("bomb", {"a": 28, "b": 28}), ("mixed", {"a": 28, "b": 32}), ("empty", {"a": 28, "b": 28}),
@@ -119,6 +124,8 @@ RUN_CASES: list[tuple[list[str], str]] = [
     (["--layers", ","], "at least one name"), (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
     (["--resume"], "--resume needs the --run-id"), (["--resume", "--run-id", "ghost"], "nothing to resume"),
     (["--layers", "fc9"], "no layer matches 'fc9'"),
+    (["--data-dir", "/tmp"], "--data-dir /tmp is not read by mnist-5k"),
+    (["--dataset", "fashion-mnist", "--data-dir", "/nonexistent"], "--data-dir /nonexistent does not exist"),
     # numbers of 5,000 digits (Python's own int() refuses them with a ValueError), and other spellings
     (["--seed", "1" * 5000], "expected a seed.*5,000 digits"), (["--epochs", "9" * 5000], "5,000 digits"),
     (["--batch-size", "1" * 5000], "5,000 digits"), (["--train-size", "1e3"], "positive integer"),
@@ -141,12 +148,14 @@ FILE_CASES: list[tuple[str, list[str], str]] = [  # file fixture key, arguments,
     ("other-model", ["--checkpoint", "{}", "--epochs", "0"], "does not fit the model"),
     ("fifo", ["--checkpoint", "{}", "--epochs", "0"], "is not a file"),
     ("dir", ["--checkpoint", "{}", "--epochs", "0"], "is not a file"),
+    ("nan-weights", ["--checkpoint", "{}", "--epochs", "0"], "holds NaN or infinite weights \\(first in 'fc1.bias'\\)"),
+    ("one-each", ["--dataset", "folder:{}"], "class 'a' has 1 example\\(s\\).*at least two"),
     ("one-class", ["--dataset", "folder:{}"], "needs at least two"),
     ("tiny", ["--dataset", "folder:{}"], "cannot take images of 1x8x8.*Resize"),
     ("bomb", ["--dataset", "folder:{}"], "PIL will open|60,000x60,000"),
     ("mixed", ["--dataset", "folder:{}"], "resize the images to one size"),
     ("empty", ["--dataset", "folder:{}"], "is empty \\(0 bytes\\)"),
-    ("garbage-image", ["--dataset", "folder:{}"], "cannot read image"),
+    ("garbage-image", ["--dataset", "folder:{}"], "cannot read image .*Replace or remove the file"),
     ("loop", ["--dataset", "folder:{}"], "needs at least two"),
     ("proc", ["--dataset", "folder:{}"], "is a system folder"),
 ]
@@ -155,7 +164,9 @@ OTHER_CASES: list[tuple[list[str], str]] = [
     (["sweep", "--experiment", "bad id\n"], "invalid run id"),
     (["layers", "--input-shape", "1,0,28"], "C,H,W"), (["layers", "--input-shape", "1,28"], "C,H,W"),
     (["layers", "--input-shape", "1,4,4"], "cannot take images of 1x4x4"), (["layers", "--classes", "0"], "positive"),
-    (["gc", "--warehouse", "/dev/null/x"], None),
+    (["gc", "--warehouse", "/nonexistent/x"], None),
+    (["gc", "--warehouse", "/dev/null/x"], "/dev/null is not a folder, so it cannot hold the staging folder"),
+    (["list", "--warehouse", "/etc/hostname"], "/etc/hostname is not a folder, so it cannot hold the runs folder"),
     (["experiment", "crossed-sevens", "--seed", str(2**64)], "expected a seed"),
     (["experiment", "crossed-sevens", "--seed", "-1"], "expected a seed"),
     (["experiment", "crossed-sevens", "--seed", "\u0663"], "expected a seed"),
@@ -243,6 +254,37 @@ def test_a_planted_stage_file_is_refused_on_resume(tmp_path, capsys, files):
     (stages / "config.json").write_text("[]")
     code, err = _call(compute_main, ["run", "--warehouse", str(tmp_path), "--run-id", "r", "--resume"], capsys)
     assert code == 2 and "saved configuration" in err
+
+
+@pytest.mark.parametrize("edit, message", [
+    ({"epochs": "x"}, "epochs must be a whole number from 0, got 'x'"), ({"lr": -1}, "lr must be a finite number above 0"),
+    ({"batch_size": 0}, "batch_size must be a whole number from 1"), ({"dataset": 5}, "dataset must be a name"),
+    ({"widths": "ab"}, "widths must be positive whole numbers"), ({"label_noise": 2.0}, "label_noise .* up to 1"),
+    ({"train_size": -5}, "train_size must be a whole number from 1 or None"), ({"lr": 1e999}, "lr must be a finite"),
+])
+def test_a_saved_configuration_with_wrong_values_is_one_paragraph_on_resume(tmp_path, capsys, edit, message):
+    """Each of these failed deep inside a stage with a TypeError, ValueError or AttributeError traceback."""
+    stages = tmp_path / ".staging" / "r.stages"
+    stages.mkdir(parents=True)
+    saved = {"model": "lenet5", "dataset": "mnist-5k", "epochs": 1, "train_size": 100, "eval_size": 50,
+             "images": None, **edit}
+    (stages / "config.json").write_text(json.dumps(saved))
+    code, err = _call(compute_main, ["run", "--warehouse", str(tmp_path), "--run-id", "r", "--resume"], capsys)
+    import re
+
+    assert code == 2 and err.startswith("error: the saved configuration") and re.search(message, err), err
+    assert len(err.strip().splitlines()) == 1 and "start the run again without --resume" in err
+
+
+def test_run_config_rules_accept_what_the_command_line_makes():
+    from compute.errors import ConfigError
+    from compute.run.config import RunConfig
+
+    RunConfig(lr=1, label_noise=0, until_train_acc=1, threads=0, train_size=None, widths=(1,), layers=("fc*",))
+    with pytest.raises(ConfigError, match="train_curves must be true or false, got '1'"):
+        RunConfig(train_curves=1)
+    with pytest.raises(ConfigError, match="ablation_width must be a finite number above 0, got 'nan'"):
+        RunConfig(ablation_width=float("nan"))
 
 
 def test_stage_values_round_trip_through_weights_only_loading(tmp_path):

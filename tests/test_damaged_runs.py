@@ -61,12 +61,27 @@ def _truncate(name: str, cut: int) -> Callable[[Path], None]:
     return damage
 
 
-def _rewrite(name: str, change: Callable[[pa.Table], pa.Table]) -> Callable[[Path], None]:
+def _rewrite(name: str, change: Callable[[pa.Table], pa.Table], **options: object) -> Callable[[Path], None]:
     """Rewrite a table and refresh the manifest: only the schema or content check can catch it."""
     def damage(run: Path) -> None:
         f = run / name
-        pq.write_table(change(pq.read_table(f)), f)
+        pq.write_table(change(pq.read_table(f)), f, **options)
         refresh_manifest(run)
+    return damage
+
+
+def _set(t: pa.Table, column: str, values: list) -> pa.Table:
+    """``t`` with ``column``'s values replaced, its type kept."""
+    i = t.schema.get_field_index(column)
+    return t.set_column(i, t.schema.field(i), pa.array(values, t.schema.field(i).type))
+
+
+def _linked(name: str) -> Callable[[Path], None]:
+    """The file moved out of the run folder and linked back in."""
+    def damage(run: Path) -> None:
+        outside = run.parent.parent / f"{run.name}-{name}"
+        (run / name).rename(outside)
+        (run / name).symlink_to(outside)
     return damage
 
 
@@ -110,7 +125,9 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "manifest-tables-not-names": (_edit_manifest(tables=[1, 2]), "tables"),
     "manifest-fifo": (_replace("manifest.json", lambda p: os.mkfifo(p)), "not a regular file"),
     "manifest-folder": (_replace("manifest.json", lambda p: p.mkdir()), "not a regular file"),
-    "manifest-symlink": (_replace("manifest.json", lambda p: p.symlink_to("/etc/hostname")), "cannot open"),
+    "manifest-symlink": (_replace("manifest.json", lambda p: p.symlink_to("/etc/hostname")),
+                         "manifest.json is a symbolic link \\(to /etc/hostname\\); a run's files are never read"),
+    "table-symlink": (_linked("epochs.parquet"), "epochs.parquet is a symbolic link"),
     "manifest-missing": (lambda run: (run / "manifest.json").unlink(), "manifest.json is missing"),
     "parquet-middle-corrupted": (_flip_middle("unit_classes.parquet"), "SHA-256"),
     "parquet-footer-truncated": (_truncate("units.parquet", 100), "units is corrupt"),
@@ -131,6 +148,15 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
         **json.loads((run / "manifest.json").read_text())["files"],
         "units.parquet": {**json.loads((run / "manifest.json").read_text())["files"]["units.parquet"], "bytes": 1}})(run),
         "manifest says 1"),
+    "classes-none": (_rewrite("runs.parquet", lambda t: _set(t, "class_names", [[]])), "names 0 class\\(es\\)"),
+    "class-beyond-the-run": (_rewrite("unit_classes.parquet", lambda t: _set(
+        t, "class", [c + 90 for c in t.column("class").to_pylist()])), "unit_classes holds class values from 90 to 99"),
+    "pref-class-beyond": (_rewrite("units.parquet", lambda t: _set(t, "pref_class", [
+        None if c is None else 12 for c in t.column("pref_class").to_pylist()])), "units holds pref_class values .* 12"),
+    "unit-negative": (_rewrite("units.parquet", lambda t: _set(t, "unit", [-1 - u for u in t.column("unit").to_pylist()])),
+                      "units holds unit values from -"),
+    "unit-negative-no-statistics": (_rewrite("units.parquet", lambda t: _set(t, "unit", [-1 - u for u in t.column(
+        "unit").to_pylist()]), write_statistics=False), "units holds unit values from -120 to -1"),
     "checkpoint-replaced": (lambda run: (run / "checkpoint.pt").write_bytes(b"planted"), "checkpoint.pt has"),
     "checkpoint-same-size": (_flip_middle("checkpoint.pt"), "checkpoint.pt does not match its SHA-256"),
     "folder-unreadable": (_chmod("", 0), "cannot open|Permission"),
@@ -141,7 +167,8 @@ COPIES = {  # folder -> reason: copies whose identity does not match, and names 
     "bad\nname": "not a valid run id",
     ".trash": "not a valid run id",
 }
-ISOLATED_OK = {"junk-files": _junk}  # damage that must not break the run
+ISOLATED_OK = {"junk-files": _junk,  # damage that must not break the run
+               "odd-extras": _edit_manifest(model={"a": [1]}, dataset=10**400)}  # the publisher's additions: any JSON
 
 
 @pytest.fixture(scope="module")
@@ -195,7 +222,7 @@ def test_junk_beside_a_run_is_ignored_and_stray_files_are_not_runs(damaged):
 def test_connect_shows_exactly_the_healthy_runs(damaged):
     root, runs = damaged
     healthy = sorted(r for r, info in runs.items() if info.ok)
-    assert healthy == sorted(["good", "junk-files"] + (["folder-unreadable", "manifest-unreadable"] if ROOT_USER else []))
+    assert healthy == sorted(["good", *ISOLATED_OK] + (["folder-unreadable", "manifest-unreadable"] if ROOT_USER else []))
     con = warehouse.connect(root)
     counts = dict(con.execute("SELECT run_id, count(*) FROM units GROUP BY ALL").fetchall())
     assert counts == {run: 226 for run in healthy}
@@ -211,6 +238,8 @@ def test_compute_list_names_each_broken_run(damaged, capsys):
         if not info.ok:
             assert "BROKEN: " + info.error in out
     assert "bad\\nname" in out and "bad\nname" not in out  # printed escaped, on one line
+    (line,) = [x for x in out.splitlines() if x.startswith("odd-extras ")]
+    assert line.split()[1:4] == ["{'a':", "[1]}", "1" * 1 + "0" * 78 + "…"] and line.endswith(" ok")
 
 
 def test_overview_page_lists_broken_runs_with_reasons(damaged, monkeypatch):

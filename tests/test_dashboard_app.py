@@ -255,6 +255,18 @@ def test_export_page_matches_the_command_line(app, con, warehouse_root, tmp_path
     assert (tmp_path / "cli.csv").read_bytes() == export_units(con, f, "csv")
 
 
+def test_export_and_unit_pages_name_the_runs_classes_for_a_class_it_lacks(app, tables):
+    at = open_page(app, "export", {"run": RUN_ID, "cls": "99", "pref": "10", "layers": "fc1"})
+    notice = at.warning[0].value
+    assert "`cls=99` is ignored: run `small` has 10 classes, 0 to 9; there is no class 99." in notice
+    assert "`pref=10` is ignored" in notice
+    rows = pd.read_csv(io.BytesIO(downloaded(at, "dl-export-csv")))
+    assert len(rows) == int((tables["units"].layer == "fc1").sum()) and set(rows.layer) == {"fc1"}
+    at = open_page(app, "unit", {"run": RUN_ID, "unit": "fc1:3", "layers": "fc1", "pref": "10"})
+    assert "`pref=10` is ignored: run `small` has 10 classes" in at.warning[0].value
+    assert at.query_params.get("pref") is None and at.query_params["layers"] == "fc1"
+
+
 def test_dashboard_pages_do_not_import_torch(warehouse_root):
     script = (
         "import sys\n"
@@ -364,6 +376,9 @@ def test_gallery_pages_through_a_layer_in_order(app, tables):
     assert tiles == [f"fc1:{u}" for u in fc1.unit.iloc[48:96]]
     assert len(at.image) == 48
     assert at.query_params["page"] == "2" and at.query_params["gsort"] == "selectivity"
+    at = open_page(app, "gallery", {"run": RUN_ID, "layer": "fc1", "page": "999999"})
+    assert "Page 999,999 does not exist here (3 page(s) of 48); showing page 1." in [c.value for c in at.caption]
+    assert at.query_params["page"] == "1" and len(at.image) == 48
 
 
 def test_unit_page_knows_its_place_in_the_filter(app, con):

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from compute.datasets.sources import (FASHION_CLASSES, FASHION_SYSTEM_DIR, CIFAR10_CLASSES, ImageSet, load_dataset,
-                          load_eval_set, stratified_subset)
+from compute.datasets.sources import (FASHION_CLASSES, FASHION_SYSTEM_DIR, CIFAR10_CLASSES, ImageSet, check_data_dir,
+                                      load_dataset, load_eval_set, stratified_subset)
 from compute.errors import DataError
 from compute.datasets.idx import read_idx
 
@@ -69,12 +69,46 @@ def test_unknown_and_missing_datasets_explain_the_options(tmp_path: Path):
         load_dataset(f"idx:{tmp_path}")
 
 
-def test_offline_download_gives_options_not_a_traceback(tmp_path: Path):
+def test_offline_download_gives_options_not_a_traceback(tmp_path: Path, monkeypatch):
     """This machine reaches no dataset host, so torchvision's download really fails here."""
+    monkeypatch.setenv("NEURON_ATLAS_DATA", str(tmp_path / "downloads"))
     with pytest.raises(DataError) as err:
-        load_dataset("mnist", data_dir=tmp_path / "empty")
+        load_dataset("mnist")
     text = str(err.value)
     assert "could not be downloaded" in text and "--data-dir" in text and "mnist-5k" in text
+
+
+@pytest.mark.parametrize("spec", ["mnist", "fashion-mnist", "cifar10", "crossed-sevens:fashion-mnist"])
+@pytest.mark.parametrize("where", ["missing", "file", "empty"])
+def test_a_named_data_dir_is_read_or_refused_never_replaced_by_another_copy(tmp_path: Path, spec, where):
+    """Fashion-MNIST used to fall back silently to Debian's copy, and the others to a download."""
+    data_dir = {"missing": tmp_path / "nope", "file": tmp_path / "f", "empty": tmp_path}[where]
+    (tmp_path / "f").write_bytes(b"x")
+    with pytest.raises(DataError) as err:
+        load_dataset(spec, data_dir=data_dir)
+    text = str(err.value)
+    what = {"missing": "does not exist", "file": "is a file, not a folder", "empty": "does not hold"}[where]
+    assert text.startswith(f"--data-dir {data_dir} {what}") and "\n" not in text
+    files = "cifar-10-batches-py/" if spec == "cifar10" else "train-images-idx3-ubyte[.gz]"
+    assert files in text and "leave --data-dir out" in text
+
+
+def test_a_data_dir_no_dataset_reads_is_refused():
+    check_data_dir(None, "mnist-5k")
+    check_data_dir("/x", "mnist-5k", "corner-mark:mnist")
+    with pytest.raises(DataError, match=r"--data-dir /x is not read by mnist-5k and idx:/y: only mnist"):
+        check_data_dir("/x", "mnist-5k", "idx:/y")
+
+
+def test_the_command_line_refuses_a_missing_data_dir_in_one_paragraph(tmp_path: Path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "compute", "run", "--dataset", "fashion-mnist", "--data-dir",
+                        str(tmp_path / "nope"), "--warehouse", str(tmp_path / "wh"), "--no-images"],
+                       cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: --data-dir {tmp_path / 'nope'} does not exist.")
+    assert r.stderr.count("\n") == 1 and not any((tmp_path / "wh").glob("*/*"))  # no run, no staging left
 
 
 def test_cifar_python_batches_are_read(tmp_path: Path):

@@ -71,6 +71,15 @@ def test_cli_errors_name_the_problem_and_write_nothing(tmp_path, warehouse_root,
     assert list(tmp_path.iterdir()) == []
 
 
+def test_cli_names_the_runs_layers_and_classes_in_one_paragraph(tmp_path, warehouse_root):
+    r = cli("export", "--warehouse", str(warehouse_root), "--run", RUN_ID, "--layer", "fc9", "--pref-class", "10",
+            "--class", "99", "-o", str(tmp_path / "out.csv"))
+    assert r.returncode == 2 and r.stdout == "" and list(tmp_path.iterdir()) == []
+    assert r.stderr == ("error: Run 'small' has no layer fc9 (--layer); its layers are conv1, conv2, fc1, fc2. "
+                        "Run 'small' has 10 classes, 0 to 9; there is no class 10 (--pref-class); choose among them. "
+                        "Run 'small' has 10 classes, 0 to 9; there is no class 99 (--class); choose among them.\n")
+
+
 def test_cli_refuses_unknown_suffix_and_broken_runs(tmp_path, broken_root):
     r = cli("export", "--warehouse", str(broken_root), "--run", RUN_ID, "-o", str(tmp_path / "x.txt"))
     assert r.returncode == 2 and "--format csv" in r.stderr
@@ -78,6 +87,8 @@ def test_cli_refuses_unknown_suffix_and_broken_runs(tmp_path, broken_root):
     assert r.returncode == 2 and "broken" in r.stderr and "units is corrupt" in r.stderr
     r = cli("export", "--warehouse", str(broken_root), "--run", RUN_ID, "-o", str(tmp_path / "no" / "x.csv"))
     assert r.returncode == 2 and "cannot write" in r.stderr
+    r = cli("export", "--warehouse", str(tmp_path / "nowhere"), "--run", RUN_ID, "-o", str(tmp_path / "x.csv"))
+    assert r.returncode == 2 and "(runs: none: the folder does not exist)" in r.stderr
     assert list(tmp_path.iterdir()) == []
 
 

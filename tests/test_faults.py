@@ -171,7 +171,7 @@ def test_one_run_interrupted_at_each_kind_of_point_in_turn_resumes_to_the_uninte
 
 @pytest.mark.parametrize("crash_at,limit,failed_write", [
     # the images stage's items: an averages item (its sums are image-sized) is the first over
-    ("after-train", 150_000, "cannot write finished stage 'averages."),
+    ("after-train", 150_000, "cannot write finished work item 'averages."),
     ("after-images", 60_000, "cannot write table unit_images"),  # unit_images.parquet (about 110 kB)
 ])
 def test_a_full_disk_is_explained_and_the_run_resumes(reference, forkserver, tmp_path, crash_at, limit, failed_write):

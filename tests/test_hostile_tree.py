@@ -103,6 +103,24 @@ def test_a_linked_runs_folder_is_one_message_in_the_cli_and_on_the_page(root, tm
         assert not any("empty" in s.value for s in at.subheader), page
 
 
+def test_a_warehouse_that_is_a_file_is_one_message_on_every_page(tmp_path, monkeypatch):
+    """Was an empty warehouse ("no runs yet ... compute one"), which cannot be computed there either."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_dashboard_app import APP
+
+    (tmp_path / "wh").write_text("a file")
+    monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(tmp_path / "wh"))
+    for page in ("overview", "explorer"):
+        at = AppTest.from_file(str(APP), default_timeout=120)
+        if page != "overview":
+            at.run()
+            at.switch_page(f"views/{page}.py")
+        at.run()
+        assert not at.exception, (page, at.exception)
+        assert any("wh is not a folder, so it cannot hold the runs folder" in e.value for e in at.error), page
+
+
 def test_gc_never_follows_a_linked_staging_folder(root, tmp_path, capsys):
     kept = _precious(tmp_path / "home")
     (root / ".staging").symlink_to(tmp_path / "home")

@@ -26,7 +26,7 @@ from warehouse.errors import WarehouseError
 from warehouse.layout import CHECKPOINT, stages_dir
 from warehouse.publish import PUBLISHED, RunWriter, write_file
 from warehouse.schema import TABLES
-from warehouse.validate import list_runs
+from warehouse.validate import CLASS_COLUMNS, list_runs
 
 
 class Killed(BaseException):
@@ -54,7 +54,9 @@ def _column(field: pa.Field, n: int, rng: np.random.Generator) -> pa.Array:
 def synthetic(name: str, seed: int) -> dict[str, pa.Array]:
     """Deterministic rows of every column of table ``name`` (``run_id`` is filled by the writer)."""
     rng = np.random.default_rng([seed, len(name), sum(map(ord, name))])
-    return {f.name: _column(f, 5, rng) for f in TABLES[name].arrow_schema if f.name != "run_id"}
+    n = 1 if name == "runs" else 5  # a run has one runs row, naming 3 classes (``_column`` of a list)
+    return {f.name: pa.array(rng.integers(0, 3, n), f.type) if f.name in CLASS_COLUMNS else _column(f, n, rng)
+            for f in TABLES[name].arrow_schema if f.name != "run_id"}
 
 
 def attempt(root: Path, run_id: str, resume: bool, stop: tuple[str, str] | None, monkeypatch) -> Path | None:

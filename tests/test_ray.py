@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -173,12 +174,13 @@ def test_a_killed_driver_resumes_and_skips_finished_items(ray_cluster: str, lene
 def test_statistics_passes_as_items_equal_the_whole_set_and_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """The firing rule's two passes and the specialization pass, one item per shard (3 here): the sums of
     the whole set in one pass within float64 rounding, and a resumed call repeats only the items whose
-    saved results are missing, giving the same floats."""
+    saved results are missing or torn (cut, zeroed or with one byte changed, as an unsynced file can be
+    after a crash of the machine), giving the same floats."""
     from compute.distributed import work
     from compute.distributed.executor import InProcessExecutor, Worker
     from compute.measure.firing import fit
     from compute.measure.specialization import specialization_sums
-    from compute.run.stage_store import StageStore
+    from compute.run.stage_store import ItemStore
 
     monkeypatch.setattr(work, "SHARD_EXAMPLES", 128)
     torch.manual_seed(3)
@@ -193,8 +195,8 @@ def test_statistics_passes_as_items_equal_the_whole_set_and_resume(tmp_path: Pat
             return super().map(worker, items)
 
     def passes() -> tuple[dict, dict]:
-        rules = work.firing_rules(Recording(), worker, StageStore(tmp_path))
-        return rules, work.specialization(Recording(), worker, StageStore(tmp_path), rules)
+        rules = work.firing_rules(Recording(), worker, ItemStore(tmp_path))
+        return rules, work.specialization(Recording(), worker, ItemStore(tmp_path), rules)
 
     rules, sums = passes()
     assert len(ran) == 3 * 3
@@ -204,9 +206,13 @@ def test_statistics_passes_as_items_equal_the_whole_set_and_resume(tmp_path: Pat
             np.testing.assert_allclose(getattr(rules[layer], f), getattr(whole_rules[layer], f), rtol=1e-9, atol=1e-9)
         for f, v in whole_sums[layer].items():
             np.testing.assert_allclose(sums[layer][f], v, rtol=1e-9, atol=1e-9, err_msg=f"{layer}.{f}")
-    gone = ["moments.x0000128-0000256", "values.x0000000-0000128", "special.x0000256-0000300"]
-    for key in gone:
-        (tmp_path / f"{key}.pt").unlink()
+    gone = ["moments.x0000128-0000256", "values.x0000000-0000128", "special.x0000000-0000128",
+            "special.x0000128-0000256", "special.x0000256-0000300"]
+    (tmp_path / f"{gone[0]}.pt").unlink()
+    for key, tear in zip(gone[1:], (lambda b: b[:len(b) // 2], lambda b: bytes(len(b)),
+                                    lambda b: b[:100] + bytes([b[100] ^ 1]) + b[101:], lambda b: b[:-1])):
+        path = tmp_path / f"{key}.pt"
+        path.write_bytes(tear(path.read_bytes()))
     ran.clear()
     again_rules, again_sums = passes()
     assert ran == gone
@@ -271,7 +277,7 @@ def test_workers_fetch_the_model_once_and_the_data_per_shard(ray_cluster: str, m
     import ray
 
     from compute.distributed import work
-    from compute.distributed.executor import Worker
+    from compute.distributed.executor import Item, Worker
     from compute.distributed.ray_executor import Blocks
 
     monkeypatch.setattr(work, "SHARD_EXAMPLES", 128)
@@ -279,6 +285,11 @@ def test_workers_fetch_the_model_once_and_the_data_per_shard(ray_cluster: str, m
     ex = RayExecutor(workers=1)
     try:
         state = ray.get(ex.broadcast(Worker(build_model(ModelSpec("lenet5", (1, 28, 28), 10, {})), {"eval": data})))
+        rule = np.arange(1_000_000, dtype=np.float64)  # a round's large argument (the firing rule) goes once
+        item = Item("values.x0", len, ("eval", 0, 128, ex.share(rule)))
+        assert len(pickle.dumps(item)) < 2_000
+        got = state.get(item.args[-1])
+        assert got.flags.writeable and np.array_equal(got, rule) and state.get(item.args[-1]) is got
     finally:
         ex.close()
     blocks = state.data["eval"]

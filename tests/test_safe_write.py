@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from warehouse.errors import WarehouseError
-from warehouse.safe_write import write_output
+from warehouse.safe_write import check_target, write_output
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = b"layer,unit\nfc1,3\n"
@@ -100,7 +100,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], bool, str]] = {
     "socket": (_socket, True, "not a regular file"),
     "fifo": (_fifo, False, "streamed"),
     "link-to-fifo": (_link_to_fifo, False, "streamed"),
-    "missing-folder": (_missing_folder, False, "its folder does not exist"),
+    "missing-folder": (_missing_folder, False, "no does not exist; create the folder"),
 }
 
 
@@ -167,6 +167,36 @@ def test_a_folder_where_no_file_can_be_created_is_one_paragraph(tmp_path, folder
         folder = str(tmp_path / "ro")
     with pytest.raises(WarehouseError, match="cannot create a file in"):
         write_output(Path(folder) / "units.csv", _write)
+
+
+@pytest.mark.parametrize("make, force, message", [
+    (lambda d: Path("/proc/units.csv"), False, "cannot create a file in /proc"),
+    (lambda d: Path("/proc/version"), True, "cannot create a file in /proc"),  # replacing needs a new file too
+    (lambda d: d / "missing" / "units.csv", False, "missing does not exist"),
+    (lambda d: (d / "plain").write_bytes(OLD) and d / "plain" / "units.csv", False, "plain is a file, not a folder"),
+])
+def test_check_target_refuses_a_folder_that_takes_no_file_before_any_work(tmp_path, make, force, message):
+    """The export command line calls ``check_target`` before it computes the table."""
+    with pytest.raises(WarehouseError, match=message) as e:
+        check_target(make(tmp_path), force)
+    assert "\n" not in str(e.value) and "choose" in str(e.value)
+
+
+def test_check_target_leaves_no_trace_in_a_writable_folder(tmp_path):
+    check_target(tmp_path / "units.csv", False)
+    (tmp_path / "old.csv").write_bytes(OLD)
+    check_target(tmp_path / "old.csv", True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.csv"] and (tmp_path / "old.csv").read_bytes() == OLD
+
+
+@pytest.mark.parametrize("out", ["/proc/units.csv", "/etc/hostname/units.csv", "/nonexistent-folder/units.csv"])
+def test_export_refuses_an_unwritable_folder_in_one_paragraph(out, warehouse_root):
+    from tests.dashboard_fixtures import RUN_ID
+
+    r = subprocess.run([sys.executable, "-m", "warehouse", "export", "--warehouse", str(warehouse_root), "--run", RUN_ID,
+                        "-o", out], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith(f"error: cannot write {out}: ") and r.stderr.count("\n") == 1
+    assert "Traceback" not in r.stderr and r.stdout == ""
 
 
 def test_dev_null_is_streamed_into_and_stays_a_device():

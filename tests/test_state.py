@@ -90,7 +90,18 @@ def test_parse_presets_links_and_unknown_presets():
 
 
 def test_for_run_drops_layers_and_classes_the_run_lacks():
-    state = ExplorerState(UnitFilter("r", layers=("fc1", "fc9"), pref_classes=(3, 12), condition_class=99))
-    fixed, notices = for_run(state, ["conv1", "fc1"], 10)
-    assert fixed.filter == UnitFilter("r", layers=("fc1",), pref_classes=(3,))
-    assert len(notices) == 3 and "fc9" in notices[0] and "12" in notices[1] and "cls=99" in notices[2]
+    state = ExplorerState(UnitFilter("r", layers=("fc1", "fc9"), pref_classes=(3, 12), condition_class=99),
+                          rank="anomaly:10")
+    fixed, notices = for_run(state, ["conv1", "fc1"], [str(i) for i in range(10)])
+    assert fixed.filter == UnitFilter("r", layers=("fc1",), pref_classes=(3,)) and fixed.rank is None
+    assert len(notices) == 4 and "fc9" in notices[0] and "`pref=12`" in notices[1] and "`cls=99`" in notices[2]
+    assert "`rank=anomaly:10` is ignored: run `r` has 10 classes, 0 to 9" in notices[3]
+
+
+def test_what_if_units_from_a_link_are_escaped_counted_and_deduplicated():
+    from dashboard.whatif_panel import parse_units
+
+    units, notices = parse_units("fc1:3, fc1:3,`x`:red[boo]," + ",".join(f"bad{i}" for i in range(5000)) + ",conv2:5")
+    assert units == ["fc1:3", "conv2:5"]
+    assert notices[0].startswith("`` `x`:red[boo] `` is left out: unit must look like LAYER:INDEX")
+    assert len(notices) == 4 and notices[3] == "… and 4,998 other value(s) that are not units."

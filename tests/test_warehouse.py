@@ -12,6 +12,7 @@ import warehouse
 from tests.run_copies import clone_run
 from warehouse.schema import TABLES, markdown
 from warehouse.errors import WarehouseError
+from warehouse.cleanup import staging_leftovers
 from warehouse.publish import RunWriter
 from warehouse.validate import list_runs
 
@@ -154,8 +155,13 @@ def test_writer_publishes_atomically_and_refuses_duplicates(tmp_path: Path):
 def test_unwritable_warehouse_is_explained(tmp_path: Path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    with pytest.raises(WarehouseError, match="cannot write to warehouse"):
+    with pytest.raises(WarehouseError, match=f"{blocker} is not a folder, so it cannot hold"):
         RunWriter(blocker, "x")
+    with pytest.raises(WarehouseError, match="cannot write to warehouse /proc/wh: No such file"):
+        RunWriter(Path("/proc/wh"), "x")
+    for listing in (list_runs, staging_leftovers):  # the readers say the same (compute list, gc, export, dashboard)
+        with pytest.raises(WarehouseError, match=f"{blocker} is not a folder"):
+            listing(blocker)
 
 
 def test_schema_doc_is_current():

@@ -18,6 +18,7 @@ try:  # Ctrl-C while the modules load: one line, exit code 130
     from warehouse.schema import markdown
     from warehouse.text import term
     from warehouse.layout import ENV_VAR, RUNS_DIR, STAGING_DIR, default_path
+    from warehouse import run_fit
     from warehouse.validate import list_runs
 except KeyboardInterrupt:
     print(INTERRUPTED_AT_START, file=sys.stderr)
@@ -65,7 +66,7 @@ def export(args: argparse.Namespace) -> int:
     root = args.warehouse or default_path()
     runs = {r.run_id: r for r in list_runs(root)}
     if args.run not in runs:
-        known = ", ".join(runs) or "none"
+        known = ", ".join(runs) or ("none" if Path(root).is_dir() else "none: the folder does not exist")
         raise WarehouseError(f"no run {args.run!r} in warehouse {root} (runs: {known}).")
     if not runs[args.run].ok:
         raise WarehouseError(f"run {args.run!r} is broken: {runs[args.run].error}")
@@ -75,15 +76,7 @@ def export(args: argparse.Namespace) -> int:
         raise QueryError(f"cannot tell the format from {args.output.name!r}; pass --format csv or --format parquet.")
     f = build_filter(args)
     con = connect(root)
-    layers = set(layer_names(con, args.run))
-    unknown = sorted(set(f.layers) - layers)
-    if unknown:
-        raise QueryError(f"run {args.run!r} has no layer {', '.join(unknown)} (layers: {', '.join(sorted(layers))}).")
-    n_classes = len(class_names(con, args.run))
-    wrong = sorted({c for c in (*f.pref_classes, f.condition_class) if c is not None and c >= n_classes})
-    if wrong:
-        raise QueryError(f"run {args.run!r} has {n_classes} classes (0 to {n_classes - 1}); there is no class "
-                         f"{', '.join(map(str, wrong))}. Choose --class and --pref-class among them.")
+    run_fit.check(f, layer_names(con, args.run), class_names(con, args.run))
     table = filter_units_arrow(con, f)
     data = table_bytes(table, fmt)
     write_output(args.output, lambda f: f.write(data), args.force)

@@ -74,8 +74,12 @@ def checked_folder(path: Path, what: str) -> bool:
     """
     try:
         st = os.lstat(path)
-    except (FileNotFoundError, NotADirectoryError):  # it, or a folder above it, does not exist
+    except FileNotFoundError:  # it, or a folder above it, does not exist
         return False
+    except NotADirectoryError:  # a file (or device) where a folder above it should be (--warehouse naming a file)
+        blocker = next(p for p in reversed(path.parents) if p.exists() and not p.is_dir())
+        raise WarehouseError(f"{blocker} is not a folder, so it cannot hold {what} {path}; pass "
+                             f"--warehouse (or $NEURON_ATLAS_WAREHOUSE) a folder.") from None
     except OSError as e:
         raise WarehouseError(f"cannot reach {what} {path}: {e.strerror or e}. Check the permissions of the folders "
                              f"above it.") from None

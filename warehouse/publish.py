@@ -39,18 +39,22 @@ COMPRESSION = "lz4"
 PUBLISHED: list[Path] = []
 
 
-def write_file(path: Path, data: bytes | memoryview, what: str) -> None:
+def write_file(path: Path, data: bytes | memoryview, what: str, synced: bool = True) -> None:
     """Write ``data`` to ``path`` through a temporary file, synced and renamed into place.
 
     A failed write (a full disk, a file-size limit) leaves no partial file and raises a
     ``WarehouseError`` naming ``what``; the run's finished stages are kept for ``--resume``.
+    ``synced=False`` skips the fsync: a killed process still leaves the whole file or none, but after
+    a crash of the machine the file may be torn, so only for data whose reader detects that
+    (``compute.run.stage_store.ItemStore``).
     """
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         with open(tmp, "wb") as f:
             f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+            if synced:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)

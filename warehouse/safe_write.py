@@ -13,7 +13,9 @@ What the name is decides how it is written, by ``lstat`` (never following a link
   link: name the file itself).
 
 So a rename only ever replaces a regular file the person named, and a failed write leaves the
-target as it was (a partial temporary file is removed).
+target as it was (a partial temporary file is removed). ``check_target`` applies these rules before
+any work, and for a file to be made or replaced also creates and removes a file in its folder, so
+a read-only or virtual folder is refused before the export computes its table.
 """
 
 from __future__ import annotations
@@ -50,10 +52,8 @@ def check_target(out: Path | str, force: bool) -> None:
     out = Path(out)
     try:
         st = os.lstat(out)
-    except FileNotFoundError:
-        if not out.parent.is_dir():
-            raise WarehouseError(f"cannot write {out}: its folder does not exist; create it or choose another "
-                                 f"-o.") from None
+    except (FileNotFoundError, NotADirectoryError):  # nothing there, or a file named as a folder on the way
+        _check_folder(out)
         return
     except OSError as e:
         raise WarehouseError(f"cannot write {out}: {e.strerror or e}.") from None
@@ -76,6 +76,29 @@ def check_target(out: Path | str, force: bool) -> None:
                              f"Choose another -o.")
     if not force:
         raise WarehouseError(f"{out} already exists; pass --force to replace it or choose another -o.")
+    _check_folder(out)
+
+
+def _check_folder(out: Path) -> None:
+    """Refuse ``out`` unless its folder exists and takes a new file: one is created there and removed
+    (a read-only mount, /proc or /sys, a full disk, no permission, a file named as a folder), so the
+    refusal comes before the work, not after the table is computed."""
+    folder = out.parent
+    if not folder.is_dir():
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise WarehouseError(f"cannot write {out}: its folder {folder} {what}; create the folder or choose "
+                             f"another -o.") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{out.name[:64]}.", suffix=".probe", dir=folder)
+    except OSError as e:
+        raise WarehouseError(_cannot_create(out, e)) from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def _cannot_create(out: Path, e: OSError) -> str:
+    return (f"cannot write {out}: cannot create a file in {out.parent} ({e.strerror or e}); choose a folder "
+            f"you can write to.")
 
 
 def write_output(out: Path | str, write: Callable[[BinaryIO], None], force: bool = False) -> None:
@@ -99,9 +122,8 @@ def write_output(out: Path | str, write: Callable[[BinaryIO], None], force: bool
         existing = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{out.name[:64]}.", suffix=".tmp", dir=out.parent)
-    except OSError as e:  # a read-only or virtual folder (/proc, /sys), a full disk, no permission
-        raise WarehouseError(f"cannot write {out}: cannot create a file in {out.parent} ({e.strerror or e}); "
-                             f"choose a folder you can write to.") from None
+    except OSError as e:  # the folder changed since check_target
+        raise WarehouseError(_cannot_create(out, e)) from None
     try:
         umask = os.umask(0)
         os.umask(umask)

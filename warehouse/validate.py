@@ -1,12 +1,14 @@
 """Which run folders are valid runs: each validated on its own, never taking the others down.
 
 A run is valid only if its manifest is a regular file holding a valid record whose run id is the
-folder's name, every file it lists has the recorded size and SHA-256, and every table's footer
-reads with the columns of ``warehouse.schema`` and rows of this run only (docs/storage.md).
+folder's name, every file it lists has the recorded size and SHA-256, every table's footer
+reads with the columns of ``warehouse.schema`` and rows of this run only, and its class and unit
+indices lie within what the run has (docs/storage.md).
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import json
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from warehouse.errors import WarehouseError
@@ -115,6 +118,9 @@ def _open_regular(path: Path) -> int:
     except FileNotFoundError:
         raise BrokenRun(f"{path.name} is missing") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:  # O_NOFOLLOW on a link
+            raise BrokenRun(f"{path.name} is a symbolic link (to {os.readlink(path)}); a run's files are never "
+                            f"read through links: put the file itself in the run folder") from None
         raise BrokenRun(f"cannot open {path.name}: {e.strerror or e}") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
@@ -272,6 +278,64 @@ def _check_run_ids(handle: Any, meta: pq.FileMetaData, schema: pa.Schema, name: 
                             f"(a file copied from another run?)")
 
 
+#: Columns holding a class index, checked to lie in [0, number of the run's classes); and unit/layer indices,
+#: checked to be non-negative. A run whose values fall outside names classes it does not have.
+CLASS_COLUMNS = ("class", "label", "pred", "pred_ablated", "pref_class")
+INDEX_COLUMNS = ("unit", "layer_index")
+
+
+def _class_count(path: Path) -> int:
+    """The number of classes the run's one ``runs`` row names (at least two: the atlas compares classes)."""
+    table = pq.read_table(path / "runs.parquet", columns=["class_names"])
+    if table.num_rows != 1:
+        raise BrokenRun(f"its runs table has {table.num_rows} rows, not one")
+    names = table.column(0)[0].as_py() or []
+    if len(names) < 2:
+        raise BrokenRun(f"its runs table names {len(names)} class(es); a run compares at least two")
+    return len(names)
+
+
+def _column_range(path: Path, name: str, column: str) -> tuple[Any, Any] | None:
+    """(min, max) of a column over the non-null values: from the footer's statistics, else the column."""
+    meta = pq.read_metadata(path / f"{name}.parquet")
+    i = meta.schema.to_arrow_schema().get_field_index(column)
+    lows, highs = [], []
+    for g in range(meta.num_row_groups):
+        stats = meta.row_group(g).column(i).statistics
+        if stats is None or not stats.has_min_max:
+            if stats is not None and stats.null_count == meta.row_group(g).num_rows:
+                continue
+            values = pq.read_table(path / f"{name}.parquet", columns=[column]).column(0)
+            low, high = pa.compute.min_max(values).values()
+            return (low.as_py(), high.as_py()) if low.is_valid else None
+        lows.append(stats.min)
+        highs.append(stats.max)
+    return (min(lows), max(highs)) if lows else None
+
+
+#: Manifests (``file_key``) whose run passed ``_check_value_ranges``: its files were just verified against the
+#: manifest's hashes, so an unchanged manifest means unchanged values (the check is ~20 ms at 1M units).
+_RANGES_CHECKED: set[FileKey] = set()
+
+
+def _check_value_ranges(path: Path) -> None:
+    """Class indices within the run's classes, unit and layer indices non-negative (footers' statistics)."""
+    key = file_key(path / MANIFEST)
+    if key in _RANGES_CHECKED:
+        return
+    n_classes = _class_count(path)
+    for name, table in TABLES.items():
+        for col in table.columns:
+            if col.name in CLASS_COLUMNS or col.name in INDEX_COLUMNS:
+                span = _column_range(path, name, col.name)
+                hi = n_classes - 1 if col.name in CLASS_COLUMNS else None
+                if span is not None and (span[0] < 0 or (hi is not None and span[1] > hi)):
+                    allowed = f"0 to {hi}" if hi is not None else "0 or more"
+                    raise BrokenRun(f"table {name} holds {col.name} values from {span[0]} to {span[1]}; the run's "
+                                    f"are {allowed}")
+    _RANGES_CHECKED.add(key)
+
+
 def _check_real_folder(path: Path) -> None:
     """A run is a real folder inside ``runs/``: a link (to a folder elsewhere) is not followed, since the
     readers' file access is limited to ``runs/``."""
@@ -307,6 +371,7 @@ def inspect_run(path: Path) -> RunInfo:
             _check_table(path, name, manifest.run_id)
         for name, entry in manifest.files.items():  # then every byte: mid-file damage, files swapped
             _check_file(path / name, entry)
+        _check_value_ranges(path)  # then values that name classes or units the run cannot have
     except BrokenRun as e:
         return RunInfo(path.name, path, manifest, f"{e}.")
     except (OSError, ValueError, pa.ArrowException) as e:  # anything else the file system or a footer throws

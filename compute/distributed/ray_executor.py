@@ -4,7 +4,8 @@ The model with its trained weights is put into Ray's object store once per run (
 every actor reads it once, at its first item of the run. The datasets are put block by block (one
 object per data shard, ``Blocks``): an item fetches only the blocks of its examples, so an actor's
 memory does not grow with the dataset. An item ships only references and its small arguments, and
-returns float64 sums. Each actor reserves
+returns float64 sums; a large argument that every item of a round reads (the firing rule) is put
+once (``share``) and fetched once per actor. Each actor reserves
 ``cpus_per_worker`` CPUs and sets torch's threads to match (or a GPU fraction with ``--device
 cuda``). An actor whose process dies is restarted and its items retried by Ray (``RETRIES`` times);
 an actor that dies for good is dropped and its items go to the surviving actors, each item at most
@@ -15,6 +16,7 @@ with one paragraph (finished items are kept for ``--resume``). The driver alone 
 
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from ray.exceptions import AuthenticationError, RayActorError, RayError, RayTask
 
 from compute.allocator import keep_freed_memory
 from compute.datasets.sources import ImageSet
-from compute.distributed.executor import Item, Worker
+from compute.distributed.executor import Item, Shared, Worker
 from compute.errors import WorkerError, ConfigError
 from warehouse.errors import AtlasError
 from warehouse.faults import ENV_VAR, ONCE_VAR, TIMES_VAR
@@ -96,6 +98,20 @@ class Blocks:
                         parts[0].class_names, parts[0].name)
 
 
+@dataclass(frozen=True)
+class StoredShared(Shared):
+    """A shared value in the object store: ``value`` is [its reference] (in a list, so Ray passes the
+    reference with the item, not the value)."""
+
+    @property
+    def key(self) -> str:
+        return self.value[0].hex()
+
+    def fetch(self) -> Any:
+        # A copy: the object store's arrays are read-only, and torch warns on every one it is given.
+        return copy.deepcopy(ray.get(self.value[0]))
+
+
 class RayExecutor:
     """Runs items on ``workers`` Ray actors; joins the cluster at ``address`` (``auto``,
     ``ray://host:port``) or, without one, starts a local Ray on this machine."""
@@ -140,6 +156,10 @@ class RayExecutor:
             data = {name: Blocks.put(d, SHARD_EXAMPLES) for name, d in worker.data.items()}
             self._state = (worker, ray.put(Worker(worker.model, data, worker.device)))
         return self._state[1]
+
+    def share(self, value: Any) -> Shared:
+        """``value`` put in the object store once; each actor fetches it once (``Worker.get``)."""
+        return StoredShared([ray.put(value)])
 
     def map(self, worker: Worker, items: Sequence[Item]) -> Iterator[tuple[str, Any]]:
         """Results as they finish; each live actor keeps ``IN_FLIGHT`` items queued."""

@@ -32,7 +32,7 @@ from compute.ablation.curves import CurvePlan, UnitScores, curve_plans, curve_ta
 from compute.ablation.effects import ExampleEffects, UnitExamples, merge_examples
 from compute.ablation.engine import MaskSums
 from compute.ablation.outcome import LayerAblation, Outcome, PairedSums
-from compute.distributed.executor import Executor, Item, Worker, run_items
+from compute.distributed.executor import Executor, Item, Shared, Worker, run_items
 from compute.images.actmax import Maps, activation_maps, chunk_units, concat
 from compute.images.config import ActMaxConfig
 from compute.measure import firing
@@ -131,38 +131,41 @@ def _moments_item(worker: Worker, data: str, start: int, stop: int) -> firing.Su
         return firing.moment_sums(model, model.probe_modules(), worker.shard(data, start, stop), device=worker.device)
 
 
-def _values_item(worker: Worker, data: str, start: int, stop: int, rules: dict[str, FiringRule]) -> firing.Sums:
+def _values_item(worker: Worker, data: str, start: int, stop: int, rules: Shared) -> firing.Sums:
     model = worker.model
     with fast_pools(model), fast_convs(model):
-        return firing.value_sums(model, model.probe_modules(), worker.shard(data, start, stop), rules,
+        return firing.value_sums(model, model.probe_modules(), worker.shard(data, start, stop), worker.get(rules),
                                  device=worker.device)
 
 
 def firing_rules(executor: Executor, worker: Worker, store: StageStore, data: str = "eval") -> dict[str, FiringRule]:
     """``compute.measure.firing.fit`` on a dataset as two rounds of items per shard (position moments, then
-    the example values' moments under the rules they give), each round's sums added in shard order."""
+    the example values' moments under the rules they give), each round's sums added in shard order. The
+    rules go to the executor once (``Executor.share``), not with every item."""
     n = len(worker.data[data])
     spans = shards(n)
     moments = run_items(executor, worker, [Item(f"moments.x{span_key(a, b)}", _moments_item, (data, a, b))
                                            for a, b in spans], store, "firing rule")
     rules = firing.rules_from_moments(add_sums(moments), n)
-    values = run_items(executor, worker, [Item(f"values.x{span_key(a, b)}", _values_item, (data, a, b, rules))
+    shared = executor.share(rules)
+    values = run_items(executor, worker, [Item(f"values.x{span_key(a, b)}", _values_item, (data, a, b, shared))
                                           for a, b in spans], store, "firing threshold")
     return firing.with_thresholds(rules, add_sums(values), n)
 
 
 def _specialization_item(worker: Worker, data: str, start: int, stop: int,
-                         rules: dict[str, FiringRule]) -> dict[str, dict[str, np.ndarray]]:
+                         rules: Shared) -> dict[str, dict[str, np.ndarray]]:
     model = worker.model
     with fast_pools(model), fast_convs(model):
-        return specialization_sums(model, model.probe_modules(), worker.shard(data, start, stop), rules,
+        return specialization_sums(model, model.probe_modules(), worker.shard(data, start, stop), worker.get(rules),
                                    device=worker.device)
 
 
 def specialization(executor: Executor, worker: Worker, store: StageStore, rules: dict[str, FiringRule],
                    data: str = "eval") -> dict[str, dict[str, np.ndarray]]:
-    """``specialization_sums`` on a dataset, one item per shard, added in shard order."""
-    items = [Item(f"special.x{span_key(a, b)}", _specialization_item, (data, a, b, rules))
+    """``specialization_sums`` on a dataset, one item per shard, added in shard order (the rules shared once)."""
+    shared = executor.share(rules)
+    items = [Item(f"special.x{span_key(a, b)}", _specialization_item, (data, a, b, shared))
              for a, b in shards(len(worker.data[data]))]
     return add_sums(run_items(executor, worker, items, store, "specialization"))
 

@@ -117,13 +117,17 @@ class UnitEvidence:
     sad: Maps
 
 
-def _examples(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], layer: str, u0: int, ex: Extremes,
-              examples: Examples, in_shape: tuple[int, int, int], timer: Timer) -> None:
+def layer_boxes(model: ProbedModel, layer: str, in_shape: tuple[int, int, int]) -> torch.Tensor | None:
+    """The input box of each position of ``layer`` ((H', W', 4) of a conv layer, (T, 1, 4) of tokens), or
+    None where a unit has one position (a linear layer) or tokens cannot be placed."""
+    shape = run_shape(model, model.probe_modules()[layer], in_shape)
+    return (receptive_boxes(model, layer, in_shape) if len(shape) == 3
+            else token_boxes(model, layer, in_shape) if len(shape) == 2 else None)
+
+
+def _examples(rows: _Rows, layer: str, u0: int, ex: Extremes, examples: Examples, boxes: torch.Tensor | None,
+              in_shape: tuple[int, int, int], timer: Timer) -> None:
     scale = display_scale(*in_shape[1:])  # of an example with a box only: the rest is stored at its own size
-    with timer.stage("receptive fields"):
-        shape = run_shape(model, probes[layer], in_shape)
-        boxes = (receptive_boxes(model, layer, in_shape) if len(shape) == 3
-                 else token_boxes(model, layer, in_shape) if len(shape) == 2 else None)
     with timer.stage("example images"):
         for kind, idx, val, pos in (("top", ex.top_idx, ex.top_val, ex.top_pos),
                                     ("bottom", ex.bottom_idx, ex.bottom_val, ex.bottom_pos)):
@@ -199,14 +203,16 @@ def _weights(rows: _Rows, model: ProbedModel, probes: dict[str, nn.Module], laye
 
 
 def chunk_rows(model: ProbedModel, layer: str, u0: int, evidence: UnitEvidence, examples: Examples,
-               in_shape: tuple[int, int, int], device: str = "cpu") -> tuple[dict[str, list[Any]], dict[str, float]]:
+               boxes: torch.Tensor | None, in_shape: tuple[int, int, int], device: str = "cpu"
+               ) -> tuple[dict[str, list[Any]], dict[str, float]]:
     """Rows of ``unit_images`` (PNGs encoded) of units u0.. of ``layer`` (as many as ``evidence`` holds),
-    unsorted, and the seconds each part took. ``examples``: at least the chunk's top and bottom examples."""
+    unsorted, and the seconds each part took. ``examples``: at least the chunk's top and bottom examples;
+    ``boxes``: the layer's ``layer_boxes``."""
     model.eval()
     probes = model.probe_modules()
     rows, timer = _Rows(), Timer()
     ex = evidence.extremes
-    _examples(rows, model, probes, layer, u0, ex, examples, in_shape, timer)
+    _examples(rows, layer, u0, ex, examples, boxes, in_shape, timer)
     _attributions(rows, model, probes, layer, u0, ex, examples, device, timer)
     if evidence.averages is not None:
         _averages(rows, layer, u0, evidence.averages, timer)

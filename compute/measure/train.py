@@ -9,7 +9,6 @@ averaged over that epoch's examples.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +36,20 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 1e-3
     until_train_acc: float | None = None  # stop once an epoch's training accuracy reaches this
+
+
+def has_batch_norm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+
+
+def batch_bounds(n: int, batch_size: int, batch_norm: bool) -> list[tuple[int, int]]:
+    """(start, stop) of each training batch. With batch norm a last batch of one example is joined to the
+    one before: batch norm cannot train on one example of a 1x1 map (torchvision models on small
+    images), and the other batches are unchanged."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if batch_norm and len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] == 1:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return bounds
 
 
 @dataclass
@@ -97,7 +110,8 @@ def train(model: nn.Module, probes: dict[str, nn.Module], train_set: ImageSet, t
         gen.set_state(resume_from["generator"])
         traces, counts, result.history = resume_from["traces"], resume_from["counts"], resume_from["history"]
         first = cfg.epochs if resume_from.get("done") else resume_from["epoch"]
-    n_batches = math.ceil(len(train_set) / cfg.batch_size)
+    bounds = batch_bounds(len(train_set), cfg.batch_size, has_batch_norm(model))
+    n_batches = len(bounds)
     images, labels = train_set.images.to(device), train_set.labels.to(device)  # copied once, not per batch
     progress = bar(None, "training", unit="batch", total=cfg.epochs * n_batches, initial=first * n_batches)
     for epoch in range(first, cfg.epochs):
@@ -109,7 +123,7 @@ def train(model: nn.Module, probes: dict[str, nn.Module], train_set: ImageSet, t
         with Probe(probes, keep_grad=True) as probe:
             for b in range(n_batches):
                 progress.update()
-                idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+                idx = order[bounds[b][0]:bounds[b][1]]
                 x = images[idx].to(torch.float32).div_(255.0)
                 y = labels[idx]
                 logits = model(x)

@@ -27,6 +27,7 @@ from compute.nets.probe import Probe
 from compute.nets.size import check_model_size
 from compute.errors import ConfigError
 from warehouse.publish import write_file
+from warehouse.parse import shown
 
 TORCHVISION_PREFIX = "torchvision:"
 
@@ -80,8 +81,15 @@ def _activation(text: str) -> str:
 
 
 def _flat_size(body: nn.Module, in_shape: tuple[int, int, int]) -> int:
-    with torch.no_grad():
-        return int(body(torch.zeros(1, *in_shape)).numel())
+    """Features per example after ``body``: one example through it in eval mode (in training mode a batch
+    norm of a 1x1 map refuses a batch of one)."""
+    was_training = body.training
+    body.eval()
+    try:
+        with torch.no_grad():
+            return int(body(torch.zeros(1, *in_shape)).numel())
+    finally:
+        body.train(was_training)
 
 
 class LeNet5(ProbedModel):
@@ -353,6 +361,10 @@ def load_weights(model: nn.Module, path: Path) -> None:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ConfigError(f"--checkpoint {path} holds no state dict (a mapping of parameter names to tensors); "
                           f"save one with torch.save(model.state_dict(), path).")
+    bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
+    if bad is not None:  # every statistic of the run would be NaN, published as if it meant something
+        raise ConfigError(f"--checkpoint {path} holds NaN or infinite weights (first in {shown(bad)}), as a diverged "
+                          f"training leaves them; use an earlier checkpoint or retrain with a lower --lr.")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:

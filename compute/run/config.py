@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -56,9 +57,18 @@ class RunConfig:
     ablation_width: float = DEFAULT_WIDTH  # with "sequential": stop once a unit's interval is narrower than this
 
     def __post_init__(self) -> None:
-        # The one seed range (warehouse.parse.SEED_MAX), also for runs started from Python or resumed from a file.
+        # The command line checks its own values; these rules also hold for runs started from Python and for a
+        # saved config.json read back by --resume (a damaged one would otherwise fail deep inside a stage).
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed <= SEED_MAX:
             raise ConfigError(f"seed must be a whole number from 0 to {SEED_MAX:,}, got {shown(self.seed)}.")
+        for name, (kind, lo, hi, optional) in _RULES.items():
+            _check_field(name, getattr(self, name), kind, lo, hi, optional)
+        if not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in self.widths):
+            raise ConfigError(f"widths must be positive whole numbers, got {shown(self.widths)}.")
+        if self.layers is not None and not all(isinstance(x, str) for x in self.layers):
+            raise ConfigError(f"layers must be names or patterns, got {shown(self.layers)}.")
+        if self.images is not None and not isinstance(self.images, ImageConfig):
+            raise ConfigError(f"images must be an ImageConfig or None, got {shown(self.images)}.")
 
     @staticmethod
     def from_dict(stored: dict[str, Any]) -> RunConfig:
@@ -73,6 +83,37 @@ class RunConfig:
     def model_options(self) -> dict[str, Any]:
         """This run's model options (``compute.nets.models.REGISTRY`` says which fields they are)."""
         return model_options(self.model, {f.name: getattr(self, f.name) for f in fields(self)})
+
+
+#: field -> (type, lowest, highest, may be None): the numbers and names of ``RunConfig`` (seed, widths, layers
+#: and images are checked beside them). ``ABOVE`` fields exclude their lowest value (a learning rate of 0).
+_RULES: dict[str, tuple[type, float | None, float | None, bool]] = {
+    "model": (str, None, None, False), "dataset": (str, None, None, False), "epochs": (int, 0, None, False),
+    "batch_size": (int, 1, None, False), "lr": (float, 0, None, False), "data_dir": (str, None, None, True),
+    "eval_dataset": (str, None, None, True), "train_size": (int, 1, None, True), "eval_size": (int, 1, None, True),
+    "width": (float, 0, None, False), "device": (str, None, None, False), "run_id": (str, None, None, True),
+    "label_noise": (float, 0, 1, False), "until_train_acc": (float, 0, 1, True), "experiment": (str, None, None, True),
+    "checkpoint": (str, None, None, True), "train_curves": (bool, None, None, False), "threads": (int, 0, None, False),
+    "activation": (str, None, None, False), "ablate": (str, None, None, False),
+    "ablation_budget": (str, None, None, False), "ablation_width": (float, 0, None, False),
+}
+ABOVE = {"lr", "width", "until_train_acc", "ablation_width"}
+
+
+def _check_field(name: str, value: Any, kind: type, lo: float | None, hi: float | None, optional: bool) -> None:
+    """``value`` is of ``kind`` (an int is a float too; a bool is neither), finite, and within its bounds."""
+    if value is None and optional:
+        return
+    ok = isinstance(value, bool) if kind is bool else (
+        not isinstance(value, bool) and isinstance(value, (int, float) if kind is float else kind))
+    above = name in ABOVE
+    if ok and kind in (int, float):
+        ok = math.isfinite(value) and (lo is None or value > lo or (value == lo and not above)) and \
+            (hi is None or value <= hi)
+    if not ok:
+        what = {str: "a name", bool: "true or false", int: "a whole number", float: "a finite number"}[kind]
+        span = "" if lo is None else f" {'above' if above else 'from'} {lo:g}" + ("" if hi is None else f" up to {hi:g}")
+        raise ConfigError(f"{name} must be {what}{span}{' or None' if optional else ''}, got {shown(value)}.")
 
 
 @dataclass
@@ -116,7 +157,7 @@ def check_device(name: str) -> str:
 
 def load_data(cfg: RunConfig) -> tuple[Splits, ImageSet]:
     """The run's training/test splits (training subset applied) and its evaluation set."""
-    data_dir = Path(cfg.data_dir) if cfg.data_dir else None
+    data_dir = Path(cfg.data_dir) if cfg.data_dir is not None else None
     splits = load_dataset(cfg.dataset, data_dir)
     train_set = stratified_subset(splits.train, cfg.train_size) if cfg.train_size else splits.train
     train_set = with_label_noise(train_set, cfg.label_noise, cfg.seed)
@@ -140,9 +181,10 @@ def settle_config(cfg: RunConfig, run_id: str, stages_dir: Path, resume: bool) -
             if not path.is_file():
                 raise ValueError("not a regular file")
             return RunConfig.from_dict(json.loads(path.read_text()))
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
-            raise ConfigError(f"the saved configuration {path} of the interrupted run is damaged ({e}); delete "
-                              f"{stages_dir} to start the run again.") from None
+        except (OSError, ValueError, TypeError, KeyError, AttributeError, ConfigError) as e:
+            raise ConfigError(f"the saved configuration {path} of the interrupted run is damaged "
+                              f"({str(e).rstrip('.')}); start the run again without --resume, after deleting "
+                              f"{stages_dir} if it is still there.") from None
     cfg = replace(cfg, run_id=run_id)
     stages_dir.mkdir(parents=True, exist_ok=True)
     write_file(path, json.dumps(asdict(cfg)).encode(), "the run's configuration")

@@ -38,7 +38,7 @@ from compute.nets.models import (ModelSpec, ProbedModel, build_model, input_erro
 from compute.run import tables
 from compute.run.config import (RunConfig, RunSummary, check_device, default_run_id, load_data, package_versions,
                                 settle_config)
-from compute.run.stage_store import StageStore
+from compute.run.stage_store import ItemStore, StageStore
 from compute.run.stages import STAGES
 from compute.threads import torch_threads
 from warehouse.faults import crash_point
@@ -79,9 +79,9 @@ class RunContext:
         """The fixed random order in which a sequential ablation takes the evaluation examples."""
         return np.random.default_rng([self.cfg.seed, 104729]).permutation(len(self.eval_set))
 
-    def items(self, stage: str) -> StageStore:
+    def items(self, stage: str) -> ItemStore:
         """Where the stage's finished work items are kept, so a killed run repeats only the others."""
-        return StageStore(self.store.directory / "items" / stage)
+        return ItemStore(self.store.directory / "items" / stage)
 
 
 def _train(ctx: RunContext) -> dict[str, Any]:

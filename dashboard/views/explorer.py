@@ -87,7 +87,7 @@ def main() -> None:
     layers = cached.layer_names(root, fp, run)
     S["ex-classes"] = classes
     if state is not None and state.filter.run_id == run:
-        state, more = for_run(state, layers, len(classes))
+        state, more = for_run(state, layers, classes)
         to_widgets(state, classes)
         notices += more
     elif "ex-sort" not in S or S.get("ex-state-run") != run:

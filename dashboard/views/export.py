@@ -7,7 +7,7 @@ import shlex
 import streamlit as st
 
 from dashboard import cached, nav, ui
-from dashboard.state import ExplorerState, encode, parse
+from dashboard.state import ExplorerState, encode, for_run, parse
 from warehouse.export import FORMATS
 from warehouse.filters import QueryError, UnitFilter, to_cli
 from warehouse.text import md, md_code
@@ -17,13 +17,16 @@ root, fp, runs = ui.page_runs()
 run_ids = [r.run_id for r in runs]
 
 state: ExplorerState | None = None
+notices: list[str] = []
 if ui.url_is_new("export"):
     state, notices = parse(st.query_params)
-    nav.notices(notices)
 state = state or st.session_state.get("ex-state") or ExplorerState(UnitFilter(run_ids[0]))
 if state.filter.run_id not in run_ids:
     st.warning(f"Run {md_code(state.filter.run_id)} is not in this warehouse; exporting {md_code(run_ids[0])} unfiltered.")
     state = ExplorerState(UnitFilter(run_ids[0]))
+run = state.filter.run_id
+state, more = for_run(state, cached.layer_names(root, fp, run), cached.class_names(root, fp, run))
+nav.notices(notices + more)
 ui.write_url("export", encode(state))
 f = state.filter
 

@@ -93,7 +93,7 @@ def main() -> None:
     if base is not None and base.filter.run_id != run:
         base = None
     if base is not None:
-        base, more = for_run(base, layers, len(classes))
+        base, more = for_run(base, layers, classes)
         notices += more
     if S.get("gal-layer") not in layers:
         if S.get("gal-layer") is not None:
@@ -123,7 +123,8 @@ def main() -> None:
         st.error(md(str(e)))
         st.stop()
     pages = max(1, -(-total // PER_PAGE))
-    if not 1 <= S.get("gal-page", 1) <= pages:
+    if not 1 <= S.get("gal-page", 1) <= pages:  # a link's page, or the page of a longer layer or filter
+        st.caption(f"Page {S['gal-page']:,} does not exist here ({pages:,} page(s) of {PER_PAGE}); showing page 1.")
         S["gal-page"] = 1
     c1, c2 = st.columns([1, 3])
     page = int(c1.number_input(f"Page (of {pages})", min_value=1, max_value=pages, step=1, key="gal-page"))

@@ -39,7 +39,7 @@ if S.get("unit-index") is None or not 0 <= S["unit-index"] < n_units:
     S["unit-index"] = 0
 unit = int(c2.number_input(f"Unit (0 to {n_units - 1})", min_value=0, max_value=n_units - 1, step=1, key="unit-index"))
 unit_nav.remember(layer, unit)
-origin = unit_nav.origin(run, from_url)
+origin = unit_nav.origin(root, fp, run, from_url)
 unit_nav.navigation_bar(root, fp, run, layer, unit, origin)
 
 page = cached.unit_page(root, fp, run, layer, unit)

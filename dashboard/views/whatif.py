@@ -9,6 +9,7 @@ import streamlit as st
 
 from dashboard import cached, nav, ui, unit_charts, whatif_panel
 from dashboard.state import one, parse_run
+from warehouse.text import md_code
 
 PAGE = "whatif"
 S = st.session_state
@@ -33,7 +34,7 @@ def read_url() -> tuple[str | None, list[str] | None, list[str]]:
         if split in whatif_panel.SPLITS:
             S["wi-split"] = split
         else:
-            notices.append(f"`split={split[:20]}` is ignored: choose eval or train.")
+            notices.append(f"{md_code('split=' + split[:20])} is ignored: choose eval or train.")
     return run, units, notices
 
 
@@ -43,9 +44,10 @@ def check(units: list[str], sizes: dict[str, int]) -> tuple[list[str], list[str]
     for label in units:
         layer, _, unit = label.rpartition(":")
         if layer not in sizes:
-            notices.append(f"`{label}` is left out: the run has no layer `{layer}` (layers: {', '.join(sizes)}).")
+            notices.append(f"{md_code(label)} is left out: the run has no layer {md_code(layer)} (layers: "
+                           f"{', '.join(map(md_code, sizes))}).")
         elif not 0 <= int(unit) < sizes[layer]:
-            notices.append(f"`{label}` is left out: layer `{layer}` has units 0 to {sizes[layer] - 1}.")
+            notices.append(f"{md_code(label)} is left out: layer {md_code(layer)} has units 0 to {sizes[layer] - 1}.")
         else:
             kept.append(label)
     return kept, notices

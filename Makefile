@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 WAREHOUSE ?= warehouse/data
 PORT ?= 8501
 
-.PHONY: install demo compute-demo test bench docs clean
+.PHONY: install demo compute-demo test test-slow bench docs clean
 
 $(STAMP): requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,10 +34,15 @@ demo: compute-demo
 
 # Test files run two at a time (pytest-xdist; a file's tests stay in one process, so module and
 # session fixtures, the session's Ray and a file's browser are set up once per process).
+# `make test` leaves out the cases marked slow (tests/conftest.py); `make test-slow` runs them; CI runs both.
 TEST_WORKERS ?= 2
+PYTEST := NEURON_ATLAS_QUIET=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10
 
 test: install
-	NEURON_ATLAS_QUIET=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PYTEST) -m "not slow" tests
+
+test-slow: install
+	$(PYTEST) -m slow tests
 
 bench: install
 	@for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -16,6 +16,13 @@ settings.register_profile("atlas", deadline=None, suppress_health_check=[HealthC
 settings.load_profile("atlas")
 
 os.environ.setdefault("NEURON_ATLAS_QUIET", "1")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``slow``: long fault-injection runs (killed Ray workers and drivers), the two longest browser
+    journeys and the atlas benchmark's whole run. ``make test`` leaves them out so that it stays within
+    minutes; ``make test-slow`` runs them, and CI (.ci/run) runs both."""
+    config.addinivalue_line("markers", "slow: a long end-to-end case; make test-slow (CI runs it after make test)")
 # One thread per process when pytest-xdist runs test files side by side (make test), else up to 2.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -36,6 +38,7 @@ def test_dashboard_query_benchmark_runs(tmp_path):
         assert next(x for x in out.splitlines() if x.startswith(page)).split()[-2:]  # cold and rerun seconds
 
 
+@pytest.mark.slow
 def test_atlas_benchmark_prints_stages_ratios_and_the_convergence_figure():
     out = run(["benchmarks/atlas.py", "--dataset", "mnist-5k", "--train-size", "200", "--eval-size", "50",
                "--epochs", "1", "--probe-size", "100", "--ratio-steps", "1", "--figure-steps", "16",

@@ -209,6 +209,7 @@ def walk_state_and_navigation(server: str, browser, expected: dict) -> None:
     assert img.bounding_box()["width"] >= 300
 
 
+@pytest.mark.slow
 def test_state_survives_back_forward_and_shared_links_in_chromium(server, browser, warehouse_root):
     import warehouse
     from warehouse import queries as q
@@ -292,6 +293,7 @@ def _point(page, key: str) -> tuple[float, float, str]:
     }""")
 
 
+@pytest.mark.slow
 def test_one_back_after_each_way_of_leaving(server, browser):
     """Every way of leaving a page adds one history entry, so one Back returns to the same state: a shared
     unit link (the page writes nothing back, even when it runs again), the sidebar, a table row, a scatter

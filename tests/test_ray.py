@@ -94,6 +94,7 @@ def test_resnet18_slice_on_one_ray_worker_equals_in_process(ray_cluster: str, tm
     assert ds.dataset(runs["ray1"] / "units.parquet").count_rows() == 1024  # layer4.1.relu, .relu_1: 512 each
 
 
+@pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_its_item_retried(ray_cluster: str, lenet_reference: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch):
     marker = tmp_path / "crashed"
@@ -107,6 +108,7 @@ def test_a_killed_worker_is_restarted_and_its_item_retried(ray_cluster: str, len
 FC1_ITEM = "item-fc1.u0000000-0000120.x0000000-0000300"
 
 
+@pytest.mark.slow
 def test_a_worker_dead_for_good_hands_its_items_to_the_others(ray_cluster: str, lenet_reference: Path, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch):
     """The item kills its actor on every try until Ray gives the actor up (3 restarts); the surviving
@@ -119,6 +121,7 @@ def test_a_worker_dead_for_good_hands_its_items_to_the_others(ray_cluster: str, 
     assert_same_run(lenet_reference, got)
 
 
+@pytest.mark.slow
 def test_when_no_worker_is_left_the_run_ends_in_one_paragraph(ray_cluster: str, tmp_path: Path,
                                                              monkeypatch: pytest.MonkeyPatch):
     from compute.errors import WorkerError
@@ -132,6 +135,7 @@ def test_when_no_worker_is_left_the_run_ends_in_one_paragraph(ray_cluster: str, 
     assert not (tmp_path / "wh" / "runs" / "no-worker").exists()
 
 
+@pytest.mark.slow
 def test_a_token_authenticated_cluster_is_explained(ray_cluster: str, tmp_path: Path):
     """Ray 2.59+ starts clusters with token authentication; a driver without RAY_AUTH_MODE=token is
     refused (Ray only logs 'InvalidAuthToken'), and the message says what to set."""
@@ -150,6 +154,7 @@ def compute_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_a_killed_driver_resumes_and_skips_finished_items(ray_cluster: str, lenet_reference: Path, tmp_path: Path):
     """Killed after two of the images stage's four pictures items (one per layer): the resumed run loads
     every finished stage and item (the statistics' and images' earlier rounds too) and computes two items."""

@@ -81,43 +81,42 @@ def test_run_folders_that_are_links_are_broken_and_the_others_unaffected(root, t
         ok(at.run())
 
 
+def _page(page: str):
+    """The dashboard's ``page`` (views/<page>.py; "overview" is the landing page) run once, without an
+    exception, on the warehouse that NEURON_ATLAS_WAREHOUSE names."""
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_dashboard_app import APP
+
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    if page != "overview":
+        at.run()
+        at.switch_page(f"views/{page}.py")
+    at.run()
+    assert not at.exception, (page, at.exception)
+    return at
+
+
 def test_a_linked_runs_folder_is_one_message_in_the_cli_and_on_the_page(root, tmp_path, monkeypatch, capsys):
     shutil.move(root / "runs", tmp_path / "real-runs")
     (root / "runs").symlink_to(tmp_path / "real-runs")
     assert main(["list", "--warehouse", str(root)]) == 2
     err = capsys.readouterr().err
     assert "is a symbolic link" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    from streamlit.testing.v1 import AppTest
-
-    from tests.test_dashboard_app import APP
 
     monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(root))
     for page in ("overview", "explorer", "unit", "sql"):
-        at = AppTest.from_file(str(APP), default_timeout=120)
-        if page != "overview":
-            at.run()
-            at.switch_page(f"views/{page}.py")
-        at.run()
-        assert not at.exception, (page, at.exception)
+        at = _page(page)
         assert any("is a symbolic link" in e.value for e in at.error), page
         assert not any("empty" in s.value for s in at.subheader), page
 
 
 def test_a_warehouse_that_is_a_file_is_one_message_on_every_page(tmp_path, monkeypatch):
     """Was an empty warehouse ("no runs yet ... compute one"), which cannot be computed there either."""
-    from streamlit.testing.v1 import AppTest
-
-    from tests.test_dashboard_app import APP
-
     (tmp_path / "wh").write_text("a file")
     monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(tmp_path / "wh"))
     for page in ("overview", "explorer"):
-        at = AppTest.from_file(str(APP), default_timeout=120)
-        if page != "overview":
-            at.run()
-            at.switch_page(f"views/{page}.py")
-        at.run()
-        assert not at.exception, (page, at.exception)
+        at = _page(page)
         assert any("wh is not a folder, so it cannot hold the runs folder" in e.value for e in at.error), page
 
 

@@ -270,6 +270,9 @@ def test_experiment_finds_the_planted_subgroup(tmp_path, shared_mnist):
     assert found.effect["crossed 1"].loss_delta > max(found.effect["plain 7"].loss_delta, 0)
     spec = report.rankings["specialization"]
     assert spec.best_rank <= TOP_RANK and spec.precision5 > report.rankings["random"].precision5
+    assert spec.found is True  # the baselines are judged by the same rule as the report's "found"
+    for r in report.rankings.values():  # found needs a true detector in the top 5
+        assert isinstance(r.found, bool) and (not r.found or (r.best_rank is not None and r.best_rank <= TOP_RANK))
     import warehouse
 
     con = warehouse.connect(tmp_path)

@@ -26,7 +26,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from compute.datasets.planted import KINDS  # noqa: E402
 from compute.measure.firing import fit  # noqa: E402
 from compute.nets.probe import Probe, units_of  # noqa: E402
-from compute.measure.subsets import scan_units, specificity  # noqa: E402
 from compute.run.planted import ALPHA, MIN_FIRING, TOP_RANK, PlantedReport, check  # noqa: E402
 from compute.run.whatif import load_run  # noqa: E402
 from warehouse.layout import run_dir  # noqa: E402
@@ -98,26 +97,10 @@ VARIANTS = {
 Result = tuple[str, bool, float, float, int, bool]
 
 
-def detector_pvalues(root: Path, report: PlantedReport) -> dict[str, float]:
-    """The specificity test's p of every true detector of the run, as the benchmark tests a top-5 one."""
-    run = load_run(run_dir(root, report.run_id))
-    data, model = run.data["eval"], run.engine.model
-    probes = model.probe_modules()
-    rules = fit(model, probes, data)
-    labels, cls = data.labels.numpy(), KINDS[report.kind].target
-    out = {}
-    for layer in dict.fromkeys(d.layer for d in report.detectors):
-        units = [d.unit for d in report.detectors if d.layer == layer]
-        scan = scan_units(model, probes[layer], units, data, rules[layer].select(units))
-        out.update({f"{layer}:{u}": specificity(scan, i, labels, cls).p for i, u in enumerate(units)})
-    return out
-
-
 def variant_scores(root: Path, report: PlantedReport) -> dict[str, Result]:
     """Per variant, on the checked run ``report``: its ``Result``."""
     truth = {d.name for d in report.detectors}
     ex = per_example(root, report.run_id, KINDS[report.kind].target)
-    p = detector_pvalues(root, report)
     out = {}
     for name, score in VARIANTS.items():
         units, values = [], []
@@ -130,7 +113,7 @@ def variant_scores(root: Path, report: PlantedReport) -> dict[str, Result]:
                     values.append(s[u])
         order = [units[i] for i in np.argsort(-np.array(values), kind="stable")]
         hits = np.array([u in truth for u in order])
-        found = any(p[u] < ALPHA for u in order[:TOP_RANK] if u in truth)
+        found = any(report.detector_p[u] < ALPHA for u in order[:TOP_RANK] if u in truth)
         out[name] = (report.kind, bool(hits[:TOP_RANK].any()), float(hits[:TOP_RANK].mean()),
                      float(hits[:10].sum() / len(truth)), int(np.argmax(hits)) + 1, found)
     return out

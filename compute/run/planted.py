@@ -142,6 +142,7 @@ class PlantedReport:
     found_unit: str | None = None  # top-TOP_RANK true detector, which is then ``tested_unit``)
     tested_unit: str | None = None
     notes: list[str] = field(default_factory=list)
+    detector_p: dict[str, float] = field(default_factory=dict)  # the specificity test's p of every true detector
 
     @property
     def status(self) -> str:
@@ -253,24 +254,19 @@ def check(root: Path, run_id: str, kind: str, seed: int = 0) -> PlantedReport:
     report = PlantedReport(kind, seed, run_id, {g: int(m.sum()) for g, m in members.items()},
                            {g: float(base_hit[m].mean()) for g, m in members.items()}, len(scores),
                            [by_name[names[i]] for i in spec_order if detector[i]], top, rankings)
-    p_of: dict[str, float] = {}
-
-    def specific(u: UnitCheck) -> float:
-        """The tool's specificity p of ``u`` on the whole evaluation set (each unit scanned once)."""
-        if u.name not in p_of:
-            scan = scan_units(model, probes[u.layer], [u.unit], data, rules[u.layer].select([u.unit]))
-            p_of[u.name] = specificity(scan, 0, labels, k.target).p
-        return p_of[u.name]
-
+    for layer in dict.fromkeys(d.layer for d in report.detectors):  # one scan of the whole set per layer
+        units = [d.unit for d in report.detectors if d.layer == layer]
+        scan = scan_units(model, probes[layer], units, data, rules[layer].select(units))
+        report.detector_p.update({f"{layer}:{u}": specificity(scan, i, labels, k.target).p for i, u in enumerate(units)})
     for u in (u for u in top if u.detector):
-        p = specific(u)
+        p = report.detector_p[u.name]
         if report.tested_unit is None or p < ALPHA:
             report.tested_unit, report.specificity_p = u.name, p
         if p < ALPHA:
             report.found_unit = u.name
             break
     for r in rankings.values():  # the baselines judged as the specialization ranking is
-        r.found = any(specific(by_name[n]) < ALPHA for n in r.top if by_name[n].detector)
+        r.found = any(report.detector_p[n] < ALPHA for n in r.top if n in report.detector_p)
     return report
 
 
@@ -297,6 +293,8 @@ def table(reports: list[PlantedReport]) -> list[str]:
     out.append("")
     out.append(f"{'kind':<15} {'isolated':>8} {'found':>6}  " + "  ".join(f"{n[:14]:>14}" for n in RANKINGS)
                + "   (top-5 hits / isolated seeds; mean precision@5; mean recall@10)")
+    found_rows = ["", f"{'kind':<15} {'isolated':>8}  " + "  ".join(f"{n[:14]:>14}" for n in RANKINGS)
+                  + "   (found: a top-5 true detector passes the specificity test, p < 0.01)"]
     for kind in dict.fromkeys(r.kind for r in reports):
         rs = [r for r in reports if r.kind == kind and r.detectors]
         n_all = sum(1 for r in reports if r.kind == kind)
@@ -308,11 +306,6 @@ def table(reports: list[PlantedReport]) -> list[str]:
             cells.append(f"{hits}/{len(rs)} {p5:.2f} {r10:.2f}")
         found = f"{sum(r.found for r in rs)}/{len(rs)}"
         out.append(f"{kind:<15} {len(rs)}/{n_all:<6} {found:>6}  " + "  ".join(f"{c:>14}" for c in cells))
-    out.append("")
-    out.append(f"{'kind':<15} {'isolated':>8}  " + "  ".join(f"{n[:14]:>14}" for n in RANKINGS)
-               + "   (found: a top-5 true detector passes the specificity test, p < 0.01)")
-    for kind in dict.fromkeys(r.kind for r in reports):
-        rs = [r for r in reports if r.kind == kind and r.detectors]
-        out.append(f"{kind:<15} {len(rs):>8}  " + "  ".join(
-            f"{sum(bool(r.rankings[n].found) for r in rs)}/{len(rs):<10}".rjust(14) for n in RANKINGS))
-    return out
+        found_rows.append(f"{kind:<15} {len(rs):>8}  " + "  ".join(
+            f"{f'{sum(bool(r.rankings[n].found) for r in rs)}/{len(rs)}':>14}" for n in RANKINGS))
+    return out + found_rows

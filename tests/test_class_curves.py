@@ -121,8 +121,9 @@ def test_masks_the_curves_evaluated_are_reused_with_the_same_tables(per_class, t
                  for c, p in zip(curve_plans(scores), class_plans(importance, live)))
     assert shared >= 2 * len(known)
 
-    def masks_evaluated(folder: str) -> int:  # from the items' names: .m<first>-<last+1>.x<shard>
-        spans = [f.name.split(".m")[1].split(".x")[0] for f in (tmp_path / folder).glob("*.x0000000-*")]
-        return sum(int(b) - int(a) for a, b in (s.split("-") for s in spans))
+    def masks_evaluated(folder: str) -> int:  # from the first shard's items: one MaskSums per chunk of masks
+        store = StageStore(tmp_path / folder)
+        return sum(len(sums.loss) for f in (tmp_path / folder).glob("*.x0000000-*.pt")
+                   for sums in store.load(f.name[:-len(".pt")]))
 
     assert masks_evaluated("reused") == masks_evaluated("alone") - shared

@@ -11,7 +11,7 @@ from compute.ablation.naive import single_unit_ablation
 from compute.ablation.engine import AblationEngine
 from compute.errors import ConfigError
 from compute.nets.probe import ZeroUnit
-from compute.ablation.suffix import GraphSplit, WholeModel
+from compute.ablation.suffix import GraphSplit, WholeModel, channel_parts
 
 
 def untraceable_lenet() -> Untraceable:
@@ -55,8 +55,10 @@ def test_suffix_predictions_equal_hooked_full_model(name):
     for layer, n in engine.unit_counts(data).items():
         split = engine.split(layer, x)
         assert isinstance(split, GraphSplit)
-        # LeNet-5's conv2 -> pool -> flatten -> fc1 runs as weighed channel parts: checked here per example.
-        assert (split.linear is not None) == (name == "lenet5" and layer == "conv2")
+        # LeNet-5's conv1 -> pool -> conv2 and conv2 -> pool -> flatten -> fc1 run as weighed channel parts:
+        # checked here per example.
+        weighed = {("lenet5", "conv1"): torch.nn.Conv2d, ("lenet5", "conv2"): torch.nn.Linear}.get((name, layer))
+        assert type(split.weighed) is weighed if weighed else split.weighed is None
         with torch.inference_mode():
             got = split.suffix(split.prefix(x), {layer: 1 - torch.eye(n)}).view(n, len(x), -1)
             for u in range(0, n, max(1, n // 12)):  # every unit is covered per class by the sweep test
@@ -64,6 +66,51 @@ def test_suffix_predictions_equal_hooked_full_model(name):
                     want = model(x)
                 torch.testing.assert_close(got[u], want, rtol=0, atol=1e-5)
                 assert torch.equal(got[u].argmax(1), want.argmax(1))
+
+
+class ChannelConvs(torch.nn.Module):
+    """Convolutions after each probe: strided, padded and dilated without a bias (channel parts), with
+    reflect padding (stacked: not a sum over zeroed channels), then a linear layer (channel parts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.conv1, self.relu1 = nn.Conv2d(1, 6, 3, padding=1), nn.ReLU()
+        self.conv2, self.relu2 = nn.Conv2d(6, 5, 3, stride=2, padding=2, dilation=2, bias=False), nn.ReLU()
+        self.conv3, self.relu3 = nn.Conv2d(5, 4, (3, 2), padding=1, padding_mode="reflect"), nn.ReLU()
+        self.fc = nn.Linear(4 * 14 * 15, 10)
+        self.probes = {"a": "relu1", "b": "relu2", "c": "relu3"}
+
+    def probe_modules(self) -> dict[str, torch.nn.Module]:
+        return {name: self.get_submodule(path) for name, path in self.probes.items()}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc(self.relu3(self.conv3(h)).flatten(1))
+
+
+def test_channel_parts_of_convolutions_and_linear_layers_match_naive():
+    """``keep @ channel_parts`` is the layer on the masked input, bias included, for convolutions with
+    stride, padding and dilation, with or without a bias; the sweep over every unit equals the hooks'."""
+    torch.manual_seed(0)
+    model = ChannelConvs().eval()  # initial weights: agreement is what is tested
+    _, data = digits()
+    data = data.subset(range(150))
+    engine = AblationEngine(model)
+    weighed = {layer: engine.split(layer, data.floats(0, 2)).weighed for layer in model.probes}
+    assert weighed == {"a": model.conv2, "b": None, "c": model.fc}
+    h = model.relu1(model.conv1(data.floats(0, 9))).detach()
+    keep = (torch.rand(4, 6) > 0.4).float()
+    parts = channel_parts(model.conv2, h)
+    got = (torch.cat([keep, torch.ones(4, 1)], 1) @ parts).view(4 * 9, 5, 14, 14)
+    want = model.conv2((h.unsqueeze(0) * keep.view(4, 1, 6, 1, 1)).reshape(4 * 9, 6, 28, 28))
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    assert_same_sweep(model, data, engine)
+    # Parts above the engine's budget / 32 per example stack the layer instead (conv2's 27 KB, not fc's
+    # 200 bytes): the same sums.
+    small = AblationEngine(model, budget_mb=0.1)
+    assert [small.split(layer, data.floats(0, 2)).weighed for layer in ("a", "c")] == [None, model.fc]
+    assert_same_sweep(model, data, small)
 
 
 def test_tiny_memory_budget_gives_the_same_sums():

@@ -94,18 +94,19 @@ def test_resnet18_slice_on_one_ray_worker_equals_in_process(ray_cluster: str, tm
     assert ds.dataset(runs["ray1"] / "units.parquet").count_rows() == 1024  # layer4.1.relu, .relu_1: 512 each
 
 
+# The single-unit ablation's item of the first shard: LeNet-5's 226 units of all four layers in one item.
+ABLATION_ITEM = "item-conv1.u0000000-0000006+3.x0000000-0000300"
+
+
 @pytest.mark.slow
 def test_a_killed_worker_is_restarted_and_its_item_retried(ray_cluster: str, lenet_reference: Path, tmp_path: Path,
                                                          monkeypatch: pytest.MonkeyPatch):
     marker = tmp_path / "crashed"
     # The actor running this item SIGKILLs its own process, once; Ray restarts it and retries the item.
-    monkeypatch.setenv(ONCE_VAR, f"item-fc1.u0000000-0000120.x0000000-0000300:{marker}")
+    monkeypatch.setenv(ONCE_VAR, f"{ABLATION_ITEM}:{marker}")
     got = run_with(LENET, tmp_path / "wh", "killed-worker", workers=2)
     assert marker.exists()
     assert_same_run(lenet_reference, got)
-
-
-FC1_ITEM = "item-fc1.u0000000-0000120.x0000000-0000300"
 
 
 @pytest.mark.slow
@@ -114,7 +115,7 @@ def test_a_worker_dead_for_good_hands_its_items_to_the_others(ray_cluster: str, 
     """The item kills its actor on every try until Ray gives the actor up (3 restarts); the surviving
     worker then runs it and the run equals the uninterrupted one (it used to end in ActorDiedError)."""
     marker = tmp_path / "crashed"
-    monkeypatch.setenv(ONCE_VAR, f"{FC1_ITEM}:{marker}")
+    monkeypatch.setenv(ONCE_VAR, f"{ABLATION_ITEM}:{marker}")
     monkeypatch.setenv(TIMES_VAR, "4")
     got = run_with(LENET, tmp_path / "wh", "dead-worker", workers=2)
     assert [marker.with_name(f"crashed{s}").exists() for s in ("", ".2", ".3", ".4")] == [True] * 4
@@ -126,7 +127,7 @@ def test_when_no_worker_is_left_the_run_ends_in_one_paragraph(ray_cluster: str, 
                                                              monkeypatch: pytest.MonkeyPatch):
     from compute.errors import WorkerError
 
-    monkeypatch.setenv(ONCE_VAR, f"{FC1_ITEM}:{tmp_path / 'crashed'}")
+    monkeypatch.setenv(ONCE_VAR, f"{ABLATION_ITEM}:{tmp_path / 'crashed'}")
     monkeypatch.setenv(TIMES_VAR, "4")
     with pytest.raises(WorkerError, match=r"every Ray worker died for good .*--resume") as e:
         run_with(LENET, tmp_path / "wh", "no-worker", workers=1)

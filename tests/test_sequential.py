@@ -130,8 +130,10 @@ def test_sequential_sweep_saves_passes_and_keeps_the_clear_conclusions():
         clear = (p_full < 1e-6) & (f.loss_delta > WIDTH)
         assert sig_s[clear & sig_f].all(), name
         assert not (sig_s & ~sig_f & (p_full > 0.05)).any(), name  # nothing the full sweep sees as noise
-        to_end = s.paired.n == len(data)  # units that ran to the end: same deltas as the full sweep
-        np.testing.assert_allclose(s.loss_delta[to_end], f.loss_delta[to_end], rtol=0, atol=1e-9)
+        # Units that ran to the end: the full sweep's deltas, to float32 rounding (the examples come in
+        # another order, so in other batches of the stacked passes).
+        to_end = s.paired.n == len(data)
+        np.testing.assert_allclose(s.loss_delta[to_end], f.loss_delta[to_end], rtol=0, atol=1e-7)
         np.testing.assert_allclose(s.class_acc_delta[to_end], f.class_acc_delta[to_end], rtol=0, atol=1e-9)
 
 

@@ -125,7 +125,8 @@ class AblationEngine:
         if layer not in self.probes:
             raise ConfigError(f"unknown layer {layer!r}; probed layers: {', '.join(self.probes)}.")
         if layer not in self._splits:
-            self._splits[layer] = split_model(self.model, self.traced, self.probes, layer, sample)
+            # Channel parts only where a chunk of 32 examples' parts fits the budget.
+            self._splits[layer] = split_model(self.model, self.traced, self.probes, layer, sample, self.budget / 32)
         return self._splits[layer]
 
     def plan(self, splits: list[GraphSplit | WholeModel], sample: torch.Tensor, n_masks: list[int],

@@ -14,6 +14,8 @@ batch of M*B rows, example-major within each ablation, and a mask (M, U) zeroes 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
@@ -122,16 +124,18 @@ def _past_passive(node: fx.Node) -> fx.Node:
     return node
 
 
-def _fresh_relu(node: fx.Node) -> bool:
+def _fresh_relu(node: fx.Node, weighed: fx.Node | None = None) -> bool:
     """A ReLU module (or a probe point of one) whose input is the fresh output of a linear or conv layer
-    used by nothing else: it can run in place, saving a pass over the largest stacked tensors."""
+    (or the layer ``weighed`` from channel parts) used by nothing else: it can run in place, saving a
+    pass over the largest stacked tensors."""
     if node.op != "call_module" or len(node.args) != 1 or not isinstance(node.args[0], fx.Node):
         return False
     src, owner = node.args[0], node.graph.owning_module
     module = owner.get_submodule(node.target)
     relu = type(module.act if isinstance(module, ProbePoint) else module) is nn.ReLU
-    return (relu and len(src.users) == 1
-            and src.op == "call_module" and isinstance(owner.get_submodule(src.target), (nn.Linear, nn.Conv2d)))
+    fresh = src is weighed or (src.op == "call_module"
+                               and isinstance(owner.get_submodule(src.target), (nn.Linear, nn.Conv2d)))
+    return relu and len(src.users) == 1 and fresh
 
 
 def check_inputs(inputs: list[torch.Tensor], batch: int, layer: str) -> None:
@@ -140,22 +144,53 @@ def check_inputs(inputs: list[torch.Tensor], batch: int, layer: str) -> None:
         raise SplitError(f"the suffix after {layer} reads values that are not per-example tensors")
 
 
-def _channel_linear(probe: fx.Node) -> tuple[fx.Node, nn.Linear] | None:
-    """(its node, the layer) when ``probe``'s output feeds one ``flatten(1)`` and then one ``nn.Linear``
-    alone (LeNet-5's conv2 -> pool -> flatten -> fc1)."""
+def _channel_layer(probe: fx.Node) -> tuple[fx.Node, nn.Linear | nn.Conv2d] | None:
+    """(its node, the layer) when ``probe``'s output feeds one layer alone that is a sum over its channels
+    with weights of its own: a ``flatten(1)`` then an ``nn.Linear`` (LeNet-5's conv2 -> pool -> flatten ->
+    fc1), or an ``nn.Conv2d`` of more than a 1x1 kernel with zero padding and one group (conv1 -> pool ->
+    conv2)."""
     if len(probe.users) != 1:
         return None
-    flat = next(iter(probe.users))
-    is_flatten = ((flat.op == "call_method" and flat.target == "flatten") or
-                  (flat.op == "call_function" and flat.target is torch.flatten))
-    start = flat.args[1] if len(flat.args) > 1 else flat.kwargs.get("start_dim", 0)
-    if not is_flatten or flat.args[:1] != (probe,) or start != 1 or len(flat.args) > 2 or len(flat.users) != 1:
+    user = next(iter(probe.users))
+    owner = probe.graph.owning_module
+    if user.op == "call_module" and user.args == (probe,) and not user.kwargs:
+        conv = owner.get_submodule(user.target)
+        if (type(conv) is nn.Conv2d and conv.groups == 1 and conv.padding_mode == "zeros"
+                and conv.kernel_size[0] * conv.kernel_size[1] > 1):
+            return user, conv
         return None
-    lin = next(iter(flat.users))
-    if lin.op != "call_module" or lin.args != (flat,) or lin.kwargs:
+    is_flatten = ((user.op == "call_method" and user.target == "flatten") or
+                  (user.op == "call_function" and user.target is torch.flatten))
+    start = user.args[1] if len(user.args) > 1 else user.kwargs.get("start_dim", 0)
+    if not is_flatten or user.args[:1] != (probe,) or start != 1 or len(user.args) > 2 or len(user.users) != 1:
         return None
-    layer = lin.graph.owning_module.get_submodule(lin.target)
+    lin = next(iter(user.users))
+    if lin.op != "call_module" or lin.args != (user,) or lin.kwargs:
+        return None
+    layer = owner.get_submodule(lin.target)
     return (lin, layer) if type(layer) is nn.Linear else None
+
+
+def channel_parts(layer: nn.Linear | nn.Conv2d, h: torch.Tensor) -> torch.Tensor:
+    """``layer``'s per-channel parts of ``h`` (B, C, ...), one row per channel and a last row of the bias
+    (zeros without one): (C + 1, B * F), F the layer's outputs per example. ``keep @ parts`` with a
+    column of ones after the masks is then the layer's output for each mask, bias included, in one matrix
+    product."""
+    b, c = h.shape[:2]
+    if isinstance(layer, nn.Linear):
+        o = layer.out_features
+        w = layer.weight.view(o, c, -1).permute(1, 2, 0)  # (C, S, O)
+        parts = torch.bmm(h.reshape(b, c, -1).transpose(0, 1), w)  # (C, B, O)
+    else:  # one grouped convolution: output channel c * O + o is input channel c through weight[o, c]
+        o = layer.out_channels
+        w = layer.weight.transpose(0, 1).reshape(c * o, 1, *layer.kernel_size)
+        y = F.conv2d(h, w, None, layer.stride, layer.padding, layer.dilation, groups=c)
+        parts = y.view(b, c, -1).transpose(0, 1)  # (C, B, O * H * W)
+    out = torch.zeros((c + 1, *parts.shape[1:]), dtype=h.dtype, device=h.device)
+    out[:c] = parts
+    if layer.bias is not None:
+        out[c].view(b, o, -1)[:] = layer.bias.view(o, 1)
+    return out.view(c + 1, -1)
 
 
 class SplitError(Exception):
@@ -169,15 +204,18 @@ class GraphSplit:
     (masked when it is stacked); the other inputs are earlier tensors the suffix reads. Probe modules
     inside the suffix get a mask argument each.
 
-    **Channel parts.** When zero-ablated channels are flattened into one linear layer alone (LeNet-5's
-    conv2 -> pool -> flatten -> fc1: 16 channels of 25 features each), the layer is a sum over
-    channels: fc1(h * m) = sum_c m_c W_c h_c + bias. The parts W_c h_c are computed once per chunk of
-    examples (one batched matrix product, the cost of the layer itself), and each ablation only weighs
-    and adds them: C multiply-adds per output instead of all the features (16 against 400 for fc1).
-    Floats differ from the stacked layer by rounding only (the order of the sum).
+    **Channel parts.** When zero-ablated channels feed one layer alone that sums over them with its
+    own weights (flattened into a linear layer: LeNet-5's conv2 -> pool -> flatten -> fc1, 16 channels
+    of 25 features each; or a convolution: conv1 -> pool -> conv2, 6 channels through 5x5 kernels), the
+    layer's output is layer(h * m) = sum_c m_c W_c h_c + bias. The parts W_c h_c are computed once per
+    chunk of examples (one batched matrix product or grouped convolution, the cost of the layer itself),
+    and each ablation only weighs and adds them: C multiply-adds per output instead of all the features
+    (16 against 400 for fc1, 6 against 150 for conv2). Floats differ from the stacked layer by rounding
+    only (the order of the sum). The parts hold C times the layer's output per example, so a split that
+    would hold more than ``max_part_bytes`` per example stacks the layer as usual (``parts=False``).
     """
 
-    def __init__(self, traced: fx.GraphModule, probe_paths: dict[str, str], layer: str) -> None:
+    def __init__(self, traced: fx.GraphModule, probe_paths: dict[str, str], layer: str, parts: bool = True) -> None:
         nodes = list(traced.graph.nodes)
         calls = [n for n in nodes if n.op == "call_module" and n.target == probe_paths[layer]]
         if len(calls) != 1:
@@ -187,10 +225,10 @@ class GraphSplit:
         # to zero, but neither a mean value nor a channels-last unit.
         self.passive = unit_dim(self.module) == 1 and fill_of(self.module) is None
         probe = _past_passive(calls[0]) if self.passive else calls[0]
-        found = _channel_linear(probe) if self.passive else None
-        self.linear = found[1] if found is not None else None
+        found = _channel_layer(probe) if self.passive and parts else None
+        self.weighed = found[1] if found is not None else None  # the layer computed from channel parts
         start = found[0] if found is not None else probe  # the suffix graph starts with its output
-        skip = {probe, start, *start.all_input_nodes}  # with parts: the flatten and the linear layer too
+        skip = {probe, start, *start.all_input_nodes}  # with parts: the flatten and the weighed layer too
         live: set[fx.Node] = set()  # nodes that depend on the model's input
         after: set[fx.Node] = set()  # nodes that depend on the probe's output
         for n in nodes:
@@ -215,7 +253,7 @@ class GraphSplit:
             env[e] = g.placeholder(f"extra{i}")
         mask_ph = {n: g.placeholder(f"mask{i}", default_value=None) for i, n in enumerate(masked)}
         for n in body:
-            if _fresh_relu(n):
+            if _fresh_relu(n, start if found is not None else None):
                 env[n] = g.call_function(torch.relu_, (env[n.args[0]],))
             else:
                 env[n] = g.node_copy(n, lambda a: env[a])
@@ -229,6 +267,7 @@ class GraphSplit:
         self.prefix_module = capture_module(traced, self.inputs, with_output=False)
         self.layer = layer
         self._parts: tuple[torch.Tensor, torch.Tensor] | None = None  # (inputs[0], its channel parts)
+        self._out_shape: tuple[int, ...] = ()  # the weighed layer's output per example, once parts were made
 
     def prefix(self, x: torch.Tensor) -> list[torch.Tensor]:
         inputs = list(self.prefix_module(x))
@@ -241,8 +280,8 @@ class GraphSplit:
         fill = fill_of(self.module)
         if fill is not None and self.passive:
             raise RuntimeError(f"{self.layer}: an ablation value was set after the split was made; split again")
-        if self.linear is not None:
-            stacked = [self._weighed(inputs[0], masks.get(self.layer), m)]
+        if self.weighed is not None:
+            stacked = [self._weigh(inputs[0], masks.get(self.layer), m)]
         else:
             stacked = [stack(inputs[0], m, masks.get(self.layer), unit_dim(self.module), fill)]
         stacked += [stack(t, m) for t in inputs[1:]]
@@ -250,30 +289,47 @@ class GraphSplit:
         return self.suffix_module(*stacked, **kwargs)
 
     def parts(self, h: torch.Tensor) -> torch.Tensor:
-        """The linear layer's per-channel parts of ``h`` (B, C, ...), no bias: (C, B * O); kept for the
-        batch whose ``h`` this is, since ``suffix`` runs many groups of ablations on it."""
+        """``channel_parts`` of ``h`` through the weighed layer, kept for the batch whose ``h`` this is,
+        since ``suffix`` runs many groups of ablations on it."""
         if self._parts is None or self._parts[0] is not h:
-            lin, (b, c) = self.linear, h.shape[:2]
-            assert lin is not None
-            w = lin.weight.view(lin.out_features, c, -1).permute(1, 2, 0)  # (C, S, O)
-            self._parts = (h, torch.bmm(h.reshape(b, c, -1).transpose(0, 1), w).reshape(c, -1))
+            assert self.weighed is not None
+            parts = channel_parts(self.weighed, h)
+            self._parts = (h, parts)
+            self._out_shape = self._layer_out(h)
         return self._parts[1]
 
-    def _weighed(self, h: torch.Tensor, mask: torch.Tensor | None, m: int) -> torch.Tensor:
-        """The linear layer's output for ``m`` ablations (M*B, O): each mask (M, C) weighs the channel parts."""
-        lin = self.linear
-        assert lin is not None
-        keep = torch.ones(m, h.shape[1], dtype=h.dtype, device=h.device) if mask is None else mask.to(h.dtype)
-        out = (keep @ self.parts(h)).view(m * h.shape[0], lin.out_features)
-        return out + lin.bias if lin.bias is not None else out
+    def _layer_out(self, h: torch.Tensor) -> tuple[int, ...]:
+        """The weighed layer's output shape per example for input ``h``."""
+        layer = self.weighed
+        if isinstance(layer, nn.Linear):
+            return (layer.out_features,)
+        size = [(n + 2 * p - d * (k - 1) - 1) // s + 1 for n, p, d, k, s in
+                zip(h.shape[2:], layer.padding, layer.dilation, layer.kernel_size, layer.stride)]
+        return (layer.out_channels, *size)
+
+    def _weigh(self, h: torch.Tensor, mask: torch.Tensor | None, m: int) -> torch.Tensor:
+        """The weighed layer's output for ``m`` ablations (M*B, ...): each mask (M, C) weighs the channel
+        parts, a last column of ones adds the bias row."""
+        parts = self.parts(h)
+        keep = torch.ones(m, h.shape[1] + 1, dtype=h.dtype, device=h.device)
+        if mask is not None:
+            keep[:, :-1] = mask
+        return (keep @ parts).view(m * h.shape[0], *self._out_shape)
 
     def _graph_inputs(self, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         """What the suffix graph reads for one intact pass of ``inputs``."""
-        if self.linear is None:
+        if self.weighed is None:
             return inputs
-        out = self._weighed(inputs[0], None, 1)
+        out = self._weigh(inputs[0], None, 1)
         self._parts = None
         return [out, *inputs[1:]]
+
+    def part_bytes(self, x: torch.Tensor) -> int:
+        """Bytes of the channel parts of one example (0 without parts)."""
+        if self.weighed is None:
+            return 0
+        h = self.prefix(x[:1])[0]
+        return (h.shape[1] + 1) * math.prod(self._layer_out(h)) * h.element_size()
 
     def example_bytes(self, x: torch.Tensor) -> int:
         """Bytes of every tensor the suffix computes for one example (an upper bound of its working set),
@@ -282,8 +338,7 @@ class GraphSplit:
         graph_inputs = self._graph_inputs(inputs)
         ShapeProp(self.suffix_module).propagate(*graph_inputs)
         total = sum(t.numel() * t.element_size() for t in inputs)
-        if self.linear is not None:
-            total += graph_inputs[0].numel() * graph_inputs[0].element_size() * (inputs[0].shape[1] + 1)
+        total += self.part_bytes(x)
         for n in self.suffix_module.graph.nodes:
             meta = n.meta.get("tensor_meta")
             if n.op in ("call_module", "call_function", "call_method") and hasattr(meta, "shape"):
@@ -296,7 +351,7 @@ class GraphSplit:
         graph_inputs = self._graph_inputs(inputs)  # the parts: once per batch, not per ablation
         with FlopCounterMode(display=False) as counter:
             self.suffix_module(*graph_inputs)
-        weighing = inputs[0].shape[1] * self.linear.out_features if self.linear is not None else 0
+        weighing = (inputs[0].shape[1] + 1) * math.prod(self._layer_out(inputs[0])) if self.weighed is not None else 0
         return counter.get_total_flops() // 2 + weighing
 
 
@@ -340,12 +395,15 @@ class WholeModel:
 
 
 def split_model(model: nn.Module, traced: fx.GraphModule | None, probe_paths: dict[str, str], layer: str,
-                x: torch.Tensor) -> GraphSplit | WholeModel:
-    """The graph split at ``layer`` when ``traced`` allows it (checked on the sample ``x``), else ``WholeModel``."""
+                x: torch.Tensor, max_part_bytes: float = 2**19) -> GraphSplit | WholeModel:
+    """The graph split at ``layer`` when ``traced`` allows it (checked on the sample ``x``), else ``WholeModel``;
+    with channel parts only where they hold at most ``max_part_bytes`` per example."""
     if traced is not None:
         try:
             split = GraphSplit(traced, probe_paths, layer)
             split.prefix(x[:2])
+            if split.part_bytes(x) > max_part_bytes:
+                split = GraphSplit(traced, probe_paths, layer, parts=False)
             return split
         except SplitError:
             pass

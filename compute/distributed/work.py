@@ -4,10 +4,13 @@
 - statistics: one item per data shard; float64 sums per class add up, per-unit peaks take the maximum;
   then the firing rule's two passes (position moments, then the example values' under the rule they
   give) and the specialization pass (which needs the thresholds), each a round of one item per shard;
-- single-unit ablation: layer x chunk of units x data shard, float64 per-class loss and hit sums, the
-  paired sums (added) and the affected examples (merged: first flips in example order, largest rises);
+- single-unit ablation: chunks of units (up to ``UNIT_CHUNK`` of one layer) packed into items of up to
+  ``UNIT_CHUNK`` units across layers (``packed``: an item's chunks share one prefix pass per batch) x data
+  shard; float64 per-class loss and hit sums, the paired sums (added) and the affected examples
+  (merged: first flips in example order, largest rises);
 - sequential single-unit ablation: the same items, look by look, for the units still running;
-- cumulative curves and per-class curves: group x chunk of masks x data shard, the same sums;
+- cumulative curves and per-class curves: chunks of masks of a group, packed the same way across groups
+  (``MASK_CHUNK``) x data shard, the same sums;
 - activation maximization (the images stage's largest part): layer x chunk of units, the chunks the
   in-process stack uses (``compute.images.actmax.chunk_units``), concatenated in unit order; the images
   stage's other rounds are in ``compute.distributed.images``.
@@ -21,7 +24,8 @@ about 1e-16 relative; each shard's sums start from zero.)
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -44,9 +48,11 @@ from compute.nets.pools import fast_pools
 from compute.measure.train import evaluation_sums as loss_sums
 from compute.run.stage_store import StageStore
 
+T = TypeVar("T")
+
 SHARD_EXAMPLES = 2000  # examples per data shard
-UNIT_CHUNK = 256  # units ablated per single-unit item (each item also runs the prefix once per shard)
-MASK_CHUNK = 128  # curve points (masks) per curves item
+UNIT_CHUNK = 256  # units ablated per single-unit item, across layers (each item runs the prefix once per shard)
+MASK_CHUNK = 1024  # curve points (masks) per curves item, across groups
 
 
 def shards(n: int) -> list[tuple[int, int]]:
@@ -63,6 +69,40 @@ def span_key(a: int, b: int) -> str:
 
 
 _SUMS = ("loss", "hits", "dsum", "dsq", "hurt", "helped")  # MaskSums' per-ablation fields (rows = ablations)
+
+
+def packed(chunks: list[T], size: Callable[[T], int], cap: int) -> list[list[T]]:
+    """Consecutive chunks gathered into items of at most ``cap`` units or masks in all (a bigger chunk
+    alone). An item's jobs share one prefix pass (a whole forward pass) per batch of examples, which cost
+    as much as the masks' suffixes in the curves of LeNet-5's fc layers, while ``cap`` keeps enough
+    items to spread over the workers."""
+    packs: list[list[T]] = []
+    total = 0
+    for chunk in chunks:
+        if packs and total + size(chunk) <= cap:
+            packs[-1].append(chunk)
+            total += size(chunk)
+        else:
+            packs.append([chunk])
+            total = size(chunk)
+    return packs
+
+
+def pack_key(names: list[str]) -> str:
+    """A packed item's key from its chunks' names: the first and how many follow it (packs are consecutive
+    chunks of a fixed plan, so this names the content; ``+`` keeps keys of unpacked items of older code
+    from being read)."""
+    return f"{names[0]}+{len(names) - 1}"
+
+
+def _per_chunk(packs: list[list[T]], results: list[Any], n_spans: int) -> list[list[Any]]:
+    """Item results (pack-major, then shard; each a list with one entry per chunk of its pack) as one list
+    per chunk, in shard order."""
+    out: list[list[Any]] = []
+    for i, pack in enumerate(packs):
+        part = results[i * n_spans:(i + 1) * n_spans]
+        out += [[r[j] for r in part] for j in range(len(pack))]
+    return out
 
 
 def _add(parts: list[MaskSums]) -> MaskSums:
@@ -172,15 +212,16 @@ def specialization(executor: Executor, worker: Worker, store: StageStore, rules:
 
 # --- single-unit ablation ---------------------------------------------------------------------------
 
-def _ablation_item(worker: Worker, data: str, layer: str, units: int, u0: int, u1: int, start: int,
-                   stop: int) -> tuple[MaskSums, MaskSums, UnitExamples]:
-    """(intact sums, sums with each unit u0..u1-1 of ``layer`` ablated alone, the examples those
-    removals affect, with unit and example indices of the whole layer and data set) on one shard."""
-    masks = 1 - torch.eye(units)[u0:u1]
-    effects = ExampleEffects(u1 - u0)
-    intact, (sums,) = worker.engine().evaluate_jobs(worker.shard(data, start, stop), [{layer: masks}],
-                                                    effects=[effects])
-    return intact, sums, effects.result().shifted(u0, start)
+def _ablation_item(worker: Worker, data: str, chunks: list[tuple[str, int, int, int]], start: int,
+                   stop: int) -> tuple[MaskSums, list[tuple[MaskSums, UnitExamples]]]:
+    """(intact sums, per chunk (layer, its unit count, u0, u1) the sums with each unit u0..u1-1 ablated alone
+    and the examples those removals affect, with unit and example indices of the whole layer and data set)
+    on one shard; the chunks share one prefix pass."""
+    effects = [ExampleEffects(u1 - u0) for _, _, u0, u1 in chunks]
+    intact, sums = worker.engine().evaluate_jobs(worker.shard(data, start, stop),
+                                                 [{layer: 1 - torch.eye(k)[u0:u1]} for layer, k, u0, u1 in chunks],
+                                                 effects=effects)  # type: ignore[arg-type]
+    return intact, [(s, e.result().shifted(u0, start)) for s, e, (_, _, u0, _) in zip(sums, effects, chunks)]
 
 
 def single_unit(executor: Executor, worker: Worker, store: StageStore, units: dict[str, int],
@@ -188,18 +229,19 @@ def single_unit(executor: Executor, worker: Worker, store: StageStore, units: di
     """What ``AblationEngine.single_unit`` returns, computed as items; ``units``: layer -> unit count."""
     n = len(worker.data[data])
     spans = shards(n)
-    chunks = [(layer, u0, min(u0 + UNIT_CHUNK, k)) for layer, k in units.items() for u0 in range(0, k, UNIT_CHUNK)]
-    items = [Item(f"{layer}.u{span_key(u0, u1)}.x{span_key(a, b)}", _ablation_item, (data, layer, units[layer], u0, u1, a, b),
-                  size=(u1 - u0) * (b - a) / n)
-             for layer, u0, u1 in chunks for a, b in spans]
+    chunks = [(layer, k, u0, min(u0 + UNIT_CHUNK, k)) for layer, k in units.items() for u0 in range(0, k, UNIT_CHUNK)]
+    packs = packed(chunks, lambda c: c[3] - c[2], UNIT_CHUNK)
+    items = [Item(f"{pack_key([f'{layer}.u{span_key(u0, u1)}' for layer, _, u0, u1 in pack])}.x{span_key(a, b)}",
+                  _ablation_item, (data, pack, a, b), size=sum(c[3] - c[2] for c in pack) * (b - a) / n)
+             for pack in packs for a, b in spans]
     results = run_items(executor, worker, items, store, "ablation", unit="unit")
-    per_chunk = [results[i:i + len(spans)] for i in range(0, len(results), len(spans))]
-    base = _add([intact for intact, _, _ in per_chunk[0]]).outcome(0)
+    base = _add([intact for intact, _ in results[:len(spans)]]).outcome(0)
+    per_chunk = _per_chunk(packs, [found for _, found in results], len(spans))
     layers: dict[str, LayerAblation] = {}
     for layer in units:
-        parts = [part for (name, _, _), part in zip(chunks, per_chunk) if name == layer]
-        rows = _concat([_add([s for _, s, _ in part]) for part in parts])
-        examples = merge_examples([e for part in parts for _, _, e in part])
+        parts = [part for (name, _, _, _), part in zip(chunks, per_chunk) if name == layer]
+        rows = _concat([_add([s for s, _ in part]) for part in parts])
+        examples = merge_examples([e for part in parts for _, e in part])
         layers[layer] = LayerAblation.from_outcomes(base, [rows.outcome(u) for u in range(units[layer])],
                                                     rows.paired(), examples)
     return base, layers
@@ -207,16 +249,20 @@ def single_unit(executor: Executor, worker: Worker, store: StageStore, units: di
 
 # --- sequential single-unit ablation -----------------------------------------------------------------
 
-def _units_item(worker: Worker, data: str, layer: str, units: int, idx: np.ndarray, start: int,
-                stop: int) -> tuple[MaskSums, MaskSums, UnitExamples]:
-    """``_ablation_item`` for the units ``idx`` of ``layer`` (any subset; none: the intact pass only)."""
-    masks = 1 - torch.eye(units)[torch.from_numpy(idx)]
-    effects = ExampleEffects(len(idx))
-    intact, (sums,) = worker.engine().evaluate_jobs(worker.shard(data, start, stop), [{layer: masks}],
-                                                    effects=[effects])
-    found = effects.result()
-    return intact, sums, UnitExamples(idx[found.unit], found.example + start, found.kind, found.rank,
-                                      found.loss_delta, found.pred_ablated)
+def _units_item(worker: Worker, data: str, chunks: list[tuple[str, int, np.ndarray]], start: int,
+                stop: int) -> tuple[MaskSums, list[tuple[MaskSums, UnitExamples]]]:
+    """``_ablation_item`` for chunks (layer, its unit count, unit indices ``idx``: any subset; none: the
+    intact pass only)."""
+    effects = [ExampleEffects(len(idx)) for _, _, idx in chunks]
+    intact, sums = worker.engine().evaluate_jobs(
+        worker.shard(data, start, stop), [{layer: 1 - torch.eye(k)[torch.from_numpy(idx)]} for layer, k, idx in chunks],
+        effects=effects)  # type: ignore[arg-type]
+    out = []
+    for s, e, (_, _, idx) in zip(sums, effects, chunks):
+        found = e.result()
+        out.append((s, UnitExamples(idx[found.unit], found.example + start, found.kind, found.rank,
+                                    found.loss_delta, found.pred_ablated)))
+    return intact, out
 
 
 def sequential_unit(executor: Executor, worker: Worker, store: StageStore, units: dict[str, int], order: np.ndarray,
@@ -243,21 +289,22 @@ def sequential_unit(executor: Executor, worker: Worker, store: StageStore, units
                   for i in range(0, len(idx), UNIT_CHUNK)]
         if not chunks:  # every unit has stopped: the intact pass alone, for the run's intact outcome
             chunks = [(first_layer, 0, np.zeros(0, dtype=np.int64))]
-        items = [Item(f"{layer}.look{r}.c{i:07d}.x{span_key(s0, s1)}", _units_item,
-                      (data, layer, units[layer], idx, s0, s1), size=len(idx) * (s1 - s0) / n)
-                 for layer, i, idx in chunks for s0, s1 in spans]
+        packs = packed(chunks, lambda c: len(c[2]), UNIT_CHUNK)
+        items = [Item(f"{pack_key([f'{layer}.look{r}.c{i:07d}' for layer, i, _ in pack])}.x{span_key(s0, s1)}",
+                      _units_item, (data, [(layer, units[layer], idx) for layer, _, idx in pack], s0, s1),
+                      size=sum(len(c[2]) for c in pack) * (s1 - s0) / n)
+                 for pack in packs for s0, s1 in spans]
         results = run_items(executor, worker, items, store, f"ablation look {r + 1}/{len(bounds)}", unit="unit")
-        per_chunk = [results[i:i + len(spans)] for i in range(0, len(results), len(spans))]
-        look_intact = _add([part for part, _, _ in per_chunk[0]])
+        look_intact = _add([part for part, _ in results[:len(spans)]])
         intact = look_intact if intact is None else _add([intact, look_intact])
-        for (layer, _, idx), part in zip(chunks, per_chunk):
+        for (layer, _, idx), part in zip(chunks, _per_chunk(packs, [found for _, found in results], len(spans))):
             if not len(idx):
                 continue
-            sums = _add([s for _, s, _ in part])
+            sums = _add([s for s, _ in part])
             rows, into = torch.from_numpy(idx), acc[layer]
             for f in _SUMS:
                 getattr(into, f)[rows] += getattr(sums, f)
-            examples[layer] += [e for _, _, e in part]
+            examples[layer] += [e for _, e in part]
         for layer, idx in running.items():
             into = acc[layer]
             rows = torch.from_numpy(idx)
@@ -289,21 +336,24 @@ def sequential_unit(executor: Executor, worker: Worker, store: StageStore, units
 
 # --- cumulative curves ------------------------------------------------------------------------------
 
-def _masks_item(worker: Worker, data: str, job: dict[str, torch.Tensor], start: int, stop: int) -> MaskSums:
-    return worker.engine().evaluate_jobs(worker.shard(data, start, stop), [job])[1][0]
+def _masks_item(worker: Worker, data: str, jobs: list[dict[str, torch.Tensor]], start: int,
+                stop: int) -> list[MaskSums]:
+    return worker.engine().evaluate_jobs(worker.shard(data, start, stop), jobs)[1]
 
 
 def _plan_sums(executor: Executor, worker: Worker, store: StageStore, plans: list[CurvePlan] | list[ClassPlan],
                data: str, prefix: str, label: str) -> tuple[list[MaskSums], MaskSums]:
     """Every plan's masks (``plan.group``, ``plan.job``, ``plan.n_masks``: curve and class-curve plans) as
-    items of chunk of masks x shard; per plan its sums over the data, and the first chunk's (for counts)."""
+    items of chunks of masks (``packed``) x shard; per plan its sums over the data, and the first chunk's
+    (for counts)."""
     spans = shards(len(worker.data[data]))
     chunks = [(p, m0, min(m0 + MASK_CHUNK, p.n_masks)) for p in plans for m0 in range(0, p.n_masks, MASK_CHUNK)]
-    items = [Item(f"{prefix}{p.group}.m{span_key(m0, m1)}.x{span_key(a, b)}", _masks_item,
-                  (data, {k: t[m0:m1] for k, t in p.job.items()}, a, b))
-             for p, m0, m1 in chunks for a, b in spans]
+    packs = packed(chunks, lambda c: c[2] - c[1], MASK_CHUNK)
+    items = [Item(f"{prefix}{pack_key([f'{p.group}.m{span_key(m0, m1)}' for p, m0, m1 in pack])}.x{span_key(a, b)}",
+                  _masks_item, (data, [{k: t[m0:m1] for k, t in p.job.items()} for p, m0, m1 in pack], a, b))
+             for pack in packs for a, b in spans]
     results = run_items(executor, worker, items, store, label)
-    summed = [_add(results[i:i + len(spans)]) for i in range(0, len(results), len(spans))]
+    summed = [_add(part) for part in _per_chunk(packs, results, len(spans))]
     return [_concat([s for (q, _, _), s in zip(chunks, summed) if q is p]) for p in plans], summed[0]
 
 

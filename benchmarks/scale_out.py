@@ -167,9 +167,10 @@ def scale_out(data: ImageSet, cpus: int) -> dict[str, float]:
     worker = Worker(model, {"eval": data})
     counts = AblationEngine(model).unit_counts(data)
     units = sum(counts.values())
-    n_items = sum(-(-k // work.UNIT_CHUNK) for k in counts.values()) * len(work.shards(len(data)))
+    chunks = [(k, u0, min(u0 + work.UNIT_CHUNK, k)) for k in counts.values() for u0 in range(0, k, work.UNIT_CHUNK)]
+    n_items = len(work.packed(chunks, lambda c: c[2] - c[1], work.UNIT_CHUNK)) * len(work.shards(len(data)))
     print(f"LeNet-5, {units} units x {len(data):,} MNIST test digits = {units * len(data):,} unit-image "
-          f"ablations in {n_items} items (shards of {work.SHARD_EXAMPLES}, {work.UNIT_CHUNK} units per item); "
+          f"ablations in {n_items} items (shards of {work.SHARD_EXAMPLES}, up to {work.UNIT_CHUNK} units per item); "
           "torch threads 1 per worker")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -261,7 +262,7 @@ def projection(device: str, images: int, f: dict[str, float], share: float) -> N
     one = s_per_mac * total_macs * IMAGENET_VAL
     print(f"ResNet-50 at 224x224 ({device}): {units:,} units, full single-unit sweep "
           f"{total_macs / 1e12:.2f} TMAC per image, measured {1e-9 / s_per_mac:.1f} GMAC/s per worker")
-    items = units / work.UNIT_CHUNK * IMAGENET_VAL / work.SHARD_EXAMPLES  # about: layers round up their chunks
+    items = units / work.UNIT_CHUNK * IMAGENET_VAL / work.SHARD_EXAMPLES  # about: packs of up to UNIT_CHUNK units
     for n in (1, 8, 64, 256):
         t = one / n + f["actors"] + f["broadcast"] + items * f["item"] / n
         ts = share * one / n + f["actors"] + f["broadcast"] + items * f["item"] / n

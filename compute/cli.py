@@ -400,7 +400,16 @@ def _cell(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
-def _list(root: Path) -> int:
+def _list(root: Path, explicit: bool) -> int:
+    """The runs of the warehouse at ``root``; a folder given with --warehouse must exist (a typo there
+    would otherwise read as an empty warehouse)."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise ConfigError(f"--warehouse {root} is a file, not a warehouse folder. Give the folder that "
+                          f"'python -m compute run --warehouse DIR' wrote to.")
+    if explicit and not root.exists():
+        raise ConfigError(f"no warehouse at {root}: the folder does not exist. Check the path, or compute a run "
+                          f"into it first: python -m compute run --warehouse {root}")
     runs = list_runs(root)
     if not runs:
         print(f"no runs in {root}. Compute one: python -m compute run --warehouse {root}")
@@ -501,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
             return _layers(args)
         if args.command == "gc":
             return _gc(root, args.remove)
-        return _list(root)
+        return _list(root, getattr(args, "warehouse", None) is not None)
     except AtlasError as e:
         print(f"error: {term(e, lines=True)}", file=sys.stderr)
         return 2

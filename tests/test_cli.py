@@ -65,6 +65,14 @@ def test_unwritable_warehouse(tmp_path: Path):
 def test_list_on_empty_warehouse_says_what_to_do(tmp_path: Path):
     r = cli("list", "--warehouse", str(tmp_path))
     assert r.returncode == 0 and "python -m compute run" in r.stdout
+    # A mistyped --warehouse is not an empty warehouse, and a file is not one either: exit 2, one paragraph.
+    missing, file = tmp_path / "typo", tmp_path / "a-file"
+    file.write_text("x")
+    for path, message in ((missing, f"no warehouse at {missing}: the folder does not exist"),
+                          (file, f"--warehouse {file} is a file, not a warehouse folder")):
+        r = cli("list", "--warehouse", str(path))
+        assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
+        assert not missing.exists()
 
 
 def test_default_demo_run_reaches_95_percent(tmp_path: Path):

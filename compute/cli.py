@@ -404,9 +404,6 @@ def _list(root: Path, explicit: bool) -> int:
     """The runs of the warehouse at ``root``; a folder given with --warehouse must exist (a typo there
     would otherwise read as an empty warehouse)."""
     root = Path(root)
-    if root.exists() and not root.is_dir():
-        raise ConfigError(f"--warehouse {root} is a file, not a warehouse folder. Give the folder that "
-                          f"'python -m compute run --warehouse DIR' wrote to.")
     if explicit and not root.exists():
         raise ConfigError(f"no warehouse at {root}: the folder does not exist. Check the path, or compute a run "
                           f"into it first: python -m compute run --warehouse {root}")

@@ -69,7 +69,7 @@ def test_list_on_empty_warehouse_says_what_to_do(tmp_path: Path):
     missing, file = tmp_path / "typo", tmp_path / "a-file"
     file.write_text("x")
     for path, message in ((missing, f"no warehouse at {missing}: the folder does not exist"),
-                          (file, f"--warehouse {file} is a file, not a warehouse folder")):
+                          (file, f"{file} is not a folder, so it cannot hold the runs folder")):
         r = cli("list", "--warehouse", str(path))
         assert r.returncode == 2 and message in r.stderr and "Traceback" not in r.stderr
         assert not missing.exists()

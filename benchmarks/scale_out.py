@@ -181,20 +181,24 @@ def scale_out(data: ImageSet, cpus: int) -> dict[str, float]:
         _, t_start = _timed(lambda: ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                                              object_store_memory=500_000_000))
         fixed = {}
+
+        def equal(got) -> bool:  # type: ignore[no-untyped-def]
+            return all(np.array_equal(ref[1][k].loss_delta, got[1][k].loss_delta) for k in counts)
+
         for n in (1, 2):
             ex = RayExecutor(workers=n)
             f = fixed[n] = ray_fixed_costs(ex, worker, tmp / f"fixed{n}")
             got, t = sweep(ex, worker, counts, tmp, f"ray{n}")
-            same = all(np.array_equal(ref[1][k].loss_delta, got[1][k].loss_delta) for k in counts)
+            same = equal(got)
             overhead = f["actors"] + f["broadcast"] + n_items * f["item"] / n
             whole = f["actors"] + f["broadcast"] + t
             print(f"  Ray, {n} worker{'s' if n > 1 else ' '}    {whole:8.1f} s   {units / whole:7.2f} units/s   "
                   f"speed-up {t_in / whole:.2f}x (sweep alone {t_in / t:.2f}x); fixed costs {overhead / whole:.1%} "
                   f"(actors {f['actors']:.1f} s, broadcast {f['broadcast']:.1f} s, items {n_items} x "
                   f"{1000 * f['item']:.1f} ms / {n}); bit-equal to in-process: {same}")
-            _, t_warm = sweep(ex, worker, counts, tmp, f"ray{n}-again")
+            again, t_warm = sweep(ex, worker, counts, tmp, f"ray{n}-again")
             print(f"    again on the same actors (started, state fetched, first items done): {t_warm:6.1f} s   "
-                  f"speed-up {t_in / t_warm:.2f}x")
+                  f"speed-up {t_in / t_warm:.2f}x; bit-equal to in-process: {equal(again)}")
             ex.close()
     print(f"Starting a local Ray (once per cluster): {t_start:.1f} s")
     ray.shutdown()

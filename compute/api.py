@@ -83,7 +83,7 @@ def analyze(model: nn.Module, eval_data: ImageSet | Dataset, *, train_data: Imag
                     ablate=ablate)
     rid = check_run_id(run_id or default_run_id(cfg))
     torch.manual_seed(seed)
-    runner = make_executor(executor, ray_address) if isinstance(executor, str) else executor
+    runner = make_executor(executor, ray_address, device=device) if isinstance(executor, str) else executor
     try:
         with RunWriter(Path(warehouse) if warehouse else default_path(), rid) as writer:
             cfg = settle_config(cfg, rid, writer.stages_dir, resume=False)

@@ -203,7 +203,7 @@ def _executor(args: argparse.Namespace):
 
     if args.executor != "ray" and (args.ray_address or args.ray_workers):
         raise ConfigError("--ray-address and --ray-workers need --executor ray.")
-    return make_executor(args.executor, args.ray_address, args.ray_workers, args.ray_gpus)
+    return make_executor(args.executor, args.ray_address, args.ray_workers, args.ray_gpus, args.device)
 
 
 def _add_image_options(p: argparse.ArgumentParser) -> None:

@@ -66,6 +66,22 @@ def test_traced_probes_see_each_relu_call_like_a_manual_forward():
     assert probed.state_dict().keys() == net.state_dict().keys()
 
 
+def test_stochastic_depth_is_traced_as_one_module_so_its_mode_still_counts():
+    """Traced through, StochasticDepth's ``if not self.training`` would be frozen at tracing time."""
+    from torchvision.ops import StochasticDepth
+
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), StochasticDepth(0.5, "row"), nn.Linear(8, 2))
+    probed = trace_probes(net.train())
+    assert any(n.op == "call_module" and isinstance(probed.get_submodule(n.target), StochasticDepth)
+               for n in probed.graph.nodes)
+    x = torch.randn(64, 4)
+    with torch.no_grad():
+        kept = probed.eval()(x)
+        torch.testing.assert_close(kept, net.eval()(x))  # eval: the identity, though traced in train mode
+        dropped = probed.train()(x)
+    assert not torch.allclose(dropped, kept)  # train: rows dropped or scaled by 2
+
+
 def test_layer_selection_by_name_and_glob():
     probes = build_model(ModelSpec("torchvision:resnet18", (1, 28, 28), 10)).probes
     assert len(probes) == 17 and list(probes)[:3] == ["relu", "layer1.0.relu", "layer1.0.relu_1"]

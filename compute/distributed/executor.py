@@ -166,12 +166,13 @@ def run_items(executor: Executor, worker: Worker, items: Sequence[Item], store: 
 
 
 def make_executor(kind: str, address: str | None = None, workers: int | None = None,
-                  gpus_per_worker: float = 1.0) -> Executor:
-    """``in-process`` or ``ray`` (Ray is imported only when asked for)."""
+                  gpus_per_worker: float = 1.0, device: str = "cpu") -> Executor:
+    """``in-process`` or ``ray`` (Ray is imported only when asked for; its workers start now, for
+    ``device``)."""
     if kind == "in-process":
         return InProcessExecutor()
     if kind != "ray":
         raise ConfigError(f"unknown executor {kind!r}; choose in-process or ray.")
     from compute.distributed.ray_executor import RayExecutor
 
-    return RayExecutor(address, workers, gpus_per_worker)
+    return RayExecutor(address, workers, gpus_per_worker, device=device)

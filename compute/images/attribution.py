@@ -26,7 +26,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from captum.attr import NeuronGradient, NeuronGuidedBackprop
 from torch import nn
 
 from compute.datasets.sources import ImageSet
@@ -100,6 +99,10 @@ def unit_attributions(model: nn.Module, module: nn.Module, inputs: torch.Tensor,
                       positions: torch.Tensor, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """Guided backprop and gradient of unit ``units[b]`` at flat position ``positions[b]`` of
     ``module``'s input (the pre-activation), for each input ``inputs[b]``: two (B, C, H, W) arrays."""
+    # Imported here: captum brings matplotlib (~1 s), which every process that only reads ``Extremes``
+    # (the stage store, each Ray worker at start) would otherwise pay.
+    from captum.attr import NeuronGradient, NeuronGuidedBackprop
+
     model.eval()
     gbp, grad = NeuronGuidedBackprop(model, module), NeuronGradient(model, module)
     maps: tuple[list[np.ndarray], list[np.ndarray]] = ([], [])

@@ -1,5 +1,8 @@
 """What an evaluation pass yields (loss and accuracy, overall and per class) and the per-unit deltas
-of an ablated layer: the result types shared by the naive reference, the engine and what-if."""
+of an ablated layer: the result types shared by the naive reference, the engine and what-if.
+
+scipy.stats is imported in the tests that use it: it takes ~1 s to import, and the processes that
+only compute sums (each Ray worker) never call them."""
 
 from __future__ import annotations
 
@@ -8,7 +11,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy import stats
 from torch import nn
 
 from compute.ablation import sequential
@@ -83,6 +85,8 @@ class PairedSums:
         mean = self.dsum / n
         var = np.maximum(self.dsq - n * mean * mean, 0.0) / (n - 1)
         se = np.sqrt(var / n)
+        from scipy import stats
+
         half = stats.t.ppf(0.5 + confidence / 2, n - 1) * se
         with np.errstate(divide="ignore", invalid="ignore"):
             p = np.where(se > 0, 2 * stats.t.sf(np.abs(mean) / se, n - 1), np.where(mean == 0, 1.0, 0.0))
@@ -91,6 +95,8 @@ class PairedSums:
     def mcnemar_p(self) -> np.ndarray:
         """Exact McNemar test of the accuracy change: two-sided binomial test of hurt among the
         hurt + helped discordant examples at 1/2; 1 when nothing flips."""
+        from scipy import stats
+
         b, c = self.hurt, self.helped
         n = b + c
         return np.where(n > 0, np.minimum(1.0, 2 * stats.binom.cdf(np.minimum(b, c), n, 0.5)), 1.0)
@@ -98,6 +104,8 @@ class PairedSums:
 
 def fdr(p: np.ndarray) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values (q) over one family (a layer's units)."""
+    from scipy import stats
+
     return stats.false_discovery_control(p, method="bh") if len(p) else p
 
 

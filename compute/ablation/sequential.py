@@ -29,7 +29,6 @@ ablation"):
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 ALPHA = 0.05  # the stored interval is the 95% one (compute.ablation.outcome.CONFIDENCE)
 FIRST_LOOK = 500  # examples at the first look
@@ -57,6 +56,8 @@ def paired_test(n: np.ndarray | float, dsum: np.ndarray, dsq: np.ndarray,
                 level: np.ndarray | float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(low, high, p) of the paired t-test of mean d = 0 from the sums of d and d^2 over n examples,
     the interval at confidence ``1 - level``; no change at all gives [0, 0] and p = 1."""
+    from scipy import stats  # here, not at the top: ~1 s to import (compute.ablation.outcome)
+
     n = np.asarray(n, dtype=np.float64)
     mean = dsum / n
     var = np.maximum(dsq - n * mean * mean, 0.0) / np.maximum(n - 1, 1)

@@ -19,7 +19,7 @@ with ``--whole-run``, every stage after training of a whole run instead.
    printed beside units/s, and the speed-up against in-process. Starting Ray itself (once per
    cluster, not per run) is printed apart. Then the same sweep again on the same actors: what each
    further run of a sweep of runs pays (one actor serves every run, ``RayExecutor``), without the
-   actors' start, the state's fetch and each fresh process's slow first items.
+   actors' start (which includes their imports: see ``ITEM_MODULES``) and the state's fetch.
 3. Projection: per-unit-per-image cost measured on ResNet-50 at 224x224 (a few units of an early and
    a late layer, so the throughput of small and large suffixes both count), scaled by every layer's
    suffix multiply-accumulates and unit count to the full single-unit sweep on 50,000 images, then
@@ -197,7 +197,7 @@ def scale_out(data: ImageSet, cpus: int) -> dict[str, float]:
                   f"(actors {f['actors']:.1f} s, broadcast {f['broadcast']:.1f} s, items {n_items} x "
                   f"{1000 * f['item']:.1f} ms / {n}); bit-equal to in-process: {same}")
             again, t_warm = sweep(ex, worker, counts, tmp, f"ray{n}-again")
-            print(f"    again on the same actors (started, state fetched, first items done): {t_warm:6.1f} s   "
+            print(f"    again on the same actors (started, state fetched): {t_warm:6.1f} s   "
                   f"speed-up {t_in / t_warm:.2f}x; bit-equal to in-process: {equal(again)}")
             ex.close()
     print(f"Starting a local Ray (once per cluster): {t_start:.1f} s")

@@ -1,8 +1,8 @@
 """What an evaluation pass yields (loss and accuracy, overall and per class) and the per-unit deltas
 of an ablated layer: the result types shared by the naive reference, the engine and what-if.
 
-scipy.stats is imported in the tests that use it: it takes ~1 s to import, and the processes that
-only compute sums (each Ray worker) never call them."""
+scipy.stats is imported inside the statistical tests below: it takes ~1 s to import, and the processes
+that only compute sums (each Ray worker) never call them."""
 
 from __future__ import annotations
 

@@ -124,8 +124,8 @@ class RayExecutor:
     ``ray://host:port``) or, without one, starts a local Ray on this machine.
 
     The actors start with the executor, for ``device``: each takes one of Ray's idle worker processes
-    and imports the item modules (~5 s of a fresh process, mostly torch and scipy) while the driver
-    loads data and trains, instead of at the first item."""
+    and imports the item modules (~4 s of a fresh process here, mostly torch and sympy) while the
+    driver loads data and trains, instead of at the first item."""
 
     name = "ray"
 

@@ -70,6 +70,7 @@ def test_stochastic_depth_is_traced_as_one_module_so_its_mode_still_counts():
     """Traced through, StochasticDepth's ``if not self.training`` would be frozen at tracing time."""
     from torchvision.ops import StochasticDepth
 
+    torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), StochasticDepth(0.5, "row"), nn.Linear(8, 2))
     probed = trace_probes(net.train())
     assert any(n.op == "call_module" and isinstance(probed.get_submodule(n.target), StochasticDepth)

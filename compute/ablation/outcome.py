@@ -81,12 +81,12 @@ class PairedSums:
             scale = sequential.ALPHA / self.level
             lo, hi, p = sequential.paired_test(self.n, self.dsum, self.dsq, (1 - confidence) / scale)
             return lo, hi, np.minimum(1.0, p * scale)
+        from scipy import stats
+
         n = self.n
         mean = self.dsum / n
         var = np.maximum(self.dsq - n * mean * mean, 0.0) / (n - 1)
         se = np.sqrt(var / n)
-        from scipy import stats
-
         half = stats.t.ppf(0.5 + confidence / 2, n - 1) * se
         with np.errstate(divide="ignore", invalid="ignore"):
             p = np.where(se > 0, 2 * stats.t.sf(np.abs(mean) / se, n - 1), np.where(mean == 0, 1.0, 0.0))

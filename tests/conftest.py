@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -38,19 +39,40 @@ def shared_mnist() -> Path:
     return SHARED_MNIST
 
 
-@pytest.fixture(scope="session")
-def small_run(tmp_path_factory: pytest.TempPathFactory):
-    """A LeNet-5 trained for 2 epochs on 1,000 mnist-5k digits, evaluated on 300 held-out digits,
-    with a light images stage (top 5 examples, 32 activation-maximization steps)."""
+def _small_run(root: Path):
     from compute.images.config import ActMaxConfig, ImageConfig
     from compute.run.config import RunConfig
     from compute.run.pipeline import compute_run
 
-    root = tmp_path_factory.mktemp("warehouse")
     cfg = RunConfig(model="lenet5", dataset="mnist-5k", epochs=2, seed=0, train_size=1000, eval_size=300,
                     run_id="small", images=ImageConfig(top_k=5, actmax=ActMaxConfig(steps=32)))
-    summary = compute_run(cfg, root)
-    return root, summary
+    return compute_run(cfg, root)
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory: pytest.TempPathFactory, worker_id: str):
+    """A LeNet-5 trained for 2 epochs on 1,000 mnist-5k digits, evaluated on 300 held-out digits,
+    with a light images stage (top 5 examples, 32 activation-maximization steps).
+
+    Computed once per ``make test``: under pytest-xdist the first worker that needs it computes it into
+    the folder the workers share (under a file lock; ~25 s here) and every worker copies it into a
+    warehouse of its own, so no test sees another process's changes."""
+    from filelock import FileLock
+
+    from compute.run.config import RunSummary
+
+    root = tmp_path_factory.mktemp("warehouse")
+    if worker_id == "master":  # no xdist
+        return root, _small_run(root)
+    shared = tmp_path_factory.getbasetemp().parent / "small_run"
+    with FileLock(f"{shared}.lock"):
+        if not (shared / "done.json").exists():
+            summary = _small_run(shared / "warehouse")
+            done = {"path": str(summary.path.relative_to(shared / "warehouse")), "figures": summary.figures}
+            (shared / "done.json").write_text(json.dumps(done))
+    shutil.copytree(shared / "warehouse", root, dirs_exist_ok=True)
+    done = json.loads((shared / "done.json").read_text())
+    return root, RunSummary("small", root / done["path"], done["figures"])
 
 
 @pytest.fixture(scope="session")

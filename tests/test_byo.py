@@ -98,17 +98,18 @@ def test_layer_selection_by_name_and_glob():
 
 def test_torchvision_resnet18_through_all_stages_with_checkpoint_reload(tmp_path: Path):
     """ResNet-18 adapted to 1-channel 28x28 digits, trained briefly on real MNIST digits."""
-    # The stem, a whole residual block (both ReLU calls) and the last stage: every stage of the pipeline
-    # on the interesting probe points, in CI time (all 17 layers take minutes: see the closing note).
-    layers = ("relu", "layer1.0.*", "layer4.*")
+    # The stem and the last stage (two whole residual blocks, both ReLU calls of each): every stage of the
+    # pipeline on the interesting probe points, in CI time. All 17 layers take minutes; each early layer adds
+    # ~13 s of curves here (its suffix is most of the network), so the stem is the one early layer.
+    layers = ("relu", "layer4.*")
     summary = compute_run(RunConfig(images=None, model="torchvision:resnet18", epochs=1, train_size=100, eval_size=10,
                                     batch_size=50, layers=layers, run_id="rn18"), tmp_path)
     con = warehouse.connect(tmp_path)
-    assert con.execute("SELECT count(*), sum(n_units) FROM layers").fetchall() == [(7, 64 * 3 + 512 * 4)]
-    assert con.execute("SELECT count(DISTINCT layer) FROM ablation_curves").fetchall()[0][0] == 8  # 7 + last2
+    assert con.execute("SELECT count(*), sum(n_units) FROM layers").fetchall() == [(5, 64 + 512 * 4)]
+    assert con.execute("SELECT count(DISTINCT layer) FROM ablation_curves").fetchall()[0][0] == 6  # 5 + last2
     assert con.execute("SELECT count(*) FROM units WHERE abl_loss_delta IS NULL").fetchall() == [(0,)]
-    probe = con.execute("SELECT probe FROM layers WHERE layer = 'layer1.0.relu_1'").fetchall()[0][0]
-    assert "call site `layer1.0.relu_1`" in probe
+    probe = con.execute("SELECT probe FROM layers WHERE layer = 'layer4.0.relu_1'").fetchall()[0][0]
+    assert "call site `layer4.0.relu_1`" in probe
     model, spec = load_checkpoint(summary.path / "checkpoint.pt")
     assert spec is not None and spec.name == "torchvision:resnet18" and len(model.probes) == 17  # all, reloaded
     # Analyze the saved weights again without training: the same units get the same statistics.

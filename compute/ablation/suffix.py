@@ -19,11 +19,10 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
-from torch.fx.passes.shape_prop import ShapeProp
-from torch.utils.flop_counter import FlopCounterMode
 
 from compute.nets.activations import ProbePoint, fill_of, unit_dim
 from compute.nets.pools import is_2x2_pool, max_pool_2x2
+from compute.nets.shapes import tensor_shapes
 
 
 def _unit_shape(ndim: int, m: int, n_units: int, dim: int) -> list[int]:
@@ -336,19 +335,20 @@ class GraphSplit:
         with the channel parts (C x the linear layer's output) when there are any."""
         inputs = self.prefix(x[:1])
         graph_inputs = self._graph_inputs(inputs)
-        ShapeProp(self.suffix_module).propagate(*graph_inputs)
+        shapes = tensor_shapes(self.suffix_module, *graph_inputs)
         total = sum(t.numel() * t.element_size() for t in inputs)
         total += self.part_bytes(x)
-        for n in self.suffix_module.graph.nodes:
-            meta = n.meta.get("tensor_meta")
-            if n.op in ("call_module", "call_function", "call_method") and hasattr(meta, "shape"):
-                total += meta.shape.numel() * meta.dtype.itemsize
+        for n, (shape, dtype) in shapes.items():
+            if n.op in ("call_module", "call_function", "call_method"):
+                total += shape.numel() * dtype.itemsize
         return total
 
     def macs(self, x: torch.Tensor) -> int:
         """Multiply-accumulates of the suffix for one example (torch's flop counter / 2)."""
         inputs = self.prefix(x[:1])
         graph_inputs = self._graph_inputs(inputs)  # the parts: once per batch, not per ablation
+        from torch.utils.flop_counter import FlopCounterMode  # here: it imports triton (0.3 s), runs never count
+
         with FlopCounterMode(display=False) as counter:
             self.suffix_module(*graph_inputs)
         weighing = (inputs[0].shape[1] + 1) * math.prod(self._layer_out(inputs[0])) if self.weighed is not None else 0
@@ -389,6 +389,8 @@ class WholeModel:
         return x[:1].numel() * x.element_size() + sum(sizes)
 
     def macs(self, x: torch.Tensor) -> int:
+        from torch.utils.flop_counter import FlopCounterMode  # see GraphSplit.macs
+
         with FlopCounterMode(display=False) as counter:
             self.model(x[:1])
         return counter.get_total_flops() // 2

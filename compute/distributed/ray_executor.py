@@ -37,9 +37,9 @@ from warehouse.faults import ENV_VAR, ONCE_VAR, TIMES_VAR
 
 RETRIES = 3  # restarts per actor, and retries per item, after a worker process dies
 IN_FLIGHT = 2  # items queued per actor, so it never waits for the driver between items
-# Imported by each actor as it starts: where every item function lives, and what torch imports at its first
-# call (the engine's shape propagation: sympy, ~1 s), so that no item pays a fresh process's imports.
-ITEM_MODULES = ("compute.distributed.work", "compute.distributed.images", "torch.fx.experimental.symbolic_shapes")
+# Imported by each actor as it starts (where every item function lives), so that no item pays a fresh
+# process's imports.
+ITEM_MODULES = ("compute.distributed.work", "compute.distributed.images")
 
 
 @ray.remote(max_restarts=RETRIES, max_task_retries=RETRIES)
@@ -124,7 +124,7 @@ class RayExecutor:
     ``ray://host:port``) or, without one, starts a local Ray on this machine.
 
     The actors start with the executor, for ``device``: each takes one of Ray's idle worker processes
-    and imports the item modules (~4 s of a fresh process here, mostly torch and sympy) while the
+    and imports the item modules (~3 s of a fresh process here, mostly torch) while the
     driver loads data and trains, instead of at the first item."""
 
     name = "ray"

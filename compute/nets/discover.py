@@ -32,6 +32,7 @@ from torch import nn
 from compute.errors import ConfigError
 from compute.nets.activations import (KINDS, NOT_ELEMENTWISE_FUNCTIONS, NOT_ELEMENTWISE_METHODS,
                                       NOT_ELEMENTWISE_MODULES, Kind, ProbePoint, fresh_module, kind_of_module)
+from compute.nets.shapes import tensor_shapes
 
 
 def _leaf_types() -> tuple[type[nn.Module], ...]:
@@ -155,17 +156,15 @@ def _ndims(gm: fx.GraphModule, in_shape: tuple[int, ...] | None) -> dict[fx.Node
     """Dimensions of every traced tensor for a sample input of ``in_shape`` (empty without it)."""
     if in_shape is None:
         return {}
-    from torch.fx.passes.shape_prop import ShapeProp
-
     modes = {m: m.training for m in gm.modules()}
     gm.eval()
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(torch.zeros(2, *in_shape))
+            shapes = tensor_shapes(gm, torch.zeros(2, *in_shape))
     finally:
         for m, mode in modes.items():
             m.training = mode
-    return {n: len(n.meta["tensor_meta"].shape) for n in gm.graph.nodes if hasattr(n.meta.get("tensor_meta"), "shape")}
+    return {n: len(shape) for n, (shape, _) in shapes.items()}
 
 
 def trace_probes(model: nn.Module, in_shape: tuple[int, ...] | None = None) -> ProbedGraph:

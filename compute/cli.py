@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import Any
 
 from compute.ablation.sequential import DEFAULT_WIDTH
-from compute.datasets.sources import DATASETS
+from compute.datasets.names import DATASETS
 from compute.errors import AtlasError, ConfigError
 from compute.images.config import ActMaxConfig, ImageConfig
-from compute.nets.models import MODEL_NAMES, MODEL_OPTIONS, known_model, model_options
+from compute.nets.catalog import MODEL_NAMES, MODEL_OPTIONS, known_model, model_options
 from compute.threads import DEFAULT_THREADS
-from warehouse import publish
+from warehouse import INTERRUPTED_AT_START, publish
 from warehouse.cleanup import remove_leftover, staging_leftovers
 from warehouse.layout import ENV_VAR, check_run_id, default_path, staging_dir
 from warehouse.parse import INT32_MAX, SEED_MAX, ParseError, bounded_int, finite_float
@@ -493,7 +493,11 @@ def _layers(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)  # a model option's parser may import torch (seconds)
+    except KeyboardInterrupt:
+        print(INTERRUPTED_AT_START, file=sys.stderr)
+        return 130
     root = getattr(args, "warehouse", None) or default_path()
     published_before = len(publish.PUBLISHED)
     try:

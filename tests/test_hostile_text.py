@@ -282,7 +282,7 @@ def _loaded(pid: int, library: str) -> bool:
         return False
 
 
-@pytest.mark.parametrize("argv,library", [(["-m", "compute", "list", "--warehouse", "/nonexistent"], "torch"),
+@pytest.mark.parametrize("argv,library", [(["-m", "compute", "layers", "--model", "lenet5"], "torch"),
                                           (["-m", "warehouse", "schema-doc"], "duckdb")], ids=["compute", "warehouse"])
 def test_ctrl_c_during_imports_is_one_line(argv, library):
     """SIGINT once the command is importing its libraries (their code is mapped, the import still runs)."""

@@ -61,3 +61,37 @@ def test_bad_model_options_are_named():
         build_model(ModelSpec("resnet", (1, 28, 28), 10))
     with pytest.raises(ConfigError, match="width multiplier"):
         build_model(ModelSpec("cifar-convnet", (3, 32, 32), 10, {"width": 0}))
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (1, 32, 32), (3, 32, 32), (3, 64, 48), (1, 12, 12), (2, 45, 37)])
+def test_flat_size_by_arithmetic_equals_the_forward_pass(shape: tuple[int, int, int]):
+    """The first linear layer's width (computed without a forward pass) is what the body really outputs."""
+    from torch import nn
+
+    from compute.nets.models import CifarConvNet, LeNet5
+
+    def forward_size(body: nn.Module) -> int:
+        with torch.no_grad():
+            return int(body.eval()(torch.zeros(1, *shape)).numel())
+
+    lenet = LeNet5(shape, 10)
+    body = nn.Sequential(lenet.conv1, lenet.relu1, lenet.pool1, lenet.conv2, lenet.relu2, lenet.pool2)
+    assert lenet.fc1.in_features == forward_size(body)
+    if min(shape[1:]) >= 32:  # five 2x2 pools
+        for width in (0.125, 1.0):
+            net = CifarConvNet(shape, 10, width)
+            assert net.classifier[0].in_features == forward_size(net.features)
+
+
+def test_commands_that_build_nothing_do_not_import_torch():
+    """`compute list`, `gc` and usage errors answer without torch's seconds of import (the catalogs of
+    models and datasets are torch-free); building a built-in model imports neither sympy nor torch._dynamo."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import compute.cli; print('torch' in sys.modules); "
+            "from compute.nets.models import ModelSpec, build_model; build_model(ModelSpec('lenet5', (1, 28, 28), 10)); "
+            "print(sorted(m for m in ('sympy', 'torch._dynamo') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                         text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["False", "[]"]

@@ -19,9 +19,8 @@ import torch
 
 from compute.errors import DataError
 from compute.datasets.idx import find_idx_splits, load_idx_pair
+from compute.datasets.names import DATASETS
 
-DATASETS = ("mnist-5k", "mnist", "fashion-mnist", "cifar10", "idx:<dir>", "folder:<dir>", "crossed-sevens:<digits>",
-            "corner-mark:<digits>", "thick-strokes:<digits>")  # the last three: compute.datasets.planted
 DIGITS = tuple(str(i) for i in range(10))
 FASHION_CLASSES = (
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",

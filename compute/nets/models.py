@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import math
-import re
 import pickle
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -20,17 +19,16 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from compute.nets.activations import BY_NAME, ProbePoint, fill_of, unit_dim, units_first
+from compute.nets.catalog import MODEL_NAMES, OPTIONS, TORCHVISION_PREFIX, ModelOption
 from compute.nets.discover import trace_probes
 from compute.nets.probe import Probe
 from compute.nets.size import check_model_size
 from compute.errors import ConfigError
 from warehouse.publish import write_file
 from warehouse.parse import shown
-
-TORCHVISION_PREFIX = "torchvision:"
-
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -74,22 +72,22 @@ def activation(kind: str = "relu") -> ProbePoint:
     return ProbePoint(BY_NAME[kind].modules[0](), kind)
 
 
-def _activation(text: str) -> str:
-    if text not in BY_NAME:
-        raise ConfigError(f"--activation must be one of {', '.join(BY_NAME)}, got {text!r}.")
-    return text
-
-
-def _flat_size(body: nn.Module, in_shape: tuple[int, int, int]) -> int:
-    """Features per example after ``body``: one example through it in eval mode (in training mode a batch
-    norm of a 1x1 map refuses a batch of one)."""
-    was_training = body.training
-    body.eval()
-    try:
-        with torch.no_grad():
-            return int(body(torch.zeros(1, *in_shape)).numel())
-    finally:
-        body.train(was_training)
+def _flat_size(body: nn.Sequential, in_shape: tuple[int, int, int]) -> int:
+    """Features per example after ``body`` (convolutions, max-pools and layers that keep the shape), by
+    torch's output-size formula rather than a forward pass: under ``check_model_size``'s meta device a
+    forward imports torch._dynamo and sympy, ~2 s of every fresh process. A layer left with no pixels
+    raises RuntimeError, as the forward pass would."""
+    channels, size = in_shape[0], list(in_shape[1:])
+    for m in body:
+        if isinstance(m, (nn.Conv2d, nn.MaxPool2d)):
+            k, s, p, d = (_pair(getattr(m, a)) for a in ("kernel_size", "stride", "padding", "dilation"))
+            size = [(n + 2 * pi - di * (ki - 1) - 1) // si + 1 for n, ki, si, pi, di in zip(size, k, s, p, d)]
+            channels = m.out_channels if isinstance(m, nn.Conv2d) else channels
+            if min(size) < 1:
+                raise RuntimeError(f"{type(m).__name__} {k[0]}x{k[1]} leaves no pixels of the image")
+        elif not isinstance(m, (nn.BatchNorm2d, ProbePoint, nn.Dropout)):
+            raise TypeError(f"_flat_size does not know the output size of {type(m).__name__}")
+    return channels * math.prod(size)
 
 
 class LeNet5(ProbedModel):
@@ -211,36 +209,6 @@ def _torchvision_model(spec: ModelSpec) -> ProbedModel:
     return trace_probes(net, spec.in_shape)  # type: ignore[return-value]
 
 
-def _widths(text: str) -> tuple[int, ...]:
-    """Comma-separated positive widths in ASCII digits (int() would also take '٣' or '1_000')."""
-    parts = [w.strip() for w in text.split(",")]
-    if not all(re.fullmatch(r"[0-9]{1,7}", w) and int(w) >= 1 for w in parts):
-        raise ConfigError(f"--widths must be comma-separated integers (positive, below 10,000,000) such as "
-                          f"128,128, got {text!r}.")
-    return tuple(int(w) for w in parts)
-
-
-def _width(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"--width must be a width multiplier such as 0.25, got {text!r}.") from None
-    if not math.isfinite(value) or not 0 < value <= 64:
-        raise ConfigError(f"--width must be a width multiplier in (0, 64], got {text!r}.")
-    return value
-
-
-@dataclass(frozen=True)
-class ModelOption:
-    """An option of a built-in model: ``--<name>`` on the command line, ``RunConfig.<name>``,
-    ``ModelSpec.options[name]``."""
-
-    name: str
-    parse: Callable[[str], Any]
-    default: Any
-    help: str
-
-
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
@@ -248,30 +216,13 @@ class ModelEntry:
     options: tuple[ModelOption, ...] = ()
 
 
-# The one registry of built-in models with their options; `torchvision:<name>` is resolved apart.
-_ACTIVATION = ModelOption("activation", _activation, "relu",
-                          "the built-in model's activation: relu (default), gelu, silu, hardswish, ... "
-                          "(compute/nets/activations.py)")
-REGISTRY: dict[str, ModelEntry] = {e.name: e for e in (
-    ModelEntry("lenet5", lambda s, k, activation="relu": LeNet5(s, k, activation), (_ACTIVATION,)),
-    ModelEntry("mlp", lambda s, k, widths=(128, 128), activation="relu": MLP(s, k, tuple(widths), activation),
-               (ModelOption("widths", _widths, (128, 128), "mlp hidden widths, e.g. 128,128"), _ACTIVATION)),
-    ModelEntry("cifar-convnet",
-               lambda s, k, width=0.25, activation="relu": CifarConvNet(s, k, float(width), activation),
-               (ModelOption("width", _width, 0.25, "cifar-convnet channel width multiplier"), _ACTIVATION)),
-)}
-MODEL_NAMES = (*REGISTRY, f"{TORCHVISION_PREFIX}<name>")
-MODEL_OPTIONS = tuple({o.name: o for e in REGISTRY.values() for o in e.options}.values())
-
-
-def known_model(name: str) -> bool:
-    return name in REGISTRY or (name.startswith(TORCHVISION_PREFIX) and len(name) > len(TORCHVISION_PREFIX))
-
-
-def model_options(name: str, values: dict[str, Any]) -> dict[str, Any]:
-    """The options of model ``name`` picked from ``values`` (e.g. a RunConfig's fields)."""
-    entry = REGISTRY.get(name)
-    return {o.name: values[o.name] for o in entry.options} if entry else {}
+_BUILDERS: dict[str, Callable[..., ProbedModel]] = {
+    "lenet5": lambda s, k, activation="relu": LeNet5(s, k, activation),
+    "mlp": lambda s, k, widths=(128, 128), activation="relu": MLP(s, k, tuple(widths), activation),
+    "cifar-convnet": lambda s, k, width=0.25, activation="relu": CifarConvNet(s, k, float(width), activation),
+}
+#: Each built-in model of ``compute.nets.catalog`` (its name and options) with how it is built.
+REGISTRY: dict[str, ModelEntry] = {name: ModelEntry(name, _BUILDERS[name], options) for name, options in OPTIONS.items()}
 
 
 def input_error(model: str, in_shape: tuple[int, ...], error: Exception) -> ConfigError:

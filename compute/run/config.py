@@ -19,7 +19,7 @@ from compute.datasets.sources import (ImageSet, Splits, load_dataset, load_eval_
                                       with_label_noise)
 from compute.errors import ConfigError, DataError
 from compute.images.config import ActMaxConfig, ImageConfig
-from compute.nets.models import model_options
+from compute.nets.catalog import model_options
 from compute.threads import DEFAULT_THREADS
 from warehouse.parse import SEED_MAX, shown
 from warehouse.publish import write_file
@@ -81,7 +81,7 @@ class RunConfig:
         return RunConfig(**values)
 
     def model_options(self) -> dict[str, Any]:
-        """This run's model options (``compute.nets.models.REGISTRY`` says which fields they are)."""
+        """This run's model options (``compute.nets.catalog.OPTIONS`` says which fields they are)."""
         return model_options(self.model, {f.name: getattr(self, f.name) for f in fields(self)})
 
 

@@ -24,6 +24,19 @@ def pytest_configure(config: pytest.Config) -> None:
     journeys and the atlas benchmark's whole run. ``make test`` leaves them out so that it stays within
     minutes; ``make test-slow`` runs them, and CI (.ci/run) runs both."""
     config.addinivalue_line("markers", "slow: a long end-to-end case; make test-slow (CI runs it after make test)")
+# The longest files (about a minute each on 2 cores) first, the others after them in their usual order:
+# pytest-xdist (--dist loadfile) hands files out in collection order, so a long file started last would
+# leave the other process idle at the end. The first needs small_run; the next three do not, so the other
+# process works while it is computed.
+LONG_FIRST = ("test_dashboard_app.py", "test_cli.py", "test_ray.py", "test_activations.py", "test_sandbox.py",
+              "test_browser.py", "test_hostile_text.py", "test_planted.py", "test_byo.py", "test_faults.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))  # stable: each file's order kept
+
+
 # One thread per process when pytest-xdist runs test files side by side (make test), else up to 2.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
 

@@ -18,7 +18,7 @@ from warehouse.connect import connect
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("wh")
-    cfg = RunConfig(epochs=2, train_size=600, eval_size=200, run_id="abl", train_curves=True)
+    cfg = RunConfig(epochs=2, train_size=600, eval_size=200, run_id="abl", train_curves=True, images=None)
     summary = compute_run(cfg, root)
     return root, summary.path, cfg
 

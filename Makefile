@@ -36,7 +36,7 @@ demo: compute-demo
 # session fixtures, the session's Ray and a file's browser are set up once per process).
 # `make test` leaves out the cases marked slow (tests/conftest.py); `make test-slow` runs them; CI runs both.
 TEST_WORKERS ?= 2
-PYTEST := NEURON_ATLAS_QUIET=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=10
+PYTEST := NEURON_ATLAS_QUIET=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10
 
 test: install
 	$(PYTEST) -m "not slow" tests

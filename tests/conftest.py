@@ -20,16 +20,20 @@ os.environ.setdefault("NEURON_ATLAS_QUIET", "1")
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """``slow``: long fault-injection runs (killed Ray workers and drivers), the two longest browser
-    journeys and the atlas benchmark's whole run. ``make test`` leaves them out so that it stays within
-    minutes; ``make test-slow`` runs them, and CI (.ci/run) runs both."""
+    """``slow``: long fault-injection runs (killed Ray workers and drivers, a run SIGKILLed at each kind of
+    point), the two longest browser journeys, ResNet-18 through every stage and the atlas benchmark's
+    whole run. ``make test`` leaves them out so that it stays within minutes; ``make test-slow`` runs
+    them, and CI (.ci/run) runs both."""
     config.addinivalue_line("markers", "slow: a long end-to-end case; make test-slow (CI runs it after make test)")
-# The longest files (about a minute each on 2 cores) first, the others after them in their usual order:
-# pytest-xdist (--dist loadfile) hands files out in collection order, so a long file started last would
-# leave the other process idle at the end. The first needs small_run; the next three do not, so the other
-# process works while it is computed.
+
+
+# The longest files (a minute or more each on 2 cores) first, the others after them in their usual order:
+# `make test` runs pytest-xdist with --dist loadfile --no-loadscope-reorder, which hands files out in this
+# order (its default, most tests first, started the two heavy small_run users together, one waiting
+# ~20 s for the other). The first needs small_run; the next three do not, so the other process works
+# meanwhile.
 LONG_FIRST = ("test_dashboard_app.py", "test_cli.py", "test_ray.py", "test_activations.py", "test_sandbox.py",
-              "test_browser.py", "test_hostile_text.py", "test_planted.py", "test_byo.py", "test_faults.py")
+              "test_browser.py", "test_hostile_text.py", "test_planted.py", "test_faults.py")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

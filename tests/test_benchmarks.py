@@ -24,8 +24,8 @@ def run(args: list[str]) -> str:
 
 
 def test_dashboard_query_benchmark_runs(tmp_path):
-    out = run(["benchmarks/dashboard_queries.py", "--units", "8000", "--repeat", "2", "--warehouse", str(tmp_path)])
-    assert "8,000 units, 80,000 unit_classes rows, 160,000 train_trace rows" in out
+    out = run(["benchmarks/dashboard_queries.py", "--units", "2000", "--repeat", "2", "--warehouse", str(tmp_path)])
+    assert "2,000 units, 20,000 unit_classes rows, 40,000 train_trace rows" in out
     for query in ("filter: all units", "filter: preset high gradient, low activation", "scatter data: all units",
                   "unit page: metrics, classes, trace, percentiles"):
         line = next(x for x in out.splitlines() if x.startswith(query))

@@ -96,6 +96,7 @@ def test_layer_selection_by_name_and_glob():
         select_layers(probes, ["fc9"])
 
 
+@pytest.mark.slow  # ~1 min; make test keeps torchvision slices (test_activations) and ResNet-18 on Ray (test_ray)
 def test_torchvision_resnet18_through_all_stages_with_checkpoint_reload(tmp_path: Path):
     """ResNet-18 adapted to 1-channel 28x28 digits, trained briefly on real MNIST digits."""
     # The stem and the last stage (two whole residual blocks, both ReLU calls of each): every stage of the

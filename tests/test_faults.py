@@ -133,7 +133,7 @@ def _resume_equals(root: Path, run_id: str, expected: dict, point: str) -> None:
     assert sorted(p.name for p in (root / ".staging").iterdir()) == [], point
 
 
-@pytest.mark.parametrize("kind", ["SIGKILL", "SIGINT"])
+@pytest.mark.parametrize("kind", [pytest.param("SIGKILL", marks=pytest.mark.slow), "SIGINT"])  # SIGKILL: 30 s
 def test_one_run_interrupted_at_each_kind_of_point_in_turn_resumes_to_the_uninterrupted_run(
         kind, reference, forkserver, tmp_path, monkeypatch, capsys):
     """The run is interrupted at the first point, its resume at the second, and so on (a resume

@@ -216,10 +216,11 @@ class ModelEntry:
     options: tuple[ModelOption, ...] = ()
 
 
+# Called with every option of the model (``_build`` fills in the catalog's defaults), so none here.
 _BUILDERS: dict[str, Callable[..., ProbedModel]] = {
-    "lenet5": lambda s, k, activation="relu": LeNet5(s, k, activation),
-    "mlp": lambda s, k, widths=(128, 128), activation="relu": MLP(s, k, tuple(widths), activation),
-    "cifar-convnet": lambda s, k, width=0.25, activation="relu": CifarConvNet(s, k, float(width), activation),
+    "lenet5": lambda s, k, activation: LeNet5(s, k, activation),
+    "mlp": lambda s, k, widths, activation: MLP(s, k, tuple(widths), activation),
+    "cifar-convnet": lambda s, k, width, activation: CifarConvNet(s, k, float(width), activation),
 }
 #: Each built-in model of ``compute.nets.catalog`` (its name and options) with how it is built.
 REGISTRY: dict[str, ModelEntry] = {name: ModelEntry(name, _BUILDERS[name], options) for name, options in OPTIONS.items()}

@@ -35,8 +35,11 @@ demo: compute-demo
 # Test files run two at a time (pytest-xdist; a file's tests stay in one process, so module and
 # session fixtures, the session's Ray and a file's browser are set up once per process).
 # `make test` leaves out the cases marked slow (tests/conftest.py); `make test-slow` runs them; CI runs both.
+# Bytecode is written even where the environment says not to (PYTHONDONTWRITEBYTECODE): otherwise each pytest
+# process rewrites every test module's asserts again at collection (~4 s each) and each fresh process compiles
+# this repository's modules anew. The caches are .gitignored.
 TEST_WORKERS ?= 2
-PYTEST := NEURON_ATLAS_QUIET=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10
+PYTEST := PYTHONDONTWRITEBYTECODE= NEURON_ATLAS_QUIET=1 $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=10
 
 test: install
 	$(PYTEST) -m "not slow" tests

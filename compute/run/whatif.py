@@ -20,7 +20,8 @@ from compute.datasets.sources import ImageSet
 from compute.ablation.engine import AblationEngine
 from compute.errors import ConfigError
 from compute.nets.models import load_checkpoint
-from compute.run.config import RunConfig, load_data
+from compute.run.config import RunConfig
+from compute.run.data import load_data
 from warehouse.layout import CHECKPOINT, is_published, published_at
 from warehouse.validate import stored_run_config, verified_bytes
 

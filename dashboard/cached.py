@@ -83,9 +83,7 @@ def class_names(root: str, fp: Fingerprint, run_id: str) -> list[str]:
 
 @st.cache_data(show_spinner=False, max_entries=64)
 def epochs(root: str, fp: Fingerprint, run_id: str) -> pd.DataFrame:
-    return _connection(root, fp).execute(
-        "SELECT epoch, train_loss, train_acc, test_loss, test_acc FROM epochs WHERE run_id = ? ORDER BY epoch",
-        [run_id]).df()
+    return queries.epochs(_connection(root, fp), run_id)
 
 
 @st.cache_data(show_spinner=False, max_entries=128)

@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import plotly.express as px
 import streamlit as st
 
-from dashboard import cached, nav
+from dashboard import cached, nav, overview_charts
 from dashboard.state import ExplorerState, encode
 from warehouse.filters import UnitFilter
 from warehouse.queries import PRESETS, SPECIALIZED
@@ -51,13 +50,7 @@ def findings(root: str, fp: cached.Fingerprint, run: str, layers: list[str]) -> 
         _top(root, fp, important, "Most important units (ablation raises the loss most)",
              ["abl_loss_delta", "selectivity"], "first-important", "most important")
     with c3:
-        points, n = cached.scatter(root, fp, UnitFilter(run), "selectivity", "abl_loss_delta")
-        fig = px.scatter(points, x="selectivity", y="abl_loss_delta", color="layer", height=300,
-                         category_orders={"layer": layers}, title="Selectivity against importance",
-                         render_mode="webgl" if len(points) >= 1000 else "svg")
-        fig.update_layout(margin={"l": 0, "r": 0, "t": 40, "b": 0},
-                          legend={"orientation": "h", "y": -0.3, "title": {"text": ""}})
-        st.plotly_chart(fig, key="first-scatter")
+        st.plotly_chart(overview_charts.selectivity_vs_importance(root, fp, run, tuple(layers)), key="first-scatter")
         st.page_link(str(VIEWS / "explorer.py"), label="Explore the scatter →", query_params={"run": run})
 
 

@@ -139,6 +139,12 @@ def layer_summary(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
         [run_id]).df()
 
 
+def epochs(con: duckdb.DuckDBPyConnection, run_id: str) -> pd.DataFrame:
+    """The run's accuracy and loss per training epoch (no rows for a run loaded from a checkpoint)."""
+    return con.execute("SELECT epoch, train_loss, train_acc, test_loss, test_acc FROM epochs WHERE run_id = ? "
+                       "ORDER BY epoch", [run_id]).df()
+
+
 def layer_names(con: duckdb.DuckDBPyConnection, run_id: str) -> list[str]:
     rows = con.execute("SELECT layer FROM layers WHERE run_id = ? ORDER BY layer_index", [run_id]).fetchall()
     return [r[0] for r in rows]

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import shlex
 
-import plotly.express as px
 import streamlit as st
 
-from dashboard import cached, findings, ui
+from dashboard import cached, findings, overview_charts, ui
 from dashboard.compute_job import DEFAULT_RUN_ID, default_command, run_with_progress
 from warehouse.queries import DISTRIBUTIONS
 from warehouse.text import md_code
@@ -57,26 +56,11 @@ layers = cached.layer_summary(root, fp, run)
 st.dataframe(layers, hide_index=True, key="overview-layers")
 ui.downloads(f"layers-{run}", "dl-layers", frame=layers)
 
-hist = cached.epochs(root, fp, run)
-if len(hist):
-    long = hist.melt("epoch", ["train_acc", "test_acc"], var_name="split", value_name="accuracy")
-    st.plotly_chart(px.line(long, x="epoch", y="accuracy", color="split", markers=True, title="Accuracy per epoch"))
+accuracy = overview_charts.accuracy_per_epoch(root, fp, run)
+if accuracy is not None:
+    st.plotly_chart(accuracy)
 
 st.subheader("Distributions per layer")
-labels = {"selectivity": "class selectivity", "abl_loss_delta": "ablation importance (loss delta)",
-          "abl_acc_delta": "ablation accuracy delta", "taylor_norm": "Taylor importance (normalised)",
-          "sparsity": "sparsity (1 - fraction active)"}
 cols = st.columns(2)
 for i, metric in enumerate(DISTRIBUTIONS):
-    h = cached.histogram(root, fp, run, metric)
-    h["bin"] = (h["lo"] + h["hi"]) / 2
-    # One small panel per layer (facets) on a shared x axis: overlaid bars of several layers hide each other.
-    fig = px.bar(h, x="bin", y="count", facet_row="layer", title=labels[metric],
-                 labels={"bin": metric, "count": "units"}, height=110 + 90 * h["layer"].nunique())
-    fig.update_yaxes(matches=None, showticklabels=True)
-    # The layer's name inside its panel, top right: beside the panel, plotly's right margin cuts it ("fc", "c").
-    fig.for_each_annotation(lambda a: a.update(text=f"<b>{a.text.split('=')[-1]}</b>", textangle=0, x=0.995,
-                                               xanchor="right", bgcolor="rgba(255,255,255,0.8)"))
-    fig.update_traces(marker_line_width=0)
-    fig.update_layout(bargap=0.05)
-    cols[i % 2].plotly_chart(fig, key=f"hist-{metric}")
+    cols[i % 2].plotly_chart(overview_charts.distribution(root, fp, run, metric), key=f"hist-{metric}")

@@ -428,7 +428,6 @@ def _download(name: str, root: Path) -> Splits:
     return Splits(*out)
 
 
-#: The datasets read from files by name: from ``--data-dir`` when it is given, else a system copy or a download.
 IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 EXPECTED_FILES = {
     "mnist": ", ".join(f + "[.gz]" for f in IDX_FILES),

@@ -157,6 +157,17 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
                       "units holds unit values from -"),
     "unit-negative-no-statistics": (_rewrite("units.parquet", lambda t: _set(t, "unit", [-1 - u for u in t.column(
         "unit").to_pylist()]), write_statistics=False), "units holds unit values from -120 to -1"),
+    # Consistent hashes, contradictory contents: the units a run holds are not those its layers list.
+    "layer-not-listed": (_rewrite("units.parquet", lambda t: _set(t, "layer", [
+        "ghost" if x == "fc1" else x for x in t.column("layer").to_pylist()])), "units of layer 'ghost', which its layers"),
+    "layers-empty": (_rewrite("layers.parquet", lambda t: t.slice(0, 0)), "layers table is empty"),
+    "units-empty": (_rewrite("units.parquet", lambda t: t.slice(0, 0)), "holds unit 0 of layer 'conv1' not at all"),
+    "units-twice": (_rewrite("units.parquet", lambda t: pa.concat_tables([t, t])),
+                    "holds unit 0 of layer 'conv1' twice or more"),
+    "unit-beyond-its-layer": (_rewrite("units.parquet", lambda t: _set(t, "unit", [u + 1000 for u in t.column(
+        "unit").to_pylist()])), "holds unit 1000 of layer 'conv1', which has units 0 to 5"),
+    "class-grid-cut": (_rewrite("unit_classes.parquet", lambda t: t.slice(0, t.num_rows // 2)),
+                       "unit_classes has 1,130 rows, not one per unit and class \\(226 x 10\\)"),
     "checkpoint-replaced": (lambda run: (run / "checkpoint.pt").write_bytes(b"planted"), "checkpoint.pt has"),
     "checkpoint-same-size": (_flip_middle("checkpoint.pt"), "checkpoint.pt does not match its SHA-256"),
     "folder-unreadable": (_chmod("", 0), "cannot open|Permission"),

@@ -148,7 +148,7 @@ def _with_class_anomaly(units_file: str, classes_file: str) -> pa.Table | None:
     table = pq.read_table(units_file)
     grid = pq.read_table(classes_file, columns=["layer", "unit", "class", "anomaly"])
     n = table.num_rows
-    if n == 0 or grid.num_rows % n:
+    if n == 0 or grid.num_rows == 0 or grid.num_rows % n:
         return None
     k = grid.num_rows // n
     unit = grid["unit"].to_numpy().reshape(n, k)

@@ -73,7 +73,8 @@ def files(tmp_path: Path) -> dict[str, Path]:
                 Image.fromarray(rng.integers(0, 255, (size, size), dtype=np.uint8)).save(tmp_path / name / c / f"{i}.png")
         out[name] = tmp_path / name
     for name, sizes in (("bomb", {"a": 28, "b": 28}), ("mixed", {"a": 28, "b": 32}), ("empty", {"a": 28, "b": 28}),
-                        ("garbage-image", {"a": 28, "b": 28}), ("loop", {"only": 28})):
+                        ("garbage-image", {"a": 28, "b": 28}), ("loop", {"only": 28}), ("to-root", {"a": 28, "b": 28}),
+                        ("to-class", {"a": 28, "b": 28})):
         for c, size in sizes.items():
             (tmp_path / name / c).mkdir(parents=True)
             for i in range(5):
@@ -83,6 +84,8 @@ def files(tmp_path: Path) -> dict[str, Path]:
     (tmp_path / "empty" / "b" / "9.png").write_bytes(b"")
     (tmp_path / "garbage-image" / "b" / "9.png").write_bytes(b"\x89PNG not really")
     (tmp_path / "loop" / "only" / "again").symlink_to(tmp_path / "loop" / "only")  # a folder that contains itself
+    (tmp_path / "to-root" / "a" / "up").symlink_to(tmp_path / "to-root")  # class a would take b's images
+    (tmp_path / "to-class" / "a" / "more").symlink_to("../b")
     out["proc"] = Path("/proc/self")
     return out
 
@@ -157,6 +160,8 @@ FILE_CASES: list[tuple[str, list[str], str]] = [  # file fixture key, arguments,
     ("empty", ["--dataset", "folder:{}"], "is empty \\(0 bytes\\)"),
     ("garbage-image", ["--dataset", "folder:{}"], "cannot read image .*Replace or remove the file"),
     ("loop", ["--dataset", "folder:{}"], "needs at least two"),
+    ("to-root", ["--dataset", "folder:{}"], "a/up \\(in class 'a'\\) leads to the dataset folder, so images of other"),
+    ("to-class", ["--dataset", "folder:{}"], "a/more \\(in class 'a'\\) leads to class folder 'b'.*Remove the link"),
     ("proc", ["--dataset", "folder:{}"], "is a system folder"),
 ]
 OTHER_CASES: list[tuple[list[str], str]] = [

@@ -265,6 +265,12 @@ def _memory_bytes() -> int:
         return MAX_DATASET_BYTES * 2
 
 
+def _inode(folder: Path) -> tuple[int, int]:
+    """The (device, inode) a folder path leads to, links followed: the same folder however it is reached."""
+    st = folder.stat()
+    return st.st_dev, st.st_ino
+
+
 def _folder_samples(directory: Path, name: str) -> tuple[list[str], list[tuple[str, int]]]:
     """Class names (sub-folders, sorted) and (image path, class) in torchvision ImageFolder's order,
     walked with bounds: a system folder is refused at once, a folder reached twice (a symlink loop)
@@ -280,6 +286,10 @@ def _folder_samples(directory: Path, name: str) -> tuple[list[str], list[tuple[s
         raise DataError(f"{name}: cannot list {directory}: {e.strerror or e}.") from e
     if not classes:
         raise DataError(f"{name}: {directory} has no sub-folders; expected one sub-folder of images per class.")
+    try:  # a link from inside a class back to the dataset or to another class would relabel images
+        homes = {_inode(real / cls): cls for cls in classes} | {_inode(real): None}
+    except OSError as e:
+        raise DataError(f"{name}: cannot read the class folders of {directory}: {e.strerror or e}.") from e
     seen: set[tuple[int, int]] = set()
     entries = 0
     samples: list[tuple[str, int]] = []
@@ -289,10 +299,14 @@ def _folder_samples(directory: Path, name: str) -> tuple[list[str], list[tuple[s
         while stack:
             folder, depth = stack.pop()
             try:
-                st = folder.stat()
-                if (st.st_dev, st.st_ino) in seen:
+                key = _inode(folder)
+                if key in homes and homes[key] != cls:
+                    where = "the dataset folder" if homes[key] is None else f"class folder {homes[key]!r}"
+                    raise DataError(f"{name}: {folder} (in class {cls!r}) leads to {where}, so images of other "
+                                    f"classes would be counted under {cls!r}. Remove the link or move the folder out.")
+                if key in seen:
                     continue
-                seen.add((st.st_dev, st.st_ino))
+                seen.add(key)
                 listing = list(os.scandir(folder))
             except OSError as e:
                 raise DataError(f"{name}: cannot read folder {folder}: {e.strerror or e}.") from e

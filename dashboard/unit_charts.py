@@ -1,6 +1,10 @@
 """Charts of the unit page and the what-if page: one colour per quantity on every chart, every class
 named on class axes, axis titles with their units; two quantities of different scale get an axis each.
-Class names are shown as typed (``warehouse.text.chart``), never as Plotly's HTML."""
+Class names are shown as typed (``warehouse.text.chart``), never as Plotly's HTML.
+
+The unit page's figures are cached by their data (``st.cache_resource``: a figure takes Plotly 0.05-0.15 s,
+and the page reruns on every click); ``st.plotly_chart`` only reads them, and a cached figure must never be
+changed after it is returned."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ from collections.abc import Sequence
 
 import pandas as pd
 import plotly.graph_objects as go
+import streamlit as st
 from plotly.subplots import make_subplots
 
 from warehouse.text import chart
@@ -36,6 +41,7 @@ def class_axis(fig: go.Figure, classes: Sequence[object], **where: int) -> None:
                      **where)
 
 
+@st.cache_resource(show_spinner=False, max_entries=256)
 def act_vs_grad(df: pd.DataFrame, title: str, rectified: bool = False) -> go.Figure:
     """Per class: activation (left panel) beside the gradient signals (right panel, its own scale: a
     gradient near 0.01 stays visible beside activations near 7)."""
@@ -61,6 +67,7 @@ def act_vs_grad(df: pd.DataFrame, title: str, rectified: bool = False) -> go.Fig
     return fig
 
 
+@st.cache_resource(show_spinner=False, max_entries=256)
 def ablation_bars(cls: pd.DataFrame) -> go.Figure:
     """Per class: accuracy and loss change when the unit is zeroed."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy change when zeroed (removed - intact)",
@@ -78,6 +85,7 @@ def ablation_bars(cls: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@st.cache_resource(show_spinner=False, max_entries=256)
 def trace_lines(trace: pd.DataFrame, y: str, quantity: str, classes: list[str]) -> go.Figure:
     """One quantity per epoch, a line per class (class colours), titled by the quantity."""
     import plotly.express as px

@@ -120,6 +120,30 @@ def test_overview_lists_runs_layers_and_distributions(app, tables):
     assert all("unit=" in link for link in important["open"])
 
 
+def test_overview_figures_are_shared_by_sessions_and_rebuilt_for_a_new_run(warehouse_root, tmp_path):
+    """The overview's figures are cached objects: two sessions get the same one; a newly published run changes
+    the warehouse's fingerprint, so the next session's figure is built anew and counts the new run's units."""
+    import shutil
+
+    from tests.run_copies import clone_run
+
+    root = tmp_path / "wh"
+    shutil.copytree(warehouse_root, root)
+    script = ("import streamlit as st\n"
+              "from dashboard import cached, overview_charts\n"
+              f"root = {str(root)!r}\n"
+              "fig = overview_charts.distribution(root, cached.fingerprint(root), 'small', 'selectivity')\n"
+              "st.text(f'{id(fig)} {sum(sum(t.y) for t in fig.data)}')\n")
+    def session() -> list[str]:
+        return ok(AppTest.from_string(script, default_timeout=60).run()).text[0].value.split()
+
+    first, second = session(), session()
+    assert first == second and int(float(first[1])) == 226  # LeNet-5's units, one figure for both sessions
+    clone_run(root / "runs" / RUN_ID, root, "copy")  # another published run: the 'small' figure is rebuilt
+    third = session()
+    assert third[0] != first[0] and third[1] == first[1]
+
+
 def test_empty_warehouse_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(tmp_path))
     at = ok(AppTest.from_file(str(APP), default_timeout=60).run())

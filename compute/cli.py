@@ -333,6 +333,8 @@ def _run(args: argparse.Namespace, root: Path) -> int:
         raise ConfigError("--resume needs the --run-id of the interrupted run (see the folders in "
                           f"{staging_dir(root)}).")
     cfg = _config(args, seed=args.seed, label_noise=args.label_noise, run_id=args.run_id)
+    if not args.resume:  # a resumed run is checked on its saved configuration
+        cfg.require_weights()
     from compute.run.pipeline import compute_run  # torch: after the settings are checked
 
     executor = _executor(args)

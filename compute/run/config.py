@@ -77,6 +77,12 @@ class RunConfig:
         values["images"] = ImageConfig(img["top_k"], ActMaxConfig(**img["actmax"])) if img else None
         return RunConfig(**values)
 
+    def require_weights(self) -> None:
+        """A run that does not train (``epochs`` 0) starts from a checkpoint. Not a rule of the config itself:
+        ``compute.api.analyze`` probes a model given with its weights."""
+        if self.epochs == 0 and not self.checkpoint:
+            raise ConfigError("--epochs 0 (no training) needs --checkpoint with trained weights.")
+
     def model_options(self) -> dict[str, Any]:
         """This run's model options (``compute.nets.catalog.OPTIONS`` says which fields they are)."""
         return model_options(self.model, {f.name: getattr(self, f.name) for f in fields(self)})

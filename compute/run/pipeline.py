@@ -222,8 +222,7 @@ def compute_run(cfg: RunConfig, warehouse_root: Path, resume: bool = False,
         if writer.already_published:
             return published_summary(writer)
         cfg = settle_config(cfg, run_id, writer.stages_dir, resume)
-        if cfg.epochs == 0 and not cfg.checkpoint:
-            raise ConfigError("--epochs 0 (no training) needs --checkpoint with trained weights.")
+        cfg.require_weights()  # on resume, of the saved configuration
         splits, eval_set = load_data(cfg)
         crash_point("after-load")
         torch.manual_seed(cfg.seed)

@@ -161,9 +161,15 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "layer-not-listed": (_rewrite("units.parquet", lambda t: _set(t, "layer", [
         "ghost" if x == "fc1" else x for x in t.column("layer").to_pylist()])), "units of layer 'ghost', which its layers"),
     "layers-empty": (_rewrite("layers.parquet", lambda t: t.slice(0, 0)), "layers table is empty"),
-    "units-empty": (_rewrite("units.parquet", lambda t: t.slice(0, 0)), "holds unit 0 of layer 'conv1' not at all"),
+    "units-empty": (_rewrite("units.parquet", lambda t: t.slice(0, 0)), "table units has 0 rows; its layers table lists 226 units"),
     "units-twice": (_rewrite("units.parquet", lambda t: pa.concat_tables([t, t])),
-                    "holds unit 0 of layer 'conv1' twice or more"),
+                    "table units has 452 rows; its layers table lists 226 units, each held once"),
+    "unit-repeated": (_rewrite("units.parquet", lambda t: _set(t, "unit", [0 if i == 1 else u for i, u in enumerate(
+        t.column("unit").to_pylist())])), "holds unit 0 of layer 'conv1' twice or more"),
+    "unit-without-layer": (_rewrite("units.parquet", lambda t: _set(t, "layer", [None] + t.column(
+        "layer").to_pylist()[1:])), "rows without a layer or a unit index"),
+    "layer-of-2-billion-units": (_rewrite("layers.parquet", lambda t: _set(t, "n_units", [2**31 - 1] + t.column(
+        "n_units").to_pylist()[1:])), "lists 2,147,483,867 units"),
     "unit-beyond-its-layer": (_rewrite("units.parquet", lambda t: _set(t, "unit", [u + 1000 for u in t.column(
         "unit").to_pylist()])), "holds unit 1000 of layer 'conv1', which has units 0 to 5"),
     "class-grid-cut": (_rewrite("unit_classes.parquet", lambda t: t.slice(0, t.num_rows // 2)),

@@ -342,13 +342,18 @@ def _check_unit_grid(path: Path, n_classes: int) -> None:
     if len(sizes) != layers.num_rows or None in sizes or any(n is None or n < 1 for n in sizes.values()):
         raise BrokenRun("its layers table names a layer twice, names none, or gives a layer no units")
     units = pq.read_table(path / "units.parquet", columns=["layer", "unit"])
+    if units["layer"].null_count or units["unit"].null_count:
+        raise BrokenRun("table units has rows without a layer or a unit index")
+    if sum(sizes.values()) != units.num_rows:  # also bounds the count below by the file's own rows
+        raise BrokenRun(f"table units has {units.num_rows:,} rows; its layers table lists {sum(sizes.values()):,} "
+                        f"units, each held once")
     encoded = pa.compute.dictionary_encode(units["layer"]).combine_chunks()
     names = encoded.dictionary.to_pylist()
     ghost = next((name for name in names if name not in sizes), None)
     if ghost is not None:
         raise BrokenRun(f"table units holds units of layer {ghost!r}, which its layers table does not list")
     which = encoded.indices.to_numpy(zero_copy_only=False)
-    unit = units["unit"].fill_null(-1).to_numpy()
+    unit = units["unit"].to_numpy()
     size = np.array([sizes[name] for name in names], dtype=np.int64)[which]
     outside = np.flatnonzero((unit < 0) | (unit >= size))
     if outside.size:

@@ -344,9 +344,10 @@ def _check_unit_grid(path: Path, n_classes: int) -> None:
     units = pq.read_table(path / "units.parquet", columns=["layer", "unit"])
     if units["layer"].null_count or units["unit"].null_count:
         raise BrokenRun("table units has rows without a layer or a unit index")
-    if sum(sizes.values()) != units.num_rows:  # also bounds the count below by the file's own rows
-        raise BrokenRun(f"table units has {units.num_rows:,} rows; its layers table lists {sum(sizes.values()):,} "
-                        f"units, each held once")
+    total = sum(sizes.values())
+    if total != units.num_rows:  # also bounds the count below by the file's own rows
+        raise BrokenRun(f"table units has {units.num_rows:,} rows; its layers table lists {total:,} units, each "
+                        f"held once")
     encoded = pa.compute.dictionary_encode(units["layer"]).combine_chunks()
     names = encoded.dictionary.to_pylist()
     ghost = next((name for name in names if name not in sizes), None)
@@ -361,14 +362,12 @@ def _check_unit_grid(path: Path, n_classes: int) -> None:
         raise BrokenRun(f"table units holds unit {unit[i]} of layer {names[which[i]]!r}, which has units 0 to "
                         f"{size[i] - 1}")
     starts = dict(zip(sizes, np.cumsum([0, *sizes.values()])))
-    seen = np.bincount(np.array([starts[name] for name in names], dtype=np.int64)[which] + unit,
-                       minlength=sum(sizes.values()))
-    for count, what in ((seen > 1, "twice or more"), (seen == 0, "not at all")):
-        if count.any():
-            at = int(np.flatnonzero(count)[0])
-            layer = next(name for name in reversed(sizes) if starts[name] <= at)
-            raise BrokenRun(f"table units holds unit {at - starts[layer]} of layer {layer!r} {what}; a run holds "
-                            f"each unit its layers table lists once")
+    seen = np.bincount(np.array([starts[name] for name in names], dtype=np.int64)[which] + unit, minlength=total)
+    twice = np.flatnonzero(seen > 1)  # as many rows as units, all in range: a unit missing means one held twice
+    if twice.size:
+        layer = next(name for name in reversed(sizes) if starts[name] <= twice[0])
+        raise BrokenRun(f"table units holds unit {twice[0] - starts[layer]} of layer {layer!r} twice or more; a run "
+                        f"holds each unit its layers table lists once")
     grid = pq.read_metadata(path / "unit_classes.parquet").num_rows
     if grid != units.num_rows * n_classes:
         raise BrokenRun(f"table unit_classes has {grid:,} rows, not one per unit and class ({units.num_rows:,} x "

@@ -2,7 +2,7 @@
 costs in each, and a projection to ResNet-50 on ImageNet's 50,000 validation images for N workers;
 with ``--whole-run``, every stage after training of a whole run instead.
 
-    .venv/bin/python benchmarks/scale_out.py [--eval-size 10000] [--repeat 3] [--cpus 2]
+    .venv/bin/python benchmarks/scale_out.py [--eval-size 10000] [--repeat 20] [--rounds 3] [--cpus 2]
                                              [--device cpu|cuda] [--projection-images 4]
                                              [--sequential-share 0.58] [--no-projection]
     .venv/bin/python benchmarks/scale_out.py --whole-run [--run-dataset fashion-mnist]
@@ -10,16 +10,23 @@ with ``--whole-run``, every stage after training of a whole run instead.
 
 1. LeNet-5 (untrained weights: the cost of an ablation does not depend on them) on the real MNIST
    test set (``../shared/data/mnist``; mnist-5k's 1,000 test digits when absent), repeated
-   ``--repeat`` times so that the sweep dwarfs the fixed costs: every unit ablated alone, through
-   the same work items and merge in every case (``compute.distributed.work``), with each item's
-   result saved as a run does. Results are checked equal.
-2. Ray's fixed costs, per worker count: starting the actors, broadcasting the worker state (the
-   model once, the data per shard, plus each actor's first fetch), and the round trip of an empty
-   item times the sweep's items over the workers; their share of the whole (fixed + sweep) is
-   printed beside units/s, and the speed-up against in-process. Starting Ray itself (once per
-   cluster, not per run) is printed apart. Then the same sweep again on the same actors: what each
-   further run of a sweep of runs pays (one actor serves every run, ``RayExecutor``), without the
-   actors' start (which includes their imports: see ``ITEM_MODULES``) and the state's fetch.
+   ``--repeat`` times so that the sweep dwarfs the fixed costs (under 10% at the default): every unit
+   ablated alone, through the same work items and merge in every case (``compute.distributed.work``),
+   with each item's result saved as a run does. Results are checked equal.
+   Each case runs once per round, ``--rounds`` rounds in turn, and every speed-up is paired within its
+   round: this VM's speed drifts by 10-30% over minutes (its neighbours), so one case measured
+   minutes after another can be off by more than the effect. Medians and ranges are printed.
+   The machine's own ceiling is measured in every round too: the same sweep in two plain processes at
+   once (no Ray), each on half the shards, started together. In-process over the slower half is what
+   a 2-worker executor with no costs of its own would reach: two busy cores share this VM's caches,
+   memory and clock (on the 2-core EPYC of these notes even two pure-Python loops run at 1.69-1.77x
+   together, not 2x).
+2. Ray's fixed costs, per worker count and round: starting the actors, broadcasting the worker state
+   (the model once, the data per shard, plus each actor's first fetch), and the round trip of an
+   empty item times the sweep's items over the workers; their share of the whole (start and
+   broadcast + sweep) is printed beside units/s, and the speed-up against in-process, whole and for
+   the sweep alone (the sweep includes each actor's first fetch of the state and tracing the model,
+   as in-process includes tracing). Starting Ray itself (once per cluster, not per run) is printed apart.
 3. Projection: per-unit-per-image cost measured on ResNet-50 at 224x224 (a few units of an early and
    a late layer, so the throughput of small and large suffixes both count), scaled by every layer's
    suffix multiply-accumulates and unit count to the full single-unit sweep on 50,000 images, then
@@ -39,6 +46,7 @@ with ``--whole-run``, every stage after training of a whole run instead.
 from __future__ import annotations
 
 import argparse
+import multiprocessing as mp
 import os
 import sys
 import tempfile
@@ -88,6 +96,34 @@ def sweep(executor, worker: Worker, counts: dict[str, int], tmp: Path, name: str
     return _timed(lambda: work.single_unit(executor, worker, StageStore(tmp / name), counts))
 
 
+def _half_sweep(data: ImageSet, counts: dict[str, int], start, seconds) -> None:  # type: ignore[no-untyped-def]
+    """A child process's share of the ceiling: the sweep on ``data``, timed from the common start."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    worker = Worker(build_model(ModelSpec("lenet5", (1, 28, 28), 10, {})).eval(), {"eval": data})
+    with tempfile.TemporaryDirectory() as d:
+        start.wait()
+        _, t = sweep(InProcessExecutor(), worker, counts, Path(d), "half")
+    seconds.put(t)
+
+
+def ceiling(data: ImageSet, counts: dict[str, int]) -> float:
+    """Seconds of the slower of two plain processes sweeping half the shards each, started together."""
+    ctx = mp.get_context("spawn")  # a fresh interpreter, as a Ray worker is
+    half = len(work.shards(len(data))) // 2 * work.SHARD_EXAMPLES
+    parts = [ImageSet(data.images[a:b], data.labels[a:b], data.class_names, data.name)
+             for a, b in ((0, half), (half, len(data)))]
+    start, seconds = ctx.Barrier(3), ctx.Queue()
+    procs = [ctx.Process(target=_half_sweep, args=(part, counts, start, seconds)) for part in parts]
+    for proc in procs:
+        proc.start()
+    start.wait()
+    times = [seconds.get() for _ in procs]
+    for proc in procs:
+        proc.join()
+    return max(times)
+
+
 def ray_fixed_costs(ex, worker: Worker, tmp: Path, n_items: int = 200) -> dict[str, float]:
     """Seconds to start the actors, to broadcast the worker state, and per empty item."""
     import ray
@@ -126,7 +162,9 @@ def resnet50_projection(device: str, images: int) -> tuple[float, int, int]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--eval-size", type=int, default=10_000, help="MNIST test digits ablated (default 10000)")
-    ap.add_argument("--repeat", type=int, default=3, help="the digits repeated this many times (default 3)")
+    ap.add_argument("--repeat", type=int, default=20,
+                    help="the digits repeated this many times (default 20: fixed costs under 10%%)")
+    ap.add_argument("--rounds", type=int, default=3, help="times each case is measured, in turn (default 3)")
     ap.add_argument("--mnist", type=Path, default=SHARED_MNIST, help=f"MNIST IDX files (default {SHARED_MNIST})")
     ap.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default 2)")
     ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="device of the projection's measurement")
@@ -150,7 +188,7 @@ def main() -> None:
     if args.whole_run:
         whole_run(args.run_dataset, args.run_train_size, args.run_eval_size, args.run_epochs, args.cpus)
     elif not args.projection_only:
-        fixed = scale_out(_digits(args.eval_size, args.mnist, args.repeat), args.cpus)
+        fixed = scale_out(_digits(args.eval_size, args.mnist, args.repeat), args.cpus, args.rounds)
     else:
         fixed = {"actors": 0.0, "broadcast": 0.0, "item": 0.0}
     if not (args.no_projection or args.whole_run):
@@ -158,8 +196,16 @@ def main() -> None:
     print(f"load average after: {' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
-def scale_out(data: ImageSet, cpus: int) -> dict[str, float]:
-    """LeNet-5's sweep in process and on Ray with 1 and 2 workers; Ray's fixed costs with 2 workers."""
+def _spread(values: list[float], fmt: str = "{:.1f}") -> str:
+    """The median, and the range when there is more than one value."""
+    mid = fmt.format(float(np.median(values)))
+    return mid if len(values) == 1 else f"{mid} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def scale_out(data: ImageSet, cpus: int, rounds: int) -> dict[str, float]:
+    """LeNet-5's sweep in process, in two plain processes and on Ray with 1 and 2 workers, measured in turn
+    ``rounds`` times (so a change of the machine's speed during the benchmark hits every case alike); the
+    speed-ups are paired per round. Returns the median fixed costs with 2 workers."""
     import ray
 
     from compute.distributed.ray_executor import RayExecutor
@@ -173,36 +219,53 @@ def scale_out(data: ImageSet, cpus: int) -> dict[str, float]:
     n_items = len(work.packed(chunks, lambda c: c[2] - c[1], work.UNIT_CHUNK)) * len(work.shards(len(data)))
     print(f"LeNet-5, {units} units x {len(data):,} MNIST test digits = {units * len(data):,} unit-image "
           f"ablations in {n_items} items (shards of {work.SHARD_EXAMPLES}, up to {work.UNIT_CHUNK} units per item); "
-          "torch threads 1 per worker")
+          f"torch threads 1 per worker; {rounds} rounds, each case once per round")
+    _, t_start = _timed(lambda: ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
+                                         object_store_memory=500_000_000))
+    t_in: list[float] = []
+    t_two: list[float] = []
+    sweeps: dict[int, list[float]] = {1: [], 2: []}
+    fixed: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+    equal = True
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
-        ref, t_in = sweep(InProcessExecutor(), worker, counts, tmp, "in")
-        print(f"  in-process       {t_in:8.1f} s   {units / t_in:7.2f} units/s")
-        _, t_start = _timed(lambda: ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
-                                             object_store_memory=500_000_000))
-        fixed = {}
-
-        def equal(got) -> bool:  # type: ignore[no-untyped-def]
-            return all(np.array_equal(ref[1][k].loss_delta, got[1][k].loss_delta) for k in counts)
-
-        for n in (1, 2):
-            ex = RayExecutor(workers=n)
-            f = fixed[n] = ray_fixed_costs(ex, worker, tmp / f"fixed{n}")
-            got, t = sweep(ex, worker, counts, tmp, f"ray{n}")
-            same = equal(got)
-            overhead = f["actors"] + f["broadcast"] + n_items * f["item"] / n
-            whole = f["actors"] + f["broadcast"] + t
-            print(f"  Ray, {n} worker{'s' if n > 1 else ' '}    {whole:8.1f} s   {units / whole:7.2f} units/s   "
-                  f"speed-up {t_in / whole:.2f}x (sweep alone {t_in / t:.2f}x); fixed costs {overhead / whole:.1%} "
-                  f"(actors {f['actors']:.1f} s, broadcast {f['broadcast']:.1f} s, items {n_items} x "
-                  f"{1000 * f['item']:.1f} ms / {n}); bit-equal to in-process: {same}")
-            again, t_warm = sweep(ex, worker, counts, tmp, f"ray{n}-again")
-            print(f"    again on the same actors (started, state fetched): {t_warm:6.1f} s   "
-                  f"speed-up {t_in / t_warm:.2f}x; bit-equal to in-process: {equal(again)}")
-            ex.close()
-    print(f"Starting a local Ray (once per cluster): {t_start:.1f} s")
+        for r in range(rounds):
+            ref, t = sweep(InProcessExecutor(), worker, counts, tmp, f"in{r}")
+            t_in.append(t)
+            t_two.append(ceiling(data, counts))
+            line = f"  round {r + 1}: in-process {t:.1f} s, two plain processes {t_two[-1]:.1f} s"
+            for n in (1, 2):
+                ex = RayExecutor(workers=n)
+                fixed[n].append(ray_fixed_costs(ex, worker, tmp / f"fixed{n}-{r}"))
+                got, t = sweep(ex, worker, counts, tmp, f"ray{n}-{r}")
+                ex.close()
+                sweeps[n].append(t)
+                equal &= all(np.array_equal(ref[1][k].loss_delta, got[1][k].loss_delta) for k in counts)
+                line += f", Ray {n} worker{'s' if n > 1 else ''} {t:.1f} s (sweep)"
+            print(line, flush=True)
     ray.shutdown()
-    return fixed[2]
+    ratio = [i / t for i, t in zip(t_in, t_two)]
+    print(f"\n  {'':<22}{'seconds (whole)':<22}{'units/s':<12}{'speed-up, whole / sweep alone':<44}"
+          "fixed costs (start, broadcast, per item)")
+    print(f"  {'in-process':<22}{_spread(t_in):<22}{units / np.median(t_in):<12.2f}{'1':<44}-")
+    print(f"  {'two plain processes':<22}{_spread(t_two):<22}{units / np.median(t_two):<12.2f}"
+          f"{_spread(ratio, '{:.2f}') + 'x (the ceiling)':<44}- (no Ray: half the shards each)")
+    for n in (1, 2):
+        f = fixed[n]
+        costs = [x["actors"] + x["broadcast"] + n_items * x["item"] / n for x in f]
+        start = [x["actors"] + x["broadcast"] for x in f]
+        whole = [a + t for a, t in zip(start, sweeps[n])]
+        speed = _spread([i / w for i, w in zip(t_in, whole)], "{:.2f}")
+        alone = _spread([i / t for i, t in zip(t_in, sweeps[n])], "{:.2f}")
+        share = _spread([100 * c / w for c, w in zip(costs, whole)], "{:.1f}")
+        print(f"  {'Ray, %d worker%s' % (n, 's' if n > 1 else ''):<22}{_spread(whole):<22}"
+              f"{units / np.median(whole):<12.2f}{speed + 'x / ' + alone + 'x':<44}{share}% (actors "
+              f"{_spread([x['actors'] for x in f])} s, broadcast {_spread([x['broadcast'] for x in f])} s, "
+              f"{_spread([1000 * x['item'] for x in f])} ms x {n_items} items / {n})")
+    print(f"  medians (ranges) of {rounds} rounds; speed-ups paired per round; every Ray sweep bit-equal to "
+          f"in-process: {equal}")
+    print(f"Starting a local Ray (once per cluster): {t_start:.1f} s")
+    return {k: float(np.median([x[k] for x in fixed[2]])) for k in ("actors", "broadcast", "item")}
 
 
 class Counting:

@@ -53,3 +53,17 @@ def test_atlas_benchmark_prints_stages_ratios_and_the_convergence_figure():
         assert float(line[1]) >= 0 and line[3] == "(CPU" and float(line[4]) >= 0
     assert any(x.strip().startswith("N=  16  change") for x in lines)
     assert "default (early stop)" in out and "load average" in out
+
+
+@pytest.mark.slow
+def test_scale_out_benchmark_prints_paired_speed_ups_the_ceiling_and_equal_results():
+    out = run(["benchmarks/scale_out.py", "--eval-size", "4000", "--repeat", "1", "--rounds", "2", "--no-projection"])
+    lines = out.splitlines()
+    assert sum(x.strip().startswith("round ") for x in lines) == 2
+    rows = {name: next(x for x in lines if x.strip().startswith(name))
+            for name in ("in-process", "two plain processes", "Ray, 1 worker", "Ray, 2 workers")}
+    assert "x (the ceiling)" in rows["two plain processes"]
+    for name in ("Ray, 1 worker", "Ray, 2 workers"):
+        assert float(rows[name].split()[3]) > 0  # whole seconds (median), after "Ray, N worker(s)"
+        assert "% (actors" in rows[name] and "x 2 items" in rows[name]
+    assert "every Ray sweep bit-equal to in-process: True" in out and "Starting a local Ray" in out

@@ -40,7 +40,7 @@ with ``--whole-run``, every stage after training of a whole run instead.
    Fixed costs as in 2 (starting the actors, broadcasting that run's model and data, each item's round
    trip times the run's items over the workers), measured apart on the same state; the driver's own
    work (merging, sorting, writing the tables) is not counted as fixed but stays serial. Every run's
-   ``units`` table is checked equal to in-process.
+   ``units`` table is checked equal to in-process. In rounds, as in 1 (``--rounds``).
 """
 
 from __future__ import annotations
@@ -186,7 +186,7 @@ def main() -> None:
         ap.error("--device cuda: torch sees no CUDA device")
     print(f"load average before: {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
     if args.whole_run:
-        whole_run(args.run_dataset, args.run_train_size, args.run_eval_size, args.run_epochs, args.cpus)
+        whole_run(args.run_dataset, args.run_train_size, args.run_eval_size, args.run_epochs, args.cpus, args.rounds)
     elif not args.projection_only:
         fixed = scale_out(_digits(args.eval_size, args.mnist, args.repeat), args.cpus, args.rounds)
     else:
@@ -285,8 +285,10 @@ class Counting:
         self.inner.close()
 
 
-def whole_run(dataset: str, train_size: int | None, eval_size: int | None, epochs: int, cpus: int) -> None:
-    """Every stage after training of one LeNet-5 run, in process and on Ray with 1 and 2 workers."""
+def whole_run(dataset: str, train_size: int | None, eval_size: int | None, epochs: int, cpus: int,
+              rounds: int) -> None:
+    """Every stage after training of one LeNet-5 run, in process and on Ray with 1 and 2 workers, in turn
+    ``rounds`` times (as ``scale_out``)."""
     import pyarrow.parquet as pq
     import ray
 
@@ -311,23 +313,42 @@ def whole_run(dataset: str, train_size: int | None, eval_size: int | None, epoch
             summary, t = _timed(lambda: compute_run(replace(cfg, run_id=name), tmp / "w", executor=counting))
             return t, counting.items, pq.read_table(summary.path / "units.parquet").drop(["run_id"])
 
-        t_in, n_items, ref = run("in", InProcessExecutor())
-        print(f"  in-process       {t_in:8.1f} s   {n_items} items")
         _, t_start = _timed(lambda: ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False,
                                              object_store_memory=1_000_000_000))
         state = Worker(build_model(ModelSpec("lenet5", splits.train.shape, splits.train.n_classes, {})),
                        {"eval": eval_set, "train": splits.train, "test": splits.test})
-        for n in (1, 2):
-            ex = RayExecutor(workers=n)
-            f = ray_fixed_costs(ex, state, tmp / f"fixed{n}")
-            ex.close()
-            t, items, got = run(f"ray{n}", RayExecutor(workers=n))
-            fixed = f["actors"] + f["broadcast"] + items * f["item"] / n
-            print(f"  Ray, {n} worker{'s' if n > 1 else ' '}    {t:8.1f} s   speed-up {t_in / t:.2f}x; fixed costs "
-                  f"{fixed / t:.1%} (actors {f['actors']:.1f} s, broadcast {f['broadcast']:.1f} s, items {items} x "
-                  f"{1000 * f['item']:.1f} ms / {n}); units table equal to in-process: {got.equals(ref)}")
-    print(f"Starting a local Ray (once per cluster): {t_start:.1f} s")
+        t_in: list[float] = []
+        runs: dict[int, list[float]] = {1: [], 2: []}
+        fixed: dict[int, list[float]] = {1: [], 2: []}
+        costs: dict[int, list[dict[str, float]]] = {1: [], 2: []}
+        equal = True
+        for r in range(rounds):
+            t, n_items, ref = run(f"in{r}", InProcessExecutor())
+            t_in.append(t)
+            line = f"  round {r + 1}: in-process {t:.1f} s"
+            for n in (1, 2):
+                ex = RayExecutor(workers=n)
+                f = ray_fixed_costs(ex, state, tmp / f"fixed{n}-{r}")
+                ex.close()
+                t, items, got = run(f"ray{n}-{r}", RayExecutor(workers=n))
+                runs[n].append(t)
+                costs[n].append(f)
+                fixed[n].append(f["actors"] + f["broadcast"] + items * f["item"] / n)
+                equal &= got.equals(ref)
+                line += f", Ray {n} worker{'s' if n > 1 else ''} {t:.1f} s"
+            print(line, flush=True)
     ray.shutdown()
+    print(f"\n  in-process       {_spread(t_in)} s   {n_items} items")
+    for n in (1, 2):
+        f = costs[n]
+        print(f"  Ray, {n} worker{'s' if n > 1 else ' '}    {_spread(runs[n])} s   speed-up "
+              f"{_spread([i / t for i, t in zip(t_in, runs[n])], '{:.2f}')}x; fixed costs "
+              f"{_spread([100 * c / t for c, t in zip(fixed[n], runs[n])])}% (actors {_spread([x['actors'] for x in f])} s, "
+              f"broadcast {_spread([x['broadcast'] for x in f])} s, {_spread([1000 * x['item'] for x in f])} ms x "
+              f"{n_items} items / {n})")
+    print(f"  medians (ranges) of {rounds} rounds; speed-ups paired per round; every run's units table equal to "
+          f"in-process: {equal}")
+    print(f"Starting a local Ray (once per cluster): {t_start:.1f} s")
 
 
 def projection(device: str, images: int, f: dict[str, float], share: float) -> None:

@@ -61,6 +61,11 @@ def files(tmp_path: Path) -> dict[str, Path]:
     weights["fc1.bias"][3] = float("nan")
     torch.save(weights, tmp_path / "nan-weights.pt")
     out["nan-weights"] = tmp_path / "nan-weights.pt"
+    weights = LeNet5((1, 28, 28), 10).state_dict()
+    for kind, convert in (("sparse", torch.Tensor.to_sparse), ("meta", lambda t: t.to("meta")),
+                          ("complex", lambda t: t.to(torch.complex64))):  # torch's checks raise on the first two
+        torch.save({**weights, "fc1.weight": convert(weights["fc1.weight"])}, tmp_path / f"{kind}.pt")
+        out[kind] = tmp_path / f"{kind}.pt"
     os.mkfifo(tmp_path / "fifo.pt")
     out["fifo"] = tmp_path / "fifo.pt"
     out["dir"] = tmp_path
@@ -152,6 +157,9 @@ FILE_CASES: list[tuple[str, list[str], str]] = [  # file fixture key, arguments,
     ("fifo", ["--checkpoint", "{}", "--epochs", "0"], "is not a file"),
     ("dir", ["--checkpoint", "{}", "--epochs", "0"], "is not a file"),
     ("nan-weights", ["--checkpoint", "{}", "--epochs", "0"], "holds NaN or infinite weights \\(first in 'fc1.bias'\\)"),
+    ("sparse", ["--checkpoint", "{}", "--epochs", "0"], "holds a torch.sparse_coo tensor \\('fc1.weight'\\)"),
+    ("meta", ["--checkpoint", "{}", "--epochs", "0"], "holds a meta tensor \\('fc1.weight'\\)"),
+    ("complex", ["--checkpoint", "{}", "--epochs", "0"], "holds a complex tensor \\('fc1.weight'\\)"),
     ("one-each", ["--dataset", "folder:{}"], "class 'a' has 1 example\\(s\\).*at least two"),
     ("one-class", ["--dataset", "folder:{}"], "needs at least two"),
     ("tiny", ["--dataset", "folder:{}"], "cannot take images of 1x8x8.*Resize"),

@@ -299,6 +299,11 @@ def _load_safely(source: Path | bytes, what: str) -> Any:
                           f"torch.save holding a state dict.") from None
 
 
+def _plain_tensor(v: torch.Tensor) -> bool:
+    """A dense real tensor with values: what the finiteness check and ``load_state_dict`` can read."""
+    return v.layout == torch.strided and not (v.is_meta or v.is_complex() or v.is_quantized)
+
+
 def load_weights(model: nn.Module, path: Path) -> None:
     """Load trained weights into ``model`` from a file of ours or a plain state dict.
 
@@ -313,6 +318,13 @@ def load_weights(model: nn.Module, path: Path) -> None:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ConfigError(f"--checkpoint {path} holds no state dict (a mapping of parameter names to tensors); "
                           f"save one with torch.save(model.state_dict(), path).")
+    odd = next((k for k, v in state.items() if not _plain_tensor(v)), None)
+    if odd is not None:  # no values to check or copy (meta), or ops the checks and load_state_dict lack (sparse)
+        v = state[odd]
+        kind = "meta" if v.is_meta else "complex" if v.is_complex() else "quantized" if v.is_quantized else str(v.layout)
+        raise ConfigError(f"--checkpoint {path} holds a {kind} tensor ({shown(odd)}), not plain weights: every value "
+                          f"must be a dense real tensor holding its values (a meta tensor holds none; a sparse one "
+                          f"needs tensor.to_dense()). Save the state dict of a loaded model again.")
     bad = next((k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())), None)
     if bad is not None:  # every statistic of the run would be NaN, published as if it meant something
         raise ConfigError(f"--checkpoint {path} holds NaN or infinite weights (first in {shown(bad)}), as a diverged "

@@ -228,6 +228,19 @@ def test_bad_files(tmp_path, capsys, files, key, args, message):
     assert not files["marker"].exists() and _nothing_written(wh)
 
 
+def test_a_checkpoint_whose_outputs_overflow_is_refused(tmp_path, capsys):
+    """Finite weights so large that the logits overflow: with --epochs 0 nothing trains to notice, and every
+    statistic would be NaN. The run stops at its evaluation and publishes nothing."""
+    weights = LeNet5((1, 28, 28), 10).state_dict()
+    weights["fc1.weight"].fill_(1e38)
+    torch.save(weights, tmp_path / "huge.pt")
+    wh = tmp_path / "wh"
+    code, err = _call(compute_main, ["run", "--warehouse", str(wh), *QUICK, "--epochs", "0", "--checkpoint",
+                                     str(tmp_path / "huge.pt")], capsys)
+    assert code == 2 and "the model's loss on the training set is nan" in err, err
+    assert not (wh / "runs").exists() or not any((wh / "runs").iterdir())
+
+
 @pytest.mark.parametrize("argv,message", OTHER_CASES, ids=[f"other{i}" for i in range(len(OTHER_CASES))])
 def test_bad_arguments_of_other_commands(tmp_path, capsys, argv, message):
     code, err = _call(compute_main, [*argv[:1], *(["--warehouse", str(tmp_path)] if argv[0] == "sweep" else []),

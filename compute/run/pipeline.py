@@ -24,7 +24,7 @@ from compute.datasets.sources import ImageSet, Splits
 from compute.distributed import work
 from compute.distributed.images import unit_images
 from compute.distributed.executor import Executor, InProcessExecutor, Worker
-from compute.errors import ConfigError
+from compute.errors import ConfigError, TrainingError
 from compute.images.table import COLUMNS as IMAGE_COLUMNS
 from compute.images.table import ROW_GROUP_ROWS
 from compute.measure.specialization import class_cost_max, specialization
@@ -103,8 +103,15 @@ def _train(ctx: RunContext) -> dict[str, Any]:
 
 
 def _evaluate(ctx: RunContext) -> tuple[float, float, float, float]:
-    return (*work.evaluate(ctx.executor, ctx.worker(), ctx.items("evaluate"), "train"),
-            *work.evaluate(ctx.executor, ctx.worker(), ctx.items("evaluate"), "test"))
+    """Loss and accuracy on both splits; a loss that is not finite stops the run (every statistic would be NaN)."""
+    figures = (*work.evaluate(ctx.executor, ctx.worker(), ctx.items("evaluate"), "train"),
+               *work.evaluate(ctx.executor, ctx.worker(), ctx.items("evaluate"), "test"))
+    for split, loss in (("training set", figures[0]), ("test split", figures[2])):
+        if not np.isfinite(loss):  # training checks its own batches; --epochs 0 or a model from Python did not train
+            raise TrainingError(f"the model's loss on the {split} is {loss}: its outputs overflow or are NaN, so "
+                                f"every statistic would be NaN. Check the weights (--checkpoint, or the model given "
+                                f"from Python) or retrain with a lower --lr.")
+    return figures
 
 
 def _statistics(ctx: RunContext) -> Any:

@@ -62,6 +62,36 @@ def test_truncated_idx_file_is_named(tmp_path: Path, shared_mnist: Path):
         load_dataset(f"idx:{tmp_path}")
 
 
+def _write_idx(path: Path, array: np.ndarray) -> None:
+    """``array`` (uint8) as a gzip-compressed IDX file."""
+    header = bytes([0, 0, 8, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(gzip.compress(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()))
+
+
+def test_idx_splits_share_one_class_count_and_labels_must_not_skip(tmp_path: Path, shared_mnist: Path):
+    """The class count comes from every split's labels (a test split without the last class made a model of
+    10 outputs and tables of 9 classes, a traceback at publishing); a label far beyond the others (a damaged
+    file) and empty files are named, not a 201-class run or numpy's traceback."""
+    images = read_idx(shared_mnist / "t10k-images-idx3-ubyte.gz")[:800]
+    labels = read_idx(shared_mnist / "t10k-labels-idx1-ubyte.gz")[:800].copy()
+    test = np.flatnonzero(labels[600:] != 9) + 600
+    for split, idx in (("train", np.arange(600)), ("t10k", test)):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", images[idx])
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels[idx])
+    splits = load_dataset(f"idx:{tmp_path}")
+    assert splits.train.class_names == splits.test.class_names == tuple("0123456789")
+    labels[5] = 200
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels[:600])
+    with pytest.raises(DataError, match="labels run up to 200, but 190 class number\\(s\\) below it \\(10, 11, 12, 13, "
+                                        "14, ...\\) have no example.*renumber"):
+        load_dataset(f"idx:{tmp_path}")
+    for kind in ("images", "labels"):
+        _write_idx(tmp_path / f"train-{kind}-idx{3 if kind == 'images' else 1}-ubyte.gz",
+                   (images if kind == "images" else labels)[:0])
+    with pytest.raises(DataError, match="train is empty: it holds no images"):
+        load_dataset(f"idx:{tmp_path}")
+
+
 def test_unknown_and_missing_datasets_explain_the_options(tmp_path: Path):
     with pytest.raises(DataError, match="unknown dataset 'imagenet'.*mnist-5k"):
         load_dataset("imagenet")

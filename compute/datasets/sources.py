@@ -174,12 +174,23 @@ def _mnist5k() -> Splits:
 
 
 def _idx_splits(directory: Path, name: str, class_names: tuple[str, ...] | None) -> dict[str, ImageSet]:
-    sets = {}
-    for split, (img_path, lab_path) in find_idx_splits(directory).items():
-        images, labels = load_idx_pair(img_path, lab_path)
-        names = class_names or tuple(str(i) for i in range(int(labels.max()) + 1))
-        sets[split] = ImageSet(torch.from_numpy(images), torch.from_numpy(labels), names, f"{name}/{split}")
-    return sets
+    """Every split in ``directory``, all with the same classes: ``class_names``, else 0..the largest label
+    of any split (a test split lacking the last class must not make a model of fewer outputs)."""
+    found = find_idx_splits(directory)
+    pairs = {split: load_idx_pair(img_path, lab_path) for split, (img_path, lab_path) in found.items()}
+    names = class_names
+    if names is None and pairs:
+        seen = np.unique(np.concatenate([labels for _, labels in pairs.values()]))
+        names = tuple(str(i) for i in range(int(seen.max(initial=0)) + 1))
+        missing = sorted(set(range(len(names))) - set(seen.tolist())) if len(seen) else []  # empty: ImageSet says so
+        if missing:  # a damaged label, or numbers that skip: each would be a class of no examples, a model output
+            raise DataError(
+                f"{name}: the labels run up to {len(names) - 1}, but {len(missing)} class number(s) below it "
+                f"({', '.join(map(str, missing[:5]))}{', ...' if len(missing) > 5 else ''}) have no example in any "
+                f"split ({', '.join(str(lab) for _, lab in found.values())}). IDX labels are class numbers "
+                f"0..K-1: replace a damaged label file, or renumber the classes without gaps.")
+    return {split: ImageSet(torch.from_numpy(images), torch.from_numpy(labels), names, f"{name}/{split}")
+            for split, (images, labels) in pairs.items()}
 
 
 def _split_single(data: ImageSet, name: str) -> Splits:

@@ -92,6 +92,25 @@ def test_idx_splits_share_one_class_count_and_labels_must_not_skip(tmp_path: Pat
         load_dataset(f"idx:{tmp_path}")
 
 
+def test_idx_headers_cut_short_and_splits_of_two_sizes_are_named(tmp_path: Path, shared_mnist: Path):
+    """A header naming no dimensions (numpy's reshape error) or more than the file holds (a negative byte count)
+    is named; a test split of another image size than the training split is named as such, not as an
+    --eval-dataset the command line never gave."""
+    for head in (b"\x00\x00\x08\x00", b"\x00\x00\x08\x03\x00\x00"):
+        (tmp_path / "short").write_bytes(head)
+        with pytest.raises(DataError, match="is truncated or corrupt: its header names [03] dimension\\(s\\) "
+                                            "\\([0-9]+ header bytes\\), the file holds [46] bytes"):
+            read_idx(tmp_path / "short")
+    images = read_idx(shared_mnist / "t10k-images-idx3-ubyte.gz")[:400]
+    labels = read_idx(shared_mnist / "t10k-labels-idx1-ubyte.gz")[:400]
+    _write_idx(tmp_path / "train-images-idx3-ubyte.gz", images[:300])
+    _write_idx(tmp_path / "train-labels-idx1-ubyte.gz", labels[:300])
+    _write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", np.pad(images[300:], ((0, 0), (2, 2), (2, 2))))
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte.gz", labels[300:])
+    with pytest.raises(DataError, match="/test has images of shape \\(1, 32, 32\\) but .*/train has \\(1, 28, 28\\)"):
+        load_dataset(f"idx:{tmp_path}")
+
+
 def test_unknown_and_missing_datasets_explain_the_options(tmp_path: Path):
     with pytest.raises(DataError, match="unknown dataset 'imagenet'.*mnist-5k"):
         load_dataset("imagenet")

@@ -28,8 +28,11 @@ def read_idx(path: Path) -> np.ndarray:
         raise DataError(f"{path} is not an unsigned-byte IDX file (bad magic number).")
     ndim = raw[3]
     header = 4 + 4 * ndim
+    if ndim == 0 or len(raw) < header:  # no shape to read, or a header cut short: nothing to reshape
+        raise DataError(f"{path} is truncated or corrupt: its header names {ndim} dimension(s) "
+                        f"({header} header bytes), the file holds {len(raw)} bytes. Re-download or replace the file.")
     dims = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    expected = math.prod(dims) if dims else 0  # Python integers: four 32-bit dimensions cannot overflow
+    expected = math.prod(dims)  # Python integers: four 32-bit dimensions cannot overflow
     if len(raw) - header != expected:
         raise DataError(
             f"{path} is truncated or corrupt: header says {dims} ({expected} bytes), "

@@ -99,6 +99,12 @@ class Splits:
     train: ImageSet
     test: ImageSet
 
+    def __post_init__(self) -> None:
+        if self.train.shape != self.test.shape:  # one model reads both: named here, not as torch's shape error
+            raise DataError(f"{self.test.name} has images of shape {self.test.shape} but {self.train.name} has "
+                            f"{self.train.shape}; a model takes one image size. Resize one split's images to the "
+                            f"other's.")
+
 
 def require_classes(data: ImageSet) -> ImageSet:
     """``data`` if it has examples of at least two classes: selectivity, per-class statistics and

@@ -111,6 +111,17 @@ def test_idx_headers_cut_short_and_splits_of_two_sizes_are_named(tmp_path: Path,
         load_dataset(f"idx:{tmp_path}")
 
 
+def test_idx_images_of_no_pixels_are_refused(tmp_path: Path):
+    """IDX files of 0x0 images (valid headers, no pixel bytes): an mlp of zero inputs trained and published."""
+    labels = np.arange(100, dtype=np.uint8) % 10
+    for split in ("train", "t10k"):
+        _write_idx(tmp_path / f"{split}-images-idx3-ubyte.gz", np.zeros((100, 0, 0), np.uint8))
+        _write_idx(tmp_path / f"{split}-labels-idx1-ubyte.gz", labels)
+    with pytest.raises(DataError, match="train: its images are 1x0x0 \\(channels x height x width\\), so they hold "
+                                        "no pixels"):
+        load_dataset(f"idx:{tmp_path}")
+
+
 def test_unknown_and_missing_datasets_explain_the_options(tmp_path: Path):
     with pytest.raises(DataError, match="unknown dataset 'imagenet'.*mnist-5k"):
         load_dataset("imagenet")

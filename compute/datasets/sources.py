@@ -58,6 +58,10 @@ class ImageSet:
             )
         if len(self.images) == 0:
             raise DataError(f"dataset {self.name} is empty: it holds no images.")
+        if 0 in self.images.shape[1:]:  # a model of zero inputs would train and publish a run of no signal
+            c, h, w = self.images.shape[1:]
+            raise DataError(f"dataset {self.name}: its images are {c}x{h}x{w} (channels x height x width), so they "
+                            f"hold no pixels. Replace the image files.")
         if self.labels.shape != (len(self.images),):
             raise DataError(
                 f"dataset {self.name}: {len(self.images)} images but labels of shape "

@@ -122,6 +122,27 @@ def test_idx_images_of_no_pixels_are_refused(tmp_path: Path):
         load_dataset(f"idx:{tmp_path}")
 
 
+def test_folder_of_16_bit_greys_keeps_its_tones_and_32_bit_pixels_are_refused(tmp_path: Path):
+    """PIL's conversion of a 16-bit grey image clips at 255 (a black-and-white image, silently); it is scaled
+    to 8 bits instead. 32-bit integer or float pixels have no known range: named, not clipped."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "grey16" / c).mkdir(parents=True)
+        for i in range(5):
+            Image.fromarray(rng.integers(0, 65536, (12, 12), dtype=np.uint16)).save(tmp_path / "grey16" / c / f"{i}.png")
+    data = load_dataset(f"folder:{tmp_path / 'grey16'}")
+    first = np.asarray(Image.open(tmp_path / "grey16" / "a" / "0.png"), dtype=np.uint16)
+    both = torch.cat([data.train.images, data.test.images])
+    assert any(np.array_equal(img[0].numpy(), (first >> 8).astype(np.uint8)) for img in both)
+    assert len(np.unique(both.numpy())) > 200
+    for mode, dtype in (("integer", np.int32), ("floating-point", np.float32)):
+        Image.fromarray(np.zeros((12, 12), dtype)).save(tmp_path / "grey16" / "b" / "9.tif")
+        with pytest.raises(DataError, match=f"9.tif holds 32-bit {mode} pixels .*Save the images as 8- or 16-bit"):
+            load_dataset(f"folder:{tmp_path / 'grey16'}")
+
+
 def test_unknown_and_missing_datasets_explain_the_options(tmp_path: Path):
     with pytest.raises(DataError, match="unknown dataset 'imagenet'.*mnist-5k"):
         load_dataset("imagenet")

@@ -13,6 +13,7 @@ import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +21,9 @@ import torch
 from compute.errors import DataError
 from compute.datasets.idx import find_idx_splits, load_idx_pair
 from compute.datasets.names import FILE_DATASETS, check_spec
+
+if TYPE_CHECKING:  # PIL loads only when a folder is read
+    from PIL import Image
 
 DIGITS = tuple(str(i) for i in range(10))
 FASHION_CLASSES = (
@@ -375,7 +379,20 @@ def _image_header(path: str, name: str) -> tuple[str, tuple[int, int]]:
     if size[0] * size[1] > MAX_IMAGE_PIXELS:
         raise DataError(f"{name}: {path} is {size[0]:,}x{size[1]:,} pixels ({size[0] * size[1]:,}); at most "
                         f"{MAX_IMAGE_PIXELS:,} pixels per image (e.g. 4096x4096) are accepted. Resize the images.")
+    if mode in ("I", "F"):  # PIL's conversion clips them at 255, and their range is not known to scale them
+        raise DataError(f"{name}: {path} holds 32-bit {'integer' if mode == 'I' else 'floating-point'} pixels "
+                        f"(PIL mode {mode}), whose range to map to 0..255 is not known. Save the images as 8- or "
+                        f"16-bit PNGs.")
     return mode, size
+
+
+def _pixels(img: Image.Image, mode: str) -> np.ndarray:
+    """``img`` as uint8 in ``mode`` ("L" or "RGB"). 16-bit greys are scaled to 8 bits: PIL's own conversion
+    clips them at 255, which turns a 16-bit image into black and white."""
+    if img.mode.startswith("I;16"):
+        grey = (np.asarray(img, dtype=np.uint16) >> 8).astype(np.uint8)
+        return grey if mode == "L" else np.repeat(grey[..., None], 3, axis=2)
+    return np.asarray(img.convert(mode), dtype=np.uint8)
 
 
 def _image_folder(directory: Path, name: str) -> ImageSet:
@@ -408,7 +425,7 @@ def _image_folder(directory: Path, name: str) -> ImageSet:
         try:
             with warnings.catch_warnings(), Image.open(path) as img:
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                arr = np.asarray(img.convert(mode), dtype=np.uint8)
+                arr = _pixels(img, mode)
         except (OSError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
             raise DataError(f"{name}: cannot read image {path}: {e}. Replace or remove the file.") from e
         if arr.shape != x.shape[1:]:

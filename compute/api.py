@@ -30,7 +30,29 @@ from compute.run.config import RunConfig, RunSummary, default_run_id, settle_con
 from compute.run.pipeline import analyze_into
 from compute.threads import DEFAULT_THREADS
 from warehouse.layout import check_run_id, default_path
+from warehouse.parse import shown
 from warehouse.publish import RunWriter
+
+
+def _class_number(label: object) -> bool:
+    """Whether ``label`` is one whole number (an int, or a one-element tensor or array of one), not a one-hot
+    vector, a fraction or a name, which ``int()`` refuses with a traceback or truncates."""
+    if isinstance(label, bool):
+        return False
+    try:
+        t = torch.as_tensor(label)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return t.numel() == 1 and t.dtype not in (torch.bool, torch.complex64, torch.complex128) and float(t).is_integer()
+
+
+def _image_tensor(x: object, index: int, name: str) -> torch.Tensor:
+    """One example's image as a tensor; a PIL image or other object is named, with the transform it lacks."""
+    try:
+        return torch.as_tensor(x)
+    except (TypeError, ValueError, RuntimeError):
+        raise DataError(f"{name}: image {index} is a {type(x).__name__}, not a tensor or array; give the dataset a "
+                        f"transform to tensors (e.g. torchvision.transforms.ToTensor()).") from None
 
 
 def as_imageset(data: ImageSet | Dataset, class_names: Sequence[str] | None, name: str) -> ImageSet:
@@ -43,8 +65,20 @@ def as_imageset(data: ImageSet | Dataset, class_names: Sequence[str] | None, nam
         raise DataError(f"{name}: expected an ImageSet or a map-style Dataset with len(), got {type(data).__name__}.") from e
     if not items:
         raise DataError(f"{name} is empty: it holds no images.")
-    images = torch.stack([torch.as_tensor(x) for x, _ in items])
+    pixels = [_image_tensor(x, i, name) for i, (x, _) in enumerate(items)]
+    odd = next((i for i, x in enumerate(pixels) if x.shape != pixels[0].shape), None)
+    if odd is not None:  # torch.stack's error names neither the dataset nor the fix
+        raise DataError(f"{name}: image {odd} has shape {tuple(pixels[odd].shape)}, image 0 "
+                        f"{tuple(pixels[0].shape)}; a model takes one image size: resize them to one size.")
+    bad = next((i for i, (_, y) in enumerate(items) if not _class_number(y)), None)
+    if bad is not None:
+        raise DataError(f"{name}: the label of example {bad} is {shown(items[bad][1])}, not a class number; labels must "
+                        f"be integers 0..K-1 (an int or a one-element integer tensor), with class_names for their names.")
+    images = torch.stack(pixels)
     if images.dtype.is_floating_point:
+        if not bool(torch.isfinite(images).all()):
+            where = int((~torch.isfinite(images)).flatten(1).any(1).nonzero()[0])
+            raise DataError(f"{name}: image {where} holds NaN or infinite pixel values; replace or drop it.")
         if float(images.min()) < 0 or float(images.max()) > 1:
             raise DataError(f"{name}: float images must lie in [0, 1] (found {float(images.min()):.3g}.."
                             f"{float(images.max()):.3g}); move normalisation into the model.")
@@ -52,6 +86,9 @@ def as_imageset(data: ImageSet | Dataset, class_names: Sequence[str] | None, nam
     if images.dim() == 3:
         images = images[:, None]
     labels = torch.tensor([int(y) for _, y in items], dtype=torch.long)
+    if not class_names and int(labels.max()) >= len(labels):  # a name per class up to it: a label of 10**12, a hang
+        raise DataError(f"{name}: label {int(labels.max())} implies more classes than its {len(labels)} examples; "
+                        f"labels must be class numbers 0..K-1. Renumber them, or pass class_names.")
     names = tuple(class_names) if class_names else tuple(str(i) for i in range(int(labels.max()) + 1))
     return ImageSet(images.contiguous(), labels, names, name)
 

@@ -182,3 +182,43 @@ def test_python_api_trains_and_analyzes_a_custom_module(tmp_path: Path):
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), net.state_dict().values()))
     with pytest.raises(DataError, match="must lie in \\[0, 1\\]"):
         analyze(net, torch.utils.data.TensorDataset(torch.randn(4, 1, 28, 28) * 5, torch.zeros(4)), warehouse=tmp_path)
+
+
+class _Pairs(torch.utils.data.Dataset):
+    """Real digits as (image, label) pairs, each passed through ``convert(index, image, label)``."""
+
+    def __init__(self, convert) -> None:
+        self.data, self.convert = stratified_subset(load_dataset("mnist-5k").test, 40), convert
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        return self.convert(i, self.data.floats(i, i + 1)[0], int(self.data.labels[i]))
+
+
+@pytest.mark.parametrize("convert,message", [
+    (lambda i, x, y: (x[:, :27] if i == 3 else x, y), "image 3 has shape \\(1, 27, 28\\), image 0 \\(1, 28, 28\\)"),
+    (lambda i, x, y: (x, F.one_hot(torch.tensor(y), 10)), "label of example 0 is 'tensor\\(\\[.*not a class number"),
+    (lambda i, x, y: (x, f"digit {y}"), "label of example 0 is 'digit \\d', not a class number"),
+    (lambda i, x, y: (x, y + 0.5), "label of example 0 is '\\d\\.5', not a class number"),
+    (lambda i, x, y: (x.clone().fill_(float("nan")) if i == 7 else x, y), "image 7 holds NaN or infinite pixel values"),
+    (lambda i, x, y: (Image.fromarray((x[0] * 255).byte().numpy()), y), "image 0 is a Image, not a tensor.*ToTensor"),
+    (lambda i, x, y: (x, 10**6 if i == 5 else y), "label 1000000 implies more classes than its 40 examples"),
+])
+def test_python_api_names_a_dataset_it_cannot_read(tmp_path: Path, convert, message):
+    """Map-style datasets with ragged images, labels that are no class number, NaN pixels or PIL images: one
+    paragraph each, not torch.stack's or int()'s traceback, NaN pixels silently turned to 0, or a name made for
+    each of a million classes."""
+    with pytest.raises(DataError, match=message):
+        analyze(ResidualNet(), _Pairs(convert), images=None, warehouse=tmp_path, run_id="bad")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_python_api_names_a_model_of_fewer_outputs_than_classes(tmp_path: Path):
+    """A model of 5 logits for data of 10 classes failed in the first loss with torch's IndexError."""
+    net = ResidualNet()
+    net.fc = nn.Linear(net.fc.in_features, 5)
+    with pytest.raises(ConfigError, match="output for one image is of shape \\(5,\\), but the data has 10 classes"):
+        analyze(net, _Pairs(lambda i, x, y: (x, y)), images=None, warehouse=tmp_path, run_id="five")
+    assert not any((tmp_path / "runs").iterdir())

@@ -368,6 +368,21 @@ def load_checkpoint(source: Path | bytes) -> tuple[ProbedModel, ModelSpec | None
     return model.eval(), spec
 
 
+def check_outputs(model: nn.Module, in_shape: tuple[int, int, int], n_classes: int, device: str = "cpu") -> None:
+    """The model returns a logit per class (more are allowed: a pretrained head scored on some of its classes).
+
+    A model given from Python with fewer outputs, or outputs of another shape, would fail in the first
+    loss with torch's IndexError or a shape error."""
+    with torch.no_grad():
+        out = model.eval()(torch.zeros(1, *in_shape, device=device))
+    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] >= n_classes:
+        return
+    got = f"of shape {tuple(out.shape[1:])}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+    raise ConfigError(f"the model's output for one image is {got}, but the data has {n_classes} classes: a classifier "
+                      f"must return logits of shape (batch, {n_classes}), one per class. Give the model a head of "
+                      f"{n_classes} outputs, or check the labels and class names of the data.")
+
+
 def layer_shapes(model: ProbedModel, in_shape: tuple[int, int, int], device: str = "cpu") -> dict[str, tuple[int, ...]]:
     """Activation shape of one example at each probe point, units first: (C, H, W) for conv maps,
     (U,) for linear layers, (C, T) for token units, (C, H, W) for channels-last maps too.

@@ -68,7 +68,7 @@ def _width(text: str) -> float:
 
 
 def _interval_width(text: str) -> float:
-    return _float(text, 0.0, 100.0, "an interval width in loss units")
+    return _float(text, 0.0, 100.0, "an interval width in loss units", open_lo=True)
 
 
 def _model_name(text: str) -> str:

@@ -140,7 +140,7 @@ RUN_CASES: list[tuple[list[str], str]] = [
     (["--lr", "1" * 5000], "expected a learning rate"), (["--label-noise", "0." + "0" * 5000], "fraction"),
     (["--seed", "+-1"], "expected a seed"), (["--seed", " "], "expected a seed"), (["--seed", "0x10"], "expected a seed"),
     (["--actmax-tol", "nan"], "fraction"), (["--ray-gpus", "2"], "fraction of a GPU"),
-    (["--ray-gpus", "nan"], "fraction of a GPU"),
+    (["--ray-gpus", "nan"], "fraction of a GPU"), (["--ablation-width", "0"], "expected an interval width"),
     # resources named as what they are, before anything is allocated
     (["--model", "mlp", "--widths", "9999999,9999999"], "too large: .* parameters need"),
 ]

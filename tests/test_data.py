@@ -267,3 +267,26 @@ def test_a_planted_cifar_batch_cannot_run_code(tmp_path: Path):
     with pytest.raises(DataError, match="unreadable or corrupt"):
         load_dataset("cifar10", data_dir=tmp_path)
     assert not Path("/tmp/neuron-atlas-planted-cifar").exists()
+
+
+def test_folder_of_colour_images_whose_first_file_is_grey_stays_in_colour(tmp_path: Path):
+    """The colour mode comes from every image, not the first: a grey file sorting first made the whole set grey."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    colour = {}
+    for c in ("a", "b"):
+        (tmp_path / "set" / c).mkdir(parents=True)
+        for i in range(5):
+            if (c, i) == ("a", 0):
+                Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8), "L").save(tmp_path / "set" / c / "0.png")
+            else:
+                colour[(c, i)] = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                Image.fromarray(colour[(c, i)], "RGB").save(tmp_path / "set" / c / f"{i}.png")
+    data = load_dataset(f"folder:{tmp_path / 'set'}")
+    both = torch.cat([data.train.images, data.test.images]).numpy()
+    assert both.shape[1:] == (3, 8, 8)
+    stored = {img.tobytes() for img in both}
+    assert all(px.transpose(2, 0, 1).tobytes() in stored for px in colour.values())  # every colour pixel kept
+    grey = np.asarray(Image.open(tmp_path / "set" / "a" / "0.png"))
+    assert np.stack([grey] * 3).tobytes() in stored  # the grey image in all three channels

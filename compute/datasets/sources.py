@@ -398,19 +398,21 @@ def _pixels(img: Image.Image, mode: str) -> np.ndarray:
 def _image_folder(directory: Path, name: str) -> ImageSet:
     """A torchvision-style ImageFolder (one sub-folder per class) read into memory.
 
-    Greyscale if the first image is greyscale, else RGB; all images must share one size. Every
-    header is read (sizes, limits) before any image is decoded, so a file claiming 60000x60000 pixels
-    or a set larger than memory is refused in seconds with the figure.
+    Greyscale if every image is greyscale, else RGB (a grey image among colour ones gets its grey in all
+    three channels: deciding by the first image alone turned a colour set whose first file is grey into
+    grey); all images must share one size. Every header is read (modes, sizes, limits) before any image
+    is decoded, so a file claiming 60000x60000 pixels or a set larger than memory is refused in seconds
+    with the figure.
     """
     import warnings
 
     from PIL import Image
 
     classes, samples = _folder_samples(directory, name)
-    first_mode, first_size = _image_header(samples[0][0], name)
-    mode = "L" if first_mode in ("L", "1", "I;16", "I") else "RGB"
-    for path, _ in samples[1:]:
-        size = _image_header(path, name)[1]
+    headers = [_image_header(path, name) for path, _ in samples]
+    first_size = headers[0][1]
+    mode = "L" if all(m in ("L", "1") or m.startswith("I;16") for m, _ in headers) else "RGB"
+    for (path, _), (_, size) in zip(samples, headers):
         if size != first_size:
             raise DataError(f"{name}: {path} is {size[::-1]} pixels (height, width), the first image "
                             f"{first_size[::-1]}; resize the images to one size.")

@@ -56,6 +56,28 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path: Path):
         load_checkpoint(tmp_path / "bad.pt")
 
 
+def test_weights_saved_inside_data_parallel_or_after_compile_load_into_the_plain_model(tmp_path: Path):
+    """DataParallel / DistributedDataParallel save every name under ``module.``, torch.compile under ``_orig_mod.``:
+    the prefix is dropped (the weights are the same), and a prefix on some names only is still refused."""
+    from compute.nets.models import load_weights
+
+    torch.manual_seed(2)
+    spec = ModelSpec("lenet5", (1, 28, 28), 10, {})
+    trained = build_model(spec).eval()
+    x = torch.rand(4, 1, 28, 28)
+    for prefix in ("module.", "_orig_mod."):
+        torch.save({"state_dict": {prefix + k: v for k, v in trained.state_dict().items()}}, tmp_path / "w.pt")
+        fresh = build_model(spec).eval()
+        load_weights(fresh, tmp_path / "w.pt")
+        assert torch.equal(fresh(x), trained(x))
+    mixed = dict(trained.state_dict())
+    mixed["module.fc3.bias"] = mixed.pop("fc3.bias")
+    torch.save(mixed, tmp_path / "mixed.pt")
+    with pytest.raises(ConfigError, match=r"does not fit the model: missing \['fc3.bias'\], unexpected "
+                                          r"\['module.fc3.bias'\]"):
+        load_weights(build_model(spec).eval(), tmp_path / "mixed.pt")
+
+
 def test_bad_model_options_are_named():
     with pytest.raises(ConfigError, match="unknown model 'resnet'"):
         build_model(ModelSpec("resnet", (1, 28, 28), 10))

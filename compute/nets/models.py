@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import torch
 from torch import nn
-from torch.nn.modules.utils import _pair
+from torch.nn.modules.utils import _pair, consume_prefix_in_state_dict_if_present
 
 from compute.nets.activations import BY_NAME, ProbePoint, fill_of, unit_dim, units_first
 from compute.nets.catalog import MODEL_NAMES, OPTIONS, TORCHVISION_PREFIX, ModelOption
@@ -145,6 +145,8 @@ class MLP(ProbedModel):
 
 # Morcos et al.'s CIFAR-10 net has 11 weight layers; this keeps that depth (8 conv + 2 hidden fc
 # + output) with channel counts scaled by a width multiplier so it trains on a CPU.
+#: What wrappers put before every parameter name: DataParallel / DistributedDataParallel, torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 _CIFAR_PLAN = (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M")
 _CIFAR_FC = (512, 512)
 
@@ -308,7 +310,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
     """Load trained weights into ``model`` from a file of ours or a plain state dict.
 
     Accepts ``{"spec", "state_dict"}`` (this project's checkpoints), ``{"state_dict": ...}`` or
-    ``{"model": ...}`` (common training scripts), or a bare state dict.
+    ``{"model": ...}`` (common training scripts), or a bare state dict; names that all start with
+    ``module.`` (a model saved inside DataParallel or DistributedDataParallel) or ``_orig_mod.`` (one
+    saved after torch.compile) lose that prefix, as loading them into the plain model needs.
     """
     state = _load_safely(Path(path), "--checkpoint")
     for key in ("state_dict", "model"):
@@ -318,6 +322,9 @@ def load_weights(model: nn.Module, path: Path) -> None:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
         raise ConfigError(f"--checkpoint {path} holds no state dict (a mapping of parameter names to tensors); "
                           f"save one with torch.save(model.state_dict(), path).")
+    for prefix in WRAPPER_PREFIXES:
+        if all(k.startswith(prefix) for k in state):  # (renamed in place: the mapping was just loaded)
+            consume_prefix_in_state_dict_if_present(state, prefix)
     odd = next((k for k, v in state.items() if not _plain_tensor(v)), None)
     if odd is not None:  # no values to check or copy (meta), or ops the checks and load_state_dict lack (sparse)
         v = state[odd]

@@ -290,3 +290,20 @@ def test_folder_of_colour_images_whose_first_file_is_grey_stays_in_colour(tmp_pa
     assert all(px.transpose(2, 0, 1).tobytes() in stored for px in colour.values())  # every colour pixel kept
     grey = np.asarray(Image.open(tmp_path / "set" / "a" / "0.png"))
     assert np.stack([grey] * 3).tobytes() in stored  # the grey image in all three channels
+
+
+def test_an_evaluation_set_of_other_classes_is_refused_even_with_as_many(tmp_path: Path):
+    """As many classes is not the same classes: a per-class figure of class 0 would be another class's."""
+    from PIL import Image
+
+    for folder, classes in (("train", ("cat", "dog")), ("other", ("car", "dog")), ("same", ("cat", "dog"))):
+        for c in classes:
+            (tmp_path / folder / c).mkdir(parents=True)
+            for i in range(5):
+                Image.fromarray(np.full((6, 6), 40 * i, np.uint8), "L").save(tmp_path / folder / c / f"{i}.png")
+    names = load_dataset(f"folder:{tmp_path / 'train'}").train.class_names
+    assert names == ("cat", "dog")
+    assert load_eval_set(f"folder:{tmp_path / 'same'}", None, names).class_names == names
+    with pytest.raises(DataError, match="names its classes 'car', 'dog', the training data 'cat', 'dog' \\(class 0: "
+                                        "'car' against 'cat'\\).*the classes it was trained on"):
+        load_eval_set(f"folder:{tmp_path / 'other'}", None, names)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from compute.errors import DataError
+from warehouse.parse import shown
 from compute.datasets.idx import find_idx_splits, load_idx_pair
 from compute.datasets.names import FILE_DATASETS, check_spec
 
@@ -571,4 +572,15 @@ def load_eval_set(spec: str, data_dir: Path | None, class_names: tuple[str, ...]
         raise DataError(
             f"--eval-dataset {spec} has {data.n_classes} classes; the training data has {len(class_names)}."
         )
+    if data.class_names != tuple(class_names):  # as many classes, other ones: every per-class figure would lie
+        differ = next(i for i, (a, b) in enumerate(zip(data.class_names, class_names)) if a != b)
+        raise DataError(f"--eval-dataset {spec} names its classes {_listed(data.class_names)}, the training data "
+                        f"{_listed(class_names)} (class {differ}: {shown(data.class_names[differ])} against "
+                        f"{shown(class_names[differ])}): a model is evaluated on the classes it was trained on, in "
+                        f"the same order. Use an evaluation set of those classes (an idx: folder takes the training "
+                        f"data's names).")
     return ImageSet(data.images, data.labels, class_names, f"{spec}/eval", data.groups)
+
+
+def _listed(names: tuple[str, ...]) -> str:
+    return ", ".join(shown(n) for n in names[:4]) + (", ..." if len(names) > 4 else "")

@@ -23,6 +23,8 @@ from warehouse.text import md_code
 THUMB = 160  # pixels per image in the grids: a digit or a receptive-field crop can be read
 LARGE = 336  # pixels per image when enlarged
 FLAT = 2  # grey levels: a map whose pixels span no more is flat
+MAX_PIXELS = 4096 * 4096  # a stored image larger than this is not decoded (the stage writes input-sized images)
+UNREADABLE = "image unreadable"
 
 
 def _caption(row: pd.Series, names: list[str]) -> str:
@@ -43,8 +45,9 @@ def _caption(row: pd.Series, names: list[str]) -> str:
 
 def _grid(rows: pd.DataFrame, names: list[str], width: int = THUMB, key: str = "") -> None:
     """The images in a row, and an Enlarge button that shows them large in a dialog."""
-    pngs = [bytes(p) for p in rows["png"]]
-    captions = [_caption(r, names) for _, r in rows.iterrows()]
+    pngs = list(rows["png"])
+    captions = [_caption(r, names) + ("" if decoded(p) is not None else f" · {UNREADABLE}")
+                for p, (_, r) in zip(pngs, rows.iterrows())]
     # Upscaled by whole pixels here: images are stored at their own size, and the browser would
     # blur a small image it enlarges.
     st.image([upscale(p, width) for p in pngs], caption=captions, width=width,
@@ -58,23 +61,54 @@ def _enlarged(pngs: list[bytes], captions: list[str]) -> None:
     st.image([upscale(p, LARGE) for p in pngs], caption=captions, width=LARGE, output_format="PNG")
 
 
-def upscale(png: bytes, size: int) -> bytes:
-    """PNG bytes upscaled by a whole factor (nearest neighbour) to about ``size`` pixels on the longer side."""
-    return _upscale_to(Image.open(io.BytesIO(png)), size)
+def decoded(png: object) -> Image.Image | None:
+    """The stored image, or None where ``png`` is missing, not an image or over ``MAX_PIXELS``: a run's
+    tables can be rewritten with the manifest refreshed, and one such picture must not take a page down."""
+    if not isinstance(png, bytes | bytearray | memoryview):
+        return None
+    try:
+        img = Image.open(io.BytesIO(bytes(png)))
+        if img.width * img.height > MAX_PIXELS:
+            return None
+        img.load()
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+    return img
 
 
-def is_flat(png: bytes) -> bool:
-    """Whether an image is (nearly) one colour: an activation maximization that found nothing."""
-    pixels = np.asarray(Image.open(io.BytesIO(png)).convert("L"), dtype=np.int16)
+def _placeholder() -> Image.Image:
+    """What an unreadable image is shown as: a grey square (its caption says why)."""
+    return Image.new("L", (28, 28), 128)
+
+
+def upscale(png: object, size: int) -> bytes:
+    """PNG bytes upscaled by a whole factor (nearest neighbour) to about ``size`` pixels on the longer side
+    (a grey square for an unreadable image, see ``decoded``)."""
+    return _upscale_to(decoded(png) or _placeholder(), size)
+
+
+def is_flat(png: object) -> bool:
+    """Whether an image is (nearly) one colour: an activation maximization that found nothing (an
+    unreadable image is not: it says nothing of the optimisation)."""
+    img = decoded(png)
+    if img is None:
+        return False
+    pixels = np.asarray(img.convert("L"), dtype=np.int16)
     return int(pixels.max() - pixels.min()) <= FLAT
 
 
-def crop_to_box(png: bytes, box: list[int], input_hw: tuple[int, int], size: int = 112) -> bytes:
+def crop_to_box(png: object, box: list[int], input_hw: tuple[int, int], size: int = 112) -> object:
     """The part of a full-input map (stored at ``input_hw`` or a whole multiple of it) inside a
-    receptive-field box [y0, x0, y1, x1] in input pixels, upscaled by whole pixels to about ``size``."""
-    img = Image.open(io.BytesIO(png))
+    receptive-field box [y0, x0, y1, x1] in input pixels, upscaled by whole pixels to about ``size``
+    (an unreadable image is passed on as it is)."""
+    img = decoded(png)
+    if img is None:
+        return png
     scale = img.height // input_hw[0]
-    y0, x0, y1, x1 = (int(v) * scale for v in box)
+    y0, y1 = sorted(min(max(int(v) * scale, 0), img.height) for v in box[0::2])  # within the image: a
+    x0, x1 = sorted(min(max(int(v) * scale, 0), img.width) for v in box[1::2])   # hand-edited box is no crash
+    if y0 == y1 or x0 == x1:
+        return png
     return _upscale_to(img.crop((x0, y0, x1, y1)), size)
 
 
@@ -95,7 +129,7 @@ def _cropped(maps: pd.DataFrame, top: pd.DataFrame | None, input_hw: tuple[int, 
     if not all(int(r) in boxes for r in maps["rank"]):
         return None
     out = maps.copy()
-    out["png"] = [crop_to_box(bytes(p), list(boxes[int(r)]), input_hw) for p, r in zip(maps["png"], maps["rank"])]
+    out["png"] = [crop_to_box(p, list(boxes[int(r)]), input_hw) for p, r in zip(maps["png"], maps["rank"])]
     return out
 
 
@@ -166,7 +200,7 @@ def render_unit_evidence(con: duckdb.DuckDBPyConnection, run_id: str, layer: str
         if kind in by_kind:
             rows = by_kind[kind]
             score = float(rows["consistency"].iloc[0])
-            if all(is_flat(bytes(p)) for p in rows["png"]):
+            if all(is_flat(p) for p in rows["png"]):
                 st.markdown(f"**{title}** — flat image: the optimisation found nothing",
                             help="Every restart ended on a single colour: no input pattern moved this unit "
                                  "(often a dead unit), so there is no picture to read and the consistency "

@@ -14,6 +14,7 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -351,3 +352,42 @@ def test_a_damaged_cache_file_is_ignored(warehouse_root, tmp_path, monkeypatch):
     _flip_keeping_times(root / "runs" / "a" / "units.parquet")
     assert not list_runs(root)[0].ok
     assert json.loads((cache / "verified-files.json").read_text())  # rewritten with real entries
+
+
+def test_unreadable_pictures_of_a_valid_run_are_named_never_a_crash(warehouse_root, tmp_path, monkeypatch):
+    """``unit_images`` rewritten with the manifest refreshed (so the run is valid): a picture that is not an
+    image, a missing one, one claiming a huge size and receptive-field boxes far outside the input. The unit
+    page, the gallery, the explorer's thumbnails and the unit's zip show them as unreadable, never raise."""
+    import struct
+    import zipfile
+    import zlib
+
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.image_panels import UNREADABLE, with_thumbnails
+    from tests.test_dashboard_app import APP, ok, open_page
+    from warehouse.bundle import export_bundle
+
+    def huge_png() -> bytes:  # a valid header claiming 100,000 x 100,000 pixels
+        ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+        return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+
+    pictures = [b"not a png", None, huge_png()]
+    run = clone_run(warehouse_root / "runs" / RUN_ID, tmp_path, "pictures")
+    _rewrite("unit_images.parquet", lambda t: _set(_set(
+        t, "png", [pictures[u % 3] for u in t.column("unit").to_pylist()]),
+        "box", [None if b is None else [-10**9, 10**9, 10**9, -10**9] for b in t.column("box").to_pylist()]))(run)
+    assert list_runs(tmp_path)[0].ok
+    monkeypatch.setenv("NEURON_ATLAS_WAREHOUSE", str(tmp_path))
+    unit = open_page(AppTest.from_file(str(APP), default_timeout=120), "unit", {"run": "pictures", "unit": "conv2:3"})
+    assert any(UNREADABLE in c for im in unit.image for c in im.captions)
+    gallery = open_page(AppTest.from_file(str(APP), default_timeout=120), "gallery", {"run": "pictures", "layer": "conv2"})
+    assert UNREADABLE in [c.value for c in gallery.caption]
+    con = warehouse.connect(tmp_path)
+    thumbs, _ = with_thumbnails(con, "pictures", pd.DataFrame({"layer": ["conv2"] * 3, "unit": [0, 1, 2]}))
+    assert thumbs.thumbnail.isna().tolist() == [False, True, False]
+    with zipfile.ZipFile(export_bundle(con, "pictures", [("conv2", 3), ("conv2", 4)], tmp_path / "b.zip")) as z:
+        listed = pd.read_csv(z.open("images.csv"))
+        assert sorted(n for n in z.namelist() if n.endswith(".png")) == sorted(listed.file.dropna())
+        assert set(listed[listed.file.isna()].unit) == {4}  # a missing picture: listed, no file
+    ok(unit)

@@ -10,7 +10,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import cached, nav, ui
-from dashboard.image_panels import upscale
+from dashboard.image_panels import UNREADABLE, decoded, upscale
 from dashboard.state import ExplorerState, encode, for_run, one, parse, unit_params
 from warehouse.filters import FIELDS, UNIT_METRICS, QueryError, UnitFilter, describe, parse_int
 from warehouse.queries import MIN_SPECIALIZATION
@@ -62,7 +62,9 @@ def tile(col, row: pd.Series, run: str, sort: str, state: ExplorerState) -> None
     st.image would open a new one)."""
     layer, unit = str(row["layer"]), int(row["unit"])
     if isinstance(row["png"], (bytes, bytearray, memoryview)):  # null (no images) reads as None, NaN or NA
-        col.image(upscale(bytes(row["png"]), TILE), width="stretch", output_format="PNG")
+        col.image(upscale(row["png"], TILE), width="stretch", output_format="PNG")
+        if decoded(row["png"]) is None:
+            col.caption(UNREADABLE)
     else:
         col.caption("no image")
     badges = []

@@ -391,3 +391,27 @@ def test_unreadable_pictures_of_a_valid_run_are_named_never_a_crash(warehouse_ro
         assert sorted(n for n in z.namelist() if n.endswith(".png")) == sorted(listed.file.dropna())
         assert set(listed[listed.file.isna()].unit) == {4}  # a missing picture: listed, no file
     ok(unit)
+
+
+STORED_CONFIGS = {  # runs.config rewritten (manifest refreshed) -> what the error must say
+    "null": (None, "config is missing"), "list": ("[]", "not a JSON object"), "text": ("not json", "runs table"),
+    "images-int": ({"images": 1}, "not valid"), "widths-int": ({"widths": 5}, "not valid"),
+    "layers-int": ({"layers": 3}, "not valid"), "epochs-text": ({"epochs": "x"}, "epochs must be"),
+}
+
+
+@pytest.mark.parametrize("case", list(STORED_CONFIGS))
+def test_stored_settings_that_are_not_a_runs_settings_are_named(warehouse_root, tmp_path, case):
+    """The what-if page and the unit page's examples rebuild a run from ``runs.config``: stored values that are
+    not a run's settings are one error naming the run (the pages show it), never a TypeError."""
+    from compute.run.whatif import run_config
+    from warehouse.errors import WarehouseError
+
+    value, message = STORED_CONFIGS[case]
+    run = clone_run(warehouse_root / "runs" / RUN_ID, tmp_path, "stored")
+    real = json.loads(pq.read_table(run / "runs.parquet").column("config")[0].as_py())
+    stored = json.dumps({**real, **value}) if isinstance(value, dict) else value
+    _rewrite("runs.parquet", lambda t: _set(t, "config", [stored]))(run)
+    assert list_runs(tmp_path)[0].ok
+    with pytest.raises(WarehouseError, match=f"{message}.*recompute"):
+        run_config(run)

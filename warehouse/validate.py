@@ -30,10 +30,15 @@ from warehouse.schema import SCHEMA_VERSION, TABLES
 
 
 def stored_run_config(path: Path) -> dict[str, Any]:
-    """The settings a published run was computed with (``runs.config``, JSON)."""
+    """The settings a published run was computed with (``runs.config``, a JSON object)."""
     try:
         stored = pq.read_table(path / "runs.parquet", columns=["config"]).column(0)[0].as_py()
-        return json.loads(stored)
+        if stored is None:
+            raise ValueError("its config is missing")
+        config = json.loads(stored)
+        if not isinstance(config, dict):
+            raise ValueError(f"its config is {type(config).__name__}, not a JSON object")
+        return config
     except (OSError, ValueError, IndexError, KeyError, pa.ArrowException) as e:
         raise WarehouseError(f"{path} is not a readable published run (its runs table: {e}); recompute it "
                              "or remove the folder.") from e

@@ -23,6 +23,7 @@ from compute.nets.models import load_checkpoint
 from compute.run.config import RunConfig
 from compute.run.data import load_data
 from warehouse.layout import CHECKPOINT, is_published, published_at
+from warehouse.errors import WarehouseError
 from warehouse.validate import stored_run_config, verified_bytes
 
 SPLITS = ("eval", "train")
@@ -82,8 +83,14 @@ class LoadedRun:
 
 
 def run_config(run_dir: Path) -> RunConfig:
-    """The run's settings as stored in ``runs.config``."""
-    return RunConfig.from_dict(stored_run_config(run_dir))
+    """The run's settings as stored in ``runs.config``; stored values that are not a run's settings (its runs
+    table rewritten, the manifest refreshed) are a ``WarehouseError`` naming the run, not a page's traceback."""
+    stored = stored_run_config(run_dir)
+    try:
+        return RunConfig.from_dict(stored)
+    except (ValueError, TypeError, KeyError, AttributeError, ConfigError) as e:
+        raise WarehouseError(f"the settings stored with run {run_dir.name} (runs.config) are not valid "
+                             f"({str(e).rstrip('.')}); recompute the run.") from None
 
 
 @lru_cache(maxsize=4)

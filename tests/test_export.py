@@ -95,3 +95,12 @@ def test_cli_refuses_unknown_suffix_and_broken_runs(tmp_path, broken_root):
 def test_schema_doc_subcommand_still_works():
     r = cli("schema-doc")
     assert r.returncode == 0 and r.stdout == (REPO / "docs" / "schema.md").read_text()
+
+
+def test_cli_names_a_hostile_output_file_escaped(tmp_path, warehouse_root):
+    """The summary line names the file written with its control characters escaped (a terminal never obeys them)."""
+    out = tmp_path / "a\x1b[2Jb\nc.csv"
+    r = cli("export", "--warehouse", str(warehouse_root), "--run", RUN_ID, "--limit", "1", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    assert out.is_file() and "\x1b" not in r.stdout and r.stdout.count("\n") == 1
+    assert "a\\x1b[2Jb\\nc.csv" in r.stdout

@@ -80,7 +80,7 @@ def export(args: argparse.Namespace) -> int:
     table = filter_units_arrow(con, f)
     data = table_bytes(table, fmt)
     write_output(args.output, lambda f: f.write(data), args.force)
-    print(f"wrote {table.num_rows} units of run {args.run} to {args.output} ({fmt}, {len(data):,} bytes)",
+    print(f"wrote {table.num_rows} units of run {args.run} to {term(args.output)} ({fmt}, {len(data):,} bytes)",
           file=sys.stderr if is_stream(args.output) else sys.stdout)  # never into the data written to stdout
     return 0
 

@@ -265,14 +265,17 @@ def odd_values_root(warehouse_root, tmp_path_factory):
 
     from tests.run_copies import clone_run, refresh_manifest
     from warehouse.publish import COMPRESSION
+    from warehouse.schema import TABLES
 
     root = tmp_path_factory.mktemp("odd_values")
     shutil.copytree(warehouse_root / "runs", root / "runs")
     run = clone_run(root / "runs" / RUN_ID, root, "odd")
     table = pq.read_table(run / "unit_classes.parquet")
     rng = np.random.default_rng(7)
-    for name in ("grad_mean", "anomaly", "abl_loss_delta", "mean_act"):
-        nulls = table[name].is_null().to_numpy(zero_copy_only=False) | (rng.random(table.num_rows) < 0.05)
+    nullable = {c.name for c in TABLES["unit_classes"].columns if c.nullable}  # a null elsewhere breaks the run
+    for name in ("grad_mean", "anomaly", "abl_loss_delta", "mean_act", "specialization"):
+        more = (rng.random(table.num_rows) < 0.05) & (name in nullable)
+        nulls = table[name].is_null().to_numpy(zero_copy_only=False) | more
         x = table[name].fill_null(0.0).to_numpy().copy()
         if name in ("abl_loss_delta", "mean_act"):
             x = np.round(x / x.std() * 4) / 4  # about twenty distinct values: ties
@@ -403,19 +406,20 @@ def test_warm_reads_the_named_metrics_ahead_within_max_bytes(odd_values_root, mo
     from warehouse.connect import wait_for_units
 
     class_values.forget_values()
-    con = warehouse.connect(odd_values_root, background=True, warm=("grad_mean", "abl_loss_delta"))
+    con = warehouse.connect(odd_values_root, background=True, warm=("specialization", "abl_loss_delta"))
     assert wait_for_units(con, timeout=120)
     g = class_values.grid(con, "odd")
-    assert set(g.metrics) == {"anomaly", "grad_mean", "abl_loss_delta"}
-    for metric in ("grad_mean", "abl_loss_delta"):
+    assert set(g.metrics) == {"anomaly", "specialization", "abl_loss_delta"}
+    for metric in ("specialization", "abl_loss_delta"):
         rows = {(g.layers[layer], unit, c): value for layer, unit, c, value in con.execute(
             f'SELECT layer, unit, "class", {metric} FROM unit_classes WHERE run_id = \'odd\'').fetchall()}
         v = g.metrics[metric]
-        assert v.valid is not None and not v.valid.all()  # the odd run has nulls in these metrics
+        valid = np.ones(v.values.shape, bool) if v.valid is None else v.valid
+        assert (metric == "abl_loss_delta") == valid.all()  # nulls in the nullable metric, NaN in both
         for i, (layer_index, unit) in enumerate(zip(g.layer_index, g.unit)):
             for c in range(g.n_classes):
                 value, have = rows[(layer_index, unit, c)], v.values[i, c]
-                assert v.valid[i, c] == (value is not None)
+                assert valid[i, c] == (value is not None)
                 assert value is None or value == have or (math.isnan(value) and math.isnan(have))
     assert "taylor" not in g.metrics
     class_values.values(g, "taylor")

@@ -173,3 +173,11 @@ def test_stage_doc_is_current():
     doc = (REPO / "docs" / "stages.md").read_text()
     assert doc == markdown(), "run `make docs`"
     assert all(f"`{name}`" in doc for name in STAGE_NAMES)
+
+
+def test_a_column_is_nullable_exactly_where_its_doc_says_when_it_is_null():
+    """``Column.nullable`` drives validation (a null elsewhere breaks a run): the doc a reader sees must agree."""
+    from warehouse.schema import TABLES
+
+    disagree = [(n, c.name) for n, t in TABLES.items() for c in t.columns if ("null" in c.doc.lower()) != c.nullable]
+    assert disagree == []

@@ -67,8 +67,7 @@ def export_bundle(con: duckdb.DuckDBPyConnection, run_id: str, units: list[tuple
     if missing:
         raise WarehouseError(f"run {run_id!r} has no units {', '.join(missing[:10])}.")
     keys_of_images = images[["layer", "unit", "kind", "rank", "class"]].itertuples(index=False)
-    images["file"] = [image_name(*r) if isinstance(png, bytes | bytearray | memoryview) else ""  # missing: no file
-                      for r, png in zip(keys_of_images, images["png"])]
+    images["file"] = [image_name(*r) for r in keys_of_images]
     images = images.sort_values("file").reset_index(drop=True)
     files: dict[str, str] = {}
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -80,8 +79,6 @@ def export_bundle(con: duckdb.DuckDBPyConnection, run_id: str, units: list[tuple
                 z.writestr(name, data)
                 files[name] = hashlib.sha256(data).hexdigest()
             for name, png in zip(images["file"], images["png"]):
-                if not name:
-                    continue
                 data = bytes(png)
                 z.writestr(zipfile.ZipInfo(name), data, compress_type=zipfile.ZIP_STORED)  # PNG is compressed
                 files[name] = hashlib.sha256(data).hexdigest()

@@ -31,11 +31,8 @@ def unit_images(con: duckdb.DuckDBPyConnection, run_id: str, layer: str, unit: i
     return df.sort_values(["_k", "rank", "class"], na_position="first").drop(columns="_k").reset_index(drop=True)
 
 
-def data_uri(png: object) -> str | None:
-    """A ``data:image/png;base64,...`` URI, the form st.column_config.ImageColumn shows; None for a
-    missing image (an empty cell)."""
-    if not isinstance(png, bytes | bytearray | memoryview):
-        return None
+def data_uri(png: bytes) -> str:
+    """A ``data:image/png;base64,...`` URI, the form st.column_config.ImageColumn shows."""
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
@@ -48,7 +45,7 @@ def thumbnails(con: duckdb.DuckDBPyConnection, run_id: str, kind: str = "top", r
            " AND (? IS NULL OR layer = ?) QUALIFY row_number() OVER (PARTITION BY layer, unit ORDER BY class) = 1"
            " ORDER BY layer, unit")
     df = con.execute(sql, [run_id, kind, int(rank), layer, layer]).df()
-    df["thumbnail"] = [data_uri(p) for p in df.pop("png")]
+    df["thumbnail"] = [data_uri(bytes(p)) for p in df.pop("png")]
     return df
 
 

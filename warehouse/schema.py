@@ -21,6 +21,7 @@ class Column:
     name: str
     type: pa.DataType
     doc: str
+    nullable: bool = False  # its doc says when it is null; the others never are (warehouse.validate checks)
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,8 @@ class Table:
         return pa.schema([pa.field(c.name, c.type) for c in self.columns])
 
 
-def _c(name: str, type_: pa.DataType, doc: str) -> Column:
-    return Column(name, type_, doc)
+def _c(name: str, type_: pa.DataType, doc: str, nullable: bool = False) -> Column:
+    return Column(name, type_, doc, nullable)
 
 
 RUN_ID = _c("run_id", pa.string(), "Run identifier; unique within a warehouse.")
@@ -67,7 +68,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("lr", F64, "Adam learning rate."),
         _c("label_noise", F64, "Fraction of training labels replaced by uniformly random labels (0 = clean); "
            "training accuracy and the training trace use these labels."),
-        _c("experiment", pa.string(), "Experiment (sweep) the run belongs to; null for a single run."),
+        _c("experiment", pa.string(), "Experiment (sweep) the run belongs to; null for a single run.", nullable=True),
         _c("train_loss", F64, "Mean cross-entropy on the training set after training (eval mode)."),
         _c("train_acc", F64, "Accuracy on the training set after training, fraction in [0, 1]."),
         _c("test_loss", F64, "Mean cross-entropy on the test split after training."),
@@ -105,8 +106,9 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("selectivity", F64, "Class selectivity index (mu_max - mu_rest)/(mu_max + mu_rest + 1e-7) of "
            "post-ReLU class means (Morcos et al. 2018). 0 = unselective or dead, 1 = one class only. "
            "See `n_active` for the examples behind it."),
-        _c("pref_class", pa.int32(), "Class with the largest post-ReLU class mean (mu_max); null for a dead unit."),
-        _c("pref_class_name", pa.string(), "Name of `pref_class`; null for a dead unit."),
+        _c("pref_class", pa.int32(), "Class with the largest post-ReLU class mean (mu_max); null for a dead unit.",
+           nullable=True),
+        _c("pref_class_name", pa.string(), "Name of `pref_class`; null for a dead unit.", nullable=True),
         _c("mu_max", F64, "Largest post-ReLU class mean."),
         _c("mu_rest", F64, "Mean of the other classes' post-ReLU class means."),
         _c("grad_mean", F64, "Mean output-side gradient signal, what the loss asks of the unit: "
@@ -139,16 +141,16 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("abl_acc_p", F64, "Exact McNemar test of the accuracy change: two-sided binomial test of `abl_n_hurt` among "
            "`abl_n_hurt + abl_n_helped` flips at 1/2; 1 when nothing flips."),
         _c("anomaly_max", F64, "Largest training-signal-vs-activation anomaly over classes (see "
-           "`unit_classes.anomaly`); null for a dead unit."),
-        _c("anomaly_class", pa.int32(), "Class of `anomaly_max`; null for a dead unit."),
+           "`unit_classes.anomaly`); null for a dead unit.", nullable=True),
+        _c("anomaly_class", pa.int32(), "Class of `anomaly_max`; null for a dead unit.", nullable=True),
         _c("fire_threshold", F64, "The unit *fires* on an example when its example value exceeds this: each "
            "position's post-activation standardized by that position's mean and standard deviation over the "
            "evaluation set, the largest over positions (a linear unit: its activation in standard units); the "
            "threshold is that value's mean + 1 standard deviation over the evaluation set (docs/metrics.md, "
            "When a unit fires). Schema version 4; before it, a threshold on the raw largest post-activation."),
         _c("specialization_max", F64, "Largest `unit_classes.specialization` over classes; null when no class has "
-           "one (a dead unit, or too few firing examples)."),
-        _c("specialization_class", pa.int32(), "Class of `specialization_max`; null with it."),
+           "one (a dead unit, or too few firing examples).", nullable=True),
+        _c("specialization_class", pa.int32(), "Class of `specialization_max`; null with it.", nullable=True),
         _c("abl_n", pa.int64(), "Evaluation examples the unit's ablation was measured on: all of them, or with "
            "`--ablation-budget sequential` the examples seen when its answer settled (`abl_*` deltas, interval and "
            "p-values are then on those examples, the interval and p corrected for the looks; docs/metrics.md)."),
@@ -168,19 +170,19 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("anomaly", F64, "Training-signal-vs-activation anomaly: min(train_grad_mean / std, -(mean_act - mean) / "
            "std), statistics over the layer's (unit, class) entries of live units. High only when training "
            "pushes the unit up for this class *and* its activation for the class is low: it fires for part of "
-           "the class, which pulls it up. Null for dead units. See docs/metrics.md."),
+           "the class, which pulls it up. Null for dead units. See docs/metrics.md.", nullable=True),
         _c("abl_acc_delta", F64, "Accuracy change on the class when the unit is clamped to zero."),
         _c("abl_loss_delta", F64, "Mean cross-entropy change on the class when the unit is clamped to zero."),
         _c("frac_fire", F64, "Fraction of the class's examples on which the unit fires (value above "
            "`units.fire_threshold`)."),
         _c("fire_effect", F64, "Mean first-order loss change of removing the unit, sum_p (-dLoss/da_p) * a_p, over the "
-           "correctly classified examples of the class on which it fires; null for a dead unit."),
+           "correctly classified examples of the class on which it fires; null for a dead unit.", nullable=True),
         _c("specialization", F64, "Subset specialization, in [0, 1]: the share of the unit's removal cost "
            "(first-order loss change, positive part) over the class's correctly classified examples that falls on "
            "the examples it fires on, times (1 - frac_fire)^2, times the fourth root of the unit's removal cost on "
            "the class relative to the costliest live unit of the run (schema version 5). High when the class "
            "relies on the unit where it fires, and that part of the class is small. Null for dead units, with fewer than 5 "
-           "correct firing examples, or no removal cost on the class. See docs/metrics.md."),
+           "correct firing examples, or no removal cost on the class. See docs/metrics.md.", nullable=True),
     )),
     Table("train_trace", "One row per epoch, unit and class: what training did to the unit.", (
         RUN_ID,
@@ -215,21 +217,22 @@ TABLES: dict[str, Table] = {t.name: t for t in (
            "`weights` (first conv layer's filter)."),
         _c("rank", pa.int32(), "Order within the kind: 0 = most extreme example, or best restart of `happy`/`sad`; "
            "0 for the other kinds."),
-        _c("class", pa.int32(), "Class of `act_avg`/`grad_avg` images; null otherwise."),
+        _c("class", pa.int32(), "Class of `act_avg`/`grad_avg` images; null otherwise.", nullable=True),
         _c("example", pa.int64(), "Index of the example in the run's evaluation set (`top`, `top_crop`, "
-           "`bottom`, `gbp`, `grad`); null otherwise."),
+           "`bottom`, `gbp`, `grad`); null otherwise.", nullable=True),
         _c("value", F64, "`top`/`bottom`/`top_crop`/`gbp`/`grad`: the unit's largest pre-activation over positions "
            "on the example (= its post-ReLU peak when positive). `act_avg`/`grad_avg`: the class mean of the "
            "weight (rectified activation / positive gradient signal). `happy`/`sad`: the pre-activation, mean over "
-           "positions, that the optimised input reaches (compare `units.mean_act`). Null for `weights`."),
-        _c("label", pa.int32(), "True label of the example; null where there is no example."),
-        _c("pred", pa.int32(), "Model prediction for the example; null where there is no example."),
+           "positions, that the optimised input reaches (compare `units.mean_act`). Null for `weights`.", nullable=True),
+        _c("label", pa.int32(), "True label of the example; null where there is no example.", nullable=True),
+        _c("pred", pa.int32(), "Model prediction for the example; null where there is no example.", nullable=True),
         _c("position", pa.list_(pa.int32()), "Conv units: [y, x] of the peak in the unit's activation map; null "
-           "for linear units and other kinds."),
+           "for linear units and other kinds.", nullable=True),
         _c("box", pa.list_(pa.int32()), "Conv units: receptive field of `position` as a half-open input-pixel "
-           "box [y0, x0, y1, x1], clipped to the image; exact (gradient support of a connectivity copy)."),
+           "box [y0, x0, y1, x1], clipped to the image; exact (gradient support of a connectivity copy). Null for "
+           "linear units and for the kinds without an example's peak.", nullable=True),
         _c("consistency", F64, "`happy`/`sad`: mean pairwise Pearson correlation of the restarts' images "
-           "(1 = the same picture every restart); null otherwise."),
+           "(1 = the same picture every restart); null otherwise.", nullable=True),
         _c("width", pa.int32(), "PNG width in pixels: an image's own size (a 28x28 input is 28 wide; the "
            "dashboard upscales), except a conv unit's top/bottom example, drawn larger by whole pixels "
            "with its receptive-field box."),
@@ -243,7 +246,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("pred", pa.int32(), "The trained model's prediction."),
         _c("loss", F64, "Cross-entropy of the example."),
         _c("subgroup", pa.string(), "Subgroup the dataset defines for the example (e.g. `crossed 7` / `plain 7` "
-           "in `crossed-sevens:` datasets); null otherwise."),
+           "in `crossed-sevens:` datasets); null otherwise.", nullable=True),
     )),
     Table("unit_examples", "Per unit, the evaluation examples that need it: those whose prediction flips "
           "when it is clamped to zero and those whose loss rises most. Stored sparsely (at most 100 flips "
@@ -269,7 +272,7 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("order", pa.string(), "Removal order: `random` (one permutation per `seed`), "
            "`selectivity_high_first`, `selectivity_low_first` (by `units.selectivity`), `importance` "
            "(largest `units.abl_loss_delta` first). Ties keep unit order."),
-        _c("seed", pa.int32(), "Seed of the random permutation (0, 1, ...); null for the other orders."),
+        _c("seed", pa.int32(), "Seed of the random permutation (0, 1, ...); null for the other orders.", nullable=True),
         _c("fraction", F64, "Nominal fraction of the units removed, on the grid 0, 0.05, ..., 1."),
         _c("n_units", pa.int32(), "Live units that can be removed (the layer's, or the pooled layers' together)."),
         _c("n_ablated", pa.int32(), "Units clamped to zero: round(fraction * n_units), the first of the order."),
@@ -297,16 +300,16 @@ TABLES: dict[str, Table] = {t.name: t for t in (
         _c("class_acc_intact", F64, "The class's accuracy with nothing removed."),
         _c("other_acc_intact", F64, "The other classes' accuracy with nothing removed."),
         _c("n_to_halve", pa.int32(), "Fewest units on the `class_curves` grid with class_acc <= 0.5 x intact and "
-           "other_acc >= 0.9 x intact; null if no count does it."),
-        _c("class_acc_then", F64, "The class's accuracy at `n_to_halve` (null if none)."),
-        _c("other_acc_then", F64, "The other classes' accuracy at `n_to_halve` (null if none)."),
+           "other_acc >= 0.9 x intact; null if no count does it.", nullable=True),
+        _c("class_acc_then", F64, "The class's accuracy at `n_to_halve` (null if none).", nullable=True),
+        _c("other_acc_then", F64, "The other classes' accuracy at `n_to_halve` (null if none).", nullable=True),
     )),
     Table("ablation_auc", "One row per ablation curve: its normalized area under the curve.", (
         RUN_ID,
         _c("split", pa.string(), "`eval` or `train`, as in `ablation_curves`."),
         _c("layer", pa.string(), "Layer or pooled group (`last2`), as in `ablation_curves`."),
         _c("order", pa.string(), "Removal order, as in `ablation_curves`."),
-        _c("seed", pa.int32(), "Seed of a `random` order; null for the other orders."),
+        _c("seed", pa.int32(), "Seed of a `random` order; null for the other orders.", nullable=True),
         _c("n_units", pa.int32(), "Live units in the layer or group."),
         _c("auc", F64, "Trapezoid area under accuracy vs fraction removed (fractions 0..1) divided by the "
            "accuracy at fraction 0 (intact). 1 = removing units never costs accuracy; a curve that falls "

@@ -33,9 +33,7 @@ def stored_run_config(path: Path) -> dict[str, Any]:
     """The settings a published run was computed with (``runs.config``, a JSON object)."""
     try:
         stored = pq.read_table(path / "runs.parquet", columns=["config"]).column(0)[0].as_py()
-        if stored is None:
-            raise ValueError("its config is missing")
-        config = json.loads(stored)
+        config = json.loads(stored)  # never null in a valid run (the schema has no null there)
         if not isinstance(config, dict):
             raise ValueError(f"its config is {type(config).__name__}, not a JSON object")
         return config
@@ -331,7 +329,8 @@ def _check_contents(path: Path) -> None:
     if key in _CONTENTS_CHECKED:
         return
     n_classes = _class_count(path)
-    _check_value_ranges(path, n_classes)  # the footers' statistics first: no column read
+    _check_nulls(path)  # the footers' statistics first: no column read
+    _check_value_ranges(path, n_classes)
     _check_unit_grid(path, n_classes)
     _CONTENTS_CHECKED.add(key)
 
@@ -390,6 +389,28 @@ def _check_value_ranges(path: Path, n_classes: int) -> None:
                     allowed = f"0 to {hi}" if hi is not None else "0 or more"
                     raise BrokenRun(f"table {name} holds {col.name} values from {span[0]} to {span[1]}; the run's "
                                     f"are {allowed}")
+
+
+def _check_nulls(path: Path) -> None:
+    """No null where the schema has none (``Column.nullable``): the pages read such values as numbers and
+    flags. From the footers' null counts; a row group without them has its column read."""
+    for name, table in TABLES.items():
+        meta = pq.read_metadata(path / f"{name}.parquet")
+        fields = meta.schema.to_arrow_schema()
+        for col in table.columns:
+            if col.nullable:
+                continue
+            i = fields.get_field_index(col.name)
+            nulls = 0
+            for g in range(meta.num_row_groups):
+                stats = meta.row_group(g).column(i).statistics
+                if stats is None or not stats.has_null_count:
+                    nulls = pq.read_table(path / f"{name}.parquet", columns=[col.name]).column(0).null_count
+                    break
+                nulls += stats.null_count
+            if nulls:
+                raise BrokenRun(f"table {name} holds {nulls:,} null value(s) in column {col.name}, which a run never "
+                                f"leaves empty")
 
 
 def _check_real_folder(path: Path) -> None:

@@ -162,6 +162,10 @@ CASES: dict[str, tuple[Callable[[Path], None], str]] = {
     "layer-not-listed": (_rewrite("units.parquet", lambda t: _set(t, "layer", [
         "ghost" if x == "fc1" else x for x in t.column("layer").to_pylist()])), "units of layer 'ghost', which its layers"),
     "layers-empty": (_rewrite("layers.parquet", lambda t: t.slice(0, 0)), "layers table is empty"),
+    "layer-index-shared": (_rewrite("layers.parquet", lambda t: _set(t, "layer_index", [0] * t.num_rows)),
+                           "gives two layers the same layer_index"),
+    "unit-layer-index-off": (_rewrite("units.parquet", lambda t: _set(t, "layer_index", t.column(
+        "layer_index").to_pylist()[:-1] + [0])), "table units gives layer 'fc2' layer_index 0, its layers table 3"),
     "units-empty": (_rewrite("units.parquet", lambda t: t.slice(0, 0)), "table units has 0 rows; its layers table lists 226 units"),
     "units-twice": (_rewrite("units.parquet", lambda t: pa.concat_tables([t, t])),
                     "table units has 452 rows; its layers table lists 226 units, each held once"),

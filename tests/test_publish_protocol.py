@@ -54,14 +54,15 @@ def _column(field: pa.Field, n: int, rng: np.random.Generator) -> pa.Array:
 def synthetic(name: str, seed: int) -> dict[str, pa.Array]:
     """Deterministic rows of every column of table ``name`` (``run_id`` is filled by the writer)."""
     rng = np.random.default_rng([seed, len(name), sum(map(ord, name))])
-    # One runs row naming 3 classes (``_column`` of a list); five layers (layer-0 .. layer-4) of one unit each, as
-    # units lists them; unit_classes a row per unit and class (warehouse.validate checks those counts).
+    # One runs row naming 3 classes (``_column`` of a list); five layers (layer-0 .. layer-4, layer_index 0 .. 4) of
+    # one unit each, as units lists them; unit_classes a row per unit and class (warehouse.validate checks those counts).
     n = {"runs": 1, "unit_classes": 15}.get(name, 5)
     columns = {f.name: pa.array(rng.integers(0, 3, n), f.type) if f.name in CLASS_COLUMNS else _column(f, n, rng)
                for f in TABLES[name].arrow_schema if f.name != "run_id"}
     fixed = {"layers": "n_units", "units": "unit"}.get(name)
     if fixed is not None:
         columns[fixed] = pa.array([1 if fixed == "n_units" else 0] * n, columns[fixed].type)
+        columns["layer_index"] = pa.array(range(n), columns["layer_index"].type)  # layer-i is the i-th layer
     return columns
 
 

@@ -165,9 +165,10 @@ class RunWriter:
         if leftovers and not resume:
             self._give_up()
             raise WarehouseError(
-                f"an interrupted computation of run {self.run_id!r} is in {staging_root}. Continue it with "
-                f"--resume --run-id {self.run_id}, or delete {self.staging.name} and {self.stages_dir.name} "
-                f"there to start again.")
+                f"an unfinished computation of run {self.run_id!r} (interrupted, or stopped by an error) is in "
+                f"{staging_root}. Continue it with --resume --run-id {self.run_id} (with the settings it started "
+                f"with), or delete {self.staging.name} and {self.stages_dir.name} there to start again (after "
+                f"changing a setting or its input files, start again).")
         if resume and not os.path.isdir(self.stages_dir):
             self._give_up()
             raise WarehouseError(f"nothing to resume: no interrupted run {self.run_id!r} in {staging_root}.")

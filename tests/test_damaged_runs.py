@@ -431,3 +431,16 @@ def test_stored_settings_that_are_not_a_runs_settings_are_named(warehouse_root, 
     assert list_runs(tmp_path)[0].ok
     with pytest.raises(WarehouseError, match=f"{message}.*recompute"):
         run_config(run)
+
+
+def test_a_null_config_is_a_broken_run_and_reading_it_directly_is_one_error(warehouse_root, tmp_path):
+    """Validation refuses a null ``runs.config`` (the schema has no null there); read without validation
+    (``stored_run_config`` on the folder), it is still one WarehouseError, not json's TypeError."""
+    from warehouse.errors import WarehouseError
+    from warehouse.validate import stored_run_config
+
+    run = clone_run(warehouse_root / "runs" / RUN_ID, tmp_path, "stored")
+    _rewrite("runs.parquet", lambda t: _set(t, "config", [None]))(run)
+    assert "runs holds 1 null value(s) in column config" in list_runs(tmp_path)[0].error
+    with pytest.raises(WarehouseError, match="not a readable published run"):
+        stored_run_config(run)

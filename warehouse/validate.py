@@ -33,11 +33,11 @@ def stored_run_config(path: Path) -> dict[str, Any]:
     """The settings a published run was computed with (``runs.config``, a JSON object)."""
     try:
         stored = pq.read_table(path / "runs.parquet", columns=["config"]).column(0)[0].as_py()
-        config = json.loads(stored)  # never null in a valid run (the schema has no null there)
+        config = json.loads(stored)
         if not isinstance(config, dict):
             raise ValueError(f"its config is {type(config).__name__}, not a JSON object")
         return config
-    except (OSError, ValueError, IndexError, KeyError, pa.ArrowException) as e:
+    except (OSError, ValueError, TypeError, IndexError, KeyError, pa.ArrowException) as e:  # TypeError: a null
         raise WarehouseError(f"{path} is not a readable published run (its runs table: {e}); recompute it "
                              "or remove the folder.") from e
 
@@ -299,9 +299,8 @@ def _class_count(path: Path) -> int:
     return len(names)
 
 
-def _column_range(path: Path, name: str, column: str) -> tuple[Any, Any] | None:
+def _column_range(path: Path, name: str, meta: pq.FileMetaData, column: str) -> tuple[Any, Any] | None:
     """(min, max) of a column over the non-null values: from the footer's statistics, else the column."""
-    meta = pq.read_metadata(path / f"{name}.parquet")
     i = meta.schema.to_arrow_schema().get_field_index(column)
     lows, highs = [], []
     for g in range(meta.num_row_groups):
@@ -329,16 +328,18 @@ def _check_contents(path: Path) -> None:
     if key in _CONTENTS_CHECKED:
         return
     n_classes = _class_count(path)
-    _check_nulls(path)  # the footers' statistics first: no column read
-    _check_value_ranges(path, n_classes)
+    footers = {name: pq.read_metadata(path / f"{name}.parquet") for name in TABLES}
+    _check_nulls(path, footers)  # the footers' statistics first: no column read
+    _check_value_ranges(path, n_classes, footers)
     _check_unit_grid(path, n_classes)
     _CONTENTS_CHECKED.add(key)
 
 
 def _check_unit_grid(path: Path, n_classes: int) -> None:
     """At least one layer, each named once with n_units >= 1 and its own layer_index; ``units`` holds units 0 to
-    n_units - 1 of each listed layer, once each, with the layer's layer_index, and nothing else; ``unit_classes`` one row per unit and class (the pages and the
-    in-memory copy of ``units`` rely on both). One counting pass over the units: ~0.1 s at 1M units."""
+    n_units - 1 of each listed layer, once each, with the layer's layer_index, and nothing else; ``unit_classes``
+    one row per unit and class (the pages and the in-memory copy of ``units`` rely on both). One counting pass
+    over the units: ~0.1 s at 1M units."""
     layers = pq.read_table(path / "layers.parquet", columns=["layer", "n_units", "layer_index"])
     if layers.num_rows == 0:
         raise BrokenRun("its layers table is empty; a run probes at least one layer")
@@ -384,12 +385,12 @@ def _check_unit_grid(path: Path, n_classes: int) -> None:
                         f"{n_classes})")
 
 
-def _check_value_ranges(path: Path, n_classes: int) -> None:
+def _check_value_ranges(path: Path, n_classes: int, footers: dict[str, pq.FileMetaData]) -> None:
     """Class indices within the run's classes, unit and layer indices non-negative (footers' statistics)."""
     for name, table in TABLES.items():
         for col in table.columns:
             if col.name in CLASS_COLUMNS or col.name in INDEX_COLUMNS:
-                span = _column_range(path, name, col.name)
+                span = _column_range(path, name, footers[name], col.name)
                 hi = n_classes - 1 if col.name in CLASS_COLUMNS else None
                 if span is not None and (span[0] < 0 or (hi is not None and span[1] > hi)):
                     allowed = f"0 to {hi}" if hi is not None else "0 or more"
@@ -397,11 +398,11 @@ def _check_value_ranges(path: Path, n_classes: int) -> None:
                                     f"are {allowed}")
 
 
-def _check_nulls(path: Path) -> None:
+def _check_nulls(path: Path, footers: dict[str, pq.FileMetaData]) -> None:
     """No null where the schema has none (``Column.nullable``): the pages read such values as numbers and
     flags. From the footers' null counts; a row group without them has its column read."""
     for name, table in TABLES.items():
-        meta = pq.read_metadata(path / f"{name}.parquet")
+        meta = footers[name]
         fields = meta.schema.to_arrow_schema()
         for col in table.columns:
             if col.nullable:

@@ -328,7 +328,8 @@ def load_weights(model: nn.Module, path: Path) -> None:
     odd = next((k for k, v in state.items() if not _plain_tensor(v)), None)
     if odd is not None:  # no values to check or copy (meta), or ops the checks and load_state_dict lack (sparse)
         v = state[odd]
-        kind = "meta" if v.is_meta else "complex" if v.is_complex() else "quantized" if v.is_quantized else str(v.layout)
+        kind = ("meta" if v.is_meta else "complex" if v.is_complex() else "quantized" if v.is_quantized
+                else str(v.layout))
         raise ConfigError(f"--checkpoint {path} holds a {kind} tensor ({shown(odd)}), not plain weights: every value "
                           f"must be a dense real tensor holding its values (a meta tensor holds none; a sparse one "
                           f"needs tensor.to_dense()). Save the state dict of a loaded model again.")
@@ -375,29 +376,23 @@ def load_checkpoint(source: Path | bytes) -> tuple[ProbedModel, ModelSpec | None
     return model.eval(), spec
 
 
-def check_outputs(model: nn.Module, in_shape: tuple[int, int, int], n_classes: int, device: str = "cpu") -> None:
-    """The model returns a logit per class (more are allowed: a pretrained head scored on some of its classes).
-
-    A model given from Python with fewer outputs, or outputs of another shape, would fail in the first
-    loss with torch's IndexError or a shape error."""
-    with torch.no_grad():
-        out = model.eval()(torch.zeros(1, *in_shape, device=device))
-    if isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] >= n_classes:
-        return
-    got = f"of shape {tuple(out.shape[1:])}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
-    raise ConfigError(f"the model's output for one image is {got}, but the data has {n_classes} classes: a classifier "
-                      f"must return logits of shape (batch, {n_classes}), one per class. Give the model a head of "
-                      f"{n_classes} outputs, or check the labels and class names of the data.")
-
-
-def layer_shapes(model: ProbedModel, in_shape: tuple[int, int, int], device: str = "cpu") -> dict[str, tuple[int, ...]]:
+def layer_shapes(model: ProbedModel, in_shape: tuple[int, int, int], device: str = "cpu",
+                 n_classes: int | None = None) -> dict[str, tuple[int, ...]]:
     """Activation shape of one example at each probe point, units first: (C, H, W) for conv maps,
     (U,) for linear layers, (C, T) for token units, (C, H, W) for channels-last maps too.
 
-    A probe point whose output has no (batch, units) layout is a ConfigError naming it."""
+    A probe point whose output has no (batch, units) layout is a ConfigError naming it. With ``n_classes``,
+    the same pass checks the model returns a logit per class (more are allowed: a pretrained head scored on
+    some of its classes); a model given from Python with fewer, or outputs of another shape, would fail in
+    the first loss with torch's IndexError or a shape error."""
     modules = model.probe_modules()
     with torch.no_grad(), Probe(modules) as probe:
-        model.eval()(torch.zeros(1, *in_shape, device=device))
+        out = model.eval()(torch.zeros(1, *in_shape, device=device))
+    if n_classes is not None and not (isinstance(out, torch.Tensor) and out.dim() == 2 and out.shape[1] >= n_classes):
+        got = f"of shape {tuple(out.shape[1:])}" if isinstance(out, torch.Tensor) else f"a {type(out).__name__}"
+        raise ConfigError(f"the model's output for one image is {got}, but the data has {n_classes} classes: a "
+                          f"classifier must return logits of shape (batch, {n_classes}), one per class. Give the "
+                          f"model a head of {n_classes} outputs, or check the labels and class names of the data.")
     shapes = {}
     for name, t in probe.post.items():
         if t.dim() < 2:

@@ -33,8 +33,8 @@ from compute.measure.train import TrainConfig, TrainResult, train
 from compute.nets.activations import ProbePoint, point_kind, unit_dim
 from compute.nets.discover import ProbedGraph, select_layers
 from compute.progress import announce, stage_started
-from compute.nets.models import (ModelSpec, ProbedModel, build_model, check_outputs, input_error, layer_shapes,
-                                 load_weights, save_checkpoint)
+from compute.nets.models import (ModelSpec, ProbedModel, build_model, input_error, layer_shapes, load_weights,
+                                 save_checkpoint)
 from compute.run import tables
 from compute.run.config import RunConfig, RunSummary, default_run_id, package_versions, settle_config
 from compute.run.data import check_device, load_data
@@ -269,8 +269,7 @@ def analyze_into(writer: RunWriter, model: ProbedModel, spec: ModelSpec | None, 
                  "; ".join(f"{layer}: {why}" for layer, why in skipped.items()))
     model = model.to(device)
     try:
-        shapes = layer_shapes(model, splits.train.shape, device)
-        check_outputs(model, splits.train.shape, splits.train.n_classes, device)
+        shapes = layer_shapes(model, splits.train.shape, device, splits.train.n_classes)
     except RuntimeError as e:
         raise input_error(cfg.model, splits.train.shape, e) from None
     ctx = RunContext(model, splits, eval_set, cfg, device, StageStore(writer.stages_dir),

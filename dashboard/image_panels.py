@@ -46,11 +46,12 @@ def _caption(row: pd.Series, names: list[str]) -> str:
 def _grid(rows: pd.DataFrame, names: list[str], width: int = THUMB, key: str = "") -> None:
     """The images in a row, and an Enlarge button that shows them large in a dialog."""
     pngs = list(rows["png"])
-    captions = [_caption(r, names) + ("" if decoded(p) is not None else f" · {UNREADABLE}")
-                for p, (_, r) in zip(pngs, rows.iterrows())]
+    images = [decoded(p) for p in pngs]  # once: the caption and the picture both need it
+    captions = [_caption(r, names) + ("" if img is not None else f" · {UNREADABLE}")
+                for img, (_, r) in zip(images, rows.iterrows())]
     # Upscaled by whole pixels here: images are stored at their own size, and the browser would
     # blur a small image it enlarges.
-    st.image([upscale(p, width) for p in pngs], caption=captions, width=width,
+    st.image([upscale(img, width) for img in images], caption=captions, width=width,
              output_format="PNG")  # "auto" would re-encode as JPEG
     if key and st.button("Enlarge", key=f"enlarge-{key}", icon=":material/zoom_in:", type="tertiary"):
         _enlarged(pngs, captions)
@@ -82,9 +83,10 @@ def _placeholder() -> Image.Image:
 
 
 def upscale(png: object, size: int) -> bytes:
-    """PNG bytes upscaled by a whole factor (nearest neighbour) to about ``size`` pixels on the longer side
-    (a grey square for an unreadable image, see ``decoded``)."""
-    return _upscale_to(decoded(png) or _placeholder(), size)
+    """PNG bytes (or an image ``decoded`` already) upscaled by a whole factor (nearest neighbour) to about
+    ``size`` pixels on the longer side (a grey square for an unreadable image, see ``decoded``)."""
+    img = png if isinstance(png, Image.Image) else decoded(png)
+    return _upscale_to(img or _placeholder(), size)
 
 
 def is_flat(png: object) -> bool:

@@ -62,8 +62,9 @@ def tile(col, row: pd.Series, run: str, sort: str, state: ExplorerState) -> None
     st.image would open a new one)."""
     layer, unit = str(row["layer"]), int(row["unit"])
     if isinstance(row["png"], (bytes, bytearray, memoryview)):  # null (no images) reads as None, NaN or NA
-        col.image(upscale(row["png"], TILE), width="stretch", output_format="PNG")
-        if decoded(row["png"]) is None:
+        img = decoded(row["png"])
+        col.image(upscale(img, TILE), width="stretch", output_format="PNG")
+        if img is None:
             col.caption(UNREADABLE)
     else:
         col.caption("no image")

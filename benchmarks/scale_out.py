@@ -14,8 +14,9 @@ with ``--whole-run``, every stage after training of a whole run instead.
    ablated alone, through the same work items and merge in every case (``compute.distributed.work``),
    with each item's result saved as a run does. Results are checked equal.
    Each case runs once per round, ``--rounds`` rounds in turn, and every speed-up is paired within its
-   round: this VM's speed drifts by 10-30% over minutes (its neighbours), so one case measured
-   minutes after another can be off by more than the effect. Medians and ranges are printed.
+   round: what two busy cores of this VM give drifts over minutes (its neighbours: two plain processes
+   measured 1.65x in one run and 1.84-1.89x ten minutes later), so one case measured minutes after
+   another can be off by more than the effect. Medians and ranges are printed.
    The machine's own ceiling is measured in every round too: the same sweep in two plain processes at
    once (no Ray), each on half the shards, started together. In-process over the slower half is what
    a 2-worker executor with no costs of its own would reach: two busy cores share this VM's caches,
